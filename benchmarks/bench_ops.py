@@ -1,0 +1,255 @@
+"""Time every WKV op: rwkv_hf's backends side by side with the peers a user would pick.
+
+    python benchmarks/bench_ops.py            # full run (about 10 minutes on 2 cores)
+    python benchmarks/bench_ops.py --quick    # smoke run, short sequences, prints only
+
+Method (DESIGN.md): torch.set_num_threads(2), one warm-up, the median of 3 timed runs,
+implementations alternated (A B A B) so machine drift hits all of them; float32; the
+same work on every side. Peers on CPU: transformers' ``rwkv_linear_attention_cpu``
+(RWKV-4) and flash-linear-attention's pure-torch references (``naive_recurrent_rwkv6``,
+``naive_chunk_rwkv6``, ``dplr_recurrence``, ``dplr_chunkwise``), fed pre-transposed
+head-first tensors so layout changes are not timed. The machine's matmul rate from the
+same run is reported as the compute floor.
+
+Writes the ops section of benchmarks/RESULTS.md and benchmarks/ops_scaling.png.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+
+import torch
+
+from rwkv_hf import ops
+from rwkv_hf.ops.random_inputs import OPS, make_inputs
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+B, H, N = 1, 12, 64
+T_MAIN = 4096
+T_SCALING = (64, 256, 1024, 4096, 16384)
+T_REF_MAX = 4096  # the token loops are O(T) per token: longer runs only cost minutes
+
+
+# ---------------------------------------------------------------------------- peers
+
+def _head_first(x):
+    return x.transpose(1, 2).contiguous()
+
+
+def _peers(op):
+    """Peer implementations of ``op`` as (name, make(inputs) -> fn(inputs) -> output)."""
+    peers = []
+    if op == "wkv4":
+        from transformers.models.rwkv.modeling_rwkv import rwkv_linear_attention_cpu
+
+        def hf_v4(x):
+            td = torch.log(-x["w"]).detach()  # w = -exp(time_decay)
+            return lambda: rwkv_linear_attention_cpu(td, x["u"], x["k"], x["v"])[0]
+        peers.append(("transformers v4 (cpu loop)", hf_v4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            from fla.ops.generalized_delta_rule.dplr.naive import dplr_chunkwise, dplr_recurrence
+            from fla.ops.rwkv6.chunk_naive import naive_chunk_rwkv6
+            from fla.ops.rwkv6.recurrent_naive import naive_recurrent_rwkv6
+        except ImportError:
+            return peers
+    if op in ("wkv5", "wkv6"):
+        def fla6(fn):
+            def make(x):
+                w = x["w"] if x["w"].dim() == 4 else x["w"].expand_as(x["r"])
+                r, k, v, w = (_head_first(t) for t in (x["r"], x["k"], x["v"], w))
+                return lambda: fn(r, k, v, w, x["u"], scale=1.0)[0]
+            return make
+        peers += [("fla naive_recurrent_rwkv6", fla6(naive_recurrent_rwkv6)),
+                  ("fla naive_chunk_rwkv6", fla6(naive_chunk_rwkv6))]
+    if op == "wkv7":
+        def fla7(fn):
+            def make(x):
+                r, k, v, a, b, w = (_head_first(x[n]) for n in ("r", "k", "v", "a", "b", "w"))
+                r = r * N ** 0.5  # these references scale q by K**-0.5; RWKV does not
+                return lambda: fn(r, k, v, a, b, w)[0]
+            return make
+        peers += [("fla dplr_recurrence", fla7(dplr_recurrence)), ("fla dplr_chunkwise", fla7(dplr_chunkwise))]
+    return peers
+
+
+def _impls(op, T):
+    x = make_inputs(op, B, T, H, N, seed=0)
+    impls = [(f"rwkv_hf {b}", (lambda b: lambda x: lambda: getattr(ops, op)(**x, backend=b)[0])(b))
+             for b in ("reference", "torch")]
+    return x, impls + _peers(op)
+
+
+# ---------------------------------------------------------------------------- timing
+
+def _run(make, x, backward):
+    if not backward:
+        with torch.no_grad():
+            fn = make(x)
+            t0 = time.perf_counter()
+            fn()
+            return time.perf_counter() - t0
+    leaves = {n: t.detach().clone().requires_grad_(True) for n, t in x.items()}
+    fn = make(leaves)
+    t0 = time.perf_counter()
+    y = fn()
+    y.backward(torch.ones_like(y))
+    return time.perf_counter() - t0
+
+
+def time_alternating(impls, x, backward, repeats=3):
+    """Median seconds per implementation, runs interleaved A B A B after one warm-up each."""
+    for _, make in impls:
+        _run(make, x, backward)
+    times = {name: [] for name, _ in impls}
+    for _ in range(repeats):
+        for name, make in impls:
+            times[name].append(_run(make, x, backward))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def matmul_gflops():
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    ts = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t0)
+    return 2 * 2048 ** 3 / statistics.median(ts) / 1e9
+
+
+def peak_memory_child(op, T):
+    """Run forward+backward of the torch backend in a fresh process; peak RSS in MiB."""
+    code = ("import resource, torch; torch.set_num_threads(2);"
+            "from rwkv_hf import ops; from rwkv_hf.ops.random_inputs import make_inputs;"
+            f"x = {{n: t.requires_grad_(True) for n, t in make_inputs({op!r}, {B}, {T}, {H}, {N}).items()}};"
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+            f"y = ops.{op}(**x)[0]; y.backward(torch.ones_like(y));"
+            "print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    base, peak = (int(v) / 1024 for v in out[-2:])
+    return base, peak
+
+
+# ---------------------------------------------------------------------------- report
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"model name\s*:\s*(.*)", f.read())
+            return m.group(1).strip() if m else platform.processor()
+    except OSError:
+        return platform.processor()
+
+
+def write_results(section):
+    path = os.path.join(HERE, "RESULTS.md")
+    begin, end = "<!-- ops:begin -->", "<!-- ops:end -->"
+    text = open(path).read() if os.path.exists(path) else "# Benchmark results\n\n"
+    block = f"{begin}\n{section.rstrip()}\n{end}"
+    if begin in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def plot(scaling, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5), sharex=True)
+    for ax, op in zip(axes.flat, OPS):
+        for (name, backward), points in sorted(scaling[op].items()):
+            ts = sorted(points)
+            ax.plot(ts, [t / points[t] for t in ts], marker="o", linestyle="--" if backward else "-",
+                    label=f"{name} {'fwd+bwd' if backward else 'fwd'}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"{op} (B={B}, H={H}, N={N}, fp32)")
+        ax.set_xlabel("sequence length T")
+        ax.set_ylabel("tokens / s")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"rwkv_hf WKV ops on CPU ({torch.get_num_threads()} threads): tokens/s against T")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short sequences, no files written")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    t_main = 256 if args.quick else T_MAIN
+    t_scaling = (64, 256) if args.quick else T_SCALING
+
+    gflops = matmul_gflops()
+    print(f"matmul rate: {gflops:.1f} GFLOP/s (fp32, 2048^2, {torch.get_num_threads()} threads)")
+    main_rows, scaling, memory = [], {}, {}
+    for op in OPS:
+        x, impls = _impls(op, t_main)
+        for backward in (False, True):
+            res = time_alternating(impls, x, backward)
+            ref = res["rwkv_hf reference"]
+            for name, sec in res.items():
+                main_rows.append((op, "fwd+bwd" if backward else "fwd", name, sec, ref / sec))
+                print(f"{op:8s} {'fwd+bwd' if backward else 'fwd':8s} {name:30s} {sec * 1e3:10.1f} ms "
+                      f"{t_main / sec:10.0f} tok/s  {ref / sec:6.1f}x vs reference", flush=True)
+        scaling[op] = {}
+        for T in t_scaling:
+            x, impls = _impls(op, T)
+            impls = [(n, m) for n, m in impls if T <= T_REF_MAX or n == "rwkv_hf torch"]
+            for backward in (False, True):
+                chosen = impls if not backward else [(n, m) for n, m in impls if n == "rwkv_hf torch"]
+                for name, sec in time_alternating(chosen, x, backward, repeats=1 if T >= 4096 else 3).items():
+                    scaling[op].setdefault((name, backward), {})[T] = sec
+        if not args.quick:
+            memory[op] = peak_memory_child(op, 16384)
+            print(f"{op:8s} fwd+bwd T=16384 torch backend: peak RSS {memory[op][1]:.0f} MiB "
+                  f"(process before the op: {memory[op][0]:.0f} MiB)", flush=True)
+    if args.quick:
+        return
+
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    lines = [
+        "## WKV operator layer (CPU)",
+        "",
+        f"Measured {stamp} on {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, float32, B={B}, T={t_main}, H={H}, N={N} (C={H * N}). "
+        f"Matmul rate in the same run: **{gflops:.1f} GFLOP/s**. Median of 3 after a warm-up, "
+        "implementations alternated. Produced by `python benchmarks/bench_ops.py`.",
+        "",
+        "| op | pass | implementation | ms | tokens/s | speed-up vs rwkv_hf reference |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for op, kind, name, sec, ratio in main_rows:
+        lines.append(f"| {op} | {kind} | {name} | {sec * 1e3:.1f} | {t_main / sec:,.0f} | {ratio:.1f}x |")
+    lines += ["", "Forward+backward of the torch backend at T=16384 (fresh process, peak resident memory):", "",
+              "| op | peak RSS (MiB) | RSS before the op (MiB) |", "|---|---:|---:|"]
+    for op, (base, peak) in memory.items():
+        lines.append(f"| {op} | {peak:,.0f} | {base:,.0f} |")
+    lines += ["", "Scaling with sequence length: ![tokens/s against T](ops_scaling.png)", "",
+              "<details><summary>scaling data (seconds)</summary>", "", "```json",
+              json.dumps({op: {f"{n} {'fwd+bwd' if b else 'fwd'}": pts for (n, b), pts in d.items()}
+                          for op, d in scaling.items()}, indent=1), "```", "</details>"]
+    write_results("\n".join(lines))
+    plot(scaling, os.path.join(HERE, "ops_scaling.png"))
+    print("wrote benchmarks/RESULTS.md and benchmarks/ops_scaling.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,233 @@
+"""The WKV operator layer: every RWKV recurrence, behind one call per op.
+
+Layouts (one for the whole package)
+-----------------------------------
+* Matrix-state ops (RWKV-5/6/7, bidirectional v6): per-token tensors are
+  ``[B, T, H, K]`` (``v`` is ``[B, T, H, V]``); the state is ``[B, H, K, V]``
+  (key-major, as flash-linear-attention; BlinkDL's v7 state is its transpose).
+* Per-channel ops (RWKV-4, bidirectional v4): per-token tensors are ``[B, T, C]``;
+  the state is ``[B, 3, C]`` = (num, den, logscale): the accumulators are
+  ``num * exp(logscale)`` and ``den * exp(logscale)`` (the empty state is 0, 0,
+  -1e38), the same triple as BlinkDL's ``aa, bb, pp``.
+* Bidirectional ops carry two states stacked on dim 1: ``[:, 0]`` enters from the
+  left (tokens before the segment) and leaves after the last token; ``[:, 1]`` enters
+  from the right (tokens after the segment) and leaves before the first token. So a
+  sequence split in two reproduces the one-call result when each half gets the other
+  half's outgoing state.
+
+Decays are always passed as the **log** of the per-step decay factor (``w``, the
+factor is ``exp(w)``): ``-exp(time_decay)`` for RWKV-4/5/6,
+``-0.6065306597126334 * sigmoid(.)`` for RWKV-7, ``-spatial_decay / T`` for
+Vision-RWKV. Causal ops require ``w <= 0``.
+
+Math (``S`` the state, per head; ``x^T`` a row vector)
+-----------------------------------------------------
+* ``wkv4``:  ``y_t = (N_t + e^{u+k_t} v_t) / (D_t + e^{u+k_t})`` with
+  ``N_t = sum_{i<t} e^{(t-1-i) w + k_i} v_i`` and ``D_t`` the same without ``v``.
+* ``bi_wkv4``: ``y_t = (sum_{i!=t} e^{(|t-i|-1) w + k_i} v_i + e^{u+k_t} v_t) /
+  (sum_{i!=t} e^{(|t-i|-1) w + k_i} + e^{u+k_t})`` (Vision-RWKV's documented
+  formula; the official kernels add 1e-6 to a max-normalised denominator, a relative
+  change of about 1e-6, which is left out here).
+* ``wkv5`` / ``wkv6``: ``y_t = r_t^T (S_{t-1} + diag(u) k_t v_t^T)``,
+  ``S_t = diag(e^{w_t}) S_{t-1} + k_t v_t^T``; ``w`` is ``[H, K]`` for v5 (constant
+  in time) and ``[B, T, H, K]`` for v6.
+* ``bi_wkv6``: ``y_t = r_t^T (diag(u) k_t v_t^T + sum_{i<t} prod_{t>j>i} diag(e^{w_j})
+  k_i v_i^T + sum_{i>t} prod_{t<j<i} diag(e^{w_j}) k_i v_i^T)``.
+* ``wkv7``: ``S_t = diag(e^{w_t}) S_{t-1} + b_t (a_t^T S_{t-1}) + k_t v_t^T``,
+  ``y_t = S_t^T r_t``; RWKV-7 passes ``a = -kk``, ``b = kk * iclr``.
+
+Backends
+--------
+``reference`` (token loops, the oracle, float64-capable) and ``torch`` (chunked
+parallel pure PyTorch, correct on any device; the default). Choose per call with
+``backend=`` or for the process with the environment variable
+``RWKV_HF_WKV_BACKEND``. States and accumulations are float32 whatever the input
+dtype (float64 when an input is float64); outputs come back in the input dtype.
+
+Every op returns ``(y, final_state)``; ``final_state`` is ``None`` unless
+``output_final_state=True``. Gradients flow to every tensor input, the initial
+state included.
+"""
+import os
+from types import SimpleNamespace
+
+import torch
+
+from . import reference as _reference
+from . import torch_wkv4 as _torch_wkv4
+from . import torch_wkv6 as _torch_wkv6
+from . import torch_wkv7 as _torch_wkv7
+
+__all__ = ["wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7", "available_backends", "BACKEND_ENV"]
+
+BACKEND_ENV = "RWKV_HF_WKV_BACKEND"
+V4_EMPTY_LOGSCALE = -1e38
+
+_BACKENDS = {
+    "reference": SimpleNamespace(
+        wkv4=_reference.wkv4, bi_wkv4=_reference.bi_wkv4, wkv6=_reference.wkv6, wkv7=_reference.wkv7),
+    "torch": SimpleNamespace(
+        wkv4=_torch_wkv4.wkv4, bi_wkv4=_torch_wkv4.bi_wkv4, wkv6=_torch_wkv6.wkv6, wkv7=_torch_wkv7.wkv7),
+}
+
+
+def available_backends():
+    """Names of the backends that can run in this process."""
+    return list(_BACKENDS)
+
+
+def _backend(name):
+    name = name or os.environ.get(BACKEND_ENV) or "torch"
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown WKV backend {name!r} (from backend= or ${BACKEND_ENV}); "
+                         f"available: {', '.join(_BACKENDS)}")
+    return _BACKENDS[name]
+
+
+# ---------------------------------------------------------------------------- validation
+
+def _bind(op, specs):
+    """Check each (name, tensor, symbolic shape) against one consistent set of sizes.
+
+    Symbols are bound by the first tensor that uses them; a mismatch raises a
+    ValueError naming the argument, the expected shape and the shape received.
+    """
+    sizes = {}
+    for name, x, dims in specs:
+        if x is None:
+            continue
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise ValueError(f"{op}: {name} must be a floating-point tensor, got {x.dtype}")
+        expected = "[" + ", ".join(f"{d}={sizes[d]}" if d in sizes else str(d) for d in dims) + "]"
+        if x.dim() != len(dims):
+            raise ValueError(f"{op}: {name} must have shape {expected} ({len(dims)}-D), "
+                             f"got {list(x.shape)}")
+        for d, n in zip(dims, x.shape):
+            if isinstance(d, int):
+                ok = n == d
+            else:
+                ok = sizes.setdefault(d, n) == n
+            if not ok:
+                raise ValueError(f"{op}: {name} must have shape {expected}, got {list(x.shape)}")
+    for d in ("B", "T"):
+        if sizes.get(d, 1) == 0:
+            raise ValueError(f"{op}: empty input ({d}=0); sequences need at least one token")
+    return sizes
+
+
+def _prepare(op, specs, activations, decay, causal):
+    """Validate; return (compute dtype, output dtype, tensors cast to the compute dtype)."""
+    _bind(op, specs)
+    tensors = {name: x for name, x, _ in specs if x is not None}
+    devices = {x.device for x in tensors.values()}
+    if len(devices) > 1:
+        raise ValueError(f"{op}: all inputs must be on one device, got "
+                         + ", ".join(f"{n}: {x.device}" for n, x in tensors.items()))
+    act_dtypes = {tensors[n].dtype for n in activations}
+    if len(act_dtypes) > 1:
+        raise ValueError(f"{op}: {', '.join(activations)} must share one dtype, got "
+                         + ", ".join(f"{n}: {tensors[n].dtype}" for n in activations))
+    out_dtype = act_dtypes.pop()
+    compute = torch.float64 if any(x.dtype == torch.float64 for x in tensors.values()) else torch.float32
+    w = tensors[decay]
+    if not torch.isfinite(w).all():
+        raise ValueError(f"{op}: {decay} (the log-decay) contains NaN or inf")
+    if causal and (w > 0).any():
+        raise ValueError(f"{op}: {decay} is the log of the per-step decay and must be <= 0 "
+                         f"(e.g. -exp(time_decay)); got a maximum of {w.max().item():.4g}")
+    return compute, out_dtype, {n: x.to(compute) for n, x in tensors.items()}
+
+
+def _initial_state(state, shape, device, dtype, per_channel):
+    if state is not None:
+        return state.to(dtype)
+    s = torch.zeros(shape, device=device, dtype=dtype)
+    if per_channel:  # (num, den, logscale): an empty accumulator has logscale -> -inf
+        s.select(-2, 2).fill_(V4_EMPTY_LOGSCALE)
+    return s
+
+
+def _finish(y, final, out_dtype, output_final_state):
+    return y.to(out_dtype), (final if output_final_state else None)
+
+
+# ---------------------------------------------------------------------------- public ops
+
+def wkv4(k, v, w, u, state=None, *, output_final_state=False, backend=None):
+    """RWKV-4 WKV. k, v: [B, T, C]; w (log-decay, <= 0), u: [C]; state: [B, 3, C]."""
+    compute, out_dtype, t = _prepare(
+        "wkv4", [("k", k, "BTC"), ("v", v, "BTC"), ("w", w, "C"), ("u", u, "C"), ("state", state, ("B", 3, "C"))],
+        activations=("k", "v"), decay="w", causal=True)
+    B, _, C = k.shape
+    s0 = _initial_state(t.get("state"), (B, 3, C), k.device, compute, per_channel=True)
+    y, final = _backend(backend).wkv4(t["k"], t["v"], t["w"], t["u"], s0)
+    return _finish(y, final, out_dtype, output_final_state)
+
+
+def bi_wkv4(k, v, w, u, state=None, *, output_final_state=False, backend=None):
+    """Bidirectional WKV of Vision-RWKV / Restore-RWKV. k, v: [B, T, C]; w (log-decay, any
+    sign; Vision-RWKV passes -spatial_decay/T), u: [C] (spatial_first/T); state: [B, 2, 3, C]."""
+    compute, out_dtype, t = _prepare(
+        "bi_wkv4", [("k", k, "BTC"), ("v", v, "BTC"), ("w", w, "C"), ("u", u, "C"),
+                    ("state", state, ("B", 2, 3, "C"))],
+        activations=("k", "v"), decay="w", causal=False)
+    B, _, C = k.shape
+    s0 = _initial_state(t.get("state"), (B, 2, 3, C), k.device, compute, per_channel=True)
+    y, final = _backend(backend).bi_wkv4(t["k"], t["v"], t["w"], t["u"], s0)
+    return _finish(y, final, out_dtype, output_final_state)
+
+
+def wkv6(r, k, v, w, u, state=None, *, output_final_state=False, backend=None):
+    """RWKV-6 WKV. r, k, w (log-decay, <= 0): [B, T, H, K]; v: [B, T, H, V]; u: [H, K];
+    state: [B, H, K, V]."""
+    return _wkv6("wkv6", r, k, v, w, u, state, output_final_state, backend, w_dims="BTHK")
+
+
+def wkv5(r, k, v, w, u, state=None, *, output_final_state=False, backend=None):
+    """RWKV-5.2 WKV: as :func:`wkv6` with a decay constant in time, w (log-decay): [H, K]."""
+    return _wkv6("wkv5", r, k, v, w, u, state, output_final_state, backend, w_dims="HK")
+
+
+def _wkv6(op, r, k, v, w, u, state, output_final_state, backend, w_dims):
+    compute, out_dtype, t = _prepare(
+        op, [("r", r, "BTHK"), ("k", k, "BTHK"), ("v", v, "BTHV"), ("w", w, w_dims), ("u", u, "HK"),
+             ("state", state, "BHKV")],
+        activations=("r", "k", "v"), decay="w", causal=True)
+    B, T, H, K = r.shape
+    s0 = _initial_state(t.get("state"), (B, H, K, v.shape[-1]), r.device, compute, per_channel=False)
+    ww = t["w"] if w.dim() == 4 else t["w"].expand(B, T, H, K)
+    y, final = _backend(backend).wkv6(t["r"], t["k"], t["v"], ww, t["u"], s0)
+    return _finish(y, final, out_dtype, output_final_state)
+
+
+def bi_wkv6(r, k, v, w, u, state=None, *, output_final_state=False, backend=None):
+    """Bidirectional RWKV-6 WKV of VRWKV6 / RWKV-CLIP. Shapes as :func:`wkv6`;
+    state: [B, 2, H, K, V]."""
+    compute, out_dtype, t = _prepare(
+        "bi_wkv6", [("r", r, "BTHK"), ("k", k, "BTHK"), ("v", v, "BTHV"), ("w", w, "BTHK"), ("u", u, "HK"),
+                    ("state", state, ("B", 2, "H", "K", "V"))],
+        activations=("r", "k", "v"), decay="w", causal=True)
+    B, T, H, K = r.shape
+    s0 = _initial_state(t.get("state"), (B, 2, H, K, v.shape[-1]), r.device, compute, per_channel=False)
+    run = _backend(backend).wkv6
+    r, k, v, w, u = t["r"], t["k"], t["v"], t["w"], t["u"]
+    # The backward half is a causal scan over the flipped sequence without the bonus term.
+    y_fwd, s_fwd = run(r, k, v, w, u, s0[:, 0])
+    y_bwd, s_bwd = run(r.flip(1), k.flip(1), v.flip(1), w.flip(1), torch.zeros_like(u), s0[:, 1])
+    y = y_fwd + y_bwd.flip(1)
+    return _finish(y, torch.stack([s_fwd, s_bwd], 1), out_dtype, output_final_state)
+
+
+def wkv7(r, k, v, w, a, b, state=None, *, output_final_state=False, backend=None):
+    """RWKV-7 generalized delta rule. r, k, w (log-decay, <= 0), a, b: [B, T, H, K];
+    v: [B, T, H, V]; state: [B, H, K, V]. RWKV-7 passes a = -kk, b = kk * iclr."""
+    compute, out_dtype, t = _prepare(
+        "wkv7", [("r", r, "BTHK"), ("k", k, "BTHK"), ("v", v, "BTHV"), ("w", w, "BTHK"), ("a", a, "BTHK"),
+                 ("b", b, "BTHK"), ("state", state, "BHKV")],
+        activations=("r", "k", "v", "a", "b"), decay="w", causal=True)
+    B, T, H, K = r.shape
+    s0 = _initial_state(t.get("state"), (B, H, K, v.shape[-1]), r.device, compute, per_channel=False)
+    y, final = _backend(backend).wkv7(t["r"], t["k"], t["v"], t["w"], t["a"], t["b"], s0)
+    return _finish(y, final, out_dtype, output_final_state)

@@ -1,0 +1,77 @@
+"""Reference backend: plain token loops, the oracle for every other backend.
+
+Written for readability, not speed. Every loop runs in the dtype it is given
+(float32 or float64); the dispatcher in ``rwkv_hf.ops`` validates inputs,
+upcasts and always passes an initial state. Gradients come from autograd.
+
+The math of each op is documented in ``rwkv_hf.ops``; this file is that
+documentation in code.
+"""
+import torch
+
+
+def _v4_step(aa, bb, pp, kt, vt, w):
+    """Add token (kt, vt) to a log-scaled accumulator decayed by e^w per step."""
+    ww = w + pp
+    p = torch.maximum(ww, kt)
+    e1 = torch.exp(ww - p)
+    e2 = torch.exp(kt - p)
+    return e1 * aa + e2 * vt, e1 * bb + e2, p
+
+
+def _v4_scan(k, v, w, state):
+    """Causal v4 accumulators seen by each token (before it is added), and the final one.
+
+    Returns (aa, bb, pp) each [B, T, C] and the final state [B, 3, C].
+    """
+    aa, bb, pp = state.unbind(1)
+    seen = []
+    for t in range(k.shape[1]):
+        seen.append((aa, bb, pp))
+        aa, bb, pp = _v4_step(aa, bb, pp, k[:, t], v[:, t], w)
+    aas, bbs, pps = (torch.stack(x, 1) for x in zip(*seen))
+    return aas, bbs, pps, torch.stack([aa, bb, pp], 1)
+
+
+def wkv4(k, v, w, u, state):
+    aa, bb, pp, final = _v4_scan(k, v, w, state)
+    ww = u + k
+    p = torch.maximum(pp, ww)
+    e1 = torch.exp(pp - p)
+    e2 = torch.exp(ww - p)
+    y = (e1 * aa + e2 * v) / (e1 * bb + e2)
+    return y, final
+
+
+def bi_wkv4(k, v, w, u, state):
+    # Past: the causal accumulator. Future: the same scan over the flipped sequence.
+    pa, pb, pp, left_to_right = _v4_scan(k, v, w, state[:, 0])
+    fa, fb, fp, right_to_left = _v4_scan(k.flip(1), v.flip(1), w, state[:, 1])
+    fa, fb, fp = fa.flip(1), fb.flip(1), fp.flip(1)
+    cur = u + k
+    m = torch.maximum(torch.maximum(pp, fp), cur)
+    ep, ef, ec = torch.exp(pp - m), torch.exp(fp - m), torch.exp(cur - m)
+    y = (ep * pa + ef * fa + ec * v) / (ep * pb + ef * fb + ec)
+    return y, torch.stack([left_to_right, right_to_left], 1)
+
+
+def wkv6(r, k, v, w, u, state):
+    S = state
+    ys = []
+    for t in range(r.shape[1]):
+        kv = k[:, t, :, :, None] * v[:, t, :, None, :]  # [B, H, K, V]
+        ys.append(torch.einsum("bhk,bhkv->bhv", r[:, t], S + u[None, :, :, None] * kv))
+        S = torch.exp(w[:, t])[..., None] * S + kv
+    return torch.stack(ys, 1), S
+
+
+def wkv7(r, k, v, w, a, b, state):
+    S = state
+    ys = []
+    for t in range(r.shape[1]):
+        sa = torch.einsum("bhk,bhkv->bhv", a[:, t], S)  # read from the old state
+        S = (torch.exp(w[:, t])[..., None] * S
+             + b[:, t, :, :, None] * sa[:, :, None, :]
+             + k[:, t, :, :, None] * v[:, t, :, None, :])
+        ys.append(torch.einsum("bhk,bhkv->bhv", r[:, t], S))  # output reads the new state
+    return torch.stack(ys, 1), S

@@ -1,0 +1,348 @@
+"""The WKV operator layer: every backend against the float64 reference, state carrying,
+gradients, long low-precision sequences, and input validation."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from rwkv_hf import ops
+from rwkv_hf.ops.random_inputs import OPS, make_inputs
+
+PER_CHANNEL = ("wkv4", "bi_wkv4")
+BIDIRECTIONAL = ("bi_wkv4", "bi_wkv6")
+
+
+def run(op, inputs, **kw):
+    return getattr(ops, op)(**inputs, **kw)
+
+
+def rel(a, b):
+    """max|a-b| / max|b| over the whole tensor."""
+    a, b = a.double(), b.double()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
+
+
+def canon(state, like):
+    """Per-channel states are (num, den, logscale); compare what they represent on a common scale."""
+    if state.shape[-2] != 3 or state.dim() not in (3, 4):
+        return state
+    ls, ref_ls = state.select(-2, 2), like.select(-2, 2)
+    scale = torch.exp(ls - ref_ls)
+    return torch.stack([state.select(-2, 0) * scale, state.select(-2, 1) * scale], -2)
+
+
+def state_rel(op, s, ref):
+    if op in PER_CHANNEL:
+        return rel(canon(s, ref), canon(ref, ref))
+    return rel(s, ref)
+
+
+def as64(inputs):
+    return {k: v.double() for k, v in inputs.items()}
+
+
+# ---------------------------------------------------------------------------- parity
+
+SHAPES = [  # (B, T, H, N)
+    (1, 1, 2, 8),
+    (2, 17, 2, 8),
+    (1, 64, 1, 16),
+    (2, 100, 2, 16),
+    (1, 129, 1, 64),
+]
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}T{}H{}N{}".format(*s))
+@pytest.mark.parametrize("op", OPS)
+def test_torch_backend_matches_reference(op, shape, with_state):
+    B, T, H, N = shape
+    x64 = make_inputs(op, B, T, H, N, dtype=torch.float64, state=with_state, seed=T * 7 + B)
+    y_ref, s_ref = run(op, x64, backend="reference", output_final_state=True)
+    y, s = run(op, x64, backend="torch", output_final_state=True)
+    assert y.dtype == torch.float64 and s.dtype == torch.float64
+    assert rel(y, y_ref) <= 1e-10
+    assert state_rel(op, s, s_ref) <= 1e-10
+    # float32 inputs: judged against the float64 reference of the same values.
+    x32 = {k: v.float() for k, v in x64.items()}
+    y32, s32 = run(op, x32, backend="torch", output_final_state=True)
+    assert y32.dtype == torch.float32 and s32.dtype == torch.float32
+    y_ref32, s_ref32 = run(op, as64(x32), backend="reference", output_final_state=True)
+    assert rel(y32, y_ref32) <= 1e-5
+    assert state_rel(op, s32, s_ref32) <= 1e-5
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_strong_decays_stay_exact(op):
+    x = make_inputs(op, 2, 45, 2, 16, dtype=torch.float64, state=True, seed=3, strong_decay=True)
+    y_ref, s_ref = run(op, x, backend="reference", output_final_state=True)
+    y, s = run(op, x, backend="torch", output_final_state=True)
+    assert rel(y, y_ref) <= 1e-10 and state_rel(op, s, s_ref) <= 1e-10
+    y32, s32 = run(op, {k: v.float() for k, v in x.items()}, backend="torch", output_final_state=True)
+    assert torch.isfinite(y32).all() and torch.isfinite(s32).all()
+    assert rel(y32, y_ref) <= 1e-4
+
+
+@settings(max_examples=25, deadline=None)
+@given(op=st.sampled_from(OPS), B=st.integers(1, 3), T=st.integers(1, 80), H=st.integers(1, 3),
+       N=st.sampled_from([1, 2, 4, 8, 32]), with_state=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_property_random_shapes(op, B, T, H, N, with_state, seed):
+    x = make_inputs(op, B, T, H, N, dtype=torch.float64, state=with_state, seed=seed)
+    y_ref, s_ref = run(op, x, backend="reference", output_final_state=True)
+    y, s = run(op, x, backend="torch", output_final_state=True)
+    assert y.shape == y_ref.shape and s.shape == s_ref.shape
+    assert rel(y, y_ref) <= 1e-10 and state_rel(op, s, s_ref) <= 1e-10
+
+
+def test_value_dim_may_differ_from_key_dim():
+    for op in ("wkv5", "wkv6", "bi_wkv6", "wkv7"):
+        x = make_inputs(op, 2, 19, 2, 8, dtype=torch.float64, state=True, seed=1)
+        x["v"] = torch.randn(2, 19, 2, 5, dtype=torch.float64)
+        x["state"] = x["state"][..., :5].contiguous()
+        y_ref, s_ref = run(op, x, backend="reference", output_final_state=True)
+        y, s = run(op, x, backend="torch", output_final_state=True)
+        assert y.shape == (2, 19, 2, 5)
+        assert rel(y, y_ref) <= 1e-10 and rel(s, s_ref) <= 1e-10
+
+
+def test_ops_against_independent_formulas():
+    """The reference loops against the closed-form sums written in the docs (float64)."""
+    B, T, H, N = 1, 9, 2, 4
+    # bi_wkv4: explicit double sum.
+    x = make_inputs("bi_wkv4", B, T, H, N, dtype=torch.float64, seed=5)
+    k, v, w, u = x["k"][0], x["v"][0], x["w"], x["u"]
+    y = torch.empty_like(k)
+    for t in range(T):
+        num = torch.exp(u + k[t]) * v[t]
+        den = torch.exp(u + k[t])
+        for i in range(T):
+            if i != t:
+                e = torch.exp((abs(t - i) - 1) * w + k[i])
+                num, den = num + e * v[i], den + e
+        y[t] = num / den
+    assert rel(ops.bi_wkv4(**x, backend="reference")[0][0], y) <= 1e-12
+    # bi_wkv6: explicit products of decays between tokens.
+    x = make_inputs("bi_wkv6", B, T, H, N, dtype=torch.float64, seed=6)
+    (r, k, v, w), u = (x[n][0] for n in "rkvw"), x["u"]
+    y = torch.zeros(T, H, N, dtype=torch.float64)
+    for t in range(T):
+        for i in range(T):
+            if i == t:
+                M = u[..., None] * k[t][..., None] * v[t][:, None, :]
+            else:
+                lo, hi = min(i, t), max(i, t)
+                decay = torch.exp(w[lo + 1:hi].sum(0)) if hi > lo + 1 else torch.ones(H, N, dtype=torch.float64)
+                M = decay[..., None] * k[i][..., None] * v[i][:, None, :]
+            y[t] += torch.einsum("hk,hkv->hv", r[t], M)
+    assert rel(ops.bi_wkv6(**x, backend="reference")[0][0], y) <= 1e-12
+
+
+def test_wkv4_matches_transformers_rwkv():
+    """An implementation nobody here wrote: transformers' RWKV-4 CPU recurrence."""
+    from transformers.models.rwkv.modeling_rwkv import rwkv_linear_attention_cpu
+
+    torch.manual_seed(0)
+    B, T, C = 2, 23, 24
+    time_decay, time_first = torch.randn(C), torch.randn(C) * 0.5
+    k, v = torch.randn(B, T, C) * 2, torch.randn(B, T, C)
+    y_hf, (num, den, mx) = rwkv_linear_attention_cpu(time_decay, time_first, k, v, return_state=True)
+    for backend in ops.available_backends():
+        y, s = ops.wkv4(k, v, -torch.exp(time_decay), time_first, output_final_state=True, backend=backend)
+        assert rel(y, y_hf) <= 1e-5
+        ref = torch.stack([num, den, mx], 1)
+        assert rel(canon(s, ref), canon(ref, ref)) <= 1e-5
+
+
+def test_wkv6_and_wkv7_match_flash_linear_attention_references():
+    """flash-linear-attention's pure-torch recurrences (head-first layout, float32)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Triton is not supported on current platform"
+        from fla.ops.generalized_delta_rule.dplr.naive import dplr_recurrence
+        from fla.ops.rwkv6.recurrent_naive import naive_recurrent_rwkv6
+
+    hf = lambda x: x.transpose(1, 2).contiguous()  # [B, T, H, K] <-> [B, H, T, K]
+    x = make_inputs("wkv6", 2, 31, 2, 16, state=True, seed=8)
+    y_fla, s_fla = naive_recurrent_rwkv6(hf(x["r"]), hf(x["k"]), hf(x["v"]), hf(x["w"]), x["u"], scale=1.0,
+                                         initial_state=x["state"], output_final_state=True)
+    x7 = make_inputs("wkv7", 2, 31, 2, 16, state=True, seed=9)
+    # dplr_recurrence multiplies q by K**-0.5 internally; undo it.
+    y7_fla, s7_fla = dplr_recurrence(hf(x7["r"]) * 16 ** 0.5, hf(x7["k"]), hf(x7["v"]), hf(x7["a"]), hf(x7["b"]),
+                                     hf(x7["w"]), initial_state=x7["state"], output_final_state=True)
+    for backend in ops.available_backends():
+        y, s = ops.wkv6(**x, output_final_state=True, backend=backend)
+        assert rel(y, hf(y_fla)) <= 1e-5 and rel(s, s_fla) <= 1e-5
+        y7, s7 = ops.wkv7(**x7, output_final_state=True, backend=backend)
+        assert rel(y7, hf(y7_fla)) <= 1e-5 and rel(s7, s7_fla) <= 1e-5
+
+
+def test_wkv5_is_wkv6_with_constant_decay():
+    x = make_inputs("wkv5", 2, 33, 2, 8, dtype=torch.float64, state=True, seed=2)
+    y5, s5 = ops.wkv5(**x, output_final_state=True)
+    x6 = dict(x, w=x["w"].expand(2, 33, 2, 8))
+    y6, s6 = ops.wkv6(**x6, output_final_state=True, backend="reference")
+    assert rel(y5, y6) <= 1e-12 and rel(s5, s6) <= 1e-12
+
+
+# ---------------------------------------------------------------------------- state carrying
+
+def _split(inputs, cut):
+    first, second = {}, {}
+    for name, x in inputs.items():
+        if name == "state":
+            continue
+        if x.dim() >= 3:  # per-token tensor
+            first[name], second[name] = x[:, :cut], x[:, cut:]
+        else:
+            first[name] = second[name] = x
+    return first, second
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("op", OPS)
+def test_splitting_and_carrying_state_equals_one_call(op, backend):
+    T, cut = 37, 20
+    x = make_inputs(op, 2, T, 2, 8, dtype=torch.float64, state=True, seed=11)
+    y_full, s_full = run(op, x, backend=backend, output_final_state=True)
+    a, b = _split(x, cut)
+    if op not in BIDIRECTIONAL:
+        y_a, s_a = run(op, a, state=x["state"], backend=backend, output_final_state=True)
+        y_b, s_b = run(op, b, state=s_a, backend=backend, output_final_state=True)
+        y, s = torch.cat([y_a, y_b], 1), s_b
+    else:
+        left_in, right_in = x["state"][:, 0], x["state"][:, 1]
+        _, s_a0 = run(op, a, state=torch.stack([left_in, right_in], 1), backend=backend, output_final_state=True)
+        y_b, s_b = run(op, b, state=torch.stack([s_a0[:, 0], right_in], 1), backend=backend,
+                       output_final_state=True)
+        y_a, s_a = run(op, a, state=torch.stack([left_in, s_b[:, 1]], 1), backend=backend,
+                       output_final_state=True)
+        y, s = torch.cat([y_a, y_b], 1), torch.stack([s_b[:, 0], s_a[:, 1]], 1)
+    assert rel(y, y_full) <= 1e-10
+    assert state_rel(op, s, s_full) <= 1e-10
+
+
+def test_token_by_token_equals_one_call():
+    for op in ("wkv4", "wkv5", "wkv6", "wkv7"):
+        x = make_inputs(op, 2, 9, 2, 8, dtype=torch.float64, seed=4)
+        y_full, s_full = run(op, x, output_final_state=True)
+        state, ys = None, []
+        for t in range(9):
+            step = {n: (v[:, t:t + 1] if v.dim() >= 3 else v) for n, v in x.items()}
+            y, state = run(op, step, state=state, output_final_state=True)
+            ys.append(y)
+        assert rel(torch.cat(ys, 1), y_full) <= 1e-10
+        assert state_rel(op, state, s_full) <= 1e-10
+
+
+# ---------------------------------------------------------------------------- gradients
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("op", OPS)
+def test_gradcheck_every_input(op, backend):
+    x = make_inputs(op, 2, 7, 2, 3, dtype=torch.float64, state=True, seed=13)
+    names = list(x)
+    # Keep log-decays away from 0 so finite differences never cross the w <= 0 boundary.
+    if op != "bi_wkv4":
+        x["w"] = x["w"].clamp(max=-0.05)
+    leaves = [x[n].clone().requires_grad_(True) for n in names]
+
+    def f(*tensors):
+        y, s = run(op, dict(zip(names, tensors)), backend=backend, output_final_state=True)
+        return y, s
+
+    assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_gradients_match_reference(op):
+    """Longer than gradcheck can afford: torch-backend gradients equal the reference's."""
+    x = make_inputs(op, 2, 70, 2, 8, dtype=torch.float64, state=True, seed=17)
+    grads = {}
+    for backend in ("reference", "torch"):
+        leaves = {n: v.clone().requires_grad_(True) for n, v in x.items()}
+        y, s = run(op, leaves, backend=backend, output_final_state=True)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+        gs = torch.randn(s.shape, generator=torch.Generator().manual_seed(2), dtype=s.dtype)
+        if op in PER_CHANNEL:
+            gs.select(-2, 2).zero_()  # the logscale is bookkeeping, not a value to differentiate
+        ((y * gy).sum() + (s * gs).sum()).backward()
+        grads[backend] = {n: t.grad for n, t in leaves.items()}
+    for n in x:
+        assert rel(grads["torch"][n], grads["reference"][n]) <= 1e-9, n
+
+
+def test_empty_initial_state_gives_finite_gradients():
+    for op in ("wkv4", "bi_wkv4"):
+        x = make_inputs(op, 1, 12, 1, 4, dtype=torch.float64)
+        leaves = {n: v.clone().requires_grad_(True) for n, v in x.items()}
+        run(op, leaves)[0].sum().backward()
+        assert all(torch.isfinite(t.grad).all() for t in leaves.values())
+
+
+# ---------------------------------------------------------------------------- long, low precision
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("op", OPS)
+def test_long_low_precision_sequences_are_finite(op, dtype):
+    x = make_inputs(op, 1, 16384, 1, 64, dtype=dtype, seed=21)
+    y, s = run(op, x, output_final_state=True)
+    assert y.dtype == dtype
+    assert s.dtype == torch.float32
+    assert torch.isfinite(y).all() and torch.isfinite(s[..., :2, :] if op in PER_CHANNEL else s).all()
+
+
+# ---------------------------------------------------------------------------- validation
+
+def _err(op, x, match, **kw):
+    with pytest.raises(ValueError, match=match):
+        run(op, x, **kw)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_bad_input_names_argument_and_shape(op):
+    x = make_inputs(op, 2, 5, 2, 4)
+    first = "k" if op in PER_CHANNEL else "r"
+    _err(op, dict(x, **{first: x[first][0]}), rf"{first} must have shape \[B, T, ")
+    _err(op, dict(x, v=x["v"][:, :4]), r"v must have shape \[B=2, T=5, ")
+    _err(op, dict(x, u=x["w"][..., :3]) if "u" in x else dict(x, a=x["a"][..., :3]),
+         r"(u|a) must have shape")
+    _err(op, dict(x, v=x["v"].double()), "must share one dtype")
+    _err(op, dict(x, v=x["v"].to("meta")), "one device")
+    _err(op, dict(x, v=x["v"].long()), "v must be a floating-point tensor")
+    _err(op, dict(x, **{first: x[first][:, :0]}, **{n: t[:, :0] for n, t in x.items()
+                                                     if t.dim() >= 3 and n != first}), "empty input")
+    state = make_inputs(op, 3, 5, 2, 4, state=True)["state"]
+    _err(op, x, r"state must have shape \[B=2", state=state)
+    _err(op, x, "unknown WKV backend 'nope'", backend="nope")
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_bad_decays_are_rejected(op):
+    x = make_inputs(op, 1, 5, 2, 4)
+    bad = x["w"].clone()
+    bad.view(-1)[0] = math.nan
+    _err(op, dict(x, w=bad), "w .*NaN")
+    if op != "bi_wkv4":  # the bidirectional v4 decay may take either sign
+        _err(op, dict(x, w=x["w"].abs() + 0.1), r"w is the log of the per-step decay and must be <= 0")
+    else:
+        run(op, dict(x, w=x["w"].abs() + 0.1))
+
+
+def test_backend_from_environment(monkeypatch):
+    x = make_inputs("wkv6", 1, 5, 1, 4, dtype=torch.float64)
+    monkeypatch.setenv(ops.BACKEND_ENV, "reference")
+    y_env = ops.wkv6(**x)[0]
+    monkeypatch.setenv(ops.BACKEND_ENV, "bogus")
+    with pytest.raises(ValueError, match="RWKV_HF_WKV_BACKEND"):
+        ops.wkv6(**x)
+    monkeypatch.delenv(ops.BACKEND_ENV)
+    assert rel(ops.wkv6(**x)[0], y_env) <= 1e-12
+    assert ops.available_backends() == ["reference", "torch"]
+
+
+def test_final_state_only_on_request():
+    x = make_inputs("wkv7", 1, 3, 1, 4)
+    y, s = ops.wkv7(**x)
+    assert s is None and y.shape == (1, 3, 1, 4)
