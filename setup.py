@@ -1,19 +1,50 @@
 """Install rwkv_hf.
 
-`pip install -e .` installs the pure-Python package (the operator layer's
-reference and torch backends run everywhere).
+`pip install -e .` installs the pure-Python package: the operator layer's reference
+and torch backends run everywhere, and the CUDA extension (sources shipped as the
+package data `rwkv_hf.cuda_ext`) compiles on the first CUDA call.
+
+`RWKV_HF_BUILD_CUDA=1 pip install --no-build-isolation .` also compiles the CUDA
+extension ahead of time (no GPU needed) for the architectures in
+`TORCH_CUDA_ARCH_LIST` (default "8.0;9.0"), into the same cache the first CUDA call
+looks in. `rwkv-hf build-cuda --arch 8.0,9.0` does the same after installation.
 """
+import importlib.util
+import os
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class BuildPyWithCuda(build_py):
+    """build_py, plus the ahead-of-time CUDA build when RWKV_HF_BUILD_CUDA=1."""
+
+    def run(self):
+        super().run()
+        if os.environ.get("RWKV_HF_BUILD_CUDA") == "1":
+            path = os.path.join(HERE, "src", "rwkv_hf", "ops", "cuda_backend.py")
+            spec = importlib.util.spec_from_file_location("_rwkv_hf_cuda_backend", path)
+            backend = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(backend)
+            archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+            print(f"rwkv_hf: compiling the CUDA extension for {archs}")
+            print("rwkv_hf: built", backend.build(archs, verbose=True))
+
 
 setup(
     name="rwkv_hf",
     version="0.1.0.dev0",
     description="RWKV models (LM v4-v7, Vision-RWKV, ...) as Hugging Face transformers models",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    package_dir={"": "src"},
-    packages=find_packages("src"),
+    # The CUDA sources live in the top-level cuda_ext/ and ship as rwkv_hf.cuda_ext.
+    package_dir={"": "src", "rwkv_hf.cuda_ext": "cuda_ext"},
+    packages=find_packages("src") + ["rwkv_hf.cuda_ext"],
+    package_data={"rwkv_hf.cuda_ext": ["*.cu", "*.cpp", "*.h", "README.md"]},
+    cmdclass={"build_py": BuildPyWithCuda},
     python_requires=">=3.10",
     install_requires=[
         # torch 2.14.1 + torchvision 0.29.1 are the tested pair (x86_64, CUDA 13 build).
@@ -28,8 +59,10 @@ setup(
     ],
     entry_points={"console_scripts": ["rwkv-hf = rwkv_hf.cli:main"]},
     extras_require={
+        # ninja drives torch's extension builds (the CUDA backend and its CI compile test);
         # flash-linear-attention's pure-torch references are an independent oracle.
-        "test": ["pytest>=8", "hypothesis>=6.100", "flash-linear-attention>=0.6,<0.7"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "flash-linear-attention>=0.6,<0.7", "ninja"],
+        "cuda": ["ninja"],
         "bench": ["matplotlib>=3.8"],
     },
     classifiers=[

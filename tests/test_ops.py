@@ -1,6 +1,7 @@
 """The WKV operator layer: every backend against the float64 reference, state carrying,
 gradients, long low-precision sequences, and input validation."""
 import math
+import warnings
 
 import pytest
 import torch
@@ -346,3 +347,19 @@ def test_final_state_only_on_request():
     x = make_inputs("wkv7", 1, 3, 1, 4)
     y, s = ops.wkv7(**x)
     assert s is None and y.shape == (1, 3, 1, 4)
+
+
+def test_cuda_backend_that_cannot_run_warns_once_and_falls_back(monkeypatch):
+    from rwkv_hf.ops import cuda_backend
+
+    monkeypatch.setattr(ops, "_warned", set())
+    x = make_inputs("wkv7", 1, 6, 1, 4, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="cuda backend cannot run wkv7 .*CUDA tensors.*torch backend"):
+        y = ops.wkv7(**x, backend="cuda")[0]
+    assert rel(y, ops.wkv7(**x, backend="torch")[0]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once, not again
+        ops.wkv7(**x, backend="cuda")
+    assert cuda_backend.unsupported_reason("wkv7", r=x["r"]) is not None
+    if not torch.cuda.is_available():
+        assert cuda_backend.available() == (False, "no CUDA device visible to torch")

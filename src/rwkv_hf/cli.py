@@ -9,12 +9,32 @@ def _demo(args):
     return demo_main(seq_len=args.seq_len)
 
 
+def _build_cuda(args):
+    from .ops import cuda_backend
+
+    if cuda_backend.find_cuda_home() is None:
+        print("rwkv-hf build-cuda: nvcc not found; install the CUDA toolkit or set CUDA_HOME", file=sys.stderr)
+        return 1
+    try:
+        path = cuda_backend.build(args.arch, verbose=args.verbose)
+    except (RuntimeError, ValueError) as e:
+        print(f"rwkv-hf build-cuda: {e}", file=sys.stderr)
+        return 1
+    print(f"built the rwkv_hf CUDA extension for {args.arch}: {path}")
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="rwkv-hf", description="RWKV models for Hugging Face transformers")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run every WKV operator on both backends and compare them")
     demo.add_argument("--seq-len", type=int, default=1024, help="tokens per sequence (default 1024)")
     demo.set_defaults(func=_demo)
+    build = sub.add_parser("build-cuda", help="compile the WKV CUDA extension ahead of time (no GPU needed)")
+    build.add_argument("--arch", default="8.0,9.0",
+                       help="comma-separated compute capabilities, e.g. 8.0,9.0 (default) or 9.0+PTX")
+    build.add_argument("--verbose", action="store_true", help="show the compiler's output")
+    build.set_defaults(func=_build_cuda)
     args = parser.parse_args(argv)
     return args.func(args)
 

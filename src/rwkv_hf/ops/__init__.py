@@ -38,21 +38,27 @@ Math (``S`` the state, per head; ``x^T`` a row vector)
 
 Backends
 --------
-``reference`` (token loops, the oracle, float64-capable) and ``torch`` (chunked
-parallel pure PyTorch, correct on any device; the default). Choose per call with
-``backend=`` or for the process with the environment variable
-``RWKV_HF_WKV_BACKEND``. States and accumulations are float32 whatever the input
-dtype (float64 when an input is float64); outputs come back in the input dtype.
+``reference`` (token loops, the oracle, float64-capable), ``torch`` (chunked
+parallel pure PyTorch, correct on any device; the default off CUDA) and ``cuda``
+(the compiled extension in ``cuda_ext/``, built on first use; the default for CUDA
+tensors). Choose per call with ``backend=`` or for the process with the
+environment variable ``RWKV_HF_WKV_BACKEND``. A backend that cannot run a call
+(no GPU, no compiler, float64, an unsupported head size) says why once, as a
+warning, and the call runs on ``torch``. States and accumulations are float32
+whatever the input dtype (float64 when an input is float64); outputs come back in
+the input dtype.
 
 Every op returns ``(y, final_state)``; ``final_state`` is ``None`` unless
 ``output_final_state=True``. Gradients flow to every tensor input, the initial
 state included.
 """
 import os
+import warnings
 from types import SimpleNamespace
 
 import torch
 
+from . import cuda_backend as _cuda
 from . import reference as _reference
 from . import torch_wkv4 as _torch_wkv4
 from . import torch_wkv6 as _torch_wkv6
@@ -68,20 +74,44 @@ _BACKENDS = {
         wkv4=_reference.wkv4, bi_wkv4=_reference.bi_wkv4, wkv6=_reference.wkv6, wkv7=_reference.wkv7),
     "torch": SimpleNamespace(
         wkv4=_torch_wkv4.wkv4, bi_wkv4=_torch_wkv4.bi_wkv4, wkv6=_torch_wkv6.wkv6, wkv7=_torch_wkv7.wkv7),
+    "cuda": SimpleNamespace(wkv4=_cuda.wkv4, bi_wkv4=_cuda.bi_wkv4, wkv6=_cuda.wkv6, wkv7=_cuda.wkv7),
 }
+_warned = set()
 
 
 def available_backends():
-    """Names of the backends that can run in this process."""
-    return list(_BACKENDS)
+    """Names of the backends that can run in this process (``cuda`` only with a GPU and a
+    working extension; asking may compile it)."""
+    return [name for name in _BACKENDS if name != "cuda" or _cuda.available()[0]]
 
 
-def _backend(name):
-    name = name or os.environ.get(BACKEND_ENV) or "torch"
-    if name not in _BACKENDS:
+def _fallback(why):
+    if why not in _warned:
+        _warned.add(why)
+        warnings.warn(f"rwkv_hf.ops: {why}; using the torch backend", RuntimeWarning, stacklevel=4)
+    return "torch"
+
+
+def _choose(op, requested, tensors):
+    """The backend that runs this call: requested (argument or environment), else cuda for
+    CUDA tensors, else torch. A cuda backend that cannot run the call falls back to torch."""
+    name = requested or os.environ.get(BACKEND_ENV)
+    if name is not None and name not in _BACKENDS:
         raise ValueError(f"unknown WKV backend {name!r} (from backend= or ${BACKEND_ENV}); "
                          f"available: {', '.join(_BACKENDS)}")
-    return _BACKENDS[name]
+    on_cuda = next(iter(tensors.values())).is_cuda
+    if name is None:
+        name = "cuda" if on_cuda else "torch"
+        if not on_cuda:
+            return name
+    if name == "cuda":
+        why = _cuda.unsupported_reason(op, **tensors)
+        if why is None:
+            ok, why = _cuda.available()
+            if ok:
+                return name
+        return _fallback(f"the cuda backend cannot run {op} ({why})")
+    return name
 
 
 # ---------------------------------------------------------------------------- validation
@@ -117,8 +147,11 @@ def _bind(op, specs):
     return sizes
 
 
-def _prepare(op, specs, activations, decay, causal):
-    """Validate; return (compute dtype, output dtype, tensors cast to the compute dtype)."""
+def _prepare(op, specs, activations, decay, causal, backend):
+    """Validate; return (backend, compute dtype, output dtype, tensors ready for the backend).
+
+    The reference and torch backends get every tensor in the compute dtype; the cuda
+    backend takes low-precision per-token inputs as they are (and float32 states)."""
     _bind(op, specs)
     tensors = {name: x for name, x, _ in specs if x is not None}
     devices = {x.device for x in tensors.values()}
@@ -137,12 +170,17 @@ def _prepare(op, specs, activations, decay, causal):
     if causal and (w > 0).any():
         raise ValueError(f"{op}: {decay} is the log of the per-step decay and must be <= 0 "
                          f"(e.g. -exp(time_decay)); got a maximum of {w.max().item():.4g}")
-    return compute, out_dtype, {n: x.to(compute) for n, x in tensors.items()}
+    name = _choose(op, backend, tensors)
+    if name == "cuda":
+        ready = {n: (x.float() if n == "state" else x) for n, x in tensors.items()}
+    else:
+        ready = {n: x.to(compute) for n, x in tensors.items()}
+    return _BACKENDS[name], compute, out_dtype, ready
 
 
 def _initial_state(state, shape, device, dtype, per_channel):
     if state is not None:
-        return state.to(dtype)
+        return state
     s = torch.zeros(shape, device=device, dtype=dtype)
     if per_channel:  # (num, den, logscale): an empty accumulator has logscale -> -inf
         s.select(-2, 2).fill_(V4_EMPTY_LOGSCALE)
@@ -157,25 +195,25 @@ def _finish(y, final, out_dtype, output_final_state):
 
 def wkv4(k, v, w, u, state=None, *, output_final_state=False, backend=None):
     """RWKV-4 WKV. k, v: [B, T, C]; w (log-decay, <= 0), u: [C]; state: [B, 3, C]."""
-    compute, out_dtype, t = _prepare(
+    impl, compute, out_dtype, t = _prepare(
         "wkv4", [("k", k, "BTC"), ("v", v, "BTC"), ("w", w, "C"), ("u", u, "C"), ("state", state, ("B", 3, "C"))],
-        activations=("k", "v"), decay="w", causal=True)
+        activations=("k", "v"), decay="w", causal=True, backend=backend)
     B, _, C = k.shape
     s0 = _initial_state(t.get("state"), (B, 3, C), k.device, compute, per_channel=True)
-    y, final = _backend(backend).wkv4(t["k"], t["v"], t["w"], t["u"], s0)
+    y, final = impl.wkv4(t["k"], t["v"], t["w"], t["u"], s0)
     return _finish(y, final, out_dtype, output_final_state)
 
 
 def bi_wkv4(k, v, w, u, state=None, *, output_final_state=False, backend=None):
     """Bidirectional WKV of Vision-RWKV / Restore-RWKV. k, v: [B, T, C]; w (log-decay, any
     sign; Vision-RWKV passes -spatial_decay/T), u: [C] (spatial_first/T); state: [B, 2, 3, C]."""
-    compute, out_dtype, t = _prepare(
+    impl, compute, out_dtype, t = _prepare(
         "bi_wkv4", [("k", k, "BTC"), ("v", v, "BTC"), ("w", w, "C"), ("u", u, "C"),
                     ("state", state, ("B", 2, 3, "C"))],
-        activations=("k", "v"), decay="w", causal=False)
+        activations=("k", "v"), decay="w", causal=False, backend=backend)
     B, _, C = k.shape
     s0 = _initial_state(t.get("state"), (B, 2, 3, C), k.device, compute, per_channel=True)
-    y, final = _backend(backend).bi_wkv4(t["k"], t["v"], t["w"], t["u"], s0)
+    y, final = impl.bi_wkv4(t["k"], t["v"], t["w"], t["u"], s0)
     return _finish(y, final, out_dtype, output_final_state)
 
 
@@ -191,27 +229,27 @@ def wkv5(r, k, v, w, u, state=None, *, output_final_state=False, backend=None):
 
 
 def _wkv6(op, r, k, v, w, u, state, output_final_state, backend, w_dims):
-    compute, out_dtype, t = _prepare(
+    impl, compute, out_dtype, t = _prepare(
         op, [("r", r, "BTHK"), ("k", k, "BTHK"), ("v", v, "BTHV"), ("w", w, w_dims), ("u", u, "HK"),
              ("state", state, "BHKV")],
-        activations=("r", "k", "v"), decay="w", causal=True)
+        activations=("r", "k", "v"), decay="w", causal=True, backend=backend)
     B, T, H, K = r.shape
     s0 = _initial_state(t.get("state"), (B, H, K, v.shape[-1]), r.device, compute, per_channel=False)
     ww = t["w"] if w.dim() == 4 else t["w"].expand(B, T, H, K)
-    y, final = _backend(backend).wkv6(t["r"], t["k"], t["v"], ww, t["u"], s0)
+    y, final = impl.wkv6(t["r"], t["k"], t["v"], ww, t["u"], s0)
     return _finish(y, final, out_dtype, output_final_state)
 
 
 def bi_wkv6(r, k, v, w, u, state=None, *, output_final_state=False, backend=None):
     """Bidirectional RWKV-6 WKV of VRWKV6 / RWKV-CLIP. Shapes as :func:`wkv6`;
     state: [B, 2, H, K, V]."""
-    compute, out_dtype, t = _prepare(
+    impl, compute, out_dtype, t = _prepare(
         "bi_wkv6", [("r", r, "BTHK"), ("k", k, "BTHK"), ("v", v, "BTHV"), ("w", w, "BTHK"), ("u", u, "HK"),
                     ("state", state, ("B", 2, "H", "K", "V"))],
-        activations=("r", "k", "v"), decay="w", causal=True)
+        activations=("r", "k", "v"), decay="w", causal=True, backend=backend)
     B, T, H, K = r.shape
     s0 = _initial_state(t.get("state"), (B, 2, H, K, v.shape[-1]), r.device, compute, per_channel=False)
-    run = _backend(backend).wkv6
+    run = impl.wkv6
     r, k, v, w, u = t["r"], t["k"], t["v"], t["w"], t["u"]
     # The backward half is a causal scan over the flipped sequence without the bonus term.
     y_fwd, s_fwd = run(r, k, v, w, u, s0[:, 0])
@@ -223,11 +261,11 @@ def bi_wkv6(r, k, v, w, u, state=None, *, output_final_state=False, backend=None
 def wkv7(r, k, v, w, a, b, state=None, *, output_final_state=False, backend=None):
     """RWKV-7 generalized delta rule. r, k, w (log-decay, <= 0), a, b: [B, T, H, K];
     v: [B, T, H, V]; state: [B, H, K, V]. RWKV-7 passes a = -kk, b = kk * iclr."""
-    compute, out_dtype, t = _prepare(
+    impl, compute, out_dtype, t = _prepare(
         "wkv7", [("r", r, "BTHK"), ("k", k, "BTHK"), ("v", v, "BTHV"), ("w", w, "BTHK"), ("a", a, "BTHK"),
                  ("b", b, "BTHK"), ("state", state, "BHKV")],
-        activations=("r", "k", "v", "a", "b"), decay="w", causal=True)
+        activations=("r", "k", "v", "a", "b"), decay="w", causal=True, backend=backend)
     B, T, H, K = r.shape
     s0 = _initial_state(t.get("state"), (B, H, K, v.shape[-1]), r.device, compute, per_channel=False)
-    y, final = _backend(backend).wkv7(t["r"], t["k"], t["v"], t["w"], t["a"], t["b"], s0)
+    y, final = impl.wkv7(t["r"], t["k"], t["v"], t["w"], t["a"], t["b"], s0)
     return _finish(y, final, out_dtype, output_final_state)

@@ -3,6 +3,8 @@
 Written for readability, not speed. Every loop runs in the dtype it is given
 (float32 or float64); the dispatcher in ``rwkv_hf.ops`` validates inputs,
 upcasts and always passes an initial state. Gradients come from autograd.
+(Tokens are taken with ``unbind`` rather than ``x[:, t]``: the backward of T
+slices would write T full-size gradients, quadratic in T.)
 
 The math of each op is documented in ``rwkv_hf.ops``; this file is that
 documentation in code.
@@ -26,9 +28,9 @@ def _v4_scan(k, v, w, state):
     """
     aa, bb, pp = state.unbind(1)
     seen = []
-    for t in range(k.shape[1]):
+    for kt, vt in zip(k.unbind(1), v.unbind(1)):
         seen.append((aa, bb, pp))
-        aa, bb, pp = _v4_step(aa, bb, pp, k[:, t], v[:, t], w)
+        aa, bb, pp = _v4_step(aa, bb, pp, kt, vt, w)
     aas, bbs, pps = (torch.stack(x, 1) for x in zip(*seen))
     return aas, bbs, pps, torch.stack([aa, bb, pp], 1)
 
@@ -58,20 +60,18 @@ def bi_wkv4(k, v, w, u, state):
 def wkv6(r, k, v, w, u, state):
     S = state
     ys = []
-    for t in range(r.shape[1]):
-        kv = k[:, t, :, :, None] * v[:, t, :, None, :]  # [B, H, K, V]
-        ys.append(torch.einsum("bhk,bhkv->bhv", r[:, t], S + u[None, :, :, None] * kv))
-        S = torch.exp(w[:, t])[..., None] * S + kv
+    for rt, kt, vt, wt in zip(r.unbind(1), k.unbind(1), v.unbind(1), w.unbind(1)):
+        kv = kt[..., :, None] * vt[..., None, :]  # [B, H, K, V]
+        ys.append(torch.einsum("bhk,bhkv->bhv", rt, S + u[None, :, :, None] * kv))
+        S = torch.exp(wt)[..., None] * S + kv
     return torch.stack(ys, 1), S
 
 
 def wkv7(r, k, v, w, a, b, state):
     S = state
     ys = []
-    for t in range(r.shape[1]):
-        sa = torch.einsum("bhk,bhkv->bhv", a[:, t], S)  # read from the old state
-        S = (torch.exp(w[:, t])[..., None] * S
-             + b[:, t, :, :, None] * sa[:, :, None, :]
-             + k[:, t, :, :, None] * v[:, t, :, None, :])
-        ys.append(torch.einsum("bhk,bhkv->bhv", r[:, t], S))  # output reads the new state
+    for rt, kt, vt, wt, at, bt in zip(*(x.unbind(1) for x in (r, k, v, w, a, b))):
+        sa = torch.einsum("bhk,bhkv->bhv", at, S)  # read from the old state
+        S = torch.exp(wt)[..., None] * S + bt[..., :, None] * sa[..., None, :] + kt[..., :, None] * vt[..., None, :]
+        ys.append(torch.einsum("bhk,bhkv->bhv", rt, S))  # output reads the new state
     return torch.stack(ys, 1), S

@@ -1,4 +1,4 @@
-"""Chunked-parallel RWKV-7 "generalized delta rule" in pure PyTorch.
+"""Chunked-parallel RWKV-7 WKV ("generalized delta rule") in pure PyTorch.
 
 Layout: r, k, w, a, b: [B, T, H, K]; v: [B, T, H, V]; state S: [B, H, K, V]
 (key-major).  w is the log-decay (finite, <= 0).  Per token t:
@@ -7,41 +7,43 @@ Layout: r, k, w, a, b: [B, T, H, K]; v: [B, T, H, V]; state S: [B, H, K, V]
     S   = diag(exp(w_t)) S + b_t u_t^T + k_t v_t^T
     y_t = S^T r_t                                   (output reads the NEW state)
 
-``wkv7(r, k, v, w, a, b, state) -> (y [B,T,H,V], final state [B,H,K,V])``.
+``wkv7(r, k, v, w, a, b, state) -> (y [B,T,H,V], final state [B,H,K,V])``, in
+the inputs' dtype (float32/float64), differentiable w.r.t. all seven inputs.
+Depends on torch only (the file may be copied flat into remote-code folders).
 
-Chunked form.  Inside a chunk of L tokens starting from state S0, let
-c_t = w_0 + ... + w_t (c_{-1} = 0).  Unrolling the recurrence gives
+Chunked form.  In a chunk of L tokens starting from state S0 let
+c_t = w_0 + ... + w_t (c_{-1} = 0, c_L := c_{L-1}).  Unrolling gives
 
-    S_t = e^{c_t} S0 + sum_{i<=t} e^{c_t - c_i} (b_i u_i^T + k_i v_i^T)
+    S_t = e^{c_t} S0 + sum_{i<=t} e^{c_t - c_i} (b_i u_i^T + k_i v_i^T),
 
-so the reads U = [u_0..u_{L-1}] satisfy the unit-lower-triangular system
+so the reads U = [u_0 .. u_{L-1}] solve a unit-lower-triangular system
 
-    (I - A_ab) U = A_ak V + (a e^{c_prev}) S0,
-    A_ab[j,i] = sum_k a_jk e^{c_{j-1,k} - c_ik} b_ik  (i < j),  A_ak likewise with k.
+    (I - A_ab) U = A_ak V + (a e^{c_{t-1}}) S0,
+    A_ab[j,i] = sum_k a_jk e^{c_{j-1,k} - c_ik} b_ik  (i < j),   A_ak likewise with k.
 
-With M = (I - A_ab)^{-1}:  U = U0 + W S0,  U0 = M A_ak V,  W = M (a e^{c_prev}).
-Then, with A_rb / A_rk the lower (diagonal included) r-b / r-k matrices,
+With M = (I - A_ab)^{-1}:  U = F V + W S0,  F = M A_ak,  W = M (a e^{c_{t-1}}),
+and with A_rb / A_rk the r-b / r-k matrices (diagonal included, i <= t):
 
-    Y   = (r e^{c} + A_rb W) S0 + (A_rb U0 + A_rk V)
-    S_L = (diag(e^{c_L}) + bh^T W) S0 + (bh^T U0 + kh^T V),   bh = b e^{c_L - c}.
+    Y   = (r e^{c} + A_rb W) S0 + (A_rk + A_rb F) V
+    S_L = (diag(e^{c_L}) + bh^T W) S0 + (kh + F^T bh)^T V,   bh/kh = b/k e^{c_L - c}.
 
-So every chunk is an affine map S0 -> P S0 + Q with a K x K matrix P.  All of
-P, Q and the Y coefficients are computed for all chunks at once with batched
-matmuls; only "S <- P S + Q" runs sequentially (one small bmm per chunk).
+Each chunk is thus an affine map S0 -> P S0 + Q (P: K x K).  Everything except
+"S <- P S + Q" is computed for all chunks at once with batched matmuls; that
+sequential step is one small batched matmul per chunk (_AffineScan).
 
-Stability.  The pairwise factors e^{c_x - c_y} of the L x L matrices are
-factored as e^{c_x - m} * e^{m - c_y} around the per-(chunk, channel) midpoint
-m = c_{L-1} / 2, so each factor lies in [e^{-D/2}, e^{D/2}] with D = -c_{L-1}
-the chunk's total decay.  The chunk length is chosen per call (halving from the
-default) so that D <= D_MAX for every chunk and channel; e^{D_MAX/2} is far
-from overflow/underflow and keeps the fp rounding of the exponents small.
-Every other factor (e^{c}, e^{c_prev}, e^{c_L - c}) is <= 1 and computed
-directly.  A single token's log-decay is clamped at -D_MAX (so chunk length 1 is
-always admissible); exp(-D_MAX) is below working precision (fp32: 4e-18,
-fp64: 5e-131), so this does not change results in that dtype.
+Stability.  The pair factors e^{c_x - c_y} (x >= y) inside the L x L matrices
+are split as e^{c_x - c_L} (query side, in [1, e^D]) times e^{c_L - c_y} (key
+side, in [e^-D, 1]), D = -c_L the chunk's total decay; all other factors are
+<= 1.  The chunk length is halved (per segment, from 32) until D <= D_MAX for
+every chunk and channel: e^{+-40} (fp32) / e^{+-300} (fp64) are far from
+overflow and underflow, so the split is exact to rounding (RWKV-7's
+w >= -0.61 gives D <= 19.4 at L = 32; only much stronger decays shorten
+chunks).  At L = 1 the log-decay is clamped at -D_MAX; exp(-D_MAX) (4e-18 /
+5e-131) is zero to working precision, so this does not change results.
+
+Speed (CPU).  The sequence is processed in segments of ~128 chunk-heads with
+the state carried across, so each segment's tensors stay cache-resident.
 """
-import math
-
 import torch
 
 __all__ = ["wkv7"]
@@ -49,6 +51,8 @@ __all__ = ["wkv7"]
 # Largest admissible total log-decay of one chunk (per channel), per dtype.
 _D_MAX = {torch.float32: 40.0, torch.float64: 300.0}
 _DEFAULT_CHUNK = 32
+# CPU: chunk-heads (B*H*chunks) per segment, sized so per-segment tensors stay in cache.
+_SEG_CHUNK_HEADS = 128
 
 
 class _UnitLowerInv(torch.autograd.Function):
@@ -64,6 +68,7 @@ class _UnitLowerInv(torch.autograd.Function):
         return M
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, gM):
         (M,) = ctx.saved_tensors
         # dM = -M dN M  =>  dLoss/dN = -M^T gM M^T on the strict lower part.
@@ -84,12 +89,14 @@ class _AffineScan(torch.autograd.Function):
         N = P.shape[0]
         out = S.new_empty((N + 1,) + tuple(S.shape))
         out[0] = S
-        for n in range(N):
-            torch.baddbmm(Q[n], P[n], out[n], out=out[n + 1])
+        outs = out.unbind(0)
+        for Pn, Qn, Sn, Sn1 in zip(P.unbind(0), Q.unbind(0), outs[:-1], outs[1:]):
+            torch.baddbmm(Qn, Pn, Sn, out=Sn1)
         ctx.save_for_backward(P, out)
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, gout):
         P, out = ctx.saved_tensors
         N = P.shape[0]
@@ -109,15 +116,13 @@ def _chunks(x, N, L):
     return x.unflatten(1, (N, L)).permute(1, 0, 3, 2, 4)
 
 
-def wkv7_chunked(r, k, v, w, a, b, state, chunk_size=None):
-    """wkv7 with an explicit maximal chunk length (power of two, used for tests)."""
+def _segment(r, k, v, w, a, b, state, L, d_max):
+    """One segment: returns (y as a [B, N, L, H, V] view, final state [B*H, K, V])."""
     B, T, H, K = r.shape
     V = v.shape[-1]
-    d_max = _D_MAX.get(r.dtype, 40.0)
-    L = min(chunk_size or _DEFAULT_CHUNK, 1 << max(T - 1, 0).bit_length())
-
-    # Chunk length: halve until every chunk's total decay (per channel) is
-    # <= d_max, so the midpoint-factored exponentials stay within e^{+-d_max/2}.
+    L = min(L, 1 << max(T - 1, 0).bit_length())  # no longer than needed
+    # Chunk length: halve until every chunk's total log-decay (per channel) is
+    # >= -d_max, so the factored exponentials below stay within e^{+-d_max}.
     while True:
         N = -(-T // L)
         c = _chunks(w, N, L).cumsum(3)       # c_t (inclusive); contiguous [N,B,H,L,K]
@@ -132,46 +137,83 @@ def wkv7_chunked(r, k, v, w, a, b, state, chunk_size=None):
     Bb = N * B * H
     r, k, v, a, b = (_chunks(x, N, L) for x in (r, k, v, a, b))
 
-    m = 0.5 * c[..., -1:, :]         # midpoint reference, [N, B, H, 1, K]
-    x = c - m                        # c_t - m, in [-D/2, D/2]
-    er = torch.exp(x)                # e^{c_t - m}
-    eb = torch.reciprocal(er)        # e^{m - c_t}
-    g = torch.exp(m)                 # e^{m} = e^{c_{L-1} - m}
-    ea = torch.cat([torch.reciprocal(g), er[..., :-1, :]], 3)  # e^{c_{t-1} - m}
-    # Exponentials first: the products come out contiguous in chunk layout.
-    at = (ea * a).reshape(Bb, L, K)
-    rt = (er * r).reshape(Bb, L, K)
-    bt = (eb * b).reshape(Bb, L, K)
-    kt = (eb * k).reshape(Bb, L, K)
+    cL = c[..., -1:, :]              # chunk total log-decay, [N, B, H, 1, K]
+    eq = torch.exp(c - cL)           # e^{c_t - c_L} in [1, e^D]  (query side)
+    ek = torch.reciprocal(eq)        # e^{c_L - c_t} in [e^-D, 1] (key side)
+    gL = torch.exp(cL)               # e^{c_L}
+    ea = torch.cat([torch.reciprocal(gL), eq[..., :-1, :]], 3)  # e^{c_{t-1} - c_L}
+    # Exponential first: the products come out contiguous in chunk layout.
+    aq = (ea * a).reshape(Bb, L, K)  # a_t e^{c_{t-1} - c_L}
+    rq = (eq * r).reshape(Bb, L, K)  # r_t e^{c_t - c_L}
+    bh = (ek * b).reshape(Bb, L, K)  # b_t e^{c_L - c_t}
+    kh = (ek * k).reshape(Bb, L, K)  # k_t e^{c_L - c_t}
     v = v.reshape(Bb, L, V)
-    g = g.reshape(Bb, 1, K)
+    gL = gL.reshape(Bb, 1, K)
+    del c, eq, ek, ea  # (inference) dropping dead tensors early keeps the working set cache-hot
 
-    # Pair matrices; the factored exponentials multiply to the exact
-    # e^{c_x - c_y} <= 1 on the (strictly) lower part that is used.
-    btT, ktT = bt.transpose(1, 2), kt.transpose(1, 2)
-    nA_ab = torch.baddbmm(at.new_zeros(()).expand(Bb, L, L), at, btT, beta=0, alpha=-1)
-    A_ak = (at @ ktT).tril_(-1)
-    A_rb = (rt @ btT).tril_()
-    A_rk = (rt @ ktT).tril_()
+    # Pair matrices: query x key factors multiply to the exact e^{c_x - c_y}
+    # (<= 1) on the (strictly) lower part that is used.
+    bhT, khT = bh.transpose(1, 2), kh.transpose(1, 2)
+    nA_ab = torch.baddbmm(aq.new_zeros(()).expand(Bb, L, L), aq, bhT, beta=0, alpha=-1)
+    A_ak = (aq @ khT).tril_(-1)
+    A_rb = (rq @ bhT).tril_()
+    A_rk = (rq @ khT).tril_()
 
     M = _UnitLowerInv.apply(nA_ab)   # (I - A_ab)^{-1}; reads only the strict lower part
-    F = M @ A_ak                     # U0 = F v
-    Wt = M @ at                      # W = Wt diag(g)
+    F = M @ A_ak                     # U0 = F V
+    W = M @ (aq * gL)                # U = U0 + W S0;  a_t e^{c_{t-1}}
+    del nA_ab, A_ak, M, aq
     O0 = torch.baddbmm(A_rk, A_rb, F) @ v            # A_rb U0 + A_rk V
-    R = torch.baddbmm(rt, A_rb, Wt) * g              # r e^{c} + A_rb W
-    Kq = torch.baddbmm(kt, F.transpose(1, 2), bt) * g
+    R = torch.baddbmm(rq * gL, A_rb, W)              # r e^{c} + A_rb W
+    del A_rk, A_rb, rq
+    Kq = torch.baddbmm(kh, F.transpose(1, 2), bh)    # kh + F^T bh
     Q = Kq.transpose(1, 2) @ v                       # bh^T U0 + kh^T V
-    P = btT @ Wt                                     # P = diag(g)(I + bt^T Wt)diag(g)
-    P.diagonal(dim1=1, dim2=2).add_(1.0)
-    P = P * (g.transpose(1, 2) * g)
+    del F, kh, khT, Kq, v
+    P = bhT @ W                                      # + diag(e^{c_L})
+    P.diagonal(dim1=1, dim2=2).add_(gL.squeeze(1))
+    del bh, bhT, W
 
     # Sequential part over chunks: S <- P_n S + Q_n.
-    S_all = _AffineScan.apply(P.view(N, B * H, K, K), Q.view(N, B * H, K, V), state.reshape(B * H, K, V))
+    S_all = _AffineScan.apply(P.view(N, B * H, K, K), Q.view(N, B * H, K, V), state)
     y = torch.baddbmm(O0, R, S_all[:N].reshape(Bb, K, V))  # [Bb, L, V]
-    y = y.view(N, B, H, L, V).permute(1, 0, 3, 2, 4).reshape(B, N * L, H, V)
-    if N * L != T:
-        y = y[:, :T]
-    return y, S_all[N].view(B, H, K, V)
+    return y.view(N, B, H, L, V).permute(1, 0, 3, 2, 4), S_all[N]
+
+
+def wkv7_chunked(r, k, v, w, a, b, state, chunk_size=None, segment_len=None):
+    """wkv7 with explicit tuning knobs (used by tests and benchmarks).
+
+    chunk_size: maximal chunk length (power of two; reduced automatically for
+    strong decays).  segment_len: tokens processed per pass; the sequence is cut
+    into segments (state carried between them) so that on CPU the per-segment
+    working set stays cache-resident.  Default: ~_SEG_CHUNK_HEADS chunk-heads per
+    segment on CPU, the whole sequence on other devices.
+    """
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    d_max = _D_MAX.get(r.dtype, 40.0)
+    L = chunk_size or _DEFAULT_CHUNK
+    if segment_len is None:
+        segment_len = L * max(1, _SEG_CHUNK_HEADS // (B * H)) if r.device.type == "cpu" else T
+    S = state.reshape(B * H, K, V)
+    track = torch.is_grad_enabled() and any(x.requires_grad for x in (r, k, v, w, a, b, state))
+    y = [] if track else r.new_empty(B, T, H, V)
+    # split (not slicing): its backward is one concatenation, not a full-size zero-fill per segment
+    parts = zip(*(x.split(segment_len, 1) for x in (r, k, v, w, a, b)))
+    for t0, seg in zip(range(0, T, segment_len), parts):
+        t1 = min(T, t0 + segment_len)
+        y5, S = _segment(*seg, S, L, d_max)
+        if track:  # autograd: concatenate (slice-assignment would copy the full grad per segment)
+            y.append(y5.flatten(1, 2)[:, : t1 - t0])
+            continue
+        # Inference: write straight into [B, T, H, V]; the copy does the layout permutation.
+        Lc = y5.shape[2]
+        n = (t1 - t0) // Lc
+        y[:, t0 : t0 + n * Lc].unflatten(1, (n, Lc)).copy_(y5[:, :n])
+        if t0 + n * Lc < t1:
+            y[:, t0 + n * Lc : t1] = y5[:, n, : t1 - t0 - n * Lc]
+    if track:
+        y = y[0].contiguous() if len(y) == 1 else torch.cat(y, 1)
+    return y, S.view(B, H, K, V)
 
 
 def wkv7(r, k, v, w, a, b, state):

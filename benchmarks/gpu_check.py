@@ -1,0 +1,540 @@
+"""One-shot GPU check of rwkv_hf's CUDA extension: build, correctness against float64, timing.
+
+    PYTHONPATH=src python benchmarks/gpu_check.py          # about 3-5 minutes on one H100/H200
+
+Needs only torch (and optionally flash-linear-attention for the side-by-side timings); no
+``pip install``. Steps:
+
+1. build/load the extension for the visible GPU (JIT, cached), timed;
+2. correctness of every op (wkv4, bi_wkv4, wkv5 = wkv6 with an expanded decay, wkv6,
+   bidirectional v6 composed as the dispatcher does, wkv7) in float32 and bfloat16, T in
+   {1, 17, 130 (other head sizes / odd C), 4096, 65536}: outputs, final state and the gradient of
+   every input (initial state included, from both outputs) against float64 (the ``torch``
+   backend for long sequences when it exists, else the ``reference`` token loop);
+   max|a-b|/max|b| <= 1e-5 (float32) or 1e-2 (bfloat16); outputs are poisoned with NaN first;
+3. timings with CUDA events (bfloat16, N = 64; bi-WKV v4 also float32), forward and
+   forward+backward, next to flash-linear-attention's chunk_rwkv7 / fused_recurrent_rwkv7 /
+   chunk_rwkv6 when importable.
+
+Each group of cases runs in its own subprocess with a time limit (a kernel fault or a hang
+costs that group only); the whole script stops itself before ~295 s. Results: a table on
+stdout and JSON in $OUT/gpu_check.json (or ./gpu_check.json).
+"""
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import types
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+SRC = os.path.join(REPO, "src")
+TOTAL_BUDGET_S = float(os.environ.get("GPU_CHECK_BUDGET_S", "290"))
+TOL = {"float32": 1e-5, "bfloat16": 1e-2}
+# GPU_CHECK_SELFTEST=1: exercise this script's harness on the CPU, with the reference backend
+# standing in for the extension (no GPU, no timings); for developing the script only.
+SELFTEST = bool(os.environ.get("GPU_CHECK_SELFTEST"))
+DEVICE = "cpu" if SELFTEST else "cuda"
+
+# (section, share of the time left after the build): each runs in its own process.
+SECTIONS = [("correct_v7", 0.17), ("correct_v6", 0.22), ("correct_v4", 0.17),
+            ("bench_lm", 0.24), ("bench_bi", 0.20)]
+
+
+# ---------------------------------------------------------------------------- imports
+
+def import_package():
+    """(reference module, make_inputs, cuda_backend module, torch backend namespace or None).
+
+    Imports through ``rwkv_hf.ops`` when the package imports; otherwise (a dependency of the
+    package missing on this machine) loads the modules of rwkv_hf/ops directly.
+    """
+    import torch  # noqa: F401  (fail early and clearly if torch is missing)
+
+    if SRC not in sys.path:
+        sys.path.insert(0, SRC)
+    try:
+        import rwkv_hf.ops  # noqa: F401
+    except Exception as e:  # build bare packages so that submodules import without __init__
+        for name in [m for m in sys.modules if m == "rwkv_hf" or m.startswith("rwkv_hf.")]:
+            del sys.modules[name]
+        pkg = types.ModuleType("rwkv_hf")
+        pkg.__path__ = [os.path.join(SRC, "rwkv_hf")]
+        sub = types.ModuleType("rwkv_hf.ops")
+        sub.__path__ = [os.path.join(SRC, "rwkv_hf", "ops")]
+        sys.modules["rwkv_hf"], sys.modules["rwkv_hf.ops"] = pkg, sub
+        pkg.ops = sub
+        print(f"[gpu_check] note: 'import rwkv_hf.ops' failed ({type(e).__name__}: {e}); "
+              "loading its modules directly", flush=True)
+    import importlib
+
+    reference = importlib.import_module("rwkv_hf.ops.reference")
+    make_inputs = importlib.import_module("rwkv_hf.ops.random_inputs").make_inputs
+    cuda_backend = importlib.import_module("rwkv_hf.ops.cuda_backend")
+    if SELFTEST:
+        cuda_backend = types.SimpleNamespace(
+            wkv4=reference.wkv4, bi_wkv4=reference.bi_wkv4, wkv6=reference.wkv6, wkv7=reference.wkv7,
+            load=lambda verbose=False: types.SimpleNamespace(__file__="(selftest)"),
+            find_cuda_home=cuda_backend.find_cuda_home)
+    torch_ns = None
+    try:
+        t4 = importlib.import_module("rwkv_hf.ops.torch_wkv4")
+        t6 = importlib.import_module("rwkv_hf.ops.torch_wkv6")
+        t7 = importlib.import_module("rwkv_hf.ops.torch_wkv7")
+        torch_ns = types.SimpleNamespace(wkv4=t4.wkv4, bi_wkv4=t4.bi_wkv4, wkv6=t6.wkv6, wkv7=t7.wkv7)
+    except Exception as e:
+        print(f"[gpu_check] note: the torch backend is not importable ({type(e).__name__}: {e}); "
+              "long sequences are checked only where the reference loop is affordable", flush=True)
+    return reference, make_inputs, cuda_backend, torch_ns
+
+
+# ---------------------------------------------------------------------------- op plumbing
+
+def run_op(be, op, x):
+    """(y, final_state) of ``op`` on backend namespace ``be`` (wkv4, bi_wkv4, wkv6, wkv7), composed
+    for wkv5 and bi_wkv6 exactly as the dispatcher composes them."""
+    import torch
+
+    if op == "wkv4":
+        return be.wkv4(x["k"], x["v"], x["w"], x["u"], x["state"])
+    if op == "bi_wkv4":
+        return be.bi_wkv4(x["k"], x["v"], x["w"], x["u"], x["state"])
+    if op == "wkv5":
+        B, T, H, K = x["r"].shape
+        return be.wkv6(x["r"], x["k"], x["v"], x["w"].expand(B, T, H, K), x["u"], x["state"])
+    if op == "wkv6":
+        return be.wkv6(x["r"], x["k"], x["v"], x["w"], x["u"], x["state"])
+    if op == "bi_wkv6":
+        r, k, v, w, u, s = (x[n] for n in ("r", "k", "v", "w", "u", "state"))
+        y_f, s_f = be.wkv6(r, k, v, w, u, s[:, 0])
+        y_b, s_b = be.wkv6(r.flip(1), k.flip(1), v.flip(1), w.flip(1), torch.zeros_like(u), s[:, 1])
+        return y_f + y_b.flip(1), torch.stack([s_f, s_b], 1)
+    if op == "wkv7":
+        return be.wkv7(x["r"], x["k"], x["v"], x["w"], x["a"], x["b"], x["state"])
+    raise ValueError(op)
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    if not bool(torch_isfinite_all(a)):
+        return float("nan")
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
+
+
+def torch_isfinite_all(t):
+    import torch
+
+    return torch.isfinite(t).all()
+
+
+def canon(state, like):
+    """Per-channel states (num, den, logscale): what they represent, on the reference's scale."""
+    import torch
+
+    ls, ref_ls = state.select(-2, 2), like.select(-2, 2)
+    scale = torch.exp(ls.double() - ref_ls.double())
+    return torch.stack([state.select(-2, 0).double() * scale, state.select(-2, 1).double() * scale], -2)
+
+
+_POISON = []
+
+
+def poison(nbytes_list):
+    """Leave NaN-filled blocks of these sizes in torch's allocator cache, so that the next
+    allocations (the kernels' outputs and scratch) start as NaN, not as stale results."""
+    import torch
+
+    if SELFTEST:
+        return
+    torch.cuda.synchronize()
+    del _POISON[:]
+    torch.cuda.empty_cache()
+    blocks = [torch.full((max(1, n // 4),), float("nan"), device=DEVICE) for n in nbytes_list]
+    torch.cuda.synchronize()
+    del blocks
+
+
+# ---------------------------------------------------------------------------- correctness
+
+def correctness_cases(section):
+    """(op, B, T, H, N, oracle-kind) per section; N is also C/H for per-channel ops."""
+    ops = {"correct_v7": ["wkv7"], "correct_v6": ["wkv6", "wkv5", "bi_wkv6"],
+           "correct_v4": ["wkv4", "bi_wkv4"]}[section]
+    cases = []
+    for op in ops:
+        per_channel = op in ("wkv4", "bi_wkv4")
+        cases += [(op, 2, 1, 2, 64), (op, 2, 17, 2, 64)]
+        if per_channel:
+            cases += [(op, 2, 130, 1, 50)]  # odd C
+        else:
+            cases += [(op, 1, 130, 2, n) for n in (16, 32, 128)]
+        cases += [(op, 2, 4096, 2, 64)]
+    for op in ops:  # the long ones last: they cost the most
+        cases += [(op, 1, 65536, 1, 64)]
+    if SELFTEST:
+        cases = [c for c in cases if c[2] <= 130]
+    return cases
+
+
+def check_one(ctx, op, B, T, H, N, emit, deadline):
+    import torch
+
+    reference, make_inputs, cb, torch_ns = ctx
+    if T <= 200:
+        oracle, oracle_name = reference, "reference"
+    elif torch_ns is not None:
+        oracle, oracle_name = torch_ns, "torch"
+    elif T <= 4096:
+        oracle, oracle_name = reference, "reference"
+    else:
+        for dt in ("float32", "bfloat16"):
+            emit({"kind": "correct", "op": op, "dtype": dt, "B": B, "T": T, "H": H, "N": N,
+                  "status": "SKIP", "why": "no torch backend: the float64 token loop is too slow"})
+        return
+    seed = 1000 + T + 7 * N + B
+    # One set of values for both dtypes: bfloat16-representable, so one float64 reference
+    # judges the float32 and the bfloat16 run.
+    x16 = make_inputs(op, B, T, H, N, dtype=torch.bfloat16, device=DEVICE, state=True, seed=seed)
+    names = list(x16)
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    t0 = time.time()
+    x64 = {n: t.detach().double().requires_grad_() for n, t in x16.items()}
+    y64, s64 = run_op(oracle, op, x64)
+    gy = torch.randn(y64.shape, generator=g, device=DEVICE, dtype=torch.float64)
+    gy = gy.to(torch.bfloat16).double()  # representable in every dtype tested
+    gs = torch.randn(s64.shape, generator=g, device=DEVICE, dtype=torch.float64).float().double()
+    if op in ("wkv4", "bi_wkv4"):  # keep the logscale's gradient modest (it scales num and den)
+        gs.select(-2, 2).mul_(0.1)
+    grads64 = torch.autograd.grad([y64, s64], [x64[n] for n in names], [gy, gs])
+    y64, s64 = y64.detach(), s64.detach()
+    t_ref = time.time() - t0
+    del x64
+    for dt_name, dt in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+        rec = {"kind": "correct", "op": op, "dtype": dt_name, "B": B, "T": T, "H": H, "N": N,
+               "oracle": oracle_name, "ref_s": round(t_ref, 3)}
+        if time.time() > deadline:
+            rec.update(status="SKIP", why="time budget")
+            emit(rec)
+            continue
+        try:
+            xc = {n: (t.detach().to(dt) if n != "state" else t.detach().float()).requires_grad_()
+                  for n, t in x16.items()}
+            nbytes = [t.numel() * 4 for t in xc.values()] * 3 + [y64.numel() * 4] * 4 + \
+                     [s64.numel() * 4 * (T // 64 + 2)] * 2
+            poison(nbytes)
+            t1 = time.time()
+            y, s = run_op(cb, op, xc)
+            grads = torch.autograd.grad([y, s], [xc[n] for n in names], [gy.to(y.dtype), gs.to(s.dtype)])
+            if not SELFTEST:
+                torch.cuda.synchronize()
+            rec["cuda_s"] = round(time.time() - t1, 3)
+            errs = {"y": rel(y, y64)}
+            if op in ("wkv4", "bi_wkv4"):
+                errs["state"] = rel(canon(s, s64), canon(s64, s64))
+            else:
+                errs["state"] = rel(s, s64)
+            for n, ga, gb in zip(names, grads, grads64):
+                errs["d" + n] = rel(ga, gb)
+            dtype_ok = y.dtype == dt and s.dtype == torch.float32 and all(
+                ga.dtype == xc[n].dtype for n, ga in zip(names, grads))
+            tol = TOL[dt_name]
+            worst = max(errs, key=lambda k: -1 if errs[k] != errs[k] else errs[k])
+            bad = [k for k, e in errs.items() if not (e <= tol)]
+            rec.update(errs={k: float(f"{e:.3g}") if e == e else "nan" for k, e in errs.items()},
+                       worst=worst, max_err=errs[worst] if errs[worst] == errs[worst] else "nan",
+                       tol=tol, status="PASS" if not bad and dtype_ok else "FAIL")
+            if bad:
+                rec["failed"] = bad
+            if not dtype_ok:
+                rec["why"] = "wrong output dtype"
+        except Exception as e:
+            rec.update(status="ERROR", why=f"{type(e).__name__}: {str(e)[:400]}")
+            traceback.print_exc()
+            emit(rec)
+            if "CUDA" in str(e) or "illegal" in str(e):
+                raise  # the context may be gone: end this process, the parent goes on
+            continue
+        emit(rec)
+
+
+# ---------------------------------------------------------------------------- timing
+
+def cuda_time(fn, budget_s=8.0, min_reps=3, max_reps=20):
+    """Median milliseconds of fn() over repetitions, timed with CUDA events after a warm-up."""
+    import torch
+
+    fn()
+    torch.cuda.synchronize()
+    t0 = time.time()
+    fn()
+    torch.cuda.synchronize()
+    one = time.time() - t0
+    reps = max(min_reps, min(max_reps, int(budget_s / max(one, 1e-6) / 2)))
+    if one * min_reps > budget_s:
+        reps = 1
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def bench_cases(section):
+    if section == "bench_lm":
+        cases = []
+        for op in ("wkv7", "wkv6"):
+            for B, T, H in ((8, 4096, 32), (1, 16384, 32)):
+                cases.append((op, "bfloat16", B, T, H, 64))
+        return cases
+    cases = []
+    for B, T, C in ((64, 196, 192), (64, 196, 768), (4, 4096, 768), (1, 16384, 192)):
+        for dt in ("float32", "bfloat16"):
+            cases.append(("bi_wkv4", dt, B, T, C // 64, 64))
+        cases.append(("bi_wkv6", "bfloat16", B, T, C // 64, 64))
+    return cases
+
+
+def fla_impls(op):
+    """flash-linear-attention peers as (name, fn(x, grad) -> None), [] if fla is missing."""
+    out = []
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if op == "wkv7":
+                from fla.ops.rwkv7 import chunk_rwkv7, fused_recurrent_rwkv7
+
+                for name, f in (("fla chunk_rwkv7", chunk_rwkv7),
+                                ("fla fused_recurrent_rwkv7", fused_recurrent_rwkv7)):
+                    out.append((name, lambda x, f=f: f(x["r"], x["w"], x["k"], x["v"], x["a"], x["b"],
+                                                       scale=1.0, initial_state=x["state"],
+                                                       output_final_state=True)))
+            elif op == "wkv6":
+                from fla.ops.rwkv6 import chunk_rwkv6
+
+                out.append(("fla chunk_rwkv6", lambda x: chunk_rwkv6(
+                    x["r"], x["k"], x["v"], x["w"], x["u"], scale=1.0, initial_state=x["state"],
+                    output_final_state=True)))
+    except ImportError as e:
+        print(f"[gpu_check] flash-linear-attention not available ({e})", flush=True)
+    return out
+
+
+def bench_one(ctx, op, dt_name, B, T, H, N, emit, deadline):
+    import torch
+
+    _, make_inputs, cb, _ = ctx
+    dt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dt_name]
+    x = make_inputs(op, B, T, H, N, dtype=dt, device=DEVICE, state=True, seed=5)
+    impls = [("rwkv_hf cuda", lambda x: run_op(cb, op, x))] + fla_impls(op)
+    shape = {"B": B, "T": T, "H": H, "N": N} if op not in ("bi_wkv4",) else {"B": B, "T": T, "C": H * N}
+    for name, f in impls:
+        for mode in ("fwd", "fwd+bwd"):
+            rec = {"kind": "bench", "op": op, "impl": name, "dtype": dt_name, "mode": mode, **shape}
+            left = deadline - time.time()
+            if left < 3:
+                rec.update(status="SKIP", why="time budget")
+                emit(rec)
+                continue
+            try:
+                if mode == "fwd":
+                    xs = {n: t.detach() for n, t in x.items()}
+
+                    def fn():
+                        with torch.no_grad():
+                            f(xs)
+                else:
+                    xs = {n: t.detach().requires_grad_() for n, t in x.items()}
+                    inputs = [t for n, t in xs.items() if n != "state" or name == "rwkv_hf cuda"]
+
+                    def fn():
+                        y = f(xs)[0]
+                        torch.autograd.grad(y, inputs, torch.ones_like(y), allow_unused=True)
+                ms = cuda_time(fn, budget_s=min(6.0, left / 3))
+                rec.update(status="OK", ms=round(ms, 4),
+                           Mtok_per_s=round(B * T / ms / 1e3, 2))
+            except Exception as e:
+                rec.update(status="ERROR", why=f"{type(e).__name__}: {str(e)[:300]}")
+                emit(rec)
+                if "illegal" in str(e):
+                    raise
+                continue
+            emit(rec)
+    del x
+    torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------- sections
+
+def run_section(section, results_path, deadline):
+    import torch
+
+    def emit(rec):
+        with open(results_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if rec["kind"] == "correct":
+            print(f"  {rec['op']:8s} {rec['dtype']:8s} B={rec['B']} T={rec['T']:<6d} H={rec['H']} "
+                  f"N={rec['N']:<3d} {rec['status']:5s} {rec.get('worst', '')}={rec.get('max_err', '')} "
+                  f"{rec.get('why', '')}", flush=True)
+        else:
+            print(f"  {rec['op']:8s} {rec['impl']:26s} {rec['dtype']:8s} {rec['mode']:7s} "
+                  f"{ {k: rec[k] for k in ('B', 'T', 'H', 'C', 'N') if k in rec} } "
+                  f"{rec['status']} {rec.get('ms', '')} ms {rec.get('why', '')}", flush=True)
+
+    ctx = import_package()
+    ctx[2].load()  # built by the parent: this finds the cached module
+    torch.manual_seed(0)
+    if section.startswith("correct"):
+        for case in correctness_cases(section):
+            if time.time() > deadline:
+                emit({"kind": "correct", "op": case[0], "dtype": "-", "B": case[1], "T": case[2],
+                      "H": case[3], "N": case[4], "status": "SKIP", "why": "time budget"})
+                continue
+            check_one(ctx, *case, emit=emit, deadline=deadline)
+            if not SELFTEST:
+                torch.cuda.empty_cache()
+    else:
+        for case in bench_cases(section):
+            bench_one(ctx, *case, emit=emit, deadline=deadline)
+
+
+# ---------------------------------------------------------------------------- driver
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--section", help=argparse.SUPPRESS)
+    ap.add_argument("--results", help=argparse.SUPPRESS)
+    ap.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--only", help="comma-separated sections to run (default: all)")
+    args = ap.parse_args()
+    if args.section:
+        run_section(args.section, args.results, args.deadline)
+        return 0
+
+    start = time.time()
+    import faulthandler
+
+    faulthandler.dump_traceback_later(TOTAL_BUDGET_S + 5, exit=True)  # never hang
+    out_dir = os.environ.get("OUT") or os.getcwd()
+    os.makedirs(out_dir, exist_ok=True)
+    out_json = os.path.join(out_dir, "gpu_check.json")
+    report = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "build": {}, "results": [], "errors": []}
+
+    def save():
+        with open(out_json, "w") as f:
+            json.dump(report, f, indent=1)
+
+    import torch
+
+    report["env"] = {"python": sys.version.split()[0], "torch": torch.__version__,
+                     "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        report["env"].update(gpu=p.name, capability=f"{p.major}.{p.minor}", sms=p.multi_processor_count,
+                             memory_gib=round(p.total_memory / 2**30, 1))
+    try:
+        import fla
+
+        report["env"]["fla"] = getattr(fla, "__version__", "?")
+    except Exception:
+        report["env"]["fla"] = None
+    print("[gpu_check] env:", report["env"], flush=True)
+    if not torch.cuda.is_available() and not SELFTEST:
+        report["errors"].append("no CUDA device")
+        save()
+        print("[gpu_check] no CUDA device: nothing to check")
+        return 1
+
+    # 1. build
+    try:
+        _, _, cb, torch_ns = import_package()
+        report["env"]["torch_backend"] = torch_ns is not None
+        report["build"]["cuda_home"] = cb.find_cuda_home()
+        t0 = time.time()
+        mod = cb.load(verbose=False)
+        report["build"].update(ok=True, seconds=round(time.time() - t0, 1),
+                               module=getattr(mod, "__file__", None))
+        print(f"[gpu_check] extension ready in {time.time() - t0:.1f} s: {getattr(mod, '__file__', '')}",
+              flush=True)
+    except Exception as e:
+        report["build"].update(ok=False, error=f"{type(e).__name__}: {str(e)[:3000]}")
+        report["errors"].append("build failed")
+        save()
+        print("[gpu_check] BUILD FAILED:", e, flush=True)
+        return 1
+    save()
+
+    # 2./3. sections, each in its own process
+    sections = SECTIONS if not SELFTEST else [s for s in SECTIONS if s[0].startswith("correct")]
+    if args.only:
+        keep = set(args.only.split(","))
+        sections = [(s, w) for s, w in SECTIONS if s in keep]
+    tmp = tempfile.mkdtemp(prefix="gpu_check_")
+    total_w = sum(w for _, w in sections)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    for i, (section, weight) in enumerate(sections):
+        left = TOTAL_BUDGET_S - (time.time() - start)
+        if left < 10:
+            report["errors"].append(f"{section}: not run (time budget)")
+            continue
+        rest_w = sum(w for _, w in sections[i:])
+        budget = left * weight / rest_w
+        results_path = os.path.join(tmp, section + ".jsonl")
+        print(f"[gpu_check] {section} (budget {budget:.0f} s)", flush=True)
+        cmd = [sys.executable, os.path.abspath(__file__), "--section", section, "--results",
+               results_path, "--deadline", str(time.time() + budget - 8)]
+        try:
+            proc = subprocess.run(cmd, env=env, timeout=budget + 5)
+            if proc.returncode != 0:
+                report["errors"].append(f"{section}: exit code {proc.returncode}")
+        except subprocess.TimeoutExpired:
+            report["errors"].append(f"{section}: killed after {budget + 5:.0f} s")
+        if os.path.exists(results_path):
+            with open(results_path) as f:
+                report["results"] += [json.loads(line) for line in f if line.strip()]
+        save()
+
+    # summary
+    corr = [r for r in report["results"] if r["kind"] == "correct"]
+    bench = [r for r in report["results"] if r["kind"] == "bench"]
+    print("\n== correctness (max|a-b|/max|b| vs float64; tol 1e-5 fp32, 1e-2 bf16) ==")
+    print(f"{'op':8s} {'dtype':8s} {'B':>2s} {'T':>6s} {'H':>2s} {'N':>3s} {'oracle':9s} "
+          f"{'y':>8s} {'state':>8s} {'worst grad':>16s} status")
+    for r in corr:
+        e = r.get("errs", {})
+        gk = [k for k in e if k.startswith("d")]
+        wg = max(gk, key=lambda k: e[k] if isinstance(e[k], float) else 1e9) if gk else ""
+        print(f"{r['op']:8s} {r['dtype']:8s} {r['B']:2d} {r['T']:6d} {r['H']:2d} {r['N']:3d} "
+              f"{r.get('oracle', '-'):9s} {str(e.get('y', '-')):>8s} {str(e.get('state', '-')):>8s} "
+              f"{(wg + '=' + str(e.get(wg, ''))) if wg else '-':>16s} {r['status']} {r.get('why', '')}")
+    n_pass = sum(r["status"] == "PASS" for r in corr)
+    n_fail = sum(r["status"] in ("FAIL", "ERROR") for r in corr)
+    print(f"correctness: {n_pass} PASS, {n_fail} FAIL/ERROR, "
+          f"{sum(r['status'] == 'SKIP' for r in corr)} SKIP")
+    print("\n== timing (median ms, CUDA events) ==")
+    for r in bench:
+        shape = " ".join(f"{k}={r[k]}" for k in ("B", "T", "H", "C") if k in r)
+        print(f"{r['op']:8s} {shape:26s} {r['dtype']:8s} {r['mode']:7s} {r['impl']:26s} "
+              f"{(str(r['ms']) + ' ms') if 'ms' in r else r['status'] + ' ' + r.get('why', '')}")
+    for e in report["errors"]:
+        print("error:", e)
+    report["summary"] = {"pass": n_pass, "fail": n_fail, "seconds": round(time.time() - start, 1)}
+    save()
+    print(f"\n[gpu_check] done in {time.time() - start:.0f} s; JSON: {out_json}")
+    return 0 if n_fail == 0 and not report["errors"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

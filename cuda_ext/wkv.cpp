@@ -1,0 +1,37 @@
+// Python bindings of the rwkv_hf WKV extension. The autograd Functions, dtype handling and
+// the public signatures live in rwkv_hf/ops/cuda_backend.py; these are the raw kernels.
+#include <torch/extension.h>
+
+#include "wkv_common.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "rwkv_hf WKV CUDA kernels (RWKV-4, bidirectional v4, RWKV-5/6, RWKV-7)";
+  m.attr("SNAP_CHUNK") = rwkv_hf::kSnap;
+  m.attr("V4_CHUNK") = rwkv_hf::kV4Chunk;
+  m.def("wkv4_forward", &rwkv_hf::wkv4_forward, "wkv4 forward -> (y, final_state, checkpoints)",
+        py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"), py::arg("state"), py::arg("save"));
+  m.def("wkv4_backward", &rwkv_hf::wkv4_backward,
+        "wkv4 backward -> (gk, gv, gw per batch, gu per batch, gstate), float32",
+        py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"), py::arg("checkpoints"),
+        py::arg("gy"), py::arg("gstate"));
+  m.def("bi_wkv4_forward", &rwkv_hf::bi_wkv4_forward, "bi_wkv4 forward -> (y, final_state)",
+        py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"), py::arg("state"));
+  m.def("bi_wkv4_backward", &rwkv_hf::bi_wkv4_backward,
+        "bi_wkv4 backward -> (gk, gv, gw per batch, gu per batch, gstate), float32",
+        py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"), py::arg("state"), py::arg("gy"),
+        py::arg("gstate"));
+  m.def("wkv6_forward", &rwkv_hf::wkv6_forward, "wkv6 forward -> (y, final_state, snapshots)",
+        py::arg("r"), py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"), py::arg("state"),
+        py::arg("save"));
+  m.def("wkv6_backward", &rwkv_hf::wkv6_backward,
+        "wkv6 backward -> (gr, gk, gv, gw float32, gu partials float32, gstate)",
+        py::arg("r"), py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"),
+        py::arg("snapshots"), py::arg("gy"), py::arg("gstate"));
+  m.def("wkv7_forward", &rwkv_hf::wkv7_forward, "wkv7 forward -> (y, final_state, snapshots, sa)",
+        py::arg("r"), py::arg("k"), py::arg("v"), py::arg("w"), py::arg("a"), py::arg("b"),
+        py::arg("state"), py::arg("save"));
+  m.def("wkv7_backward", &rwkv_hf::wkv7_backward,
+        "wkv7 backward -> (gr, gk, gv, gw float32, ga, gb, gstate)",
+        py::arg("r"), py::arg("k"), py::arg("v"), py::arg("w"), py::arg("a"), py::arg("b"),
+        py::arg("snapshots"), py::arg("sa"), py::arg("gy"), py::arg("gstate"));
+}

@@ -1,0 +1,402 @@
+// RWKV-5/6 WKV (matrix state, diagonal per-token decay, bonus u).
+//
+//   y_t = r_t^T (S_{t-1} + diag(u) k_t v_t^T),      S_t = diag(d_t) S_{t-1} + k_t v_t^T,
+//   d_t = exp(w_t); per head S is [K, V] = [N, N] (key-major), S_{-1} the initial state.
+//
+// Forward: one block per (batch, head); each value column j of S lives in the registers of a
+// group of kSplit adjacent lanes (N / kSplit rows each; y_j is summed by lane shuffles);
+// r, k, v, exp(w), u*k of TT tokens are staged in shared memory per barrier.
+// When gradients are needed it stores snapshots snap[c] = S_{c*kSnap - 1} (snap[0] = S_{-1}).
+//
+// Backward. G_t = dL/dS_t (S_t feeds y_{t+1}, S_{t+1} and, for the last token, the final
+// state): G_{T-1} = gS_final, G_{t-1} = diag(d_t) G_t + r_t gy_t^T, and gS_{-1} = G_{-1}.
+//   gr_t = S_{t-1} gy_t + u (.) k_t (v_t . gy_t)
+//   gk_t = G_t v_t      + u (.) r_t (v_t . gy_t)
+//   gv_t = G_t^T k_t    + gy_t (r_t . (u (.) k_t))
+//   gu   = sum_t r_t (.) k_t (v_t . gy_t)
+//   gw_t = d_t (.) rowsum(S_{t-1} (.) G_t)            ((.) elementwise, per key row i)
+// gw needs S_{t-1} and G_t together, S running forwards and G backwards. Instead of inverting
+// the decay (unstable: d can be ~0), use per key row i the scalar beta_t = S_t[i,:] . G_t[i,:]:
+//   beta_t     = d_i S_{t-1}[i,:].G_t[i,:] + k_i (v_t . G_t[i,:]) = gw_t,i + k_t,i gks_t,i
+//   beta_{t-1} = S_{t-1}[i,:].(d_i G_t[i,:] + r_i gy_t)         = gw_t,i + r_t,i grs_t,i
+// with gks = G_t v_t and grs = S_{t-1} gy_t. So, going forwards inside a chunk,
+//   gw_t = beta_{t-1} - r_t grs_t,   beta_t = gw_t + k_t gks_t,
+// exact, without exponentials, and re-anchored at each chunk start by the directly computed
+// beta_{c*kSnap-1} = snap[c][i,:] . G_{c*kSnap-1}[i,:], so rounding runs over <= kSnap steps.
+//
+// Kernel B1 (one block per (batch, head), backwards in time): each lane group x holds both
+// row x and column x of G (the same matrix in two layouts, so that row sums and column sums
+// need only the group's shuffles, no block reductions): gk (row), gv (column),
+// e_t = k_t gks_t (float32 scratch), the anchors beta, and gS_{-1}.
+// Kernel B2 (one block per (batch, head, chunk), forwards in time, chunks in parallel):
+// thread x holds row x of S from the chunk's snapshot; computes grs, gr, gw (beta chain), gu.
+#include "wkv_common.h"
+
+namespace rwkv_hf {
+namespace {
+
+template <typename F, int N>
+__global__ void __launch_bounds__(N * kSplit) wkv6_fwd_kernel(
+    int T, int H, const F* __restrict__ r, const F* __restrict__ k, const F* __restrict__ v,
+    const float* __restrict__ w, const float* __restrict__ u, const float* __restrict__ s0,
+    F* __restrict__ y, float* __restrict__ sT, float* __restrict__ snap /* [B,H,NC,N,N] | null */) {
+  constexpr int TT = Stage<N>::TT, NR = N / kSplit, NT = N * kSplit;
+  __shared__ __align__(16) float s_r[TT][N];
+  __shared__ __align__(16) float s_k[TT][N];
+  __shared__ __align__(16) float s_d[TT][N];
+  __shared__ __align__(16) float s_uk[TT][N];
+  __shared__ __align__(16) float s_v[TT][N];
+  const int bh = blockIdx.x, h = bh % H, b = bh / H, tid = threadIdx.x;
+  const int j = tid / kSplit, l0 = (tid % kSplit) * NR;  // column j, rows l0 .. l0 + NR - 1
+  const bool leader = tid % kSplit == 0;
+  const int NC = (T + kSnap - 1) / kSnap;
+  const int64_t stride = (int64_t)H * N;
+  const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
+  float S[NR];
+  const float* sp = s0 + (int64_t)bh * N * N + (int64_t)l0 * N + j;
+#pragma unroll
+  for (int i = 0; i < NR; ++i) S[i] = sp[i * N];
+  float* snp = snap == nullptr ? nullptr : snap + (int64_t)bh * NC * N * N + (int64_t)l0 * N + j;
+  if (snp != nullptr) {
+#pragma unroll
+    for (int i = 0; i < NR; ++i) snp[i * N] = S[i];
+  }
+  // Stage loads are issued one stage ahead into registers (E per array and thread), so their
+  // latency hides behind the previous stage's tokens.
+  constexpr int E = TT * N / NT;
+  F pr[E] = {}, pk[E] = {}, pv[E] = {};
+  float pw[E] = {};
+  auto fetch = [&](int t0) {
+    const int lim = min(TT, T - t0) * N;
+#pragma unroll
+    for (int it = 0; it < E; ++it) {
+      const int q = tid + it * NT;
+      if (q < lim) {
+        const int64_t o = hbase + (int64_t)(t0 + q / N) * stride + q % N;
+        pr[it] = r[o];
+        pk[it] = k[o];
+        pw[it] = w[o];
+        pv[it] = v[o];
+      }
+    }
+  };
+  fetch(0);
+  for (int t0 = 0; t0 < T; t0 += TT) {
+    const int cnt = min(TT, T - t0);
+    __syncthreads();
+#pragma unroll
+    for (int it = 0; it < E; ++it) {
+      const int q = tid + it * NT, tt = q / N, x = q % N;
+      const float kk = to_f(pk[it]);
+      s_r[tt][x] = to_f(pr[it]);
+      s_k[tt][x] = kk;
+      s_uk[tt][x] = u[h * N + x] * kk;
+      s_d[tt][x] = expf(pw[it]);
+      s_v[tt][x] = to_f(pv[it]);
+    }
+    __syncthreads();
+    if (t0 + TT < T) fetch(t0 + TT);
+    for (int tt = 0; tt < cnt; ++tt) {
+      const int t = t0 + tt;
+      const float vj = s_v[tt][j];
+      float y0 = 0.f, y1 = 0.f, y2 = 0.f, y3 = 0.f;
+#pragma unroll
+      for (int i = 0; i < NR; i += 4) {
+        const float4 r4 = ld4(&s_r[tt][l0 + i]), k4 = ld4(&s_k[tt][l0 + i]);
+        const float4 d4 = ld4(&s_d[tt][l0 + i]), uk4 = ld4(&s_uk[tt][l0 + i]);
+        y0 += r4.x * (S[i] + uk4.x * vj);
+        y1 += r4.y * (S[i + 1] + uk4.y * vj);
+        y2 += r4.z * (S[i + 2] + uk4.z * vj);
+        y3 += r4.w * (S[i + 3] + uk4.w * vj);
+        S[i] = S[i] * d4.x + k4.x * vj;
+        S[i + 1] = S[i + 1] * d4.y + k4.y * vj;
+        S[i + 2] = S[i + 2] * d4.z + k4.z * vj;
+        S[i + 3] = S[i + 3] * d4.w + k4.w * vj;
+      }
+      const float yj = group_sum((y0 + y1) + (y2 + y3));
+      if (leader) y[hbase + (int64_t)t * stride + j] = from_f<F>(yj);
+      if (snp != nullptr && (t + 1) % kSnap == 0 && t + 1 < T) {
+        float* q = snp + (int64_t)((t + 1) / kSnap) * N * N;
+#pragma unroll
+        for (int i = 0; i < NR; ++i) q[i * N] = S[i];
+      }
+    }
+  }
+  float* op = sT + (int64_t)bh * N * N + (int64_t)l0 * N + j;
+#pragma unroll
+  for (int i = 0; i < NR; ++i) op[i * N] = S[i];
+}
+
+// B1: backwards in time. Lane group x holds row x (Gr, entries l0 ..) and column x (Gc, entries
+// l0 ..) of G.
+template <typename F, int N>
+__global__ void __launch_bounds__(N * kSplit) wkv6_bwd_b1_kernel(
+    int T, int H, const F* __restrict__ r, const F* __restrict__ k, const F* __restrict__ v,
+    const float* __restrict__ w, const float* __restrict__ u, const float* __restrict__ snap,
+    const F* __restrict__ gy, const float* __restrict__ gsT, F* __restrict__ gk,
+    F* __restrict__ gv, float* __restrict__ e /* [B,T,H,N] */,
+    float* __restrict__ anchor /* [B,H,NC,N] */, float* __restrict__ gs0) {
+  constexpr int TT = Stage<N>::TT, NR = N / kSplit, NT = N * kSplit;
+  __shared__ __align__(16) float s_r[TT][N];
+  __shared__ __align__(16) float s_k[TT][N];
+  __shared__ __align__(16) float s_v[TT][N];
+  __shared__ __align__(16) float s_d[TT][N];
+  __shared__ __align__(16) float s_gy[TT][N];
+  __shared__ __align__(16) float s_ruk[TT][N];
+  const int bh = blockIdx.x, h = bh % H, b = bh / H, tid = threadIdx.x;
+  const int x = tid / kSplit, l0 = (tid % kSplit) * NR;
+  const bool leader = tid % kSplit == 0;
+  const int NC = (T + kSnap - 1) / kSnap;
+  const int64_t stride = (int64_t)H * N;
+  const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
+  const float ux = u[h * N + x];
+  float Gr[NR], Gc[NR];  // Gr[jj] = G[x][l0 + jj], Gc[ii] = G[l0 + ii][x]
+  const float* gp = gsT + (int64_t)bh * N * N;
+#pragma unroll
+  for (int jj = 0; jj < NR; ++jj) Gr[jj] = gp[x * N + l0 + jj];
+#pragma unroll
+  for (int ii = 0; ii < NR; ++ii) Gc[ii] = gp[(l0 + ii) * N + x];
+  const float* snp = snap + (int64_t)bh * NC * N * N + (int64_t)x * N + l0;
+  // Stage loads are issued one stage ahead into registers (see the forward kernel).
+  constexpr int E = TT * N / NT;
+  F pr[E] = {}, pk[E] = {}, pv[E] = {}, pg[E] = {};
+  float pw[E] = {};
+  auto fetch = [&](int t0) {
+    const int lim = min(TT, T - t0) * N;
+#pragma unroll
+    for (int it = 0; it < E; ++it) {
+      const int q = tid + it * NT;
+      if (q < lim) {
+        const int64_t o = hbase + (int64_t)(t0 + q / N) * stride + q % N;
+        pr[it] = r[o];
+        pk[it] = k[o];
+        pv[it] = v[o];
+        pw[it] = w[o];
+        pg[it] = gy[o];
+      }
+    }
+  };
+  fetch(((T - 1) / TT) * TT);
+  for (int t0 = ((T - 1) / TT) * TT; t0 >= 0; t0 -= TT) {
+    const int cnt = min(TT, T - t0);
+    __syncthreads();
+#pragma unroll
+    for (int it = 0; it < E; ++it) {
+      const int q = tid + it * NT, tt = q / N, xx = q % N;
+      const float rr = to_f(pr[it]), kk = to_f(pk[it]);
+      s_r[tt][xx] = rr;
+      s_k[tt][xx] = kk;
+      s_v[tt][xx] = to_f(pv[it]);
+      s_d[tt][xx] = expf(pw[it]);
+      s_gy[tt][xx] = to_f(pg[it]);
+      s_ruk[tt][xx] = rr * u[h * N + xx] * kk;
+    }
+    __syncthreads();
+    if (t0 >= TT) fetch(t0 - TT);
+    for (int tt = cnt - 1; tt >= 0; --tt) {
+      const int t = t0 + tt;
+      const float rx = s_r[tt][x], kx = s_k[tt][x], dx = s_d[tt][x], gyx = s_gy[tt][x];
+      // Row x: gks = G_t[x,:] . v_t and v_t . gy_t; column x: G_t[:,x] . k_t and r.(u k).
+      float a0 = 0.f, a1 = 0.f, q0 = 0.f, q1 = 0.f, c0 = 0.f, c1 = 0.f, p0 = 0.f, p1 = 0.f;
+#pragma unroll
+      for (int l = 0; l < NR; l += 4) {
+        const float4 v4 = ld4(&s_v[tt][l0 + l]), g4 = ld4(&s_gy[tt][l0 + l]);
+        const float4 k4 = ld4(&s_k[tt][l0 + l]), ruk4 = ld4(&s_ruk[tt][l0 + l]);
+        a0 += Gr[l] * v4.x + Gr[l + 1] * v4.y;
+        a1 += Gr[l + 2] * v4.z + Gr[l + 3] * v4.w;
+        q0 += v4.x * g4.x + v4.y * g4.y;
+        q1 += v4.z * g4.z + v4.w * g4.w;
+        c0 += Gc[l] * k4.x + Gc[l + 1] * k4.y;
+        c1 += Gc[l + 2] * k4.z + Gc[l + 3] * k4.w;
+        p0 += ruk4.x + ruk4.y;
+        p1 += ruk4.z + ruk4.w;
+      }
+      const float gks = group_sum(a0 + a1), vgy = group_sum(q0 + q1);
+      const float gvs = group_sum(c0 + c1), ruk = group_sum(p0 + p1);
+      if (leader) {
+        const int64_t o = hbase + (int64_t)t * stride + x;
+        gk[o] = from_f<F>(gks + ux * rx * vgy);
+        gv[o] = from_f<F>(gvs + gyx * ruk);
+        e[o] = kx * gks;
+      }
+      // G_{t-1} = diag(d_t) G_t + r_t gy_t^T, in both layouts.
+#pragma unroll
+      for (int l = 0; l < NR; l += 4) {
+        const float4 g4 = ld4(&s_gy[tt][l0 + l]);
+        const float4 d4 = ld4(&s_d[tt][l0 + l]), r4 = ld4(&s_r[tt][l0 + l]);
+        Gr[l] = Gr[l] * dx + rx * g4.x;
+        Gr[l + 1] = Gr[l + 1] * dx + rx * g4.y;
+        Gr[l + 2] = Gr[l + 2] * dx + rx * g4.z;
+        Gr[l + 3] = Gr[l + 3] * dx + rx * g4.w;
+        Gc[l] = Gc[l] * d4.x + r4.x * gyx;
+        Gc[l + 1] = Gc[l + 1] * d4.y + r4.y * gyx;
+        Gc[l + 2] = Gc[l + 2] * d4.z + r4.z * gyx;
+        Gc[l + 3] = Gc[l + 3] * d4.w + r4.w * gyx;
+      }
+      if (t % kSnap == 0) {  // anchor beta_{t-1} = S_{t-1}[x,:] . G_{t-1}[x,:]
+        const int c = t / kSnap;
+        const float* q = snp + (int64_t)c * N * N;
+        float b0 = 0.f, b1 = 0.f;
+#pragma unroll
+        for (int l = 0; l < NR; l += 4) {
+          const float4 s4 = ld4(q + l);
+          b0 += s4.x * Gr[l] + s4.y * Gr[l + 1];
+          b1 += s4.z * Gr[l + 2] + s4.w * Gr[l + 3];
+        }
+        const float beta = group_sum(b0 + b1);
+        if (leader) anchor[((int64_t)bh * NC + c) * N + x] = beta;
+      }
+    }
+  }
+  float* op = gs0 + (int64_t)bh * N * N + (int64_t)l0 * N + x;
+#pragma unroll
+  for (int ii = 0; ii < NR; ++ii) op[ii * N] = Gc[ii];
+}
+
+// B2: one block per (batch*head, chunk), forwards in time inside the chunk.
+template <typename F, int N>
+__global__ void __launch_bounds__(N) wkv6_bwd_b2_kernel(
+    int T, int H, const F* __restrict__ r, const F* __restrict__ k, const F* __restrict__ v,
+    const float* __restrict__ w, const float* __restrict__ u, const float* __restrict__ snap,
+    const F* __restrict__ gy, const float* __restrict__ e, const float* __restrict__ anchor,
+    F* __restrict__ gr, float* __restrict__ gw, float* __restrict__ gu_part /* [B,NC,H,N] */) {
+  constexpr int TT = Stage<N>::TT;
+  __shared__ __align__(16) float s_v[TT][N];
+  __shared__ __align__(16) float s_gy[TT][N];
+  const int bh = blockIdx.x, h = bh % H, b = bh / H, x = threadIdx.x, c = blockIdx.y;
+  const int NC = (T + kSnap - 1) / kSnap;
+  const int64_t stride = (int64_t)H * N;
+  const int64_t base = (int64_t)b * T * stride + (int64_t)h * N + x;
+  const float ux = u[h * N + x];
+  float Sr[N];
+  const float* snp = snap + ((int64_t)bh * NC + c) * N * N + (int64_t)x * N;
+#pragma unroll
+  for (int j = 0; j < N; j += 4) {
+    const float4 s4 = ld4(snp + j);
+    Sr[j] = s4.x;
+    Sr[j + 1] = s4.y;
+    Sr[j + 2] = s4.z;
+    Sr[j + 3] = s4.w;
+  }
+  float beta = anchor[((int64_t)bh * NC + c) * N + x];
+  double gu_acc = 0.0;
+  const int tbeg = c * kSnap, tend = min(T, tbeg + kSnap);
+  for (int t0 = tbeg; t0 < tend; t0 += TT) {
+    const int cnt = min(TT, tend - t0);
+    __syncthreads();
+    for (int tt = 0; tt < cnt; ++tt) {
+      const int64_t o = base + (int64_t)(t0 + tt) * stride;
+      s_v[tt][x] = to_f(v[o]);
+      s_gy[tt][x] = to_f(gy[o]);
+    }
+    __syncthreads();
+    for (int tt = 0; tt < cnt; ++tt) {
+      const int64_t o = base + (int64_t)(t0 + tt) * stride;
+      const float rx = to_f(r[o]), kx = to_f(k[o]), dx = expf(w[o]), ex = e[o];
+      float a0 = 0.f, a1 = 0.f, q0 = 0.f, q1 = 0.f;
+#pragma unroll
+      for (int j = 0; j < N; j += 4) {
+        const float4 v4 = ld4(&s_v[tt][j]), g4 = ld4(&s_gy[tt][j]);
+        a0 += Sr[j] * g4.x + Sr[j + 1] * g4.y;
+        a1 += Sr[j + 2] * g4.z + Sr[j + 3] * g4.w;
+        q0 += v4.x * g4.x + v4.y * g4.y;
+        q1 += v4.z * g4.z + v4.w * g4.w;
+        Sr[j] = Sr[j] * dx + kx * v4.x;
+        Sr[j + 1] = Sr[j + 1] * dx + kx * v4.y;
+        Sr[j + 2] = Sr[j + 2] * dx + kx * v4.z;
+        Sr[j + 3] = Sr[j + 3] * dx + kx * v4.w;
+      }
+      const float grs = a0 + a1, vgy = q0 + q1;
+      gr[o] = from_f<F>(grs + ux * kx * vgy);
+      gu_acc += (double)(rx * kx * vgy);
+      const float gwt = beta - rx * grs;
+      gw[o] = gwt;
+      beta = gwt + ex;
+    }
+  }
+  gu_part[(((int64_t)b * NC + c) * H + h) * N + x] = (float)gu_acc;
+}
+
+void check_v6(const at::Tensor& r, const at::Tensor& k, const at::Tensor& v, const at::Tensor& w,
+              const at::Tensor& u) {
+  check_cuda_tensor(r, "r");
+  TORCH_CHECK(r.dim() == 4, "rwkv_hf cuda wkv6: r must be [B, T, H, K]");
+  check_act(k, r, "k");
+  check_act(v, r, "v");
+  check_float(w, "w");
+  check_float(u, "u");
+  TORCH_CHECK(k.sizes() == r.sizes() && w.sizes() == r.sizes(),
+              "rwkv_hf cuda wkv6: r, k, w must share one shape [B, T, H, K]");
+  TORCH_CHECK(v.sizes() == r.sizes(), "rwkv_hf cuda wkv6: needs V == K (v of r's shape), got v ",
+              v.sizes(), " and r ", r.sizes());
+  TORCH_CHECK(u.numel() == r.size(2) * r.size(3), "rwkv_hf cuda wkv6: u must be [H, K]");
+}
+
+}  // namespace
+
+std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
+                                     at::Tensor u, at::Tensor s0, bool save) {
+  check_v6(r, k, v, w, u);
+  check_float(s0, "state");
+  const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
+  TORCH_CHECK(s0.numel() == (int64_t)B * H * n * n, "rwkv_hf cuda wkv6: state must be [B, H, K, V]");
+  const at::cuda::OptionalCUDAGuard guard(r.device());
+  auto y = at::empty_like(v);
+  auto sT = at::empty({B, H, n, n}, s0.options());
+  const int NC = (T + kSnap - 1) / kSnap;
+  auto snap = save ? at::empty({B, H, NC, n, n}, s0.options()) : at::empty({0}, s0.options());
+  if (B * H == 0) return {y, sT, snap};
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  RWKV_HF_DISPATCH_F(r.scalar_type(), "wkv6", [&] {
+    RWKV_HF_DISPATCH_N(n, "wkv6", [&] {
+      wkv6_fwd_kernel<F, N><<<B * H, N * kSplit, 0, stream>>>(
+          T, H, (const F*)r.data_ptr(), (const F*)k.data_ptr(), (const F*)v.data_ptr(),
+          w.data_ptr<float>(), u.data_ptr<float>(), s0.data_ptr<float>(), (F*)y.data_ptr(),
+          sT.data_ptr<float>(), save ? snap.data_ptr<float>() : nullptr);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {y, sT, snap};
+}
+
+std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
+                                      at::Tensor u, at::Tensor snap, at::Tensor gy,
+                                      at::Tensor gsT) {
+  check_v6(r, k, v, w, u);
+  check_act(gy, r, "gy");
+  check_float(snap, "snapshots");
+  check_float(gsT, "gsT");
+  const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
+  const int NC = (T + kSnap - 1) / kSnap;
+  TORCH_CHECK(snap.numel() == (int64_t)B * H * NC * n * n, "rwkv_hf cuda wkv6: bad snapshots");
+  TORCH_CHECK(NC < 65536, "rwkv_hf cuda wkv6: sequence too long (T >= ", 65536 * kSnap, ")");
+  const at::cuda::OptionalCUDAGuard guard(r.device());
+  auto f32 = r.options().dtype(at::kFloat);
+  auto gr = at::empty_like(r), gk = at::empty_like(r), gv = at::empty_like(v);
+  auto gw = at::empty({B, T, H, n}, f32);
+  auto gu_part = at::empty({B, NC, H, n}, f32);
+  auto gs0 = at::empty({B, H, n, n}, f32);
+  if (B * H == 0) return {gr, gk, gv, gw, gu_part, gs0};
+  auto e = at::empty({B, T, H, n}, f32);
+  auto anchor = at::empty({B, H, NC, n}, f32);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  RWKV_HF_DISPATCH_F(r.scalar_type(), "wkv6", [&] {
+    RWKV_HF_DISPATCH_N(n, "wkv6", [&] {
+      wkv6_bwd_b1_kernel<F, N><<<B * H, N * kSplit, 0, stream>>>(
+          T, H, (const F*)r.data_ptr(), (const F*)k.data_ptr(), (const F*)v.data_ptr(),
+          w.data_ptr<float>(), u.data_ptr<float>(), snap.data_ptr<float>(),
+          (const F*)gy.data_ptr(), gsT.data_ptr<float>(), (F*)gk.data_ptr(), (F*)gv.data_ptr(),
+          e.data_ptr<float>(), anchor.data_ptr<float>(), gs0.data_ptr<float>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      wkv6_bwd_b2_kernel<F, N><<<dim3(B * H, NC), N, 0, stream>>>(
+          T, H, (const F*)r.data_ptr(), (const F*)k.data_ptr(), (const F*)v.data_ptr(),
+          w.data_ptr<float>(), u.data_ptr<float>(), snap.data_ptr<float>(),
+          (const F*)gy.data_ptr(), e.data_ptr<float>(), anchor.data_ptr<float>(),
+          (F*)gr.data_ptr(), gw.data_ptr<float>(), gu_part.data_ptr<float>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return {gr, gk, gv, gw, gu_part, gs0};
+}
+
+}  // namespace rwkv_hf

@@ -1,0 +1,133 @@
+// Shared helpers of the rwkv_hf WKV extension (device code and host launchers).
+//
+// Conventions (the package's operator layer, rwkv_hf/ops/__init__.py):
+//   * decays are LOG-decays w: the per-step factor is exp(w);
+//   * per-token tensors are [B, T, H, N] (matrix-state ops) or [B, T, C] (per-channel ops),
+//     contiguous, in F = float / bfloat16 / half; w and u always reach the kernels in float32;
+//   * states, snapshots and every accumulation are float32 (a few long sums in float64).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+namespace rwkv_hf {
+
+// Matrix-state ops keep a state snapshot every kSnap tokens (forward) and re-anchor the
+// gradient of the decay every kSnap tokens (backward), see wkv6.cu.
+constexpr int kSnap = 64;
+// Per-channel ops keep a checkpoint of (num, den, logscale) every kV4Chunk tokens and
+// recompute the states inside a chunk in registers during the reverse sweep.
+constexpr int kV4Chunk = 16;
+
+#ifdef __CUDACC__  // device helpers: only in the .cu translation units
+template <typename F>
+__device__ __forceinline__ float to_f(F x) { return static_cast<float>(x); }
+
+template <typename F>
+__device__ __forceinline__ F from_f(float x) { return static_cast<F>(x); }
+
+template <>
+__device__ __forceinline__ float from_f<float>(float x) { return x; }
+
+// Tokens staged in shared memory per barrier by the matrix-state kernels.
+template <int N>
+struct Stage {
+  static constexpr int TT = N <= 64 ? 16 : 8;
+};
+
+// The sequential matrix-state kernels (forward, backward sweep B1) give each state column
+// (or row) to kSplit adjacent lanes, each holding N / kSplit of its entries; sums over the
+// column go through kSplit-lane butterfly shuffles. More threads per head: less latency per
+// token when B * H is small.
+constexpr int kSplit = 4;
+
+// Sum of x over the kSplit adjacent lanes of a group; every lane of the group gets the sum.
+__device__ __forceinline__ float group_sum(float x) {
+#pragma unroll
+  for (int off = 1; off < kSplit; off <<= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
+  return x;
+}
+
+__device__ __forceinline__ float4 ld4(const float* p) {
+  return *reinterpret_cast<const float4*>(p);
+}
+#endif  // __CUDACC__
+
+inline void check_cuda_tensor(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.is_cuda(), "rwkv_hf cuda: ", name, " must be a CUDA tensor");
+  TORCH_CHECK(x.is_contiguous(), "rwkv_hf cuda: ", name, " must be contiguous");
+}
+
+inline void check_float(const at::Tensor& x, const char* name) {
+  check_cuda_tensor(x, name);
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "rwkv_hf cuda: ", name, " must be float32, got ",
+              x.scalar_type());
+}
+
+inline void check_act(const at::Tensor& x, const at::Tensor& like, const char* name) {
+  check_cuda_tensor(x, name);
+  TORCH_CHECK(x.scalar_type() == like.scalar_type(), "rwkv_hf cuda: ", name, " must have dtype ",
+              like.scalar_type(), ", got ", x.scalar_type());
+  TORCH_CHECK(x.device() == like.device(), "rwkv_hf cuda: ", name, " is on another device");
+}
+
+// Calls body.template operator()<F>() with F the C++ type of an activation dtype.
+#define RWKV_HF_DISPATCH_F(dtype, NAME, ...)                                          \
+  [&] {                                                                               \
+    switch (dtype) {                                                                  \
+      case at::kFloat: { using F = float; return __VA_ARGS__(); }                     \
+      case at::kBFloat16: { using F = c10::BFloat16; return __VA_ARGS__(); }          \
+      case at::kHalf: { using F = c10::Half; return __VA_ARGS__(); }                  \
+      default: TORCH_CHECK(false, "rwkv_hf cuda ", NAME,                              \
+                           ": per-token inputs must be float32, bfloat16 or float16, got ", \
+                           dtype);                                                    \
+    }                                                                                 \
+  }()
+
+#define RWKV_HF_DISPATCH_N(n, NAME, ...)                                              \
+  [&] {                                                                               \
+    switch (n) {                                                                      \
+      case 16: { constexpr int N = 16; return __VA_ARGS__(); }                        \
+      case 32: { constexpr int N = 32; return __VA_ARGS__(); }                        \
+      case 64: { constexpr int N = 64; return __VA_ARGS__(); }                        \
+      case 128: { constexpr int N = 128; return __VA_ARGS__(); }                      \
+      default: TORCH_CHECK(false, "rwkv_hf cuda ", NAME,                              \
+                           ": head size must be 16, 32, 64 or 128, got ", n);         \
+    }                                                                                 \
+  }()
+
+// ---------------------------------------------------------------------------- host API
+
+// RWKV-4 (wkv4.cu). Gradients of k, v come back in float32; gw/gu as per-batch partials.
+std::vector<at::Tensor> wkv4_forward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
+                                     at::Tensor s0, bool save);
+std::vector<at::Tensor> wkv4_backward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
+                                      at::Tensor ckpt, at::Tensor gy, at::Tensor gsT);
+std::vector<at::Tensor> bi_wkv4_forward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
+                                        at::Tensor s0);
+std::vector<at::Tensor> bi_wkv4_backward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
+                                         at::Tensor s0, at::Tensor gy, at::Tensor gsT);
+
+// RWKV-5/6 (wkv6.cu).
+std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
+                                     at::Tensor u, at::Tensor s0, bool save);
+std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
+                                      at::Tensor u, at::Tensor snaps, at::Tensor gy,
+                                      at::Tensor gsT);
+
+// RWKV-7 (wkv7.cu).
+std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
+                                     at::Tensor a, at::Tensor b, at::Tensor s0, bool save);
+std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
+                                      at::Tensor a, at::Tensor b, at::Tensor snaps, at::Tensor sa,
+                                      at::Tensor gy, at::Tensor gsT);
+
+}  // namespace rwkv_hf

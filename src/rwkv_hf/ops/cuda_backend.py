@@ -1,0 +1,490 @@
+"""CUDA backend of ``rwkv_hf.ops``: the loader of the WKV extension and its autograd Functions.
+
+The extension's sources ship as ``rwkv_hf.cuda_ext`` (the repository's ``cuda_ext/``). They
+are compiled on first use for the visible GPU (or ``TORCH_CUDA_ARCH_LIST``) and cached under
+``$RWKV_HF_CUDA_CACHE`` (default ``~/.cache/rwkv_hf/cuda``) in a directory keyed by the Python,
+torch and CUDA versions, a hash of the sources and the architectures. :func:`build` compiles
+ahead of time, without a GPU, for a list of architectures; :func:`load` then finds that build.
+
+Backend functions (same signatures and results as ``reference.py``; inputs validated by the
+dispatcher): :func:`wkv4`, :func:`bi_wkv4`, :func:`wkv6`, :func:`wkv7`. Per-token inputs may be
+float32, bfloat16 or float16 (``y`` comes back in that dtype); decays ``w`` and ``u`` are used
+in float32, states are float32, accumulation is float32. Gradients reach every tensor input,
+the initial state included, from both outputs. Head sizes K = V in {16, 32, 64, 128}; any C for
+the per-channel ops. :func:`unsupported_reason` tells the dispatcher when to fall back.
+
+Importing this module never raises and never compiles; :func:`available` says whether the
+backend can run here, and why not.
+"""
+import glob
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+
+import torch
+
+__all__ = ["wkv4", "bi_wkv4", "wkv6", "wkv7", "available", "load", "build", "find_cuda_home",
+           "sources_dir", "unsupported_reason", "SUPPORTED_HEAD_SIZES"]
+
+SUPPORTED_HEAD_SIZES = (16, 32, 64, 128)
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+SOURCES = ("wkv.cpp", "wkv4.cu", "wkv6.cu", "wkv7.cu")
+HEADERS = ("wkv_common.h",)
+CACHE_ENV = "RWKV_HF_CUDA_CACHE"
+_BUILD_INFO = "build.json"
+
+_lock = threading.RLock()
+_ext = None
+_load_error = None
+
+
+# ---------------------------------------------------------------------------- locating things
+
+def sources_dir():
+    """Directory of the extension's sources: the installed package ``rwkv_hf.cuda_ext`` if
+    importable, else the repository's ``cuda_ext/`` next to ``src/``."""
+    try:
+        spec = importlib.util.find_spec("rwkv_hf.cuda_ext")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        for d in spec.submodule_search_locations:
+            if all(os.path.isfile(os.path.join(d, f)) for f in SOURCES):
+                return os.path.abspath(d)
+    here = os.path.dirname(os.path.abspath(__file__))
+    repo = os.path.normpath(os.path.join(here, "..", "..", "..", "cuda_ext"))
+    if all(os.path.isfile(os.path.join(repo, f)) for f in SOURCES):
+        return repo
+    raise FileNotFoundError("rwkv_hf CUDA sources not found (neither the package rwkv_hf.cuda_ext "
+                            f"nor {repo})")
+
+
+def _resolve_nvcc(path, depth=0):
+    """Follow symlinks and small wrapper scripts (``exec /real/bin/nvcc "$@"``) to the real nvcc."""
+    path = os.path.realpath(path)
+    if depth > 5:
+        return path
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return path
+    if not head.startswith(b"#!"):
+        return path
+    text = head.decode("utf-8", "replace")
+    for cand in re.findall(r"(/[^\s\"';&|]*/nvcc)\b", text):
+        if os.path.isfile(cand) and os.path.realpath(cand) != path:
+            return _resolve_nvcc(cand, depth + 1)
+    return path
+
+
+def find_cuda_home():
+    """The CUDA toolkit root: $CUDA_HOME (or $CUDA_PATH), else the directory above the real
+    ``nvcc`` on PATH (through symlinks and wrapper scripts), else /usr/local/cuda; None if none
+    holds bin/nvcc."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        d = os.environ.get(var)
+        if d and os.path.isfile(os.path.join(d, "bin", "nvcc")):
+            return os.path.abspath(d)
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        d = os.path.dirname(os.path.dirname(_resolve_nvcc(nvcc)))
+        if os.path.isfile(os.path.join(d, "bin", "nvcc")):
+            return d
+    for d in ("/usr/local/cuda",) + tuple(sorted(glob.glob("/usr/local/cuda-*"), reverse=True)):
+        if os.path.isfile(os.path.join(d, "bin", "nvcc")):
+            return d
+    return None
+
+
+def cache_root():
+    d = os.environ.get(CACHE_ENV)
+    if d:
+        return os.path.abspath(os.path.expanduser(d))
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "rwkv_hf", "cuda")
+
+
+def _source_hash(src):
+    h = hashlib.sha256()
+    for name in SOURCES + HEADERS:
+        h.update(name.encode())
+        with open(os.path.join(src, name), "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:12]
+
+
+def _key(src):
+    """Cache directory name shared by every architecture build of these sources."""
+    key = (f"py{sys.version_info[0]}{sys.version_info[1]}-torch{torch.__version__}"
+           f"-cuda{torch.version.cuda}-src{_source_hash(src)}")
+    return re.sub(r"[^A-Za-z0-9._-]", "_", key)
+
+
+def _norm_archs(arch_list):
+    if isinstance(arch_list, str):
+        arch_list = re.split(r"[;,\s]+", arch_list)
+    archs = []
+    for a in arch_list:
+        a = str(a).strip()
+        if not a:
+            continue
+        if not re.fullmatch(r"\d+\.\d+a?(\+PTX)?", a):
+            raise ValueError(f"bad CUDA architecture {a!r} (expected e.g. '8.0', '9.0', '9.0+PTX')")
+        if a not in archs:
+            archs.append(a)
+    if not archs:
+        raise ValueError("empty CUDA architecture list")
+    return archs
+
+
+def _arch_tag(archs):
+    return "sm_" + "_".join(a.replace(".", "").replace("+PTX", "ptx") for a in archs)
+
+
+def _module_name(key, archs):
+    return "rwkv_hf_wkv_" + hashlib.sha256((key + ";".join(archs)).encode()).hexdigest()[:10]
+
+
+def _device_archs():
+    env = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if env:
+        return _norm_archs(env)
+    archs = []
+    for i in range(torch.cuda.device_count()):
+        major, minor = torch.cuda.get_device_capability(i)
+        a = f"{major}.{minor}"
+        if a not in archs:
+            archs.append(a)
+    return archs
+
+
+def _covers(built, needed):
+    """Does a build for the architectures ``built`` run on every one of ``needed``?"""
+    def base(a):
+        return a.split("+")[0].rstrip("a")
+
+    def ver(a):
+        major, minor = base(a).split(".")
+        return int(major), int(minor)
+
+    return all(any(base(b) == base(n) or (b.endswith("+PTX") and ver(b) <= ver(n)) for b in built)
+               for n in needed)
+
+
+# ---------------------------------------------------------------------------- compiling
+
+def _ensure_ninja():
+    if shutil.which("ninja"):
+        return
+    dirs = [os.path.dirname(sys.executable)]
+    try:
+        import ninja  # the PyPI package ships the binary
+        dirs.insert(0, ninja.BIN_DIR)
+    except Exception:
+        pass
+    for d in dirs:
+        if os.path.isfile(os.path.join(d, "ninja")):
+            os.environ["PATH"] = d + os.pathsep + os.environ.get("PATH", "")
+            return
+    raise RuntimeError("ninja not found (pip install ninja): torch needs it to compile extensions")
+
+
+def _import_built(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _compile(archs, verbose=False):
+    """Compile the extension for ``archs``; return (module, path of the built module)."""
+    src = sources_dir()
+    key = _key(src)
+    name = _module_name(key, archs)
+    build_dir = os.path.join(cache_root(), key, _arch_tag(archs))
+    os.makedirs(build_dir, exist_ok=True)
+    cuda_home = find_cuda_home()
+    if cuda_home is None:
+        raise RuntimeError("nvcc not found: install the CUDA toolkit or set CUDA_HOME")
+    _ensure_ninja()
+    from torch.utils import cpp_extension
+
+    saved_env = {k: os.environ.get(k) for k in ("CUDA_HOME", "TORCH_CUDA_ARCH_LIST")}
+    saved_home = cpp_extension.CUDA_HOME
+    os.environ["CUDA_HOME"] = cuda_home
+    os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(archs)
+    cpp_extension.CUDA_HOME = cuda_home  # torch guesses it once at import; the guess can be wrong
+    try:
+        mod = cpp_extension.load(
+            name=name,
+            sources=[os.path.join(src, f) for f in SOURCES],
+            extra_include_paths=[src],
+            extra_cflags=["-O3"],
+            # No --use_fast_math: exact expf keeps float32 results within 1e-5 of float64.
+            extra_cuda_cflags=["-O3", "-lineinfo"],
+            build_directory=build_dir,
+            verbose=verbose,
+            with_cuda=True,
+        )
+    finally:
+        cpp_extension.CUDA_HOME = saved_home
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    path = getattr(mod, "__file__", None) or os.path.join(build_dir, name + ".so")
+    with open(os.path.join(build_dir, _BUILD_INFO), "w") as f:
+        json.dump({"name": name, "archs": archs, "module": os.path.basename(path),
+                   "torch": torch.__version__, "cuda": torch.version.cuda}, f)
+    return mod, path
+
+
+def build(arch_list=("8.0", "9.0"), verbose=False):
+    """Compile the extension ahead of time (no GPU needed) for ``arch_list``; return the path of
+    the built module. :func:`load` uses this build on any GPU whose architecture it covers."""
+    archs = _norm_archs(arch_list)
+    with _lock:
+        _, path = _compile(archs, verbose=verbose)
+    return path
+
+
+def _find_prebuilt(needed):
+    try:
+        src = sources_dir()
+        root = os.path.join(cache_root(), _key(src))
+    except Exception:
+        return None
+    for info_path in sorted(glob.glob(os.path.join(root, "*", _BUILD_INFO))):
+        try:
+            with open(info_path) as f:
+                info = json.load(f)
+            path = os.path.join(os.path.dirname(info_path), info["module"])
+            if os.path.isfile(path) and _covers(info["archs"], needed):
+                return info["name"], path
+        except Exception:
+            continue
+    return None
+
+
+def load(verbose=False):
+    """The compiled extension module, built on first use for the visible GPU's architecture
+    (or ``TORCH_CUDA_ARCH_LIST``), or found among earlier builds. Raises RuntimeError."""
+    global _ext, _load_error
+    if _ext is not None:
+        return _ext
+    with _lock:
+        if _ext is not None:
+            return _ext
+        if _load_error is not None:
+            raise RuntimeError(_load_error)
+        if not torch.cuda.is_available():
+            raise RuntimeError("no CUDA device visible to torch")
+        try:
+            needed = _device_archs()
+            found = _find_prebuilt(needed)
+            mod = None
+            if found is not None:
+                try:
+                    mod = _import_built(*found)
+                except Exception:
+                    mod = None
+            if mod is None:
+                mod, _ = _compile(needed, verbose=verbose)
+            _ext = mod
+        except Exception as e:  # remember: do not recompile on every call
+            _load_error = _summarize(e)
+            raise RuntimeError(_load_error) from e
+    return _ext
+
+
+def _summarize(e):
+    msg = str(e)
+    if "nvcc not found" in msg or "ninja not found" in msg or "no CUDA device" in msg:
+        return msg
+    lines = [l.strip() for l in msg.splitlines() if re.search(r"\berror\b", l, re.I)]
+    head = "; ".join(lines[:4]) if lines else msg.strip().splitlines()[-1] if msg.strip() else repr(e)
+    return f"compiling the rwkv_hf CUDA extension failed: {head[:800]}"
+
+
+def available():
+    """(True, 'ok') if CUDA is available and the extension loads (compiling it if needed),
+    else (False, why not)."""
+    try:
+        if not torch.cuda.is_available():
+            return False, "no CUDA device visible to torch"
+        load()
+        return True, "ok"
+    except Exception as e:
+        return False, str(e)
+
+
+# ---------------------------------------------------------------------------- checks
+
+def unsupported_reason(op, **tensors):
+    """None if this backend runs ``op`` on these tensors, else why not (so the dispatcher can fall
+    back). ``op`` in wkv4, bi_wkv4, wkv6, wkv7; tensors by their argument names."""
+    xs = [t for t in tensors.values() if isinstance(t, torch.Tensor)]
+    if not xs or not all(t.is_cuda for t in xs):
+        return "the CUDA backend needs CUDA tensors"
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.dtype not in SUPPORTED_DTYPES:
+            return f"the CUDA backend computes in float32; {name} is {t.dtype}"
+    if op in ("wkv6", "wkv5", "wkv7", "bi_wkv6"):
+        r, v = tensors.get("r"), tensors.get("v")
+        if r is not None and v is not None:
+            K, V = r.shape[-1], v.shape[-1]
+            if K != V or K not in SUPPORTED_HEAD_SIZES:
+                return (f"the CUDA backend supports head sizes K = V in {SUPPORTED_HEAD_SIZES}, "
+                        f"got K={K}, V={V}")
+    return None
+
+
+def _head_size(op, r, v):
+    K, V = r.shape[-1], v.shape[-1]
+    if K != V or K not in SUPPORTED_HEAD_SIZES:
+        raise ValueError(f"{op} (cuda backend): head sizes K = V in {SUPPORTED_HEAD_SIZES} are "
+                         f"supported, got K={K}, V={V}; use backend='torch'")
+    return K
+
+
+def _act_dtype(op, *xs):
+    if not all(x.is_cuda for x in xs):
+        raise ValueError(f"{op} (cuda backend): inputs must be CUDA tensors")
+    dt = xs[0].dtype
+    if dt not in SUPPORTED_DTYPES:
+        raise ValueError(f"{op} (cuda backend): per-token inputs must be float32, bfloat16 or "
+                         f"float16, got {dt}; use backend='torch' for float64")
+    return dt
+
+
+def _c(x, dtype):
+    return x.to(dtype).contiguous()
+
+
+def _f32(x):
+    return x.to(torch.float32).contiguous()
+
+
+def _sum_to(x, dims, dtype):
+    return x.to(torch.float64).sum(dims).to(dtype)
+
+
+# ---------------------------------------------------------------------------- autograd
+
+class _Wkv4(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, k, v, w, u, state):
+        ext = load()
+        dt = _act_dtype("wkv4", k, v)
+        kk, vv, ww, uu, s0 = _c(k, dt), _c(v, dt), _f32(w), _f32(u), _f32(state)
+        save = any(ctx.needs_input_grad)
+        y, sT, ckpt = ext.wkv4_forward(kk, vv, ww, uu, s0, save)
+        if save:
+            ctx.save_for_backward(kk, vv, ww, uu, ckpt)
+            ctx.dtypes = (k.dtype, v.dtype, w.dtype, u.dtype, state.dtype)
+        return y, sT
+
+    @staticmethod
+    def backward(ctx, gy, gsT):
+        kk, vv, ww, uu, ckpt = ctx.saved_tensors
+        gk, gv, gw, gu, gs0 = load().wkv4_backward(kk, vv, ww, uu, ckpt, _c(gy, kk.dtype), _f32(gsT))
+        dk, dv, dw, du, ds = ctx.dtypes
+        return gk.to(dk), gv.to(dv), _sum_to(gw, 0, dw), _sum_to(gu, 0, du), gs0.to(ds)
+
+
+class _BiWkv4(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, k, v, w, u, state):
+        ext = load()
+        dt = _act_dtype("bi_wkv4", k, v)
+        kk, vv, ww, uu, s0 = _c(k, dt), _c(v, dt), _f32(w), _f32(u), _f32(state)
+        y, sT = ext.bi_wkv4_forward(kk, vv, ww, uu, s0)
+        if any(ctx.needs_input_grad):
+            ctx.save_for_backward(kk, vv, ww, uu, s0)
+            ctx.dtypes = (k.dtype, v.dtype, w.dtype, u.dtype, state.dtype)
+        return y, sT
+
+    @staticmethod
+    def backward(ctx, gy, gsT):
+        kk, vv, ww, uu, s0 = ctx.saved_tensors
+        gk, gv, gw, gu, gs0 = load().bi_wkv4_backward(kk, vv, ww, uu, s0, _c(gy, kk.dtype), _f32(gsT))
+        dk, dv, dw, du, ds = ctx.dtypes
+        return gk.to(dk), gv.to(dv), _sum_to(gw, 0, dw), _sum_to(gu, 0, du), gs0.to(ds)
+
+
+class _Wkv6(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, r, k, v, w, u, state):
+        ext = load()
+        dt = _act_dtype("wkv6", r, k, v)
+        _head_size("wkv6", r, v)
+        rr, kk, vv = _c(r, dt), _c(k, dt), _c(v, dt)
+        ww, uu, s0 = _f32(w), _f32(u), _f32(state)
+        save = any(ctx.needs_input_grad)
+        y, sT, snap = ext.wkv6_forward(rr, kk, vv, ww, uu, s0, save)
+        if save:
+            ctx.save_for_backward(rr, kk, vv, ww, uu, snap)
+            ctx.dtypes = (r.dtype, k.dtype, v.dtype, w.dtype, u.dtype, state.dtype)
+        return y, sT
+
+    @staticmethod
+    def backward(ctx, gy, gsT):
+        rr, kk, vv, ww, uu, snap = ctx.saved_tensors
+        gr, gk, gv, gw, gu, gs0 = load().wkv6_backward(rr, kk, vv, ww, uu, snap, _c(gy, rr.dtype),
+                                                       _f32(gsT))
+        dr, dk, dv, dw, du, ds = ctx.dtypes
+        return (gr.to(dr), gk.to(dk), gv.to(dv), gw.to(dw), _sum_to(gu, (0, 1), du), gs0.to(ds))
+
+
+class _Wkv7(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, r, k, v, w, a, b, state):
+        ext = load()
+        dt = _act_dtype("wkv7", r, k, v, a, b)
+        _head_size("wkv7", r, v)
+        rr, kk, vv, aa, bb = (_c(x, dt) for x in (r, k, v, a, b))
+        ww, s0 = _f32(w), _f32(state)
+        save = any(ctx.needs_input_grad)
+        y, sT, snap, sa = ext.wkv7_forward(rr, kk, vv, ww, aa, bb, s0, save)
+        if save:
+            ctx.save_for_backward(rr, kk, vv, ww, aa, bb, snap, sa)
+            ctx.dtypes = (r.dtype, k.dtype, v.dtype, w.dtype, a.dtype, b.dtype, state.dtype)
+        return y, sT
+
+    @staticmethod
+    def backward(ctx, gy, gsT):
+        rr, kk, vv, ww, aa, bb, snap, sa = ctx.saved_tensors
+        gr, gk, gv, gw, ga, gb, gs0 = load().wkv7_backward(rr, kk, vv, ww, aa, bb, snap, sa,
+                                                           _c(gy, rr.dtype), _f32(gsT))
+        dts = ctx.dtypes
+        return tuple(g.to(d) for g, d in zip((gr, gk, gv, gw, ga, gb, gs0), dts))
+
+
+# ---------------------------------------------------------------------------- backend API
+
+def wkv4(k, v, w, u, state):
+    """RWKV-4: k, v [B, T, C]; w, u [C]; state [B, 3, C] -> (y [B, T, C], final state)."""
+    return _Wkv4.apply(k, v, w, u, state)
+
+
+def bi_wkv4(k, v, w, u, state):
+    """Bidirectional v4: k, v [B, T, C]; w, u [C]; state [B, 2, 3, C] -> (y, final state)."""
+    return _BiWkv4.apply(k, v, w, u, state)
+
+
+def wkv6(r, k, v, w, u, state):
+    """RWKV-5/6: r, k, w [B, T, H, K]; v [B, T, H, V]; u [H, K]; state [B, H, K, V]."""
+    return _Wkv6.apply(r, k, v, w, u, state)
+
+
+def wkv7(r, k, v, w, a, b, state):
+    """RWKV-7: r, k, w, a, b [B, T, H, K]; v [B, T, H, V]; state [B, H, K, V]."""
+    return _Wkv7.apply(r, k, v, w, a, b, state)
