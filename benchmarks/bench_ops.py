@@ -63,14 +63,15 @@ def _peers(op):
         except ImportError:
             return peers
     if op in ("wkv5", "wkv6"):
-        def fla6(fn):
+        def fla6(chunked):
             def make(x):
                 w = x["w"] if x["w"].dim() == 4 else x["w"].expand_as(x["r"])
                 r, k, v, w = (_head_first(t) for t in (x["r"], x["k"], x["v"], w))
-                return lambda: fn(r, k, v, w, x["u"], scale=1.0)[0]
+                if chunked:  # no scale argument (it does not scale q); T must be a multiple of 32
+                    return lambda: naive_chunk_rwkv6(r, k, v, w, x["u"])
+                return lambda: naive_recurrent_rwkv6(r, k, v, w, x["u"], scale=1.0)[0]
             return make
-        peers += [("fla naive_recurrent_rwkv6", fla6(naive_recurrent_rwkv6)),
-                  ("fla naive_chunk_rwkv6", fla6(naive_chunk_rwkv6))]
+        peers += [("fla naive_recurrent_rwkv6", fla6(False)), ("fla naive_chunk_rwkv6", fla6(True))]
     if op == "wkv7":
         def fla7(fn):
             def make(x):
@@ -107,9 +108,17 @@ def _run(make, x, backward):
 
 
 def time_alternating(impls, x, backward, repeats=3):
-    """Median seconds per implementation, runs interleaved A B A B after one warm-up each."""
-    for _, make in impls:
-        _run(make, x, backward)
+    """Median seconds per implementation, runs interleaved A B A B after one warm-up each.
+
+    An implementation that fails its warm-up (e.g. a peer without a backward) is left out."""
+    kept = []
+    for name, make in impls:
+        try:
+            _run(make, x, backward)
+            kept.append((name, make))
+        except RuntimeError as e:
+            print(f"  (left out {name}: {str(e).splitlines()[0][:100]})")
+    impls = kept
     times = {name: [] for name, _ in impls}
     for _ in range(repeats):
         for name, make in impls:
