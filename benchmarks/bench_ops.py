@@ -2,6 +2,7 @@
 
     python benchmarks/bench_ops.py            # full run (about 10 minutes on 2 cores)
     python benchmarks/bench_ops.py --quick    # smoke run, short sequences, prints only
+    python benchmarks/bench_ops.py --memory   # peak memory of forward+backward at T=16384
 
 Method (DESIGN.md): torch.set_num_threads(2), one warm-up, the median of 3 timed runs,
 implementations alternated (A B A B) so machine drift hits all of them; float32; the
@@ -138,13 +139,15 @@ def matmul_gflops():
 
 
 def peak_memory_child(op, T):
-    """Run forward+backward of the torch backend in a fresh process; peak RSS in MiB."""
-    code = ("import resource, torch; torch.set_num_threads(2);"
+    """Forward+backward of the torch backend in a fresh process: (RSS before the op, peak RSS
+    during it) in MiB. The peak is reset once the inputs exist (Linux: /proc/self/clear_refs)."""
+    code = ("import re, torch; torch.set_num_threads(2);"
             "from rwkv_hf import ops; from rwkv_hf.ops.random_inputs import make_inputs;"
+            "rss = lambda f: int(re.search(f + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1));"
             f"x = {{n: t.requires_grad_(True) for n, t in make_inputs({op!r}, {B}, {T}, {H}, {N}).items()}};"
-            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+            "open('/proc/self/clear_refs', 'w').write('5'); base = rss('VmRSS');"
             f"y = ops.{op}(**x)[0]; y.backward(torch.ones_like(y));"
-            "print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "print(base, rss('VmHWM'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     base, peak = (int(v) / 1024 for v in out[-2:])
     return base, peak
@@ -161,9 +164,9 @@ def cpu_name():
         return platform.processor()
 
 
-def write_results(section):
+def write_results(section, block="ops"):
     path = os.path.join(HERE, "RESULTS.md")
-    begin, end = "<!-- ops:begin -->", "<!-- ops:end -->"
+    begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
     text = open(path).read() if os.path.exists(path) else "# Benchmark results\n\n"
     block = f"{begin}\n{section.rstrip()}\n{end}"
     if begin in text:
@@ -201,14 +204,27 @@ def plot(scaling, path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short sequences, no files written")
+    parser.add_argument("--memory", action="store_true",
+                        help="only measure forward+backward memory at T=16384 (its own RESULTS.md block)")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.memory:
+        lines = ["Forward+backward of the torch backend at T=16384 (B=1, H=12, N=64, fp32; fresh process "
+                 "per op, peak resident memory reset once the inputs exist):", "",
+                 "| op | RSS before the op (MiB) | peak RSS during fwd+bwd (MiB) | growth (MiB) |",
+                 "|---|---:|---:|---:|"]
+        for op in OPS:
+            base, peak = peak_memory_child(op, 16384)
+            print(f"{op:8s} fwd+bwd T=16384: RSS {base:.0f} -> peak {peak:.0f} MiB")
+            lines.append(f"| {op} | {base:,.0f} | {peak:,.0f} | {peak - base:,.0f} |")
+        write_results("\n".join(lines), block="ops-memory")
+        return
     t_main = 256 if args.quick else T_MAIN
     t_scaling = (64, 256) if args.quick else T_SCALING
 
     gflops = matmul_gflops()
     print(f"matmul rate: {gflops:.1f} GFLOP/s (fp32, 2048^2, {torch.get_num_threads()} threads)")
-    main_rows, scaling, memory = [], {}, {}
+    main_rows, scaling = [], {}
     for op in OPS:
         x, impls = _impls(op, t_main)
         for backward in (False, True):
@@ -226,10 +242,6 @@ def main():
                 chosen = impls if not backward else [(n, m) for n, m in impls if n == "rwkv_hf torch"]
                 for name, sec in time_alternating(chosen, x, backward, repeats=1 if T >= 4096 else 3).items():
                     scaling[op].setdefault((name, backward), {})[T] = sec
-        if not args.quick:
-            memory[op] = peak_memory_child(op, 16384)
-            print(f"{op:8s} fwd+bwd T=16384 torch backend: peak RSS {memory[op][1]:.0f} MiB "
-                  f"(process before the op: {memory[op][0]:.0f} MiB)", flush=True)
     if args.quick:
         return
 
@@ -247,11 +259,7 @@ def main():
     ]
     for op, kind, name, sec, ratio in main_rows:
         lines.append(f"| {op} | {kind} | {name} | {sec * 1e3:.1f} | {t_main / sec:,.0f} | {ratio:.1f}x |")
-    lines += ["", "Forward+backward of the torch backend at T=16384 (fresh process, peak resident memory):", "",
-              "| op | peak RSS (MiB) | RSS before the op (MiB) |", "|---|---:|---:|"]
-    for op, (base, peak) in memory.items():
-        lines.append(f"| {op} | {peak:,.0f} | {base:,.0f} |")
-    lines += ["", "Scaling with sequence length: ![tokens/s against T](ops_scaling.png)", "",
+    lines += ["", "Memory at T=16384: the memory block at the end of this file (`python benchmarks/bench_ops.py --memory`).", "", "Scaling with sequence length: ![tokens/s against T](ops_scaling.png)", "",
               "<details><summary>scaling data (seconds)</summary>", "", "```json",
               json.dumps({op: {f"{n} {'fwd+bwd' if b else 'fwd'}": pts for (n, b), pts in d.items()}
                           for op, d in scaling.items()}, indent=1), "```", "</details>"]
