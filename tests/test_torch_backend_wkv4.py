@@ -1,61 +1,21 @@
 """White-box tests (internal code paths) of src/rwkv_hf/ops/torch_wkv4.py against token-loop oracles (float64).
 
-The module is loaded by file path so these tests do not depend on the package scaffold.
 """
-import importlib.util
 import itertools
-import pathlib
 
 import pytest
 import torch
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / "src" / "rwkv_hf" / "ops" / "torch_wkv4.py"
+from rwkv_hf.ops import reference
+from rwkv_hf.ops import torch_wkv4 as M
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("torch_wkv4_internals", _PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-M = _load()
 EMPTY = -1e38
 
 
 # ----------------------------------------------------------------------------- oracles
 
-def oracle_scan(k, v, w, state):
-    """Token loop; returns (aa, bb, pp) seen before each token [B, T, C] and the final state."""
-    aa, bb, pp = state[:, 0].clone(), state[:, 1].clone(), state[:, 2].clone()
-    seen = []
-    for t in range(k.shape[1]):
-        seen.append((aa, bb, pp))
-        kt, vt = k[:, t], v[:, t]
-        ww = w + pp
-        p = torch.maximum(ww, kt)
-        e1, e2 = torch.exp(ww - p), torch.exp(kt - p)
-        aa, bb, pp = e1 * aa + e2 * vt, e1 * bb + e2, p
-    return [torch.stack(x, 1) for x in zip(*seen)], torch.stack([aa, bb, pp], 1)
-
-
-def oracle_wkv4(k, v, w, u, state):
-    (aa, bb, pp), final = oracle_scan(k, v, w, state)
-    ww = u + k
-    p = torch.maximum(pp, ww)
-    e1, e2 = torch.exp(pp - p), torch.exp(ww - p)
-    return (e1 * aa + e2 * v) / (e1 * bb + e2), final
-
-
-def oracle_bi_wkv4(k, v, w, u, state):
-    (pa, pb, pp), fl = oracle_scan(k, v, w, state[:, 0])
-    (fa, fb, fp), fr = oracle_scan(k.flip(1), v.flip(1), w, state[:, 1])
-    fa, fb, fp = fa.flip(1), fb.flip(1), fp.flip(1)
-    cur = u + k
-    m = torch.maximum(torch.maximum(pp, fp), cur)
-    ep, ef, ec = torch.exp(pp - m), torch.exp(fp - m), torch.exp(cur - m)
-    y = (ep * pa + ef * fa + ec * v) / (ep * pb + ef * fb + ec)
-    return y, torch.stack([fl, fr], 1)
+# The oracles are the reference backend's token loops (float64 in these tests).
+oracle_wkv4, oracle_bi_wkv4 = reference.wkv4, reference.bi_wkv4
 
 
 def direct_bi(k, v, w, u):

@@ -58,6 +58,10 @@ import math
 
 import torch
 
+# The exact token loop (used for short and out-of-range inputs) is the reference's.
+# A flat relative import, so remote-code bundles can copy both files side by side.
+from . import reference
+
 # Chunk length: each block costs ~CHUNK small ops for the in-chunk recurrence (vectorised
 # over the block's BLOCK / CHUNK chunks) plus a few for the chunk carries and the outputs.
 CHUNK = 16
@@ -623,34 +627,12 @@ def _core(k, v, w, u, sl, sr, rg):
 
 # ------------------------------------------------------------------------------- fallback
 
-def _loop_scan(k, v, w, s):
-    """Log-max token loop (the reference recurrence); returns per-token (aa, bb, pp) seen
-    before each token, each [B, T, C], and the final state."""
-    aa, bb, pp = s.unbind(1)
-    seen = []
-    for t in range(k.shape[1]):
-        seen.append((aa, bb, pp))
-        kt, vt = k[:, t], v[:, t]
-        ww = w + pp
-        p = torch.maximum(ww, kt)
-        e1, e2 = torch.exp(ww - p), torch.exp(kt - p)
-        aa, bb, pp = e1 * aa + e2 * vt, e1 * bb + e2, p
-    return [torch.stack(x, 1) for x in zip(*seen)], torch.stack([aa, bb, pp], 1)
-
-
 def _loop(k, v, w, u, sl, sr):
-    """Stable but sequential: for inputs whose exponents span more than float64 can hold."""
-    (pa, pb, pp), fl = _loop_scan(k, v, w, sl)
-    cur = u + k
+    """Stable but sequential (the reference token loop): for a few tokens, and for inputs whose
+    exponents span more than float64 can hold."""
     if sr is None:
-        m = torch.maximum(pp, cur)
-        e1, e2 = torch.exp(pp - m), torch.exp(cur - m)
-        return (e1 * pa + e2 * v) / (e1 * pb + e2), fl
-    (fa, fb, fp), fr = _loop_scan(k.flip(1), v.flip(1), w, sr)
-    fa, fb, fp = fa.flip(1), fb.flip(1), fp.flip(1)
-    m = torch.maximum(torch.maximum(pp, fp), cur)
-    ep, ef, ec = torch.exp(pp - m), torch.exp(fp - m), torch.exp(cur - m)
-    return (ep * pa + ef * fa + ec * v) / (ep * pb + ef * fb + ec), torch.stack([fl, fr], 1)
+        return reference.wkv4(k, v, w, u, sl)
+    return reference.bi_wkv4(k, v, w, u, torch.stack([sl, sr], 1))
 
 
 # ------------------------------------------------------------------------------- public
