@@ -294,6 +294,17 @@ def test_long_low_precision_sequences_are_finite(op, dtype):
     assert torch.isfinite(y).all() and torch.isfinite(s[..., :2, :] if op in PER_CHANNEL else s).all()
 
 
+@pytest.mark.parametrize("op", OPS)
+def test_autocast_region_does_not_lower_the_ops_precision(op):
+    """Inside bf16 autocast the op still accumulates in fp32 (and backends without bf16
+    kernels, e.g. triangular solves on CPU, still run)."""
+    x = make_inputs(op, 2, 70, 2, 16, dtype=torch.bfloat16, seed=5)
+    plain, _ = run(op, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside, _ = run(op, x)
+    assert torch.equal(inside, plain)
+
+
 # ---------------------------------------------------------------------------- validation
 
 def _err(op, x, match, **kw):

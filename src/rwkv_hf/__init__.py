@@ -1,10 +1,25 @@
 """rwkv_hf: the RWKV family as Hugging Face transformers models.
 
-So far this release contains the WKV operator layer (``rwkv_hf.ops``); the model
-families, converters and Hub tools are being built on top of it (see README).
+Importing the package registers the RWKV language models (v4, v5.2, v6, v7; model types
+``rwkv_hf_v4`` ... ``rwkv_hf_v7``) with transformers' Auto classes. The WKV operator
+layer is ``rwkv_hf.ops``.
 """
-from . import ops
+from . import lm, ops
+from .lm import (
+    RwkvV4Config, RwkvV4ForCausalLM, RwkvV4ForSequenceClassification, RwkvV4Model,
+    RwkvV5Config, RwkvV5ForCausalLM, RwkvV5ForSequenceClassification, RwkvV5Model,
+    RwkvV6Config, RwkvV6ForCausalLM, RwkvV6ForSequenceClassification, RwkvV6Model,
+    RwkvV7Config, RwkvV7ForCausalLM, RwkvV7ForSequenceClassification, RwkvV7Model,
+)
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["ops", "__version__"]
+lm.register()
+
+__all__ = [
+    "ops", "lm", "__version__",
+    "RwkvV4Config", "RwkvV4Model", "RwkvV4ForCausalLM", "RwkvV4ForSequenceClassification",
+    "RwkvV5Config", "RwkvV5Model", "RwkvV5ForCausalLM", "RwkvV5ForSequenceClassification",
+    "RwkvV6Config", "RwkvV6Model", "RwkvV6ForCausalLM", "RwkvV6ForSequenceClassification",
+    "RwkvV7Config", "RwkvV7Model", "RwkvV7ForCausalLM", "RwkvV7ForSequenceClassification",
+]

@@ -52,6 +52,7 @@ Every op returns ``(y, final_state)``; ``final_state`` is ``None`` unless
 ``output_final_state=True``. Gradients flow to every tensor input, the initial
 state included.
 """
+import functools
 import os
 import warnings
 from types import SimpleNamespace
@@ -193,6 +194,21 @@ def _finish(y, final, out_dtype, output_final_state):
 
 # ---------------------------------------------------------------------------- public ops
 
+def _outside_autocast(op):
+    """Run the op with autocast off: its accumulations are fp32 by design, and an enclosing
+    autocast region would otherwise push the backends' internal matmuls to bf16/fp16."""
+    @functools.wraps(op)
+    def run(*args, **kwargs):
+        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        device_type = first.device.type if first is not None else "cpu"
+        if not torch.is_autocast_enabled(device_type):
+            return op(*args, **kwargs)
+        with torch.autocast(device_type, enabled=False):
+            return op(*args, **kwargs)
+    return run
+
+
+@_outside_autocast
 def wkv4(k, v, w, u, state=None, *, output_final_state=False, backend=None):
     """RWKV-4 WKV. k, v: [B, T, C]; w (log-decay, <= 0), u: [C]; state: [B, 3, C]."""
     impl, compute, out_dtype, t = _prepare(
@@ -204,6 +220,7 @@ def wkv4(k, v, w, u, state=None, *, output_final_state=False, backend=None):
     return _finish(y, final, out_dtype, output_final_state)
 
 
+@_outside_autocast
 def bi_wkv4(k, v, w, u, state=None, *, output_final_state=False, backend=None):
     """Bidirectional WKV of Vision-RWKV / Restore-RWKV. k, v: [B, T, C]; w (log-decay, any
     sign; Vision-RWKV passes -spatial_decay/T), u: [C] (spatial_first/T); state: [B, 2, 3, C]."""
@@ -217,12 +234,14 @@ def bi_wkv4(k, v, w, u, state=None, *, output_final_state=False, backend=None):
     return _finish(y, final, out_dtype, output_final_state)
 
 
+@_outside_autocast
 def wkv6(r, k, v, w, u, state=None, *, output_final_state=False, backend=None):
     """RWKV-6 WKV. r, k, w (log-decay, <= 0): [B, T, H, K]; v: [B, T, H, V]; u: [H, K];
     state: [B, H, K, V]."""
     return _wkv6("wkv6", r, k, v, w, u, state, output_final_state, backend, w_dims="BTHK")
 
 
+@_outside_autocast
 def wkv5(r, k, v, w, u, state=None, *, output_final_state=False, backend=None):
     """RWKV-5.2 WKV: as :func:`wkv6` with a decay constant in time, w (log-decay): [H, K]."""
     return _wkv6("wkv5", r, k, v, w, u, state, output_final_state, backend, w_dims="HK")
@@ -240,6 +259,7 @@ def _wkv6(op, r, k, v, w, u, state, output_final_state, backend, w_dims):
     return _finish(y, final, out_dtype, output_final_state)
 
 
+@_outside_autocast
 def bi_wkv6(r, k, v, w, u, state=None, *, output_final_state=False, backend=None):
     """Bidirectional RWKV-6 WKV of VRWKV6 / RWKV-CLIP. Shapes as :func:`wkv6`;
     state: [B, 2, H, K, V]."""
@@ -258,6 +278,7 @@ def bi_wkv6(r, k, v, w, u, state=None, *, output_final_state=False, backend=None
     return _finish(y, torch.stack([s_fwd, s_bwd], 1), out_dtype, output_final_state)
 
 
+@_outside_autocast
 def wkv7(r, k, v, w, a, b, state=None, *, output_final_state=False, backend=None):
     """RWKV-7 generalized delta rule. r, k, w (log-decay, <= 0), a, b: [B, T, H, K];
     v: [B, T, H, V]; state: [B, H, K, V]. RWKV-7 passes a = -kk, b = kk * iclr."""
