@@ -40,17 +40,25 @@ setup(
     long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    # The CUDA sources live in the top-level cuda_ext/ and ship as rwkv_hf.cuda_ext.
-    package_dir={"": "src", "rwkv_hf.cuda_ext": "cuda_ext"},
-    packages=find_packages("src") + ["rwkv_hf.cuda_ext"],
-    package_data={"rwkv_hf.cuda_ext": ["*.cu", "*.cpp", "*.h", "README.md"]},
+    # The CUDA sources live in the top-level cuda_ext/ and ship as rwkv_hf.cuda_ext; the
+    # converters live in conversion/ and ship as rwkv_hf.conversion.
+    package_dir={"": "src", "rwkv_hf.cuda_ext": "cuda_ext", "rwkv_hf.conversion": "conversion"},
+    packages=find_packages("src") + ["rwkv_hf.cuda_ext", "rwkv_hf.conversion"],
+    package_data={
+        "rwkv_hf.cuda_ext": ["*.cu", "*.cpp", "*.h", "README.md"],
+        # Vendored tokenizer vocabularies (World + GPT-NeoX-20B, Apache-2.0, see NOTICE).
+        "rwkv_hf": ["tokenizer_files/*.txt", "tokenizer_files/*.json", "tokenizer_files/NOTICE"],
+        # The tiny RWKV-7 that `rwkv-hf demo` runs (written by examples/train_tiny_lm.py).
+        "rwkv_hf.pretrained": ["tiny-rwkv7-pydoc/*.json", "tiny-rwkv7-pydoc/*.safetensors",
+                               "tiny-rwkv7-pydoc/README.md"],
+    },
     cmdclass={"build_py": BuildPyWithCuda},
     python_requires=">=3.10",
     install_requires=[
         # torch 2.14.1 + torchvision 0.29.1 are the tested pair (x86_64, CUDA 13 build).
         "torch>=2.6,<=2.14.1",
         "torchvision>=0.21,<=0.29.1",
-        "transformers>=5.0,<6",
+        "transformers>=5.24,<6",
         "accelerate>=1.10,<2",
         "peft>=0.17,<1",
         "timm>=1.0.15,<2",
@@ -61,7 +69,9 @@ setup(
     extras_require={
         # ninja drives torch's extension builds (the CUDA backend and its CI compile test);
         # flash-linear-attention's pure-torch references are an independent oracle.
-        "test": ["pytest>=8", "hypothesis>=6.100", "flash-linear-attention>=0.6,<0.7", "ninja"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "flash-linear-attention>=0.6,<0.7", "ninja",
+                 # BlinkDL's runtime: the oracle for converted models and for the World tokenizer.
+                 "rwkv>=0.8.30,<0.9"],
         "cuda": ["ninja"],
         "bench": ["matplotlib>=3.8"],
     },

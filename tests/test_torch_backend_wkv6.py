@@ -1,17 +1,10 @@
 """White-box tests (internal code paths) of the chunked RWKV-6 WKV (src/rwkv_hf/ops/torch_wkv6.py) against a token loop.
 
-Imports the module by file path so it runs without the package scaffold.
 """
-import importlib.util
-import pathlib
-
 import pytest
 import torch
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / "src" / "rwkv_hf" / "ops" / "torch_wkv6.py"
-_spec = importlib.util.spec_from_file_location("_torch_wkv6_internals", _PATH)
-mod = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mod)
+from rwkv_hf.ops import torch_wkv6 as mod  # noqa: E402
 
 
 def loop(r, k, v, w, u, state):

@@ -1,17 +1,9 @@
 """White-box tests (internal code paths) of the chunked RWKV-7 WKV op (src/rwkv_hf/ops/torch_wkv7.py).
-
-The module is loaded by file path so these tests do not depend on the package.
 """
-import importlib.util
-import pathlib
-
 import pytest
 import torch
 
-_PATH = pathlib.Path(__file__).resolve().parents[1] / "src" / "rwkv_hf" / "ops" / "torch_wkv7.py"
-_spec = importlib.util.spec_from_file_location("_torch_wkv7_internals", _PATH)
-tw = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(tw)
+from rwkv_hf.ops import torch_wkv7 as tw  # noqa: E402
 
 
 def oracle(r, k, v, w, a, b, state):

@@ -47,6 +47,8 @@ pairs. Nothing ever takes exp of a positive number that could overflow.
 import torch
 import torch.nn.functional as F
 
+from . import reference
+
 __all__ = ["wkv6"]
 
 CHUNK = 64  # tokens per chunk (power of two)
@@ -54,8 +56,14 @@ SEGMENT_ELEMS = 1 << 19  # about this many elements per chunk-layout temporary
 _MAX_RANGE = {torch.float64: 600.0}  # max |log decay| per chunk on the fast path; else 60
 
 
+# Up to this many tokens (generation steps) the token loop beats the chunked form's setup.
+SHORT = 4
+
+
 def wkv6(r, k, v, w, u, state):
     """Chunked RWKV-6 WKV. See the module docstring for layout and semantics."""
+    if r.shape[1] <= SHORT:
+        return reference.wkv6(r, k, v, w, u, state)
     return _wkv6(r, k, v, w, u, state)
 
 

@@ -46,6 +46,8 @@ the state carried across, so each segment's tensors stay cache-resident.
 """
 import torch
 
+from . import reference
+
 __all__ = ["wkv7"]
 
 # Largest admissible total log-decay of one chunk (per channel), per dtype.
@@ -216,6 +218,12 @@ def wkv7_chunked(r, k, v, w, a, b, state, chunk_size=None, segment_len=None):
     return y, S.view(B, H, K, V)
 
 
+# Up to this many tokens (generation steps) the token loop beats the chunked form's setup.
+SHORT = 4
+
+
 def wkv7(r, k, v, w, a, b, state):
     """RWKV-7 WKV: returns (y [B,T,H,V], final state [B,H,K,V]) in the input dtype."""
+    if r.shape[1] <= SHORT:
+        return reference.wkv7(r, k, v, w, a, b, state)
     return wkv7_chunked(r, k, v, w, a, b, state)
