@@ -197,6 +197,14 @@ def test_bf16_and_device_map_auto_load(tmp_path):
     ids = _ids(1, 12)
     with torch.no_grad():
         assert rel_err(bf16(ids).logits.float(), model(ids).logits) < 0.05
+    v6 = tiny_model(6)
+    v6.save_pretrained(tmp_path / "v6")
+    v6_bf16 = AutoModelForCausalLM.from_pretrained(tmp_path / "v6", dtype=torch.bfloat16)
+    attn = v6_bf16.model.blocks[0].attn
+    assert attn.time_decay.dtype == attn.time_faaaa.dtype == torch.float32  # decays stay fp32
+    assert attn.key.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        assert rel_err(v6_bf16(ids).logits.float(), v6(ids).logits) < 0.05
     mapped = AutoModelForCausalLM.from_pretrained(tmp_path, device_map="auto")
     with torch.no_grad():
         assert torch.equal(mapped(ids).logits, model(ids).logits)
@@ -348,3 +356,38 @@ def test_inconsistent_config_is_refused():
     with pytest.raises(ValueError, match="num_hidden_layers"):
         tiny_config(5, num_hidden_layers=0)
     tiny_config(4, hidden_size=100)  # v4 has no heads
+
+
+@pytest.mark.parametrize("version,vocab,tokenizer", [(7, 65536, "RwkvWorldTokenizer"), (4, 50277, "GPTNeoXTokenizer")])
+def test_saved_folder_carries_the_tokenizer_of_a_known_vocabulary(version, vocab, tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    model = tiny_model(version, vocab_size=vocab, hidden_size=16, head_size=16, intermediate_size=16,
+                       num_hidden_layers=1)
+    model.save_pretrained(tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    assert type(tok).__name__ == tokenizer and tok.eos_token_id == 0
+    ids = tok("Hello world", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert AutoModelForCausalLM.from_pretrained(tmp_path)(ids).logits.shape == (1, ids.shape[1], vocab)
+
+
+def test_other_vocabulary_saves_without_a_tokenizer_and_says_so(tmp_path, caplog):
+    import logging
+
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_info()
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.INFO):
+            tiny_model(7).save_pretrained(tmp_path)
+    finally:
+        hf_logging.disable_propagation()
+        hf_logging.set_verbosity_warning()
+    assert f"No tokenizer known for vocab_size={VOCAB}" in caplog.text
+    assert not (tmp_path / "tokenizer_config.json").exists()
+    AutoModelForCausalLM.from_pretrained(tmp_path)  # the model itself loads
+    with pytest.raises(Exception):
+        AutoTokenizer.from_pretrained(tmp_path)

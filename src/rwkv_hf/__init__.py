@@ -1,10 +1,11 @@
 """rwkv_hf: the RWKV family as Hugging Face transformers models.
 
 Importing the package registers the RWKV language models (v4, v5.2, v6, v7; model types
-``rwkv_hf_v4`` ... ``rwkv_hf_v7``) with transformers' Auto classes. The WKV operator
-layer is ``rwkv_hf.ops``.
+``rwkv_hf_v4`` ... ``rwkv_hf_v7``) with transformers' Auto classes, and the RWKV World
+tokenizer with AutoTokenizer. The WKV operator layer is ``rwkv_hf.ops``.
 """
 from . import lm, ops
+from .tokenization_rwkv_world import RwkvWorldTokenizer, register_tokenizers
 from .lm import (
     RwkvV4Config, RwkvV4ForCausalLM, RwkvV4ForSequenceClassification, RwkvV4Model,
     RwkvV5Config, RwkvV5ForCausalLM, RwkvV5ForSequenceClassification, RwkvV5Model,
@@ -15,9 +16,10 @@ from .lm import (
 __version__ = "0.1.0.dev0"
 
 lm.register()
+register_tokenizers(lm.RWKV_LM_CONFIGS)
 
 __all__ = [
-    "ops", "lm", "__version__",
+    "ops", "lm", "__version__", "RwkvWorldTokenizer",
     "RwkvV4Config", "RwkvV4Model", "RwkvV4ForCausalLM", "RwkvV4ForSequenceClassification",
     "RwkvV5Config", "RwkvV5Model", "RwkvV5ForCausalLM", "RwkvV5ForSequenceClassification",
     "RwkvV6Config", "RwkvV6Model", "RwkvV6ForCausalLM", "RwkvV6ForSequenceClassification",

@@ -4,9 +4,13 @@ import sys
 
 
 def _demo(args):
+    if args.ops:
+        from .ops_demo import main as ops_demo_main
+
+        return ops_demo_main(seq_len=args.seq_len)
     from .demo import main as demo_main
 
-    return demo_main(seq_len=args.seq_len)
+    return demo_main(max_new_tokens=args.max_new_tokens, seed=args.seed)
 
 
 def _build_cuda(args):
@@ -27,8 +31,13 @@ def _build_cuda(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="rwkv-hf", description="RWKV models for Hugging Face transformers")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run every WKV operator on both backends and compare them")
-    demo.add_argument("--seq-len", type=int, default=1024, help="tokens per sequence (default 1024)")
+    demo = sub.add_parser("demo", help="load the shipped tiny RWKV-7, measure it and generate text "
+                                       "(--ops: tour the WKV operators instead)")
+    demo.add_argument("--max-new-tokens", type=int, default=40, help="tokens per generated continuation (default 40)")
+    demo.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    demo.add_argument("--ops", action="store_true",
+                      help="run every WKV operator on both backends and compare them instead")
+    demo.add_argument("--seq-len", type=int, default=1024, help="with --ops: tokens per sequence (default 1024)")
     demo.set_defaults(func=_demo)
     build = sub.add_parser("build-cuda", help="compile the WKV CUDA extension ahead of time (no GPU needed)")
     build.add_argument("--arch", default="8.0,9.0",

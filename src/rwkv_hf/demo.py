@@ -1,42 +1,85 @@
-"""A short tour of the operator layer: each WKV recurrence on both backends.
+"""``rwkv-hf demo``: the project's own tiny RWKV-7, loaded like any Hub model.
 
-For every op, random inputs shaped like one layer of a small RWKV model run
-through the ``reference`` token loop and the ``torch`` chunked backend; the demo
-prints how closely they agree and how fast each is.
+Loads ``rwkv_hf/pretrained/tiny-rwkv7-pydoc`` (trained by ``examples/train_tiny_lm.py``
+on the CPython reference documentation) with ``AutoModelForCausalLM`` and
+``AutoTokenizer``, recomputes its validation perplexity on the held-out topics of
+``pydoc_data.topics`` (:mod:`rwkv_hf.pretrained.corpus`) and generates continuations
+of a few Python-documentation prompts, greedy and sampled. ``rwkv-hf demo --ops`` runs
+the operator-layer tour instead (:mod:`rwkv_hf.ops_demo`).
 """
+import json
+import os
+import textwrap
 import time
 
 import torch
 
-from . import ops
-from .ops.random_inputs import OPS, make_inputs
+PROMPTS = [
+    "The \"while\" statement is used",
+    "A list is a mutable sequence",
+    "   >>> def f(x):\n",
+]
 
 
-def _seconds(fn, repeats=3):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+def _show(label, text):
+    print(f"{label}:")
+    print(textwrap.indent(text.rstrip(), "    | ", lambda line: True))
+    print()
 
 
-def main(seq_len=1024, heads=12, head_size=64):
-    if seq_len < 1:
-        raise SystemExit("--seq-len must be at least 1")
-    print(f"rwkv_hf operator layer: B=1, T={seq_len}, H={heads}, N={head_size} "
-          f"(C={heads * head_size}), float32, {torch.get_num_threads()} threads\n")
-    print(f"{'op':<8} {'max rel. diff':>14} {'reference tok/s':>16} {'torch tok/s':>12} {'speed-up':>9}")
-    with torch.no_grad():
-        for op in OPS:
-            x = make_inputs(op, 1, seq_len, heads, head_size, state=True, seed=0)
-            fn = getattr(ops, op)
-            y_ref = fn(**x, backend="reference")[0]
-            y = fn(**x, backend="torch")[0]
-            diff = ((y - y_ref).abs().max() / y_ref.abs().max()).item()
-            t_ref = _seconds(lambda: fn(**x, backend="reference"), repeats=1)
-            t_fast = _seconds(lambda: fn(**x, backend="torch"))
-            print(f"{op:<8} {diff:>14.2e} {seq_len / t_ref:>16,.0f} {seq_len / t_fast:>12,.0f} "
-                  f"{t_ref / t_fast:>8.1f}x")
+def main(max_new_tokens=40, seed=0, threads=None):
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import rwkv_hf  # noqa: F401  (registers model_type rwkv_hf_v7 with the Auto classes)
+    from .pretrained import corpus, tiny_model_path
+
+    if threads:
+        torch.set_num_threads(threads)
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    path = tiny_model_path()
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    with open(os.path.join(path, "eval.json")) as f:
+        shipped = json.load(f)
+    n_params = sum(p.numel() for p in model.parameters())
+    cfg = model.config
+    print(f"rwkv_hf tiny model: {type(model).__name__} from {path}")
+    print(f"  RWKV-7, {cfg.num_hidden_layers} layers x {cfg.hidden_size} wide ({cfg.num_heads} heads of "
+          f"{cfg.head_size}), {n_params:,} parameters, {len(tokenizer)}-token byte-level BPE "
+          f"(loaded in {time.perf_counter() - t0:.1f}s)")
+    print("  trained by examples/train_tiny_lm.py on the CPython reference docs (pydoc_data.topics, "
+          "PSF License 2.0)\n")
+
+    t0 = time.perf_counter()
+    val = corpus.evaluate(model, tokenizer, "val", ctx_len=shipped["eval_ctx_len"])
+    same_text = corpus.corpus_fingerprint("val") == shipped["corpus"]["val_sha256"]
+    ref = shipped["validation"]
+    print(f"validation ({len(shipped['val_topics'])} held-out topics: {', '.join(shipped['val_topics'])})")
+    print(f"  {val['tokens']:,} tokens, {val['bytes']:,} bytes: perplexity {val['perplexity']:.2f} per token, "
+          f"{val['bits_per_byte']:.3f} bits/byte ({time.perf_counter() - t0:.1f}s)")
+    if same_text:
+        print(f"  eval.json (at training time): perplexity {ref['perplexity']:.2f}, "
+              f"{ref['bits_per_byte']:.3f} bits/byte; unigram baseline {shipped['unigram_baseline_perplexity']:.1f}")
+    else:
+        print(f"  note: this Python's pydoc_data differs from the training one (Python "
+              f"{shipped['corpus']['python']}), so the numbers differ from eval.json's "
+              f"{ref['perplexity']:.2f}")
+    print()
+
+    t0 = time.perf_counter()
+    for i, prompt in enumerate(PROMPTS):
+        ids = tokenizer(tokenizer.bos_token + prompt, return_tensors="pt").input_ids
+        n = ids.shape[1]
+        with torch.no_grad():
+            greedy = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)
+            torch.manual_seed(seed + i)
+            sampled = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=True, temperature=0.8,
+                                     top_p=0.9)
+        print(f"prompt {prompt!r}")
+        _show("  greedy", prompt + tokenizer.decode(greedy[0, n:], skip_special_tokens=True))
+        _show("  sampled (T=0.8, top-p 0.9)", prompt + tokenizer.decode(sampled[0, n:], skip_special_tokens=True))
+    print(f"({2 * len(PROMPTS)} continuations of up to {max_new_tokens} tokens in {time.perf_counter() - t0:.1f}s)")
     return 0

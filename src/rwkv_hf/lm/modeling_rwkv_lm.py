@@ -23,6 +23,7 @@ padding of the tokens before the pad; padding in the middle of a sequence is not
 supported.
 """
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -32,10 +33,12 @@ from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 
 from .. import ops
 from .configuration_rwkv_lm import RwkvV4Config, RwkvV5Config, RwkvV6Config, RwkvV7Config
+
+logger = logging.get_logger(__name__)
 
 V7_DECAY_SCALE = -0.6065306597126334  # -exp(-0.5): RWKV-7's log-decay is this * sigmoid(.)
 V4_MASKED_KEY = -1e30  # exp(k) of a padded v4 token is exactly 0 in fp32
@@ -224,7 +227,8 @@ class RwkvV6TimeMix(_MatrixStateTimeMix):
         k = self.key(x + dx * (self.time_maa_k + mk))
         v = self.value(x + dx * (self.time_maa_v + mv))
         g = self.gate(x + dx * (self.time_maa_g + mg))
-        w = self.time_decay + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
+        # (time_decay_w1/w2 are fp32 in a bf16 model: the keep-in-fp32 list matches them too)
+        w = self.time_decay + torch.tanh(xw @ self.time_decay_w1.to(xw.dtype)) @ self.time_decay_w2.to(xw.dtype)
         w = -torch.exp(w.float()).view(b, t, self.num_heads, self.head_size)
         out, state = self._mix_out(r, k, v, w, g, state)
         return out, x[:, -1], state, v_first
@@ -475,6 +479,8 @@ class RwkvLMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["RwkvLMBlock"]
+    # Decays sit in an exponent: kept fp32 when loading in bf16/fp16, as BlinkDL's runtime does.
+    _keep_in_fp32_modules_strict = ["time_decay", "time_first", "time_faaaa"]
     _is_stateful = True
     rwkv_version = None
 
@@ -497,6 +503,22 @@ class RwkvLMPreTrainedModel(PreTrainedModel):
         elif isinstance(module, RwkvLMForCausalLMBase) and not getattr(self.config, "tie_word_embeddings", False):
             # logits of unit-variance features get a std of about 0.5
             init.normal_(module.head.weight, mean=0.0, std=0.5 / math.sqrt(self.config.hidden_size))
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' save_pretrained, plus the tokenizer files when the vocabulary is one
+        rwkv_hf knows (World 65536, GPT-NeoX 50277) and the folder has none yet, so
+        ``AutoTokenizer.from_pretrained(folder)`` works; any other vocabulary is saved
+        without a tokenizer, and a log line says so."""
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            from ..tokenization_rwkv_world import save_tokenizer_for_vocab_size
+
+            names = ("tokenizer_config.json", "tokenizer.json")
+            if not any(os.path.exists(os.path.join(save_directory, n)) for n in names):
+                if not save_tokenizer_for_vocab_size(self.config.vocab_size, save_directory):
+                    logger.info(f"No tokenizer known for vocab_size={self.config.vocab_size}: saved the model "
+                                "without tokenizer files (save yours with tokenizer.save_pretrained).")
+        return result
 
     def expected_state_shapes(self, batch_size):
         """Shapes of one layer's cached tensors: time-mix shift, WKV state, channel-mix shift."""
