@@ -47,6 +47,8 @@ V4_MASKED_KEY = -1e30  # exp(k) of a padded v4 token is exactly 0 in fp32
 def _token_shift(x, shift):
     """The previous token's x for every position; ``shift`` ([B, C] or None = zeros) is the
     token before the segment."""
+    if shift is not None and x.shape[1] == 1:  # a generation step: no concatenation
+        return shift.to(x.dtype).unsqueeze(1)
     first = torch.zeros_like(x[:, :1]) if shift is None else shift.to(x.dtype).unsqueeze(1)
     return torch.cat([first, x[:, :-1]], dim=1)
 
@@ -100,9 +102,10 @@ class RwkvV4TimeMix(nn.Module):
 
     def forward(self, x, shift, state, mask, v_first=None):
         prev = _token_shift(x, shift)
-        k = self.key(x * self.time_mix_k + prev * (1 - self.time_mix_k))
-        v = self.value(x * self.time_mix_v + prev * (1 - self.time_mix_v))
-        r = self.receptance(x * self.time_mix_r + prev * (1 - self.time_mix_r))
+        # v4/v5 mixing x * m + prev * (1 - m), as one lerp
+        k = self.key(torch.lerp(prev, x, self.time_mix_k))
+        v = self.value(torch.lerp(prev, x, self.time_mix_v))
+        r = self.receptance(torch.lerp(prev, x, self.time_mix_r))
         if mask is not None:  # zero inputs alone are not enough: exp(0) would count in the denominator
             k = k.masked_fill(~mask.unsqueeze(-1), max(V4_MASKED_KEY, torch.finfo(k.dtype).min))
         w = -torch.exp(self.time_decay.float())
@@ -176,13 +179,10 @@ class RwkvV5TimeMix(_MatrixStateTimeMix):
     def forward(self, x, shift, state, mask, v_first=None):
         prev = _token_shift(x, shift)
 
-        def mix(m):
-            return x * m + prev * (1 - m)
-
-        r = self.receptance(mix(self.time_mix_r))
-        k = self.key(mix(self.time_mix_k))
-        v = self.value(mix(self.time_mix_v))
-        g = self.gate(mix(self.time_mix_g))
+        r = self.receptance(torch.lerp(prev, x, self.time_mix_r))
+        k = self.key(torch.lerp(prev, x, self.time_mix_k))
+        v = self.value(torch.lerp(prev, x, self.time_mix_v))
+        g = self.gate(torch.lerp(prev, x, self.time_mix_g))
         w = -torch.exp(self.time_decay.float())
         out, state = self._mix_out(r, k, v, w, g, state)
         return out, x[:, -1], state, v_first
@@ -290,8 +290,10 @@ class RwkvV7TimeMix(nn.Module):
     def forward(self, x, shift, state, mask, v_first=None):
         b, t, c = x.shape
         heads = (b, t, self.num_heads, self.head_size)
-        dx = _token_shift(x, shift) - x
-        xr, xw, xk, xv, xa, xg = (x + dx * m for m in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g))
+        prev = _token_shift(x, shift)
+        # x + (prev - x) * m, as one lerp each
+        xr, xw, xk, xv, xa, xg = (torch.lerp(x, prev, m) for m in (self.x_r, self.x_w, self.x_k, self.x_v, self.x_a,
+                                                                    self.x_g))
         r = self.receptance(xr)
         k = self.key(xk)
         v = self.value(xv)
@@ -339,8 +341,8 @@ class RwkvV4ChannelMix(nn.Module):
 
     def forward(self, x, shift):
         prev = _token_shift(x, shift)
-        k = torch.relu(self.key(x * self.time_mix_k + prev * (1 - self.time_mix_k))) ** 2
-        r = torch.sigmoid(self.receptance(x * self.time_mix_r + prev * (1 - self.time_mix_r)))
+        k = torch.relu(self.key(torch.lerp(prev, x, self.time_mix_k))) ** 2
+        r = torch.sigmoid(self.receptance(torch.lerp(prev, x, self.time_mix_r)))
         return r * self.value(k), x[:, -1]
 
 
@@ -367,9 +369,9 @@ class RwkvV6ChannelMix(nn.Module):
         init.zeros_(self.value.weight)
 
     def forward(self, x, shift):
-        dx = _token_shift(x, shift) - x
-        k = torch.relu(self.key(x + dx * self.time_maa_k)) ** 2
-        r = torch.sigmoid(self.receptance(x + dx * self.time_maa_r))
+        prev = _token_shift(x, shift)
+        k = torch.relu(self.key(torch.lerp(x, prev, self.time_maa_k))) ** 2
+        r = torch.sigmoid(self.receptance(torch.lerp(x, prev, self.time_maa_r)))
         return r * self.value(k), x[:, -1]
 
 
@@ -392,8 +394,8 @@ class RwkvV7ChannelMix(nn.Module):
         init.zeros_(self.value.weight)
 
     def forward(self, x, shift):
-        dx = _token_shift(x, shift) - x
-        return self.value(torch.relu(self.key(x + dx * self.x_k)) ** 2), x[:, -1]
+        prev = _token_shift(x, shift)
+        return self.value(torch.relu(self.key(torch.lerp(x, prev, self.x_k))) ** 2), x[:, -1]
 
 
 _MIXERS = {

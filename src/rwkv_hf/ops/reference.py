@@ -62,7 +62,7 @@ def wkv6(r, k, v, w, u, state):
     ys = []
     for rt, kt, vt, wt in zip(r.unbind(1), k.unbind(1), v.unbind(1), w.unbind(1)):
         kv = kt[..., :, None] * vt[..., None, :]  # [B, H, K, V]
-        ys.append(torch.einsum("bhk,bhkv->bhv", rt, S + u[None, :, :, None] * kv))
+        ys.append((rt.unsqueeze(-2) @ (S + u[None, :, :, None] * kv)).squeeze(-2))  # r^T (S + diag(u) k v^T)
         S = torch.exp(wt)[..., None] * S + kv
     return torch.stack(ys, 1), S
 
@@ -71,7 +71,7 @@ def wkv7(r, k, v, w, a, b, state):
     S = state
     ys = []
     for rt, kt, vt, wt, at, bt in zip(*(x.unbind(1) for x in (r, k, v, w, a, b))):
-        sa = torch.einsum("bhk,bhkv->bhv", at, S)  # read from the old state
-        S = torch.exp(wt)[..., None] * S + bt[..., :, None] * sa[..., None, :] + kt[..., :, None] * vt[..., None, :]
-        ys.append(torch.einsum("bhk,bhkv->bhv", rt, S))  # output reads the new state
+        sa = at.unsqueeze(-2) @ S  # a^T S, read from the old state: [B, H, 1, V]
+        S = torch.exp(wt)[..., None] * S + bt[..., :, None] @ sa + kt[..., :, None] * vt[..., None, :]
+        ys.append((rt.unsqueeze(-2) @ S).squeeze(-2))  # output reads the new state
     return torch.stack(ys, 1), S
