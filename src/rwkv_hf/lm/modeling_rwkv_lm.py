@@ -53,6 +53,13 @@ def _token_shift(x, shift):
     return torch.cat([first, x[:, :-1]], dim=1)
 
 
+def _sqrelu(x):
+    """relu(x)^2; in place when no gradient is needed (big temporaries cost page faults)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return torch.relu(x).square()
+    return torch.relu_(x).square_()
+
+
 def _ramp(c, device=None):
     return torch.arange(c, dtype=torch.float32, device=device) / c
 
@@ -341,7 +348,7 @@ class RwkvV4ChannelMix(nn.Module):
 
     def forward(self, x, shift):
         prev = _token_shift(x, shift)
-        k = torch.relu(self.key(torch.lerp(prev, x, self.time_mix_k))) ** 2
+        k = _sqrelu(self.key(torch.lerp(prev, x, self.time_mix_k)))
         r = torch.sigmoid(self.receptance(torch.lerp(prev, x, self.time_mix_r)))
         return r * self.value(k), x[:, -1]
 
@@ -370,7 +377,7 @@ class RwkvV6ChannelMix(nn.Module):
 
     def forward(self, x, shift):
         prev = _token_shift(x, shift)
-        k = torch.relu(self.key(torch.lerp(x, prev, self.time_maa_k))) ** 2
+        k = _sqrelu(self.key(torch.lerp(x, prev, self.time_maa_k)))
         r = torch.sigmoid(self.receptance(torch.lerp(x, prev, self.time_maa_r)))
         return r * self.value(k), x[:, -1]
 
@@ -395,7 +402,7 @@ class RwkvV7ChannelMix(nn.Module):
 
     def forward(self, x, shift):
         prev = _token_shift(x, shift)
-        return self.value(torch.relu(self.key(torch.lerp(x, prev, self.x_k))) ** 2), x[:, -1]
+        return self.value(_sqrelu(self.key(torch.lerp(x, prev, self.x_k)))), x[:, -1]
 
 
 _MIXERS = {
