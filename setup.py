@@ -41,11 +41,14 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     # The CUDA sources live in the top-level cuda_ext/ and ship as rwkv_hf.cuda_ext; the
-    # converters live in conversion/ and ship as rwkv_hf.conversion.
-    package_dir={"": "src", "rwkv_hf.cuda_ext": "cuda_ext", "rwkv_hf.conversion": "conversion"},
-    packages=find_packages("src") + ["rwkv_hf.cuda_ext", "rwkv_hf.conversion"],
+    # converters live in conversion/ and ship as rwkv_hf.conversion; the model-card templates
+    # they render live in model_cards/ and ship as rwkv_hf.model_cards (data only).
+    package_dir={"": "src", "rwkv_hf.cuda_ext": "cuda_ext", "rwkv_hf.conversion": "conversion",
+                 "rwkv_hf.model_cards": "model_cards"},
+    packages=find_packages("src") + ["rwkv_hf.cuda_ext", "rwkv_hf.conversion", "rwkv_hf.model_cards"],
     package_data={
         "rwkv_hf.cuda_ext": ["*.cu", "*.cpp", "*.h", "README.md"],
+        "rwkv_hf.model_cards": ["*.md"],
         # Vendored tokenizer vocabularies (World + GPT-NeoX-20B, Apache-2.0, see NOTICE).
         "rwkv_hf": ["tokenizer_files/*.txt", "tokenizer_files/*.json", "tokenizer_files/NOTICE"],
         # The tiny RWKV-7 that `rwkv-hf demo` runs (written by examples/train_tiny_lm.py).

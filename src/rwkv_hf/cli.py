@@ -28,6 +28,21 @@ def _build_cuda(args):
     return 0
 
 
+def _convert(args):
+    from .conversion.convert import convert
+
+    try:
+        convert(args.src, args.dst, trust_pickle=args.trust_pickle, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        print("rwkv-hf convert: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as e:  # one paragraph, no traceback: the message names the file and key
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"rwkv-hf convert: error: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="rwkv-hf", description="RWKV models for Hugging Face transformers")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,6 +59,20 @@ def main(argv=None):
                        help="comma-separated compute capabilities, e.g. 8.0,9.0 (default) or 9.0+PTX")
     build.add_argument("--verbose", action="store_true", help="show the compiler's output")
     build.set_defaults(func=_build_cuda)
+    conv = sub.add_parser(
+        "convert", help="convert an RWKV checkpoint (BlinkDL .pth, transformers, Hub v5/v6, fla RWKV-7) into an "
+                        "rwkv_hf folder, or an rwkv_hf folder into a BlinkDL .pth (DST ending in .pth)",
+        description="SRC: a .pth/.bin/.safetensors file or a Hugging Face folder; layout and version are "
+                    "detected from the tensor names. DST ending in .pth: SRC must be an rwkv_hf folder and is "
+                    "written in BlinkDL's layout; otherwise DST is a new rwkv_hf folder (config, "
+                    "model.safetensors, generation config, tokenizer for known vocabularies, model card).")
+    conv.add_argument("src", metavar="SRC", help="checkpoint file or model folder")
+    conv.add_argument("dst", metavar="DST", help="output folder, or output .pth file")
+    conv.add_argument("--trust-pickle", action="store_true",
+                      help="DANGEROUS: allow pickled checkpoints that hold arbitrary Python objects; loading them "
+                           "executes code from the file. Only for files from a source you trust.")
+    conv.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    conv.set_defaults(func=_convert)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,321 @@
+"""``convert(src, dst)``: any supported RWKV checkpoint -> an rwkv_hf folder, or an rwkv_hf
+folder -> BlinkDL ``.pth`` (when ``dst`` ends in ``.pth``). ``rwkv-hf convert SRC DST`` runs it.
+
+Sources (layout and version detected from the key names, sizes from the shapes):
+
+- BlinkDL ``.pth`` (v4, v5.2, v6, v7), e.g. ``RWKV-x070-World-1.5B-....pth``;
+- transformers' ``RwkvForCausalLM`` (v4) folders or weight files;
+- the Hub remote-code ``Rwkv5ForCausalLM`` / ``Rwkv6ForCausalLM`` folders;
+- flash-linear-attention's ``RWKV7ForCausalLM`` (fla-hub) folders or weight files;
+- rwkv_hf's own layout (re-saving).
+
+The output folder holds config.json, model.safetensors, generation_config.json, the tokenizer
+files for the World (65536) and GPT-NeoX (50277) vocabularies, and a model card README.md.
+Tensors the math does not use (v7's block-0 ``v0/v1/v2`` in BlinkDL checkpoints) are not part
+of the model; they are kept in ``blinkdl_unused.safetensors`` and restored, bit for bit, by the
+conversion back to ``.pth`` (zeros when the folder has no such file). Nothing is written unless
+the whole conversion succeeds.
+"""
+import os
+import shutil
+
+import torch
+
+from ..lm import RWKV_LM_CLASSES, RWKV_LM_CONFIGS
+from . import blinkdl
+from .layouts import from_fla, from_hf, hf_version
+from .loading import ConversionError, load_safetensors, load_source
+
+UNUSED_FILE = "blinkdl_unused.safetensors"
+CODENAMES = {4: "Dove/Raven", 5: "Eagle", 6: "Finch", 7: "Goose"}
+_PROGRESS_BYTES = 256 * 2**20  # show a progress bar over tensors from this checkpoint size on
+
+
+def detect_layout(state_dict):
+    """(layout, version): layout is one of 'blinkdl', 'hf' (transformers / Hub remote code),
+    'fla' (flash-linear-attention RWKV-7) or 'rwkv_hf'."""
+    keys = list(state_dict)
+    if not keys:
+        raise ConversionError("the checkpoint holds no tensors")
+    if any(k.startswith("model.layers.") and ".attn." in k for k in keys):
+        return "fla", 7
+    if any(k.startswith(("rwkv.", "rwkv5.", "rwkv6.")) for k in keys):
+        return "hf", hf_version(state_dict)
+    if any(k.startswith("model.blocks.") for k in keys):
+        names = {blinkdl._to_blinkdl(k): v for k, v in state_dict.items()}
+        return "rwkv_hf", blinkdl.detect_version(names)
+    if "emb.weight" in state_dict or any(k.startswith("blocks.") for k in keys):
+        return "blinkdl", blinkdl.detect_version(state_dict)
+    raise ConversionError(
+        f"unknown checkpoint layout: keys {keys[:8]} match none of BlinkDL (emb.weight, blocks.N.att.*), "
+        "transformers/Hub (rwkv.blocks.N.attention.*), flash-linear-attention RWKV-7 "
+        "(model.layers.N.attn.r_proj.*) or rwkv_hf (model.blocks.N.attn.*)")
+
+
+def layout_name(layout, version):
+    if layout == "hf":
+        return {4: "transformers RwkvForCausalLM (model_type rwkv)", 5: "Hub remote code Rwkv5ForCausalLM",
+                6: "Hub remote code Rwkv6ForCausalLM"}[version]
+    return {"blinkdl": f"BlinkDL .pth (RWKV-{version})", "fla": "flash-linear-attention RWKV7ForCausalLM",
+            "rwkv_hf": f"rwkv_hf (rwkv_hf_v{version})"}[layout]
+
+
+def _config_overrides(layout, config_json):
+    """Settings the shapes do not carry, from the source's config.json."""
+    cfg, out = config_json or {}, {}
+    if layout == "fla" and "norm_eps" in cfg:
+        out["layer_norm_epsilon"] = cfg["norm_eps"]
+    elif layout in ("hf", "rwkv_hf") and "layer_norm_epsilon" in cfg:
+        out["layer_norm_epsilon"] = cfg["layer_norm_epsilon"]
+    if layout == "rwkv_hf" and "group_norm_epsilon" in cfg:
+        out["group_norm_epsilon"] = cfg["group_norm_epsilon"]
+    # GroupNorm (ln_x) epsilon: BlinkDL's runtime uses 64e-5 for every head size, which is
+    # rwkv_hf's default. The Hub v5 code's GroupNorm(out / head_size_divisor, eps=1e-5) and v6's
+    # eps = 1e-5 * head_size_divisor**2 are the same function for divisor 8:
+    # (x/8 - m/8) / sqrt(var/64 + 1e-5) = (x - m) / sqrt(var + 64e-5). fla uses head_dim * norm_eps
+    # (64e-5 at head size 64; the fla-hub checkpoints come from BlinkDL's, trained with 64e-5).
+    return out
+
+
+def to_blinkdl_names(state_dict, layout):
+    """(BlinkDL-named state dict, {BlinkDL name: source name}, notes)."""
+    if layout == "blinkdl":
+        return state_dict, {k: k for k in state_dict}, []
+    if layout == "hf":
+        return from_hf(state_dict)
+    if layout == "fla":
+        return from_fla(state_dict)
+    out = {blinkdl._to_blinkdl(k): v for k, v in state_dict.items()}
+    return out, {blinkdl._to_blinkdl(k): k for k in state_dict}, []
+
+
+def _progress(state_dict, desc):
+    items = list(state_dict.items())
+    size = sum(t.numel() * t.element_size() for _, t in items)
+    if size < _PROGRESS_BYTES:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, unit="tensor")
+
+
+def _human(n):
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+def _check_destination(dst, overwrite):
+    if os.path.exists(dst):
+        if os.path.isdir(dst) and not os.listdir(dst):
+            return
+        if not overwrite:
+            raise ConversionError(f"{dst}: already exists; pass --overwrite to replace it")
+        if os.path.isdir(dst) and not os.path.isfile(os.path.join(dst, "config.json")):
+            raise ConversionError(f"{dst}: not a model folder; refusing to replace it even with --overwrite")
+
+
+def _partial_path(dst):
+    parent, name = os.path.split(os.path.abspath(dst))
+    return os.path.join(parent, f".{name}.partial-{os.getpid()}")
+
+
+def _finish(tmp, dst):
+    if os.path.isdir(dst):
+        shutil.rmtree(dst)
+    elif os.path.exists(dst):
+        os.remove(dst)
+    os.replace(tmp, dst)
+
+
+def _remove(path):
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def convert(src, dst, *, trust_pickle=False, overwrite=False, verbose=True):
+    """Convert ``src`` into ``dst`` and return a report dict. ``dst`` ending in ``.pth``: the
+    rwkv_hf folder ``src`` -> BlinkDL ``.pth``; otherwise any supported checkpoint -> an rwkv_hf
+    folder. ``trust_pickle`` allows pickles with arbitrary Python objects (runs their code)."""
+    src, dst = os.fspath(src), os.fspath(dst)
+    _check_destination(dst, overwrite)
+    tmp = _partial_path(dst)
+    try:
+        if dst.endswith(".pth"):
+            report = _to_pth(src, tmp, trust_pickle)
+        else:
+            report = _to_folder(src, tmp, trust_pickle)
+        _finish(tmp, dst)
+    except BaseException:
+        _remove(tmp)
+        raise
+    report["written"] = os.path.abspath(dst)
+    if verbose:
+        print_summary(report)
+    return report
+
+
+def _translate(error, original):
+    """A from_blinkdl error, with the source's own key names."""
+    msg = str(error)
+    for name in sorted(original, key=len, reverse=True):
+        if original[name] != name and f"'{name}'" in msg:
+            msg = msg.replace(f"'{name}'", f"'{original[name]}'")
+        elif original[name] != name and msg.startswith(name + ":"):
+            msg = original[name] + msg[len(name):]
+    return msg
+
+
+def _to_folder(src, out, trust_pickle):
+    state_dict, config_json = load_source(src, trust_pickle)
+    try:
+        layout, version = detect_layout(state_dict)
+        names, original, notes = to_blinkdl_names(state_dict, layout)
+    except ConversionError as e:
+        raise ConversionError(f"{src}: {e}") from None
+    try:
+        config, ours, ignored = blinkdl.from_blinkdl(names, **_config_overrides(layout, config_json))
+    except (ValueError, KeyError, IndexError) as e:
+        raise ConversionError(f"{src}: {_translate(e, original)}") from None
+    cls = RWKV_LM_CLASSES[version][2]
+    with torch.device("meta"):
+        model = cls(config)
+    placed = {}
+    for key, tensor in _progress(ours, f"placing {os.path.basename(src)}"):
+        placed[key] = tensor if tensor.is_contiguous() else tensor.contiguous()
+    model.load_state_dict(placed, strict=True, assign=True)
+    model.eval()
+    model.save_pretrained(out)
+    if ignored:
+        from safetensors.torch import save_file
+
+        save_file({k: names[k].contiguous() for k in ignored}, os.path.join(out, UNUSED_FILE))
+    has_tokenizer = any(os.path.exists(os.path.join(out, n)) for n in ("tokenizer.json", "tokenizer_config.json"))
+    num_params = sum(t.numel() for t in placed.values())
+    dtypes = sorted({str(t.dtype).replace("torch.", "") for t in placed.values()})
+    report = dict(direction="to rwkv_hf", source=os.path.abspath(src), layout=layout,
+                  layout_name=layout_name(layout, version), version=version, config=config,
+                  num_parameters=num_params, dtypes=dtypes, notes=notes,
+                  ignored_by_math=[original.get(k, k) for k in ignored], has_tokenizer=has_tokenizer,
+                  license=_source_license(src))
+    card = render_model_card(report, src)
+    card.save(os.path.join(out, "README.md"))
+    return report
+
+
+def _source_license(src):
+    readme = os.path.join(src, "README.md") if os.path.isdir(src) else None
+    if not readme or not os.path.isfile(readme):
+        return None
+    try:
+        from huggingface_hub import ModelCard
+
+        return ModelCard.load(readme).data.to_dict().get("license")
+    except Exception:  # a README that is not a model card: no licence known
+        return None
+
+
+def _template_path():
+    # source tree / editable install: conversion/ and model_cards/ side by side; an installed
+    # wheel ships the templates as rwkv_hf/model_cards (setup.py), which is the same relative path.
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.normpath(os.path.join(here, os.pardir, "model_cards", "rwkv_lm.md"))
+
+
+def render_model_card(report, src):
+    """The README.md model card of a converted folder (``model_cards/rwkv_lm.md``)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    import rwkv_hf
+
+    config, version = report["config"], report["version"]
+    data = ModelCardData(library_name="transformers", pipeline_tag="text-generation",
+                         tags=["rwkv", f"rwkv-v{version}", "rwkv_hf"], license=report["license"])
+    heads = "n/a (RWKV-4 has per-channel state)" if version == 4 else \
+        f"{config.num_heads} x {config.head_size}"
+    name = os.path.basename(os.path.normpath(src))
+    return ModelCard.from_template(
+        data, template_path=_template_path(),
+        model_name=f"RWKV-{version} {_human(report['num_parameters'])} (converted from {name})",
+        version=version, codename=CODENAMES[version], model_type=config.model_type,
+        architecture=RWKV_LM_CLASSES[version][2].__name__, num_layers=config.num_hidden_layers,
+        hidden_size=config.hidden_size, heads=heads, intermediate_size=config.intermediate_size,
+        vocab_size=config.vocab_size, num_parameters=f"{report['num_parameters']:,}",
+        num_parameters_human=_human(report["num_parameters"]), dtypes=", ".join(report["dtypes"]),
+        source_layout=report["layout_name"], source_name=name,
+        tokenizer=("included" if report["has_tokenizer"] else "not included"),
+        has_tokenizer=report["has_tokenizer"], repo_path="path/to/this/folder",
+        rwkv_hf_version=rwkv_hf.__version__, discarded=", ".join(report["ignored_by_math"]),
+        license=report["license"])
+
+
+def _to_pth(src, out, trust_pickle):
+    if not os.path.isdir(src):
+        raise ConversionError(f"{src}: converting to .pth needs an rwkv_hf model folder as the source")
+    state_dict, config_json = load_source(src, trust_pickle)
+    model_type = config_json.get("model_type")
+    versions = {cls.model_type: v for v, cls in RWKV_LM_CONFIGS.items()}
+    if model_type not in versions:
+        raise ConversionError(f"{src}: model_type {model_type!r} is not an rwkv_hf language model "
+                              f"({', '.join(versions)}); convert it to an rwkv_hf folder first")
+    version = versions[model_type]
+    config = RWKV_LM_CONFIGS[version].from_pretrained(src)
+    with torch.device("meta"):
+        model = RWKV_LM_CLASSES[version][2](config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    if config.tie_word_embeddings and "head.weight" in missing:
+        state_dict = dict(state_dict, **{"head.weight": state_dict["model.embeddings.weight"]})
+        missing.remove("head.weight")
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        raise ConversionError(f"{src}: weights do not match {model_type}: missing {missing[:10]}, "
+                              f"unexpected {unexpected[:10]}")
+    for key, tensor in state_dict.items():
+        if tensor.shape != expected[key].shape:
+            raise ConversionError(f"{src}: {key} has shape {tuple(tensor.shape)}, expected "
+                                  f"{tuple(expected[key].shape)}")
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    out_sd = blinkdl.to_blinkdl(model)
+    restored = []
+    unused_path = os.path.join(src, UNUSED_FILE)
+    if os.path.isfile(unused_path):
+        for key, tensor in load_safetensors(unused_path).items():
+            if key not in out_sd or out_sd[key].shape != tensor.shape:
+                raise ConversionError(f"{unused_path}: {key} {tuple(tensor.shape)} does not fit this model")
+            out_sd[key] = tensor
+            restored.append(key)
+    zeros = [k for k in blinkdl._V7_UNUSED if k in out_sd and k not in restored]
+    torch.save(out_sd, out)
+    num_params = sum(t.numel() for t in state_dict.values())
+    return dict(direction="to BlinkDL .pth", source=os.path.abspath(src), layout="rwkv_hf",
+                layout_name=layout_name("rwkv_hf", version), version=version, config=config,
+                num_parameters=num_params, dtypes=sorted({str(t.dtype)[6:] for t in state_dict.values()}),
+                notes=([f"restored {restored} from {UNUSED_FILE}"] if restored else [])
+                + ([f"wrote {zeros} as zeros (unused by the math; the folder has no {UNUSED_FILE})"] if zeros else []),
+                ignored_by_math=[], has_tokenizer=None, license=None)
+
+
+def print_summary(report):
+    config, version = report["config"], report["version"]
+    heads = "" if version == 4 else f", {config.num_heads} heads of {config.head_size}"
+    lines = [f"rwkv-hf convert: {report['direction']}",
+             f"  source:     {report['source']}",
+             f"  layout:     {report['layout_name']}",
+             f"  model:      RWKV-{version}, {config.num_hidden_layers} layers, width {config.hidden_size}{heads}, "
+             f"FFN {config.intermediate_size}, vocabulary {config.vocab_size}",
+             f"  parameters: {report['num_parameters']:,} ({_human(report['num_parameters'])}), "
+             f"{'/'.join(report['dtypes'])}"]
+    if report["direction"] == "to rwkv_hf":
+        ignored = report["ignored_by_math"]
+        lines.append("  discarded:  none" if not ignored else
+                     f"  unused by the math (kept in {UNUSED_FILE}, restored when converting back): {ignored}")
+        lines.append("  tokenizer:  written" if report["has_tokenizer"] else
+                     f"  tokenizer:  none written (no tokenizer known for vocabulary {config.vocab_size}; "
+                     "save yours into the folder)")
+    lines += [f"  note:       {n}" for n in report["notes"]]
+    lines.append(f"  written:    {report['written']}")
+    print("\n".join(lines))
