@@ -241,8 +241,9 @@ def test_token_by_token_equals_one_call():
 
 @pytest.mark.parametrize("backend", ["reference", "torch"])
 @pytest.mark.parametrize("op", OPS)
-def test_gradcheck_every_input(op, backend):
-    x = make_inputs(op, 2, 7, 2, 3, dtype=torch.float64, state=True, seed=13)
+@pytest.mark.parametrize("T", [7, 1], ids=["T7", "T1"])  # T=1: the generation-step paths
+def test_gradcheck_every_input(op, backend, T):
+    x = make_inputs(op, 2, T, 2, 3, dtype=torch.float64, state=True, seed=13)
     names = list(x)
     # Keep log-decays away from 0 so finite differences never cross the w <= 0 boundary.
     if op != "bi_wkv4":

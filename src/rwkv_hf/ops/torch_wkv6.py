@@ -60,8 +60,18 @@ _MAX_RANGE = {torch.float64: 600.0}  # max |log decay| per chunk on the fast pat
 SHORT = 4
 
 
+def _step(r, k, v, w, u, S):
+    """One token (a generation step) with as few ops as possible: the reference loop's math."""
+    r, k, v, w = (x.squeeze(1) for x in (r, k, v, w))  # [B, H, K]
+    kv = k.unsqueeze(-1) * v.unsqueeze(-2)
+    y = r.unsqueeze(-2) @ torch.addcmul(S, u.unsqueeze(-1), kv)  # r^T (S + diag(u) k v^T)
+    return y.transpose(1, 2), torch.addcmul(kv, S, torch.exp(w).unsqueeze(-1))
+
+
 def wkv6(r, k, v, w, u, state):
     """Chunked RWKV-6 WKV. See the module docstring for layout and semantics."""
+    if r.shape[1] == 1:
+        return _step(r, k, v, w, u, state)
     if r.shape[1] <= SHORT:
         return reference.wkv6(r, k, v, w, u, state)
     return _wkv6(r, k, v, w, u, state)

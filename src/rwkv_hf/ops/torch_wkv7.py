@@ -222,8 +222,19 @@ def wkv7_chunked(r, k, v, w, a, b, state, chunk_size=None, segment_len=None):
 SHORT = 4
 
 
+def _step(r, k, v, w, a, b, S):
+    """One token (a generation step) with as few ops as possible: the reference loop's math."""
+    r, k, v, w, a, b = (x.squeeze(1) for x in (r, k, v, w, a, b))  # [B, H, K]
+    # S <- diag(e^w) S + b (a^T S) + k v^T
+    S = torch.addcmul(S * torch.exp(w).unsqueeze(-1) + b.unsqueeze(-1) @ (a.unsqueeze(-2) @ S),
+                      k.unsqueeze(-1), v.unsqueeze(-2))
+    return (r.unsqueeze(-2) @ S).transpose(1, 2), S
+
+
 def wkv7(r, k, v, w, a, b, state):
     """RWKV-7 WKV: returns (y [B,T,H,V], final state [B,H,K,V]) in the input dtype."""
+    if r.shape[1] == 1:
+        return _step(r, k, v, w, a, b, state)
     if r.shape[1] <= SHORT:
         return reference.wkv7(r, k, v, w, a, b, state)
     return wkv7_chunked(r, k, v, w, a, b, state)
