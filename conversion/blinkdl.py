@@ -110,10 +110,11 @@ def _version_of(config):
     return int(config.model_type.rsplit("v", 1)[1])
 
 
-def to_blinkdl(model):
+def to_blinkdl(model, copy=True):
     """BlinkDL state dict (``[1, 1, C]`` vectors, key order as BlinkDL's modules) of an
     rwkv_hf language model; v7 gets the zero block-0 value-residual tensors BlinkDL's
-    loaders expect."""
+    loaders expect. ``copy=False`` returns views of the model's tensors instead of clones
+    (no second copy of the weights: the converter saves them straight away)."""
     config, version = model.config, _version_of(model.config)
     out = {}
     for key, tensor in model.state_dict().items():
@@ -121,7 +122,7 @@ def to_blinkdl(model):
         flat_vector = tensor.dim() == 1 and (".att." in name or ".ffn." in name) and ".ln_x." not in name
         if flat_vector and not (version == 4 and name.endswith((".time_decay", ".time_first"))):
             tensor = tensor.reshape(1, 1, -1)
-        out[name] = tensor.detach().clone()
+        out[name] = tensor.detach().clone() if copy else tensor.detach()
         if version == 7 and name == "blocks.0.att.a2":  # keep BlinkDL's key order
             c, dv = config.hidden_size, config.value_low_rank_dim
             out["blocks.0.att.v0"] = torch.zeros(1, 1, c, dtype=tensor.dtype)

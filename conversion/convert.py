@@ -25,6 +25,7 @@ from ..lm import RWKV_LM_CLASSES, RWKV_LM_CONFIGS
 from . import blinkdl
 from .layouts import from_fla, from_hf, hf_version
 from .loading import ConversionError, load_safetensors, load_source
+from .safetensors_io import save_streaming
 
 UNUSED_FILE = "blinkdl_unused.safetensors"
 CODENAMES = {4: "Dove/Raven", 5: "Eagle", 6: "Finch", 7: "Goose"}
@@ -89,14 +90,36 @@ def to_blinkdl_names(state_dict, layout):
     return out, {blinkdl._to_blinkdl(k): k for k in state_dict}, []
 
 
-def _progress(state_dict, desc):
-    items = list(state_dict.items())
-    size = sum(t.numel() * t.element_size() for _, t in items)
+def _progress(state_dict, desc, items=None):
+    items = list(state_dict.items()) if items is None else list(items)
+    size = sum(t.numel() * t.element_size() for t in state_dict.values())
     if size < _PROGRESS_BYTES:
         return items
     from tqdm.auto import tqdm
 
     return tqdm(items, desc=desc, unit="tensor")
+
+
+def _save_model(model, out, desc):
+    """``model.save_pretrained(out)`` (config, generation config, tokenizer files), with
+    model.safetensors written tensor by tensor from the model's own tensors instead of through
+    safetensors' ``save_file``, which first copies every tensor into a ``bytes`` object: the
+    weights here are views of a memory-mapped source, so this keeps the peak memory near one
+    copy of the checkpoint. The file holds the tensors save_pretrained would save (tied weights
+    removed), byte for byte what it would write."""
+    from transformers import modeling_utils
+
+    state_dict = model.state_dict()
+    state_dict = modeling_utils.remove_tied_weights_from_state_dict(state_dict, model)
+    state_dict = modeling_utils.revert_weight_conversion(model, state_dict)
+    model.save_pretrained(out, state_dict={})  # everything but the weights (an empty weights file)
+    weights = os.path.join(out, "model.safetensors")
+    leftovers = [n for n in os.listdir(out) if n.startswith("model") and n.endswith((".safetensors", ".json"))
+                 and n != "model.safetensors"]
+    if leftovers:  # save_pretrained sharded an empty dict?  never seen; refuse rather than mix files
+        raise RuntimeError(f"unexpected weight files from save_pretrained: {leftovers}")
+    save_streaming(state_dict, weights, metadata={"format": "pt"},
+                   progress=lambda keys: _progress(state_dict, desc, keys))
 
 
 def _human(n):
@@ -183,12 +206,10 @@ def _to_folder(src, out, trust_pickle):
     cls = RWKV_LM_CLASSES[version][2]
     with torch.device("meta"):
         model = cls(config)
-    placed = {}
-    for key, tensor in _progress(ours, f"placing {os.path.basename(src)}"):
-        placed[key] = tensor if tensor.is_contiguous() else tensor.contiguous()
+    placed = dict(ours)  # reshaped views of the source's (memory-mapped) tensors: no copies
     model.load_state_dict(placed, strict=True, assign=True)
     model.eval()
-    model.save_pretrained(out)
+    _save_model(model, out, desc=f"writing {os.path.basename(src)}")
     if ignored:
         from safetensors.torch import save_file
 
@@ -279,7 +300,13 @@ def _to_pth(src, out, trust_pickle):
             raise ConversionError(f"{src}: {key} has shape {tuple(tensor.shape)}, expected "
                                   f"{tuple(expected[key].shape)}")
     model.load_state_dict(state_dict, strict=True, assign=True)
-    out_sd = blinkdl.to_blinkdl(model)
+    out_sd = blinkdl.to_blinkdl(model, copy=False)  # views of the mapped folder: torch.save streams them
+    seen = set()
+    for key, tensor in out_sd.items():  # tied weights: give the second name its own copy, as before
+        ptr = tensor.untyped_storage().data_ptr()
+        if ptr and ptr in seen:
+            out_sd[key] = tensor.clone()
+        seen.add(ptr)
     restored = []
     unused_path = os.path.join(src, UNUSED_FILE)
     if os.path.isfile(unused_path):

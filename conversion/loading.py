@@ -72,12 +72,13 @@ def _state_dict_of(obj, path):
 
 
 def load_safetensors(path):
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    """The tensors of a safetensors file, memory-mapped (copy-on-write; read when used), each with
+    its own storage (see ``safetensors_io.load_mapped``)."""
+    from .safetensors_io import load_mapped
 
     try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
+        return load_mapped(path)
+    except (OSError, ValueError) as e:
         raise ConversionError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from None
 
 

@@ -348,3 +348,75 @@ def test_model_card_and_tokenizer(tmp_path):
     for text in ("| layers | 2 |", "| width (hidden size) | 32 |", "| heads x head size | 2 x 16 |",
                  f"{params:,}", "BlinkDL .pth (RWKV-7)", "| tokenizer | included |"):
         assert text in card.text, text
+
+
+# ----------------------------------------------------------------- bounded memory (streaming I/O)
+
+
+def test_streaming_safetensors_writer_is_byte_for_byte_save_file(tmp_path):
+    from safetensors.torch import load_file
+
+    from rwkv_hf.conversion.safetensors_io import load_mapped, save_streaming
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = {"b.w": torch.randn(3, 5, generator=gen), "a.half": torch.randn(4, generator=gen).half(),
+               "bf": torch.randn(2, 3, generator=gen).bfloat16(), "ids": torch.arange(6).reshape(2, 3),
+               "i32": torch.arange(3, dtype=torch.int32), "flag": torch.tensor([True, False]),
+               "u8": torch.arange(5, dtype=torch.uint8), "f64": torch.randn(2, generator=gen).double(),
+               "t": torch.randn(4, 6, generator=gen).t(), "strided": torch.randn(10, generator=gen)[::2],
+               "empty": torch.zeros(0, 3)}
+    for metadata in (None, {"format": "pt"}):
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp_path / "ref.safetensors", metadata=metadata)
+        save_streaming(tensors, tmp_path / "ours.safetensors", metadata=metadata)
+        assert (tmp_path / "ours.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
+    mapped, loaded = load_mapped(tmp_path / "ref.safetensors"), load_file(tmp_path / "ref.safetensors")
+    assert list(mapped) == list(loaded) or set(mapped) == set(loaded)
+    for k, v in loaded.items():
+        assert mapped[k].dtype == v.dtype and torch.equal(mapped[k], v), k
+        # one storage per tensor, holding just its bytes (torch.save writes whole storages)
+        assert mapped[k].untyped_storage().nbytes() == v.numel() * v.element_size(), k
+    (tmp_path / "cut.safetensors").write_bytes((tmp_path / "ref.safetensors").read_bytes()[:-7])
+    with pytest.raises(ValueError, match="truncated"):
+        load_mapped(tmp_path / "cut.safetensors")
+
+
+@pytest.mark.parametrize("version", (4, 5, 6, 7))
+def test_streamed_folder_is_what_save_pretrained_writes(version, tmp_path):
+    """model.safetensors is written tensor by tensor from the memory-mapped source, not by
+    save_pretrained: it must hold exactly the bytes save_pretrained writes for the same model."""
+    sd = {k: v.to(torch.bfloat16) for k, v in to_blinkdl(tiny_model(version, seed=3, **SHAPE)).items()}
+    torch.save(sd, tmp_path / "src.pth")
+    convert(tmp_path / "src.pth", tmp_path / "hf", verbose=False)
+    # the reference: the converter's model as it used to be saved (save_pretrained of the
+    # source's tensors placed into a meta-device model)
+    from rwkv_hf.conversion.blinkdl import from_blinkdl
+    from rwkv_hf.lm import RWKV_LM_CLASSES
+
+    config, ours_sd, _ = from_blinkdl(torch.load(tmp_path / "src.pth", weights_only=True))
+    with torch.device("meta"):
+        model = RWKV_LM_CLASSES[version][2](config)
+    model.load_state_dict({k: v.contiguous() for k, v in ours_sd.items()}, strict=True, assign=True)
+    model.save_pretrained(tmp_path / "resaved")
+    assert (tmp_path / "hf" / "model.safetensors").read_bytes() == \
+        (tmp_path / "resaved" / "model.safetensors").read_bytes()
+    ours = json.loads((tmp_path / "hf" / "config.json").read_text())
+    theirs = json.loads((tmp_path / "resaved" / "config.json").read_text())
+    assert ours == theirs
+    names = {p.name for p in (tmp_path / "hf").iterdir()}
+    assert {"config.json", "generation_config.json", "model.safetensors", "README.md"} <= names
+
+
+def test_pth_from_a_mapped_folder_holds_each_tensor_once(tmp_path):
+    """The folder is read memory-mapped and the .pth saved from views (no clones): every tensor
+    of the .pth must still be its own storage of exactly its bytes, and the file no bigger."""
+    sd = {k: v.to(torch.bfloat16) for k, v in to_blinkdl(tiny_model(7, seed=5, **SHAPE)).items()}
+    torch.save(sd, tmp_path / "src.pth")
+    convert(tmp_path / "src.pth", tmp_path / "hf", verbose=False)
+    convert(tmp_path / "hf", tmp_path / "back.pth", verbose=False)
+    back = torch.load(tmp_path / "back.pth", weights_only=True, mmap=True)
+    assert list(back) == list(sd)
+    for k, v in sd.items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
+        assert back[k].untyped_storage().nbytes() == v.numel() * v.element_size(), k
+    payload = sum(v.numel() * v.element_size() for v in sd.values())
+    assert os.path.getsize(tmp_path / "back.pth") < payload + 64 * 1024 + 2048 * len(sd)
