@@ -46,14 +46,19 @@ def load_pickle(path, trust_pickle=False):
                 obj = torch.load(path, map_location="cpu", **loader)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
-        offender = found.group(1) if found else "an object torch does not allow"
+        if found is None:  # not a refused object: the bytes are not a pickle torch can read at all
+            detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+            raise ConversionError(f"{path}: not a readable PyTorch checkpoint (truncated, corrupt or not a "
+                                  f"checkpoint){': ' + detail.group(1) if detail else ''}") from None
+        offender = found.group(1)
         raise ConversionError(
             f"{path}: refusing to unpickle {offender}: this checkpoint holds Python objects besides "
             "tensors, and loading them can execute arbitrary code. Nothing was executed. If you trust "
             "the file's source, pass --trust-pickle (convert(..., trust_pickle=True)).") from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ConversionError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): "
-                              f"{str(e).splitlines()[0]}") from None
+    except Exception as e:  # anything else the unpickler trips over: not a checkpoint we can read
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ConversionError(f"{path}: not a readable PyTorch checkpoint (truncated, corrupt or not a "
+                              f"checkpoint): {type(e).__name__}: {first}") from None
     return _state_dict_of(obj, path)
 
 

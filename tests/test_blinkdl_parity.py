@@ -9,7 +9,10 @@ import sys
 import pytest
 import torch
 
+from transformers import AutoModelForCausalLM
+
 from rwkv_hf.conversion.blinkdl import detect_version, from_blinkdl, to_blinkdl
+from rwkv_hf.conversion.convert import convert
 from lm_utils import rel_err, tiny_model
 
 # Runs in its own process: the package reads RWKV_* variables at import, and RWKV_V7_ON
@@ -47,9 +50,17 @@ def test_logits_match_blinkdl_runtime(version, shape, tmp_path):
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ref = torch.load(path + ".out")
+    convert(path, str(tmp_path / "converted"))  # what `rwkv-hf convert rand.pth converted/` writes
+    converted = AutoModelForCausalLM.from_pretrained(tmp_path / "converted").eval()
     with torch.no_grad():
-        full = model(torch.tensor([ids])).logits[0]
-        last = model(torch.tensor([ids]), logits_to_keep=1).logits[0, -1]
+        full = converted(torch.tensor([ids])).logits[0]
+        last = converted(torch.tensor([ids]), logits_to_keep=1).logits[0, -1]
+        # token by token with the state, on this side too
+        out, steps = None, []
+        for t in ids:
+            out = converted(torch.tensor([[t]]), cache=None if out is None else out.cache)
+            steps.append(out.logits[0, -1])
+    assert rel_err(torch.stack(steps), ref["steps"]) <= 1e-4
     assert rel_err(full, ref["full"]) <= 1e-4
     assert rel_err(full, ref["steps"]) <= 1e-4
     assert rel_err(last, ref["steps"][-1]) <= 1e-4

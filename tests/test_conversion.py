@@ -420,3 +420,15 @@ def test_pth_from_a_mapped_folder_holds_each_tensor_once(tmp_path):
         assert back[k].untyped_storage().nbytes() == v.numel() * v.element_size(), k
     payload = sum(v.numel() * v.element_size() for v in sd.values())
     assert os.path.getsize(tmp_path / "back.pth") < payload + 64 * 1024 + 2048 * len(sd)
+
+
+def test_a_file_that_is_not_a_pickle_is_called_unreadable_not_unsafe(tmp_path, capsys):
+    from rwkv_hf.cli import main
+
+    bad = tmp_path / "notes.pth"
+    bad.write_text("these are my notes, not a checkpoint\n")
+    assert main(["convert", str(bad), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "not a readable PyTorch checkpoint" in err and "notes.pth" in err
+    assert "--trust-pickle" not in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -304,15 +304,20 @@ class RwkvV7TimeMix(nn.Module):
         r = self.receptance(xr)
         k = self.key(xk)
         v = self.value(xv)
-        w = V7_DECAY_SCALE * torch.sigmoid((self.w0 + torch.tanh(xw @ self.w1) @ self.w2).float())
-        a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)  # in-context learning rate
-        g = torch.sigmoid(xg @ self.g1) @ self.g2
+        if torch.is_grad_enabled():
+            w = V7_DECAY_SCALE * torch.sigmoid((self.w0 + torch.tanh(xw @ self.w1) @ self.w2).float())
+            a = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)  # in-context learning rate
+            g = torch.sigmoid(xg @ self.g1) @ self.g2
+        else:  # the same, in place on the fresh LoRA outputs (fewer big temporaries)
+            w = (torch.tanh(xw @ self.w1) @ self.w2).add_(self.w0).float().sigmoid_().mul_(V7_DECAY_SCALE)
+            a = ((xa @ self.a1) @ self.a2).add_(self.a0).sigmoid_()
+            g = (xg @ self.g1).sigmoid_() @ self.g2
         kk = F.normalize((k * self.k_k).view(heads), dim=-1)
-        k = k * (1 + (a - 1) * self.k_a)
+        k = k * torch.addcmul(1 - self.k_a, a, self.k_a)  # k * (1 + (a - 1) * k_a)
         if self.layer_id == 0:
             v_first = v
-        else:
-            v = v + (v_first - v) * torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2)
+        else:  # v + (v_first - v) * sigmoid(.)
+            v = torch.lerp(v, v_first, torch.sigmoid(self.v0 + (xv @ self.v1) @ self.v2).to(v.dtype))
         # One activation dtype for the op (under autocast the mixes come out fp32, the linears bf16).
         r_h, k_h, v_h, kk, a_h = (z.to(r.dtype).view(heads) for z in (r, k, v, kk, a))
         y, state = ops.wkv7(r_h, k_h, v_h, w.view(heads), -kk, kk * a_h, state, output_final_state=True)
