@@ -120,6 +120,8 @@ def test_left_padded_batch_generates_like_each_prompt_alone(version):
         ids[i, width - len(p):] = p
         mask[i, width - len(p):] = 1
     batch = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False)[:, width:]
+    no_cache = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False, use_cache=False)
+    assert torch.equal(no_cache[:, width:], batch)
     for i, p in enumerate(prompts):
         alone = model.generate(p[None], max_new_tokens=8, do_sample=False)[0, len(p):]
         assert torch.equal(batch[i], alone), (version, i)

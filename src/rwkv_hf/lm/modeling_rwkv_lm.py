@@ -705,7 +705,8 @@ class RwkvLMForCausalLMBase(RwkvLMPreTrainedModel, GenerationMixin):
             inputs["input_ids"] = input_ids.contiguous()
         if cache is not None:
             inputs["cache"] = cache
-        if is_first_iteration and attention_mask is not None:
+        if attention_mask is not None and (is_first_iteration or cache is None):  # without a cache every
+            # step re-reads the (left-padded) prompt
             inputs["attention_mask"] = attention_mask[:, -inputs.get("input_ids", inputs_embeds).shape[1]:]
         for key in ("logits_to_keep", "output_hidden_states", "return_dict"):
             if key in kwargs:
