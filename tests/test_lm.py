@@ -393,3 +393,15 @@ def test_other_vocabulary_saves_without_a_tokenizer_and_says_so(tmp_path, caplog
     AutoModelForCausalLM.from_pretrained(tmp_path)  # the model itself loads
     with pytest.raises(Exception):
         AutoTokenizer.from_pretrained(tmp_path)
+
+
+def test_tied_embeddings_save_and_load_tied(tmp_path):
+    model = tiny_model(7, tie_word_embeddings=True)
+    assert model.head.weight is model.model.embeddings.weight
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert loaded.head.weight is loaded.model.embeddings.weight
+    assert torch.equal(loaded.head.weight, model.head.weight)
+    ids = _ids(1, 6)
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
