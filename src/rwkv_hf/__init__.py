@@ -4,7 +4,7 @@ Importing the package registers the RWKV language models (v4, v5.2, v6, v7; mode
 ``rwkv_hf_v4`` ... ``rwkv_hf_v7``) with transformers' Auto classes, and the RWKV World
 tokenizer with AutoTokenizer. The WKV operator layer is ``rwkv_hf.ops``.
 """
-from . import lm, ops
+from . import lm, ops, peft_support
 from .tokenization_rwkv_world import RwkvWorldTokenizer, register_tokenizers
 from .lm import (
     RwkvV4Config, RwkvV4ForCausalLM, RwkvV4ForSequenceClassification, RwkvV4Model,
@@ -17,6 +17,7 @@ __version__ = "0.1.0.dev0"
 
 lm.register()
 register_tokenizers(lm.RWKV_LM_CONFIGS)
+peft_support.register_peft()  # default LoRA targets (a no-op without peft)
 
 __all__ = [
     "ops", "lm", "__version__", "RwkvWorldTokenizer",
