@@ -132,9 +132,12 @@ def _bind(op, specs):
             raise ValueError(f"{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
             raise ValueError(f"{op}: {name} must be a floating-point tensor, got {x.dtype}")
-        expected = "[" + ", ".join(f"{d}={sizes[d]}" if d in sizes else str(d) for d in dims) + "]"
+        known = dict(sizes)  # the bindings before this tensor, for the message
+
+        def expected():
+            return "[" + ", ".join(f"{d}={known[d]}" if d in known else str(d) for d in dims) + "]"
         if x.dim() != len(dims):
-            raise ValueError(f"{op}: {name} must have shape {expected} ({len(dims)}-D), "
+            raise ValueError(f"{op}: {name} must have shape {expected()} ({len(dims)}-D), "
                              f"got {list(x.shape)}")
         for d, n in zip(dims, x.shape):
             if isinstance(d, int):
@@ -142,7 +145,7 @@ def _bind(op, specs):
             else:
                 ok = sizes.setdefault(d, n) == n
             if not ok:
-                raise ValueError(f"{op}: {name} must have shape {expected}, got {list(x.shape)}")
+                raise ValueError(f"{op}: {name} must have shape {expected()}, got {list(x.shape)}")
     for d in ("B", "T"):
         if sizes.get(d, 1) == 0:
             raise ValueError(f"{op}: empty input ({d}=0); sequences need at least one token")
