@@ -76,6 +76,7 @@ def worker(version, quick, out_path):
 
     import rwkv_hf  # noqa: F401
     from rwkv_hf.conversion.blinkdl import to_blinkdl
+    from rwkv_hf.conversion.layouts import blinkdl_name_of_hf_key
     from rwkv_hf.lm import RWKV_LM_CLASSES
 
     config_cls, _, causal_cls, _ = RWKV_LM_CLASSES[version]
@@ -97,16 +98,9 @@ def worker(version, quick, out_path):
 
         hf = RwkvForCausalLM(RwkvConfig(vocab_size=VOCAB[4], hidden_size=C, num_hidden_layers=L,
                                         intermediate_size=ours.config.intermediate_size)).eval()
-        rename = {"model.embeddings": "rwkv.embeddings", "model.ln_out": "rwkv.ln_out",
-                  "model.blocks": "rwkv.blocks", ".ln0.": ".pre_ln.", ".attn.": ".attention.",
-                  ".ffn.": ".feed_forward.", "time_mix_k": "time_mix_key", "time_mix_v": "time_mix_value",
-                  "time_mix_r": "time_mix_receptance"}
-        target = hf.state_dict()
-        sd = {}
-        for key, value in ours.state_dict().items():
-            for a, b in rename.items():
-                key = key.replace(a, b)
-            sd[key] = value.reshape(target[key].shape)
+        # The converter owns the transformers names: each of their keys -> BlinkDL's -> our tensor.
+        blinkdl = to_blinkdl(ours, copy=False)
+        sd = {key: blinkdl[blinkdl_name_of_hf_key(key)].reshape(t.shape) for key, t in hf.state_dict().items()}
         hf.load_state_dict(sd)
 
     non_embedding = sum(p.numel() for n, p in ours.named_parameters()

@@ -84,13 +84,14 @@ def from_blinkdl(state_dict, **config_overrides):
     """(config, rwkv_hf state dict, discarded keys) from a BlinkDL state dict. Refuses
     (naming them) keys it cannot place; the only discarded keys are v7's unused block-0
     value-residual tensors."""
-    config = config_from_state_dict(state_dict, **config_overrides)
-    model_cls = RWKV_LM_CLASSES[_version_of(config)][2]
+    version = detect_version(state_dict)
+    config = config_from_state_dict(state_dict, version, **config_overrides)
+    model_cls = RWKV_LM_CLASSES[version][2]
     with torch.device("meta"):
         expected = {k: v.shape for k, v in model_cls(config).state_dict().items()}
     out, discarded, unknown = {}, [], []
     for key, tensor in state_dict.items():
-        if key in _V7_UNUSED and _version_of(config) == 7:
+        if key in _V7_UNUSED and version == 7:
             discarded.append(key)
             continue
         ours = _to_ours(key)
@@ -106,16 +107,12 @@ def from_blinkdl(state_dict, **config_overrides):
     return config, out, discarded
 
 
-def _version_of(config):
-    return int(config.model_type.rsplit("v", 1)[1])
-
-
 def to_blinkdl(model, copy=True):
     """BlinkDL state dict (``[1, 1, C]`` vectors, key order as BlinkDL's modules) of an
     rwkv_hf language model; v7 gets the zero block-0 value-residual tensors BlinkDL's
     loaders expect. ``copy=False`` returns views of the model's tensors instead of clones
     (no second copy of the weights: the converter saves them straight away)."""
-    config, version = model.config, _version_of(model.config)
+    config, version = model.config, model.rwkv_version
     out = {}
     for key, tensor in model.state_dict().items():
         name = _to_blinkdl(key)

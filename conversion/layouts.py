@@ -38,7 +38,8 @@ def hf_version(state_dict):
                           f"(first keys: {keys[:6]})")
 
 
-def _hf_name(key):
+def blinkdl_name_of_hf_key(key):
+    """BlinkDL's name for a transformers / Hub remote-code RWKV key (None if outside the scheme)."""
     name = key
     for prefix in ("rwkv.", "rwkv5.", "rwkv6."):
         if name.startswith(prefix):
@@ -66,7 +67,7 @@ def from_hf(state_dict):
     """transformers RWKV-4 / Hub RWKV-5, RWKV-6 names -> BlinkDL names (values untouched)."""
     out, original, unknown = {}, {}, []
     for key, tensor in state_dict.items():
-        name = _hf_name(key)
+        name = blinkdl_name_of_hf_key(key)
         if name is None:
             unknown.append(key)
             continue

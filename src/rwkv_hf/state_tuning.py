@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from .lm.modeling_rwkv_lm import write_layer_state
+
 STATE_FILE = "rwkv_state.safetensors"
 FORMAT = "rwkv_hf.state_tuning/1"
 
@@ -75,11 +77,9 @@ class StateTuningModel(nn.Module):
         dtype = self.model.get_input_embeddings().weight.dtype
         c = self.att_shift.shape[1]
         for i in range(self.att_shift.shape[0]):
-            cache.update_conv_state(self.att_shift[i].to(dtype).expand(batch_size, c).unsqueeze(-1), i, 0,
-                                    conv_kernel_size=1)
-            cache.update_recurrent_state(self.wkv_state[i].float().expand(batch_size, *self.wkv_state.shape[1:]), i, 0)
-            cache.update_conv_state(self.ffn_shift[i].to(dtype).expand(batch_size, c).unsqueeze(-1), i, 1,
-                                    conv_kernel_size=1)
+            write_layer_state(cache, i, self.att_shift[i].to(dtype).expand(batch_size, c),
+                              self.wkv_state[i].float().expand(batch_size, *self.wkv_state.shape[1:]),
+                              self.ffn_shift[i].to(dtype).expand(batch_size, c))
         return cache
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, cache=None, **kwargs):

@@ -330,61 +330,58 @@ class RwkvV7TimeMix(nn.Module):
 
 
 class RwkvV4ChannelMix(nn.Module):
-    """v4 and v5.2: ``sigmoid(Wr xr) * Wv(relu(Wk xk)^2)`` with v4-style mixing."""
+    """v4 and v5.2: ``sigmoid(Wr xr) * Wv(relu(Wk xk)^2)`` with v4-style mixing
+    ``x * m + prev * (1 - m)``."""
+
+    mix_names = ("time_mix_k", "time_mix_r")
 
     def __init__(self, config, layer_id):
         super().__init__()
         c, f = config.hidden_size, config.intermediate_size
         self.layer_id, self.num_layers = layer_id, config.num_hidden_layers
-        self.time_mix_k = nn.Parameter(torch.empty(c))
-        self.time_mix_r = nn.Parameter(torch.empty(c))
+        for name in self.mix_names:
+            setattr(self, name, nn.Parameter(torch.empty(c)))
         self.key = nn.Linear(c, f, bias=False)
         self.receptance = nn.Linear(c, c, bias=False)
         self.value = nn.Linear(f, c, bias=False)
 
+    @staticmethod
+    def _mix(x, prev, m):
+        return torch.lerp(prev, x, m)
+
+    @staticmethod
+    def _mix_init(curve):
+        return curve
+
     def init_weights(self):
-        c = self.time_mix_k.numel()
+        c = self.key.in_features
         _, r1a0 = _layer_ratios(self.layer_id, self.num_layers)
-        init.copy_(self.time_mix_k, _ramp(c) ** r1a0)
-        init.copy_(self.time_mix_r, _ramp(c) ** r1a0)
+        for name in self.mix_names:
+            init.copy_(getattr(self, name), self._mix_init(_ramp(c) ** r1a0))
         _init_uniform(self.key.weight, 0.5 / math.sqrt(c))
         init.zeros_(self.receptance.weight)
         init.zeros_(self.value.weight)
 
     def forward(self, x, shift):
         prev = _token_shift(x, shift)
-        k = _sqrelu(self.key(torch.lerp(prev, x, self.time_mix_k)))
-        r = torch.sigmoid(self.receptance(torch.lerp(prev, x, self.time_mix_r)))
+        mk, mr = (getattr(self, name) for name in self.mix_names)
+        k = _sqrelu(self.key(self._mix(x, prev, mk)))
+        r = torch.sigmoid(self.receptance(self._mix(x, prev, mr)))
         return r * self.value(k), x[:, -1]
 
 
-class RwkvV6ChannelMix(nn.Module):
-    """v6: as v4's with the inverted mix ``x + (prev - x) * maa``."""
+class RwkvV6ChannelMix(RwkvV4ChannelMix):
+    """v6: as v4's with the inverted mix ``x + (prev - x) * maa`` (initialised as 1 - v4's)."""
 
-    def __init__(self, config, layer_id):
-        super().__init__()
-        c, f = config.hidden_size, config.intermediate_size
-        self.layer_id, self.num_layers = layer_id, config.num_hidden_layers
-        self.time_maa_k = nn.Parameter(torch.empty(c))
-        self.time_maa_r = nn.Parameter(torch.empty(c))
-        self.key = nn.Linear(c, f, bias=False)
-        self.receptance = nn.Linear(c, c, bias=False)
-        self.value = nn.Linear(f, c, bias=False)
+    mix_names = ("time_maa_k", "time_maa_r")
 
-    def init_weights(self):
-        c = self.time_maa_k.numel()
-        _, r1a0 = _layer_ratios(self.layer_id, self.num_layers)
-        init.copy_(self.time_maa_k, 1 - _ramp(c) ** r1a0)
-        init.copy_(self.time_maa_r, 1 - _ramp(c) ** r1a0)
-        _init_uniform(self.key.weight, 0.5 / math.sqrt(c))
-        init.zeros_(self.receptance.weight)
-        init.zeros_(self.value.weight)
+    @staticmethod
+    def _mix(x, prev, m):
+        return torch.lerp(x, prev, m)
 
-    def forward(self, x, shift):
-        prev = _token_shift(x, shift)
-        k = _sqrelu(self.key(torch.lerp(x, prev, self.time_maa_k)))
-        r = torch.sigmoid(self.receptance(torch.lerp(x, prev, self.time_maa_r)))
-        return r * self.value(k), x[:, -1]
+    @staticmethod
+    def _mix_init(curve):
+        return 1 - curve
 
 
 class RwkvV7ChannelMix(nn.Module):
@@ -416,7 +413,6 @@ _MIXERS = {
     6: (RwkvV6TimeMix, RwkvV6ChannelMix),
     7: (RwkvV7TimeMix, RwkvV7ChannelMix),
 }
-_VERSION_OF_CONFIG = {RwkvV4Config: 4, RwkvV5Config: 5, RwkvV6Config: 6, RwkvV7Config: 7}
 
 
 class RwkvLMBlock(GradientCheckpointingLayer):
@@ -447,6 +443,15 @@ class RwkvLMBlock(GradientCheckpointingLayer):
             x = x * mask.unsqueeze(-1).to(x.dtype)
         out, ffn_shift = self.ffn(x, ffn_shift)
         return hidden + out, att_shift, wkv_state, ffn_shift, v_first
+
+
+def write_layer_state(cache, layer, att_shift, wkv_state, ffn_shift):
+    """Store one layer's state in a linear-attention ``DynamicCache``: state 0 = time-mix shift
+    ([B, C], as a width-1 conv state) + WKV state, state 1 = channel-mix shift. The one place
+    that knows the layout (``_read_cache`` reads it back)."""
+    cache.update_conv_state(att_shift.unsqueeze(-1), layer, 0, conv_kernel_size=1)
+    cache.update_recurrent_state(wkv_state, layer, 0)
+    cache.update_conv_state(ffn_shift.unsqueeze(-1), layer, 1, conv_kernel_size=1)
 
 
 # --------------------------------------------------------------------------- outputs
@@ -574,7 +579,7 @@ class RwkvLMModelBase(RwkvLMPreTrainedModel):
         if input_ids is not None:
             if input_ids.dtype.is_floating_point:
                 raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}.")
-            lo, hi = int(input_ids.min()), int(input_ids.max())
+            lo, hi = (int(x) for x in torch.aminmax(input_ids))
             if lo < 0 or hi >= self.config.vocab_size:
                 bad = lo if lo < 0 else hi
                 raise ValueError(f"Token id {bad} is outside the vocabulary [0, {self.config.vocab_size}).")
@@ -656,9 +661,7 @@ class RwkvLMModelBase(RwkvLMPreTrainedModel):
             hidden, att_shift, wkv_state, ffn_shift, v_first = block(
                 hidden, mask, att_shift, wkv_state, ffn_shift, v_first)
             if use_cache:
-                cache.update_conv_state(att_shift.unsqueeze(-1), i, 0, conv_kernel_size=1)
-                cache.update_recurrent_state(wkv_state, i, 0)
-                cache.update_conv_state(ffn_shift.unsqueeze(-1), i, 1, conv_kernel_size=1)
+                write_layer_state(cache, i, att_shift, wkv_state, ffn_shift)
         hidden = self.ln_out(hidden)
         if output_hidden_states:
             all_hidden += (hidden,)
