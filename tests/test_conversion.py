@@ -251,23 +251,29 @@ class _Marker:
         return (pathlib.Path.touch, (pathlib.Path(self.path),))
 
 
-def test_pickles_with_objects_are_refused_unless_trusted(tmp_path, capsys):
+def test_pickled_objects_become_inert_placeholders_and_training_checkpoints_convert(tmp_path, capsys):
     import argparse
 
     sd = to_blinkdl(tiny_model(4))
     marker = tmp_path / "executed"
+    # a payload next to the weights: read as a placeholder, never run; the stray entry is named
     torch.save({"weights": sd["emb.weight"], "hook": _Marker(str(marker))}, tmp_path / "evil.pth")
     assert main(["convert", str(tmp_path / "evil.pth"), str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
-    assert "--trust-pickle" in err and "evil.pth" in err and "Traceback" not in err
+    assert "evil.pth" in err and "'hook'" in err and "pathlib.Path.touch" in err and "Traceback" not in err
+    assert "--trust-pickle" not in err  # trusting the file would not make it a state dict
     assert not marker.exists() and not (tmp_path / "out").exists() and _no_partial_output(tmp_path)
 
-    # a training checkpoint: the weights plus an argparse.Namespace
-    torch.save({"state_dict": sd, "args": argparse.Namespace(lr=1e-4)}, tmp_path / "train.pth")
-    with pytest.raises(ConversionError, match=r"argparse\.Namespace.*--trust-pickle"):
-        convert(tmp_path / "train.pth", tmp_path / "out", verbose=False)
-    assert main(["convert", str(tmp_path / "train.pth"), str(tmp_path / "out"), "--trust-pickle"]) == 0
+    # a training checkpoint: the weights plus an argparse.Namespace, read without --trust-pickle
+    torch.save({"state_dict": sd, "args": argparse.Namespace(lr=1e-4), "hook": _Marker(str(marker))},
+               tmp_path / "train.pth")
+    convert(tmp_path / "train.pth", tmp_path / "out", verbose=False)
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.model_type == "rwkv_hf_v4"
+    assert not marker.exists()
+    # --trust-pickle still reads it with the full pickle machinery (which runs the payload)
+    torch.save({"state_dict": sd, "args": argparse.Namespace(lr=1e-4)}, tmp_path / "train2.pth")
+    assert main(["convert", str(tmp_path / "train2.pth"), str(tmp_path / "out2"), "--trust-pickle"]) == 0
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "out2").config.model_type == "rwkv_hf_v4"
 
 
 # ----------------------------------------------------------------- bad input
