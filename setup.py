@@ -53,7 +53,8 @@ setup(
         "rwkv_hf": ["tokenizer_files/*.txt", "tokenizer_files/*.json", "tokenizer_files/NOTICE"],
         # The tiny RWKV-7 that `rwkv-hf demo` runs (written by examples/train_tiny_lm.py).
         "rwkv_hf.pretrained": ["tiny-rwkv7-pydoc/*.json", "tiny-rwkv7-pydoc/*.safetensors",
-                               "tiny-rwkv7-pydoc/README.md"],
+                               "tiny-rwkv7-pydoc/README.md", "tiny-vrwkv-digits/*.json",
+                               "tiny-vrwkv-digits/*.safetensors", "tiny-vrwkv-digits/README.md"],
     },
     cmdclass={"build_py": BuildPyWithCuda},
     python_requires=">=3.10",
@@ -74,7 +75,9 @@ setup(
         # flash-linear-attention's pure-torch references are an independent oracle.
         "test": ["pytest>=8", "hypothesis>=6.100", "flash-linear-attention>=0.6,<0.7", "ninja",
                  # BlinkDL's runtime: the oracle for converted models and for the World tokenizer.
-                 "rwkv>=0.8.30,<0.9"],
+                 "rwkv>=0.8.30,<0.9",
+                 # load_digits: the tiny Vision-RWKV's data (its provenance test)
+                 "scikit-learn>=1.3"],
         "cuda": ["ninja"],
         "bench": ["matplotlib>=3.8"],
     },

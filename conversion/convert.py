@@ -22,9 +22,9 @@ import shutil
 import torch
 
 from ..lm import RWKV_LM_CLASSES, RWKV_LM_CONFIGS
-from . import blinkdl
+from . import blinkdl, vision
 from .layouts import from_fla, from_hf, hf_version
-from .loading import ConversionError, load_safetensors, load_source
+from .loading import ConversionError, load_pickle_with_metadata, load_safetensors, load_source
 from .safetensors_io import save_streaming
 
 UNUSED_FILE = "blinkdl_unused.safetensors"
@@ -159,10 +159,12 @@ def _remove(path):
         os.remove(path)
 
 
-def convert(src, dst, *, trust_pickle=False, overwrite=False, verbose=True):
+def convert(src, dst, *, trust_pickle=False, overwrite=False, verbose=True, config_overrides=None):
     """Convert ``src`` into ``dst`` and return a report dict. ``dst`` ending in ``.pth``: the
     rwkv_hf folder ``src`` -> BlinkDL ``.pth``; otherwise any supported checkpoint -> an rwkv_hf
-    folder. ``trust_pickle`` allows pickles with arbitrary Python objects (runs their code)."""
+    folder. ``trust_pickle`` allows pickles with arbitrary Python objects (runs their code).
+    ``config_overrides``: config fields the checkpoint does not determine (e.g. ``post_norm``
+    of a Vision-RWKV checkpoint without metadata), applied over what was detected."""
     src, dst = os.fspath(src), os.fspath(dst)
     _check_destination(dst, overwrite)
     tmp = _partial_path(dst)
@@ -170,7 +172,7 @@ def convert(src, dst, *, trust_pickle=False, overwrite=False, verbose=True):
         if dst.endswith(".pth"):
             report = _to_pth(src, tmp, trust_pickle)
         else:
-            report = _to_folder(src, tmp, trust_pickle)
+            report = _to_folder(src, tmp, trust_pickle, dict(config_overrides or {}))
         _finish(tmp, dst)
     except BaseException:
         _remove(tmp)
@@ -192,15 +194,26 @@ def _translate(error, original):
     return msg
 
 
-def _to_folder(src, out, trust_pickle):
+def _load_with_extras(src, trust_pickle):
+    """(state dict, config.json dict or None, the checkpoint's other top-level entries)."""
+    if os.path.isfile(src) and not src.endswith(".safetensors"):
+        state_dict, extras = load_pickle_with_metadata(src, trust_pickle)
+        return state_dict, None, extras
     state_dict, config_json = load_source(src, trust_pickle)
+    return state_dict, config_json, {}
+
+
+def _to_folder(src, out, trust_pickle, overrides):
+    state_dict, config_json, extras = _load_with_extras(src, trust_pickle)
+    if vision.is_vision_checkpoint(state_dict):
+        return _vision_to_folder(src, out, state_dict, config_json, extras, overrides)
     try:
         layout, version = detect_layout(state_dict)
         names, original, notes = to_blinkdl_names(state_dict, layout)
     except ConversionError as e:
         raise ConversionError(f"{src}: {e}") from None
     try:
-        config, ours, ignored = blinkdl.from_blinkdl(names, **_config_overrides(layout, config_json))
+        config, ours, ignored = blinkdl.from_blinkdl(names, **_config_overrides(layout, config_json), **overrides)
     except (ValueError, KeyError, IndexError) as e:
         raise ConversionError(f"{src}: {_translate(e, original)}") from None
     cls = RWKV_LM_CLASSES[version][2]
@@ -217,7 +230,7 @@ def _to_folder(src, out, trust_pickle):
     has_tokenizer = any(os.path.exists(os.path.join(out, n)) for n in ("tokenizer.json", "tokenizer_config.json"))
     num_params = sum(t.numel() for t in placed.values())
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in placed.values()})
-    report = dict(direction="to rwkv_hf", source=os.path.abspath(src), layout=layout,
+    report = dict(direction="to rwkv_hf", family="lm", source=os.path.abspath(src), layout=layout,
                   layout_name=layout_name(layout, version), version=version, config=config,
                   num_parameters=num_params, dtypes=dtypes, notes=notes,
                   ignored_by_math=[original.get(k, k) for k in ignored], has_tokenizer=has_tokenizer,
@@ -225,6 +238,60 @@ def _to_folder(src, out, trust_pickle):
     card = render_model_card(report, src)
     card.save(os.path.join(out, "README.md"))
     return report
+
+
+def _vision_to_folder(src, out, state_dict, config_json, extras, overrides):
+    weights, discarded = vision.normalize(state_dict)
+    if config_json:
+        extras = dict(extras, **{"config.json": config_json})
+    try:
+        config, version, settings, notes = vision.config_from_state_dict(weights, extras, **overrides)
+        model = vision.build_model(weights, config, version)
+    except ConversionError as e:
+        raise ConversionError(f"{src}: {e}") from None
+    _save_model(model, out, desc=f"writing {os.path.basename(src)}")
+    vision.image_processor_for(config, settings.get("eval_size")).save_pretrained(out)
+    entries = list(getattr(extras, "discarded", ()))
+    official = config_json is None or config_json.get("model_type") not in ("rwkv_hf_vrwkv", "rwkv_hf_vrwkv6")
+    report = dict(direction="to rwkv_hf", family="vision", source=os.path.abspath(src), version=version,
+                  layout="vision", layout_name=("official Vision-RWKV (mmcls / InternImage)" if official
+                                                else f"rwkv_hf ({config.model_type})"),
+                  config=config, architecture=type(model).__name__,
+                  num_parameters=sum(t.numel() for t in weights.values()),
+                  dtypes=sorted({str(t.dtype).replace("torch.", "") for t in weights.values()}),
+                  notes=notes, discarded_tensors=discarded, discarded_entries=entries,
+                  license=_source_license(src))
+    _render_vision_card(report, src).save(os.path.join(out, "README.md"))
+    return report
+
+
+def _render_vision_card(report, src):
+    from huggingface_hub import ModelCard, ModelCardData
+
+    import rwkv_hf
+
+    config, version = report["config"], report["version"]
+    data = ModelCardData(library_name="transformers", pipeline_tag="image-classification",
+                         tags=["rwkv", "vision-rwkv", f"vrwkv{'6' if version == 6 else ''}", "rwkv_hf", "timm"],
+                         license=report["license"])
+    discarded = [f"`{k}`" for k in report["discarded_entries"]] + [f"`{k}`" for k in report["discarded_tensors"]]
+    name = os.path.basename(os.path.normpath(src))
+    grid = "x".join(map(str, config.patch_grid))
+    return ModelCard.from_template(
+        data, template_path=_template_path("vrwkv.md"),
+        model_name=f"Vision-RWKV{'6' if version == 6 else ''} {_human(report['num_parameters'])} (converted from {name})",
+        family="VRWKV6" if version == 6 else "VRWKV", model_type=config.model_type,
+        architecture=report["architecture"],
+        wkv=("bidirectional RWKV-6 (per-token decay, " f"{config.num_heads} heads of {config.head_size})"
+             if version == 6 else "bidirectional RWKV-4 (per-channel decay)"),
+        num_layers=config.num_hidden_layers, hidden_size=config.hidden_size, patch_size=config.patch_size,
+        grid=grid, switches=" / ".join(str(x) for x in (config.post_norm, config.layer_scale_init_value is not None,
+                                                          config.key_norm)),
+        num_labels=config.num_labels if report["architecture"].endswith("Classification") else "none (backbone)",
+        num_parameters=f"{report['num_parameters']:,}", num_parameters_human=_human(report["num_parameters"]),
+        dtypes=", ".join(report["dtypes"]), source_layout=report["layout_name"], source_name=name,
+        repo_path="path/to/this/folder", rwkv_hf_version=rwkv_hf.__version__,
+        notes="; ".join(report["notes"]), discarded=", ".join(discarded), license=report["license"])
 
 
 def _source_license(src):
@@ -239,11 +306,11 @@ def _source_license(src):
         return None
 
 
-def _template_path():
+def _template_path(name="rwkv_lm.md"):
     # source tree / editable install: conversion/ and model_cards/ side by side; an installed
     # wheel ships the templates as rwkv_hf/model_cards (setup.py), which is the same relative path.
     here = os.path.dirname(os.path.abspath(__file__))
-    return os.path.normpath(os.path.join(here, os.pardir, "model_cards", "rwkv_lm.md"))
+    return os.path.normpath(os.path.join(here, os.pardir, "model_cards", name))
 
 
 def render_model_card(report, src):
@@ -326,7 +393,28 @@ def _to_pth(src, out, trust_pickle):
                 ignored_by_math=[], has_tokenizer=None, license=None)
 
 
+def _print_vision_summary(report):
+    config = report["config"]
+    lines = [f"rwkv-hf convert: {report['direction']}",
+             f"  source:     {report['source']}",
+             f"  layout:     {report['layout_name']}",
+             f"  model:      {report['architecture']}, {config.num_hidden_layers} blocks, width {config.hidden_size}, "
+             f"patch {config.patch_size}, post_norm={config.post_norm}, "
+             f"layer scale={config.layer_scale_init_value is not None}, key_norm={config.key_norm}",
+             f"  parameters: {report['num_parameters']:,} ({_human(report['num_parameters'])}), "
+             f"{'/'.join(report['dtypes'])}"]
+    entries, tensors = report["discarded_entries"], report["discarded_tensors"]
+    lines.append("  discarded:  none" if not (entries or tensors) else
+                 f"  discarded:  {len(entries)} checkpoint entries {entries[:8]}, {len(tensors)} tensors "
+                 f"outside backbone./head. {list(tensors)[:8]}")
+    lines += [f"  note:       {n}" for n in report["notes"]]
+    lines.append(f"  written:    {report['written']}")
+    print("\n".join(lines))
+
+
 def print_summary(report):
+    if report.get("family") == "vision":
+        return _print_vision_summary(report)
     config, version = report["config"], report["version"]
     heads = "" if version == 4 else f", {config.num_heads} heads of {config.head_size}"
     lines = [f"rwkv-hf convert: {report['direction']}",

@@ -1,5 +1,6 @@
 """The ``rwkv-hf`` command line."""
 import argparse
+import json
 import sys
 
 
@@ -9,8 +10,16 @@ def _demo(args):
 
         return ops_demo_main(seq_len=args.seq_len)
     from .demo import main as demo_main
+    from .demo import vision_main
 
-    return demo_main(max_new_tokens=args.max_new_tokens, seed=args.seed)
+    status = 0
+    if not args.vision:
+        status = demo_main(max_new_tokens=args.max_new_tokens, seed=args.seed)
+    if not args.lm and status == 0:
+        if not args.vision:
+            print()
+        status = vision_main()
+    return status
 
 
 def _build_cuda(args):
@@ -28,11 +37,27 @@ def _build_cuda(args):
     return 0
 
 
+def _parse_settings(items):
+    """``["post_norm=true", "image_size=[384, 384]"]`` -> a dict; values are JSON, else strings."""
+    out = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value
+    return out
+
+
 def _convert(args):
     from .conversion.convert import convert
 
     try:
-        convert(args.src, args.dst, trust_pickle=args.trust_pickle, overwrite=args.overwrite)
+        overrides = _parse_settings(args.set)
+        convert(args.src, args.dst, trust_pickle=args.trust_pickle, overwrite=args.overwrite,
+                config_overrides=overrides)
     except KeyboardInterrupt:
         print("rwkv-hf convert: interrupted; nothing was written", file=sys.stderr)
         return 130
@@ -46,8 +71,12 @@ def _convert(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="rwkv-hf", description="RWKV models for Hugging Face transformers")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="load the shipped tiny RWKV-7, measure it and generate text "
-                                       "(--ops: tour the WKV operators instead)")
+    demo = sub.add_parser("demo", help="load the shipped tiny RWKV-7 (perplexity, generated text) and the tiny "
+                                       "Vision-RWKV (held-out digit accuracy through the image-classification "
+                                       "pipeline); --ops: tour the WKV operators instead")
+    part = demo.add_mutually_exclusive_group()
+    part.add_argument("--lm", action="store_true", help="only the language model")
+    part.add_argument("--vision", action="store_true", help="only the vision model")
     demo.add_argument("--max-new-tokens", type=int, default=40, help="tokens per generated continuation (default 40)")
     demo.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     demo.add_argument("--ops", action="store_true",
@@ -60,7 +89,8 @@ def main(argv=None):
     build.add_argument("--verbose", action="store_true", help="show the compiler's output")
     build.set_defaults(func=_build_cuda)
     conv = sub.add_parser(
-        "convert", help="convert an RWKV checkpoint (BlinkDL .pth, transformers, Hub v5/v6, fla RWKV-7) into an "
+        "convert", help="convert an RWKV checkpoint (BlinkDL .pth, transformers, Hub v5/v6, fla RWKV-7, official "
+                        "Vision-RWKV mmcls/InternImage .pth) into an "
                         "rwkv_hf folder, or an rwkv_hf folder into a BlinkDL .pth (DST ending in .pth)",
         description="SRC: a .pth/.bin/.safetensors file or a Hugging Face folder; layout and version are "
                     "detected from the tensor names. DST ending in .pth: SRC must be an rwkv_hf folder and is "
@@ -72,6 +102,9 @@ def main(argv=None):
                       help="DANGEROUS: allow pickled checkpoints that hold arbitrary Python objects; loading them "
                            "executes code from the file. Only for files from a source you trust.")
     conv.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    conv.add_argument("--set", action="append", metavar="KEY=VALUE",
+                      help="a config field the checkpoint does not record, e.g. --set post_norm=true for a "
+                           "Vision-RWKV checkpoint without metadata (value as JSON); repeatable")
     conv.set_defaults(func=_convert)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -1,11 +1,14 @@
-"""``rwkv-hf demo``: the project's own tiny RWKV-7, loaded like any Hub model.
+"""``rwkv-hf demo``: the project's own tiny models, loaded like any Hub model.
 
 Loads ``rwkv_hf/pretrained/tiny-rwkv7-pydoc`` (trained by ``examples/train_tiny_lm.py``
 on the CPython reference documentation) with ``AutoModelForCausalLM`` and
 ``AutoTokenizer``, recomputes its validation perplexity on the held-out topics of
 ``pydoc_data.topics`` (:mod:`rwkv_hf.pretrained.corpus`) and generates continuations
-of a few Python-documentation prompts, greedy and sampled. ``rwkv-hf demo --ops`` runs
-the operator-layer tour instead (:mod:`rwkv_hf.ops_demo`).
+of a few Python-documentation prompts, greedy and sampled. Then classifies the held-out
+handwritten digits of ``rwkv_hf/pretrained/tiny-vrwkv-digits`` (a tiny Vision-RWKV trained by
+``examples/train_tiny_vrwkv.py``) through ``pipeline("image-classification")`` and reports
+the accuracy. ``--lm`` / ``--vision`` run one part only; ``rwkv-hf demo --ops`` runs the
+operator-layer tour instead (:mod:`rwkv_hf.ops_demo`).
 """
 import json
 import os
@@ -21,6 +24,16 @@ PROMPTS = [
 ]
 
 
+def _quiet(threads):
+    """Thread count, and no transformers warnings or progress bars in the demo's output."""
+    import transformers
+
+    if threads:
+        torch.set_num_threads(threads)
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def _show(label, text):
     print(f"{label}:")
     print(textwrap.indent(text.rstrip(), "    | ", lambda line: True))
@@ -28,16 +41,12 @@ def _show(label, text):
 
 
 def main(max_new_tokens=40, seed=0, threads=None):
-    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import rwkv_hf  # noqa: F401  (registers model_type rwkv_hf_v7 with the Auto classes)
     from .pretrained import corpus, tiny_model_path
 
-    if threads:
-        torch.set_num_threads(threads)
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+    _quiet(threads)
     path = tiny_model_path()
     t0 = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(path).eval()
@@ -82,4 +91,43 @@ def main(max_new_tokens=40, seed=0, threads=None):
         _show("  greedy", prompt + tokenizer.decode(greedy[0, n:], skip_special_tokens=True))
         _show("  sampled (T=0.8, top-p 0.9)", prompt + tokenizer.decode(sampled[0, n:], skip_special_tokens=True))
     print(f"({2 * len(PROMPTS)} continuations of up to {max_new_tokens} tokens in {time.perf_counter() - t0:.1f}s)")
+    return 0
+
+
+def vision_main(threads=None):
+    """Classify every held-out digit of the tiny Vision-RWKV with the image-classification
+    pipeline and print the accuracy next to the one recorded at training time."""
+    from PIL import Image
+    from safetensors.torch import load_file
+    from transformers import pipeline
+
+    import rwkv_hf  # noqa: F401  (registers rwkv_hf_vrwkv and its image processor)
+    from .pretrained import tiny_vision_model_path
+
+    _quiet(threads)
+    path = tiny_vision_model_path()
+    t0 = time.perf_counter()
+    classify = pipeline("image-classification", model=path, device="cpu")
+    with open(os.path.join(path, "eval.json")) as f:
+        shipped = json.load(f)
+    data = load_file(os.path.join(path, "heldout.safetensors"))
+    images = [Image.fromarray(im.numpy()).convert("RGB") for im in data["images"]]
+    labels = data["labels"].tolist()
+    cfg = classify.model.config
+    n_params = sum(p.numel() for p in classify.model.parameters())
+    print(f"rwkv_hf tiny vision model: {type(classify.model).__name__} from {path}")
+    print(f"  VRWKV, {cfg.num_hidden_layers} blocks x {cfg.hidden_size} wide, {cfg.patch_size}x{cfg.patch_size} patches "
+          f"of a {cfg.image_size}x{cfg.image_size} input, {n_params:,} parameters (loaded in "
+          f"{time.perf_counter() - t0:.1f}s)")
+    print("  trained by examples/train_tiny_vrwkv.py on scikit-learn's handwritten digits (UCI, CC BY 4.0)\n")
+    t0 = time.perf_counter()
+    predictions = [int(top[0]["label"]) for top in classify(images, top_k=1, batch_size=64)]
+    seconds = time.perf_counter() - t0
+    wrong = [(i, p, y) for i, (p, y) in enumerate(zip(predictions, labels)) if p != y]
+    acc = 1 - len(wrong) / len(labels)
+    print(f"held-out digits through pipeline('image-classification'): {len(labels) - len(wrong)}/{len(labels)} "
+          f"correct, accuracy {100 * acc:.2f}% ({len(labels) / seconds:.0f} images/s)")
+    print(f"  eval.json (at training time): {100 * shipped['heldout_accuracy']:.2f}%")
+    for i, p, y in wrong[:5]:
+        print(f"  missed: held-out image {i} is a {y}, predicted {p}")
     return 0
