@@ -22,13 +22,14 @@ import shutil
 import torch
 
 from ..lm import RWKV_LM_CLASSES, RWKV_LM_CONFIGS
+from ..model_card import CODENAMES, model_card  # noqa: F401  (CODENAMES: re-exported)
+from ..model_card import human_size as _human
 from . import blinkdl, vision
 from .layouts import from_fla, from_hf, hf_version
 from .loading import ConversionError, load_pickle_with_metadata, load_safetensors, load_source
 from .safetensors_io import save_streaming
 
 UNUSED_FILE = "blinkdl_unused.safetensors"
-CODENAMES = {4: "Dove/Raven", 5: "Eagle", 6: "Finch", 7: "Goose"}
 _PROGRESS_BYTES = 256 * 2**20  # show a progress bar over tensors from this checkpoint size on
 
 
@@ -120,13 +121,6 @@ def _save_model(model, out, desc):
         raise RuntimeError(f"unexpected weight files from save_pretrained: {leftovers}")
     save_streaming(state_dict, weights, metadata={"format": "pt"},
                    progress=lambda keys: _progress(state_dict, desc, keys))
-
-
-def _human(n):
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return str(n)
 
 
 def _check_destination(dst, overwrite):
@@ -235,8 +229,7 @@ def _to_folder(src, out, trust_pickle, overrides):
                   num_parameters=num_params, dtypes=dtypes, notes=notes,
                   ignored_by_math=[original.get(k, k) for k in ignored], has_tokenizer=has_tokenizer,
                   license=_source_license(src))
-    card = render_model_card(report, src)
-    card.save(os.path.join(out, "README.md"))
+    render_model_card(report, src, model).save(os.path.join(out, "README.md"))
     return report
 
 
@@ -250,7 +243,9 @@ def _vision_to_folder(src, out, state_dict, config_json, extras, overrides):
     except ConversionError as e:
         raise ConversionError(f"{src}: {e}") from None
     _save_model(model, out, desc=f"writing {os.path.basename(src)}")
-    vision.image_processor_for(config, settings.get("eval_size")).save_pretrained(out)
+    from ..vision.image_processing_vrwkv import default_image_processor
+
+    default_image_processor(config, settings.get("eval_size")).save_pretrained(out)  # the model wrote the default
     entries = list(getattr(extras, "discarded", ()))
     official = config_json is None or config_json.get("model_type") not in ("rwkv_hf_vrwkv", "rwkv_hf_vrwkv6")
     report = dict(direction="to rwkv_hf", family="vision", source=os.path.abspath(src), version=version,
@@ -261,37 +256,8 @@ def _vision_to_folder(src, out, state_dict, config_json, extras, overrides):
                   dtypes=sorted({str(t.dtype).replace("torch.", "") for t in weights.values()}),
                   notes=notes, discarded_tensors=discarded, discarded_entries=entries,
                   license=_source_license(src))
-    _render_vision_card(report, src).save(os.path.join(out, "README.md"))
+    render_model_card(report, src, model).save(os.path.join(out, "README.md"))
     return report
-
-
-def _render_vision_card(report, src):
-    from huggingface_hub import ModelCard, ModelCardData
-
-    import rwkv_hf
-
-    config, version = report["config"], report["version"]
-    data = ModelCardData(library_name="transformers", pipeline_tag="image-classification",
-                         tags=["rwkv", "vision-rwkv", f"vrwkv{'6' if version == 6 else ''}", "rwkv_hf", "timm"],
-                         license=report["license"])
-    discarded = [f"`{k}`" for k in report["discarded_entries"]] + [f"`{k}`" for k in report["discarded_tensors"]]
-    name = os.path.basename(os.path.normpath(src))
-    grid = "x".join(map(str, config.patch_grid))
-    return ModelCard.from_template(
-        data, template_path=_template_path("vrwkv.md"),
-        model_name=f"Vision-RWKV{'6' if version == 6 else ''} {_human(report['num_parameters'])} (converted from {name})",
-        family="VRWKV6" if version == 6 else "VRWKV", model_type=config.model_type,
-        architecture=report["architecture"],
-        wkv=("bidirectional RWKV-6 (per-token decay, " f"{config.num_heads} heads of {config.head_size})"
-             if version == 6 else "bidirectional RWKV-4 (per-channel decay)"),
-        num_layers=config.num_hidden_layers, hidden_size=config.hidden_size, patch_size=config.patch_size,
-        grid=grid, switches=" / ".join(str(x) for x in (config.post_norm, config.layer_scale_init_value is not None,
-                                                          config.key_norm)),
-        num_labels=config.num_labels if report["architecture"].endswith("Classification") else "none (backbone)",
-        num_parameters=f"{report['num_parameters']:,}", num_parameters_human=_human(report["num_parameters"]),
-        dtypes=", ".join(report["dtypes"]), source_layout=report["layout_name"], source_name=name,
-        repo_path="path/to/this/folder", rwkv_hf_version=rwkv_hf.__version__,
-        notes="; ".join(report["notes"]), discarded=", ".join(discarded), license=report["license"])
 
 
 def _source_license(src):
@@ -306,38 +272,18 @@ def _source_license(src):
         return None
 
 
-def _template_path(name="rwkv_lm.md"):
-    # source tree / editable install: conversion/ and model_cards/ side by side; an installed
-    # wheel ships the templates as rwkv_hf/model_cards (setup.py), which is the same relative path.
-    here = os.path.dirname(os.path.abspath(__file__))
-    return os.path.normpath(os.path.join(here, os.pardir, "model_cards", name))
-
-
-def render_model_card(report, src):
-    """The README.md model card of a converted folder (``model_cards/rwkv_lm.md``)."""
-    from huggingface_hub import ModelCard, ModelCardData
-
-    import rwkv_hf
-
-    config, version = report["config"], report["version"]
-    data = ModelCardData(library_name="transformers", pipeline_tag="text-generation",
-                         tags=["rwkv", f"rwkv-v{version}", "rwkv_hf"], license=report["license"])
-    heads = "n/a (RWKV-4 has per-channel state)" if version == 4 else \
-        f"{config.num_heads} x {config.head_size}"
-    name = os.path.basename(os.path.normpath(src))
-    return ModelCard.from_template(
-        data, template_path=_template_path(),
-        model_name=f"RWKV-{version} {_human(report['num_parameters'])} (converted from {name})",
-        version=version, codename=CODENAMES[version], model_type=config.model_type,
-        architecture=RWKV_LM_CLASSES[version][2].__name__, num_layers=config.num_hidden_layers,
-        hidden_size=config.hidden_size, heads=heads, intermediate_size=config.intermediate_size,
-        vocab_size=config.vocab_size, num_parameters=f"{report['num_parameters']:,}",
-        num_parameters_human=_human(report["num_parameters"]), dtypes=", ".join(report["dtypes"]),
-        source_layout=report["layout_name"], source_name=name,
-        tokenizer=("included" if report["has_tokenizer"] else "not included"),
-        has_tokenizer=report["has_tokenizer"], repo_path="path/to/this/folder",
-        rwkv_hf_version=rwkv_hf.__version__, discarded=", ".join(report["ignored_by_math"]),
-        license=report["license"])
+def render_model_card(report, src, model):
+    """The README.md model card of a converted folder (``rwkv_hf.model_card``: the family's template
+    in ``model_cards/``, with the source's name, layout, discarded tensors and notes)."""
+    if report["family"] == "vision":
+        discarded = list(report["discarded_entries"]) + list(report["discarded_tensors"])
+        source = dict(discarded=[f"`{k}`" for k in discarded], notes=report["notes"])
+        extra = {}
+    else:
+        source = dict(discarded=report["ignored_by_math"])
+        extra = dict(tokenizer=report["has_tokenizer"])
+    source.update(name=os.path.basename(os.path.normpath(src)), layout=report["layout_name"])
+    return model_card(model, source=source, license=report["license"], **extra)
 
 
 def _to_pth(src, out, trust_pickle):

@@ -186,13 +186,3 @@ def build_model(weights, config, version):
     model.load_state_dict(placed, strict=True, assign=True)
     return model.eval()
 
-
-def image_processor_for(config, eval_size=None):
-    """The evaluation preprocessing of the official configs: shorter side to size/0.875 and a
-    centre crop at 224 (mmcls), no crop margin at 384 (InternImage's L model)."""
-    from ..vision import VrwkvImageProcessor
-
-    size = eval_size or max(config.image_hw)
-    if size >= 384:
-        return VrwkvImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    return VrwkvImageProcessor(size={"shortest_edge": round(size / 0.875)}, crop_size={"height": size, "width": size})

@@ -68,6 +68,28 @@ def _convert(args):
     return 0
 
 
+def _publish(args):
+    import warnings
+
+    from .publish import publish
+
+    def show(message, *_args, **_kwargs):  # warnings as one line each, as they happen
+        print(f"rwkv-hf publish: warning: {message}", file=sys.stderr)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            publish(args.folder, args.repo_id, token=args.token, private=args.private, commit_message=args.message)
+    except KeyboardInterrupt:
+        print("rwkv-hf publish: interrupted before the commit returned; check the repo", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line, no traceback
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"rwkv-hf publish: error: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="rwkv-hf", description="RWKV models for Hugging Face transformers")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,6 +128,18 @@ def main(argv=None):
                       help="a config field the checkpoint does not record, e.g. --set post_norm=true for a "
                            "Vision-RWKV checkpoint without metadata (value as JSON); repeatable")
     conv.set_defaults(func=_convert)
+    pub = sub.add_parser(
+        "publish", help="upload an rwkv_hf model folder to the Hugging Face Hub",
+        description="Checks FOLDER (config.json of an rwkv_hf model type, complete safetensors weights) before "
+                    "any network call, creates REPO_ID if needed and uploads the folder in one commit, skipping "
+                    "*.partial* and __pycache__. Token: --token, else HF_TOKEN or the saved `hf auth login`; "
+                    "endpoint: HF_ENDPOINT (default https://huggingface.co).")
+    pub.add_argument("folder", metavar="FOLDER", help="an rwkv_hf model folder (e.g. written by rwkv-hf convert)")
+    pub.add_argument("repo_id", metavar="REPO_ID", help="the model repo, e.g. user/rwkv7-tiny")
+    pub.add_argument("--private", action="store_true", help="create the repo as private")
+    pub.add_argument("--message", "-m", metavar="M", help="commit message")
+    pub.add_argument("--token", metavar="T", help="Hugging Face access token (default: HF_TOKEN or saved login)")
+    pub.set_defaults(func=_publish)
     args = parser.parse_args(argv)
     return args.func(args)
 

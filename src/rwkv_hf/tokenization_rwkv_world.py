@@ -596,6 +596,11 @@ def register_tokenizers(config_classes=None):
     tokenization_auto.REGISTERED_TOKENIZER_CLASSES[RwkvWorldTokenizer.__name__] = RwkvWorldTokenizer
 
 
+# Saved tokenizers name this class in an auto_map and carry this file (it needs only
+# transformers): World-vocabulary folders tokenize with trust_remote_code=True where rwkv_hf
+# is not installed.
+RwkvWorldTokenizer.register_for_auto_class("AutoTokenizer")
+
 __all__ = [
     "RwkvWorldTokenizer",
     "read_world_vocab",

@@ -36,6 +36,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput, logging
 
 from .. import ops
+from ..hub_mixin import RwkvHubMixin
 from .configuration_rwkv_lm import RwkvV4Config, RwkvV5Config, RwkvV6Config, RwkvV7Config
 
 logger = logging.get_logger(__name__)
@@ -492,7 +493,7 @@ class RwkvLMSequenceClassifierOutput(ModelOutput):
 # --------------------------------------------------------------------------- models
 
 
-class RwkvLMPreTrainedModel(PreTrainedModel):
+class RwkvLMPreTrainedModel(RwkvHubMixin, PreTrainedModel):
     """Shared weight init, cache checks and transformers settings of the RWKV language models."""
 
     base_model_prefix = "model"
@@ -523,21 +524,25 @@ class RwkvLMPreTrainedModel(PreTrainedModel):
             # logits of unit-variance features get a std of about 0.5
             init.normal_(module.head.weight, mean=0.0, std=0.5 / math.sqrt(self.config.hidden_size))
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """transformers' save_pretrained, plus the tokenizer files when the vocabulary is one
-        rwkv_hf knows (World 65536, GPT-NeoX 50277) and the folder has none yet, so
-        ``AutoTokenizer.from_pretrained(folder)`` works; any other vocabulary is saved
-        without a tokenizer, and a log line says so."""
-        result = super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            from ..tokenization_rwkv_world import save_tokenizer_for_vocab_size
+    hub_family = "lm"
 
-            names = ("tokenizer_config.json", "tokenizer.json")
-            if not any(os.path.exists(os.path.join(save_directory, n)) for n in names):
-                if not save_tokenizer_for_vocab_size(self.config.vocab_size, save_directory):
-                    logger.info(f"No tokenizer known for vocab_size={self.config.vocab_size}: saved the model "
-                                "without tokenizer files (save yours with tokenizer.save_pretrained).")
-        return result
+    def hub_auto_classes(self):
+        _, base, causal, seq = RWKV_LM_CLASSES[self.rwkv_version]
+        return {"AutoModel": base, "AutoModelForCausalLM": causal, "AutoModelForSequenceClassification": seq}
+
+    def save_companions(self, save_directory):
+        """The tokenizer files when the vocabulary is one rwkv_hf knows (World 65536, GPT-NeoX
+        50277) and the folder has none yet, so ``AutoTokenizer.from_pretrained(folder)`` works;
+        any other vocabulary is saved without a tokenizer, and a log line says so."""
+        try:
+            from ..tokenization_rwkv_world import save_tokenizer_for_vocab_size
+        except ImportError:  # remote code without rwkv_hf: no tokenizer files to add
+            return
+        names = ("tokenizer_config.json", "tokenizer.json")
+        if not any(os.path.exists(os.path.join(save_directory, n)) for n in names):
+            if not save_tokenizer_for_vocab_size(self.config.vocab_size, save_directory):
+                logger.info(f"No tokenizer known for vocab_size={self.config.vocab_size}: saved the model "
+                            "without tokenizer files (save yours with tokenizer.save_pretrained).")
 
     def expected_state_shapes(self, batch_size):
         """Shapes of one layer's cached tensors: time-mix shift, WKV state, channel-mix shift."""

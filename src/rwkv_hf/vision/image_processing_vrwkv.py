@@ -26,3 +26,18 @@ VrwkvImageProcessor = type("VrwkvImageProcessor", (TorchvisionBackend,),
                            dict(_SETTINGS, __module__=__name__, __doc__=__doc__))
 VrwkvImageProcessorPil = type("VrwkvImageProcessorPil", (PilBackend,),
                               dict(_SETTINGS, __module__=__name__, __doc__=__doc__))
+
+
+def default_image_processor(config, eval_size=None):
+    """The official evaluation preprocessing for a model of ``config``: shorter side to
+    size / 0.875 and a centre crop at size (mmcls, 224), no crop margin from 384 on
+    (InternImage's L model). ``size``: ``eval_size`` or the config's image size."""
+    size = eval_size or max(config.image_size if isinstance(config.image_size, (list, tuple))
+                            else [config.image_size])
+    resize = size if size >= 384 else round(size / 0.875)
+    return VrwkvImageProcessor(size={"shortest_edge": resize}, crop_size={"height": size, "width": size})
+
+
+# Saved processors name their class in an auto_map and carry this file: the folder's
+# preprocessing works with trust_remote_code=True where rwkv_hf is not installed.
+VrwkvImageProcessor.register_for_auto_class("AutoImageProcessor")

@@ -16,6 +16,7 @@ left, right, upper and lower neighbour patch) followed by the bidirectional WKV 
 official code; ``bi_wkv6``). Classification averages the final-normed tokens.
 """
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,9 @@ from transformers.modeling_outputs import (BackboneOutput, BaseModelOutputWithPo
                                            ImageClassifierOutput)
 
 from .. import ops
+from ..hub_mixin import RwkvHubMixin
 from .configuration_vrwkv import Vrwkv6Config, VrwkvConfig
+from .image_processing_vrwkv import default_image_processor
 
 # --------------------------------------------------------------------------- helpers
 
@@ -74,6 +77,12 @@ def _ratios(layer_id, num_layers):
 
 def _ramp(c):
     return torch.arange(c, dtype=torch.float32) / c
+
+
+def _is_v6(config):
+    # by model type, not isinstance: remote code may load the config class from another copy
+    # of configuration_vrwkv.py than the one this module imported
+    return config.model_type == Vrwkv6Config.model_type
 
 
 def _sqrelu(x):
@@ -202,7 +211,7 @@ class VrwkvChannelMix(nn.Module):
         super().__init__()
         c, f = config.hidden_size, config.intermediate_size
         self.layer_id, self.num_layers = layer_id, config.num_hidden_layers
-        if isinstance(config, Vrwkv6Config):  # VRWKV6 shifts per head, a quarter each way
+        if _is_v6(config):  # VRWKV6 shifts per head, a quarter each way
             self.shift = (config.shift_pixel, 0.25, config.head_size)
         else:
             self.shift = (config.shift_pixel, config.channel_gamma, c)
@@ -221,10 +230,27 @@ class VrwkvChannelMix(nn.Module):
 
     def forward(self, x, grid):
         xx = q_shift(x, grid, *self.shift)
+        r = torch.sigmoid(self.receptance(torch.lerp(xx, x, self.spatial_mix_r)))
         k = _sqrelu(self.key(torch.lerp(xx, x, self.spatial_mix_k)))
+        del xx  # the 4C-wide keys are the peak: hold as little else as possible
         if self.key_norm is not None:
             k = self.key_norm(k)
-        return torch.sigmoid(self.receptance(torch.lerp(xx, x, self.spatial_mix_r))) * self.value(k)
+        return r * self.value(k)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: in training, zero a sample's residual branch with probability ``p``
+    and scale the kept ones by 1 / (1 - p)."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
 
 
 class VrwkvBlock(GradientCheckpointingLayer):
@@ -232,15 +258,13 @@ class VrwkvBlock(GradientCheckpointingLayer):
 
     def __init__(self, config, layer_id, drop_path):
         super().__init__()
-        from timm.layers import DropPath
-
         c, eps = config.hidden_size, config.layer_norm_eps
         self.layer_id, self.post_norm = layer_id, config.post_norm
         if layer_id == 0:
             self.ln0 = nn.LayerNorm(c, eps=eps)
         self.ln1 = nn.LayerNorm(c, eps=eps)
         self.ln2 = nn.LayerNorm(c, eps=eps)
-        spatial = Vrwkv6SpatialMix if isinstance(config, Vrwkv6Config) else VrwkvSpatialMix
+        spatial = Vrwkv6SpatialMix if _is_v6(config) else VrwkvSpatialMix
         self.att = spatial(config, layer_id)
         self.ffn = VrwkvChannelMix(config, layer_id)
         if config.layer_scale_init_value is not None:
@@ -310,7 +334,7 @@ def build_head(hidden_size, num_labels, classifier_hidden_size=None):
 # --------------------------------------------------------------------------- models
 
 
-class VrwkvPreTrainedModelBase(PreTrainedModel):
+class VrwkvPreTrainedModelBase(RwkvHubMixin, PreTrainedModel):
     """Weight init (the official "fancy" init of the mixing parameters, truncated-normal
     linear layers) and transformers settings shared by the Vision-RWKV models."""
 
@@ -321,6 +345,17 @@ class VrwkvPreTrainedModelBase(PreTrainedModel):
     _no_split_modules = ["VrwkvBlock"]
     # Decays sit in an exponent: kept fp32 when loading in bf16/fp16.
     _keep_in_fp32_modules_strict = ["spatial_decay", "spatial_first", "time_decay", "time_faaaa"]
+
+    hub_family = "vision"
+
+    def hub_auto_classes(self):
+        _, base, classifier, backbone = VRWKV_CLASSES[6 if _is_v6(self.config) else 4]
+        return {"AutoModel": base, "AutoModelForImageClassification": classifier, "AutoBackbone": backbone}
+
+    def save_companions(self, save_directory):
+        """The default image processor (:func:`default_image_processor`) when the folder has none."""
+        if not os.path.exists(os.path.join(save_directory, "preprocessor_config.json")):
+            default_image_processor(self.config).save_pretrained(save_directory)
 
     def _init_weights(self, module):
         std = self.config.initializer_range
@@ -374,7 +409,8 @@ class VrwkvModelBase:
             raise ValueError(f"the image ({h}x{w} pixels) is smaller than one {cfg.patch_size}x{cfg.patch_size} patch")
         if not pixel_values.is_floating_point():
             raise ValueError(f"pixel_values must be floating point, got {pixel_values.dtype}")
-        if not torch.isfinite(pixel_values).all():
+        # the sum is NaN/inf when any pixel is (no image-sized temporary); confirm before raising
+        if not torch.isfinite(pixel_values.sum()) and not torch.isfinite(pixel_values).all():
             raise ValueError("pixel_values contains NaN or infinite values")
 
     def embed(self, pixel_values):
