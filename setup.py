@@ -54,7 +54,9 @@ setup(
         # The tiny RWKV-7 that `rwkv-hf demo` runs (written by examples/train_tiny_lm.py).
         "rwkv_hf.pretrained": ["tiny-rwkv7-pydoc/*.json", "tiny-rwkv7-pydoc/*.safetensors",
                                "tiny-rwkv7-pydoc/README.md", "tiny-vrwkv-digits/*.json",
-                               "tiny-vrwkv-digits/*.safetensors", "tiny-vrwkv-digits/README.md"],
+                               "tiny-vrwkv-digits/*.safetensors", "tiny-vrwkv-digits/README.md",
+                               "tiny-vrwkv6-digits/*.json", "tiny-vrwkv6-digits/*.safetensors",
+                               "tiny-vrwkv6-digits/README.md"],
     },
     cmdclass={"build_py": BuildPyWithCuda},
     python_requires=">=3.10",

@@ -1,17 +1,18 @@
-"""Train the shipped tiny Vision-RWKV (``rwkv_hf/pretrained/tiny-vrwkv-digits``) on the CPU.
+"""Train the shipped tiny Vision-RWKVs (``rwkv_hf/pretrained/tiny-vrwkv-digits``, and with
+``--version 6`` ``tiny-vrwkv6-digits``) on the CPU.
 
 Data: scikit-learn's ``load_digits`` (1,797 8x8 grey images of handwritten digits, from the
 UCI "Optical Recognition of Handwritten Digits" set, CC BY 4.0), split 80/20 per class with
 a fixed seed. Every image goes through the same path as at inference: a PIL RGB image,
 then the saved ``VrwkvImageProcessor`` (bicubic resize to 32x32, ImageNet normalisation).
-The model is a VRWKV (bidirectional RWKV-4 WKV) with 4x4 patches (an 8x8 grid), 4 blocks of
-width 64. Training: AdamW, cosine schedule, random shifts of up to one source pixel.
+The model is a VRWKV (bidirectional RWKV-4 WKV; ``--version 6``: a VRWKV6, bidirectional
+RWKV-6 WKV with 4 heads of 16) with 4x4 patches (an 8x8 grid), 4 blocks of width 64. Training: AdamW, cosine schedule, random shifts of up to one source pixel.
 
 Writes the model folder (config, weights, image processor, card) with ``eval.json`` (held-out
 accuracy) and ``heldout.safetensors`` (the held-out images and labels, so ``rwkv-hf demo``
 re-measures the accuracy without scikit-learn).
 
-    pip install scikit-learn && python examples/train_tiny_vrwkv.py
+    pip install scikit-learn && python examples/train_tiny_vrwkv.py [--version 6]
 """
 import argparse
 import json
@@ -26,11 +27,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import rwkv_hf  # noqa: F401
-from rwkv_hf.pretrained import TINY_VISION_NAME
-from rwkv_hf.vision import VrwkvConfig, VrwkvForImageClassification, VrwkvImageProcessor
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_OUT = os.path.join(HERE, os.pardir, "src", "rwkv_hf", "pretrained", TINY_VISION_NAME)
+from rwkv_hf.pretrained import tiny_vision_model_path
+from rwkv_hf.vision import VRWKV_CLASSES, VrwkvImageProcessor
 
 
 def digits_split(seed=0, held_out=0.2):
@@ -76,7 +74,8 @@ def accuracy(model, pixels, labels, batch=256):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=DEFAULT_OUT)
+    ap.add_argument("--version", type=int, choices=(4, 6), default=4, help="VRWKV (4) or VRWKV6 (6)")
+    ap.add_argument("--out", default=None, help="default: the shipped folder of that version")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3)
@@ -92,11 +91,15 @@ def main():
     train_px, test_px = prep(x_train), prep(x_test)
     train_y, test_y = torch.as_tensor(y_train), torch.as_tensor(y_test)
 
-    config = VrwkvConfig(image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=4, num_labels=10,
-                         id2label={i: str(i) for i in range(10)}, label2id={str(i): i for i in range(10)})
-    model = VrwkvForImageClassification(config)
+    config_cls, _, model_cls, _ = VRWKV_CLASSES[args.version]
+    extra = dict(head_size=16) if args.version == 6 else {}
+    config = config_cls(image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=4, num_labels=10,
+                        id2label={i: str(i) for i in range(10)}, label2id={str(i): i for i in range(10)}, **extra)
+    model = model_cls(config)
+    args.out = args.out or tiny_vision_model_path(args.version)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"VRWKV {config.num_hidden_layers}x{config.hidden_size}, patch {config.patch_size}: {n_params:,} parameters; "
+    print(f"{model_cls.__name__} {config.num_hidden_layers}x{config.hidden_size}, patch {config.patch_size}: "
+          f"{n_params:,} parameters; "
           f"{len(train_px)} training / {len(test_px)} held-out images")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     steps = args.epochs * math.ceil(len(train_px) / args.batch_size)
@@ -120,7 +123,9 @@ def main():
     acc = accuracy(model, test_px, test_y)
     model.eval()
     os.makedirs(args.out, exist_ok=True)
-    model.save_pretrained(args.out)
+    # shipped inside rwkv_hf, loaded with it: no remote code, no auto_map, a hand-written card
+    model.save_pretrained(args.out, remote_code=False)
+    processor._auto_class = None  # this instance only: no image_processing_vrwkv.py copy
     processor.save_pretrained(args.out)
     save_file({"images": torch.as_tensor(x_test), "labels": test_y, "indices": torch.as_tensor(test_idx)},
               os.path.join(args.out, "heldout.safetensors"))

@@ -95,17 +95,27 @@ def main(max_new_tokens=40, seed=0, threads=None):
 
 
 def vision_main(threads=None):
-    """Classify every held-out digit of the tiny Vision-RWKV with the image-classification
-    pipeline and print the accuracy next to the one recorded at training time."""
+    """Classify every held-out digit with the two tiny Vision-RWKVs (VRWKV, VRWKV6) through the
+    image-classification pipeline and print the accuracy next to the one recorded at training
+    time."""
+    import rwkv_hf  # noqa: F401  (registers rwkv_hf_vrwkv / rwkv_hf_vrwkv6 and the image processor)
+
+    _quiet(threads)
+    for i, version in enumerate((4, 6)):
+        if i:
+            print()
+        _classify_digits(version)
+    return 0
+
+
+def _classify_digits(version):
     from PIL import Image
     from safetensors.torch import load_file
     from transformers import pipeline
 
-    import rwkv_hf  # noqa: F401  (registers rwkv_hf_vrwkv and its image processor)
     from .pretrained import tiny_vision_model_path
 
-    _quiet(threads)
-    path = tiny_vision_model_path()
+    path = tiny_vision_model_path(version)
     t0 = time.perf_counter()
     classify = pipeline("image-classification", model=path, device="cpu")
     with open(os.path.join(path, "eval.json")) as f:
@@ -115,11 +125,13 @@ def vision_main(threads=None):
     labels = data["labels"].tolist()
     cfg = classify.model.config
     n_params = sum(p.numel() for p in classify.model.parameters())
+    name = "VRWKV6" if version == 6 else "VRWKV"
+    heads = f" ({cfg.num_heads} heads of {cfg.head_size})" if version == 6 else ""
     print(f"rwkv_hf tiny vision model: {type(classify.model).__name__} from {path}")
-    print(f"  VRWKV, {cfg.num_hidden_layers} blocks x {cfg.hidden_size} wide, {cfg.patch_size}x{cfg.patch_size} patches "
-          f"of a {cfg.image_size}x{cfg.image_size} input, {n_params:,} parameters (loaded in "
+    print(f"  {name}, {cfg.num_hidden_layers} blocks x {cfg.hidden_size} wide{heads}, {cfg.patch_size}x{cfg.patch_size} "
+          f"patches of a {cfg.image_size}x{cfg.image_size} input, {n_params:,} parameters (loaded in "
           f"{time.perf_counter() - t0:.1f}s)")
-    print("  trained by examples/train_tiny_vrwkv.py on scikit-learn's handwritten digits (UCI, CC BY 4.0)\n")
+    print("  trained by examples/train_tiny_vrwkv.py on scikit-learn's handwritten digits (UCI, CC BY 4.0)")
     t0 = time.perf_counter()
     predictions = [int(top[0]["label"]) for top in classify(images, top_k=1, batch_size=64)]
     seconds = time.perf_counter() - t0
@@ -128,6 +140,5 @@ def vision_main(threads=None):
     print(f"held-out digits through pipeline('image-classification'): {len(labels) - len(wrong)}/{len(labels)} "
           f"correct, accuracy {100 * acc:.2f}% ({len(labels) / seconds:.0f} images/s)")
     print(f"  eval.json (at training time): {100 * shipped['heldout_accuracy']:.2f}%")
-    for i, p, y in wrong[:5]:
+    for i, p, y in wrong[:3]:
         print(f"  missed: held-out image {i} is a {y}, predicted {p}")
-    return 0

@@ -1,13 +1,14 @@
-"""PEFT (LoRA) support for the RWKV language models.
+"""PEFT (LoRA) support for the RWKV language models and Vision-RWKV.
 
 Importing :mod:`rwkv_hf` calls :func:`register_peft`, which (when ``peft`` is installed)
 
-* registers default LoRA targets for the model types ``rwkv_hf_v4`` ... ``rwkv_hf_v7`` in
+* registers default LoRA targets for the model types ``rwkv_hf_v4`` ... ``rwkv_hf_v7``,
+  ``rwkv_hf_vrwkv`` and ``rwkv_hf_vrwkv6`` in
   PEFT's ``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`` (and in the tables PEFT
   copies from it: LoHa, LoKr, OFT, BOFT, ...), so
   ``get_peft_model(model, LoraConfig(task_type="CAUSAL_LM"))`` works without naming modules;
 * makes ``PeftModel.from_pretrained`` / ``load_adapter`` refuse an adapter saved for another
-  RWKV version or size with a clear error (see :func:`check_adapter`).
+  RWKV version, model type or size with a clear error (see :func:`check_adapter`).
 
 Default targets (:data:`DEFAULT_LORA_TARGETS`), matched as module-name suffixes: every
 ``nn.Linear`` of the blocks, i.e. the time-mix ``receptance``, ``key``, ``value``, ``output``
@@ -15,6 +16,12 @@ Default targets (:data:`DEFAULT_LORA_TARGETS`), matched as module-name suffixes:
 v4-v6). The embedding, the head, the LayerNorms and the low-rank "LoRA" parameters inside
 v6/v7 time-mix (``time_maa_w1``, ``w1``, ``a1`` ...) are not targeted; name them in
 ``modules_to_save``/``target_parameters`` yourself if you want them trained.
+
+Vision-RWKV: the same linears of the spatial mix (``att``: ``key``, ``value``,
+``receptance``, ``output``, and ``gate`` for VRWKV6) and of the channel mix (``ffn``). The
+classification head is not a LoRA target: for a new label set pass
+``LoraConfig(modules_to_save=["head"])`` so the fresh head is trained and saved with the
+adapter.
 
 Per-channel vectors. The token-shift mixing vectors (``time_mix_*`` v4/v5, ``time_maa_*``
 v6, ``x_*`` v7) are 1-D parameters, which PEFT cannot wrap (``modules_to_save`` takes
@@ -45,7 +52,10 @@ DEFAULT_LORA_TARGETS = {
     "rwkv_hf_v5": ["receptance", "key", "value", "output", "gate"],
     "rwkv_hf_v6": ["receptance", "key", "value", "output", "gate"],
     "rwkv_hf_v7": ["receptance", "key", "value", "output"],
+    "rwkv_hf_vrwkv": ["receptance", "key", "value", "output"],
+    "rwkv_hf_vrwkv6": ["receptance", "key", "value", "output", "gate"],
 }
+VISION_MODEL_TYPES = ("rwkv_hf_vrwkv", "rwkv_hf_vrwkv6")
 
 # Token-shift mixing vectors (one value per channel), by version.
 TIME_MIX_PATTERN = re.compile(r"\.(attn|ffn)\.(time_mix_[kvrg]|time_maa_[xwkvrg]|x_[rwkvag])$")
@@ -101,7 +111,8 @@ def check_adapter(model, adapter_dir, subfolder=None):
     (the base ``config.json``, then the LoRA weight shapes). Non-RWKV models and adapters that
     are not local folders are left to PEFT."""
     version = _rwkv_version(model)
-    if version is None or not isinstance(adapter_dir, (str, os.PathLike)):
+    vision = getattr(getattr(model, "config", None), "model_type", None) in VISION_MODEL_TYPES
+    if (version is None and not vision) or not isinstance(adapter_dir, (str, os.PathLike)):
         return
     folder = os.path.join(adapter_dir, subfolder) if subfolder else adapter_dir
     config_path = os.path.join(folder, "adapter_config.json")
@@ -112,9 +123,14 @@ def check_adapter(model, adapter_dir, subfolder=None):
     where = f"The adapter in {adapter_dir}"
     auto = adapter_config.get("auto_mapping") or {}
     m = re.match(r"RwkvV(\d)", str(auto.get("base_model_class", "")))
-    if m and int(m.group(1)) != version:
+    if m and version is not None and int(m.group(1)) != version:
         raise ValueError(f"{where} was trained on {auto['base_model_class']} (RWKV-{m.group(1)}); this model "
                          f"is RWKV-{version} ({type(model).__name__}). Load it into an RWKV-{m.group(1)} model.")
+    family = re.match(r"(Vrwkv6?)(Model|ForImageClassification|Backbone)$", str(auto.get("base_model_class", "")))
+    ours = re.match(r"(Vrwkv6?)", type(model).__name__)
+    if vision and family and ours and family.group(1) != ours.group(1):
+        raise ValueError(f"{where} was trained on {auto['base_model_class']}; this model is {type(model).__name__} "
+                         "(another Vision-RWKV version). Load it into a matching model.")
     base = adapter_config.get("base_model_name_or_path")
     base_config = os.path.join(base, "config.json") if base else None
     if base_config and os.path.isfile(base_config):
@@ -123,7 +139,8 @@ def check_adapter(model, adapter_dir, subfolder=None):
         if saved.get("model_type") != model.config.model_type:
             raise ValueError(f"{where} was trained on a {saved.get('model_type')} model ({base}); this model is "
                              f"{model.config.model_type}.")
-        for key in ("hidden_size", "num_hidden_layers", "intermediate_size", "head_size", "vocab_size"):
+        for key in ("hidden_size", "num_hidden_layers", "intermediate_size", "head_size", "vocab_size",
+                    "patch_size"):
             if key in saved and getattr(model.config, key, None) is not None and saved[key] != getattr(
                     model.config, key):
                 raise ValueError(f"{where} was trained on a model with {key}={saved[key]} ({base}); this model has "

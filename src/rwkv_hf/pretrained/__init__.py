@@ -12,9 +12,10 @@ train/validation split. Load it with :func:`tiny_model_path`::
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path())
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path())
 
-``tiny-vrwkv-digits/`` is a tiny Vision-RWKV classifier trained by
-``examples/train_tiny_vrwkv.py`` on scikit-learn's handwritten digits; it carries its
-held-out images (``heldout.safetensors``). Load it with :func:`tiny_vision_model_path`::
+``tiny-vrwkv-digits/`` and ``tiny-vrwkv6-digits/`` are tiny Vision-RWKV classifiers (VRWKV
+and VRWKV6) trained by ``examples/train_tiny_vrwkv.py`` on scikit-learn's handwritten
+digits; they carry their held-out images (``heldout.safetensors``). Load one with
+:func:`tiny_vision_model_path`::
 
     from transformers import pipeline
     classify = pipeline("image-classification", model=tiny_vision_model_path())
@@ -22,7 +23,7 @@ held-out images (``heldout.safetensors``). Load it with :func:`tiny_vision_model
 import os
 
 TINY_MODEL_NAME = "tiny-rwkv7-pydoc"
-TINY_VISION_NAME = "tiny-vrwkv-digits"
+TINY_VISION_NAMES = {4: "tiny-vrwkv-digits", 6: "tiny-vrwkv6-digits"}
 
 
 def tiny_model_path():
@@ -30,7 +31,7 @@ def tiny_model_path():
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), TINY_MODEL_NAME)
 
 
-def tiny_vision_model_path():
-    """Folder of the shipped tiny Vision-RWKV digit classifier (config, weights, image
-    processor, eval.json, heldout.safetensors)."""
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), TINY_VISION_NAME)
+def tiny_vision_model_path(version=4):
+    """Folder of the shipped tiny Vision-RWKV digit classifier, VRWKV (4) or VRWKV6 (6):
+    config, weights, image processor, eval.json, heldout.safetensors."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), TINY_VISION_NAMES[version])
