@@ -368,3 +368,15 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+
+# Prepended to the scripts tests run in a subprocess to load a folder "where rwkv_hf is not
+# installed": every rwkv_hf import fails, so only the folder's remote code can run.
+NO_RWKV_HF = '''
+import sys
+class _NoRwkvHf:
+    def find_spec(self, name, path=None, target=None):
+        if name == "rwkv_hf" or name.startswith("rwkv_hf."):
+            raise ImportError(name + " is blocked in this test")
+sys.meta_path.insert(0, _NoRwkvHf())
+'''

@@ -17,18 +17,9 @@ import huggingface_hub
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
 
-from hub_server import LocalHub
 
 REPO = "test-user/tiny"
 BINARY = bytes(range(256)) * 8 + b"\x00\xff" * 100
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    # huggingface_hub reads HF_HUB_OFFLINE at import time: undo it for this test only.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    with LocalHub(tmp_path / "hub") as server:
-        yield server
 
 
 @pytest.fixture

@@ -17,17 +17,10 @@ import rwkv_hf
 from rwkv_hf.cli import main as cli_main
 from rwkv_hf.publish import PublishError, check_model_folder, publish
 
-from hub_server import LocalHub
+from hub_server import NO_RWKV_HF
 
 REPO = "test-user/tiny-rwkv7"
 INPUT_IDS = [[1, 5, 9, 2, 63, 17, 4, 8]]
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    with LocalHub(tmp_path / "hub") as server:
-        yield server
 
 
 @pytest.fixture
@@ -78,13 +71,7 @@ print(type(model).__name__)
 
 
 # The same, where rwkv_hf cannot be imported: the published remote code (trust_remote_code=True).
-REMOTE_SCRIPT = """
-import sys
-class _NoRwkvHf:
-    def find_spec(self, name, path=None, target=None):
-        if name == "rwkv_hf" or name.startswith("rwkv_hf."):
-            raise ImportError(name + " is blocked in this test")
-sys.meta_path.insert(0, _NoRwkvHf())
+REMOTE_SCRIPT = NO_RWKV_HF + """
 import torch
 from transformers import AutoModelForCausalLM
 model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True).eval()

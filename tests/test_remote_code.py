@@ -19,16 +19,12 @@ import rwkv_hf  # noqa: E402,F401
 from rwkv_hf.lm import RWKV_LM_CLASSES  # noqa: E402
 from rwkv_hf.remote_code import flatten_source  # noqa: E402
 from rwkv_hf.vision import VRWKV_CLASSES, Vrwkv6Config, VrwkvConfig, VrwkvImageProcessor  # noqa: E402
+from hub_server import NO_RWKV_HF  # noqa: E402
 from lm_utils import tiny_model  # noqa: E402
 
 # Runs in a fresh interpreter, outside the repository, with rwkv_hf unimportable.
-LOADER = textwrap.dedent("""
-    import json, sys
-    class _NoRwkvHf:
-        def find_spec(self, name, path=None, target=None):
-            if name == "rwkv_hf" or name.startswith("rwkv_hf."):
-                raise ImportError(name + " is blocked in this test")
-    sys.meta_path.insert(0, _NoRwkvHf())
+LOADER = NO_RWKV_HF + textwrap.dedent("""
+    import json
     import torch
     from PIL import Image
     from transformers import (AutoImageProcessor, AutoModelForCausalLM, AutoModelForImageClassification,
