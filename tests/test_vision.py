@@ -395,3 +395,25 @@ def test_bf16_autocast_and_bf16_weights_keep_decays_in_fp32(tmp_path):
     assert att.time_decay.dtype == torch.float32 and att.key.weight.dtype == torch.bfloat16
     with torch.no_grad():
         assert rel_err(half(x.bfloat16()).logits.float(), ref) < 5e-2
+
+
+def test_timm_loads_official_checkpoints_safely(tmp_path):
+    """timm's pretrained path reads an official mmcls .pth (pickled meta, 7-class head) with
+    rwkv_hf's loader: another class count gets a fresh head, another size a resized grid, a
+    backbone-only file the model's own head."""
+    src = tmp_path / "vrwkv_t.pth"
+    off = _official_checkpoint(src, 4, "tiny", meta_text="backbone=dict(post_norm=False)")
+    kw = dict(hidden_size=64, num_hidden_layers=2, pretrained=True,
+              pretrained_cfg_overlay=dict(file=str(src), custom_load=True))
+    same = timm.create_model("vrwkv_tiny_patch16_224", num_classes=7, **kw).double().eval()
+    x = torch.randn(1, 3, 224, 224, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_err(same(x), off(x)) < 1e-10
+    other = timm.create_model("vrwkv_tiny_patch16_224", num_classes=3, img_size=160, **kw).eval()
+    assert other.head.fc.out_features == 3 and other.backbone.pos_embed.shape[1] == 100
+    assert torch.equal(other.backbone.layers[1].att.key.weight, off.backbone.layers[1].att.key.weight.float())
+    bare = tmp_path / "backbone.pth"
+    torch.save({k[len("backbone."):]: v.float() for k, v in off.state_dict().items() if k.startswith("backbone.")},
+               bare)
+    timm.create_model("vrwkv_tiny_patch16_224", num_classes=7, **dict(kw, pretrained_cfg_overlay=dict(
+        file=str(bare), custom_load=True)))

@@ -128,11 +128,12 @@ class VisionRwkv(nn.Module):
         if pos is not None and pos.shape != own["backbone.pos_embed"].shape:
             src = _square_grid(pos.shape[1])
             state_dict["backbone.pos_embed"] = resize_pos_embed(pos, src, self.config.patch_grid)
-        head_keys = [k for k in state_dict if k.startswith("head.")]
-        if any(k not in own or own[k].shape != state_dict[k].shape for k in head_keys):
-            for k in head_keys:  # another class count: keep this model's own (fresh) head
+        own_head = {k: v for k, v in own.items() if k.startswith("head.")}
+        theirs = {k: v for k, v in state_dict.items() if k.startswith("head.")}
+        if set(theirs) != set(own_head) or any(own_head[k].shape != v.shape for k, v in theirs.items()):
+            for k in theirs:  # another class count, or a backbone-only file: keep this model's (fresh) head
                 del state_dict[k]
-            state_dict.update({k: v for k, v in own.items() if k.startswith("head.")})
+            state_dict.update(own_head)
         self.load_state_dict(state_dict, strict=True)
 
 
