@@ -36,6 +36,12 @@ LOADER = NO_RWKV_HF + textwrap.dedent("""
             model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True).eval()
             with torch.no_grad():
                 out = model(ref["input"]).logits
+                # generate (the model's own recurrent cache) equals the argmax rollout of full forwards
+                ids = ref["input"][:1, :4]
+                gen = model.generate(ids, max_new_tokens=4, do_sample=False)
+                for _ in range(4):
+                    ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], 1)
+                assert torch.equal(gen, ids), (folder, gen, ids)
         else:
             model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
             processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
