@@ -24,6 +24,8 @@ import torch
 from ..lm import RWKV_LM_CLASSES, RWKV_LM_CONFIGS
 from ..model_card import CODENAMES, model_card  # noqa: F401  (CODENAMES: re-exported)
 from ..model_card import human_size as _human
+from ..vision import VRWKV_MODEL_TYPES
+from ..vision.image_processing_vrwkv import default_image_processor
 from . import blinkdl, vision
 from .layouts import from_fla, from_hf, hf_version
 from .loading import ConversionError, load_pickle_with_metadata, load_safetensors, load_source
@@ -243,11 +245,10 @@ def _vision_to_folder(src, out, state_dict, config_json, extras, overrides):
     except ConversionError as e:
         raise ConversionError(f"{src}: {e}") from None
     _save_model(model, out, desc=f"writing {os.path.basename(src)}")
-    from ..vision.image_processing_vrwkv import default_image_processor
-
-    default_image_processor(config, settings.get("eval_size")).save_pretrained(out)  # the model wrote the default
+    if settings.get("eval_size"):  # save_pretrained wrote the default for the config's size
+        default_image_processor(config, settings["eval_size"]).save_pretrained(out)
     entries = list(getattr(extras, "discarded", ()))
-    official = config_json is None or config_json.get("model_type") not in ("rwkv_hf_vrwkv", "rwkv_hf_vrwkv6")
+    official = config_json is None or config_json.get("model_type") not in VRWKV_MODEL_TYPES
     report = dict(direction="to rwkv_hf", family="vision", source=os.path.abspath(src), version=version,
                   layout="vision", layout_name=("official Vision-RWKV (mmcls / InternImage)" if official
                                                 else f"rwkv_hf ({config.model_type})"),

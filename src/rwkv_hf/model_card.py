@@ -19,8 +19,6 @@ import os
 
 import torch
 
-LM_TYPES = {f"rwkv_hf_v{v}": v for v in (4, 5, 6, 7)}
-VISION_TYPES = {"rwkv_hf_vrwkv": 4, "rwkv_hf_vrwkv6": 6}
 CODENAMES = {4: "Dove/Raven", 5: "Eagle", 6: "Finch", 7: "Goose"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -46,17 +44,17 @@ def human_size(n):
 
 def _family(config):
     """('lm' | 'vision', version, the family's classes) of an rwkv_hf config."""
+    from .lm import RWKV_LM_CLASSES, RWKV_LM_CONFIGS
+    from .vision import VRWKV_CLASSES, VRWKV_MODEL_TYPES
+
+    lm_types = {cfg.model_type: v for v, cfg in RWKV_LM_CONFIGS.items()}
     model_type = getattr(config, "model_type", None)
-    if model_type in LM_TYPES:
-        from .lm import RWKV_LM_CLASSES
-
-        return "lm", LM_TYPES[model_type], RWKV_LM_CLASSES[LM_TYPES[model_type]]
-    if model_type in VISION_TYPES:
-        from .vision import VRWKV_CLASSES
-
-        return "vision", VISION_TYPES[model_type], VRWKV_CLASSES[VISION_TYPES[model_type]]
+    if model_type in lm_types:
+        return "lm", lm_types[model_type], RWKV_LM_CLASSES[lm_types[model_type]]
+    if model_type in VRWKV_MODEL_TYPES:
+        return "vision", VRWKV_MODEL_TYPES[model_type], VRWKV_CLASSES[VRWKV_MODEL_TYPES[model_type]]
     raise ValueError(f"no model card template for model_type {model_type!r} "
-                     f"(known: {', '.join(list(LM_TYPES) + list(VISION_TYPES))})")
+                     f"(known: {', '.join(list(lm_types) + list(VRWKV_MODEL_TYPES))})")
 
 
 def _model_class(config, classes):

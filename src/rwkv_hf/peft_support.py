@@ -55,7 +55,6 @@ DEFAULT_LORA_TARGETS = {
     "rwkv_hf_vrwkv": ["receptance", "key", "value", "output"],
     "rwkv_hf_vrwkv6": ["receptance", "key", "value", "output", "gate"],
 }
-VISION_MODEL_TYPES = ("rwkv_hf_vrwkv", "rwkv_hf_vrwkv6")
 
 # Token-shift mixing vectors (one value per channel), by version.
 TIME_MIX_PATTERN = re.compile(r"\.(attn|ffn)\.(time_mix_[kvrg]|time_maa_[xwkvrg]|x_[rwkvag])$")
@@ -111,7 +110,9 @@ def check_adapter(model, adapter_dir, subfolder=None):
     (the base ``config.json``, then the LoRA weight shapes). Non-RWKV models and adapters that
     are not local folders are left to PEFT."""
     version = _rwkv_version(model)
-    vision = getattr(getattr(model, "config", None), "model_type", None) in VISION_MODEL_TYPES
+    from .vision import VRWKV_MODEL_TYPES
+
+    vision = getattr(getattr(model, "config", None), "model_type", None) in VRWKV_MODEL_TYPES
     if (version is None and not vision) or not isinstance(adapter_dir, (str, os.PathLike)):
         return
     folder = os.path.join(adapter_dir, subfolder) if subfolder else adapter_dir

@@ -22,9 +22,9 @@ class PublishError(Exception):
 def model_types():
     """The ``model_type`` strings of every rwkv_hf config class (language and vision models)."""
     from .lm import RWKV_LM_CONFIGS
-    from .vision import VRWKV_CLASSES
+    from .vision import VRWKV_MODEL_TYPES
 
-    return {c.model_type for c in RWKV_LM_CONFIGS.values()} | {v[0].model_type for v in VRWKV_CLASSES.values()}
+    return {c.model_type for c in RWKV_LM_CONFIGS.values()} | set(VRWKV_MODEL_TYPES)
 
 
 def _check_safetensors(path, name):

@@ -7,6 +7,9 @@ from .modeling_vrwkv import (
     VrwkvBackbone, VrwkvForImageClassification, VrwkvModel, VrwkvPreTrainedModel,
 )
 
+# model_type -> version (4: VRWKV, 6: VRWKV6), from the config classes
+VRWKV_MODEL_TYPES = {classes[0].model_type: version for version, classes in VRWKV_CLASSES.items()}
+
 
 def register():
     """Register VRWKV and VRWKV6 with AutoConfig, AutoModel, AutoModelForImageClassification,

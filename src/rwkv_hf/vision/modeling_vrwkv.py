@@ -59,6 +59,11 @@ def q_shift(x, grid, shift_pixel, gamma, group):
     return out.view(b, n, c)
 
 
+def tokens_to_map(tokens, grid):
+    """Tokens [B, N, C] laid out row-major on ``grid`` -> an NCHW feature map [B, C, rows, cols]."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
+
+
 def resize_pos_embed(pos_embed, src_grid, dst_grid, mode="bicubic"):
     """Position embeddings [1, N, C] of ``src_grid`` resampled to ``dst_grid`` (as mmcls)."""
     if tuple(src_grid) == tuple(dst_grid):
@@ -490,7 +495,7 @@ class VrwkvBackboneBase(BackboneMixin):
             t = stages[i - 1]
             if i - 1 == last_block:
                 t = self.final_norm(t)
-            maps.append(t.transpose(1, 2).reshape(t.shape[0], t.shape[2], *grid))
+            maps.append(tokens_to_map(t, grid))
         hidden = (x, *taken) if output_hidden_states else None
         return BackboneOutput(feature_maps=tuple(maps), hidden_states=hidden)
 

@@ -19,7 +19,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 
 from .configuration_vrwkv import VRWKV6_SIZES, VRWKV_SIZES
-from .modeling_vrwkv import VRWKV_CLASSES, build_head, resize_pos_embed
+from .modeling_vrwkv import VRWKV_CLASSES, build_head, resize_pos_embed, tokens_to_map
 
 
 class VisionRwkv(nn.Module):
@@ -102,7 +102,7 @@ class VisionRwkv(nn.Module):
         if norm:
             taken = [self.backbone.final_norm(t) for t in taken]
         if output_fmt == "NCHW":
-            taken = [t.transpose(1, 2).reshape(t.shape[0], t.shape[2], *grid) for t in taken]
+            taken = [tokens_to_map(t, grid) for t in taken]
         if intermediates_only:
             return taken
         return self.backbone.final_norm(last), taken
