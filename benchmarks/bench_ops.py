@@ -31,12 +31,14 @@ import torch
 
 from rwkv_hf import ops
 from rwkv_hf.ops.random_inputs import OPS, make_inputs
+from rwkv_hf.ops import cpu_backend
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 B, H, N = 1, 12, 64
 T_MAIN = 4096
 T_SCALING = (64, 256, 1024, 4096, 16384)
 T_REF_MAX = 4096  # the token loops are O(T) per token: longer runs only cost minutes
+FAST = ("rwkv_hf torch", "rwkv_hf cpu")  # timed at every length and with backward
 
 
 # ---------------------------------------------------------------------------- peers
@@ -87,7 +89,7 @@ def _peers(op):
 def _impls(op, T):
     x = make_inputs(op, B, T, H, N, seed=0)
     impls = [(f"rwkv_hf {b}", (lambda b: lambda x: lambda: getattr(ops, op)(**x, backend=b)[0])(b))
-             for b in ("reference", "torch")]
+             for b in ("reference", "torch") + (("cpu",) if op in cpu_backend.OPS else ())]
     return x, impls + _peers(op)
 
 
@@ -139,7 +141,7 @@ def matmul_gflops():
 
 
 def peak_memory_child(op, T):
-    """Forward+backward of the torch backend in a fresh process: (RSS before the op, peak RSS
+    """Forward+backward of the default backend in a fresh process: (RSS before the op, peak RSS
     during it) in MiB. The peak is reset once the inputs exist (Linux: /proc/self/clear_refs)."""
     code = ("import re, torch; torch.set_num_threads(2);"
             "from rwkv_hf import ops; from rwkv_hf.ops.random_inputs import make_inputs;"
@@ -209,7 +211,8 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.memory:
-        lines = ["Forward+backward of the torch backend at T=16384 (B=1, H=12, N=64, fp32; fresh process "
+        lines = ["Forward+backward of the default CPU backend (cpu for the matrix-state ops, torch for "
+                 "wkv4 and bi_wkv4) at T=16384 (B=1, H=12, N=64, fp32; fresh process "
                  "per op, peak resident memory reset once the inputs exist):", "",
                  "| op | RSS before the op (MiB) | peak RSS during fwd+bwd (MiB) | growth (MiB) |",
                  "|---|---:|---:|---:|"]
@@ -237,9 +240,9 @@ def main():
         scaling[op] = {}
         for T in t_scaling:
             x, impls = _impls(op, T)
-            impls = [(n, m) for n, m in impls if T <= T_REF_MAX or n == "rwkv_hf torch"]
+            impls = [(n, m) for n, m in impls if T <= T_REF_MAX or n in FAST]
             for backward in (False, True):
-                chosen = impls if not backward else [(n, m) for n, m in impls if n == "rwkv_hf torch"]
+                chosen = impls if not backward else [(n, m) for n, m in impls if n in FAST]
                 for name, sec in time_alternating(chosen, x, backward, repeats=1 if T >= 4096 else 3).items():
                     scaling[op].setdefault((name, backward), {})[T] = sec
     if args.quick:

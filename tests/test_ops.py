@@ -12,6 +12,13 @@ from rwkv_hf.ops.random_inputs import OPS, make_inputs
 
 PER_CHANNEL = ("wkv4", "bi_wkv4")
 BIDIRECTIONAL = ("bi_wkv4", "bi_wkv6")
+# The fast backends of each op: torch for all, the compiled cpu kernels for the matrix-state ops.
+FAST = [(op, b) for op in OPS for b in ("torch", "cpu") if b == "torch" or op not in PER_CHANNEL]
+FAST_IDS = [f"{op}-{b}" for op, b in FAST]
+
+
+def fast_backend(op, backend):
+    return "torch" if op in PER_CHANNEL else backend
 
 
 def run(op, inputs, **kw):
@@ -56,55 +63,58 @@ SHAPES = [  # (B, T, H, N)
 
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}T{}H{}N{}".format(*s))
-@pytest.mark.parametrize("op", OPS)
-def test_torch_backend_matches_reference(op, shape, with_state):
+@pytest.mark.parametrize("op,backend", FAST, ids=FAST_IDS)
+def test_fast_backends_match_reference(op, backend, shape, with_state):
     B, T, H, N = shape
     x64 = make_inputs(op, B, T, H, N, dtype=torch.float64, state=with_state, seed=T * 7 + B)
     y_ref, s_ref = run(op, x64, backend="reference", output_final_state=True)
-    y, s = run(op, x64, backend="torch", output_final_state=True)
+    y, s = run(op, x64, backend=backend, output_final_state=True)
     assert y.dtype == torch.float64 and s.dtype == torch.float64
     assert rel(y, y_ref) <= 1e-10
     assert state_rel(op, s, s_ref) <= 1e-10
     # float32 inputs: judged against the float64 reference of the same values.
     x32 = {k: v.float() for k, v in x64.items()}
-    y32, s32 = run(op, x32, backend="torch", output_final_state=True)
+    y32, s32 = run(op, x32, backend=backend, output_final_state=True)
     assert y32.dtype == torch.float32 and s32.dtype == torch.float32
     y_ref32, s_ref32 = run(op, as64(x32), backend="reference", output_final_state=True)
     assert rel(y32, y_ref32) <= 1e-5
     assert state_rel(op, s32, s_ref32) <= 1e-5
 
 
-@pytest.mark.parametrize("op", OPS)
-def test_strong_decays_stay_exact(op):
+@pytest.mark.parametrize("op,backend", FAST, ids=FAST_IDS)
+def test_strong_decays_stay_exact(op, backend):
     x = make_inputs(op, 2, 45, 2, 16, dtype=torch.float64, state=True, seed=3, strong_decay=True)
     y_ref, s_ref = run(op, x, backend="reference", output_final_state=True)
-    y, s = run(op, x, backend="torch", output_final_state=True)
+    y, s = run(op, x, backend=backend, output_final_state=True)
     assert rel(y, y_ref) <= 1e-10 and state_rel(op, s, s_ref) <= 1e-10
-    y32, s32 = run(op, {k: v.float() for k, v in x.items()}, backend="torch", output_final_state=True)
+    y32, s32 = run(op, {k: v.float() for k, v in x.items()}, backend=backend, output_final_state=True)
     assert torch.isfinite(y32).all() and torch.isfinite(s32).all()
     assert rel(y32, y_ref) <= 1e-4
 
 
 @settings(max_examples=25, deadline=None)
 @given(op=st.sampled_from(OPS), B=st.integers(1, 3), T=st.integers(1, 80), H=st.integers(1, 3),
-       N=st.sampled_from([1, 2, 4, 8, 32]), with_state=st.booleans(), seed=st.integers(0, 2**31 - 1))
-def test_property_random_shapes(op, B, T, H, N, with_state, seed):
+       N=st.sampled_from([1, 2, 4, 8, 32, 64]), with_state=st.booleans(), seed=st.integers(0, 2**31 - 1),
+       backend=st.sampled_from(["torch", "cpu"]))
+def test_property_random_shapes(op, B, T, H, N, with_state, seed, backend):
     x = make_inputs(op, B, T, H, N, dtype=torch.float64, state=with_state, seed=seed)
     y_ref, s_ref = run(op, x, backend="reference", output_final_state=True)
-    y, s = run(op, x, backend="torch", output_final_state=True)
+    y, s = run(op, x, backend=fast_backend(op, backend), output_final_state=True)
     assert y.shape == y_ref.shape and s.shape == s_ref.shape
     assert rel(y, y_ref) <= 1e-10 and state_rel(op, s, s_ref) <= 1e-10
 
 
-def test_value_dim_may_differ_from_key_dim():
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_value_dim_may_differ_from_key_dim(backend):
     for op in ("wkv5", "wkv6", "bi_wkv6", "wkv7"):
-        x = make_inputs(op, 2, 19, 2, 8, dtype=torch.float64, state=True, seed=1)
-        x["v"] = torch.randn(2, 19, 2, 5, dtype=torch.float64)
-        x["state"] = x["state"][..., :5].contiguous()
-        y_ref, s_ref = run(op, x, backend="reference", output_final_state=True)
-        y, s = run(op, x, backend="torch", output_final_state=True)
-        assert y.shape == (2, 19, 2, 5)
-        assert rel(y, y_ref) <= 1e-10 and rel(s, s_ref) <= 1e-10
+        for V in (5, 64):  # 64 with K=8: the cpu kernels' V=64 path with another K
+            x = make_inputs(op, 2, 19, 2, 8, dtype=torch.float64, state=True, seed=1)
+            x["v"] = torch.randn(2, 19, 2, V, dtype=torch.float64)
+            x["state"] = torch.randn(*x["state"].shape[:-1], V, dtype=torch.float64)
+            y_ref, s_ref = run(op, x, backend="reference", output_final_state=True)
+            y, s = run(op, x, backend=backend, output_final_state=True)
+            assert y.shape == (2, 19, 2, V)
+            assert rel(y, y_ref) <= 1e-10 and rel(s, s_ref) <= 1e-10
 
 
 def test_ops_against_independent_formulas():
@@ -148,7 +158,7 @@ def test_wkv4_matches_transformers_rwkv():
     time_decay, time_first = torch.randn(C), torch.randn(C) * 0.5
     k, v = torch.randn(B, T, C) * 2, torch.randn(B, T, C)
     y_hf, (num, den, mx) = rwkv_linear_attention_cpu(time_decay, time_first, k, v, return_state=True)
-    for backend in ops.available_backends():
+    for backend in ("reference", "torch"):  # the cpu backend has no per-channel kernels
         y, s = ops.wkv4(k, v, -torch.exp(time_decay), time_first, output_final_state=True, backend=backend)
         assert rel(y, y_hf) <= 1e-5
         ref = torch.stack([num, den, mx], 1)
@@ -201,8 +211,8 @@ def _split(inputs, cut):
     return first, second
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
-@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("op,backend", [(op, "reference") for op in OPS] + FAST,
+                         ids=[f"{op}-reference" for op in OPS] + FAST_IDS)
 def test_splitting_and_carrying_state_equals_one_call(op, backend):
     T, cut = 37, 20
     x = make_inputs(op, 2, T, 2, 8, dtype=torch.float64, state=True, seed=11)
@@ -239,8 +249,8 @@ def test_token_by_token_equals_one_call():
 
 # ---------------------------------------------------------------------------- gradients
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
-@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("op,backend", [(op, "reference") for op in OPS] + FAST,
+                         ids=[f"{op}-reference" for op in OPS] + FAST_IDS)
 @pytest.mark.parametrize("T", [7, 1], ids=["T7", "T1"])  # T=1: the generation-step paths
 def test_gradcheck_every_input(op, backend, T):
     x = make_inputs(op, 2, T, 2, 3, dtype=torch.float64, state=True, seed=13)
@@ -257,22 +267,27 @@ def test_gradcheck_every_input(op, backend, T):
     assert torch.autograd.gradcheck(f, leaves, eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("op", OPS)
-def test_gradients_match_reference(op):
-    """Longer than gradcheck can afford: torch-backend gradients equal the reference's."""
-    x = make_inputs(op, 2, 70, 2, 8, dtype=torch.float64, state=True, seed=17)
+@pytest.mark.parametrize("N", [8, 64])  # 64: the cpu kernels' compiled head size
+@pytest.mark.parametrize("op,backend", FAST, ids=FAST_IDS)
+def test_gradients_match_reference(op, backend, N):
+    """Longer than gradcheck can afford (two 64-token snapshot chunks and a partial one): the
+    fast backends' gradients equal the reference's, in float64 and (to 1e-5) in float32."""
+    x = make_inputs(op, 2, 140 if N == 8 else 70, 2, N, dtype=torch.float64, state=True, seed=17)
     grads = {}
-    for backend in ("reference", "torch"):
-        leaves = {n: v.clone().requires_grad_(True) for n, v in x.items()}
-        y, s = run(op, leaves, backend=backend, output_final_state=True)
-        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
-        gs = torch.randn(s.shape, generator=torch.Generator().manual_seed(2), dtype=s.dtype)
+    for backend in ("reference", backend, backend + "/float32"):
+        dtype = torch.float32 if backend.endswith("float32") else torch.float64
+        leaves = {n: v.detach().to(dtype).requires_grad_(True) for n, v in x.items()}
+        y, s = run(op, leaves, backend=backend.split("/")[0], output_final_state=True)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        gs = torch.randn(s.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
         if op in PER_CHANNEL:
             gs.select(-2, 2).zero_()  # the logscale is bookkeeping, not a value to differentiate
-        ((y * gy).sum() + (s * gs).sum()).backward()
+        ((y * gy.to(dtype)).sum() + (s * gs.to(dtype)).sum()).backward()
         grads[backend] = {n: t.grad for n, t in leaves.items()}
+    fast = [b for b in grads if b != "reference"]
     for n in x:
-        assert rel(grads["torch"][n], grads["reference"][n]) <= 1e-9, n
+        assert rel(grads[fast[0]][n], grads["reference"][n]) <= 1e-9, n
+        assert rel(grads[fast[1]][n], grads["reference"][n]) <= 1e-4, n
 
 
 def test_empty_initial_state_gives_finite_gradients():
@@ -352,7 +367,7 @@ def test_backend_from_environment(monkeypatch):
         ops.wkv6(**x)
     monkeypatch.delenv(ops.BACKEND_ENV)
     assert rel(ops.wkv6(**x)[0], y_env) <= 1e-12
-    assert ops.available_backends() == ["reference", "torch"]
+    assert ops.available_backends() == ["reference", "torch", "cpu"]
 
 
 def test_final_state_only_on_request():
@@ -375,3 +390,20 @@ def test_cuda_backend_that_cannot_run_warns_once_and_falls_back(monkeypatch):
     assert cuda_backend.unsupported_reason("wkv7", r=x["r"]) is not None
     if not torch.cuda.is_available():
         assert cuda_backend.available() == (False, "no CUDA device visible to torch")
+
+
+def test_cpu_backend_without_a_compiler_falls_back_once(monkeypatch, tmp_path):
+    """No working C++ compiler: one warning saying why, then the torch backend, same results."""
+    from rwkv_hf.ops import cpu_backend
+    monkeypatch.setattr(cpu_backend, "_lib", None)
+    monkeypatch.setattr(cpu_backend, "_load_error", None)
+    monkeypatch.setattr(ops, "_warned", set())
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv(cpu_backend.CACHE_ENV, str(tmp_path / "cache"))
+    x = make_inputs("wkv7", 1, 5, 1, 4, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="compiled CPU kernels are unavailable") as record:
+        y, _ = ops.wkv7(**x)
+        ops.wkv6(**make_inputs("wkv6", 1, 5, 1, 4, dtype=torch.float64))
+    assert len(record) == 1
+    assert rel(y, ops.wkv7(**x, backend="reference")[0]) <= 1e-10
+    assert "cpu" not in ops.available_backends()

@@ -26,6 +26,7 @@ OPS_FILES = {
     "ops/torch_wkv4.py": "wkv_ops_torch_wkv4.py",
     "ops/torch_wkv6.py": "wkv_ops_torch_wkv6.py",
     "ops/torch_wkv7.py": "wkv_ops_torch_wkv7.py",
+    "ops/cpu_backend.py": "wkv_ops_cpu_backend.py",
     "ops/cuda_backend.py": "wkv_ops_cuda_backend.py",
 }
 

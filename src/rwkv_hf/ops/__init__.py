@@ -39,9 +39,11 @@ Math (``S`` the state, per head; ``x^T`` a row vector)
 Backends
 --------
 ``reference`` (token loops, the oracle, float64-capable), ``torch`` (chunked
-parallel pure PyTorch, correct on any device; the default off CUDA) and ``cuda``
-(the compiled extension in ``cuda_ext/``, built on first use; the default for CUDA
-tensors). Choose per call with ``backend=`` or for the process with the
+parallel pure PyTorch, correct on any device), ``cpu`` (compiled C++ kernels of
+the matrix-state ops, ``cuda_ext/wkv_cpu.cpp``, built with the system compiler on
+first use; the default for CPU tensors of wkv5/wkv6/bi_wkv6/wkv7, while wkv4 and
+bi_wkv4 run on ``torch``) and ``cuda`` (the compiled extension in ``cuda_ext/``,
+built on first use; the default for CUDA tensors). Choose per call with ``backend=`` or for the process with the
 environment variable ``RWKV_HF_WKV_BACKEND``. A backend that cannot run a call
 (no GPU, no compiler, float64, an unsupported head size) says why once, as a
 warning, and the call runs on ``torch``. States and accumulations are float32
@@ -60,6 +62,7 @@ from types import SimpleNamespace
 
 import torch
 
+from . import cpu_backend as _cpu
 from . import cuda_backend as _cuda
 from . import reference as _reference
 from . import torch_wkv4 as _torch_wkv4
@@ -76,15 +79,17 @@ _BACKENDS = {
         wkv4=_reference.wkv4, bi_wkv4=_reference.bi_wkv4, wkv6=_reference.wkv6, wkv7=_reference.wkv7),
     "torch": SimpleNamespace(
         wkv4=_torch_wkv4.wkv4, bi_wkv4=_torch_wkv4.bi_wkv4, wkv6=_torch_wkv6.wkv6, wkv7=_torch_wkv7.wkv7),
+    "cpu": SimpleNamespace(wkv6=_cpu.wkv6, wkv6_reversed=_cpu.wkv6_reversed, wkv7=_cpu.wkv7),
     "cuda": SimpleNamespace(wkv4=_cuda.wkv4, bi_wkv4=_cuda.bi_wkv4, wkv6=_cuda.wkv6, wkv7=_cuda.wkv7),
 }
+_COMPILED = {"cpu": _cpu, "cuda": _cuda}
 _warned = set()
 
 
 def available_backends():
-    """Names of the backends that can run in this process (``cuda`` only with a GPU and a
-    working extension; asking may compile it)."""
-    return [name for name in _BACKENDS if name != "cuda" or _cuda.available()[0]]
+    """Names of the backends that can run in this process (``cpu`` only with a working C++
+    compiler, ``cuda`` only with a GPU and a working extension; asking may compile them)."""
+    return [name for name in _BACKENDS if name not in _COMPILED or _COMPILED[name].available()[0]]
 
 
 def _fallback(why):
@@ -96,23 +101,28 @@ def _fallback(why):
 
 def _choose(op, requested, tensors):
     """The backend that runs this call: requested (argument or environment), else cuda for
-    CUDA tensors, else torch. A cuda backend that cannot run the call falls back to torch."""
+    CUDA tensors, else cpu for the ops it has, else torch. A compiled backend that cannot run a
+    call falls back to torch: with a warning (once per reason) if it was requested or failed to
+    build, silently for an op or input it does not cover by design."""
     name = requested or os.environ.get(BACKEND_ENV)
     if name is not None and name not in _BACKENDS:
         raise ValueError(f"unknown WKV backend {name!r} (from backend= or ${BACKEND_ENV}); "
                          f"available: {', '.join(_BACKENDS)}")
-    on_cuda = next(iter(tensors.values())).is_cuda
     if name is None:
-        name = "cuda" if on_cuda else "torch"
-        if not on_cuda:
-            return name
-    if name == "cuda":
-        why = _cuda.unsupported_reason(op, **tensors)
+        name = "cuda" if next(iter(tensors.values())).is_cuda else "cpu"
+        if name == "cpu":
+            if _cpu.unsupported_reason(op, **tensors) is not None or not _cpu.sources_present():
+                return "torch"  # per-channel ops, float16 tensors, a remote-code copy without sources
+            ok, why = _cpu.available()
+            return name if ok else _fallback(why)
+    if name in _COMPILED:
+        backend = _COMPILED[name]
+        why = backend.unsupported_reason(op, **tensors)
         if why is None:
-            ok, why = _cuda.available()
+            ok, why = backend.available()
             if ok:
                 return name
-        return _fallback(f"the cuda backend cannot run {op} ({why})")
+        return _fallback(f"the {name} backend cannot run {op} ({why})")
     return name
 
 
@@ -276,10 +286,15 @@ def bi_wkv6(r, k, v, w, u, state=None, *, output_final_state=False, backend=None
     s0 = _initial_state(t.get("state"), (B, 2, H, K, v.shape[-1]), r.device, compute, per_channel=False)
     run = impl.wkv6
     r, k, v, w, u = t["r"], t["k"], t["v"], t["w"], t["u"]
-    # The backward half is a causal scan over the flipped sequence without the bonus term.
+    # The backward half is a causal scan over the flipped sequence without the bonus term
+    # (the cpu backend scans right to left in place).
     y_fwd, s_fwd = run(r, k, v, w, u, s0[:, 0])
-    y_bwd, s_bwd = run(r.flip(1), k.flip(1), v.flip(1), w.flip(1), torch.zeros_like(u), s0[:, 1])
-    y = y_fwd + y_bwd.flip(1)
+    if hasattr(impl, "wkv6_reversed"):
+        y_bwd, s_bwd = impl.wkv6_reversed(r, k, v, w, s0[:, 1])
+    else:
+        y_bwd, s_bwd = run(r.flip(1), k.flip(1), v.flip(1), w.flip(1), torch.zeros_like(u), s0[:, 1])
+        y_bwd = y_bwd.flip(1)
+    y = y_fwd + y_bwd
     return _finish(y, torch.stack([s_fwd, s_bwd], 1), out_dtype, output_final_state)
 
 

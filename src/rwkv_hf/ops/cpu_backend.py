@@ -1,0 +1,311 @@
+"""CPU backend of ``rwkv_hf.ops``: compiled C++ kernels for the matrix-state recurrences.
+
+``cuda_ext/wkv_cpu.cpp`` (shipped with the CUDA sources as ``rwkv_hf.cuda_ext``) holds the
+forward and backward of RWKV-5/6 (``wkv6``, also run right to left for ``bi_wkv6``) and RWKV-7
+(``wkv7``) in float32 and float64, behind a C ABI. It has no torch headers, so the system C++
+compiler (``$CXX``, else ``c++``, ``g++`` or ``clang++``) builds it in a few seconds on the first
+CPU call, for this machine's instruction set (``-march=native``); the library is cached under
+``$RWKV_HF_CPU_CACHE`` (default ``~/.cache/rwkv_hf/cpu``) keyed by the source, the compiler and
+the CPU. It is called through ctypes (which releases the GIL) and splits its work over
+``torch.get_num_threads()`` threads by (batch, head).
+
+The per-channel ops (``wkv4``, ``bi_wkv4``) are not here: the torch backend runs them.
+Importing this module never raises and never compiles; :func:`available` says whether the
+backend can run here, and why not.
+"""
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+
+import torch
+
+from . import cuda_backend as _cuda
+
+__all__ = ["wkv6", "wkv6_reversed", "wkv7", "available", "load", "unsupported_reason", "OPS"]
+
+SOURCE = "wkv_cpu.cpp"
+CACHE_ENV = "RWKV_HF_CPU_CACHE"
+OPS = ("wkv5", "wkv6", "bi_wkv6", "wkv7")
+# The dispatcher hands this backend float32 (bfloat16 and float16 inputs cast up) or float64.
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+# Below this much work (B*H*T*K*V) one thread is faster than starting more (generation steps).
+_PARALLEL_WORK = 1 << 18
+_NATIVE_FLAGS = ("-march=native", "-mprefer-vector-width=512")
+_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fopenmp-simd")
+
+_lock = threading.RLock()
+_lib = None
+_load_error = None
+
+
+# ---------------------------------------------------------------------------- building
+
+def cache_root():
+    d = os.environ.get(CACHE_ENV)
+    if d:
+        return os.path.abspath(os.path.expanduser(d))
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "rwkv_hf", "cpu")
+
+
+def find_compiler():
+    """The C++ compiler to use: ``$CXX``, else the first of c++, g++, clang++ on PATH; or None."""
+    env = os.environ.get("CXX")
+    if env:
+        return shutil.which(env) or env
+    for name in ("c++", "g++", "clang++"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _cpu_id():
+    """What -march=native depends on: the CPU's model and feature flags."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [l for l in f if l.startswith(("model name", "flags", "Features", "CPU part"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.machine() + platform.processor()
+
+
+def _compiler_id(cxx):
+    try:
+        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30)
+        return out.stdout.splitlines()[0] if out.stdout else cxx
+    except Exception:
+        return cxx
+
+
+def _compile(cxx, src, out, flags):
+    tmp_dir = os.path.dirname(out)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=tmp_dir)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cxx, *flags, "-o", tmp, src], capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr.strip()[-1500:] or f"{cxx} exited with {proc.returncode}")
+        os.replace(tmp, out)  # atomic: a concurrent process never sees a half-written library
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def build(verbose=False):
+    """Compile the kernels for this machine if no cached build exists; return the library path."""
+    src = os.path.join(_cuda.sources_dir(), SOURCE)
+    cxx = find_compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (set $CXX or install g++/clang++)")
+    with open(src, "rb") as f:
+        code = f.read()
+    key = hashlib.sha256(code + _compiler_id(cxx).encode() + _cpu_id().encode()
+                         + " ".join(_FLAGS + _NATIVE_FLAGS).encode()).hexdigest()[:16]
+    out_dir = cache_root()
+    os.makedirs(out_dir, exist_ok=True)
+    out = os.path.join(out_dir, f"wkv_cpu-{key}.so")
+    if os.path.isfile(out):
+        return out
+    try:
+        _compile(cxx, src, out, list(_FLAGS + _NATIVE_FLAGS))
+    except RuntimeError as native_error:  # a compiler without these x86 flags (e.g. on arm64)
+        try:
+            _compile(cxx, src, out, list(_FLAGS))
+        except RuntimeError:
+            raise native_error
+    if verbose:
+        print(f"rwkv_hf: compiled the CPU WKV kernels into {out}")
+    return out
+
+
+def _declare(lib):
+    i64, i32, p = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+    geo = [i64] * 8  # B, T, H, K, V and the decay's strides over (b, t, h)
+    for sfx in ("f32", "f64"):
+        getattr(lib, f"rwkv_hf_wkv6_forward_{sfx}").argtypes = geo + [i32] + [p] * 8 + [i32]
+        getattr(lib, f"rwkv_hf_wkv6_backward_{sfx}").argtypes = geo + [i32] + [p] * 14 + [i32]
+        getattr(lib, f"rwkv_hf_wkv7_forward_{sfx}").argtypes = geo + [p] * 9 + [i32]
+        getattr(lib, f"rwkv_hf_wkv7_backward_{sfx}").argtypes = geo + [p] * 16 + [i32]
+    return lib
+
+
+def load(verbose=False):
+    """The compiled kernel library (compiled on first use). Raises RuntimeError saying why not."""
+    global _lib, _load_error
+    if _lib is not None:
+        return _lib
+    with _lock:
+        if _lib is None:
+            if _load_error is not None:
+                raise RuntimeError(_load_error)
+            try:
+                _lib = _declare(ctypes.CDLL(build(verbose=verbose)))
+            except Exception as e:  # remember: do not retry the compiler on every call
+                _load_error = f"the compiled CPU kernels are unavailable: {e}"
+                raise RuntimeError(_load_error) from e
+    return _lib
+
+
+def available():
+    """(True, 'ok') if the kernels load (compiling them if needed), else (False, why not)."""
+    try:
+        load()
+        return True, "ok"
+    except Exception as e:
+        return False, str(e)
+
+
+@functools.lru_cache(maxsize=None)
+def sources_present():
+    """Whether the kernel source ships here (not in a remote-code copy of the operator layer)."""
+    try:
+        return os.path.isfile(os.path.join(_cuda.sources_dir(), SOURCE))
+    except Exception:
+        return False
+
+
+def unsupported_reason(op, **tensors):
+    """None if this backend runs ``op`` on these tensors, else why not."""
+    if op not in OPS:
+        return f"the cpu backend has no {op} kernel"
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor):
+            if t.device.type != "cpu":
+                return "the cpu backend needs CPU tensors"
+            if t.dtype not in SUPPORTED_DTYPES:
+                return f"the cpu backend computes in float32 or float64; {name} is {t.dtype}"
+    return None
+
+
+# ---------------------------------------------------------------------------- calling
+
+def _ptr(x):
+    return ctypes.c_void_p(x.data_ptr()) if x is not None else None
+
+
+def _threads(work):
+    return torch.get_num_threads() if work >= _PARALLEL_WORK else 1
+
+
+def _decay(w, dtype):
+    """exp(w) with a contiguous last dimension, and its (b, t, h) strides. An expanded decay
+    (RWKV-5's constant one) stays a stride-0 view: exp of the small tensor only."""
+    base = w
+    if w.stride(0) == 0 and w.stride(1) == 0:
+        base = w[:1, :1]
+    ew = torch.exp(base.to(dtype)).contiguous()
+    ew = ew.expand(w.shape) if base is not w else ew
+    return ew, ew.stride()[:3]
+
+
+def _call(name, dtype, *args):
+    sfx = "f64" if dtype == torch.float64 else "f32"
+    if getattr(load(), f"rwkv_hf_{name}_{sfx}")(*args) != 0:
+        raise MemoryError(f"rwkv_hf cpu backend: {name} could not allocate its scratch buffers")
+
+
+def _contig(xs, dtype):
+    return [None if x is None else x.to(dtype).contiguous() for x in xs]
+
+
+class _Wkv6(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, r, k, v, w, u, state, reverse):
+        dt = r.dtype
+        r, k, v, u = _contig((r, k, v, u), dt)
+        ew, ews = _decay(w, dt)
+        B, T, H, K = r.shape
+        V = v.shape[-1]
+        S = state.to(dt).contiguous().clone()
+        y = torch.empty(B, T, H, V, dtype=dt)
+        save = any(ctx.needs_input_grad)
+        nch = -(-T // load().rwkv_hf_wkv_cpu_chunk())
+        snaps = torch.empty(B, H, nch, K, V, dtype=dt) if save else None
+        _call("wkv6_forward", dt, B, T, H, K, V, *ews, int(reverse), *map(_ptr, (r, k, v, ew, u, S, y, snaps)),
+              _threads(B * H * T * K * V))
+        if save:
+            ctx.save_for_backward(r, k, v, ew, u, snaps)
+            ctx.meta = (ews, int(reverse), state.dtype, w.dtype)
+        return y, S
+
+    @staticmethod
+    def backward(ctx, gy, gS):
+        r, k, v, ew, u, snaps = ctx.saved_tensors
+        ews, reverse, s_dtype, w_dtype = ctx.meta
+        dt = r.dtype
+        B, T, H, K = r.shape
+        V = v.shape[-1]
+        gy = torch.zeros_like(v) if gy is None else gy.to(dt).contiguous()
+        gS = torch.zeros(B, H, K, V, dtype=dt) if gS is None else gS.to(dt).contiguous()
+        gr, gk, gw = (torch.empty_like(r) for _ in range(3))
+        gv = torch.empty_like(v)
+        gu = torch.empty(B, H, K, dtype=dt) if u is not None else None
+        gs0 = torch.empty_like(gS)
+        _call("wkv6_backward", dt, B, T, H, K, V, *ews, reverse,
+              *map(_ptr, (r, k, v, ew, u, snaps, gy, gS, gr, gk, gv, gw, gu, gs0)),
+              _threads(B * H * T * K * V))
+        gu = gu.sum(0) if gu is not None else None
+        return gr, gk, gv, gw.to(w_dtype), gu, gs0.to(s_dtype), None
+
+
+class _Wkv7(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, r, k, v, w, a, b, state):
+        dt = r.dtype
+        r, k, v, a, b = _contig((r, k, v, a, b), dt)
+        ew, ews = _decay(w, dt)
+        B, T, H, K = r.shape
+        V = v.shape[-1]
+        S = state.to(dt).contiguous().clone()
+        y = torch.empty(B, T, H, V, dtype=dt)
+        save = any(ctx.needs_input_grad)
+        nch = -(-T // load().rwkv_hf_wkv_cpu_chunk())
+        snaps = torch.empty(B, H, nch, K, V, dtype=dt) if save else None
+        _call("wkv7_forward", dt, B, T, H, K, V, *ews, *map(_ptr, (r, k, v, ew, a, b, S, y, snaps)),
+              _threads(2 * B * H * T * K * V))
+        if save:
+            ctx.save_for_backward(r, k, v, ew, a, b, snaps)
+            ctx.meta = (ews, state.dtype, w.dtype)
+        return y, S
+
+    @staticmethod
+    def backward(ctx, gy, gS):
+        r, k, v, ew, a, b, snaps = ctx.saved_tensors
+        ews, s_dtype, w_dtype = ctx.meta
+        dt = r.dtype
+        B, T, H, K = r.shape
+        V = v.shape[-1]
+        gy = torch.zeros_like(v) if gy is None else gy.to(dt).contiguous()
+        gS = torch.zeros(B, H, K, V, dtype=dt) if gS is None else gS.to(dt).contiguous()
+        gr, gk, gw, ga, gb = (torch.empty_like(r) for _ in range(5))
+        gv = torch.empty_like(v)
+        gs0 = torch.empty_like(gS)
+        _call("wkv7_backward", dt, B, T, H, K, V, *ews,
+              *map(_ptr, (r, k, v, ew, a, b, snaps, gy, gS, gr, gk, gv, gw, ga, gb, gs0)),
+              _threads(2 * B * H * T * K * V))
+        return gr, gk, gv, gw.to(w_dtype), ga, gb, gs0.to(s_dtype)
+
+
+# ---------------------------------------------------------------------------- backend API
+
+def wkv6(r, k, v, w, u, state):
+    """RWKV-5/6: r, k, w [B, T, H, K]; v [B, T, H, V]; u [H, K]; state [B, H, K, V]."""
+    return _Wkv6.apply(r, k, v, w, u, state, False)
+
+
+def wkv6_reversed(r, k, v, w, state):
+    """The right-to-left half of ``bi_wkv6``: wkv6 without the bonus, scanning from the last token
+    to the first (y_t reads the state of the tokens after t), without flipping any tensor."""
+    return _Wkv6.apply(r, k, v, w, None, state, True)
+
+
+def wkv7(r, k, v, w, a, b, state):
+    """RWKV-7: r, k, w, a, b [B, T, H, K]; v [B, T, H, V]; state [B, H, K, V]."""
+    return _Wkv7.apply(r, k, v, w, a, b, state)
