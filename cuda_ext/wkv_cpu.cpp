@@ -1,6 +1,6 @@
 // CPU kernels of the rwkv_hf WKV extension: the matrix-state recurrences (RWKV-5/6, their
-// right-to-left half for the bidirectional v6 op, RWKV-7), forward and backward, float32 and
-// float64. Plain C++17 with a C ABI (no torch headers): rwkv_hf/ops/cpu_backend.py compiles this
+// right-to-left half for the bidirectional v6 op, RWKV-7), forward and backward, and the
+// per-channel ones (RWKV-4, bidirectional v4), forward; float32 and float64. Plain C++17 with a C ABI (no torch headers): rwkv_hf/ops/cpu_backend.py compiles this
 // file with the system compiler in about a second and calls it through ctypes on tensors'
 // data pointers. The autograd Functions, dtype handling and validation live there.
 //
@@ -27,6 +27,7 @@
 // recomputes each chunk's states from its snapshot into a per-thread buffer, then runs backwards
 // through the chunk. No division by the decay, no limit on T.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <exception>
@@ -505,6 +506,126 @@ void wkv7_backward(const Geo g, const T* r, const T* k, const T* v, const T* ew,
   });
 }
 
+// ------------------------------------------------------------------------------------ wkv4
+// Per channel, the running (num, den, logscale) triple of the reference (BlinkDL's aa, bb, pp):
+//   y_t  = (e^{pp-p} aa + e^{u+k_t-p} v_t) / (e^{pp-p} bb + e^{u+k_t-p}),   p = max(pp, u + k_t)
+//   next: q = max(pp + w, k_t); aa = e^{pp+w-q} aa + e^{k_t-q} v_t; bb likewise; pp = q
+// bi_wkv4 runs that scan left to right (keeping the state before each token) and right to left,
+// and combines both states with the bonus term under one max. Forward only: the autograd path
+// of these ops is the torch backend's chunked form. Vectorised over channels; float32 uses
+// xexp below (std::exp does not vectorise without -ffast-math).
+
+// e^x for x <= 88 in float32: 2^n e^f with n = round(x / ln 2), |f| <= ln2 / 2, a degree-6
+// polynomial for e^f (Cephes' expf coefficients, about 1 ulp), 2^n built in the exponent bits;
+// below -87.3 (where e^x is subnormal) it returns 0. Branch-free, so loops over it vectorise.
+inline float xexp(float x) {
+  const float xc = std::min(std::max(x, -87.3f), 88.0f);
+  const float big = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low bits
+  const float t = xc * 1.44269504088896341f + big;
+  const float n = t - big;
+  float f = xc - n * 0.693359375f;
+  f = f - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * f + 1.3981999507e-3f;
+  p = p * f + 8.3334519073e-3f;
+  p = p * f + 4.1665795894e-2f;
+  p = p * f + 1.6666665459e-1f;
+  p = p * f + 5.0000001201e-1f;
+  const float ef = p * f * f + f + 1.0f;
+  int32_t ti, bi;
+  std::memcpy(&ti, &t, 4);
+  std::memcpy(&bi, &big, 4);
+  const int32_t bits = (ti - bi + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return x < -87.3f ? 0.0f : ef * scale;
+}
+inline double xexp(double x) { return std::exp(x); }
+
+constexpr int64_t kChannelBlock = 128;  // channels per work item
+
+struct Geo4 {
+  int64_t B, T, C;
+  int64_t blocks() const { return (C + kChannelBlock - 1) / kChannelBlock; }
+};
+
+// One token of the causal scan for channels [0, n) of a block: y (if not null) then the update.
+template <bool WithY, typename T>
+inline void wkv4_token(int64_t n, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ w,
+                       const T* __restrict__ u, T* __restrict__ aa, T* __restrict__ bb, T* __restrict__ pp,
+                       T* __restrict__ y) {
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) {
+    const T kc = k[c], vc = v[c], a = aa[c], b = bb[c], q0 = pp[c];
+    if constexpr (WithY) {
+      const T ww = u[c] + kc, p = std::max(q0, ww);
+      const T e1 = xexp(q0 - p), e2 = xexp(ww - p);
+      y[c] = (e1 * a + e2 * vc) / (e1 * b + e2);
+    }
+    const T ww = w[c] + q0, p = std::max(ww, kc);
+    const T e1 = xexp(ww - p), e2 = xexp(kc - p);
+    aa[c] = e1 * a + e2 * vc;
+    bb[c] = e1 * b + e2;
+    pp[c] = p;
+  }
+}
+
+template <typename T>
+void wkv4_forward(const Geo4 g, const T* k, const T* v, const T* w, const T* u, T* state, T* y, int threads) {
+  const int64_t nb = g.blocks();
+  parallel_items<T>(g.B * nb, threads, 0, [&](int64_t item, T*) {
+    const int64_t b = item / nb, c0 = (item % nb) * kChannelBlock, n = std::min(kChannelBlock, g.C - c0);
+    T* s = state + b * 3 * g.C + c0;  // (num, den, logscale) rows of this batch entry
+    for (int64_t t = 0; t < g.T; ++t) {
+      const int64_t o = (b * g.T + t) * g.C + c0;
+      if (t + kPrefetch < g.T) {
+        const int64_t op = o + kPrefetch * g.C;
+        prefetch(k + op, n), prefetch(v + op, n), prefetch(y + op, n);
+      }
+      wkv4_token<true>(n, k + o, v + o, w + c0, u + c0, s, s + g.C, s + 2 * g.C, y + o);
+    }
+  });
+}
+
+template <typename T>
+void bi_wkv4_forward(const Geo4 g, const T* k, const T* v, const T* w, const T* u, T* state, T* y,
+                     int threads) {
+  const int64_t nb = g.blocks();
+  // Scratch: the left-to-right state before every token of the block (3 rows per token).
+  parallel_items<T>(g.B * nb, threads, 3 * g.T * kChannelBlock, [&](int64_t item, T* left) {
+    const int64_t b = item / nb, c0 = (item % nb) * kChannelBlock, n = std::min(kChannelBlock, g.C - c0);
+    T* sl = state + (b * 2 + 0) * 3 * g.C + c0;  // enters from the left, leaves after the last token
+    T* sr = state + (b * 2 + 1) * 3 * g.C + c0;  // enters from the right, leaves before the first
+    for (int64_t t = 0; t < g.T; ++t) {
+      const int64_t o = (b * g.T + t) * g.C + c0;
+      if (t + kPrefetch < g.T) prefetch(k + o + kPrefetch * g.C, n), prefetch(v + o + kPrefetch * g.C, n);
+      T* L = left + 3 * t * kChannelBlock;
+      std::memcpy(L, sl, n * sizeof(T));
+      std::memcpy(L + kChannelBlock, sl + g.C, n * sizeof(T));
+      std::memcpy(L + 2 * kChannelBlock, sl + 2 * g.C, n * sizeof(T));
+      wkv4_token<false>(n, k + o, v + o, w + c0, u + c0, sl, sl + g.C, sl + 2 * g.C, (T*)nullptr);
+    }
+    for (int64_t t = g.T - 1; t >= 0; --t) {
+      const int64_t o = (b * g.T + t) * g.C + c0;
+      if (t - kPrefetch >= 0) {
+        const int64_t op = o - kPrefetch * g.C;
+        prefetch(k + op, n), prefetch(v + op, n), prefetch(y + op, n);
+      }
+      const T *kt = k + o, *vt = v + o, *uc = u + c0;
+      const T *la = left + 3 * t * kChannelBlock, *lb = la + kChannelBlock, *lp = lb + kChannelBlock;
+      T *ra = sr, *rb = sr + g.C, *rp = sr + 2 * g.C, *yt = y + o;
+#pragma omp simd
+      for (int64_t c = 0; c < n; ++c) {
+        const T cur = uc[c] + kt[c], lpc = lp[c], rpc = rp[c];  // values: std::max of loads is a branch
+        const T m = std::max(std::max(lpc, rpc), cur);
+        const T el = xexp(lpc - m), er = xexp(rpc - m), ec = xexp(cur - m);
+        yt[c] = (el * la[c] + er * ra[c] + ec * vt[c]) / (el * lb[c] + er * rb[c] + ec);
+      }
+      wkv4_token<false>(n, kt, vt, w + c0, uc, ra, rb, rp, (T*)nullptr);
+    }
+  });
+}
+
 int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
 
 }  // namespace
@@ -572,6 +693,28 @@ int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
     return guarded(err);                                                                             \
   }
 
+#define RWKV_HF_API4(T, SUFFIX)                                                                      \
+  extern "C" int rwkv_hf_wkv4_forward_##SUFFIX(int64_t B, int64_t Tn, int64_t C, const T* k,         \
+                                               const T* v, const T* w, const T* u, T* state, T* y,  \
+                                               int threads) {                                        \
+    std::exception_ptr err;                                                                          \
+    try {                                                                                            \
+      wkv4_forward<T>(Geo4{B, Tn, C}, k, v, w, u, state, y, threads);                                \
+    } catch (...) { err = std::current_exception(); }                                                \
+    return guarded(err);                                                                             \
+  }                                                                                                  \
+  extern "C" int rwkv_hf_bi_wkv4_forward_##SUFFIX(int64_t B, int64_t Tn, int64_t C, const T* k,      \
+                                                  const T* v, const T* w, const T* u, T* state,     \
+                                                  T* y, int threads) {                               \
+    std::exception_ptr err;                                                                          \
+    try {                                                                                            \
+      bi_wkv4_forward<T>(Geo4{B, Tn, C}, k, v, w, u, state, y, threads);                             \
+    } catch (...) { err = std::current_exception(); }                                                \
+    return guarded(err);                                                                             \
+  }
+
+RWKV_HF_API4(float, f32)
+RWKV_HF_API4(double, f64)
 RWKV_HF_API(float, f32)
 RWKV_HF_API(double, f64)
 

@@ -39,10 +39,10 @@ Math (``S`` the state, per head; ``x^T`` a row vector)
 Backends
 --------
 ``reference`` (token loops, the oracle, float64-capable), ``torch`` (chunked
-parallel pure PyTorch, correct on any device), ``cpu`` (compiled C++ kernels of
-the matrix-state ops, ``cuda_ext/wkv_cpu.cpp``, built with the system compiler on
-first use; the default for CPU tensors of wkv5/wkv6/bi_wkv6/wkv7, while wkv4 and
-bi_wkv4 run on ``torch``) and ``cuda`` (the compiled extension in ``cuda_ext/``,
+parallel pure PyTorch, correct on any device), ``cpu`` (compiled C++ kernels,
+``cuda_ext/wkv_cpu.cpp``, built with the system compiler on first use; the default
+for CPU tensors; wkv4 and bi_wkv4 have forward kernels and run on ``torch`` when
+gradients are needed) and ``cuda`` (the compiled extension in ``cuda_ext/``,
 built on first use; the default for CUDA tensors). Choose per call with ``backend=`` or for the process with the
 environment variable ``RWKV_HF_WKV_BACKEND``. A backend that cannot run a call
 (no GPU, no compiler, float64, an unsupported head size) says why once, as a
@@ -79,7 +79,8 @@ _BACKENDS = {
         wkv4=_reference.wkv4, bi_wkv4=_reference.bi_wkv4, wkv6=_reference.wkv6, wkv7=_reference.wkv7),
     "torch": SimpleNamespace(
         wkv4=_torch_wkv4.wkv4, bi_wkv4=_torch_wkv4.bi_wkv4, wkv6=_torch_wkv6.wkv6, wkv7=_torch_wkv7.wkv7),
-    "cpu": SimpleNamespace(wkv6=_cpu.wkv6, wkv6_reversed=_cpu.wkv6_reversed, wkv7=_cpu.wkv7),
+    "cpu": SimpleNamespace(wkv4=_cpu.wkv4, bi_wkv4=_cpu.bi_wkv4, wkv6=_cpu.wkv6, wkv6_reversed=_cpu.wkv6_reversed,
+                           wkv7=_cpu.wkv7),
     "cuda": SimpleNamespace(wkv4=_cuda.wkv4, bi_wkv4=_cuda.bi_wkv4, wkv6=_cuda.wkv6, wkv7=_cuda.wkv7),
 }
 _COMPILED = {"cpu": _cpu, "cuda": _cuda}
@@ -112,7 +113,7 @@ def _choose(op, requested, tensors):
         name = "cuda" if next(iter(tensors.values())).is_cuda else "cpu"
         if name == "cpu":
             if _cpu.unsupported_reason(op, **tensors) is not None or not _cpu.sources_present():
-                return "torch"  # per-channel ops, float16 tensors, a remote-code copy without sources
+                return "torch"  # an op or input it lacks, a remote-code copy without sources
             ok, why = _cpu.available()
             return name if ok else _fallback(why)
     if name in _COMPILED:

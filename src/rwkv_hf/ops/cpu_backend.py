@@ -1,16 +1,17 @@
-"""CPU backend of ``rwkv_hf.ops``: compiled C++ kernels for the matrix-state recurrences.
+"""CPU backend of ``rwkv_hf.ops``: compiled C++ kernels of the WKV recurrences.
 
 ``cuda_ext/wkv_cpu.cpp`` (shipped with the CUDA sources as ``rwkv_hf.cuda_ext``) holds the
 forward and backward of RWKV-5/6 (``wkv6``, also run right to left for ``bi_wkv6``) and RWKV-7
-(``wkv7``) in float32 and float64, behind a C ABI. It has no torch headers, so the system C++
+(``wkv7``), and the forward of the per-channel ops (``wkv4``, ``bi_wkv4``), in float32 and
+float64, behind a C ABI. It has no torch headers, so the system C++
 compiler (``$CXX``, else ``c++``, ``g++`` or ``clang++``) builds it in a few seconds on the first
 CPU call, for this machine's instruction set (``-march=native``); the library is cached under
 ``$RWKV_HF_CPU_CACHE`` (default ``~/.cache/rwkv_hf/cpu``) keyed by the source, the compiler and
 the CPU. It is called through ctypes (which releases the GIL) and splits its work over
 ``torch.get_num_threads()`` threads by (batch, head).
 
-The per-channel ops (``wkv4``, ``bi_wkv4``) are not here: the torch backend runs them.
-Importing this module never raises and never compiles; :func:`available` says whether the
+The per-channel ops have forward kernels only: a call that needs gradients runs the torch
+backend's chunked form, which has the backward. Importing this module never raises and never compiles; :func:`available` says whether the
 backend can run here, and why not.
 """
 import ctypes
@@ -26,12 +27,14 @@ import threading
 import torch
 
 from . import cuda_backend as _cuda
+from . import torch_wkv4 as _torch_wkv4
 
-__all__ = ["wkv6", "wkv6_reversed", "wkv7", "available", "load", "unsupported_reason", "OPS"]
+__all__ = ["wkv4", "bi_wkv4", "wkv6", "wkv6_reversed", "wkv7", "available", "load", "unsupported_reason",
+           "OPS"]
 
 SOURCE = "wkv_cpu.cpp"
 CACHE_ENV = "RWKV_HF_CPU_CACHE"
-OPS = ("wkv5", "wkv6", "bi_wkv6", "wkv7")
+OPS = ("wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7")
 # The dispatcher hands this backend float32 (bfloat16 and float16 inputs cast up) or float64.
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 # Below this much work (B*H*T*K*V) one thread is faster than starting more (generation steps).
@@ -129,6 +132,8 @@ def _declare(lib):
     i64, i32, p = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
     geo = [i64] * 8  # B, T, H, K, V and the decay's strides over (b, t, h)
     for sfx in ("f32", "f64"):
+        getattr(lib, f"rwkv_hf_wkv4_forward_{sfx}").argtypes = [i64] * 3 + [p] * 6 + [i32]
+        getattr(lib, f"rwkv_hf_bi_wkv4_forward_{sfx}").argtypes = [i64] * 3 + [p] * 6 + [i32]
         getattr(lib, f"rwkv_hf_wkv6_forward_{sfx}").argtypes = geo + [i32] + [p] * 8 + [i32]
         getattr(lib, f"rwkv_hf_wkv6_backward_{sfx}").argtypes = geo + [i32] + [p] * 14 + [i32]
         getattr(lib, f"rwkv_hf_wkv7_forward_{sfx}").argtypes = geo + [p] * 9 + [i32]
@@ -293,7 +298,37 @@ class _Wkv7(torch.autograd.Function):
         return gr, gk, gv, gw.to(w_dtype), ga, gb, gs0.to(s_dtype)
 
 
+def _needs_grad(*xs):
+    return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
+
+
+def _per_channel(name, k, v, w, u, state):
+    dt = k.dtype
+    k, v, w, u = _contig((k, v, w, u), dt)
+    B, T, C = k.shape
+    S = state.to(dt).contiguous().clone()
+    y = torch.empty(B, T, C, dtype=dt)
+    _call(name, dt, B, T, C, *map(_ptr, (k, v, w, u, S, y)), _threads(B * T * C * 64))
+    return y, S
+
+
 # ---------------------------------------------------------------------------- backend API
+
+def wkv4(k, v, w, u, state):
+    """RWKV-4: k, v [B, T, C]; w, u [C]; state [B, 3, C] -> (y [B, T, C], final state). With
+    gradients required, the torch backend's chunked form (it has the backward)."""
+    if _needs_grad(k, v, w, u, state):
+        return _torch_wkv4.wkv4(k, v, w, u, state)
+    return _per_channel("wkv4_forward", k, v, w, u, state)
+
+
+def bi_wkv4(k, v, w, u, state):
+    """Bidirectional v4: k, v [B, T, C]; w, u [C]; state [B, 2, 3, C] -> (y, final state). With
+    gradients required, the torch backend's chunked form."""
+    if _needs_grad(k, v, w, u, state):
+        return _torch_wkv4.bi_wkv4(k, v, w, u, state)
+    return _per_channel("bi_wkv4_forward", k, v, w, u, state)
+
 
 def wkv6(r, k, v, w, u, state):
     """RWKV-5/6: r, k, w [B, T, H, K]; v [B, T, H, V]; u [H, K]; state [B, H, K, V]."""
