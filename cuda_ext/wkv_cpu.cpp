@@ -199,21 +199,22 @@ inline void wkv6_step(const Geo& g, const T* Sin, T* S, const T* r, const T* k, 
 
 template <typename T, int VN>
 void wkv6_forward(const Geo g, const T* r, const T* k, const T* v, const T* ew, const T* u,
-                  T* state, T* y, T* snaps, int threads) {
+                  const T* state_in, T* state, T* y, T* snaps, int threads) {
   const int64_t K = g.K, V = VN ? VN : g.V, KV = K * V, nch = g.chunks();
   parallel_items<T>(g.B * g.H, threads, V, [&](int64_t bh, T* acc) {
     const int64_t b = bh / g.H, h = bh % g.H;
     T* S = state + bh * KV;
     for (int64_t s = 0; s < g.T; ++s) {
       const int64_t t = g.time(s);
-      if (snaps && s % kChunk == 0) std::memcpy(snaps + (bh * nch + s / kChunk) * KV, S, KV * sizeof(T));
+      const T* Sin = s == 0 ? state_in + bh * KV : S;  // the first step reads the initial state
+      if (snaps && s % kChunk == 0) std::memcpy(snaps + (bh * nch + s / kChunk) * KV, Sin, KV * sizeof(T));
       const int64_t o = g.tok(b, t, h, K), ov = g.tok(b, t, h, V);
       if (s + kPrefetch < g.T) {
         const int64_t tp = g.time(s + kPrefetch), op = g.tok(b, tp, h, K), ovp = g.tok(b, tp, h, V);
         prefetch(r + op, K), prefetch(k + op, K), prefetch(v + ovp, V), prefetch(y + ovp, V);
         prefetch(ew + g.ew(b, tp, h), K);
       }
-      wkv6_step<T, VN>(g, S, S, r + o, k + o, v + ov, ew + g.ew(b, t, h), u ? u + h * K : nullptr,
+      wkv6_step<T, VN>(g, Sin, S, r + o, k + o, v + ov, ew + g.ew(b, t, h), u ? u + h * K : nullptr,
                        y + ov, acc);
     }
   });
@@ -373,20 +374,21 @@ inline void wkv7_step(const Geo& g, const T* Sin, T* S, const T* r, const T* k, 
 
 template <typename T, int VN>
 void wkv7_forward(const Geo g, const T* r, const T* k, const T* v, const T* ew, const T* a,
-                  const T* bb, T* state, T* y, T* snaps, int threads) {
+                  const T* bb, const T* state_in, T* state, T* y, T* snaps, int threads) {
   const int64_t K = g.K, V = VN ? VN : g.V, KV = K * V, nch = g.chunks();
   parallel_items<T>(g.B * g.H, threads, V, [&](int64_t bh, T* sa) {
     const int64_t b = bh / g.H, h = bh % g.H;
     T* S = state + bh * KV;
     for (int64_t t = 0; t < g.T; ++t) {
-      if (snaps && t % kChunk == 0) std::memcpy(snaps + (bh * nch + t / kChunk) * KV, S, KV * sizeof(T));
+      const T* Sin = t == 0 ? state_in + bh * KV : S;
+      if (snaps && t % kChunk == 0) std::memcpy(snaps + (bh * nch + t / kChunk) * KV, Sin, KV * sizeof(T));
       const int64_t o = g.tok(b, t, h, K), ov = g.tok(b, t, h, V);
       if (t + kPrefetch < g.T) {
         const int64_t op = g.tok(b, t + kPrefetch, h, K), ovp = g.tok(b, t + kPrefetch, h, V);
         prefetch(r + op, K), prefetch(k + op, K), prefetch(a + op, K), prefetch(bb + op, K);
         prefetch(v + ovp, V), prefetch(y + ovp, V), prefetch(ew + g.ew(b, t + kPrefetch, h), K);
       }
-      wkv7_step<T, VN>(g, S, S, r + o, k + o, v + ov, ew + g.ew(b, t, h), a + o, bb + o, y + ov, sa);
+      wkv7_step<T, VN>(g, Sin, S, r + o, k + o, v + ov, ew + g.ew(b, t, h), a + o, bb + o, y + ov, sa);
     }
   });
 }
@@ -631,7 +633,8 @@ int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
 }  // namespace
 
 // ------------------------------------------------------------------------------------ C API
-// Returns 0 on success, 1 on failure (allocation). V == 64 (the RWKV head size) runs a copy
+// Returns 0 on success, 1 on failure (allocation). Forwards read the initial state from
+// `state_in` and write the final one to `state`. V == 64 (the RWKV head size) runs a copy
 // compiled for that size (unrolled, accumulators in registers). Pointers: see the kernels above; `u`, `snaps`
 // and `gu` may be null (no bonus / no snapshots / no bonus gradient).
 
@@ -639,12 +642,12 @@ int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
   extern "C" int rwkv_hf_wkv6_forward_##SUFFIX(                                                      \
       int64_t B, int64_t Tn, int64_t H, int64_t K, int64_t V, int64_t ew_sb, int64_t ew_st,         \
       int64_t ew_sh, int reverse, const T* r, const T* k, const T* v, const T* ew, const T* u,      \
-      T* state, T* y, T* snaps, int threads) {                                                      \
+      const T* state_in, T* state, T* y, T* snaps, int threads) {                                   \
     std::exception_ptr err;                                                                          \
     try {                                                                                            \
       const Geo g{B, Tn, H, K, V, ew_sb, ew_st, ew_sh, reverse};                                     \
-      if (V == 64) wkv6_forward<T, 64>(g, r, k, v, ew, u, state, y, snaps, threads);                 \
-      else wkv6_forward<T, 0>(g, r, k, v, ew, u, state, y, snaps, threads);                          \
+      if (V == 64) wkv6_forward<T, 64>(g, r, k, v, ew, u, state_in, state, y, snaps, threads);       \
+      else wkv6_forward<T, 0>(g, r, k, v, ew, u, state_in, state, y, snaps, threads);                \
     } catch (...) { err = std::current_exception(); }                                                \
     return guarded(err);                                                                             \
   }                                                                                                  \
@@ -666,12 +669,12 @@ int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
   extern "C" int rwkv_hf_wkv7_forward_##SUFFIX(                                                      \
       int64_t B, int64_t Tn, int64_t H, int64_t K, int64_t V, int64_t ew_sb, int64_t ew_st,         \
       int64_t ew_sh, const T* r, const T* k, const T* v, const T* ew, const T* a, const T* bb,      \
-      T* state, T* y, T* snaps, int threads) {                                                      \
+      const T* state_in, T* state, T* y, T* snaps, int threads) {                                   \
     std::exception_ptr err;                                                                          \
     try {                                                                                            \
       const Geo g{B, Tn, H, K, V, ew_sb, ew_st, ew_sh, 0};                                           \
-      if (V == 64) wkv7_forward<T, 64>(g, r, k, v, ew, a, bb, state, y, snaps, threads);             \
-      else wkv7_forward<T, 0>(g, r, k, v, ew, a, bb, state, y, snaps, threads);                      \
+      if (V == 64) wkv7_forward<T, 64>(g, r, k, v, ew, a, bb, state_in, state, y, snaps, threads);   \
+      else wkv7_forward<T, 0>(g, r, k, v, ew, a, bb, state_in, state, y, snaps, threads);            \
     } catch (...) { err = std::current_exception(); }                                                \
     return guarded(err);                                                                             \
   }                                                                                                  \

@@ -143,20 +143,19 @@ def _bind(op, specs):
             raise ValueError(f"{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
             raise ValueError(f"{op}: {name} must be a floating-point tensor, got {x.dtype}")
-        known = dict(sizes)  # the bindings before this tensor, for the message
-
-        def expected():
-            return "[" + ", ".join(f"{d}={known[d]}" if d in known else str(d) for d in dims) + "]"
-        if x.dim() != len(dims):
-            raise ValueError(f"{op}: {name} must have shape {expected()} ({len(dims)}-D), "
-                             f"got {list(x.shape)}")
-        for d, n in zip(dims, x.shape):
-            if isinstance(d, int):
-                ok = n == d
-            else:
-                ok = sizes.setdefault(d, n) == n
-            if not ok:
-                raise ValueError(f"{op}: {name} must have shape {expected()}, got {list(x.shape)}")
+        shape = x.shape
+        ok = len(shape) == len(dims)
+        if ok:
+            known = dict(sizes)  # the bindings before this tensor, for the message
+            for d, n in zip(dims, shape):
+                if not (n == d if isinstance(d, int) else sizes.setdefault(d, n) == n):
+                    ok = False
+                    break
+        if not ok:
+            known = known if len(shape) == len(dims) else sizes
+            want = "[" + ", ".join(f"{d}={known[d]}" if d in known else str(d) for d in dims) + "]"
+            rank = "" if len(shape) == len(dims) else f" ({len(dims)}-D)"
+            raise ValueError(f"{op}: {name} must have shape {want}{rank}, got {list(shape)}")
     for d in ("B", "T"):
         if sizes.get(d, 1) == 0:
             raise ValueError(f"{op}: empty input ({d}=0); sequences need at least one token")
@@ -191,7 +190,7 @@ def _prepare(op, specs, activations, decay, causal, backend):
     if name == "cuda":
         ready = {n: (x.float() if n == "state" else x) for n, x in tensors.items()}
     else:
-        ready = {n: x.to(compute) for n, x in tensors.items()}
+        ready = {n: (x if x.dtype == compute else x.to(compute)) for n, x in tensors.items()}
     return _BACKENDS[name], compute, out_dtype, ready
 
 

@@ -39,6 +39,7 @@ OPS = ("wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7")
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 # Below this much work (B*H*T*K*V) one thread is faster than starting more (generation steps).
 _PARALLEL_WORK = 1 << 18
+_CHUNK = 64  # tokens per state snapshot: kChunk of wkv_cpu.cpp
 _NATIVE_FLAGS = ("-march=native", "-mprefer-vector-width=512")
 _FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fopenmp-simd")
 
@@ -134,10 +135,13 @@ def _declare(lib):
     for sfx in ("f32", "f64"):
         getattr(lib, f"rwkv_hf_wkv4_forward_{sfx}").argtypes = [i64] * 3 + [p] * 6 + [i32]
         getattr(lib, f"rwkv_hf_bi_wkv4_forward_{sfx}").argtypes = [i64] * 3 + [p] * 6 + [i32]
-        getattr(lib, f"rwkv_hf_wkv6_forward_{sfx}").argtypes = geo + [i32] + [p] * 8 + [i32]
+        getattr(lib, f"rwkv_hf_wkv6_forward_{sfx}").argtypes = geo + [i32] + [p] * 9 + [i32]
         getattr(lib, f"rwkv_hf_wkv6_backward_{sfx}").argtypes = geo + [i32] + [p] * 14 + [i32]
-        getattr(lib, f"rwkv_hf_wkv7_forward_{sfx}").argtypes = geo + [p] * 9 + [i32]
+        getattr(lib, f"rwkv_hf_wkv7_forward_{sfx}").argtypes = geo + [p] * 10 + [i32]
         getattr(lib, f"rwkv_hf_wkv7_backward_{sfx}").argtypes = geo + [p] * 16 + [i32]
+    if lib.rwkv_hf_wkv_cpu_chunk() != _CHUNK:
+        raise RuntimeError(f"the kernels snapshot every {lib.rwkv_hf_wkv_cpu_chunk()} tokens, this "
+                           f"module expects {_CHUNK}")
     return lib
 
 
@@ -216,28 +220,43 @@ def _call(name, dtype, *args):
         raise MemoryError(f"rwkv_hf cpu backend: {name} could not allocate its scratch buffers")
 
 
+def _as(x, dtype):
+    """x in dtype with a contiguous layout (itself when it already is)."""
+    if x.dtype != dtype:
+        x = x.to(dtype)
+    return x if x.is_contiguous() else x.contiguous()
+
+
 def _contig(xs, dtype):
-    return [None if x is None else x.to(dtype).contiguous() for x in xs]
+    return [None if x is None else _as(x, dtype) for x in xs]
+
+
+def _snapshots(save, B, H, T, K, V, dt):
+    """The state before every kChunk-th token, kept for the backward."""
+    return torch.empty(B, H, -(-T // _CHUNK), K, V, dtype=dt) if save else None
+
+
+def _wkv6_forward(r, k, v, w, u, state, reverse, save):
+    dt = r.dtype
+    r, k, v, u = _contig((r, k, v, u), dt)
+    ew, ews = _decay(w, dt)
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    S0 = _as(state, dt)
+    S = torch.empty(B, H, K, V, dtype=dt)
+    y = torch.empty(B, T, H, V, dtype=dt)
+    snaps = _snapshots(save, B, H, T, K, V, dt)
+    _call("wkv6_forward", dt, B, T, H, K, V, *ews, int(reverse), *map(_ptr, (r, k, v, ew, u, S0, S, y, snaps)),
+          _threads(B * H * T * K * V))
+    return y, S, (r, k, v, ew, u, snaps, ews)
 
 
 class _Wkv6(torch.autograd.Function):
     @staticmethod
     def forward(ctx, r, k, v, w, u, state, reverse):
-        dt = r.dtype
-        r, k, v, u = _contig((r, k, v, u), dt)
-        ew, ews = _decay(w, dt)
-        B, T, H, K = r.shape
-        V = v.shape[-1]
-        S = state.to(dt).contiguous().clone()
-        y = torch.empty(B, T, H, V, dtype=dt)
-        save = any(ctx.needs_input_grad)
-        nch = -(-T // load().rwkv_hf_wkv_cpu_chunk())
-        snaps = torch.empty(B, H, nch, K, V, dtype=dt) if save else None
-        _call("wkv6_forward", dt, B, T, H, K, V, *ews, int(reverse), *map(_ptr, (r, k, v, ew, u, S, y, snaps)),
-              _threads(B * H * T * K * V))
-        if save:
-            ctx.save_for_backward(r, k, v, ew, u, snaps)
-            ctx.meta = (ews, int(reverse), state.dtype, w.dtype)
+        y, S, saved = _wkv6_forward(r, k, v, w, u, state, reverse, save=True)
+        ctx.save_for_backward(*saved[:-1])
+        ctx.meta = (saved[-1], int(reverse), state.dtype, w.dtype)
         return y, S
 
     @staticmethod
@@ -260,24 +279,27 @@ class _Wkv6(torch.autograd.Function):
         return gr, gk, gv, gw.to(w_dtype), gu, gs0.to(s_dtype), None
 
 
+def _wkv7_forward(r, k, v, w, a, b, state, save):
+    dt = r.dtype
+    r, k, v, a, b = _contig((r, k, v, a, b), dt)
+    ew, ews = _decay(w, dt)
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    S0 = _as(state, dt)
+    S = torch.empty(B, H, K, V, dtype=dt)
+    y = torch.empty(B, T, H, V, dtype=dt)
+    snaps = _snapshots(save, B, H, T, K, V, dt)
+    _call("wkv7_forward", dt, B, T, H, K, V, *ews, *map(_ptr, (r, k, v, ew, a, b, S0, S, y, snaps)),
+          _threads(2 * B * H * T * K * V))
+    return y, S, (r, k, v, ew, a, b, snaps, ews)
+
+
 class _Wkv7(torch.autograd.Function):
     @staticmethod
     def forward(ctx, r, k, v, w, a, b, state):
-        dt = r.dtype
-        r, k, v, a, b = _contig((r, k, v, a, b), dt)
-        ew, ews = _decay(w, dt)
-        B, T, H, K = r.shape
-        V = v.shape[-1]
-        S = state.to(dt).contiguous().clone()
-        y = torch.empty(B, T, H, V, dtype=dt)
-        save = any(ctx.needs_input_grad)
-        nch = -(-T // load().rwkv_hf_wkv_cpu_chunk())
-        snaps = torch.empty(B, H, nch, K, V, dtype=dt) if save else None
-        _call("wkv7_forward", dt, B, T, H, K, V, *ews, *map(_ptr, (r, k, v, ew, a, b, S, y, snaps)),
-              _threads(2 * B * H * T * K * V))
-        if save:
-            ctx.save_for_backward(r, k, v, ew, a, b, snaps)
-            ctx.meta = (ews, state.dtype, w.dtype)
+        y, S, saved = _wkv7_forward(r, k, v, w, a, b, state, save=True)
+        ctx.save_for_backward(*saved[:-1])
+        ctx.meta = (saved[-1], state.dtype, w.dtype)
         return y, S
 
     @staticmethod
@@ -330,17 +352,26 @@ def bi_wkv4(k, v, w, u, state):
     return _per_channel("bi_wkv4_forward", k, v, w, u, state)
 
 
+# Without gradients the kernels are called directly (autograd's bookkeeping is a good part of a
+# one-token generation step).
+
 def wkv6(r, k, v, w, u, state):
     """RWKV-5/6: r, k, w [B, T, H, K]; v [B, T, H, V]; u [H, K]; state [B, H, K, V]."""
-    return _Wkv6.apply(r, k, v, w, u, state, False)
+    if _needs_grad(r, k, v, w, u, state):
+        return _Wkv6.apply(r, k, v, w, u, state, False)
+    return _wkv6_forward(r, k, v, w, u, state, False, save=False)[:2]
 
 
 def wkv6_reversed(r, k, v, w, state):
     """The right-to-left half of ``bi_wkv6``: wkv6 without the bonus, scanning from the last token
     to the first (y_t reads the state of the tokens after t), without flipping any tensor."""
-    return _Wkv6.apply(r, k, v, w, None, state, True)
+    if _needs_grad(r, k, v, w, state):
+        return _Wkv6.apply(r, k, v, w, None, state, True)
+    return _wkv6_forward(r, k, v, w, None, state, True, save=False)[:2]
 
 
 def wkv7(r, k, v, w, a, b, state):
     """RWKV-7: r, k, w, a, b [B, T, H, K]; v [B, T, H, V]; state [B, H, K, V]."""
-    return _Wkv7.apply(r, k, v, w, a, b, state)
+    if _needs_grad(r, k, v, w, a, b, state):
+        return _Wkv7.apply(r, k, v, w, a, b, state)
+    return _wkv7_forward(r, k, v, w, a, b, state, save=False)[:2]
