@@ -51,11 +51,7 @@ _load_error = None
 # ---------------------------------------------------------------------------- building
 
 def cache_root():
-    d = os.environ.get(CACHE_ENV)
-    if d:
-        return os.path.abspath(os.path.expanduser(d))
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "rwkv_hf", "cpu")
+    return _cuda.cache_root(CACHE_ENV, "cpu")
 
 
 def find_compiler():
@@ -236,9 +232,12 @@ def _snapshots(save, B, H, T, K, V, dt):
     return torch.empty(B, H, -(-T // _CHUNK), K, V, dtype=dt) if save else None
 
 
-def _wkv6_forward(r, k, v, w, u, state, reverse, save):
-    dt = r.dtype
-    r, k, v, u = _contig((r, k, v, u), dt)
+def _forward(name, rkv, extras, w, state, save, flags=(), work=1):
+    """Run a matrix-state forward kernel (argument order: r, k, v, the decay, ``extras``, the
+    initial state, then the outputs); return y, the final state and what the backward needs."""
+    dt = rkv[0].dtype
+    r, k, v = _contig(rkv, dt)
+    extras = _contig(extras, dt)
     ew, ews = _decay(w, dt)
     B, T, H, K = r.shape
     V = v.shape[-1]
@@ -246,9 +245,17 @@ def _wkv6_forward(r, k, v, w, u, state, reverse, save):
     S = torch.empty(B, H, K, V, dtype=dt)
     y = torch.empty(B, T, H, V, dtype=dt)
     snaps = _snapshots(save, B, H, T, K, V, dt)
-    _call("wkv6_forward", dt, B, T, H, K, V, *ews, int(reverse), *map(_ptr, (r, k, v, ew, u, S0, S, y, snaps)),
-          _threads(B * H * T * K * V))
-    return y, S, (r, k, v, ew, u, snaps, ews)
+    _call(name, dt, B, T, H, K, V, *ews, *flags, *map(_ptr, (r, k, v, ew, *extras, S0, S, y, snaps)),
+          _threads(work * B * H * T * K * V))
+    return y, S, (r, k, v, ew, *extras, snaps, ews)
+
+
+def _wkv6_forward(r, k, v, w, u, state, reverse, save):
+    return _forward("wkv6_forward", (r, k, v), (u,), w, state, save, flags=(int(reverse),))
+
+
+def _wkv7_forward(r, k, v, w, a, b, state, save):
+    return _forward("wkv7_forward", (r, k, v), (a, b), w, state, save, work=2)
 
 
 class _Wkv6(torch.autograd.Function):
@@ -277,21 +284,6 @@ class _Wkv6(torch.autograd.Function):
               _threads(B * H * T * K * V))
         gu = gu.sum(0) if gu is not None else None
         return gr, gk, gv, gw.to(w_dtype), gu, gs0.to(s_dtype), None
-
-
-def _wkv7_forward(r, k, v, w, a, b, state, save):
-    dt = r.dtype
-    r, k, v, a, b = _contig((r, k, v, a, b), dt)
-    ew, ews = _decay(w, dt)
-    B, T, H, K = r.shape
-    V = v.shape[-1]
-    S0 = _as(state, dt)
-    S = torch.empty(B, H, K, V, dtype=dt)
-    y = torch.empty(B, T, H, V, dtype=dt)
-    snaps = _snapshots(save, B, H, T, K, V, dt)
-    _call("wkv7_forward", dt, B, T, H, K, V, *ews, *map(_ptr, (r, k, v, ew, a, b, S0, S, y, snaps)),
-          _threads(2 * B * H * T * K * V))
-    return y, S, (r, k, v, ew, a, b, snaps, ews)
 
 
 class _Wkv7(torch.autograd.Function):

@@ -103,12 +103,14 @@ def find_cuda_home():
     return None
 
 
-def cache_root():
-    d = os.environ.get(CACHE_ENV)
+def cache_root(env=CACHE_ENV, leaf="cuda"):
+    """Where compiled builds live: ``$env``, else ``$XDG_CACHE_HOME/rwkv_hf/<leaf>`` (default
+    ``~/.cache/rwkv_hf/<leaf>``)."""
+    d = os.environ.get(env)
     if d:
         return os.path.abspath(os.path.expanduser(d))
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "rwkv_hf", "cuda")
+    return os.path.join(base, "rwkv_hf", leaf)
 
 
 def _source_hash(src):
