@@ -32,6 +32,7 @@
 #include <cstring>
 #include <exception>
 #include <initializer_list>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -40,20 +41,22 @@ namespace {
 constexpr int64_t kChunk = 64;
 
 // Run f(item, scratch) for item in [0, n) on up to `threads` threads (contiguous blocks).
-// Scratch buffers are allocated here, before any thread starts, so nothing throws inside one.
+// Scratch buffers are allocated here, before any thread starts, so nothing throws inside one;
+// they are not zeroed (every kernel writes its scratch before reading it).
 template <typename T, typename F>
 void parallel_items(int64_t n, int threads, size_t scratch, F f) {
   int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, n)));
-  std::vector<std::vector<T>> bufs(nt, std::vector<T>(scratch));
+  std::vector<std::unique_ptr<T[]>> bufs;
+  for (int th = 0; th < nt; ++th) bufs.emplace_back(new T[std::max<size_t>(scratch, 1)]);
   if (nt == 1) {
-    for (int64_t i = 0; i < n; ++i) f(i, bufs[0].data());
+    for (int64_t i = 0; i < n; ++i) f(i, bufs[0].get());
     return;
   }
   std::vector<std::thread> pool;
   pool.reserve(nt);
   for (int th = 0; th < nt; ++th) {
     pool.emplace_back([&, th] {
-      for (int64_t i = n * th / nt; i < n * (th + 1) / nt; ++i) f(i, bufs[th].data());
+      for (int64_t i = n * th / nt; i < n * (th + 1) / nt; ++i) f(i, bufs[th].get());
     });
   }
   for (auto& t : pool) t.join();
