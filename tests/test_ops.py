@@ -404,3 +404,14 @@ def test_cpu_backend_without_a_compiler_falls_back_once(monkeypatch, tmp_path):
     assert len(record) == 1
     assert rel(y, ops.wkv7(**x, backend="reference")[0]) <= 1e-10
     assert "cpu" not in ops.available_backends()
+
+
+def test_ops_demo_tours_every_cpu_backend(capsys):
+    from rwkv_hf.cli import main
+    assert main(["demo", "--ops", "--seq-len", "20"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "torch tok/s" in lines[2] and "cpu tok/s" in lines[2]
+    rows = {line.split()[0]: line.split() for line in lines[3:]}
+    assert set(rows) == set(OPS)
+    for row in rows.values():  # op, reference tok/s, then (tok/s, speed-up, max rel. diff) per backend
+        assert float(row[4]) <= 1e-5 and float(row[7]) <= 1e-5
