@@ -14,7 +14,12 @@ Needs only torch (and optionally flash-linear-attention for the side-by-side tim
    max|a-b|/max|b| <= 1e-5 (float32) or 1e-2 (bfloat16); outputs are poisoned with NaN first;
 3. timings with CUDA events (bfloat16, N = 64; bi-WKV v4 also float32), forward and
    forward+backward, next to flash-linear-attention's chunk_rwkv7 / fused_recurrent_rwkv7 /
-   chunk_rwkv6 when importable.
+   chunk_rwkv6 when importable;
+4. models (needs the package's dependencies, transformers and safetensors): every family in the
+   repository on the GPU, through the extension against the torch backend on the same GPU
+   (``RWKV_HF_WKV_BACKEND=torch``): the shipped tiny RWKV-7 and Vision-RWKV v4/v6 models (real
+   weights) and random RWKV-4/5/6 language models; logits, every parameter's gradient, greedy
+   generation and held-out digit accuracy.
 
 Each group of cases runs in its own subprocess with a time limit (a kernel fault or a hang
 costs that group only); the whole script stops itself before ~295 s. Results: a table on
@@ -43,8 +48,9 @@ SELFTEST = bool(os.environ.get("GPU_CHECK_SELFTEST"))
 DEVICE = "cpu" if SELFTEST else "cuda"
 
 # (section, share of the time left after the build): each runs in its own process.
-SECTIONS = [("correct_v7", 0.17), ("correct_v6", 0.22), ("correct_v4", 0.17),
-            ("bench_lm", 0.24), ("bench_bi", 0.20)]
+SECTIONS = [("correct_v7", 0.16), ("correct_v6", 0.20), ("correct_v4", 0.15),
+            ("bench_lm", 0.22), ("bench_bi", 0.17), ("models", 0.10)]
+MODEL_TOL = {"logits": 1e-4, "grads": 1e-3}  # float32 models: cuda backend against torch backend
 
 
 # ---------------------------------------------------------------------------- imports
@@ -375,6 +381,127 @@ def bench_one(ctx, op, dt_name, B, T, H, N, emit, deadline):
     torch.cuda.empty_cache()
 
 
+# ---------------------------------------------------------------------------- models
+
+def _with_backend(name, fn):
+    """fn() with the process-wide WKV backend set to ``name`` (None: the default dispatch)."""
+    from rwkv_hf import ops
+
+    old = os.environ.get(ops.BACKEND_ENV)
+    if name is None:
+        os.environ.pop(ops.BACKEND_ENV, None)
+    else:
+        os.environ[ops.BACKEND_ENV] = name
+    try:
+        return fn()
+    finally:
+        if old is None:
+            os.environ.pop(ops.BACKEND_ENV, None)
+        else:
+            os.environ[ops.BACKEND_ENV] = old
+
+
+def _model_cases():
+    """(name, builder) of one model per family: builder() -> (model on DEVICE, kind, inputs)."""
+    import torch
+
+    from rwkv_hf.lm import RWKV_LM_CLASSES
+    from rwkv_hf.pretrained import tiny_model_path, tiny_vision_model_path
+    from transformers import AutoModelForCausalLM, AutoModelForImageClassification
+
+    def lm_pretrained():
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_path())
+        ids = torch.randint(1, model.config.vocab_size, (2, 300), generator=torch.Generator().manual_seed(0))
+        return model, "lm", ids
+
+    def lm_random(version):
+        def build():
+            config_cls, _, causal_cls, _ = RWKV_LM_CLASSES[version]
+            torch.manual_seed(version)
+            model = causal_cls(config_cls(vocab_size=1000, hidden_size=128, num_hidden_layers=2))
+            with torch.no_grad():  # the init zeroes some projections; give every weight a value
+                for p in model.parameters():
+                    if p.dim() == 2 and not p.any():
+                        p.normal_(0, 0.02)
+            ids = torch.randint(1, 1000, (2, 300), generator=torch.Generator().manual_seed(0))
+            return model, "lm", ids
+        return build
+
+    def vision(version):
+        def build():
+            from PIL import Image
+            from safetensors.torch import load_file
+            from transformers import AutoImageProcessor
+
+            path = tiny_vision_model_path(version)
+            model = AutoModelForImageClassification.from_pretrained(path)
+            data = load_file(os.path.join(path, "heldout.safetensors"))
+            images = [Image.fromarray(im.numpy()).convert("RGB") for im in data["images"]]
+            pixels = AutoImageProcessor.from_pretrained(path)(images, return_tensors="pt")["pixel_values"]
+            return model, "vision", (pixels, data["labels"])
+        return build
+
+    return [("RWKV-7 tiny-rwkv7-pydoc", lm_pretrained)] + \
+        [(f"RWKV-{v} random 2x128", lm_random(v)) for v in (4, 5, 6)] + \
+        [(f"VRWKV{'6' if v == 6 else ''} tiny digits", vision(v)) for v in (4, 6)]
+
+
+def check_models(emit, deadline):
+    import torch
+
+    try:
+        cases = _model_cases()
+    except Exception as e:
+        emit({"kind": "model", "model": "(import)", "status": "ERROR", "why": f"{type(e).__name__}: {e}"})
+        return
+    fast = None if not SELFTEST else "cpu"  # the default dispatch on CUDA is the extension
+    for name, build in cases:
+        if time.time() > deadline:
+            emit({"kind": "model", "model": name, "status": "SKIP", "why": "time budget"})
+            continue
+        try:
+            model, kind, inputs = build()
+            model = model.to(DEVICE).train(False)
+
+            def run():
+                model.zero_grad(set_to_none=True)
+                if kind == "lm":
+                    out = model(inputs.to(DEVICE), labels=inputs.to(DEVICE), use_cache=False)
+                else:
+                    out = model(pixel_values=inputs[0].to(DEVICE), labels=inputs[1].to(DEVICE))
+                out.loss.backward()
+                grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+                return out.logits.detach(), grads
+
+            (la, ga), (lb, gb) = _with_backend(fast, run), _with_backend("torch", run)
+            detail = {"logits": rel(la, lb), "grads": max(rel(ga[n], gb[n]) for n in gb)}
+            ok = detail["logits"] <= MODEL_TOL["logits"] and detail["grads"] <= MODEL_TOL["grads"]
+            with torch.no_grad():
+                if kind == "lm":
+                    prompt = inputs[:1, :12].to(DEVICE)
+
+                    def gen():
+                        return model.generate(prompt, max_new_tokens=24, do_sample=False, eos_token_id=None,
+                                              pad_token_id=0).tolist()
+                    same = _with_backend(fast, gen) == _with_backend("torch", gen)
+                    detail["generate_equal"] = same
+                else:
+                    def acc():
+                        pred = model(pixel_values=inputs[0].to(DEVICE)).logits.argmax(-1).cpu()
+                        return (pred == inputs[1]).float().mean().item()
+                    a, b = _with_backend(fast, acc), _with_backend("torch", acc)
+                    detail["accuracy"] = (round(a, 4), round(b, 4))
+                    same = a == b
+            ok = ok and same
+            emit({"kind": "model", "model": name, "status": "PASS" if ok else "FAIL",
+                  "detail": {k: (f"{v:.2e}" if isinstance(v, float) else v) for k, v in detail.items()}})
+        except Exception as e:
+            emit({"kind": "model", "model": name, "status": "ERROR", "why": f"{type(e).__name__}: {e}"[:400]})
+            traceback.print_exc()
+        if not SELFTEST:
+            torch.cuda.empty_cache()
+
+
 # ---------------------------------------------------------------------------- sections
 
 def run_section(section, results_path, deadline):
@@ -383,7 +510,10 @@ def run_section(section, results_path, deadline):
     def emit(rec):
         with open(results_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
-        if rec["kind"] == "correct":
+        if rec["kind"] == "model":
+            print(f"  {rec['model']:34s} {rec['status']:5s} {rec.get('detail', '')} {rec.get('why', '')}",
+                  flush=True)
+        elif rec["kind"] == "correct":
             print(f"  {rec['op']:8s} {rec['dtype']:8s} B={rec['B']} T={rec['T']:<6d} H={rec['H']} "
                   f"N={rec['N']:<3d} {rec['status']:5s} {rec.get('worst', '')}={rec.get('max_err', '')} "
                   f"{rec.get('why', '')}", flush=True)
@@ -395,7 +525,9 @@ def run_section(section, results_path, deadline):
     ctx = import_package()
     ctx[2].load()  # built by the parent: this finds the cached module
     torch.manual_seed(0)
-    if section.startswith("correct"):
+    if section == "models":
+        check_models(emit, deadline)
+    elif section.startswith("correct"):
         for case in correctness_cases(section):
             if time.time() > deadline:
                 emit({"kind": "correct", "op": case[0], "dtype": "-", "B": case[1], "T": case[2],
@@ -476,7 +608,7 @@ def main():
     save()
 
     # 2./3. sections, each in its own process
-    sections = SECTIONS if not SELFTEST else [s for s in SECTIONS if s[0].startswith("correct")]
+    sections = SECTIONS if not SELFTEST else [s for s in SECTIONS if not s[0].startswith("bench")]
     if args.only:
         keep = set(args.only.split(","))
         sections = [(s, w) for s, w in SECTIONS if s in keep]
@@ -528,9 +660,16 @@ def main():
         shape = " ".join(f"{k}={r[k]}" for k in ("B", "T", "H", "C") if k in r)
         print(f"{r['op']:8s} {shape:26s} {r['dtype']:8s} {r['mode']:7s} {r['impl']:26s} "
               f"{(str(r['ms']) + ' ms') if 'ms' in r else r['status'] + ' ' + r.get('why', '')}")
+    models = [r for r in report["results"] if r["kind"] == "model"]
+    print(f"\n== models: the extension against the torch backend on {DEVICE} "
+          f"(tol logits {MODEL_TOL['logits']:g}, grads {MODEL_TOL['grads']:g}) ==")
+    for r in models:
+        print(f"{r['model']:34s} {r['status']:5s} {r.get('detail', '')} {r.get('why', '')}")
+    n_fail += sum(r["status"] in ("FAIL", "ERROR") for r in models)
     for e in report["errors"]:
         print("error:", e)
-    report["summary"] = {"pass": n_pass, "fail": n_fail, "seconds": round(time.time() - start, 1)}
+    report["summary"] = {"pass": n_pass + sum(r["status"] == "PASS" for r in models), "fail": n_fail,
+                         "seconds": round(time.time() - start, 1)}
     save()
     print(f"\n[gpu_check] done in {time.time() - start:.0f} s; JSON: {out_json}")
     return 0 if n_fail == 0 and not report["errors"] else 1
