@@ -27,7 +27,6 @@ stdout and JSON in $OUT/gpu_check.json (or ./gpu_check.json).
 """
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -613,7 +612,6 @@ def main():
         keep = set(args.only.split(","))
         sections = [(s, w) for s, w in SECTIONS if s in keep]
     tmp = tempfile.mkdtemp(prefix="gpu_check_")
-    total_w = sum(w for _, w in sections)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
     for i, (section, weight) in enumerate(sections):

@@ -3,16 +3,16 @@
 ``cuda_ext/wkv_cpu.cpp`` (shipped with the CUDA sources as ``rwkv_hf.cuda_ext``) holds the
 forward and backward of RWKV-5/6 (``wkv6``, also run right to left for ``bi_wkv6``) and RWKV-7
 (``wkv7``), and the forward of the per-channel ops (``wkv4``, ``bi_wkv4``), in float32 and
-float64, behind a C ABI. It has no torch headers, so the system C++
-compiler (``$CXX``, else ``c++``, ``g++`` or ``clang++``) builds it in a few seconds on the first
-CPU call, for this machine's instruction set (``-march=native``); the library is cached under
+float64, behind a C ABI. It has no torch headers, so the system C++ compiler (``$CXX``, else
+``c++``, ``g++`` or ``clang++``) builds it in a few seconds on the first CPU call, for this
+machine's instruction set (``-march=native``); the library is cached under
 ``$RWKV_HF_CPU_CACHE`` (default ``~/.cache/rwkv_hf/cpu``) keyed by the source, the compiler and
 the CPU. It is called through ctypes (which releases the GIL) and splits its work over
-``torch.get_num_threads()`` threads by (batch, head).
+``torch.get_num_threads()`` threads by (batch, head), or (batch, channel block).
 
 The per-channel ops have forward kernels only: a call that needs gradients runs the torch
-backend's chunked form, which has the backward. Importing this module never raises and never compiles; :func:`available` says whether the
-backend can run here, and why not.
+backend's chunked form, which has the backward. Importing this module never raises and never
+compiles; :func:`available` says whether the backend can run here, and why not.
 """
 import ctypes
 import functools
