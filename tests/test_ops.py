@@ -1,6 +1,8 @@
 """The WKV operator layer: every backend against the float64 reference, state carrying,
 gradients, long low-precision sequences, and input validation."""
+import ctypes
 import math
+import os
 import warnings
 
 import pytest
@@ -415,3 +417,17 @@ def test_ops_demo_tours_every_cpu_backend(capsys):
     assert set(rows) == set(OPS)
     for row in rows.values():  # op, reference tok/s, then (tok/s, speed-up, max rel. diff) per backend
         assert float(row[4]) <= 1e-5 and float(row[7]) <= 1e-5
+
+
+def test_cpu_kernels_build_in_the_temp_dir_when_the_cache_is_unwritable(monkeypatch, tmp_path):
+    from rwkv_hf.ops import cpu_backend
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(cpu_backend.CACHE_ENV, str(blocker / "cache"))  # cannot be created
+    monkeypatch.setattr(cpu_backend.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    path = cpu_backend.build()
+    assert path.startswith(str(tmp_path / "tmp" / "rwkv_hf-cpu-")) and os.path.isfile(path)
+    assert cpu_backend.build() == path  # found, not rebuilt
+    lib = cpu_backend._declare(ctypes.CDLL(path))
+    assert lib.rwkv_hf_wkv_cpu_chunk() == 64

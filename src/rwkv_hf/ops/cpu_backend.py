@@ -89,9 +89,14 @@ def _compile(cxx, src, out, flags):
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=tmp_dir)
     os.close(fd)
     try:
-        proc = subprocess.run([cxx, *flags, "-o", tmp, src], capture_output=True, text=True, timeout=600)
+        try:
+            proc = subprocess.run([cxx, *flags, "-o", tmp, src], capture_output=True, text=True, timeout=600)
+        except OSError as e:  # no such compiler: not a folder problem
+            raise RuntimeError(f"cannot run {cxx}: {e}") from e
         if proc.returncode != 0:
-            raise RuntimeError(proc.stderr.strip()[-1500:] or f"{cxx} exited with {proc.returncode}")
+            errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+            raise RuntimeError("; ".join(errors[:4])[:1500] or proc.stderr.strip()[-1500:]
+                               or f"{cxx} exited with {proc.returncode}")
         os.replace(tmp, out)  # atomic: a concurrent process never sees a half-written library
     finally:
         if os.path.exists(tmp):
@@ -108,21 +113,28 @@ def build(verbose=False):
         code = f.read()
     key = hashlib.sha256(code + _compiler_id(cxx).encode() + _cpu_id().encode()
                          + " ".join(_FLAGS + _NATIVE_FLAGS).encode()).hexdigest()[:16]
-    out_dir = cache_root()
-    os.makedirs(out_dir, exist_ok=True)
-    out = os.path.join(out_dir, f"wkv_cpu-{key}.so")
-    if os.path.isfile(out):
-        return out
-    try:
-        _compile(cxx, src, out, list(_FLAGS + _NATIVE_FLAGS))
-    except RuntimeError as native_error:  # a compiler without these x86 flags (e.g. on arm64)
+    # The cache, else (unwritable: a read-only home, say) a per-user folder in the temp dir.
+    fallback = os.path.join(tempfile.gettempdir(), f"rwkv_hf-cpu-{getattr(os, 'getuid', lambda: 0)()}")
+    for out_dir in (cache_root(), fallback):
+        out = os.path.join(out_dir, f"wkv_cpu-{key}.so")
+        if os.path.isfile(out):
+            return out
         try:
-            _compile(cxx, src, out, list(_FLAGS))
-        except RuntimeError:
-            raise native_error
-    if verbose:
-        print(f"rwkv_hf: compiled the CPU WKV kernels into {out}")
-    return out
+            os.makedirs(out_dir, exist_ok=True)
+            try:
+                _compile(cxx, src, out, list(_FLAGS + _NATIVE_FLAGS))
+            except RuntimeError as native_error:  # a compiler without these x86 flags (e.g. on arm64)
+                try:
+                    _compile(cxx, src, out, list(_FLAGS))
+                except RuntimeError:
+                    raise native_error
+        except OSError as e:  # this folder cannot be written
+            unwritable = e
+            continue
+        if verbose:
+            print(f"rwkv_hf: compiled the CPU WKV kernels into {out}")
+        return out
+    raise RuntimeError(f"no writable folder for the compiled kernels ({unwritable})")
 
 
 def _declare(lib):
