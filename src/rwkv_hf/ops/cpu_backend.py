@@ -15,7 +15,6 @@ backend's chunked form, which has the backward. Importing this module never rais
 compiles; :func:`available` says whether the backend can run here, and why not.
 """
 import ctypes
-import functools
 import hashlib
 import os
 import platform
@@ -46,6 +45,7 @@ _FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fopenmp-simd")
 _lock = threading.RLock()
 _lib = None
 _load_error = None
+_sources_present = None
 
 
 # ---------------------------------------------------------------------------- building
@@ -179,13 +179,16 @@ def available():
         return False, str(e)
 
 
-@functools.lru_cache(maxsize=None)
 def sources_present():
-    """Whether the kernel source ships here (not in a remote-code copy of the operator layer)."""
-    try:
-        return os.path.isfile(os.path.join(_cuda.sources_dir(), SOURCE))
-    except Exception:
-        return False
+    """Whether the kernel source ships here (not in a remote-code copy of the operator layer).
+    Looked up once; later calls read a global (also what torch.compile traces)."""
+    global _sources_present
+    if _sources_present is None:
+        try:
+            _sources_present = os.path.isfile(os.path.join(_cuda.sources_dir(), SOURCE))
+        except Exception:
+            _sources_present = False
+    return _sources_present
 
 
 def unsupported_reason(op, **tensors):
