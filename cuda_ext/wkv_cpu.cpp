@@ -1,17 +1,19 @@
 // CPU kernels of the rwkv_hf WKV extension: the matrix-state recurrences (RWKV-5/6, their
 // right-to-left half for the bidirectional v6 op, RWKV-7), forward and backward, and the
-// per-channel ones (RWKV-4, bidirectional v4), forward; float32 and float64. Plain C++17 with a C ABI (no torch headers): rwkv_hf/ops/cpu_backend.py compiles this
-// file with the system compiler in about a second and calls it through ctypes on tensors'
-// data pointers. The autograd Functions, dtype handling and validation live there.
+// per-channel ones (RWKV-4, bidirectional v4), forward; float32 and float64. Plain C++17 with a
+// C ABI (no torch headers): rwkv_hf/ops/cpu_backend.py compiles this file with the system
+// compiler in a few seconds and calls it through ctypes on tensors' data pointers. The autograd
+// Functions, dtype handling and validation live there.
 //
 // Layouts (rwkv_hf.ops): per-token tensors [B, T, H, K] (v, y: [B, T, H, V]) contiguous, except
 // the decay factor ew = exp(w), which has its own strides over (b, t, h) so that RWKV-5's
 // constant decay is passed as an expanded view; states [B, H, K, V] (key-major).
 //
-// Design: one work item per (batch, head), split over std::threads; the token loop is sequential
-// and the K x V state stays in L1/L2. Every inner loop runs over the value index j, which is
-// contiguous in the state, the inputs and the outputs, so the compiler vectorises it without
-// reassociating anything except the explicit `omp simd reduction` dot products.
+// Design: one work item per (batch, head) (per (batch, channel block) for wkv4), split over
+// std::threads; the token loop is sequential and the K x V state stays in L1/L2. Every inner
+// loop runs over the value index j, which is contiguous in the state, the inputs and the
+// outputs, so the compiler vectorises it without reassociating anything except the explicit
+// `omp simd reduction` dot products.
 //
 // Math per head (S the state, e = exp(w_t), x^T a row vector):
 //   wkv6: y_t = r_t^T (S_{t-1} + diag(u) k_t v_t^T),  S_t = diag(e) S_{t-1} + k_t v_t^T
@@ -554,7 +556,7 @@ struct Geo4 {
   int64_t blocks() const { return (C + kChannelBlock - 1) / kChannelBlock; }
 };
 
-// One token of the causal scan for channels [0, n) of a block: y (if not null) then the update.
+// One token of the causal scan for channels [0, n) of a block: y (WithY) then the update.
 template <bool WithY, typename T>
 inline void wkv4_token(int64_t n, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ w,
                        const T* __restrict__ u, T* __restrict__ aa, T* __restrict__ bb, T* __restrict__ pp,
@@ -638,8 +640,8 @@ int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
 // ------------------------------------------------------------------------------------ C API
 // Returns 0 on success, 1 on failure (allocation). Forwards read the initial state from
 // `state_in` and write the final one to `state`. V == 64 (the RWKV head size) runs a copy
-// compiled for that size (unrolled, accumulators in registers). Pointers: see the kernels above; `u`, `snaps`
-// and `gu` may be null (no bonus / no snapshots / no bonus gradient).
+// compiled for that size (unrolled, accumulators in registers). Pointers: see the kernels above;
+// `u`, `snaps` and `gu` may be null (no bonus / no snapshots / no bonus gradient).
 
 #define RWKV_HF_API(T, SUFFIX)                                                                       \
   extern "C" int rwkv_hf_wkv6_forward_##SUFFIX(                                                      \
