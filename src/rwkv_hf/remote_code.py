@@ -46,7 +46,7 @@ FAMILIES = {
 }
 
 # Package-level modules bundled for every family: package module -> file name in the folder.
-SHARED_FILES = {"hub_mixin.py": "rwkv_hf_hub_mixin.py"}
+SHARED_FILES = {"hub_mixin.py": "rwkv_hf_hub_mixin.py", "modeling_utils.py": "rwkv_hf_modeling_utils.py"}
 
 _MODULE_TAIL = "\n\n# (rwkv_hf bundle) this module, for `from .<file> import _module as <name>`\n" \
                "_module = __import__(\"sys\").modules[__name__]\n"

@@ -37,6 +37,7 @@ from transformers.utils import ModelOutput, logging
 
 from .. import ops
 from ..hub_mixin import RwkvHubMixin
+from ..modeling_utils import layer_ratios, ramp, sqrelu
 from .configuration_rwkv_lm import RwkvV4Config, RwkvV5Config, RwkvV6Config, RwkvV7Config
 
 logger = logging.get_logger(__name__)
@@ -52,24 +53,6 @@ def _token_shift(x, shift):
         return shift.to(x.dtype).unsqueeze(1)
     first = torch.zeros_like(x[:, :1]) if shift is None else shift.to(x.dtype).unsqueeze(1)
     return torch.cat([first, x[:, :-1]], dim=1)
-
-
-def _sqrelu(x):
-    """relu(x)^2; in place when no gradient is needed (big temporaries cost page faults)."""
-    if torch.is_grad_enabled() and x.requires_grad:
-        return torch.relu(x).square()
-    return torch.relu_(x).square_()
-
-
-def _ramp(c, device=None):
-    return torch.arange(c, dtype=torch.float32, device=device) / c
-
-
-def _layer_ratios(layer_id, num_layers):
-    """BlinkDL's init ratios: 0 -> 1 across depth, and 1 -> almost 0."""
-    r0to1 = layer_id / max(num_layers - 1, 1)
-    r1a0 = 1.0 - layer_id / num_layers
-    return r0to1, r1a0
 
 
 def _init_uniform(weight, scale):
@@ -96,11 +79,11 @@ class RwkvV4TimeMix(nn.Module):
 
     def init_weights(self):
         c = self.time_decay.numel()
-        r0to1, r1a0 = _layer_ratios(self.layer_id, self.num_layers)
+        r0to1, r1a0 = layer_ratios(self.layer_id, self.num_layers)
         n = torch.arange(c, dtype=torch.float32)
         init.copy_(self.time_decay, -5 + 8 * (n / max(c - 1, 1)) ** (0.7 + 1.3 * r0to1))
         init.copy_(self.time_first, math.log(0.3) + ((n + 1) % 3 - 1) * 0.5)
-        x = _ramp(c)
+        x = ramp(c)
         init.copy_(self.time_mix_k, x ** r1a0)
         init.copy_(self.time_mix_v, x ** r1a0 + 0.3 * r0to1)
         init.copy_(self.time_mix_r, x ** (0.5 * r1a0))
@@ -140,7 +123,7 @@ class _MatrixStateTimeMix(nn.Module):
 
     def _init_common(self, decay):
         c = decay.numel()
-        r0to1, _ = _layer_ratios(self.layer_id, self.num_layers)
+        r0to1, _ = layer_ratios(self.layer_id, self.num_layers)
         n = torch.arange(c, dtype=torch.float32)
         bonus = r0to1 * (1 - n / max(c - 1, 1)) + ((n + 1) % 3 - 1) * 0.1
         init.copy_(self.time_faaaa, bonus.view(self.num_heads, self.head_size))
@@ -173,11 +156,11 @@ class RwkvV5TimeMix(_MatrixStateTimeMix):
 
     def init_weights(self):
         c = self.time_mix_k.numel()
-        r0to1, r1a0 = _layer_ratios(self.layer_id, self.num_layers)
+        r0to1, r1a0 = layer_ratios(self.layer_id, self.num_layers)
         n = torch.arange(c, dtype=torch.float32)
         decay = -6 + 5 * (n / max(c - 1, 1)) ** (0.7 + 1.3 * r0to1)
         init.copy_(self.time_decay, decay.view(self.num_heads, self.head_size))
-        x = _ramp(c)
+        x = ramp(c)
         init.copy_(self.time_mix_k, x ** r1a0)
         init.copy_(self.time_mix_v, x ** r1a0 + 0.3 * r0to1)
         init.copy_(self.time_mix_r, x ** (0.5 * r1a0))
@@ -210,8 +193,8 @@ class RwkvV6TimeMix(_MatrixStateTimeMix):
 
     def init_weights(self):
         c = self.time_decay.numel()
-        r0to1, r1a0 = _layer_ratios(self.layer_id, self.num_layers)
-        x = _ramp(c)
+        r0to1, r1a0 = layer_ratios(self.layer_id, self.num_layers)
+        x = ramp(c)
         for name, curve in (("x", x ** r1a0), ("w", x ** r1a0), ("k", x ** r1a0),
                             ("v", x ** r1a0 + 0.3 * r0to1), ("r", x ** (0.5 * r1a0)), ("g", x ** (0.5 * r1a0))):
             init.copy_(getattr(self, f"time_maa_{name}"), 1 - curve)
@@ -271,8 +254,8 @@ class RwkvV7TimeMix(nn.Module):
 
     def init_weights(self):
         c = self.x_r.numel()
-        r0to1, r1a0 = _layer_ratios(self.layer_id, self.num_layers)
-        x = _ramp(c)
+        r0to1, r1a0 = layer_ratios(self.layer_id, self.num_layers)
+        x = ramp(c)
         for name, power in (("r", 0.2), ("w", 0.9), ("k", 0.7), ("v", 0.7), ("a", 0.9), ("g", 0.2)):
             init.copy_(getattr(self, f"x_{name}"), 1 - x ** (power * r1a0))
         n = torch.arange(c, dtype=torch.float32)
@@ -356,9 +339,9 @@ class RwkvV4ChannelMix(nn.Module):
 
     def init_weights(self):
         c = self.key.in_features
-        _, r1a0 = _layer_ratios(self.layer_id, self.num_layers)
+        _, r1a0 = layer_ratios(self.layer_id, self.num_layers)
         for name in self.mix_names:
-            init.copy_(getattr(self, name), self._mix_init(_ramp(c) ** r1a0))
+            init.copy_(getattr(self, name), self._mix_init(ramp(c) ** r1a0))
         _init_uniform(self.key.weight, 0.5 / math.sqrt(c))
         init.zeros_(self.receptance.weight)
         init.zeros_(self.value.weight)
@@ -366,7 +349,7 @@ class RwkvV4ChannelMix(nn.Module):
     def forward(self, x, shift):
         prev = _token_shift(x, shift)
         mk, mr = (getattr(self, name) for name in self.mix_names)
-        k = _sqrelu(self.key(self._mix(x, prev, mk)))
+        k = sqrelu(self.key(self._mix(x, prev, mk)))
         r = torch.sigmoid(self.receptance(self._mix(x, prev, mr)))
         return r * self.value(k), x[:, -1]
 
@@ -398,14 +381,14 @@ class RwkvV7ChannelMix(nn.Module):
 
     def init_weights(self):
         c = self.x_k.numel()
-        _, r1a0 = _layer_ratios(self.layer_id, self.num_layers)
-        init.copy_(self.x_k, 1 - _ramp(c) ** (r1a0 ** 4))
+        _, r1a0 = layer_ratios(self.layer_id, self.num_layers)
+        init.copy_(self.x_k, 1 - ramp(c) ** (r1a0 ** 4))
         _init_uniform(self.key.weight, 0.5 / math.sqrt(c))
         init.zeros_(self.value.weight)
 
     def forward(self, x, shift):
         prev = _token_shift(x, shift)
-        return self.value(_sqrelu(self.key(torch.lerp(x, prev, self.x_k)))), x[:, -1]
+        return self.value(sqrelu(self.key(torch.lerp(x, prev, self.x_k)))), x[:, -1]
 
 
 _MIXERS = {

@@ -74,14 +74,27 @@ __all__ = ["wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7", "available_back
 BACKEND_ENV = "RWKV_HF_WKV_BACKEND"
 V4_EMPTY_LOGSCALE = -1e38
 
+
+
+def _reversed_by_flipping(wkv6):
+    """The right-to-left half of ``bi_wkv6`` (wkv6 without the bonus, the state entering from the
+    right) for a backend without a kernel of its own: a causal scan over the flipped sequence."""
+    def run(r, k, v, w, state):
+        y, final = wkv6(r.flip(1), k.flip(1), v.flip(1), w.flip(1), r.new_zeros(r.shape[2:]), state)
+        return y.flip(1), final
+    return run
+
+
+def _backend(wkv4, bi_wkv4, wkv6, wkv7, wkv6_reversed=None):
+    return SimpleNamespace(wkv4=wkv4, bi_wkv4=bi_wkv4, wkv6=wkv6, wkv7=wkv7,
+                           wkv6_reversed=wkv6_reversed or _reversed_by_flipping(wkv6))
+
+
 _BACKENDS = {
-    "reference": SimpleNamespace(
-        wkv4=_reference.wkv4, bi_wkv4=_reference.bi_wkv4, wkv6=_reference.wkv6, wkv7=_reference.wkv7),
-    "torch": SimpleNamespace(
-        wkv4=_torch_wkv4.wkv4, bi_wkv4=_torch_wkv4.bi_wkv4, wkv6=_torch_wkv6.wkv6, wkv7=_torch_wkv7.wkv7),
-    "cpu": SimpleNamespace(wkv4=_cpu.wkv4, bi_wkv4=_cpu.bi_wkv4, wkv6=_cpu.wkv6, wkv6_reversed=_cpu.wkv6_reversed,
-                           wkv7=_cpu.wkv7),
-    "cuda": SimpleNamespace(wkv4=_cuda.wkv4, bi_wkv4=_cuda.bi_wkv4, wkv6=_cuda.wkv6, wkv7=_cuda.wkv7),
+    "reference": _backend(_reference.wkv4, _reference.bi_wkv4, _reference.wkv6, _reference.wkv7),
+    "torch": _backend(_torch_wkv4.wkv4, _torch_wkv4.bi_wkv4, _torch_wkv6.wkv6, _torch_wkv7.wkv7),
+    "cpu": _backend(_cpu.wkv4, _cpu.bi_wkv4, _cpu.wkv6, _cpu.wkv7, wkv6_reversed=_cpu.wkv6_reversed),
+    "cuda": _backend(_cuda.wkv4, _cuda.bi_wkv4, _cuda.wkv6, _cuda.wkv7),
 }
 _COMPILED = {"cpu": _cpu, "cuda": _cuda}
 _warned = set()
@@ -143,16 +156,9 @@ def _bind(op, specs):
             raise ValueError(f"{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
             raise ValueError(f"{op}: {name} must be a floating-point tensor, got {x.dtype}")
-        shape = x.shape
-        ok = len(shape) == len(dims)
-        if ok:
-            known = dict(sizes)  # the bindings before this tensor, for the message
-            for d, n in zip(dims, shape):
-                if not (n == d if isinstance(d, int) else sizes.setdefault(d, n) == n):
-                    ok = False
-                    break
-        if not ok:
-            known = known if len(shape) == len(dims) else sizes
+        shape, known = x.shape, dict(sizes)  # the bindings before this tensor, for the message
+        if len(shape) != len(dims) or not all(
+                n == d if isinstance(d, int) else sizes.setdefault(d, n) == n for d, n in zip(dims, shape)):
             want = "[" + ", ".join(f"{d}={known[d]}" if d in known else str(d) for d in dims) + "]"
             rank = "" if len(shape) == len(dims) else f" ({len(dims)}-D)"
             raise ValueError(f"{op}: {name} must have shape {want}{rank}, got {list(shape)}")
@@ -284,16 +290,9 @@ def bi_wkv6(r, k, v, w, u, state=None, *, output_final_state=False, backend=None
         activations=("r", "k", "v"), decay="w", causal=True, backend=backend)
     B, T, H, K = r.shape
     s0 = _initial_state(t.get("state"), (B, 2, H, K, v.shape[-1]), r.device, compute, per_channel=False)
-    run = impl.wkv6
-    r, k, v, w, u = t["r"], t["k"], t["v"], t["w"], t["u"]
-    # The backward half is a causal scan over the flipped sequence without the bonus term
-    # (the cpu backend scans right to left in place).
-    y_fwd, s_fwd = run(r, k, v, w, u, s0[:, 0])
-    if hasattr(impl, "wkv6_reversed"):
-        y_bwd, s_bwd = impl.wkv6_reversed(r, k, v, w, s0[:, 1])
-    else:
-        y_bwd, s_bwd = run(r.flip(1), k.flip(1), v.flip(1), w.flip(1), torch.zeros_like(u), s0[:, 1])
-        y_bwd = y_bwd.flip(1)
+    r, k, v, w = t["r"], t["k"], t["v"], t["w"]
+    y_fwd, s_fwd = impl.wkv6(r, k, v, w, t["u"], s0[:, 0])
+    y_bwd, s_bwd = impl.wkv6_reversed(r, k, v, w, s0[:, 1])  # no bonus: the token is counted once
     y = y_fwd + y_bwd
     return _finish(y, torch.stack([s_fwd, s_bwd], 1), out_dtype, output_final_state)
 

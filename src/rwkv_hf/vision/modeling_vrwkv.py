@@ -30,6 +30,7 @@ from transformers.modeling_outputs import (BackboneOutput, BaseModelOutputWithPo
 
 from .. import ops
 from ..hub_mixin import RwkvHubMixin
+from ..modeling_utils import layer_ratios, ramp, sqrelu
 from .configuration_vrwkv import Vrwkv6Config, VrwkvConfig
 from .image_processing_vrwkv import default_image_processor
 
@@ -75,27 +76,10 @@ def resize_pos_embed(pos_embed, src_grid, dst_grid, mode="bicubic"):
     return grid.flatten(2).transpose(1, 2).to(pos_embed.dtype)
 
 
-def _ratios(layer_id, num_layers):
-    """The official init ratios: 0 -> 1 across depth, and 1 -> almost 0."""
-    return layer_id / max(num_layers - 1, 1), 1.0 - layer_id / num_layers
-
-
-def _ramp(c):
-    return torch.arange(c, dtype=torch.float32) / c
-
-
 def _is_v6(config):
     # by model type, not isinstance: remote code may load the config class from another copy
     # of configuration_vrwkv.py than the one this module imported
     return config.model_type == Vrwkv6Config.model_type
-
-
-def _sqrelu(x):
-    """relu(x)^2, in place when no gradient is needed (the 4C-wide temporaries dominate the
-    inference memory at high resolution)."""
-    if torch.is_grad_enabled() and x.requires_grad:
-        return torch.square(torch.relu(x))
-    return torch.relu_(x).square_()
 
 
 def _linear(c_in, c_out):
@@ -124,11 +108,11 @@ class VrwkvSpatialMix(nn.Module):
 
     def init_weights(self):
         c = self.spatial_decay.numel()
-        r0to1, r1a0 = _ratios(self.layer_id, self.num_layers)
+        r0to1, r1a0 = layer_ratios(self.layer_id, self.num_layers)
         n = torch.arange(c, dtype=torch.float32)
         init.copy_(self.spatial_decay, -5 + 8 * (n / max(c - 1, 1)) ** (0.7 + 1.3 * r0to1))
         init.copy_(self.spatial_first, math.log(0.3) + ((n + 1) % 3 - 1) * 0.5)
-        x = _ramp(c).view(1, 1, c)
+        x = ramp(c).view(1, 1, c)
         init.copy_(self.spatial_mix_k, x ** r1a0)
         init.copy_(self.spatial_mix_v, x ** r1a0 + 0.3 * r0to1)
         init.copy_(self.spatial_mix_r, x ** (0.5 * r1a0))
@@ -172,8 +156,8 @@ class Vrwkv6SpatialMix(nn.Module):
 
     def init_weights(self):
         c = self.time_decay.numel()
-        r0to1, r1a0 = _ratios(self.layer_id, self.num_layers)
-        x = _ramp(c).view(1, 1, c)
+        r0to1, r1a0 = layer_ratios(self.layer_id, self.num_layers)
+        x = ramp(c).view(1, 1, c)
         for name, curve in (("x", x ** r1a0), ("w", x ** r1a0), ("k", x ** r1a0),
                             ("v", x ** r1a0 + 0.3 * r0to1), ("r", x ** (0.5 * r1a0)), ("g", x ** (0.5 * r1a0))):
             init.copy_(getattr(self, f"time_maa_{name}"), 1 - curve)
@@ -229,14 +213,14 @@ class VrwkvChannelMix(nn.Module):
 
     def init_weights(self):
         c = self.spatial_mix_k.numel()
-        curve = _ramp(c).view(1, 1, c) ** _ratios(self.layer_id, self.num_layers)[1]
+        curve = ramp(c).view(1, 1, c) ** layer_ratios(self.layer_id, self.num_layers)[1]
         init.copy_(self.spatial_mix_k, curve)
         init.copy_(self.spatial_mix_r, curve)
 
     def forward(self, x, grid):
         xx = q_shift(x, grid, *self.shift)
         r = torch.sigmoid(self.receptance(torch.lerp(xx, x, self.spatial_mix_r)))
-        k = _sqrelu(self.key(torch.lerp(xx, x, self.spatial_mix_k)))
+        k = sqrelu(self.key(torch.lerp(xx, x, self.spatial_mix_k)))
         del xx  # the 4C-wide keys are the peak: hold as little else as possible
         if self.key_norm is not None:
             k = self.key_norm(k)
