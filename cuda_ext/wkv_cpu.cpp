@@ -38,7 +38,12 @@
 #include <thread>
 #include <vector>
 
+#include "cpu_common.h"
+
 namespace {
+
+using rwkv_hf_cpu::parallel_blocks;
+using rwkv_hf_cpu::xexp;
 
 constexpr int64_t kChunk = 64;
 
@@ -47,21 +52,12 @@ constexpr int64_t kChunk = 64;
 // they are not zeroed (every kernel writes its scratch before reading it).
 template <typename T, typename F>
 void parallel_items(int64_t n, int threads, size_t scratch, F f) {
-  int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, n)));
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, n)));
   std::vector<std::unique_ptr<T[]>> bufs;
   for (int th = 0; th < nt; ++th) bufs.emplace_back(new T[std::max<size_t>(scratch, 1)]);
-  if (nt == 1) {
-    for (int64_t i = 0; i < n; ++i) f(i, bufs[0].get());
-    return;
-  }
-  std::vector<std::thread> pool;
-  pool.reserve(nt);
-  for (int th = 0; th < nt; ++th) {
-    pool.emplace_back([&, th] {
-      for (int64_t i = n * th / nt; i < n * (th + 1) / nt; ++i) f(i, bufs[th].get());
-    });
-  }
-  for (auto& t : pool) t.join();
+  parallel_blocks(n, nt, [&](int th, int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) f(i, bufs[th].get());
+  });
 }
 
 template <typename T, int VN>
@@ -520,34 +516,8 @@ void wkv7_backward(const Geo g, const T* r, const T* k, const T* v, const T* ew,
 // bi_wkv4 runs that scan left to right (keeping the state before each token) and right to left,
 // and combines both states with the bonus term under one max. Forward only: the autograd path
 // of these ops is the torch backend's chunked form. Vectorised over channels; float32 uses
-// xexp below (std::exp does not vectorise without -ffast-math).
+// xexp (cpu_common.h: std::exp does not vectorise without -ffast-math).
 
-// e^x for x <= 88 in float32: 2^n e^f with n = round(x / ln 2), |f| <= ln2 / 2, a degree-6
-// polynomial for e^f (Cephes' expf coefficients, about 1 ulp), 2^n built in the exponent bits;
-// below -87.3 (where e^x is subnormal) it returns 0. Branch-free, so loops over it vectorise.
-inline float xexp(float x) {
-  const float xc = std::min(std::max(x, -87.3f), 88.0f);
-  const float big = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer in the low bits
-  const float t = xc * 1.44269504088896341f + big;
-  const float n = t - big;
-  float f = xc - n * 0.693359375f;
-  f = f - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * f + 1.3981999507e-3f;
-  p = p * f + 8.3334519073e-3f;
-  p = p * f + 4.1665795894e-2f;
-  p = p * f + 1.6666665459e-1f;
-  p = p * f + 5.0000001201e-1f;
-  const float ef = p * f * f + f + 1.0f;
-  int32_t ti, bi;
-  std::memcpy(&ti, &t, 4);
-  std::memcpy(&bi, &big, 4);
-  const int32_t bits = (ti - bi + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, 4);
-  return x < -87.3f ? 0.0f : ef * scale;
-}
-inline double xexp(double x) { return std::exp(x); }
 
 constexpr int64_t kChannelBlock = 128;  // channels per work item
 

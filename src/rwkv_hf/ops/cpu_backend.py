@@ -32,6 +32,10 @@ __all__ = ["wkv4", "bi_wkv4", "wkv6", "wkv6_reversed", "wkv7", "available", "loa
            "OPS"]
 
 SOURCE = "wkv_cpu.cpp"
+# Built into one library: the WKV kernels, the language models' fused elementwise kernels
+# (rwkv_hf.lm.cpu_fused) and the math header they share.
+SOURCES = (SOURCE, "lm_cpu.cpp")
+HEADERS = ("cpu_common.h",)
 CACHE_ENV = "RWKV_HF_CPU_CACHE"
 OPS = ("wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7")
 # The dispatcher hands this backend float32 (bfloat16 and float16 inputs cast up) or float64.
@@ -84,13 +88,13 @@ def _compiler_id(cxx):
         return cxx
 
 
-def _compile(cxx, src, out, flags):
+def _compile(cxx, srcs, out, flags):
     tmp_dir = os.path.dirname(out)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=tmp_dir)
     os.close(fd)
     try:
         try:
-            proc = subprocess.run([cxx, *flags, "-o", tmp, src], capture_output=True, text=True, timeout=600)
+            proc = subprocess.run([cxx, *flags, "-o", tmp, *srcs], capture_output=True, text=True, timeout=600)
         except OSError as e:  # no such compiler: not a folder problem
             raise RuntimeError(f"cannot run {cxx}: {e}") from e
         if proc.returncode != 0:
@@ -103,16 +107,34 @@ def _compile(cxx, src, out, flags):
             os.remove(tmp)
 
 
+def _torch_uses_libgomp():
+    """Whether torch runs on GNU OpenMP, already loaded as libgomp.so.1: then the kernels are built
+    with -fopenmp and that runtime (matched by soname) runs their threads too, sharing torch's
+    worker pool instead of competing with it."""
+    if "OpenMP" not in torch.__config__.parallel_info():
+        return False
+    try:
+        with open("/proc/self/maps") as f:
+            return any("libgomp" in line for line in f)
+    except OSError:
+        return False
+
+
 def build(verbose=False):
     """Compile the kernels for this machine if no cached build exists; return the library path."""
-    src = os.path.join(_cuda.sources_dir(), SOURCE)
+    srcs = [os.path.join(_cuda.sources_dir(), f) for f in SOURCES]
     cxx = find_compiler()
     if cxx is None:
         raise RuntimeError("no C++ compiler found (set $CXX or install g++/clang++)")
-    with open(src, "rb") as f:
-        code = f.read()
+    code = b""
+    for name in SOURCES + HEADERS:
+        with open(os.path.join(_cuda.sources_dir(), name), "rb") as f:
+            code += f.read()
+    # Flag sets, best first: a compiler without the x86 flags (arm64) or OpenMP gets fewer.
+    openmp = ("-fopenmp",) if _torch_uses_libgomp() else ()
+    attempts = [_FLAGS + openmp + _NATIVE_FLAGS, _FLAGS + openmp, _FLAGS]
     key = hashlib.sha256(code + _compiler_id(cxx).encode() + _cpu_id().encode()
-                         + " ".join(_FLAGS + _NATIVE_FLAGS).encode()).hexdigest()[:16]
+                         + " ".join(attempts[0]).encode()).hexdigest()[:16]
     # The cache, else (unwritable: a read-only home, say) a per-user folder in the temp dir.
     fallback = os.path.join(tempfile.gettempdir(), f"rwkv_hf-cpu-{getattr(os, 'getuid', lambda: 0)()}")
     for out_dir in (cache_root(), fallback):
@@ -121,13 +143,15 @@ def build(verbose=False):
             return out
         try:
             os.makedirs(out_dir, exist_ok=True)
-            try:
-                _compile(cxx, src, out, list(_FLAGS + _NATIVE_FLAGS))
-            except RuntimeError as native_error:  # a compiler without these x86 flags (e.g. on arm64)
+            errors = []
+            for flags in dict.fromkeys(attempts):
                 try:
-                    _compile(cxx, src, out, list(_FLAGS))
-                except RuntimeError:
-                    raise native_error
+                    _compile(cxx, srcs, out, list(flags))
+                    break
+                except RuntimeError as e:
+                    errors.append(e)
+            else:
+                raise errors[0]  # the best flag set's error says most
         except OSError as e:  # this folder cannot be written
             unwritable = e
             continue

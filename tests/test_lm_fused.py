@@ -1,0 +1,138 @@
+"""The fused CPU inference path of the language models (rwkv_hf.lm.cpu_fused) against the eager
+blocks: the same logits and states, in float32 against a float64 eager run, for every version,
+batch sizes above one, prompts long enough to split rows over threads, and generation steps;
+and the eager path wherever the fused one would not compute the same thing (gradients, hooks,
+PEFT adapters, padding, other dtypes)."""
+import copy
+
+import pytest
+import torch
+
+from rwkv_hf.lm import cpu_fused
+
+from lm_utils import VERSIONS, VOCAB, rel_err, tiny_model
+
+# Wide enough that heads hold several channels and long prompts cross the kernels' threading
+# threshold (B * T * C >= 32768 floats).
+SIZES = dict(hidden_size=64, head_size=16, num_hidden_layers=3, intermediate_size=160)
+
+
+def _model(version, seed=0):
+    return tiny_model(version, seed=seed, **SIZES)
+
+
+def _states(cache):
+    return [t for layer in cache.layers for t in (layer.conv_states[0], layer.recurrent_states[0],
+                                                   layer.conv_states[1])]
+
+
+class _CountFused:
+    """Counts the blocks that ran on the fused path."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        real = cpu_fused.block_forward
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(cpu_fused, "block_forward", counted)
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    return _CountFused(monkeypatch)
+
+
+def _run(model, ids, prompt):
+    """Logits, states and hidden states of a prompt, then of three generation steps."""
+    out = model(ids[:, :prompt], use_cache=True, output_hidden_states=True)
+    got = [out.logits, *out.hidden_states, *_states(out.cache)]
+    cache = out.cache
+    for t in range(prompt, ids.shape[1]):
+        out = model(ids[:, t:t + 1], cache=cache, use_cache=True)
+        got.append(out.logits)
+    return got + _states(cache)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("batch,prompt", [(1, 1), (2, 13), (2, 300)])
+def test_fused_prefill_and_steps_match_float64_eager(version, batch, prompt, fused_calls, monkeypatch):
+    """Within 1e-5 of float64, or (long v4 states: exp-space sums) within twice the eager
+    float32 error; hidden states returned are copies, not the buffer the blocks update."""
+    model = _model(version)
+    gen = torch.Generator().manual_seed(version)
+    ids = torch.randint(0, VOCAB, (batch, prompt + 3), generator=gen)
+    with torch.no_grad():
+        fused = _run(model, ids, prompt)
+        assert fused_calls.calls == 4 * SIZES["num_hidden_layers"]  # prompt + 3 steps
+        want = _run(copy.deepcopy(model).double(), ids, prompt)  # float64: eager (fused is float32 only)
+        monkeypatch.setenv(cpu_fused.ENV, "0")
+        eager = _run(model, ids, prompt)
+    assert fused_calls.calls == 4 * SIZES["num_hidden_layers"]  # prompt + 3 steps
+    for got, fp32, exp in zip(fused, eager, want):
+        assert rel_err(got, exp) <= max(1e-5, 2 * rel_err(fp32, exp))
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_fused_generation_equals_eager_generation(version, monkeypatch, fused_calls):
+    model = _model(version, seed=1)
+    ids = torch.randint(0, VOCAB, (1, 7), generator=torch.Generator().manual_seed(1))
+    fused = model.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    assert fused_calls.calls > 0
+    monkeypatch.setenv(cpu_fused.ENV, "0")
+    calls = fused_calls.calls
+    eager = model.generate(ids, max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    assert fused_calls.calls == calls  # the switch turns it off
+    assert torch.equal(fused, eager)
+
+
+def test_eager_path_where_fused_would_differ(fused_calls):
+    model = _model(7)
+    ids = torch.randint(0, VOCAB, (2, 5), generator=torch.Generator().manual_seed(2))
+    model(ids)  # gradients enabled: the eager (training) path
+    with torch.no_grad():
+        model(ids, attention_mask=torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]]))  # padding
+        copy.deepcopy(model).double()(ids)  # float64
+        assert fused_calls.calls == 0
+        seen = []
+        handle = model.model.blocks[1].attn.key.register_forward_hook(lambda *a: seen.append(1))
+        model(ids)  # a hook must run, so the eager path runs
+        assert seen == [1] and fused_calls.calls == 0
+        handle.remove()
+        model(ids)
+        assert fused_calls.calls == SIZES["num_hidden_layers"]
+
+
+def test_peft_adapters_take_the_eager_path(fused_calls):
+    peft = pytest.importorskip("peft")
+    model = _model(6)
+    ids = torch.randint(0, VOCAB, (1, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        base = model(ids).logits
+    config = peft.LoraConfig(r=4, target_modules=["key", "value", "receptance"], init_lora_weights=False)
+    lora = peft.get_peft_model(model, config).eval()
+    fused_calls.calls = 0
+    with torch.no_grad():
+        adapted = lora(input_ids=ids).logits
+        assert fused_calls.calls == 0
+        merged = lora.merge_and_unload()  # plain Linears again: the fused path, the same function
+        assert rel_err(merged(ids).logits, adapted) < 1e-5
+    assert fused_calls.calls == SIZES["num_hidden_layers"]
+    assert rel_err(adapted, base) > 1e-3  # the adapter is really applied
+
+
+def test_the_usable_check_sees_swapped_and_retyped_modules():
+    model = _model(5)
+    blocks, hidden = model.model.blocks, torch.zeros(1, 1, SIZES["hidden_size"])
+    with torch.no_grad():
+        assert cpu_fused.usable(blocks, hidden, None)
+        assert not cpu_fused.usable(blocks, hidden.double(), None)
+        original = blocks[2].ffn.value
+        blocks[2].ffn.value = torch.nn.utils.parametrizations.weight_norm(copy.deepcopy(original))
+        assert not cpu_fused.usable(blocks, hidden, None)  # a parametrised Linear is another type
+        blocks[2].ffn.value = original
+        blocks[0].attn.time_mix_k.data = blocks[0].attn.time_mix_k.data.half()
+        assert not cpu_fused.usable(blocks, hidden, None)
+
