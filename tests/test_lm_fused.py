@@ -31,13 +31,13 @@ class _CountFused:
 
     def __init__(self, monkeypatch):
         self.calls = 0
-        real = cpu_fused.block_forward
+        real = cpu_fused.Runner.block
 
         def counted(*args, **kwargs):
             self.calls += 1
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(cpu_fused, "block_forward", counted)
+        monkeypatch.setattr(cpu_fused.Runner, "block", counted)
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def fused_calls(monkeypatch):
 def _run(model, ids, prompt):
     """Logits, states and hidden states of a prompt, then of three generation steps."""
     out = model(ids[:, :prompt], use_cache=True, output_hidden_states=True)
-    got = [out.logits, *out.hidden_states, *_states(out.cache)]
+    got = [out.logits, *out.hidden_states, *(t.clone() for t in _states(out.cache))]  # (updated in place)
     cache = out.cache
     for t in range(prompt, ids.shape[1]):
         out = model(ids[:, t:t + 1], cache=cache, use_cache=True)

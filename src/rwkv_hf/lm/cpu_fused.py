@@ -1,58 +1,78 @@
 """The fused CPU inference path of the RWKV language models (float32, no gradients).
 
-The blocks' math is written once, in ``modeling_rwkv_lm.py``; on CPU that eager form spends a
-third of a 512-token prefill and half of a generation step's non-matmul time in 20 to 30
-elementwise ops per block. This module runs the same math with those ops fused into a few C++
-passes (``cuda_ext/lm_cpu.cpp``, compiled into the operator layer's CPU library), the matmuls on
-torch (MKL) and the recurrences on :mod:`rwkv_hf.ops`, so every fused block is checked against
-the eager one (``tests/test_lm_fused.py``).
+The blocks' math is written once, in ``modeling_rwkv_lm.py``. On CPU that eager form is slow
+around its matmuls rather than in them: a 512-token prefill spends a third of its time in 20 to
+30 elementwise passes per block, and in a generation step (bound by reading the weights) every
+small op after a matmul pays 20-40 us for caches the matmul evicted. So float32 CPU inference
+runs each block as one C call (``cuda_ext/lm_cpu.cpp``, built into the operator layer's CPU
+library): the matmuls on the BLAS torch links (its own exported ``sgemm_``), the recurrences on
+the operator layer's CPU kernels, the rest in a few fused passes. ``tests/test_lm_fused.py``
+checks it against the eager blocks, in float64, for every version.
 
-It runs only where it computes exactly what the eager path would: float32 CPU tensors, gradients
-off, no padding mask, every projection a plain ``nn.Linear`` and no hooks on the blocks (so
-PEFT-wrapped, quantised or hooked models take the eager path), and the compiled library
-available. ``RWKV_HF_LM_FUSED=0`` turns it off.
+It runs only where it computes what the eager path would: float32 CPU tensors, gradients off, no
+padding mask, the blocks made of the modeling file's modules and plain ``nn.Linear`` /
+``LayerNorm`` / ``GroupNorm`` without hooks (so PEFT-wrapped, quantised, parametrised or hooked
+models take the eager path), every parameter a contiguous float32 CPU tensor, and the library
+built with a BLAS found in torch. ``RWKV_HF_LM_FUSED=0`` turns it off.
 """
 import ctypes
 import os
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules import module as _module
 
-from .. import ops
-from ..ops import cpu_backend
+from ..ops import V4_EMPTY_LOGSCALE, cpu_backend
 
-__all__ = ["ENV", "usable", "block_forward"]
+__all__ = ["ENV", "usable", "Runner"]
 
 ENV = "RWKV_HF_LM_FUSED"
 V7_DECAY_SCALE = -0.6065306597126334  # -exp(-0.5), as modeling_rwkv_lm
 
-_lib = None  # the declared library, or False once it failed to load
+_lib = None  # the declared library, or False once it (or torch's sgemm) was found missing
+
+
+def _torch_sgemm():
+    """The address of the Fortran ``sgemm_`` torch's CPU library exports (its MKL or OpenBLAS),
+    or None."""
+    libdir = os.path.join(os.path.dirname(torch.__file__), "lib")
+    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib", "torch_cpu.dll"):
+        path = os.path.join(libdir, name)
+        if os.path.exists(path):
+            try:
+                return ctypes.cast(ctypes.CDLL(path).sgemm_, ctypes.c_void_p).value
+            except (OSError, AttributeError):
+                return None
+    return None
 
 
 def _load():
     global _lib
     if _lib is None:
+        _lib = False
         try:
             lib = cpu_backend.load()
         except RuntimeError:  # no compiler: the operator layer already said so once
-            _lib = False
+            return None
+        sgemm = _torch_sgemm()
+        if sgemm is None:
             return None
         i64, i32, f32, p = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
-        lib.rwkv_hf_lm_ln_shift_mix.argtypes = [i64] * 3 + [p] * 4 + [f32] + [p] * 3 + [i64, p, i32, p, p, i32]
-        lib.rwkv_hf_lm_v6_mix.argtypes = [i64] * 3 + [p] * 4 + [i32]
-        lib.rwkv_hf_lm_neg_exp_bias.argtypes = [i64] * 2 + [p] * 2 + [i32]
-        lib.rwkv_hf_lm_v7_pre.argtypes = [i64] * 3 + [f32] + [p] * 12 + [i32]
-        lib.rwkv_hf_lm_group_norm_gate.argtypes = [i64] * 3 + [p] * 3 + [f32] + [p] * 5 + [i32]
-        lib.rwkv_hf_lm_sigmoid_gate.argtypes = [i64] + [p] * 3 + [i32] * 2
-        lib.rwkv_hf_lm_sqrelu.argtypes = [i64, p, i32]
+        lib.rwkv_hf_lm_set_sgemm.argtypes = [p]
+        lib.rwkv_hf_lm_linear.argtypes = [i64] * 3 + [p] * 3
+        lib.rwkv_hf_lm_scratch_floats.argtypes = [i32, ctypes.POINTER(i64)]
+        lib.rwkv_hf_lm_scratch_floats.restype = i64
+        lib.rwkv_hf_lm_block.argtypes = ([i32, ctypes.POINTER(i64), ctypes.POINTER(p), f32, f32] + [p] * 8
+                                         + [i32, f32, p, i32])
+        lib.rwkv_hf_lm_set_sgemm(sgemm)
+        # The symbol's calling convention (32-bit integers, column-major) checked on one product.
+        x, w = torch.randn(3, 5), torch.randn(4, 5)
+        y = torch.empty(3, 4)
+        if lib.rwkv_hf_lm_linear(3, 5, 4, x.data_ptr(), w.data_ptr(), y.data_ptr()) != 0 or \
+                not torch.allclose(y, x @ w.T, rtol=1e-5, atol=1e-5):
+            return None
         _lib = lib
     return _lib or None
-
-
-def _p(x):
-    return None if x is None else ctypes.c_void_p(x.data_ptr())
 
 
 _PLAIN_TORCH = (nn.ModuleList, nn.Linear, nn.LayerNorm, nn.GroupNorm)
@@ -90,157 +110,107 @@ def usable(blocks, hidden, mask):
     return _plain(blocks) and _load() is not None
 
 
-def _threads():
-    return torch.get_num_threads()
+# ---------------------------------------------------------------------------- parameters
+# Each version's parameters in the order its block function in lm_cpu.cpp reads them.
 
-
-def _ln_shift_mix(norm, h, shift, mus, form, with_dx=False):
-    """LayerNorm ``norm`` of h [B, T, C], then the token-shift mixes with ``mus`` [n, C].
-    Returns (mixes [n, B*T, C], xn, dx or None, the new shift [B, C])."""
-    B, T, C = h.shape
-    rows = B * T
-    xn = torch.empty(rows, C)
-    mix = torch.empty(len(mus), rows, C)
-    dx = torch.empty(rows, C) if with_dx else None
-    new_shift = torch.empty(B, C)
-    shift = None if shift is None else shift.contiguous()
-    _lib.rwkv_hf_lm_ln_shift_mix(B, T, C, _p(h), None, _p(norm.weight), _p(norm.bias), norm.eps, _p(xn), _p(shift),
-                                 _p(new_shift), len(mus), _ptrs(mus), form, _p(mix), _p(dx), _threads())
-    return mix, xn, dx, new_shift
-
-
-def _ptrs(tensors):
-    """A C array of the tensors' data pointers (parameters, read in place: no stacking)."""
-    return (ctypes.c_void_p * len(tensors))(*(t.data_ptr() for t in tensors))
-
-
-def _wkv(op, *args, state):
-    """The recurrence, from the operator layer. Generation steps (a state given, no backend
-    forced) call its cpu kernels directly: their inputs are built here, float32 and shaped as
-    the kernels take them, so the dispatcher's checks would pass, and they cost about 40 us a
-    call (a sixth of a step's work outside the matmuls)."""
-    if state is not None and os.environ.get(ops.BACKEND_ENV) in (None, "cpu"):
-        return getattr(cpu_backend, op)(*args, state)
-    return getattr(ops, op)(*args, state, output_final_state=True)
-
-
-def _linear(x, module):
-    return F.linear(x, module.weight)
-
-
-def _group_norm_gate(att, y, g, bonus=None):
-    """y [B, T, H, N] -> GroupNorm ``ln_x``, then the v7 bonus and gate or the v5/v6 SiLU gate;
-    returns [rows, C]."""
-    rows = y.shape[0] * y.shape[1]
-    y = y.reshape(rows, -1).contiguous()
-    r, k, v, r_k = bonus if bonus is not None else (None,) * 4
-    _lib.rwkv_hf_lm_group_norm_gate(rows, att.num_heads, att.head_size, _p(y), _p(att.ln_x.weight),
-                                    _p(att.ln_x.bias), att.ln_x.eps, _p(g), _p(r), _p(k), _p(v), _p(r_k),
-                                    _threads())
-    return y
-
-
-def _sigmoid_gate(r, v, out, accumulate):
-    _lib.rwkv_hf_lm_sigmoid_gate(out.numel(), _p(r), _p(v), _p(out), int(accumulate), _threads())
-
-
-# ---------------------------------------------------------------------------- time mix
-
-def _v4_att(att, blk, h2, shift, state, heads):
-    B, T = heads[:2]
-    (xk, xv, xr), _, _, new_shift = _ln_shift_mix(blk.ln1, h2.view(B, T, -1), shift,
-                                                  (att.time_mix_k, att.time_mix_v, att.time_mix_r), 1)
-    k, v, r = _linear(xk, att.key), _linear(xv, att.value), _linear(xr, att.receptance)
-    w = -torch.exp(att.time_decay)
-    y, state = _wkv("wkv4", k.view(B, T, -1), v.view(B, T, -1), w, att.time_first, state=state)
-    y = y.reshape(B * T, -1).contiguous()
-    _sigmoid_gate(r, y, y, accumulate=False)
-    return y, new_shift, state
-
-
-def _v5_att(att, blk, h2, shift, state, heads):
-    B, T = heads[:2]
-    (xr, xk, xv, xg), _, _, new_shift = _ln_shift_mix(
-        blk.ln1, h2.view(B, T, -1), shift, (att.time_mix_r, att.time_mix_k, att.time_mix_v, att.time_mix_g), 1)
-    r, k, v, g = (_linear(z, lin) for z, lin in ((xr, att.receptance), (xk, att.key), (xv, att.value),
-                                                  (xg, att.gate)))
-    w = (-torch.exp(att.time_decay)).view(1, 1, *heads[2:]).expand(heads)  # wkv5 is wkv6 with this decay
-    y, state = _wkv("wkv6", r.view(heads), k.view(heads), v.view(heads), w, att.time_faaaa, state=state)
-    return _group_norm_gate(att, y, g), new_shift, state
-
-
-def _v6_att(att, blk, h2, shift, state, heads):
-    B, T = heads[:2]
-    rows = B * T
-    (xxx,), xn, dx, new_shift = _ln_shift_mix(blk.ln1, h2.view(B, T, -1), shift, (att.time_maa_x,), 0, with_dx=True)
-    lora = (xxx @ att.time_maa_w1).tanh_().view(rows, 5, -1).transpose(0, 1)
-    m = torch.bmm(lora, att.time_maa_w2)  # [5, rows, C]: the offsets, then (in place) the mixes
-    maa = _ptrs((att.time_maa_w, att.time_maa_k, att.time_maa_v, att.time_maa_r, att.time_maa_g))
-    _lib.rwkv_hf_lm_v6_mix(rows, m.shape[-1], 5, _p(xn), _p(dx), maa, _p(m), _threads())
-    xw, xk, xv, xr, xg = m.unbind(0)
-    r, k, v, g = (_linear(z, lin) for z, lin in ((xr, att.receptance), (xk, att.key), (xv, att.value),
-                                                  (xg, att.gate)))
-    w = (xw @ att.time_decay_w1).tanh_() @ att.time_decay_w2
-    _lib.rwkv_hf_lm_neg_exp_bias(rows, w.shape[-1], _p(w), _p(att.time_decay), _threads())
-    y, state = _wkv("wkv6", r.view(heads), k.view(heads), v.view(heads), w.view(heads), att.time_faaaa, state=state)
-    return _group_norm_gate(att, y, g), new_shift, state
-
-
-def _v7_att(att, blk, h2, shift, state, heads, v_first):
-    B, T, H, N = heads
-    rows = B * T
-    (xr, xw, xk, xv, xa, xg), _, _, new_shift = _ln_shift_mix(
-        blk.ln1, h2.view(B, T, -1), shift, (att.x_r, att.x_w, att.x_k, att.x_v, att.x_a, att.x_g), 0)
-    r, k, v = _linear(xr, att.receptance), _linear(xk, att.key), _linear(xv, att.value)
-    w = (xw @ att.w1).tanh_() @ att.w2
-    a = (xa @ att.a1) @ att.a2
-    g = (xg @ att.g1).sigmoid_() @ att.g2
-    first = att.layer_id == 0
-    vl = None if first else (xv @ att.v1) @ att.v2
-    neg_kk = torch.empty(rows, H * N)
-    _lib.rwkv_hf_lm_v7_pre(rows, H, N, V7_DECAY_SCALE, _p(w), _p(a), _p(k), _p(v), _p(vl),
-                           _p(None if first else v_first), _p(neg_kk), _p(att.w0), _p(att.a0),
-                           _p(None if first else att.v0), _p(att.k_k), _p(att.k_a), _threads())
-    if first:
-        v_first = v
-    y, state = _wkv("wkv7", r.view(heads), k.view(heads), v.view(heads), w.view(heads), neg_kk.view(heads),
-                    a.view(heads), state=state)
-    return _group_norm_gate(att, y, g, bonus=(r, k, v, att.r_k)), new_shift, state, v_first
-
-
-# ---------------------------------------------------------------------------- channel mix
-
-def _ffn(blk, version, h2, shift, B, T):
-    """The channel mix, added to h2 in place; returns the new shift."""
+def _ffn_params(blk):
     ffn = blk.ffn
-    if version == 7:
-        (xk,), _, _, new_shift = _ln_shift_mix(blk.ln2, h2.view(B, T, -1), shift, (ffn.x_k,), 0)
-    else:
-        mus = [getattr(ffn, name) for name in ffn.mix_names]  # (k, r)
-        (xk, xr), _, _, new_shift = _ln_shift_mix(blk.ln2, h2.view(B, T, -1), shift, mus, 0 if version == 6 else 1)
-    k = _linear(xk, ffn.key)
-    _lib.rwkv_hf_lm_sqrelu(k.numel(), _p(k), _threads())
-    if version == 7:
-        h2.addmm_(k, ffn.value.weight.t())
-    else:
-        _sigmoid_gate(_linear(xr, ffn.receptance), _linear(k, ffn.value), h2, accumulate=True)
-    return new_shift
+    mk, mr = (getattr(ffn, name) for name in ffn.mix_names)
+    return [blk.ln2.weight, blk.ln2.bias, mk, mr, ffn.key.weight, ffn.value.weight, ffn.receptance.weight]
 
 
-def block_forward(blk, version, hidden, att_shift, wkv_state, ffn_shift, v_first):
-    """One block (``RwkvLMBlock``) on the fused path. ``hidden`` [B, T, C] is updated in place
-    (callers keep copies they need) and returned with the new states, as the eager forward."""
-    if blk.layer_id == 0:
-        hidden = blk.ln0(hidden)  # a fresh tensor: the caller's embeddings stay untouched
-    B, T, C = hidden.shape
+def _v4_params(blk):
     att = blk.attn
-    heads = (B, T, getattr(att, "num_heads", 1), getattr(att, "head_size", C))
-    h2 = hidden.view(B * T, C)
+    return [blk.ln1.weight, blk.ln1.bias, att.time_mix_k, att.time_mix_v, att.time_mix_r, att.key.weight,
+            att.value.weight, att.receptance.weight, att.time_decay, att.time_first, att.output.weight,
+            *_ffn_params(blk)]
+
+
+def _v5_params(blk):
+    att = blk.attn
+    return [blk.ln1.weight, blk.ln1.bias, att.time_mix_r, att.time_mix_k, att.time_mix_v, att.time_mix_g,
+            att.receptance.weight, att.key.weight, att.value.weight, att.gate.weight, att.time_decay,
+            att.time_faaaa, att.ln_x.weight, att.ln_x.bias, att.output.weight, *_ffn_params(blk)]
+
+
+def _v6_params(blk):
+    att = blk.attn
+    return [blk.ln1.weight, blk.ln1.bias, att.time_maa_x, att.time_maa_w1, att.time_maa_w2, att.time_maa_w,
+            att.time_maa_k, att.time_maa_v, att.time_maa_r, att.time_maa_g, att.receptance.weight,
+            att.key.weight, att.value.weight, att.gate.weight, att.time_decay, att.time_decay_w1,
+            att.time_decay_w2, att.time_faaaa, att.ln_x.weight, att.ln_x.bias, att.output.weight,
+            *_ffn_params(blk)]
+
+
+def _v7_params(blk):
+    att, ffn = blk.attn, blk.ffn
+    first = att.layer_id == 0  # no value residual in layer 0
+    return [blk.ln1.weight, blk.ln1.bias, att.x_r, att.x_w, att.x_k, att.x_v, att.x_a, att.x_g,
+            att.receptance.weight, att.key.weight, att.value.weight, att.w0, att.w1, att.w2, att.a0, att.a1,
+            att.a2, None if first else att.v0, None if first else att.v1, None if first else att.v2, att.g1,
+            att.g2, att.k_k, att.k_a, att.r_k, att.ln_x.weight, att.ln_x.bias, att.output.weight,
+            blk.ln2.weight, blk.ln2.bias, ffn.x_k, ffn.key.weight, ffn.value.weight]
+
+
+_PARAMS = {4: _v4_params, 5: _v5_params, 6: _v6_params, 7: _v7_params}
+
+
+def _low_rank_dims(version, config):
+    if version == 6:
+        return [config.time_mix_extra_dim, config.time_decay_extra_dim, 0, 0]
     if version == 7:
-        y, att_shift, wkv_state, v_first = _v7_att(att, blk, h2, att_shift, wkv_state, heads, v_first)
-    else:
-        y, att_shift, wkv_state = {4: _v4_att, 5: _v5_att, 6: _v6_att}[version](
-            att, blk, h2, att_shift, wkv_state, heads)
-    h2.addmm_(y, att.output.weight.t())
-    ffn_shift = _ffn(blk, version, h2, ffn_shift, B, T)
-    return hidden, att_shift, wkv_state, ffn_shift, v_first
+        return [config.decay_low_rank_dim, config.a_low_rank_dim, config.value_low_rank_dim,
+                config.gate_low_rank_dim]
+    return [0, 0, 0, 0]
+
+
+def _ptr(x):
+    return None if x is None else x.data_ptr()
+
+
+class Runner:
+    """The fused blocks of one forward call on hidden states of shape (batch, seq_len): the
+    scratch memory they share (allocated once per call, not per block) and RWKV-7's first-layer
+    values."""
+
+    def __init__(self, version, config, batch, seq_len):
+        self.version = version
+        c = config.hidden_size
+        n = config.head_size if version != 4 else c
+        dims = [batch, seq_len, c, c // n, n, config.intermediate_size, *_low_rank_dims(version, config)]
+        self.dims = (ctypes.c_int64 * 10)(*dims)
+        self.scratch = torch.empty(_lib.rwkv_hf_lm_scratch_floats(version, self.dims))
+        self.v_first = torch.empty(batch * seq_len, c) if version == 7 else None
+        self.threads = torch.get_num_threads()
+
+    def _initial_state(self, batch, c):
+        if self.version == 4:
+            state = torch.zeros(batch, 3, c)
+            state[:, 2] = V4_EMPTY_LOGSCALE
+            return state
+        return torch.zeros(batch, self.dims[3], self.dims[4], self.dims[4])
+
+    def block(self, blk, hidden, att_shift, wkv_state, ffn_shift):
+        """One ``RwkvLMBlock`` on ``hidden`` [B, T, C], updated in place (callers keep the copies
+        they need); the states come back as the eager forward returns them, and a generation
+        step's states from the cache (contiguous float32) are updated in place."""
+        if blk.layer_id == 0:
+            hidden = blk.ln0(hidden)  # a fresh tensor: the caller's embeddings stay untouched
+        b, _, c = hidden.shape
+        att_shift, ffn_shift = (None if s is None else s.contiguous() for s in (att_shift, ffn_shift))
+        att_out = att_shift if att_shift is not None else torch.empty(b, c)
+        ffn_out = ffn_shift if ffn_shift is not None else torch.empty(b, c)
+        if wkv_state is None:
+            wkv_state = self._initial_state(b, c)
+        elif not wkv_state.is_contiguous():
+            wkv_state = wkv_state.contiguous()
+        params = _PARAMS[self.version](blk)
+        gn_eps = blk.attn.ln_x.eps if self.version != 4 else 0.0
+        status = _lib.rwkv_hf_lm_block(
+            self.version, self.dims, (ctypes.c_void_p * len(params))(*map(_ptr, params)), blk.ln1.eps, gn_eps,
+            hidden.data_ptr(), _ptr(att_shift), att_out.data_ptr(), wkv_state.data_ptr(), wkv_state.data_ptr(),
+            _ptr(ffn_shift), ffn_out.data_ptr(), _ptr(self.v_first), int(blk.layer_id == 0), V7_DECAY_SCALE,
+            self.scratch.data_ptr(), self.threads)
+        if status != 0:
+            raise RuntimeError(f"rwkv_hf fused CPU block failed (status {status})")
+        return hidden, att_out, wkv_state, ffn_out

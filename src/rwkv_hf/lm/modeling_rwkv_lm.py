@@ -655,15 +655,16 @@ class RwkvLMModelBase(RwkvLMPreTrainedModel):
 
         all_hidden = () if output_hidden_states else None
         v_first = None
-        # float32 CPU inference runs the same blocks with their elementwise ops fused (cpu_fused)
-        fused = cpu_fused is not None and cpu_fused.usable(self.blocks, hidden, mask)
+        # float32 CPU inference runs each block as one fused C call (cpu_fused)
+        fused = None
+        if cpu_fused is not None and cpu_fused.usable(self.blocks, hidden, mask):
+            fused = cpu_fused.Runner(self.rwkv_version, self.config, *hidden.shape[:2])
         for i, block in enumerate(self.blocks):
             if output_hidden_states:
                 all_hidden += (hidden.clone() if fused else hidden,)  # the fused blocks update it in place
             att_shift, wkv_state, ffn_shift = states[i]
             if fused:
-                hidden, att_shift, wkv_state, ffn_shift, v_first = cpu_fused.block_forward(
-                    block, self.rwkv_version, hidden, att_shift, wkv_state, ffn_shift, v_first)
+                hidden, att_shift, wkv_state, ffn_shift = fused.block(block, hidden, att_shift, wkv_state, ffn_shift)
             else:
                 hidden, att_shift, wkv_state, ffn_shift, v_first = block(
                     hidden, mask, att_shift, wkv_state, ffn_shift, v_first)
