@@ -67,15 +67,6 @@ inline float xexp(float x) {
 }
 inline double xexp(double x) { return std::exp(x); }
 
-// Ask for n floats at p ahead of use. A generation step's kernels touch a few kilobytes of
-// parameters each, which the matmuls before them have evicted: touched one array after
-// another the misses run one stream at a time (about 45 us for a block's LayerNorm and mixes
-// after a matmul); requested together up front they overlap.
-inline void prefetch_floats(const float* p, int64_t n) {
-  if (!p) return;
-  for (int64_t i = 0; i < n; i += 16) __builtin_prefetch(p + i, 0, 3);
-}
-
 // 1 / (1 + e^-x), through xexp.
 inline float xsigmoid(float x) { return 1.0f / (1.0f + xexp(-x)); }
 

@@ -1,8 +1,8 @@
-"""The fused CPU inference path of the language models (rwkv_hf.lm.cpu_fused) against the eager
-blocks: the same logits and states, in float32 against a float64 eager run, for every version,
-batch sizes above one, prompts long enough to split rows over threads, and generation steps;
-and the eager path wherever the fused one would not compute the same thing (gradients, hooks,
-PEFT adapters, padding, other dtypes)."""
+"""The fused CPU inference path of the language models (rwkv_hf.lm.cpu_fused: one C call per
+block) against the eager blocks: the same logits and states, in float32 against a float64 eager
+run, for every version, batch sizes above one, prompts long enough to split rows over threads,
+and generation steps; and the eager path wherever the fused one would not compute the same
+thing (gradients, hooks, PEFT adapters, padding, other dtypes, no BLAS symbol in torch)."""
 import copy
 
 import pytest
@@ -121,6 +121,19 @@ def test_peft_adapters_take_the_eager_path(fused_calls):
         assert rel_err(merged(ids).logits, adapted) < 1e-5
     assert fused_calls.calls == SIZES["num_hidden_layers"]
     assert rel_err(adapted, base) > 1e-3  # the adapter is really applied
+
+
+def test_without_torchs_sgemm_the_eager_path_runs(monkeypatch, fused_calls):
+    model = _model(4)
+    ids = torch.randint(0, VOCAB, (1, 6), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        fused = model(ids).logits
+        calls = fused_calls.calls
+        monkeypatch.setattr(cpu_fused, "_lib", None)  # forget the loaded library ...
+        monkeypatch.setattr(cpu_fused, "_torch_sgemm", lambda: None)  # ... and find no BLAS symbol
+        eager = model(ids).logits
+    assert fused_calls.calls == calls
+    assert rel_err(fused, eager) < 1e-5
 
 
 def test_the_usable_check_sees_swapped_and_retyped_modules():

@@ -17,6 +17,7 @@ built with a BLAS found in torch. ``RWKV_HF_LM_FUSED=0`` turns it off.
 """
 import ctypes
 import os
+import threading
 
 import torch
 from torch import nn
@@ -30,6 +31,11 @@ ENV = "RWKV_HF_LM_FUSED"
 V7_DECAY_SCALE = -0.6065306597126334  # -exp(-0.5), as modeling_rwkv_lm
 
 _lib = None  # the declared library, or False once it (or torch's sgemm) was found missing
+# Scratch kept between calls, per thread: a fresh multi-megabyte buffer page-faults on first
+# touch (about 3% of a 512-token prefill). Up to this many bytes are kept (a 512-token RWKV-7
+# prefill at C=768 needs 34 MB).
+_SCRATCH_KEEP = 64 << 20
+_scratch = threading.local()
 
 
 def _torch_sgemm():
@@ -168,10 +174,19 @@ def _ptr(x):
     return None if x is None else x.data_ptr()
 
 
+def _scratch_buffer(floats):
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.numel() < floats:
+        buf = torch.empty(floats)
+        if floats * 4 <= _SCRATCH_KEEP:
+            _scratch.buf = buf
+    return buf
+
+
 class Runner:
     """The fused blocks of one forward call on hidden states of shape (batch, seq_len): the
-    scratch memory they share (allocated once per call, not per block) and RWKV-7's first-layer
-    values."""
+    scratch memory they share (this thread's, reused from call to call) and RWKV-7's
+    first-layer values."""
 
     def __init__(self, version, config, batch, seq_len):
         self.version = version
@@ -179,7 +194,7 @@ class Runner:
         n = config.head_size if version != 4 else c
         dims = [batch, seq_len, c, c // n, n, config.intermediate_size, *_low_rank_dims(version, config)]
         self.dims = (ctypes.c_int64 * 10)(*dims)
-        self.scratch = torch.empty(_lib.rwkv_hf_lm_scratch_floats(version, self.dims))
+        self.scratch = _scratch_buffer(_lib.rwkv_hf_lm_scratch_floats(version, self.dims))
         self.v_first = torch.empty(batch * seq_len, c) if version == 7 else None
         self.threads = torch.get_num_threads()
 

@@ -6,7 +6,7 @@ forward and backward of RWKV-5/6 (``wkv6``, also run right to left for ``bi_wkv6
 float64, behind a C ABI. It has no torch headers, so the system C++ compiler (``$CXX``, else
 ``c++``, ``g++`` or ``clang++``) builds it in a few seconds on the first CPU call, for this
 machine's instruction set (``-march=native``), together with ``lm_cpu.cpp`` (the language
-models' fused elementwise kernels, :mod:`rwkv_hf.lm.cpu_fused`); the library is cached under
+models' fused CPU blocks, :mod:`rwkv_hf.lm.cpu_fused`); the library is cached under
 ``$RWKV_HF_CPU_CACHE`` (default ``~/.cache/rwkv_hf/cpu``) keyed by the sources, the compiler and
 the CPU. It is called through ctypes (which releases the GIL) and splits its work over
 ``torch.get_num_threads()`` threads by (batch, head), or (batch, channel block): on torch's own
@@ -34,8 +34,8 @@ __all__ = ["wkv4", "bi_wkv4", "wkv6", "wkv6_reversed", "wkv7", "available", "loa
            "OPS"]
 
 SOURCE = "wkv_cpu.cpp"
-# Built into one library: the WKV kernels, the language models' fused elementwise kernels
-# (rwkv_hf.lm.cpu_fused) and the math header they share.
+# Built into one library: the WKV kernels, the language models' fused blocks (rwkv_hf.lm.cpu_fused,
+# which call the WKV kernels) and the header they share.
 SOURCES = (SOURCE, "lm_cpu.cpp")
 HEADERS = ("cpu_common.h",)
 CACHE_ENV = "RWKV_HF_CPU_CACHE"
@@ -273,10 +273,9 @@ def _snapshots(save, B, H, T, K, V, dt):
     return torch.empty(B, H, -(-T // _CHUNK), K, V, dtype=dt) if save else None
 
 
-def _forward(name, rkv, extras, w, state, save, flags=(), work=1, state_out=None):
+def _forward(name, rkv, extras, w, state, save, flags=(), work=1):
     """Run a matrix-state forward kernel (argument order: r, k, v, the decay, ``extras``, the
-    initial state, then the outputs); return y, the final state (written into ``state_out``
-    when given, which may be ``state`` itself) and what the backward needs."""
+    initial state, then the outputs); return y, the final state and what the backward needs."""
     dt = rkv[0].dtype
     r, k, v = _contig(rkv, dt)
     extras = _contig(extras, dt)
@@ -284,7 +283,7 @@ def _forward(name, rkv, extras, w, state, save, flags=(), work=1, state_out=None
     B, T, H, K = r.shape
     V = v.shape[-1]
     S0 = _as(state, dt)
-    S = torch.empty(B, H, K, V, dtype=dt) if state_out is None else _inplace_target(state_out, dt)
+    S = torch.empty(B, H, K, V, dtype=dt)
     y = torch.empty(B, T, H, V, dtype=dt)
     snaps = _snapshots(save, B, H, T, K, V, dt)
     _call(name, dt, B, T, H, K, V, *ews, *flags, *map(_ptr, (r, k, v, ew, *extras, S0, S, y, snaps)),
@@ -292,18 +291,12 @@ def _forward(name, rkv, extras, w, state, save, flags=(), work=1, state_out=None
     return y, S, (r, k, v, ew, *extras, snaps, ews)
 
 
-def _inplace_target(state_out, dt):
-    if state_out.dtype != dt or not state_out.is_contiguous() or state_out.requires_grad:
-        raise ValueError("state_out must be a contiguous tensor of the compute dtype, without gradients")
-    return state_out
+def _wkv6_forward(r, k, v, w, u, state, reverse, save):
+    return _forward("wkv6_forward", (r, k, v), (u,), w, state, save, flags=(int(reverse),))
 
 
-def _wkv6_forward(r, k, v, w, u, state, reverse, save, state_out=None):
-    return _forward("wkv6_forward", (r, k, v), (u,), w, state, save, flags=(int(reverse),), state_out=state_out)
-
-
-def _wkv7_forward(r, k, v, w, a, b, state, save, state_out=None):
-    return _forward("wkv7_forward", (r, k, v), (a, b), w, state, save, work=2, state_out=state_out)
+def _wkv7_forward(r, k, v, w, a, b, state, save):
+    return _forward("wkv7_forward", (r, k, v), (a, b), w, state, save, work=2)
 
 
 class _Wkv6(torch.autograd.Function):
@@ -364,16 +357,11 @@ def _needs_grad(*xs):
     return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
 
 
-def _per_channel(name, k, v, w, u, state, state_out=None):
+def _per_channel(name, k, v, w, u, state):
     dt = k.dtype
     k, v, w, u = _contig((k, v, w, u), dt)
     B, T, C = k.shape
-    if state_out is None:
-        S = state.to(dt).contiguous().clone()
-    else:  # the kernel updates its state in place
-        S = _inplace_target(state_out, dt)
-        if S.data_ptr() != state.data_ptr():
-            S.copy_(state)
+    S = state.to(dt).contiguous().clone()
     y = torch.empty(B, T, C, dtype=dt)
     _call(name, dt, B, T, C, *map(_ptr, (k, v, w, u, S, y)), _threads(B * T * C * 64))
     return y, S
@@ -381,14 +369,12 @@ def _per_channel(name, k, v, w, u, state, state_out=None):
 
 # ---------------------------------------------------------------------------- backend API
 
-def wkv4(k, v, w, u, state, state_out=None):
+def wkv4(k, v, w, u, state):
     """RWKV-4: k, v [B, T, C]; w, u [C]; state [B, 3, C] -> (y [B, T, C], final state). With
-    gradients required, the torch backend's chunked form (it has the backward). Without,
-    ``state_out`` (which may be ``state``: a generation step's cache) receives the final
-    state in place, as in :func:`wkv6` and :func:`wkv7`."""
+    gradients required, the torch backend's chunked form (it has the backward)."""
     if _needs_grad(k, v, w, u, state):
         return _torch_wkv4.wkv4(k, v, w, u, state)
-    return _per_channel("wkv4_forward", k, v, w, u, state, state_out)
+    return _per_channel("wkv4_forward", k, v, w, u, state)
 
 
 def bi_wkv4(k, v, w, u, state):
@@ -400,15 +386,13 @@ def bi_wkv4(k, v, w, u, state):
 
 
 # Without gradients the kernels are called directly (autograd's bookkeeping is a good part of a
-# one-token generation step), and ``state_out`` may name where the final state goes: the
-# initial state itself, for a generation step that updates its cache in place (every kernel
-# reads a state element before it writes it).
+# one-token generation step).
 
-def wkv6(r, k, v, w, u, state, state_out=None):
+def wkv6(r, k, v, w, u, state):
     """RWKV-5/6: r, k, w [B, T, H, K]; v [B, T, H, V]; u [H, K]; state [B, H, K, V]."""
     if _needs_grad(r, k, v, w, u, state):
         return _Wkv6.apply(r, k, v, w, u, state, False)
-    return _wkv6_forward(r, k, v, w, u, state, False, save=False, state_out=state_out)[:2]
+    return _wkv6_forward(r, k, v, w, u, state, False, save=False)[:2]
 
 
 def wkv6_reversed(r, k, v, w, state):
@@ -419,8 +403,8 @@ def wkv6_reversed(r, k, v, w, state):
     return _wkv6_forward(r, k, v, w, None, state, True, save=False)[:2]
 
 
-def wkv7(r, k, v, w, a, b, state, state_out=None):
+def wkv7(r, k, v, w, a, b, state):
     """RWKV-7: r, k, w, a, b [B, T, H, K]; v [B, T, H, V]; state [B, H, K, V]."""
     if _needs_grad(r, k, v, w, a, b, state):
         return _Wkv7.apply(r, k, v, w, a, b, state)
-    return _wkv7_forward(r, k, v, w, a, b, state, save=False, state_out=state_out)[:2]
+    return _wkv7_forward(r, k, v, w, a, b, state, save=False)[:2]
