@@ -123,6 +123,21 @@ def test_peft_adapters_take_the_eager_path(fused_calls):
     assert rel_err(adapted, base) > 1e-3  # the adapter is really applied
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_cache_read_with_use_cache_false_is_left_unchanged(version, fused_calls):
+    model = _model(version)
+    ids = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        cache = model(ids, use_cache=True).cache
+        before = [t.clone() for t in _states(cache)]
+        peek = model(ids[:, :2], cache=cache, use_cache=False)
+        assert peek.cache is None and fused_calls.calls == 2 * SIZES["num_hidden_layers"]
+        assert all(torch.equal(a, b) for a, b in zip(_states(cache), before))
+        step = model(ids[:, :2], cache=cache, use_cache=True)  # the same input, now kept
+    assert rel_err(step.logits, peek.logits) < 1e-6
+    assert not all(torch.equal(a, b) for a, b in zip(_states(cache), before))
+
+
 def test_without_torchs_sgemm_the_eager_path_runs(monkeypatch, fused_calls):
     model = _model(4)
     ids = torch.randint(0, VOCAB, (1, 6), generator=torch.Generator().manual_seed(4))

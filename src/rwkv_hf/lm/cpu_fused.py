@@ -188,8 +188,9 @@ class Runner:
     scratch memory they share (this thread's, reused from call to call) and RWKV-7's
     first-layer values."""
 
-    def __init__(self, version, config, batch, seq_len):
+    def __init__(self, version, config, batch, seq_len, update_states=True):
         self.version = version
+        self.update_states = update_states  # False: states passed in are left as they are
         c = config.hidden_size
         n = config.head_size if version != 4 else c
         dims = [batch, seq_len, c, c // n, n, config.intermediate_size, *_low_rank_dims(version, config)]
@@ -207,18 +208,18 @@ class Runner:
 
     def block(self, blk, hidden, att_shift, wkv_state, ffn_shift):
         """One ``RwkvLMBlock`` on ``hidden`` [B, T, C], updated in place (callers keep the copies
-        they need); the states come back as the eager forward returns them, and a generation
-        step's states from the cache (contiguous float32) are updated in place."""
+        they need); the states come back as the eager forward returns them. States passed in
+        (a cache's contiguous float32 tensors) are updated in place when ``update_states``."""
         if blk.layer_id == 0:
             hidden = blk.ln0(hidden)  # a fresh tensor: the caller's embeddings stay untouched
         b, _, c = hidden.shape
         att_shift, ffn_shift = (None if s is None else s.contiguous() for s in (att_shift, ffn_shift))
-        att_out = att_shift if att_shift is not None else torch.empty(b, c)
-        ffn_out = ffn_shift if ffn_shift is not None else torch.empty(b, c)
+        att_out = att_shift if att_shift is not None and self.update_states else torch.empty(b, c)
+        ffn_out = ffn_shift if ffn_shift is not None and self.update_states else torch.empty(b, c)
         if wkv_state is None:
             wkv_state = self._initial_state(b, c)
-        elif not wkv_state.is_contiguous():
-            wkv_state = wkv_state.contiguous()
+        elif not wkv_state.is_contiguous() or not self.update_states:
+            wkv_state = wkv_state.clone(memory_format=torch.contiguous_format)
         params = _PARAMS[self.version](blk)
         gn_eps = blk.attn.ln_x.eps if self.version != 4 else 0.0
         status = _lib.rwkv_hf_lm_block(

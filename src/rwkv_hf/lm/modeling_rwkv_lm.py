@@ -658,7 +658,7 @@ class RwkvLMModelBase(RwkvLMPreTrainedModel):
         # float32 CPU inference runs each block as one fused C call (cpu_fused)
         fused = None
         if cpu_fused is not None and cpu_fused.usable(self.blocks, hidden, mask):
-            fused = cpu_fused.Runner(self.rwkv_version, self.config, *hidden.shape[:2])
+            fused = cpu_fused.Runner(self.rwkv_version, self.config, *hidden.shape[:2], update_states=use_cache)
         for i, block in enumerate(self.blocks):
             if output_hidden_states:
                 all_hidden += (hidden.clone() if fused else hidden,)  # the fused blocks update it in place
