@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_common.h"
@@ -84,6 +85,33 @@ void map_inplace(int64_t n, float* x, int threads, F f) {
 }
 
 inline float xtanh(float x) { return 1.0f - 2.0f / (1.0f + xexp(2.0f * x)); }
+
+inline float sqrelu(float x) {
+  const float z = x > 0.0f ? x : 0.0f;
+  return z * z;
+}
+
+// Activations as types, so that map_inplace inlines and vectorises them.
+struct Tanh {
+  float operator()(float x) const { return xtanh(x); }
+};
+struct Sigmoid {
+  float operator()(float x) const { return xsigmoid(x); }
+};
+struct SqRelu {
+  float operator()(float x) const { return sqrelu(x); }
+};
+struct NoAct {};
+
+// y[rows, C] = act(x[rows, C] A) B, a low-rank projection (A [C, d], B [d, C]) with `act`
+// applied in place to the [rows, d] middle, kept in `mid`.
+template <typename Act>
+void lora(int64_t rows, int64_t C, int64_t d, const float* x, const float* A, const float* B, float* mid, float* y,
+          Act act, int threads) {
+  matmul(rows, C, d, x, C, A, mid);
+  if constexpr (!std::is_same_v<Act, NoAct>) map_inplace(rows * d, mid, threads, act);
+  matmul(rows, d, C, mid, d, B, y);
+}
 
 // mean and 1/sqrt(var + eps) of x[0, n), two passes (as accurate as torch's layer_norm).
 inline void moments(const float* __restrict__ x, int64_t n, float eps, float& mean, float& rstd) {
@@ -188,7 +216,7 @@ void ffn_rkv(int64_t B, int64_t T, int64_t C, int64_t F, const float* const* p, 
   const float* mus[2] = {p[2], p[3]};
   ln_shift_mix(B, T, C, h, p[0], p[1], eps, xn, shift_in, shift_out, 2, mus, form, mix, nullptr, threads);
   linear(R, C, F, mix, p[4], kf, false);
-  map_inplace(R * F, kf, threads, [](float x) { const float z = x > 0.0f ? x : 0.0f; return z * z; });
+  map_inplace(R * F, kf, threads, SqRelu());
   linear(R, F, C, kf, p[5], vv, false);
   linear(R, C, C, mix + R * C, p[6], rr, false);
   parallel_rows(R * C, 1, threads, [&](int64_t i0, int64_t i1) {
@@ -274,7 +302,7 @@ void v6_block(const Dims& d, const float* const* p, float eps, float gn_eps, flo
   const float* mus[1] = {p[2]};
   ln_shift_mix(d.B, d.T, C, h, p[0], p[1], eps, xn, s.att_in, s.att_out, 1, mus, 0, mix, dx, threads);
   matmul(R, C, 5 * dm, mix, C, p[3], l5);  // the five LoRA offsets share one down-projection
-  map_inplace(R * 5 * dm, l5, threads, xtanh);
+  map_inplace(R * 5 * dm, l5, threads, Tanh());
   for (int64_t i = 0; i < 5; ++i) matmul(R, dm, C, l5 + i * dm, 5 * dm, p[4] + i * dm * C, mix + i * R * C);
   // mix_i = xn + dx * (maa_i + offset_i), in place on the offsets, in BlinkDL's order w, k, v, r, g
   parallel_rows(R, 5 * C, threads, [&](int64_t r0, int64_t r1) {
@@ -294,9 +322,7 @@ void v6_block(const Dims& d, const float* const* p, float eps, float gn_eps, flo
   linear(R, C, C, xk, p[11], k, false);
   linear(R, C, C, xv, p[12], v, false);
   linear(R, C, C, xg, p[13], g, false);
-  matmul(R, C, dd, xw, C, p[15], ld);
-  map_inplace(R * dd, ld, threads, xtanh);
-  matmul(R, dd, C, ld, dd, p[16], w);
+  lora(R, C, dd, xw, p[15], p[16], ld, w, Tanh(), threads);
   parallel_rows(R, C, threads, [&](int64_t r0, int64_t r1) {  // exp(log-decay), log-decay = -exp(.)
     for (int64_t row = r0; row < r1; ++row) {
       float* __restrict__ o = w + row * C;
@@ -328,18 +354,10 @@ void v7_block(const Dims& d, const float* const* p, float eps, float gn_eps, flo
   linear(R, C, C, xr, p[8], r, false);
   linear(R, C, C, xk, p[9], k, false);
   linear(R, C, C, xv, p[10], v, false);
-  matmul(R, C, dw, xw, C, p[12], lw);
-  map_inplace(R * dw, lw, threads, xtanh);
-  matmul(R, dw, C, lw, dw, p[13], w);
-  matmul(R, C, da, xa, C, p[15], la);
-  matmul(R, da, C, la, da, p[16], a);
-  matmul(R, C, dg, xg, C, p[20], lg);
-  map_inplace(R * dg, lg, threads, xsigmoid);
-  matmul(R, dg, C, lg, dg, p[21], g);
-  if (!layer0) {
-    matmul(R, C, dv, xv, C, p[18], lv);
-    matmul(R, dv, C, lv, dv, p[19], vl);
-  }
+  lora(R, C, dw, xw, p[12], p[13], lw, w, Tanh(), threads);
+  lora(R, C, da, xa, p[15], p[16], la, a, NoAct(), threads);
+  lora(R, C, dg, xg, p[20], p[21], lg, g, Sigmoid(), threads);
+  if (!layer0) lora(R, C, dv, xv, p[18], p[19], lv, vl, NoAct(), threads);
   const float *w0 = p[11], *a0 = p[14], *v0 = p[17], *k_k = p[22], *k_a = p[23];
   // Per row and head: w <- exp(w_scale * sigmoid(w0 + w)) (the decay factor); a <- sigmoid(a0 + a);
   // kk = normalize(k * k_k), nkk = -kk (the op's a), a <- kk * a (its b); k <- k * (1 + (a - 1) k_a);
@@ -388,7 +406,7 @@ void v7_block(const Dims& d, const float* const* p, float eps, float gn_eps, flo
   const float* fmu[1] = {p[30]};
   ln_shift_mix(d.B, d.T, C, h, p[28], p[29], eps, xn, s.ffn_in, s.ffn_out, 1, fmu, 0, mix, nullptr, threads);
   linear(R, C, d.F, mix, p[31], kf, false);
-  map_inplace(R * d.F, kf, threads, [](float x) { const float z = x > 0.0f ? x : 0.0f; return z * z; });
+  map_inplace(R * d.F, kf, threads, SqRelu());
   linear(R, d.F, C, kf, p[32], h, true);
 }
 
