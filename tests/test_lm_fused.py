@@ -138,6 +138,19 @@ def test_a_cache_read_with_use_cache_false_is_left_unchanged(version, fused_call
     assert not all(torch.equal(a, b) for a, b in zip(_states(cache), before))
 
 
+def test_inputs_embeds_are_left_untouched(fused_calls):
+    model = _model(7)
+    ids = torch.randint(0, VOCAB, (2, 5), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(ids)
+        before = embeds.clone()
+        from_embeds = model(inputs_embeds=embeds).logits
+        from_ids = model(ids).logits
+    assert fused_calls.calls == 2 * SIZES["num_hidden_layers"]
+    assert torch.equal(embeds, before)  # the blocks update their own copy (after ln0) in place
+    assert rel_err(from_embeds, from_ids) < 1e-6
+
+
 def test_without_torchs_sgemm_the_eager_path_runs(monkeypatch, fused_calls):
     model = _model(4)
     ids = torch.randint(0, VOCAB, (1, 6), generator=torch.Generator().manual_seed(4))
