@@ -3,7 +3,9 @@
 One block layout for every version (BlinkDL's): ``x = x + attn(ln1(x)); x = x + ffn(ln2(x))``,
 ``ln0`` after the embedding (block 0), ``head(ln_out(x))``. The versions differ only in
 their time-mix (``attn``) and channel-mix (``ffn``) modules; the recurrences themselves
-live in :mod:`rwkv_hf.ops` (models never loop over tokens).
+live in :mod:`rwkv_hf.ops` (models never loop over tokens). These modules are the definition
+of the math; float32 CPU inference runs the same blocks through :mod:`rwkv_hf.lm.cpu_fused`
+(one C call per block), which is tested against them.
 
 Parameter names follow BlinkDL's checkpoints (``time_decay``, ``time_maa_w1``, ``x_r``,
 ``w1`` ...) so conversion is a rename of prefixes; vectors BlinkDL stores as ``[1, 1, C]``

@@ -132,9 +132,9 @@ def build(verbose=False):
     for name in SOURCES + HEADERS:
         with open(os.path.join(_cuda.sources_dir(), name), "rb") as f:
             code += f.read()
-    # Flag sets, best first: a compiler without the x86 flags (arm64) or OpenMP gets fewer.
+    # Flag sets, best first: a compiler without OpenMP or the x86 flags (arm64) gets fewer.
     openmp = ("-fopenmp",) if _torch_uses_libgomp() else ()
-    attempts = [_FLAGS + openmp + _NATIVE_FLAGS, _FLAGS + openmp, _FLAGS]
+    attempts = [_FLAGS + openmp + _NATIVE_FLAGS, _FLAGS + _NATIVE_FLAGS, _FLAGS + openmp, _FLAGS]
     key = hashlib.sha256(code + _compiler_id(cxx).encode() + _cpu_id().encode()
                          + " ".join(attempts[0]).encode()).hexdigest()[:16]
     # The cache, else (unwritable: a read-only home, say) a per-user folder in the temp dir.
