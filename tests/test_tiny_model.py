@@ -92,3 +92,15 @@ def test_greedy_generation_is_deterministic_text(model, tokenizer):
         logits = model(a[:, :-1]).logits[0, ids.shape[1] - 1:]
     agree = (logits.argmax(-1) == a[0, ids.shape[1]:]).float().mean().item()
     assert agree >= 0.9, agree  # allows a rare near-tie flip between the two numerical paths
+
+
+def test_demo_lm_reports_the_cpu_path(capsys, monkeypatch):
+    from rwkv_hf.cli import main
+
+    assert main(["demo", "--lm", "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "CPU inference: fused blocks" in out and "perplexity 11.05" in out
+    monkeypatch.setenv("RWKV_HF_LM_FUSED", "0")
+    assert main(["demo", "--lm", "--max-new-tokens", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "CPU inference: eager blocks (turned off by RWKV_HF_LM_FUSED=0)" in out and "perplexity 11.05" in out

@@ -60,7 +60,12 @@ def main(max_new_tokens=40, seed=0, threads=None):
           f"{cfg.head_size}), {n_params:,} parameters, {len(tokenizer)}-token byte-level BPE "
           f"(loaded in {time.perf_counter() - t0:.1f}s)")
     print("  trained by examples/train_tiny_lm.py on the CPython reference docs (pydoc_data.topics, "
-          "PSF License 2.0)\n")
+          "PSF License 2.0)")
+    from .lm import cpu_fused
+
+    fused, why = cpu_fused.available()
+    print("  CPU inference: " + ("fused blocks (one C call each, matmuls on torch's BLAS)" if fused
+                                 else f"eager blocks ({why})") + "\n")
 
     t0 = time.perf_counter()
     val = corpus.evaluate(model, tokenizer, "val", ctx_len=shipped["eval_ctx_len"])

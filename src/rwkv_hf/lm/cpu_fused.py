@@ -25,12 +25,13 @@ from torch.nn.modules import module as _module
 
 from ..ops import V4_EMPTY_LOGSCALE, cpu_backend
 
-__all__ = ["ENV", "usable", "Runner"]
+__all__ = ["ENV", "available", "usable", "Runner"]
 
 ENV = "RWKV_HF_LM_FUSED"
 V7_DECAY_SCALE = -0.6065306597126334  # -exp(-0.5), as modeling_rwkv_lm
 
 _lib = None  # the declared library, or False once it (or torch's sgemm) was found missing
+_why_not = None  # why not, then
 # Scratch kept between calls, per thread: a fresh multi-megabyte buffer page-faults on first
 # touch (about 3% of a 512-token prefill). Up to this many bytes are kept (a 512-token RWKV-7
 # prefill at C=768 needs 34 MB).
@@ -53,15 +54,17 @@ def _torch_sgemm():
 
 
 def _load():
-    global _lib
+    global _lib, _why_not
     if _lib is None:
         _lib = False
         try:
             lib = cpu_backend.load()
-        except RuntimeError:  # no compiler: the operator layer already said so once
+        except RuntimeError as e:  # no compiler: the operator layer says so once when it falls back
+            _why_not = str(e)
             return None
         sgemm = _torch_sgemm()
         if sgemm is None:
+            _why_not = "this torch build exports no sgemm_ from its CPU library"
             return None
         i64, i32, f32, p = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
         lib.rwkv_hf_lm_set_sgemm.argtypes = [p]
@@ -76,9 +79,18 @@ def _load():
         y = torch.empty(3, 4)
         if lib.rwkv_hf_lm_linear(3, 5, 4, x.data_ptr(), w.data_ptr(), y.data_ptr()) != 0 or \
                 not torch.allclose(y, x @ w.T, rtol=1e-5, atol=1e-5):
+            _why_not = "torch's sgemm_ does not have the expected calling convention"
             return None
         _lib = lib
     return _lib or None
+
+
+def available():
+    """(True, 'ok') if float32 CPU inference can run the fused blocks here (the library builds and
+    torch's BLAS is found), else (False, why not)."""
+    if os.environ.get(ENV, "1") == "0":
+        return False, f"turned off by {ENV}=0"
+    return (True, "ok") if _load() is not None else (False, _why_not)
 
 
 _PLAIN_TORCH = (nn.ModuleList, nn.Linear, nn.LayerNorm, nn.GroupNorm)
