@@ -417,3 +417,55 @@ def test_timm_loads_official_checkpoints_safely(tmp_path):
                bare)
     timm.create_model("vrwkv_tiny_patch16_224", num_classes=7, **dict(kw, pretrained_cfg_overlay=dict(
         file=str(bare), custom_load=True)))
+
+
+@pytest.mark.parametrize("shift_pixel,gamma,group,grid", [
+    (1, 1 / 4, 32, (3, 5)),   # VRWKV: one group of C channels, non-square grid
+    (1, 0.25, 8, (4, 4)),     # VRWKV6: per-head groups
+    (2, 1 / 4, 32, (5, 3)),   # a wider shift
+    (1, 0.2, 30, (2, 7)),     # an unshifted tail in each group, uneven boundaries
+    (3, 1 / 4, 32, (2, 3)),   # shifts past every border: zeros
+])
+def test_fused_q_shift_lerp_equals_the_eager_form(shift_pixel, gamma, group, grid):
+    from rwkv_hf.vision import cpu_fused
+    from rwkv_hf.vision.modeling_vrwkv import q_shift
+
+    c = 32 if group != 30 else 60
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, grid[0] * grid[1], c, generator=gen)
+    mus = [torch.rand(1, 1, c, generator=gen), None, torch.rand(c, generator=gen)]
+    with torch.no_grad():
+        fused = cpu_fused.q_shift_lerp(x, grid, shift_pixel, gamma, group, mus)
+        xx = q_shift(x, grid, shift_pixel, gamma, group)
+    assert fused is not None
+    assert torch.equal(fused[1], xx)  # the shift alone: copies and zeros
+    for got, mu in zip(fused, mus):
+        want = xx if mu is None else torch.lerp(xx, x, mu.view(c))
+        assert (got - want).abs().max() < 1e-6
+    assert cpu_fused.q_shift_lerp(x.requires_grad_(), grid, shift_pixel, gamma, group, mus) is None  # autograd
+
+
+@pytest.mark.parametrize("version,size", CASES)
+def test_fused_cpu_inference_equals_the_eager_model(version, size, monkeypatch):
+    from rwkv_hf.vision import cpu_fused
+
+    ran = []
+    real = cpu_fused.q_shift_lerp
+
+    def counted(*args):
+        out = real(*args)
+        ran.append(out is not None)
+        return out
+
+    monkeypatch.setattr(cpu_fused, "q_shift_lerp", counted)
+    sw = _switches(version, size)
+    torch.manual_seed(0)
+    model = _ours_for(version, sw, 128 if version == 6 else 64).eval()
+    x = torch.randn(2, 3, 160, 272)
+    with torch.no_grad():
+        fused = model(x).logits
+        assert ran == [True] * 4  # two blocks, two shifts each
+        monkeypatch.setenv("RWKV_HF_VISION_FUSED", "0")
+        eager = model(x).logits
+    assert ran == [True] * 4 + [False] * 4
+    assert rel_err(fused, eager) < 1e-5

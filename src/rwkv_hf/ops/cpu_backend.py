@@ -35,8 +35,9 @@ __all__ = ["wkv4", "bi_wkv4", "wkv6", "wkv6_reversed", "wkv7", "available", "loa
 
 SOURCE = "wkv_cpu.cpp"
 # Built into one library: the WKV kernels, the language models' fused blocks (rwkv_hf.lm.cpu_fused,
-# which call the WKV kernels) and the header they share.
-SOURCES = (SOURCE, "lm_cpu.cpp")
+# which call the WKV kernels), Vision-RWKV's fused Q-Shift (rwkv_hf.vision.cpu_fused) and the
+# header they share.
+SOURCES = (SOURCE, "lm_cpu.cpp", "vision_cpu.cpp")
 HEADERS = ("cpu_common.h",)
 CACHE_ENV = "RWKV_HF_CPU_CACHE"
 OPS = ("wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7")

@@ -15,6 +15,7 @@ left, right, upper and lower neighbour patch) followed by the bidirectional WKV 
 ``rwkv_hf.ops`` (``bi_wkv4`` with the decay and bonus divided by the token count, as the
 official code; ``bi_wkv6``). Classification averages the final-normed tokens.
 """
+import importlib
 import math
 import os
 
@@ -33,6 +34,11 @@ from ..hub_mixin import RwkvHubMixin
 from ..modeling_utils import layer_ratios, ramp, sqrelu
 from .configuration_vrwkv import Vrwkv6Config, VrwkvConfig
 from .image_processing_vrwkv import default_image_processor
+
+# The package's fused CPU kernel of the Q-Shift lerps; remote-code copies of this file run the
+# eager form (imported by name so that transformers' remote-code import scan does not look for it).
+cpu_fused = (importlib.import_module("rwkv_hf.vision.cpu_fused")
+             if __name__ == "rwkv_hf.vision.modeling_vrwkv" else None)
 
 # --------------------------------------------------------------------------- helpers
 
@@ -89,6 +95,17 @@ def _linear(c_in, c_out):
 # --------------------------------------------------------------------------- mixers
 
 
+def q_shift_lerp(x, grid, shift_pixel, gamma, group, mus):
+    """``torch.lerp(q_shift(x), x, mu)`` for each of ``mus`` (``q_shift(x)`` itself for a None).
+    Float32 CPU inference runs it as one fused pass (:mod:`rwkv_hf.vision.cpu_fused`)."""
+    if cpu_fused is not None:
+        fused = cpu_fused.q_shift_lerp(x, grid, shift_pixel, gamma, group, mus)
+        if fused is not None:
+            return fused
+    xx = q_shift(x, grid, shift_pixel, gamma, group)
+    return [xx if mu is None else torch.lerp(xx, x, mu) for mu in mus]
+
+
 class VrwkvSpatialMix(nn.Module):
     """VRWKV token mixing: Q-Shift lerp, then ``W_o(sigmoid(r) * BiWKV4(k, v))``."""
 
@@ -118,10 +135,8 @@ class VrwkvSpatialMix(nn.Module):
         init.copy_(self.spatial_mix_r, x ** (0.5 * r1a0))
 
     def forward(self, x, grid):
-        xx = q_shift(x, grid, *self.shift)
-        k = self.key(torch.lerp(xx, x, self.spatial_mix_k))
-        v = self.value(torch.lerp(xx, x, self.spatial_mix_v))
-        r = self.receptance(torch.lerp(xx, x, self.spatial_mix_r))
+        xk, xv, xr = q_shift_lerp(x, grid, *self.shift, (self.spatial_mix_k, self.spatial_mix_v, self.spatial_mix_r))
+        k, v, r = self.key(xk), self.value(xv), self.receptance(xr)
         t = x.shape[1]
         # The official code divides the decay and the bonus by the token count.
         y, _ = ops.bi_wkv4(k, v, -self.spatial_decay / t, self.spatial_first / t)
@@ -172,7 +187,7 @@ class Vrwkv6SpatialMix(nn.Module):
 
     def forward(self, x, grid):
         b, t, c = x.shape
-        xx = q_shift(x, grid, *self.shift) - x
+        xx = q_shift_lerp(x, grid, *self.shift, (None,))[0] - x
         xxx = torch.tanh((x + xx * self.time_maa_x) @ self.time_maa_w1)
         xxx = torch.bmm(xxx.view(b * t, 5, -1).transpose(0, 1), self.time_maa_w2).view(5, b, t, c)
         mw, mk, mv, mr, mg = xxx.unbind(0)
@@ -218,10 +233,10 @@ class VrwkvChannelMix(nn.Module):
         init.copy_(self.spatial_mix_r, curve)
 
     def forward(self, x, grid):
-        xx = q_shift(x, grid, *self.shift)
-        r = torch.sigmoid(self.receptance(torch.lerp(xx, x, self.spatial_mix_r)))
-        k = sqrelu(self.key(torch.lerp(xx, x, self.spatial_mix_k)))
-        del xx  # the 4C-wide keys are the peak: hold as little else as possible
+        xr, xk = q_shift_lerp(x, grid, *self.shift, (self.spatial_mix_r, self.spatial_mix_k))
+        r = torch.sigmoid(self.receptance(xr))
+        k = sqrelu(self.key(xk))
+        del xr, xk  # the 4C-wide keys are the peak: hold as little else as possible
         if self.key_norm is not None:
             k = self.key_norm(k)
         return r * self.value(k)
