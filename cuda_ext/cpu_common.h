@@ -1,5 +1,6 @@
-// What the CPU kernels (wkv_cpu.cpp, lm_cpu.cpp) share: the parallel loop and branch-free math
-// (loops over xexp vectorise, where std::exp does not without -ffast-math).
+// What the CPU kernels (wkv_cpu.cpp, lm_cpu.cpp, vision_cpu.cpp) share: the parallel loops,
+// branch-free math (loops over xexp vectorise, where std::exp does not without -ffast-math), and
+// for the fused model blocks the BLAS wrappers and row passes.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -69,5 +70,94 @@ inline double xexp(double x) { return std::exp(x); }
 
 // 1 / (1 + e^-x), through xexp.
 inline float xsigmoid(float x) { return 1.0f / (1.0f + xexp(-x)); }
+
+
+// ------------------------------------------------------------------------------------ passes
+// Below this many floats one thread is faster than starting another (generation steps).
+constexpr int64_t kParallelWork = 1 << 15;
+// ------------------------------------------------------------------------------------ BLAS
+// The Fortran sgemm (32-bit integers) of the BLAS torch links, for the fused model blocks: set
+// once by rwkv_hf_cpu_set_sgemm (rwkv_hf.ops.cpu_backend.load_blas), shared by every file.
+using Sgemm = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
+                       const int*, const float*, const int*, const float*, float*, const int*);
+inline Sgemm g_sgemm = nullptr;
+
+// y[rows, out] = x[rows, in] W^T (+ y when accumulate); W [out, in] row-major (an nn.Linear).
+// Column-major BLAS view: y' = op(W') x' with W' = W^T stored [in, out].
+inline void linear(int64_t rows, int64_t in, int64_t out, const float* x, const float* W, float* y, bool accumulate) {
+  const int m = static_cast<int>(out), n = static_cast<int>(rows), k = static_cast<int>(in);
+  const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+  g_sgemm("T", "N", &m, &n, &k, &one, W, &k, x, &k, &beta, y, &m);
+}
+
+// y[rows, out] = x[rows, in] M; M [in, out] row-major (the LoRA factors); ldx is x's row stride.
+inline void matmul(int64_t rows, int64_t in, int64_t out, const float* x, int64_t ldx, const float* M, float* y) {
+  const int m = static_cast<int>(out), n = static_cast<int>(rows), k = static_cast<int>(in);
+  const int ldb = static_cast<int>(ldx);
+  const float one = 1.0f, zero = 0.0f;
+  g_sgemm("N", "N", &m, &n, &k, &one, M, &m, x, &ldb, &zero, y, &m);
+}
+
+
+// f(r0, r1) over [0, rows) in contiguous blocks on up to `threads` threads.
+template <typename F>
+void parallel_rows(int64_t rows, int64_t row_work, int threads, F f) {
+  parallel_blocks(rows, rows * row_work < kParallelWork ? 1 : threads,
+                               [&](int, int64_t r0, int64_t r1) { f(r0, r1); });
+}
+
+// f(x[i]) in place on n floats.
+template <typename F>
+void map_inplace(int64_t n, float* x, int threads, F f) {
+  parallel_rows(n, 1, threads, [&](int64_t i0, int64_t i1) {
+#pragma omp simd
+    for (int64_t i = i0; i < i1; ++i) x[i] = f(x[i]);
+  });
+}
+
+inline float xtanh(float x) { return 1.0f - 2.0f / (1.0f + xexp(2.0f * x)); }
+
+inline float sqrelu(float x) {
+  const float z = x > 0.0f ? x : 0.0f;
+  return z * z;
+}
+
+// Activations as types, so that map_inplace inlines and vectorises them.
+struct Tanh {
+  float operator()(float x) const { return xtanh(x); }
+};
+struct Sigmoid {
+  float operator()(float x) const { return xsigmoid(x); }
+};
+struct SqRelu {
+  float operator()(float x) const { return sqrelu(x); }
+};
+// mean and 1/sqrt(var + eps) of x[0, n), two passes (as accurate as torch's layer_norm).
+inline void moments(const float* __restrict__ x, int64_t n, float eps, float& mean, float& rstd) {
+  float s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t c = 0; c < n; ++c) s += x[c];
+  mean = s / n;
+  float q = 0;
+#pragma omp simd reduction(+ : q)
+  for (int64_t c = 0; c < n; ++c) q += (x[c] - mean) * (x[c] - mean);
+  rstd = 1.0f / std::sqrt(q / n + eps);
+}
+
+
+// out = LayerNorm(x) * w + b over rows of n (out may be x).
+inline void layer_norm_rows(int64_t rows, int64_t n, const float* x, const float* w, const float* b, float eps,
+                            float* out, int threads) {
+  parallel_rows(rows, n, threads, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = x + r * n;
+      float* o = out + r * n;
+      float mean, rstd;
+      moments(xr, n, eps, mean, rstd);
+#pragma omp simd
+      for (int64_t c = 0; c < n; ++c) o[c] = (xr[c] - mean) * rstd * w[c] + b[c];
+    }
+  });
+}
 
 }  // namespace rwkv_hf_cpu

@@ -7,7 +7,7 @@
 // PyTorch each of a block's 20-30 small ops after a matmul costs 20-40 us more than it does
 // hot (the matmul has evicted the interpreter's and dispatcher's working set), which is a third
 // of a step. Here the matmuls run on the BLAS torch itself links (its exported Fortran `sgemm_`,
-// whose address rwkv_hf_lm_set_sgemm receives), the recurrences on the operator layer's kernels
+// whose address rwkv_hf_cpu_set_sgemm receives), the recurrences on the operator layer's kernels
 // (rwkv_hf_wkv*_forward_f32 of wkv_cpu.cpp), and everything between them in a few fused passes.
 //
 // Layout: activations are rows of C = H * N floats, [rows, C] contiguous, rows = B * T in
@@ -37,70 +37,11 @@ int rwkv_hf_wkv7_forward_f32(int64_t B, int64_t T, int64_t H, int64_t K, int64_t
 
 namespace {
 
-using rwkv_hf_cpu::xexp;
-using rwkv_hf_cpu::xsigmoid;
+using namespace rwkv_hf_cpu;
 
-// Below this many floats one thread is faster than starting another (generation steps).
-constexpr int64_t kParallelWork = 1 << 15;
 // The recurrences' own threshold (cpu_backend._PARALLEL_WORK), in state-update flops.
 constexpr int64_t kWkvParallelWork = 1 << 18;
 
-// ------------------------------------------------------------------------------------ BLAS
-using Sgemm = void (*)(const char*, const char*, const int*, const int*, const int*, const float*, const float*,
-                       const int*, const float*, const int*, const float*, float*, const int*);
-Sgemm g_sgemm = nullptr;
-
-// y[rows, out] = x[rows, in] W^T (+ y when accumulate); W [out, in] row-major (an nn.Linear).
-// Column-major BLAS view: y' = op(W') x' with W' = W^T stored [in, out].
-void linear(int64_t rows, int64_t in, int64_t out, const float* x, const float* W, float* y, bool accumulate) {
-  const int m = static_cast<int>(out), n = static_cast<int>(rows), k = static_cast<int>(in);
-  const float one = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-  g_sgemm("T", "N", &m, &n, &k, &one, W, &k, x, &k, &beta, y, &m);
-}
-
-// y[rows, out] = x[rows, in] M; M [in, out] row-major (the LoRA factors); ldx is x's row stride.
-void matmul(int64_t rows, int64_t in, int64_t out, const float* x, int64_t ldx, const float* M, float* y) {
-  const int m = static_cast<int>(out), n = static_cast<int>(rows), k = static_cast<int>(in);
-  const int ldb = static_cast<int>(ldx);
-  const float one = 1.0f, zero = 0.0f;
-  g_sgemm("N", "N", &m, &n, &k, &one, M, &m, x, &ldb, &zero, y, &m);
-}
-
-// ------------------------------------------------------------------------------------ passes
-
-// f(r0, r1) over [0, rows) in contiguous blocks on up to `threads` threads.
-template <typename F>
-void parallel_rows(int64_t rows, int64_t row_work, int threads, F f) {
-  rwkv_hf_cpu::parallel_blocks(rows, rows * row_work < kParallelWork ? 1 : threads,
-                               [&](int, int64_t r0, int64_t r1) { f(r0, r1); });
-}
-
-// f(x[i]) in place on n floats.
-template <typename F>
-void map_inplace(int64_t n, float* x, int threads, F f) {
-  parallel_rows(n, 1, threads, [&](int64_t i0, int64_t i1) {
-#pragma omp simd
-    for (int64_t i = i0; i < i1; ++i) x[i] = f(x[i]);
-  });
-}
-
-inline float xtanh(float x) { return 1.0f - 2.0f / (1.0f + xexp(2.0f * x)); }
-
-inline float sqrelu(float x) {
-  const float z = x > 0.0f ? x : 0.0f;
-  return z * z;
-}
-
-// Activations as types, so that map_inplace inlines and vectorises them.
-struct Tanh {
-  float operator()(float x) const { return xtanh(x); }
-};
-struct Sigmoid {
-  float operator()(float x) const { return xsigmoid(x); }
-};
-struct SqRelu {
-  float operator()(float x) const { return sqrelu(x); }
-};
 struct NoAct {};
 
 // y[rows, C] = act(x[rows, C] A) B, a low-rank projection (A [C, d], B [d, C]) with `act`
@@ -111,18 +52,6 @@ void lora(int64_t rows, int64_t C, int64_t d, const float* x, const float* A, co
   matmul(rows, C, d, x, C, A, mid);
   if constexpr (!std::is_same_v<Act, NoAct>) map_inplace(rows * d, mid, threads, act);
   matmul(rows, d, C, mid, d, B, y);
-}
-
-// mean and 1/sqrt(var + eps) of x[0, n), two passes (as accurate as torch's layer_norm).
-inline void moments(const float* __restrict__ x, int64_t n, float eps, float& mean, float& rstd) {
-  float s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t c = 0; c < n; ++c) s += x[c];
-  mean = s / n;
-  float q = 0;
-#pragma omp simd reduction(+ : q)
-  for (int64_t c = 0; c < n; ++c) q += (x[c] - mean) * (x[c] - mean);
-  rstd = 1.0f / std::sqrt(q / n + eps);
 }
 
 // The front of every mixer: xn = LayerNorm(h) * ln_w + ln_b; prev = xn of the previous token
@@ -414,11 +343,11 @@ void v7_block(const Dims& d, const float* const* p, float eps, float gn_eps, flo
 
 extern "C" {
 
-// The BLAS sgemm (Fortran ABI, 32-bit integers) the blocks' matmuls call: torch's own.
-void rwkv_hf_lm_set_sgemm(void* f) { g_sgemm = reinterpret_cast<Sgemm>(f); }
+// The BLAS sgemm (Fortran ABI, 32-bit integers) the fused blocks' matmuls call: torch's own.
+void rwkv_hf_cpu_set_sgemm(void* f) { g_sgemm = reinterpret_cast<Sgemm>(f); }
 
 // y[rows, out] = x[rows, in] W^T through that sgemm (the loader's check of the symbol).
-int rwkv_hf_lm_linear(int64_t rows, int64_t in, int64_t out, const float* x, const float* W, float* y) {
+int rwkv_hf_cpu_linear(int64_t rows, int64_t in, int64_t out, const float* x, const float* W, float* y) {
   if (!g_sgemm) return 1;
   linear(rows, in, out, x, W, y, false);
   return 0;

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rwkv_hf.lm import cpu_fused
+from rwkv_hf.ops import cpu_backend
 
 from lm_utils import VERSIONS, VOCAB, rel_err, tiny_model
 
@@ -158,8 +159,10 @@ def test_without_torchs_sgemm_the_eager_path_runs(monkeypatch, fused_calls):
         fused = model(ids).logits
         calls = fused_calls.calls
         monkeypatch.setattr(cpu_fused, "_lib", None)  # forget the loaded library ...
-        monkeypatch.setattr(cpu_fused, "_torch_sgemm", lambda: None)  # ... and find no BLAS symbol
+        monkeypatch.setattr(cpu_backend, "_blas_error", None)
+        monkeypatch.setattr(cpu_backend, "_torch_sgemm", lambda: None)  # ... and find no BLAS symbol
         eager = model(ids).logits
+        assert cpu_fused.available() == (False, "this torch build exports no sgemm_ from its CPU library")
     assert fused_calls.calls == calls
     assert rel_err(fused, eager) < 1e-5
 

@@ -447,25 +447,40 @@ def test_fused_q_shift_lerp_equals_the_eager_form(shift_pixel, gamma, group, gri
 
 @pytest.mark.parametrize("version,size", CASES)
 def test_fused_cpu_inference_equals_the_eager_model(version, size, monkeypatch):
+    """VRWKV blocks run whole as one C call, VRWKV6 blocks eagerly with the fused Q-Shift; both
+    equal the eager model, for every published block layout (post-norm, layer scale, key norm)."""
     from rwkv_hf.vision import cpu_fused
 
-    ran = []
-    real = cpu_fused.q_shift_lerp
-
-    def counted(*args):
-        out = real(*args)
-        ran.append(out is not None)
-        return out
-
-    monkeypatch.setattr(cpu_fused, "q_shift_lerp", counted)
+    ran = {"v4_block": [], "q_shift_lerp": []}
+    for name, log in ran.items():
+        def counted(*args, _real=getattr(cpu_fused, name), _log=log):
+            out = _real(*args)
+            _log.append(out is not None)
+            return out
+        monkeypatch.setattr(cpu_fused, name, counted)
     sw = _switches(version, size)
     torch.manual_seed(0)
     model = _ours_for(version, sw, 128 if version == 6 else 64).eval()
     x = torch.randn(2, 3, 160, 272)
     with torch.no_grad():
         fused = model(x).logits
-        assert ran == [True] * 4  # two blocks, two shifts each
+        if version == 4:  # two blocks, each one call
+            assert ran == {"v4_block": [True, True], "q_shift_lerp": []}
+        else:  # two blocks, two shifts each
+            assert ran == {"v4_block": [False, False], "q_shift_lerp": [True] * 4}
         monkeypatch.setenv("RWKV_HF_VISION_FUSED", "0")
         eager = model(x).logits
-    assert ran == [True] * 4 + [False] * 4
+    assert not any(ran["v4_block"][2:]) and not any(ran["q_shift_lerp"][-4:])
     assert rel_err(fused, eager) < 1e-5
+
+
+def test_fused_vision_blocks_leave_collected_hidden_states_alone(monkeypatch):
+    model = _small(4).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        fused = model(x, output_hidden_states=True).hidden_states
+        monkeypatch.setenv("RWKV_HF_VISION_FUSED", "0")
+        eager = model(x, output_hidden_states=True).hidden_states
+    assert len(fused) == len(eager) == 3
+    for a, b in zip(fused, eager):  # each block's output as it was, not overwritten by the next
+        assert rel_err(a, b) < 1e-5

@@ -17,12 +17,10 @@ built with a BLAS found in torch. ``RWKV_HF_LM_FUSED=0`` turns it off.
 """
 import ctypes
 import os
-import threading
 
 import torch
-from torch import nn
-from torch.nn.modules import module as _module
 
+from ..fused_cpu import plain, scratch
 from ..ops import V4_EMPTY_LOGSCALE, cpu_backend
 
 __all__ = ["ENV", "available", "usable", "Runner"]
@@ -32,55 +30,21 @@ V7_DECAY_SCALE = -0.6065306597126334  # -exp(-0.5), as modeling_rwkv_lm
 
 _lib = None  # the declared library, or False once it (or torch's sgemm) was found missing
 _why_not = None  # why not, then
-# Scratch kept between calls, per thread: a fresh multi-megabyte buffer page-faults on first
-# touch (about 3% of a 512-token prefill). Up to this many bytes are kept (a 512-token RWKV-7
-# prefill at C=768 needs 34 MB).
-_SCRATCH_KEEP = 64 << 20
-_scratch = threading.local()
-
-
-def _torch_sgemm():
-    """The address of the Fortran ``sgemm_`` torch's CPU library exports (its MKL or OpenBLAS),
-    or None."""
-    libdir = os.path.join(os.path.dirname(torch.__file__), "lib")
-    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib", "torch_cpu.dll"):
-        path = os.path.join(libdir, name)
-        if os.path.exists(path):
-            try:
-                return ctypes.cast(ctypes.CDLL(path).sgemm_, ctypes.c_void_p).value
-            except (OSError, AttributeError):
-                return None
-    return None
-
 
 def _load():
     global _lib, _why_not
     if _lib is None:
         _lib = False
         try:
-            lib = cpu_backend.load()
-        except RuntimeError as e:  # no compiler: the operator layer says so once when it falls back
+            lib = cpu_backend.load_blas()
+        except RuntimeError as e:  # no compiler (the operator layer says so once) or no BLAS symbol
             _why_not = str(e)
             return None
-        sgemm = _torch_sgemm()
-        if sgemm is None:
-            _why_not = "this torch build exports no sgemm_ from its CPU library"
-            return None
         i64, i32, f32, p = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
-        lib.rwkv_hf_lm_set_sgemm.argtypes = [p]
-        lib.rwkv_hf_lm_linear.argtypes = [i64] * 3 + [p] * 3
         lib.rwkv_hf_lm_scratch_floats.argtypes = [i32, ctypes.POINTER(i64)]
         lib.rwkv_hf_lm_scratch_floats.restype = i64
         lib.rwkv_hf_lm_block.argtypes = ([i32, ctypes.POINTER(i64), ctypes.POINTER(p), f32, f32] + [p] * 8
                                          + [i32, f32, p, i32])
-        lib.rwkv_hf_lm_set_sgemm(sgemm)
-        # The symbol's calling convention (32-bit integers, column-major) checked on one product.
-        x, w = torch.randn(3, 5), torch.randn(4, 5)
-        y = torch.empty(3, 4)
-        if lib.rwkv_hf_lm_linear(3, 5, 4, x.data_ptr(), w.data_ptr(), y.data_ptr()) != 0 or \
-                not torch.allclose(y, x @ w.T, rtol=1e-5, atol=1e-5):
-            _why_not = "torch's sgemm_ does not have the expected calling convention"
-            return None
         _lib = lib
     return _lib or None
 
@@ -93,39 +57,13 @@ def available():
     return (True, "ok") if _load() is not None else (False, _why_not)
 
 
-_PLAIN_TORCH = (nn.ModuleList, nn.Linear, nn.LayerNorm, nn.GroupNorm)
-_MODELING = "rwkv_hf.lm.modeling_rwkv_lm"
-
-
-def _plain(module):
-    """Whether ``module`` and everything under it is what the fused path reads: the modeling
-    file's own modules and plain torch Linear / LayerNorm / GroupNorm, without hooks (nor
-    accelerate's ``_hf_hook``), every parameter a contiguous float32 CPU tensor. A PEFT or
-    quantised wrapper is another type, so it sends the call to the eager path."""
-    stack = [module]
-    while stack:
-        m = stack.pop()
-        if not (type(m) in _PLAIN_TORCH or type(m).__module__ == _MODELING):
-            return False
-        if (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-                or "_hf_hook" in m.__dict__):
-            return False
-        for p in m._parameters.values():
-            if p is not None and (p.dtype is not torch.float32 or not p.is_cpu or not p.is_contiguous()):
-                return False
-        stack.extend(m._modules.values())
-    return True
-
-
 def usable(blocks, hidden, mask):
     """Whether the fused path computes these blocks exactly as their eager forward would."""
     if os.environ.get(ENV, "1") == "0" or torch.is_grad_enabled() or mask is not None:
         return False
     if hidden.device.type != "cpu" or hidden.dtype != torch.float32:
         return False
-    if _module._global_forward_hooks or _module._global_forward_pre_hooks:
-        return False
-    return _plain(blocks) and _load() is not None
+    return plain(blocks, "rwkv_hf.lm.modeling_rwkv_lm") and _load() is not None
 
 
 # ---------------------------------------------------------------------------- parameters
@@ -186,15 +124,6 @@ def _ptr(x):
     return None if x is None else x.data_ptr()
 
 
-def _scratch_buffer(floats):
-    buf = getattr(_scratch, "buf", None)
-    if buf is None or buf.numel() < floats:
-        buf = torch.empty(floats)
-        if floats * 4 <= _SCRATCH_KEEP:
-            _scratch.buf = buf
-    return buf
-
-
 class Runner:
     """The fused blocks of one forward call on hidden states of shape (batch, seq_len): the
     scratch memory they share (this thread's, reused from call to call) and RWKV-7's
@@ -207,7 +136,7 @@ class Runner:
         n = config.head_size if version != 4 else c
         dims = [batch, seq_len, c, c // n, n, config.intermediate_size, *_low_rank_dims(version, config)]
         self.dims = (ctypes.c_int64 * 10)(*dims)
-        self.scratch = _scratch_buffer(_lib.rwkv_hf_lm_scratch_floats(version, self.dims))
+        self.scratch = scratch(_lib.rwkv_hf_lm_scratch_floats(version, self.dims))
         self.v_first = torch.empty(batch * seq_len, c) if version == 7 else None
         self.threads = torch.get_num_threads()
 

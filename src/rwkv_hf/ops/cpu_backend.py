@@ -52,6 +52,7 @@ _FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fopenmp-simd")
 _lock = threading.RLock()
 _lib = None
 _load_error = None
+_blas_error = None  # "" once torch's sgemm is set and checked, else why not
 _sources_present = None
 
 
@@ -195,6 +196,45 @@ def load(verbose=False):
                 _load_error = f"the compiled CPU kernels are unavailable: {e}"
                 raise RuntimeError(_load_error) from e
     return _lib
+
+
+def _torch_sgemm():
+    """The address of the Fortran ``sgemm_`` torch's CPU library exports (its MKL or OpenBLAS),
+    or None."""
+    libdir = os.path.join(os.path.dirname(torch.__file__), "lib")
+    for name in ("libtorch_cpu.so", "libtorch_cpu.dylib", "torch_cpu.dll"):
+        path = os.path.join(libdir, name)
+        if os.path.exists(path):
+            try:
+                return ctypes.cast(ctypes.CDLL(path).sgemm_, ctypes.c_void_p).value
+            except (OSError, AttributeError):
+                return None
+    return None
+
+
+def load_blas():
+    """The library with torch's own BLAS ``sgemm_`` handed to it, for the fused model blocks
+    (:mod:`rwkv_hf.lm.cpu_fused`, :mod:`rwkv_hf.vision.cpu_fused`), whose matmuls call it.
+    Its calling convention (32-bit integers, column-major) is checked on one product. Raises
+    RuntimeError saying why not."""
+    global _blas_error
+    lib = load()
+    with _lock:
+        if _blas_error is None:
+            sgemm = _torch_sgemm()
+            if sgemm is None:
+                _blas_error = "this torch build exports no sgemm_ from its CPU library"
+            else:
+                lib.rwkv_hf_cpu_set_sgemm.argtypes = [ctypes.c_void_p]
+                lib.rwkv_hf_cpu_linear.argtypes = [ctypes.c_int64] * 3 + [ctypes.c_void_p] * 3
+                lib.rwkv_hf_cpu_set_sgemm(sgemm)
+                x, w, y = torch.randn(3, 5), torch.randn(4, 5), torch.empty(3, 4)
+                ok = lib.rwkv_hf_cpu_linear(3, 5, 4, x.data_ptr(), w.data_ptr(), y.data_ptr()) == 0 and \
+                    torch.allclose(y, x @ w.T, rtol=1e-5, atol=1e-5)
+                _blas_error = "" if ok else "torch's sgemm_ does not have the expected calling convention"
+    if _blas_error:
+        raise RuntimeError(_blas_error)
+    return lib
 
 
 def available():

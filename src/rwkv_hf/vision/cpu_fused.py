@@ -1,24 +1,28 @@
-"""Fused CPU inference kernel of the Vision-RWKV models: the Q-Shift and its lerps in one pass.
+"""Fused CPU inference of the Vision-RWKV models (float32, no gradients, eval mode).
 
-``modeling_vrwkv.q_shift`` followed by ``torch.lerp`` is the definition (and what training, other
-dtypes and devices run); eagerly it is a zero fill, five strided copies and a pass per lerp,
-which at 224 px (196 patches, C=192) cost more than the block's matmuls. Float32 CPU inference
-without gradients runs ``cuda_ext/vision_cpu.cpp`` instead (built into the operator layer's CPU
-library); ``tests/test_vision.py`` checks it against the eager form. ``RWKV_HF_VISION_FUSED=0``
-turns it off.
+``modeling_vrwkv.py`` is the definition (and what training, other dtypes and devices run). At
+224 px a VRWKV block's eager ops around its small matmuls (the Q-Shift alone is a zero fill and
+five strided copies, then a pass per lerp) cost more than the matmuls. So float32 CPU inference
+runs ``cuda_ext/vision_cpu.cpp`` (built into the operator layer's CPU library): a whole VRWKV
+(v4) block as one C call, its matmuls on torch's own sgemm, its recurrence on the operator
+layer's kernel; VRWKV6 blocks run eagerly with the Q-Shift and its lerps as one pass.
+``tests/test_vision.py`` checks both against the eager forms. ``RWKV_HF_VISION_FUSED=0`` turns
+them off.
 """
 import ctypes
 import os
 
 import torch
 
+from ..fused_cpu import plain, scratch
 from ..ops import cpu_backend
 
-__all__ = ["ENV", "q_shift_lerp"]
+__all__ = ["ENV", "q_shift_lerp", "v4_block"]
 
 ENV = "RWKV_HF_VISION_FUSED"
 
 _lib = None  # the declared library, or False once it failed to load
+_blas = None  # whether torch's sgemm was handed to it (the whole-block path)
 
 
 def _load():
@@ -32,8 +36,30 @@ def _load():
         i64, p = ctypes.c_int64, ctypes.c_void_p
         lib.rwkv_hf_vision_q_shift_lerp.argtypes = ([i64] * 6 + [ctypes.POINTER(i64), p, i64, ctypes.POINTER(p), p,
                                                     ctypes.c_int])
+        lib.rwkv_hf_vision_v4_scratch_floats.argtypes = [i64] * 4
+        lib.rwkv_hf_vision_v4_scratch_floats.restype = i64
+        lib.rwkv_hf_vision_v4_block.argtypes = ([i64] * 5 + [ctypes.POINTER(i64), ctypes.c_int, ctypes.POINTER(p),
+                                                ctypes.c_float, p, p, ctypes.c_int])
         _lib = lib
     return _lib or None
+
+
+def _load_blas():
+    global _blas
+    if _blas is None:
+        try:
+            cpu_backend.load_blas()
+            _blas = True
+        except RuntimeError:  # no BLAS symbol in this torch: the eager blocks (and fused Q-Shift)
+            _blas = False
+    return _blas
+
+
+def _bounds(gamma, group):
+    """q_shift's channel boundaries within a group, or None past the group (the eager form
+    clamps them)."""
+    bounds = [int(group * gamma * i) for i in range(5)]
+    return None if bounds[4] > group else bounds
 
 
 def q_shift_lerp(x, grid, shift_pixel, gamma, group, mus):
@@ -50,8 +76,8 @@ def q_shift_lerp(x, grid, shift_pixel, gamma, group, mus):
         return None
     if _load() is None:
         return None
-    bounds = [int(group * gamma * i) for i in range(5)]  # q_shift's channel boundaries
-    if bounds[4] > group:
+    bounds = _bounds(gamma, group)
+    if bounds is None:
         return None
     x = x.contiguous()
     mus = [None if m is None else m.contiguous() for m in mus]
@@ -61,3 +87,49 @@ def q_shift_lerp(x, grid, shift_pixel, gamma, group, mus):
     _lib.rwkv_hf_vision_q_shift_lerp(b, h, w, c, group, shift_pixel, e, x.data_ptr(), len(mus), ptrs,
                                      out.data_ptr(), torch.get_num_threads())
     return list(out.unbind(0))
+
+
+def _v4_params(block):
+    att, ffn = block.att, block.ffn
+    akn = att.key_norm
+    fkn = ffn.key_norm
+    return [block.ln1.weight, block.ln1.bias, block.ln2.weight, block.ln2.bias, att.spatial_mix_k,
+            att.spatial_mix_v, att.spatial_mix_r, att.key.weight, att.value.weight, att.receptance.weight,
+            att.spatial_decay, att.spatial_first, akn and akn.weight, akn and akn.bias, att.output.weight,
+            ffn.spatial_mix_k, ffn.spatial_mix_r, ffn.key.weight, fkn and fkn.weight, fkn and fkn.bias,
+            ffn.receptance.weight, ffn.value.weight, block.gamma1, block.gamma2]
+
+
+def v4_block(block, x, grid):
+    """A whole VRWKV (v4) block (``VrwkvBlock``) on x [B, H*W, C] as one C call, returning a new
+    tensor (x is left as it is); None where that does not apply (gradients, training mode, not
+    float32 on CPU, a VRWKV6 block, hooks or wrapped modules, no BLAS symbol in torch, the
+    switch off): the caller then runs the block eagerly."""
+    if torch.is_grad_enabled() or block.training or os.environ.get(ENV, "1") == "0":
+        return None
+    b, n, c = x.shape
+    h, w = grid
+    if x.device.type != "cpu" or x.dtype != torch.float32 or h * w != n:
+        return None
+    att, ffn = block.att, block.ffn
+    if type(att).__name__ != "VrwkvSpatialMix" or att.shift != ffn.shift:
+        return None
+    shift_pixel, gamma, group = att.shift
+    bounds = _bounds(gamma, group)
+    if bounds is None or c % group or not plain(block, "rwkv_hf.vision.modeling_vrwkv"):
+        return None
+    if _load() is None or not _load_blas():
+        return None
+    # The block's own copy (callers may keep x, e.g. as a collected hidden state); block 0
+    # normalises first, which makes one.
+    x = block.ln0(x) if block.layer_id == 0 else x.clone(memory_format=torch.contiguous_format)
+    f = ffn.key.out_features
+    buf = scratch(_lib.rwkv_hf_vision_v4_scratch_floats(b, n, c, f))
+    params = _v4_params(block)
+    status = _lib.rwkv_hf_vision_v4_block(
+        b, h, w, c, f, (ctypes.c_int64 * 7)(group, shift_pixel, *bounds), int(block.post_norm),
+        (ctypes.c_void_p * len(params))(*(None if t is None else t.data_ptr() for t in params)), block.ln1.eps,
+        x.data_ptr(), buf.data_ptr(), torch.get_num_threads())
+    if status != 0:
+        raise RuntimeError(f"rwkv_hf fused Vision-RWKV block failed (status {status})")
+    return x

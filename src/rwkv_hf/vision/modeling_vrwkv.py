@@ -282,6 +282,10 @@ class VrwkvBlock(GradientCheckpointingLayer):
         return x if gamma is None else gamma * x
 
     def forward(self, x, grid):
+        if cpu_fused is not None:  # float32 CPU inference: the whole block as one C call
+            fused = cpu_fused.v4_block(self, x, grid)
+            if fused is not None:
+                return fused
         if self.layer_id == 0:
             x = self.ln0(x)
         if self.post_norm:
