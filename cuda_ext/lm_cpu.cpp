@@ -41,6 +41,7 @@ using namespace rwkv_hf_cpu;
 
 // The recurrences' own threshold (cpu_backend._PARALLEL_WORK), in state-update flops.
 constexpr int64_t kWkvParallelWork = 1 << 18;
+constexpr float kV4MaskedKey = -1e30f;  // modeling_rwkv_lm.V4_MASKED_KEY: exp(k) of a padded token is 0
 
 struct NoAct {};
 
@@ -54,7 +55,8 @@ void lora(int64_t rows, int64_t C, int64_t d, const float* x, const float* A, co
   matmul(rows, d, C, mid, d, B, y);
 }
 
-// The front of every mixer: xn = LayerNorm(h) * ln_w + ln_b; prev = xn of the previous token
+// The front of every mixer: xn = (LayerNorm(h) * ln_w + ln_b) * mask (mask: 1 for real tokens, 0
+// for padding; null: all real); prev = xn of the previous token
 // (shift_in[b], or zeros when null, before each sequence);
 //   mix_i = xn + (prev - xn) * mu_i      (form 0: v6/v7's x + (prev - x) * m)
 //   mix_i = prev + (xn - prev) * mu_i    (form 1: v4/v5's lerp(prev, x, m))
@@ -62,7 +64,7 @@ void lora(int64_t rows, int64_t C, int64_t d, const float* x, const float* A, co
 // mix_i lives at mix + i * rows * C.
 void ln_shift_mix(int64_t B, int64_t T, int64_t C, const float* h, const float* ln_w, const float* ln_b, float eps,
                   float* xn, const float* shift_in, float* shift_out, int64_t n_mix, const float* const* mu,
-                  int form, float* mix, float* dx, int threads) {
+                  int form, float* mix, float* dx, int threads, const float* mask) {
   const int64_t rows = B * T;
   const std::vector<float> zeros(shift_in ? 0 : C, 0.0f);
   parallel_rows(rows, C, threads, [&](int64_t r0, int64_t r1) {
@@ -71,8 +73,9 @@ void ln_shift_mix(int64_t B, int64_t T, int64_t C, const float* h, const float* 
       float mean, rstd;
       moments(hr, C, eps, mean, rstd);
       float* __restrict__ o = xn + r * C;
+      const float keep = mask ? mask[r] : 1.0f;  // a padded position's mixer input is zero
 #pragma omp simd
-      for (int64_t c = 0; c < C; ++c) o[c] = (hr[c] - mean) * rstd * ln_w[c] + ln_b[c];
+      for (int64_t c = 0; c < C; ++c) o[c] = ((hr[c] - mean) * rstd * ln_w[c] + ln_b[c]) * keep;
     }
   });
   parallel_rows(rows, C * (n_mix + 1), threads, [&](int64_t r0, int64_t r1) {
@@ -140,10 +143,10 @@ void group_norm_gate(int64_t rows, int64_t H, int64_t N, float* y, const float* 
 // p: ln_w, ln_b, mix_k, mix_r, Wk [F, C], Wv [C, F], Wr [C, C].
 void ffn_rkv(int64_t B, int64_t T, int64_t C, int64_t F, const float* const* p, int form, float eps, float* h,
              const float* shift_in, float* shift_out, float* xn, float* mix, float* kf, float* vv, float* rr,
-             int threads) {
+             int threads, const float* mask) {
   const int64_t R = B * T;
   const float* mus[2] = {p[2], p[3]};
-  ln_shift_mix(B, T, C, h, p[0], p[1], eps, xn, shift_in, shift_out, 2, mus, form, mix, nullptr, threads);
+  ln_shift_mix(B, T, C, h, p[0], p[1], eps, xn, shift_in, shift_out, 2, mus, form, mix, nullptr, threads, mask);
   linear(R, C, F, mix, p[4], kf, false);
   map_inplace(R * F, kf, threads, SqRelu());
   linear(R, F, C, kf, p[5], vv, false);
@@ -174,6 +177,7 @@ struct Scratch {
 struct State {
   const float *att_in, *ffn_in, *wkv_in;
   float *att_out, *ffn_out, *wkv_out;
+  const float* mask;  // [B * T]: 1 for real tokens, 0 for (left) padding; null: no padding
 };
 
 // ------------------------------------------------------------------------------------ blocks
@@ -185,10 +189,14 @@ void v4_block(const Dims& d, const float* const* p, float eps, float* h, const S
   float *xn = sc.take(R * C), *mix = sc.take(3 * R * C), *k = sc.take(R * C), *v = sc.take(R * C),
         *r = sc.take(R * C), *y = sc.take(R * C), *w = sc.take(C), *kf = sc.take(R * d.F);
   const float* mus[3] = {p[2], p[3], p[4]};
-  ln_shift_mix(d.B, d.T, C, h, p[0], p[1], eps, xn, s.att_in, s.att_out, 3, mus, 1, mix, nullptr, threads);
+  ln_shift_mix(d.B, d.T, C, h, p[0], p[1], eps, xn, s.att_in, s.att_out, 3, mus, 1, mix, nullptr, threads, s.mask);
   linear(R, C, C, mix, p[5], k, false);
   linear(R, C, C, mix + R * C, p[6], v, false);
   linear(R, C, C, mix + 2 * R * C, p[7], r, false);
+  if (s.mask) {  // a zero input alone would still count exp(0) in the denominator
+    for (int64_t row = 0; row < R; ++row)
+      if (s.mask[row] == 0.0f) std::fill(k + row * C, k + (row + 1) * C, kV4MaskedKey);
+  }
   for (int64_t c = 0; c < C; ++c) w[c] = -xexp(p[8][c]);
   if (s.wkv_out != s.wkv_in) std::copy(s.wkv_in, s.wkv_in + d.B * 3 * C, s.wkv_out);  // updated in place
   rwkv_hf_wkv4_forward_f32(d.B, d.T, C, k, v, w, p[9], s.wkv_out, y, wkv_threads(R * C * 64, threads));
@@ -197,7 +205,7 @@ void v4_block(const Dims& d, const float* const* p, float eps, float* h, const S
     for (int64_t i = i0; i < i1; ++i) y[i] *= xsigmoid(r[i]);
   });
   linear(R, C, C, y, p[10], h, true);
-  ffn_rkv(d.B, d.T, C, d.F, p + 11, 1, eps, h, s.ffn_in, s.ffn_out, xn, mix, kf, k, v, threads);
+  ffn_rkv(d.B, d.T, C, d.F, p + 11, 1, eps, h, s.ffn_in, s.ffn_out, xn, mix, kf, k, v, threads, s.mask);
 }
 
 // p: ln1_w, ln1_b, mix_r, mix_k, mix_v, mix_g, Wr, Wk, Wv, Wg, time_decay [H, N], time_faaaa,
@@ -208,7 +216,7 @@ void v5_block(const Dims& d, const float* const* p, float eps, float gn_eps, flo
   float *xn = sc.take(R * C), *mix = sc.take(4 * R * C), *r = sc.take(R * C), *k = sc.take(R * C),
         *v = sc.take(R * C), *g = sc.take(R * C), *y = sc.take(R * C), *ew = sc.take(C), *kf = sc.take(R * d.F);
   const float* mus[4] = {p[2], p[3], p[4], p[5]};
-  ln_shift_mix(d.B, d.T, C, h, p[0], p[1], eps, xn, s.att_in, s.att_out, 4, mus, 1, mix, nullptr, threads);
+  ln_shift_mix(d.B, d.T, C, h, p[0], p[1], eps, xn, s.att_in, s.att_out, 4, mus, 1, mix, nullptr, threads, s.mask);
   float* outs[4] = {r, k, v, g};
   for (int i = 0; i < 4; ++i) linear(R, C, C, mix + i * R * C, p[6 + i], outs[i], false);
   for (int64_t c = 0; c < C; ++c) ew[c] = xexp(-xexp(p[10][c]));  // constant in time: stride-0 decay
@@ -216,7 +224,7 @@ void v5_block(const Dims& d, const float* const* p, float eps, float gn_eps, flo
                            wkv_threads(R * C * N, threads));
   group_norm_gate(R, H, N, y, p[12], p[13], gn_eps, g, nullptr, nullptr, nullptr, nullptr, threads);
   linear(R, C, C, y, p[14], h, true);
-  ffn_rkv(d.B, d.T, C, d.F, p + 15, 1, eps, h, s.ffn_in, s.ffn_out, xn, mix, kf, k, v, threads);
+  ffn_rkv(d.B, d.T, C, d.F, p + 15, 1, eps, h, s.ffn_in, s.ffn_out, xn, mix, kf, k, v, threads, s.mask);
 }
 
 // p: ln1_w, ln1_b, maa_x, maa_w1 [C, 5 dm], maa_w2 [5, dm, C], maa_w, maa_k, maa_v, maa_r, maa_g,
@@ -229,7 +237,7 @@ void v6_block(const Dims& d, const float* const* p, float eps, float gn_eps, flo
         *k = sc.take(R * C), *v = sc.take(R * C), *g = sc.take(R * C), *w = sc.take(R * C), *y = sc.take(R * C),
         *l5 = sc.take(R * 5 * dm), *ld = sc.take(R * dd), *kf = sc.take(R * d.F);
   const float* mus[1] = {p[2]};
-  ln_shift_mix(d.B, d.T, C, h, p[0], p[1], eps, xn, s.att_in, s.att_out, 1, mus, 0, mix, dx, threads);
+  ln_shift_mix(d.B, d.T, C, h, p[0], p[1], eps, xn, s.att_in, s.att_out, 1, mus, 0, mix, dx, threads, s.mask);
   matmul(R, C, 5 * dm, mix, C, p[3], l5);  // the five LoRA offsets share one down-projection
   map_inplace(R * 5 * dm, l5, threads, Tanh());
   for (int64_t i = 0; i < 5; ++i) matmul(R, dm, C, l5 + i * dm, 5 * dm, p[4] + i * dm * C, mix + i * R * C);
@@ -263,7 +271,7 @@ void v6_block(const Dims& d, const float* const* p, float eps, float gn_eps, flo
                            wkv_threads(R * C * N, threads));
   group_norm_gate(R, H, N, y, p[18], p[19], gn_eps, g, nullptr, nullptr, nullptr, nullptr, threads);
   linear(R, C, C, y, p[20], h, true);
-  ffn_rkv(d.B, d.T, C, d.F, p + 21, 0, eps, h, s.ffn_in, s.ffn_out, xn, mix, kf, k, v, threads);
+  ffn_rkv(d.B, d.T, C, d.F, p + 21, 0, eps, h, s.ffn_in, s.ffn_out, xn, mix, kf, k, v, threads, s.mask);
 }
 
 // p: ln1_w, ln1_b, x_r, x_w, x_k, x_v, x_a, x_g, Wr, Wk, Wv, w0, w1, w2, a0, a1, a2, v0, v1, v2
@@ -277,7 +285,7 @@ void v7_block(const Dims& d, const float* const* p, float eps, float gn_eps, flo
         *nkk = sc.take(R * C), *y = sc.take(R * C), *lw = sc.take(R * dw), *la = sc.take(R * da),
         *lv = sc.take(R * dv), *lg = sc.take(R * dg), *kf = sc.take(R * d.F);
   const float* mus[6] = {p[2], p[3], p[4], p[5], p[6], p[7]};
-  ln_shift_mix(d.B, d.T, C, h, p[0], p[1], eps, xn, s.att_in, s.att_out, 6, mus, 0, mix, nullptr, threads);
+  ln_shift_mix(d.B, d.T, C, h, p[0], p[1], eps, xn, s.att_in, s.att_out, 6, mus, 0, mix, nullptr, threads, s.mask);
   const float *xr = mix, *xw = mix + R * C, *xk = mix + 2 * R * C, *xv = mix + 3 * R * C, *xa = mix + 4 * R * C,
               *xg = mix + 5 * R * C;
   linear(R, C, C, xr, p[8], r, false);
@@ -333,7 +341,7 @@ void v7_block(const Dims& d, const float* const* p, float eps, float gn_eps, flo
   group_norm_gate(R, H, N, y, p[25], p[26], gn_eps, g, r, k, v, p[24], threads);
   linear(R, C, C, y, p[27], h, true);
   const float* fmu[1] = {p[30]};
-  ln_shift_mix(d.B, d.T, C, h, p[28], p[29], eps, xn, s.ffn_in, s.ffn_out, 1, fmu, 0, mix, nullptr, threads);
+  ln_shift_mix(d.B, d.T, C, h, p[28], p[29], eps, xn, s.ffn_in, s.ffn_out, 1, fmu, 0, mix, nullptr, threads, s.mask);
   linear(R, C, d.F, mix, p[31], kf, false);
   map_inplace(R * d.F, kf, threads, SqRelu());
   linear(R, d.F, C, kf, p[32], h, true);
@@ -363,13 +371,15 @@ int64_t rwkv_hf_lm_scratch_floats(int version, const int64_t* dims) {
 // One block of `version` on hidden h [B*T, C] (updated in place). dims: B, T, C, H, N, F, d0..d3;
 // p: the parameters in the order of the block function above; eps: LayerNorm, GroupNorm;
 // shifts [B, C] and WKV states: *_in may be null for the shifts (zeros) and may equal *_out (in
-// place). Returns 1 when no sgemm was set.
+// place); mask [B * T] (null: no padding) zeroes padded positions' mixer inputs and, for v4, sends
+// their keys to -1e30, as the eager blocks do. Returns 1 when no sgemm was set.
 int rwkv_hf_lm_block(int version, const int64_t* dims, const float* const* p, float eps, float gn_eps, float* h,
                      const float* att_in, float* att_out, const float* wkv_in, float* wkv_out, const float* ffn_in,
-                     float* ffn_out, float* v_first, int layer0, float w_scale, float* scratch, int threads) {
+                     float* ffn_out, float* v_first, int layer0, float w_scale, float* scratch, int threads,
+                     const float* mask) {
   if (!g_sgemm) return 1;
   const Dims d{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], {dims[6], dims[7], dims[8], dims[9]}};
-  const State s{att_in, ffn_in, wkv_in, att_out, ffn_out, wkv_out};
+  const State s{att_in, ffn_in, wkv_in, att_out, ffn_out, wkv_out, mask};
   Scratch sc{scratch};
   switch (version) {
     case 4: v4_block(d, p, eps, h, s, sc, threads); break;

@@ -9,11 +9,12 @@ library): the matmuls on the BLAS torch links (its own exported ``sgemm_``), the
 the operator layer's CPU kernels, the rest in a few fused passes. ``tests/test_lm_fused.py``
 checks it against the eager blocks, in float64, for every version.
 
-It runs only where it computes what the eager path would: float32 CPU tensors, gradients off, no
-padding mask, the blocks made of the modeling file's modules and plain ``nn.Linear`` /
-``LayerNorm`` / ``GroupNorm`` without hooks (so PEFT-wrapped, quantised, parametrised or hooked
-models take the eager path), every parameter a contiguous float32 CPU tensor, and the library
-built with a BLAS found in torch. ``RWKV_HF_LM_FUSED=0`` turns it off.
+It runs only where it computes what the eager path would: float32 CPU tensors, gradients off,
+the blocks made of the modeling file's modules and plain ``nn.Linear`` / ``LayerNorm`` /
+``GroupNorm`` without hooks (so PEFT-wrapped, quantised, parametrised or hooked models take the
+eager path), every parameter a contiguous float32 CPU tensor, and the library built with a BLAS
+found in torch. A padding mask is applied as the eager blocks apply it. ``RWKV_HF_LM_FUSED=0``
+turns it off.
 """
 import ctypes
 import os
@@ -44,7 +45,7 @@ def _load():
         lib.rwkv_hf_lm_scratch_floats.argtypes = [i32, ctypes.POINTER(i64)]
         lib.rwkv_hf_lm_scratch_floats.restype = i64
         lib.rwkv_hf_lm_block.argtypes = ([i32, ctypes.POINTER(i64), ctypes.POINTER(p), f32, f32] + [p] * 8
-                                         + [i32, f32, p, i32])
+                                         + [i32, f32, p, i32, p])
         _lib = lib
     return _lib or None
 
@@ -57,9 +58,9 @@ def available():
     return (True, "ok") if _load() is not None else (False, _why_not)
 
 
-def usable(blocks, hidden, mask):
+def usable(blocks, hidden):
     """Whether the fused path computes these blocks exactly as their eager forward would."""
-    if os.environ.get(ENV, "1") == "0" or torch.is_grad_enabled() or mask is not None:
+    if os.environ.get(ENV, "1") == "0" or torch.is_grad_enabled():
         return False
     if hidden.device.type != "cpu" or hidden.dtype != torch.float32:
         return False
@@ -129,9 +130,11 @@ class Runner:
     scratch memory they share (this thread's, reused from call to call) and RWKV-7's
     first-layer values."""
 
-    def __init__(self, version, config, batch, seq_len, update_states=True):
+    def __init__(self, version, config, batch, seq_len, update_states=True, mask=None):
         self.version = version
         self.update_states = update_states  # False: states passed in are left as they are
+        # [B, T] padding mask (True/1 for real tokens) as the float32 rows the kernels read
+        self.mask = None if mask is None else mask.to(torch.float32).contiguous()
         c = config.hidden_size
         n = config.head_size if version != 4 else c
         dims = [batch, seq_len, c, c // n, n, config.intermediate_size, *_low_rank_dims(version, config)]
@@ -167,7 +170,7 @@ class Runner:
             self.version, self.dims, (ctypes.c_void_p * len(params))(*map(_ptr, params)), blk.ln1.eps, gn_eps,
             hidden.data_ptr(), _ptr(att_shift), att_out.data_ptr(), wkv_state.data_ptr(), wkv_state.data_ptr(),
             _ptr(ffn_shift), ffn_out.data_ptr(), _ptr(self.v_first), int(blk.layer_id == 0), V7_DECAY_SCALE,
-            self.scratch.data_ptr(), self.threads)
+            self.scratch.data_ptr(), self.threads, _ptr(self.mask))
         if status != 0:
             raise RuntimeError(f"rwkv_hf fused CPU block failed (status {status})")
         return hidden, att_out, wkv_state, ffn_out

@@ -659,8 +659,9 @@ class RwkvLMModelBase(RwkvLMPreTrainedModel):
         v_first = None
         # float32 CPU inference runs each block as one fused C call (cpu_fused)
         fused = None
-        if cpu_fused is not None and cpu_fused.usable(self.blocks, hidden, mask):
-            fused = cpu_fused.Runner(self.rwkv_version, self.config, *hidden.shape[:2], update_states=use_cache)
+        if cpu_fused is not None and cpu_fused.usable(self.blocks, hidden):
+            fused = cpu_fused.Runner(self.rwkv_version, self.config, *hidden.shape[:2], update_states=use_cache,
+                                     mask=mask)
         for i, block in enumerate(self.blocks):
             if output_hidden_states:
                 all_hidden += (hidden.clone() if fused else hidden,)  # the fused blocks update it in place
