@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <thread>
 #include <vector>
 #ifdef _OPENMP
@@ -75,6 +76,12 @@ inline float xsigmoid(float x) { return 1.0f / (1.0f + xexp(-x)); }
 // ------------------------------------------------------------------------------------ passes
 // Below this many floats one thread is faster than starting another (generation steps).
 constexpr int64_t kParallelWork = 1 << 15;
+// A kernel called from a fused block reports failure (allocation) as a status: raise it, for the
+// C entry point's catch (nothing may unwind out of an extern "C" function into ctypes).
+inline void check(int status) {
+  if (status != 0) throw std::bad_alloc();
+}
+
 // ------------------------------------------------------------------------------------ BLAS
 // The Fortran sgemm (32-bit integers) of the BLAS torch links, for the fused model blocks: set
 // once by rwkv_hf_cpu_set_sgemm (rwkv_hf.ops.cpu_backend.load_blas), shared by every file.

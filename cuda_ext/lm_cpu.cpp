@@ -199,7 +199,7 @@ void v4_block(const Dims& d, const float* const* p, float eps, float* h, const S
   }
   for (int64_t c = 0; c < C; ++c) w[c] = -xexp(p[8][c]);
   if (s.wkv_out != s.wkv_in) std::copy(s.wkv_in, s.wkv_in + d.B * 3 * C, s.wkv_out);  // updated in place
-  rwkv_hf_wkv4_forward_f32(d.B, d.T, C, k, v, w, p[9], s.wkv_out, y, wkv_threads(R * C * 64, threads));
+  check(rwkv_hf_wkv4_forward_f32(d.B, d.T, C, k, v, w, p[9], s.wkv_out, y, wkv_threads(R * C * 64, threads)));
   parallel_rows(R * C, 1, threads, [&](int64_t i0, int64_t i1) {
 #pragma omp simd
     for (int64_t i = i0; i < i1; ++i) y[i] *= xsigmoid(r[i]);
@@ -220,8 +220,8 @@ void v5_block(const Dims& d, const float* const* p, float eps, float gn_eps, flo
   float* outs[4] = {r, k, v, g};
   for (int i = 0; i < 4; ++i) linear(R, C, C, mix + i * R * C, p[6 + i], outs[i], false);
   for (int64_t c = 0; c < C; ++c) ew[c] = xexp(-xexp(p[10][c]));  // constant in time: stride-0 decay
-  rwkv_hf_wkv6_forward_f32(d.B, d.T, H, N, N, 0, 0, N, 0, r, k, v, ew, p[11], s.wkv_in, s.wkv_out, y, nullptr,
-                           wkv_threads(R * C * N, threads));
+  check(rwkv_hf_wkv6_forward_f32(d.B, d.T, H, N, N, 0, 0, N, 0, r, k, v, ew, p[11], s.wkv_in, s.wkv_out, y, nullptr,
+                           wkv_threads(R * C * N, threads)));
   group_norm_gate(R, H, N, y, p[12], p[13], gn_eps, g, nullptr, nullptr, nullptr, nullptr, threads);
   linear(R, C, C, y, p[14], h, true);
   ffn_rkv(d.B, d.T, C, d.F, p + 15, 1, eps, h, s.ffn_in, s.ffn_out, xn, mix, kf, k, v, threads, s.mask);
@@ -267,8 +267,8 @@ void v6_block(const Dims& d, const float* const* p, float eps, float gn_eps, flo
       for (int64_t c = 0; c < C; ++c) o[c] = xexp(-xexp(p[14][c] + o[c]));
     }
   });
-  rwkv_hf_wkv6_forward_f32(d.B, d.T, H, N, N, d.T * C, C, N, 0, r, k, v, w, p[17], s.wkv_in, s.wkv_out, y, nullptr,
-                           wkv_threads(R * C * N, threads));
+  check(rwkv_hf_wkv6_forward_f32(d.B, d.T, H, N, N, d.T * C, C, N, 0, r, k, v, w, p[17], s.wkv_in, s.wkv_out, y, nullptr,
+                           wkv_threads(R * C * N, threads)));
   group_norm_gate(R, H, N, y, p[18], p[19], gn_eps, g, nullptr, nullptr, nullptr, nullptr, threads);
   linear(R, C, C, y, p[20], h, true);
   ffn_rkv(d.B, d.T, C, d.F, p + 21, 0, eps, h, s.ffn_in, s.ffn_out, xn, mix, kf, k, v, threads, s.mask);
@@ -336,8 +336,8 @@ void v7_block(const Dims& d, const float* const* p, float eps, float gn_eps, flo
       }
     }
   });
-  rwkv_hf_wkv7_forward_f32(d.B, d.T, H, N, N, d.T * C, C, N, r, k, v, w, nkk, a, s.wkv_in, s.wkv_out, y, nullptr,
-                           wkv_threads(2 * R * C * N, threads));
+  check(rwkv_hf_wkv7_forward_f32(d.B, d.T, H, N, N, d.T * C, C, N, r, k, v, w, nkk, a, s.wkv_in, s.wkv_out, y, nullptr,
+                           wkv_threads(2 * R * C * N, threads)));
   group_norm_gate(R, H, N, y, p[25], p[26], gn_eps, g, r, k, v, p[24], threads);
   linear(R, C, C, y, p[27], h, true);
   const float* fmu[1] = {p[30]};
@@ -372,7 +372,8 @@ int64_t rwkv_hf_lm_scratch_floats(int version, const int64_t* dims) {
 // p: the parameters in the order of the block function above; eps: LayerNorm, GroupNorm;
 // shifts [B, C] and WKV states: *_in may be null for the shifts (zeros) and may equal *_out (in
 // place); mask [B * T] (null: no padding) zeroes padded positions' mixer inputs and, for v4, sends
-// their keys to -1e30, as the eager blocks do. Returns 1 when no sgemm was set.
+// their keys to -1e30, as the eager blocks do. Returns 0, or 1 when no sgemm was set, 2 for an
+// unknown version, 3 when an allocation failed.
 int rwkv_hf_lm_block(int version, const int64_t* dims, const float* const* p, float eps, float gn_eps, float* h,
                      const float* att_in, float* att_out, const float* wkv_in, float* wkv_out, const float* ffn_in,
                      float* ffn_out, float* v_first, int layer0, float w_scale, float* scratch, int threads,
@@ -381,12 +382,16 @@ int rwkv_hf_lm_block(int version, const int64_t* dims, const float* const* p, fl
   const Dims d{dims[0], dims[1], dims[2], dims[3], dims[4], dims[5], {dims[6], dims[7], dims[8], dims[9]}};
   const State s{att_in, ffn_in, wkv_in, att_out, ffn_out, wkv_out, mask};
   Scratch sc{scratch};
-  switch (version) {
-    case 4: v4_block(d, p, eps, h, s, sc, threads); break;
-    case 5: v5_block(d, p, eps, gn_eps, h, s, sc, threads); break;
-    case 6: v6_block(d, p, eps, gn_eps, h, s, sc, threads); break;
-    case 7: v7_block(d, p, eps, gn_eps, h, s, v_first, layer0 != 0, w_scale, sc, threads); break;
-    default: return 2;
+  try {
+    switch (version) {
+      case 4: v4_block(d, p, eps, h, s, sc, threads); break;
+      case 5: v5_block(d, p, eps, gn_eps, h, s, sc, threads); break;
+      case 6: v6_block(d, p, eps, gn_eps, h, s, sc, threads); break;
+      case 7: v7_block(d, p, eps, gn_eps, h, s, v_first, layer0 != 0, w_scale, sc, threads); break;
+      default: return 2;
+    }
+  } catch (...) {  // an allocation failed
+    return 3;
   }
   return 0;
 }

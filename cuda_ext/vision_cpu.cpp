@@ -81,7 +81,11 @@ extern "C" {
 
 int rwkv_hf_vision_q_shift_lerp(int64_t B, int64_t H, int64_t W, int64_t C, int64_t group, int64_t s, const int64_t* e,
                                 const float* x, int64_t n_out, const float* const* mu, float* out, int threads) {
-  q_shift_lerp(B, H, W, C, group, s, e, x, n_out, mu, out, threads);
+  try {
+    q_shift_lerp(B, H, W, C, group, s, e, x, n_out, mu, out, threads);
+  } catch (...) {  // an allocation failed
+    return 3;
+  }
   return 0;
 }
 
@@ -99,9 +103,8 @@ int64_t rwkv_hf_vision_v4_scratch_floats(int64_t B, int64_t N, int64_t C, int64_
 // scales. p: ln1_w, ln1_b, ln2_w, ln2_b, att mix_k, mix_v, mix_r, Wk, Wv, Wr, decay, first,
 // key_norm_w, key_norm_b (null: none), Wo, ffn mix_k, mix_r, Wk [F, C], key_norm_w, key_norm_b
 // (F; null: none), Wr, Wv [C, F], gamma1, gamma2 (null: none). shift: group, s, e0..e4.
-int rwkv_hf_vision_v4_block(int64_t B, int64_t H, int64_t W, int64_t C, int64_t F, const int64_t* shift,
-                            int post_norm, const float* const* p, float eps, float* x, float* scratch, int threads) {
-  if (!g_sgemm) return 1;
+static void v4_block(int64_t B, int64_t H, int64_t W, int64_t C, int64_t F, const int64_t* shift, int post_norm,
+                     const float* const* p, float eps, float* x, float* scratch, int threads) {
   const int64_t N = H * W, R = B * N, group = shift[0], s = shift[1];
   const int64_t* e = shift + 2;
   float* z = scratch;  // the mixer's input
@@ -121,7 +124,7 @@ int rwkv_hf_vision_v4_block(int64_t B, int64_t H, int64_t W, int64_t C, int64_t 
     std::fill(state + b * 3 * C, state + b * 3 * C + 2 * C, 0.0f);
     std::fill(state + b * 3 * C + 2 * C, state + (b + 1) * 3 * C, kV4EmptyLogscale);
   }
-  rwkv_hf_bi_wkv4_forward_f32(B, N, C, k, v, w, u, state, y, threads);
+  check(rwkv_hf_bi_wkv4_forward_f32(B, N, C, k, v, w, u, state, y, threads));
   if (p[12]) layer_norm_rows(R, C, y, p[12], p[13], eps, y, threads);
   parallel_rows(R * C, 1, threads, [&](int64_t i0, int64_t i1) {
 #pragma omp simd
@@ -146,6 +149,17 @@ int rwkv_hf_vision_v4_block(int64_t B, int64_t H, int64_t W, int64_t C, int64_t 
   });
   if (post_norm) layer_norm_rows(R, C, v, p[2], p[3], eps, v, threads);
   add_scaled(R, C, x, v, p[23], threads);
+}
+
+// Returns 0, or 1 when no sgemm was set, 3 when an allocation failed.
+int rwkv_hf_vision_v4_block(int64_t B, int64_t H, int64_t W, int64_t C, int64_t F, const int64_t* shift,
+                            int post_norm, const float* const* p, float eps, float* x, float* scratch, int threads) {
+  if (!g_sgemm) return 1;
+  try {
+    v4_block(B, H, W, C, F, shift, post_norm, p, eps, x, scratch, threads);
+  } catch (...) {
+    return 3;
+  }
   return 0;
 }
 

@@ -171,6 +171,8 @@ class Runner:
             hidden.data_ptr(), _ptr(att_shift), att_out.data_ptr(), wkv_state.data_ptr(), wkv_state.data_ptr(),
             _ptr(ffn_shift), ffn_out.data_ptr(), _ptr(self.v_first), int(blk.layer_id == 0), V7_DECAY_SCALE,
             self.scratch.data_ptr(), self.threads, _ptr(self.mask))
+        if status == 3:
+            raise MemoryError("rwkv_hf fused CPU block: the WKV kernel could not allocate its buffers")
         if status != 0:
             raise RuntimeError(f"rwkv_hf fused CPU block failed (status {status})")
         return hidden, att_out, wkv_state, ffn_out
