@@ -157,13 +157,15 @@ class Runner:
         if blk.layer_id == 0:
             hidden = blk.ln0(hidden)  # a fresh tensor: the caller's embeddings stay untouched
         b, _, c = hidden.shape
-        att_shift, ffn_shift = (None if s is None else s.contiguous() for s in (att_shift, ffn_shift))
+        # (float32 contiguous states are used as they are, so a cache's are updated in place; any
+        # other is converted, and the caller's cache write copies the result back)
+        att_shift, ffn_shift = (None if s is None else s.to(torch.float32).contiguous() for s in (att_shift, ffn_shift))
         att_out = att_shift if att_shift is not None and self.update_states else torch.empty(b, c)
         ffn_out = ffn_shift if ffn_shift is not None and self.update_states else torch.empty(b, c)
         if wkv_state is None:
             wkv_state = self._initial_state(b, c)
-        elif not wkv_state.is_contiguous() or not self.update_states:
-            wkv_state = wkv_state.clone(memory_format=torch.contiguous_format)
+        elif wkv_state.dtype != torch.float32 or not wkv_state.is_contiguous() or not self.update_states:
+            wkv_state = wkv_state.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
         params = _PARAMS[self.version](blk)
         gn_eps = blk.attn.ln_x.eps if self.version != 4 else 0.0
         status = _lib.rwkv_hf_lm_block(
