@@ -152,17 +152,32 @@ inline void moments(const float* __restrict__ x, int64_t n, float eps, float& me
 }
 
 
-// out = LayerNorm(x) * w + b over rows of n (out may be x).
+// out = (LayerNorm(x) * w + b) * keep[row] over rows of n (keep null: 1; out may be x).
 inline void layer_norm_rows(int64_t rows, int64_t n, const float* x, const float* w, const float* b, float eps,
-                            float* out, int threads) {
+                            float* out, int threads, const float* keep = nullptr) {
   parallel_rows(rows, n, threads, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* xr = x + r * n;
       float* o = out + r * n;
       float mean, rstd;
       moments(xr, n, eps, mean, rstd);
+      const float k = keep ? keep[r] : 1.0f;
 #pragma omp simd
-      for (int64_t c = 0; c < n; ++c) o[c] = (xr[c] - mean) * rstd * w[c] + b[c];
+      for (int64_t c = 0; c < n; ++c) o[c] = ((xr[c] - mean) * rstd * w[c] + b[c]) * k;
+    }
+  });
+}
+
+// out = acc * out + sigmoid(r) * v over n floats (acc 0: a gate; 1: a gated residual add). out may
+// be v.
+inline void sigmoid_gate(int64_t n, const float* r, const float* v, float* out, bool accumulate, int threads) {
+  parallel_rows(n, 1, threads, [&](int64_t i0, int64_t i1) {
+    if (accumulate) {
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) out[i] += xsigmoid(r[i]) * v[i];
+    } else {
+#pragma omp simd
+      for (int64_t i = i0; i < i1; ++i) out[i] = xsigmoid(r[i]) * v[i];
     }
   });
 }

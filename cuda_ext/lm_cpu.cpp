@@ -67,17 +67,7 @@ void ln_shift_mix(int64_t B, int64_t T, int64_t C, const float* h, const float* 
                   int form, float* mix, float* dx, int threads, const float* mask) {
   const int64_t rows = B * T;
   const std::vector<float> zeros(shift_in ? 0 : C, 0.0f);
-  parallel_rows(rows, C, threads, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* __restrict__ hr = h + r * C;
-      float mean, rstd;
-      moments(hr, C, eps, mean, rstd);
-      float* __restrict__ o = xn + r * C;
-      const float keep = mask ? mask[r] : 1.0f;  // a padded position's mixer input is zero
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) o[c] = ((hr[c] - mean) * rstd * ln_w[c] + ln_b[c]) * keep;
-    }
-  });
+  layer_norm_rows(rows, C, h, ln_w, ln_b, eps, xn, threads, mask);  // a padded position's input is zero
   parallel_rows(rows, C * (n_mix + 1), threads, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / T, t = r % T;
@@ -151,10 +141,7 @@ void ffn_rkv(int64_t B, int64_t T, int64_t C, int64_t F, const float* const* p, 
   map_inplace(R * F, kf, threads, SqRelu());
   linear(R, F, C, kf, p[5], vv, false);
   linear(R, C, C, mix + R * C, p[6], rr, false);
-  parallel_rows(R * C, 1, threads, [&](int64_t i0, int64_t i1) {
-#pragma omp simd
-    for (int64_t i = i0; i < i1; ++i) h[i] += xsigmoid(rr[i]) * vv[i];
-  });
+  sigmoid_gate(R * C, rr, vv, h, true, threads);
 }
 
 int wkv_threads(int64_t work, int threads) { return work >= kWkvParallelWork ? threads : 1; }
@@ -200,10 +187,7 @@ void v4_block(const Dims& d, const float* const* p, float eps, float* h, const S
   for (int64_t c = 0; c < C; ++c) w[c] = -xexp(p[8][c]);
   if (s.wkv_out != s.wkv_in) std::copy(s.wkv_in, s.wkv_in + d.B * 3 * C, s.wkv_out);  // updated in place
   check(rwkv_hf_wkv4_forward_f32(d.B, d.T, C, k, v, w, p[9], s.wkv_out, y, wkv_threads(R * C * 64, threads)));
-  parallel_rows(R * C, 1, threads, [&](int64_t i0, int64_t i1) {
-#pragma omp simd
-    for (int64_t i = i0; i < i1; ++i) y[i] *= xsigmoid(r[i]);
-  });
+  sigmoid_gate(R * C, r, y, y, false, threads);
   linear(R, C, C, y, p[10], h, true);
   ffn_rkv(d.B, d.T, C, d.F, p + 11, 1, eps, h, s.ffn_in, s.ffn_out, xn, mix, kf, k, v, threads, s.mask);
 }

@@ -126,10 +126,7 @@ static void v4_block(int64_t B, int64_t H, int64_t W, int64_t C, int64_t F, cons
   }
   check(rwkv_hf_bi_wkv4_forward_f32(B, N, C, k, v, w, u, state, y, threads));
   if (p[12]) layer_norm_rows(R, C, y, p[12], p[13], eps, y, threads);
-  parallel_rows(R * C, 1, threads, [&](int64_t i0, int64_t i1) {
-#pragma omp simd
-    for (int64_t i = i0; i < i1; ++i) y[i] *= xsigmoid(r[i]);
-  });
+  sigmoid_gate(R * C, r, y, y, false, threads);
   linear(R, C, C, y, p[14], k, false);  // k: the mixer's output
   if (post_norm) layer_norm_rows(R, C, k, p[0], p[1], eps, k, threads);
   add_scaled(R, C, x, k, p[22], threads);
@@ -143,10 +140,7 @@ static void v4_block(int64_t B, int64_t H, int64_t W, int64_t C, int64_t F, cons
   if (p[18]) layer_norm_rows(R, F, kf, p[18], p[19], eps, kf, threads);
   linear(R, C, C, mix + R * C, p[20], r, false);
   linear(R, F, C, kf, p[21], v, false);
-  parallel_rows(R * C, 1, threads, [&](int64_t i0, int64_t i1) {
-#pragma omp simd
-    for (int64_t i = i0; i < i1; ++i) v[i] *= xsigmoid(r[i]);
-  });
+  sigmoid_gate(R * C, r, v, v, false, threads);
   if (post_norm) layer_norm_rows(R, C, v, p[2], p[3], eps, v, threads);
   add_scaled(R, C, x, v, p[23], threads);
 }

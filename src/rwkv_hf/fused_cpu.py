@@ -1,13 +1,14 @@
 """What the fused CPU inference paths of the model families (:mod:`rwkv_hf.lm.cpu_fused`,
 :mod:`rwkv_hf.vision.cpu_fused`) share: the check that a module tree is exactly what their C
 code reads, and the scratch memory their C calls work in."""
+import ctypes
 import threading
 
 import torch
 from torch import nn
 from torch.nn.modules import module as _module
 
-__all__ = ["plain", "scratch"]
+__all__ = ["plain", "ptr", "ptr_array", "scratch"]
 
 _PLAIN_TORCH = (nn.ModuleList, nn.Linear, nn.LayerNorm, nn.GroupNorm, nn.Identity)
 
@@ -50,3 +51,13 @@ def scratch(floats):
         if floats * 4 <= _SCRATCH_KEEP:
             _scratch.buf = buf
     return buf
+
+
+def ptr(t):
+    """A tensor's data pointer for a C call; None (NULL) for None."""
+    return None if t is None else t.data_ptr()
+
+
+def ptr_array(tensors):
+    """A C array of the tensors' data pointers (NULL for None): parameters read in place."""
+    return (ctypes.c_void_p * len(tensors))(*map(ptr, tensors))

@@ -2,6 +2,8 @@
 file is also part of the flat remote code of every family, so it imports only torch."""
 import torch
 
+V7_DECAY_SCALE = -0.6065306597126334  # -exp(-0.5): RWKV-7's log-decay is this * sigmoid(.)
+
 
 def layer_ratios(layer_id, num_layers):
     """BlinkDL's init ratios: 0 -> 1 across depth, and 1 -> almost 0."""

@@ -21,13 +21,13 @@ import os
 
 import torch
 
-from ..fused_cpu import plain, scratch
+from ..fused_cpu import plain, ptr, ptr_array, scratch
+from ..modeling_utils import V7_DECAY_SCALE
 from ..ops import V4_EMPTY_LOGSCALE, cpu_backend
 
 __all__ = ["ENV", "available", "usable", "Runner"]
 
 ENV = "RWKV_HF_LM_FUSED"
-V7_DECAY_SCALE = -0.6065306597126334  # -exp(-0.5), as modeling_rwkv_lm
 
 _lib = None  # the declared library, or False once it (or torch's sgemm) was found missing
 _why_not = None  # why not, then
@@ -121,10 +121,6 @@ def _low_rank_dims(version, config):
     return [0, 0, 0, 0]
 
 
-def _ptr(x):
-    return None if x is None else x.data_ptr()
-
-
 class Runner:
     """The fused blocks of one forward call on hidden states of shape (batch, seq_len): the
     scratch memory they share (this thread's, reused from call to call) and RWKV-7's
@@ -169,10 +165,10 @@ class Runner:
         params = _PARAMS[self.version](blk)
         gn_eps = blk.attn.ln_x.eps if self.version != 4 else 0.0
         status = _lib.rwkv_hf_lm_block(
-            self.version, self.dims, (ctypes.c_void_p * len(params))(*map(_ptr, params)), blk.ln1.eps, gn_eps,
-            hidden.data_ptr(), _ptr(att_shift), att_out.data_ptr(), wkv_state.data_ptr(), wkv_state.data_ptr(),
-            _ptr(ffn_shift), ffn_out.data_ptr(), _ptr(self.v_first), int(blk.layer_id == 0), V7_DECAY_SCALE,
-            self.scratch.data_ptr(), self.threads, _ptr(self.mask))
+            self.version, self.dims, ptr_array(params), blk.ln1.eps, gn_eps,
+            hidden.data_ptr(), ptr(att_shift), att_out.data_ptr(), wkv_state.data_ptr(), wkv_state.data_ptr(),
+            ptr(ffn_shift), ffn_out.data_ptr(), ptr(self.v_first), int(blk.layer_id == 0), V7_DECAY_SCALE,
+            self.scratch.data_ptr(), self.threads, ptr(self.mask))
         if status == 3:
             raise MemoryError("rwkv_hf fused CPU block: the WKV kernel could not allocate its buffers")
         if status != 0:

@@ -40,7 +40,7 @@ from transformers.utils import ModelOutput, logging
 
 from .. import ops
 from ..hub_mixin import RwkvHubMixin
-from ..modeling_utils import layer_ratios, ramp, sqrelu
+from ..modeling_utils import V7_DECAY_SCALE, layer_ratios, ramp, sqrelu
 from .configuration_rwkv_lm import RwkvV4Config, RwkvV5Config, RwkvV6Config, RwkvV7Config
 
 # The fused CPU inference path of the package; remote-code copies of this file run the eager
@@ -49,7 +49,6 @@ cpu_fused = importlib.import_module("rwkv_hf.lm.cpu_fused") if __name__ == "rwkv
 
 logger = logging.get_logger(__name__)
 
-V7_DECAY_SCALE = -0.6065306597126334  # -exp(-0.5): RWKV-7's log-decay is this * sigmoid(.)
 V4_MASKED_KEY = -1e30  # exp(k) of a padded v4 token is exactly 0 in fp32
 
 

@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from ..fused_cpu import plain, scratch
+from ..fused_cpu import plain, ptr_array, scratch
 from ..ops import cpu_backend
 
 __all__ = ["ENV", "q_shift_lerp", "v4_block"]
@@ -83,8 +83,7 @@ def q_shift_lerp(x, grid, shift_pixel, gamma, group, mus):
     mus = [None if m is None else m.contiguous() for m in mus]
     out = torch.empty(len(mus), b, n, c)
     e = (ctypes.c_int64 * 5)(*bounds)
-    ptrs = (ctypes.c_void_p * len(mus))(*(None if m is None else m.data_ptr() for m in mus))
-    if _lib.rwkv_hf_vision_q_shift_lerp(b, h, w, c, group, shift_pixel, e, x.data_ptr(), len(mus), ptrs,
+    if _lib.rwkv_hf_vision_q_shift_lerp(b, h, w, c, group, shift_pixel, e, x.data_ptr(), len(mus), ptr_array(mus),
                                         out.data_ptr(), torch.get_num_threads()) != 0:
         raise MemoryError("rwkv_hf fused Q-Shift: could not allocate its row buffers")
     return list(out.unbind(0))
@@ -129,7 +128,7 @@ def v4_block(block, x, grid):
     params = _v4_params(block)
     status = _lib.rwkv_hf_vision_v4_block(
         b, h, w, c, f, (ctypes.c_int64 * 7)(group, shift_pixel, *bounds), int(block.post_norm),
-        (ctypes.c_void_p * len(params))(*(None if t is None else t.data_ptr() for t in params)), block.ln1.eps,
+        ptr_array(params), block.ln1.eps,
         x.data_ptr(), buf.data_ptr(), torch.get_num_threads())
     if status == 3:
         raise MemoryError("rwkv_hf fused Vision-RWKV block: the WKV kernel could not allocate its buffers")
