@@ -1,0 +1,103 @@
+"""Builds the CUDA extension's kernels for the CPU, under an emulation of the CUDA execution
+model (``tests/cuda_emu/cuda_emu.h``), so that their logic is tested on machines without a GPU.
+
+The sources in ``cuda_ext/`` are used as they are, with four mechanical rewrites (each must
+apply, or the build fails): the CUDA runtime headers give way to the emulation header, the
+device helpers of ``wkv_common.h`` are compiled for the host, "CUDA tensors" are CPU tensors,
+and ``kernel<<<grid, block, smem, stream>>>(args)`` becomes an emulated launch. The module
+has the extension's API (``wkv7_forward``, ...) on CPU tensors.
+
+What it shows: the kernels' indexing, staging, snapshot and chunk logic, the reductions and
+the barriers (threads run in random order between barriers, so a missing ``__syncthreads``
+shows as a wrong result) compute the float64 reference's values. What it cannot show: speed,
+device-specific float behaviour (``expf`` precision, FMA contraction), memory-model effects
+beyond barrier ordering, and launch limits of a real GPU.
+"""
+import hashlib
+import os
+import re
+import sys
+
+import torch
+
+from rwkv_hf.ops import cuda_backend
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EMU_DIR = os.path.join(HERE, "cuda_emu")
+KERNELS = ("wkv4.cu", "wkv6.cu", "wkv7.cu")
+CACHE_ENV = "RWKV_HF_CUDA_EMU_CACHE"
+
+_LAUNCH = re.compile(r"([A-Za-z_]\w*\s*(?:<[^<>;()]*>)?)\s*<<<(.*?)>>>\s*\(", re.S)
+
+
+def _sub(pattern, repl, text, what, count=0, literal=True):
+    """Replace, and fail loudly when the pattern no longer occurs in the sources."""
+    if literal:
+        if pattern not in text:
+            raise RuntimeError(f"cuda emulation: the rewrite '{what}' found nothing to rewrite")
+        return text.replace(pattern, repl) if count == 0 else text.replace(pattern, repl, count)
+    new, n = re.subn(pattern, repl, text)
+    if n == 0:
+        raise RuntimeError(f"cuda emulation: the rewrite '{what}' found nothing to rewrite")
+    return new
+
+
+def rewrite_common(text):
+    for inc in ("#include <c10/cuda/CUDAStream.h>\n", "#include <c10/cuda/CUDAGuard.h>\n"):
+        text = _sub(inc, "", text, inc.strip())
+    text = _sub("#include <cuda_runtime.h>", '#include "cuda_emu.h"', text, "runtime header")
+    text = _sub("#ifdef __CUDACC__", "#if 1", text, "device helpers for the host")
+    text = _sub("x.is_cuda()", "x.is_cpu()", text, "CUDA tensors are CPU tensors")
+    return text
+
+
+def rewrite_kernels(text):
+    return _sub(_LAUNCH, r"::emu::launcher(&\1, \2)(", text, "kernel launches", literal=False)
+
+
+def sources(src=None):
+    """{file name: rewritten text} of the extension in ``src`` (default: the package's
+    ``cuda_ext``), kernels as .cpp files."""
+    src = src or cuda_backend.sources_dir()
+    out = {}
+    with open(os.path.join(src, "wkv_common.h")) as f:
+        out["wkv_common.h"] = rewrite_common(f.read())
+    with open(os.path.join(src, "wkv.cpp")) as f:
+        out["wkv.cpp"] = f.read()
+    for name in KERNELS:
+        with open(os.path.join(src, name)) as f:
+            out[name[:-3] + "_emu.cpp"] = rewrite_kernels(f.read())
+    with open(os.path.join(EMU_DIR, "cuda_emu.h")) as f:
+        out["cuda_emu.h"] = f.read()
+    return out
+
+
+def build(src=None, verbose=False):
+    """Compile (or reuse, cached by the rewritten sources) the emulated extension of the
+    sources in ``src`` (default: the package's); return its module."""
+    from torch.utils import cpp_extension
+
+    files = sources(src)
+    h = hashlib.sha256(f"py{sys.version_info[:2]}-torch{torch.__version__}".encode())
+    for name in sorted(files):
+        h.update(name.encode() + files[name].encode())
+    key = h.hexdigest()[:12]
+    root = cuda_backend.cache_root(CACHE_ENV, "cuda_emu")
+    build_dir = os.path.join(root, key)
+    src_dir = os.path.join(build_dir, "src")
+    os.makedirs(src_dir, exist_ok=True)
+    for name, text in files.items():
+        path = os.path.join(src_dir, name)
+        if not os.path.isfile(path) or open(path).read() != text:
+            with open(path, "w") as f:
+                f.write(text)
+    cuda_backend._ensure_ninja()
+    return cpp_extension.load(
+        name=f"rwkv_hf_wkv_emu_{key}",
+        sources=[os.path.join(src_dir, n) for n in files if n.endswith(".cpp")],
+        extra_include_paths=[src_dir],
+        extra_cflags=["-O2", "-fno-strict-aliasing"],
+        build_directory=build_dir,
+        verbose=verbose,
+        with_cuda=False,
+    )

@@ -1,0 +1,136 @@
+"""The CUDA extension's kernels, run on the CPU under an emulation of the CUDA execution model
+(tests/cuda_emulation.py): every op through the public ``rwkv_hf.ops`` functions and the cuda
+backend's autograd Functions, against the float64 reference, in float32, bfloat16 and float16,
+outputs, final states and every gradient. One build of the emulated extension (~40 s).
+
+A GPU is still needed for what the emulation cannot show (speed, the device's float
+arithmetic, real launches): ``benchmarks/gpu_check.py``.
+"""
+import pytest
+import torch
+
+from cuda_emulation import build
+from rwkv_hf import ops
+from rwkv_hf.ops import cuda_backend
+from rwkv_hf.ops.random_inputs import make_inputs
+
+PER_CHANNEL = ("wkv4", "bi_wkv4")
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+# (op, B, T, H, N, dtype): T = 1 (a generation step), 17 (one partial stage), 128 (snapshot
+# chunks ending exactly at T), 150 (a partial last chunk); every head size the kernels have.
+CASES = []
+for _op in ("wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7"):
+    CASES += [(_op, 2, 1, 2, 16, torch.float32), (_op, 2, 17, 2, 16, torch.float32),
+              (_op, 2, 150, 2, 16, torch.float32), (_op, 2, 150, 2, 16, torch.bfloat16),
+              (_op, 1, 70, 1, 32, torch.float16)]
+    if _op in PER_CHANNEL:
+        CASES += [(_op, 1, 130, 1, 50, torch.float32)]  # C = 50: a partial thread block
+    else:
+        CASES += [(_op, 1, 128, 1, 64, torch.float32), (_op, 1, 40, 1, 128, torch.float32),
+                  (_op, 1, 130, 2, 32, torch.float32)]
+
+
+@pytest.fixture(scope="module")
+def emulated():
+    return build()
+
+
+@pytest.fixture
+def on_emulated_cuda(emulated, monkeypatch):
+    """Route rwkv_hf.ops' calls to the cuda backend, whose kernels run emulated on CPU tensors."""
+    monkeypatch.setattr(cuda_backend, "_ext", emulated)
+    monkeypatch.setattr(cuda_backend, "_act_dtype", lambda op, *xs: xs[0].dtype)
+    monkeypatch.setattr(ops, "_choose", lambda op, requested, tensors: requested or "cuda")
+    return emulated
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
+
+
+def canon(state, like):
+    """Per-channel states (num, den, logscale): what they represent, on the reference's scale."""
+    scale = torch.exp(state.select(-2, 2).double() - like.select(-2, 2).double())
+    return torch.stack([state.select(-2, 0).double() * scale, state.select(-2, 1).double() * scale], -2)
+
+
+@pytest.mark.parametrize("op,B,T,H,N,dtype", CASES,
+                         ids=[f"{c[0]}-B{c[1]}-T{c[2]}-H{c[3]}-N{c[4]}-{str(c[5])[6:]}" for c in CASES])
+def test_kernel_matches_float64_reference(on_emulated_cuda, op, B, T, H, N, dtype):
+    # Values representable in every dtype tested, so one float64 run judges them all.
+    x16 = make_inputs(op, B, T, H, N, dtype=torch.bfloat16, state=True, seed=T + 7 * N + B)
+    names = list(x16)
+    x64 = {n: t.double().requires_grad_() for n, t in x16.items()}
+    y64, s64 = getattr(ops, op)(**x64, output_final_state=True, backend="reference")
+    g = torch.Generator().manual_seed(T)
+    gy = torch.randn(y64.shape, generator=g, dtype=torch.float64).to(torch.bfloat16).double()
+    gs = torch.randn(s64.shape, generator=g, dtype=torch.float64).to(torch.bfloat16).double()
+    if op in PER_CHANNEL:  # keep the logscale's gradient modest (it scales num and den)
+        gs.select(-2, 2).mul_(0.1)
+    want = torch.autograd.grad([y64, s64], [x64[n] for n in names], [gy, gs])
+
+    x = {n: (t.float() if n == "state" else t.to(dtype)).requires_grad_() for n, t in x16.items()}
+    y, s = getattr(ops, op)(**x, output_final_state=True)
+    got = torch.autograd.grad([y, s], [x[n] for n in names], [gy.to(y.dtype), gs.to(s.dtype)])
+
+    assert y.dtype == dtype and s.dtype == torch.float32
+    errs = {"y": rel(y, y64), "state": rel(canon(s, s64), canon(s64, s64)) if op in PER_CHANNEL
+            else rel(s, s64)}
+    for n, a, b in zip(names, got, want):
+        assert a.dtype == x[n].dtype, n
+        errs["d" + n] = rel(a, b)
+    bad = {k: f"{e:.2e}" for k, e in errs.items() if not e <= TOL[dtype]}
+    assert not bad, f"relative errors over {TOL[dtype]}: {bad}"
+
+
+def test_kernels_run_in_the_emulation(on_emulated_cuda, monkeypatch):
+    """The routing above really reaches the extension's kernels (and not a fallback)."""
+    calls = []
+    real = on_emulated_cuda.wkv7_forward
+    monkeypatch.setattr(cuda_backend, "_ext", type("Spy", (), {
+        "wkv7_forward": staticmethod(lambda *a: calls.append(1) or real(*a))})())
+    x = make_inputs("wkv7", 1, 5, 1, 16)
+    ops.wkv7(**x)
+    assert calls == [1]
+
+
+def test_entry_points_reject_bad_input(emulated):
+    x = {n: t.float().contiguous() for n, t in make_inputs("wkv7", 1, 4, 1, 16, state=True).items()}
+    args = [x[n] for n in ("r", "k", "v", "w", "a", "b", "state")]
+    emulated.wkv7_forward(*args, False)
+    bad = make_inputs("wkv7", 1, 4, 2, 24, state=True)  # head size 24: no kernel
+    with pytest.raises(RuntimeError, match="head size must be 16, 32, 64 or 128"):
+        emulated.wkv7_forward(*[bad[n].float() for n in ("r", "k", "v", "w", "a", "b", "state")], False)
+    with pytest.raises(RuntimeError, match="must have dtype"):
+        emulated.wkv7_forward(args[0], args[1].double(), *args[2:], False)
+    with pytest.raises(RuntimeError, match="w must be float32"):
+        emulated.wkv7_forward(*args[:3], args[3].bfloat16(), *args[4:], False)
+    with pytest.raises(RuntimeError, match="per-token inputs must be float32, bfloat16 or float16"):
+        emulated.wkv7_forward(*[a.double() for a in args[:3]], args[3],
+                              *[a.double() for a in args[4:6]], args[6], False)
+
+
+def test_emulation_catches_a_missing_barrier(tmp_path, monkeypatch):
+    """The emulation runs a block's threads in random order between barriers, so a kernel
+    missing a __syncthreads computes wrong values here (as it may on a GPU): RWKV-7's backward
+    sweep without the barrier that publishes c_t = G_t^T b_t to the block."""
+    import shutil
+
+    src = cuda_backend.sources_dir()
+    for name in ("wkv_common.h", "wkv.cpp", "wkv4.cu", "wkv6.cu", "wkv7.cu"):
+        shutil.copy(f"{src}/{name}", tmp_path / name)
+    text = (tmp_path / "wkv7.cu").read_text()
+    barrier = "      __syncthreads();\n      // G^{partial}_{t-1} = A_t^T G_t"
+    assert text.count(barrier) == 1
+    (tmp_path / "wkv7.cu").write_text(text.replace(barrier, "      // G^{partial}_{t-1} = A_t^T G_t"))
+    broken = build(str(tmp_path))
+    monkeypatch.setattr(cuda_backend, "_ext", broken)
+    monkeypatch.setattr(cuda_backend, "_act_dtype", lambda op, *xs: xs[0].dtype)
+    monkeypatch.setattr(ops, "_choose", lambda op, requested, tensors: requested or "cuda")
+    x = {n: t.requires_grad_() for n, t in make_inputs("wkv7", 2, 150, 2, 16, seed=3).items()}
+    ops.wkv7(**x)[0].sum().backward()
+    x64 = {n: t.detach().double().requires_grad_() for n, t in x.items()}
+    ops.wkv7(**x64, backend="reference")[0].sum().backward()
+    assert rel(x["k"].grad, x64["k"].grad) > 1e-2
