@@ -125,6 +125,35 @@ def run_op(be, op, x):
     raise ValueError(op)
 
 
+def with_chunk(chunk, fn):
+    """fn() with $RWKV_HF_CUDA_CHUNK set to ``chunk`` (None: the extension's own choice)."""
+    env = "RWKV_HF_CUDA_CHUNK"
+    old = os.environ.get(env)
+    if chunk is None:
+        os.environ.pop(env, None)
+    else:
+        os.environ[env] = str(chunk)
+    try:
+        return fn()
+    finally:
+        if old is None:
+            os.environ.pop(env, None)
+        else:
+            os.environ[env] = old
+
+
+def chunk_forms(cb, op, B, T, H):
+    """The forms of the matrix-state kernels to run: [(label, chunk)]; the sequential form and,
+    where the extension would chunk this shape, its chunk-parallel choice."""
+    if op in ("wkv4", "bi_wkv4") or not hasattr(cb, "chunk_length"):
+        return [("", None)]
+    auto = with_chunk(None, lambda: cb.chunk_length(B, H, T, DEVICE))
+    forms = [("seq", 0)]
+    if auto:
+        forms.append((f"chunk {auto}", auto))
+    return forms
+
+
 def rel(a, b):
     a, b = a.double(), b.double()
     if not bool(torch_isfinite_all(a)):
@@ -220,9 +249,13 @@ def check_one(ctx, op, B, T, H, N, emit, deadline):
     y64, s64 = y64.detach(), s64.detach()
     t_ref = time.time() - t0
     del x64
-    for dt_name, dt in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+    for (form, chunk), (dt_name, dt) in [(f, d) for f in chunk_forms(cb, op, B, T, H)
+                                         for d in (("float32", torch.float32),
+                                                   ("bfloat16", torch.bfloat16))]:
         rec = {"kind": "correct", "op": op, "dtype": dt_name, "B": B, "T": T, "H": H, "N": N,
                "oracle": oracle_name, "ref_s": round(t_ref, 3)}
+        if form:
+            rec["form"] = form
         if time.time() > deadline:
             rec.update(status="SKIP", why="time budget")
             emit(rec)
@@ -234,8 +267,12 @@ def check_one(ctx, op, B, T, H, N, emit, deadline):
                      [s64.numel() * 4 * (T // 64 + 2)] * 2
             poison(nbytes)
             t1 = time.time()
-            y, s = run_op(cb, op, xc)
-            grads = torch.autograd.grad([y, s], [xc[n] for n in names], [gy.to(y.dtype), gs.to(s.dtype)])
+
+            def fwd_bwd():
+                y, s = run_op(cb, op, xc)
+                return y, s, torch.autograd.grad([y, s], [xc[n] for n in names],
+                                                 [gy.to(y.dtype), gs.to(s.dtype)])
+            y, s, grads = with_chunk(chunk, fwd_bwd)
             if not SELFTEST:
                 torch.cuda.synchronize()
             rec["cuda_s"] = round(time.time() - t1, 3)
@@ -342,7 +379,20 @@ def bench_one(ctx, op, dt_name, B, T, H, N, emit, deadline):
     _, make_inputs, cb, _ = ctx
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dt_name]
     x = make_inputs(op, B, T, H, N, dtype=dt, device=DEVICE, state=True, seed=5)
-    impls = [("rwkv_hf cuda", lambda x: run_op(cb, op, x))] + fla_impls(op)
+    ours = []
+    for form, chunk in chunk_forms(cb, op, B, T, H):
+        ours.append(("rwkv_hf cuda" + (f" ({form})" if form else ""),
+                     lambda x, chunk=chunk: with_chunk(chunk, lambda: run_op(cb, op, x))))
+        if chunk:  # to tune the choice: half and twice the chunk length as well
+            for c in (chunk // 2, chunk * 2):
+                if c >= 64 and c * 3 <= T:
+                    ours.append((f"rwkv_hf cuda (chunk {c})",
+                                 lambda x, c=c: with_chunk(c, lambda: run_op(cb, op, x))))
+    if len(ours) == 1 and op in ("wkv6", "wkv7", "bi_wkv6") and T >= 1024:
+        c = max(64, T // 4 // 64 * 64)  # where the extension keeps one pass: would chunks win?
+        ours.append((f"rwkv_hf cuda (chunk {c})",
+                     lambda x, c=c: with_chunk(c, lambda: run_op(cb, op, x))))
+    impls = ours + fla_impls(op)
     shape = {"B": B, "T": T, "H": H, "N": N} if op not in ("bi_wkv4",) else {"B": B, "T": T, "C": H * N}
     for name, f in impls:
         for mode in ("fwd", "fwd+bwd"):
@@ -361,12 +411,12 @@ def bench_one(ctx, op, dt_name, B, T, H, N, emit, deadline):
                             f(xs)
                 else:
                     xs = {n: t.detach().requires_grad_() for n, t in x.items()}
-                    inputs = [t for n, t in xs.items() if n != "state" or name == "rwkv_hf cuda"]
+                    inputs = [t for n, t in xs.items() if n != "state" or name.startswith("rwkv_hf")]
 
                     def fn():
                         y = f(xs)[0]
                         torch.autograd.grad(y, inputs, torch.ones_like(y), allow_unused=True)
-                ms = cuda_time(fn, budget_s=min(6.0, left / 3))
+                ms = cuda_time(fn, budget_s=min(2.0, left / 3))
                 rec.update(status="OK", ms=round(ms, 4),
                            Mtok_per_s=round(B * T / ms / 1e3, 2))
             except Exception as e:
@@ -514,7 +564,8 @@ def run_section(section, results_path, deadline):
                   flush=True)
         elif rec["kind"] == "correct":
             print(f"  {rec['op']:8s} {rec['dtype']:8s} B={rec['B']} T={rec['T']:<6d} H={rec['H']} "
-                  f"N={rec['N']:<3d} {rec['status']:5s} {rec.get('worst', '')}={rec.get('max_err', '')} "
+                  f"N={rec['N']:<3d} {rec.get('form', ''):11s} {rec['status']:5s} "
+                  f"{rec.get('worst', '')}={rec.get('max_err', '')} "
                   f"{rec.get('why', '')}", flush=True)
         else:
             print(f"  {rec['op']:8s} {rec['impl']:26s} {rec['dtype']:8s} {rec['mode']:7s} "
@@ -640,14 +691,14 @@ def main():
     corr = [r for r in report["results"] if r["kind"] == "correct"]
     bench = [r for r in report["results"] if r["kind"] == "bench"]
     print("\n== correctness (max|a-b|/max|b| vs float64; tol 1e-5 fp32, 1e-2 bf16) ==")
-    print(f"{'op':8s} {'dtype':8s} {'B':>2s} {'T':>6s} {'H':>2s} {'N':>3s} {'oracle':9s} "
+    print(f"{'op':8s} {'dtype':8s} {'B':>2s} {'T':>6s} {'H':>2s} {'N':>3s} {'form':11s} {'oracle':9s} "
           f"{'y':>8s} {'state':>8s} {'worst grad':>16s} status")
     for r in corr:
         e = r.get("errs", {})
         gk = [k for k in e if k.startswith("d")]
         wg = max(gk, key=lambda k: e[k] if isinstance(e[k], float) else 1e9) if gk else ""
         print(f"{r['op']:8s} {r['dtype']:8s} {r['B']:2d} {r['T']:6d} {r['H']:2d} {r['N']:3d} "
-              f"{r.get('oracle', '-'):9s} {str(e.get('y', '-')):>8s} {str(e.get('state', '-')):>8s} "
+              f"{r.get('form', ''):11s} {r.get('oracle', '-'):9s} {str(e.get('y', '-')):>8s} {str(e.get('state', '-')):>8s} "
               f"{(wg + '=' + str(e.get(wg, ''))) if wg else '-':>16s} {r['status']} {r.get('why', '')}")
     n_pass = sum(r["status"] == "PASS" for r in corr)
     n_fail = sum(r["status"] in ("FAIL", "ERROR") for r in corr)

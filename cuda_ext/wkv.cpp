@@ -20,18 +20,24 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "bi_wkv4 backward -> (gk, gv, gw per batch, gu per batch, gstate), float32",
         py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"), py::arg("state"), py::arg("gy"),
         py::arg("gstate"));
-  m.def("wkv6_forward", &rwkv_hf::wkv6_forward, "wkv6 forward -> (y, final_state, snapshots)",
+  m.def("wkv6_forward", &rwkv_hf::wkv6_forward,
+        "wkv6 forward -> (y, final_state, snapshots, chunk transitions); chunk: tokens per chunk "
+        "of the chunk-parallel form, 0 for one sequential pass",
         py::arg("r"), py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"), py::arg("state"),
-        py::arg("save"));
+        py::arg("save"), py::arg("chunk") = 0);
   m.def("wkv6_backward", &rwkv_hf::wkv6_backward,
         "wkv6 backward -> (gr, gk, gv, gw float32, gu partials float32, gstate)",
         py::arg("r"), py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"),
-        py::arg("snapshots"), py::arg("gy"), py::arg("gstate"));
-  m.def("wkv7_forward", &rwkv_hf::wkv7_forward, "wkv7 forward -> (y, final_state, snapshots, sa)",
+        py::arg("snapshots"), py::arg("transitions"), py::arg("gy"), py::arg("gstate"),
+        py::arg("chunk") = 0);
+  m.def("wkv7_forward", &rwkv_hf::wkv7_forward,
+        "wkv7 forward -> (y, final_state, snapshots, sa, chunk transitions); chunk: tokens per "
+        "chunk of the chunk-parallel form, 0 for one sequential pass",
         py::arg("r"), py::arg("k"), py::arg("v"), py::arg("w"), py::arg("a"), py::arg("b"),
-        py::arg("state"), py::arg("save"));
+        py::arg("state"), py::arg("save"), py::arg("chunk") = 0);
   m.def("wkv7_backward", &rwkv_hf::wkv7_backward,
         "wkv7 backward -> (gr, gk, gv, gw float32, ga, gb, gstate)",
         py::arg("r"), py::arg("k"), py::arg("v"), py::arg("w"), py::arg("a"), py::arg("b"),
-        py::arg("snapshots"), py::arg("sa"), py::arg("gy"), py::arg("gstate"));
+        py::arg("snapshots"), py::arg("sa"), py::arg("transitions"), py::arg("gy"),
+        py::arg("gstate"), py::arg("chunk") = 0);
 }

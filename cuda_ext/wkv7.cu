@@ -34,12 +34,20 @@
 namespace rwkv_hf {
 namespace {
 
-template <typename F, int N>
+// Forward over chunk blockIdx.y ([c*L, min(T, (c+1)*L)), L a multiple of kSnap; one chunk of
+// L >= T when not chunked). LOCAL = false: from the chunk's start state s0[b, h, c] (the initial
+// state when not chunked), writes y, sa, the snapshots the chunk starts or contains and, for the
+// last chunk, the final state. LOCAL = true (pass 1 of the chunked form): from S = 0, writes only
+// the chunk's end state `out[b, h, c]` and its transition `trans[b, h, c]` =
+// A_{end} ... A_{start} (each column of P = I runs through the state recurrence without input).
+template <typename F, int N, bool LOCAL>
 __global__ void __launch_bounds__(N * kSplit) wkv7_fwd_kernel(
-    int T, int H, const F* __restrict__ r, const F* __restrict__ k, const F* __restrict__ v,
+    int T, int H, int L, const F* __restrict__ r, const F* __restrict__ k, const F* __restrict__ v,
     const float* __restrict__ w, const F* __restrict__ a, const F* __restrict__ bb,
-    const float* __restrict__ s0, F* __restrict__ y, float* __restrict__ sT,
-    float* __restrict__ snap /* [B,H,NC,N,N] | null */, float* __restrict__ sa_out /* | null */) {
+    const float* __restrict__ s0 /* [B,H,NCL,N,N] */, F* __restrict__ y,
+    float* __restrict__ out /* final state [B,H,N,N]; LOCAL: [B,H,NCL,N,N] */,
+    float* __restrict__ snap /* [B,H,NC,N,N] | null */, float* __restrict__ sa_out /* | null */,
+    float* __restrict__ trans /* LOCAL: [B,H,NCL,N,N] */) {
   constexpr int TT = Stage<N>::TT, NR = N / kSplit, NT = N * kSplit;
   __shared__ __align__(16) float s_r[TT][N];
   __shared__ __align__(16) float s_k[TT][N];
@@ -48,19 +56,30 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_fwd_kernel(
   __shared__ __align__(16) float s_b[TT][N];
   __shared__ __align__(16) float s_v[TT][N];
   const int bh = blockIdx.x, h = bh % H, b = bh / H, tid = threadIdx.x;
+  const int c = blockIdx.y, NCL = gridDim.y, tbeg = c * L, tend = min(T, tbeg + L);
   const int j = tid / kSplit, l0 = (tid % kSplit) * NR;  // column j, rows l0 .. l0 + NR - 1
   const bool leader = tid % kSplit == 0;
   const int NC = (T + kSnap - 1) / kSnap;
   const int64_t stride = (int64_t)H * N;
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
-  float S[NR];
-  const float* sp = s0 + (int64_t)bh * N * N + (int64_t)l0 * N + j;
+  const int64_t cell = ((int64_t)bh * NCL + c) * N * N + (int64_t)l0 * N + j;  // S[l0][j] of chunk c
+  float S[NR], P[LOCAL ? NR : 1];
+  if constexpr (LOCAL) {
 #pragma unroll
-  for (int i = 0; i < NR; ++i) S[i] = sp[i * N];
-  float* snp = snap == nullptr ? nullptr : snap + (int64_t)bh * NC * N * N + (int64_t)l0 * N + j;
-  if (snp != nullptr) {
+    for (int i = 0; i < NR; ++i) {
+      S[i] = 0.f;
+      P[i] = l0 + i == j ? 1.f : 0.f;
+    }
+  } else {
 #pragma unroll
-    for (int i = 0; i < NR; ++i) snp[i * N] = S[i];
+    for (int i = 0; i < NR; ++i) S[i] = s0[cell + i * N];
+  }
+  float* snp = LOCAL || snap == nullptr ? nullptr
+                                        : snap + (int64_t)bh * NC * N * N + (int64_t)l0 * N + j;
+  if (snp != nullptr) {  // the snapshot at the chunk's start (tbeg is a multiple of kSnap)
+    float* q = snp + (int64_t)(tbeg / kSnap) * N * N;
+#pragma unroll
+    for (int i = 0; i < NR; ++i) q[i * N] = S[i];
   }
   // Stage loads are issued one stage ahead into registers (E per array and thread), so their
   // latency hides behind the previous stage's tokens.
@@ -68,13 +87,13 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_fwd_kernel(
   F pr[E] = {}, pk[E] = {}, pa[E] = {}, pb[E] = {}, pv[E] = {};
   float pw[E] = {};
   auto fetch = [&](int t0) {
-    const int lim = min(TT, T - t0) * N;
+    const int lim = min(TT, tend - t0) * N;
 #pragma unroll
     for (int it = 0; it < E; ++it) {
       const int q = tid + it * NT;
       if (q < lim) {
         const int64_t o = hbase + (int64_t)(t0 + q / N) * stride + q % N;
-        pr[it] = r[o];
+        if constexpr (!LOCAL) pr[it] = r[o];
         pk[it] = k[o];
         pw[it] = w[o];
         pa[it] = a[o];
@@ -83,14 +102,14 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_fwd_kernel(
       }
     }
   };
-  fetch(0);
-  for (int t0 = 0; t0 < T; t0 += TT) {
-    const int cnt = min(TT, T - t0);
+  fetch(tbeg);
+  for (int t0 = tbeg; t0 < tend; t0 += TT) {
+    const int cnt = min(TT, tend - t0);
     __syncthreads();
 #pragma unroll
     for (int it = 0; it < E; ++it) {
       const int q = tid + it * NT, tt = q / N, x = q % N;
-      s_r[tt][x] = to_f(pr[it]);
+      if constexpr (!LOCAL) s_r[tt][x] = to_f(pr[it]);
       s_k[tt][x] = to_f(pk[it]);
       s_d[tt][x] = expf(pw[it]);
       s_a[tt][x] = to_f(pa[it]);
@@ -98,11 +117,11 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_fwd_kernel(
       s_v[tt][x] = to_f(pv[it]);
     }
     __syncthreads();
-    if (t0 + TT < T) fetch(t0 + TT);
+    if (t0 + TT < tend) fetch(t0 + TT);
     for (int tt = 0; tt < cnt; ++tt) {
       const int t = t0 + tt;
       const float vj = s_v[tt][j];
-      float q0 = 0.f, q1 = 0.f, q2 = 0.f, q3 = 0.f;
+      float q0 = 0.f, q1 = 0.f, q2 = 0.f, q3 = 0.f, p0 = 0.f, p1 = 0.f;
 #pragma unroll
       for (int i = 0; i < NR; i += 4) {
         const float4 a4 = ld4(&s_a[tt][l0 + i]);
@@ -110,50 +129,77 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_fwd_kernel(
         q1 += a4.y * S[i + 1];
         q2 += a4.z * S[i + 2];
         q3 += a4.w * S[i + 3];
+        if constexpr (LOCAL) {
+          p0 += a4.x * P[i] + a4.y * P[i + 1];
+          p1 += a4.z * P[i + 2] + a4.w * P[i + 3];
+        }
       }
       const float sa = group_sum((q0 + q1) + (q2 + q3));
+      const float pa_ = LOCAL ? group_sum(p0 + p1) : 0.f;
       float y0 = 0.f, y1 = 0.f, y2 = 0.f, y3 = 0.f;
 #pragma unroll
       for (int i = 0; i < NR; i += 4) {
         const float4 d4 = ld4(&s_d[tt][l0 + i]), b4 = ld4(&s_b[tt][l0 + i]);
-        const float4 k4 = ld4(&s_k[tt][l0 + i]), r4 = ld4(&s_r[tt][l0 + i]);
+        const float4 k4 = ld4(&s_k[tt][l0 + i]);
         S[i] = S[i] * d4.x + (b4.x * sa + k4.x * vj);
         S[i + 1] = S[i + 1] * d4.y + (b4.y * sa + k4.y * vj);
         S[i + 2] = S[i + 2] * d4.z + (b4.z * sa + k4.z * vj);
         S[i + 3] = S[i + 3] * d4.w + (b4.w * sa + k4.w * vj);
-        y0 += r4.x * S[i];
-        y1 += r4.y * S[i + 1];
-        y2 += r4.z * S[i + 2];
-        y3 += r4.w * S[i + 3];
+        if constexpr (LOCAL) {
+          P[i] = P[i] * d4.x + b4.x * pa_;
+          P[i + 1] = P[i + 1] * d4.y + b4.y * pa_;
+          P[i + 2] = P[i + 2] * d4.z + b4.z * pa_;
+          P[i + 3] = P[i + 3] * d4.w + b4.w * pa_;
+        } else {
+          const float4 r4 = ld4(&s_r[tt][l0 + i]);
+          y0 += r4.x * S[i];
+          y1 += r4.y * S[i + 1];
+          y2 += r4.z * S[i + 2];
+          y3 += r4.w * S[i + 3];
+        }
       }
-      const float yj = group_sum((y0 + y1) + (y2 + y3));
-      if (leader) {
-        const int64_t o = hbase + (int64_t)t * stride + j;
-        y[o] = from_f<F>(yj);
-        if (sa_out != nullptr) sa_out[o] = sa;
-      }
-      if (snp != nullptr && (t + 1) % kSnap == 0 && t + 1 < T) {
-        float* q = snp + (int64_t)((t + 1) / kSnap) * N * N;
+      if constexpr (!LOCAL) {
+        const float yj = group_sum((y0 + y1) + (y2 + y3));
+        if (leader) {
+          const int64_t o = hbase + (int64_t)t * stride + j;
+          y[o] = from_f<F>(yj);
+          if (sa_out != nullptr) sa_out[o] = sa;
+        }
+        if (snp != nullptr && (t + 1) % kSnap == 0 && t + 1 < tend) {
+          float* q = snp + (int64_t)((t + 1) / kSnap) * N * N;
 #pragma unroll
-        for (int i = 0; i < NR; ++i) q[i * N] = S[i];
+          for (int i = 0; i < NR; ++i) q[i * N] = S[i];
+        }
       }
     }
   }
-  float* op = sT + (int64_t)bh * N * N + (int64_t)l0 * N + j;
+  if constexpr (LOCAL) {
 #pragma unroll
-  for (int i = 0; i < NR; ++i) op[i * N] = S[i];
+    for (int i = 0; i < NR; ++i) {
+      out[cell + i * N] = S[i];
+      trans[cell + i * N] = P[i];
+    }
+  } else if (c == NCL - 1) {
+    float* op = out + (int64_t)bh * N * N + (int64_t)l0 * N + j;
+#pragma unroll
+    for (int i = 0; i < NR; ++i) op[i * N] = S[i];
+  }
 }
 
-// B1: backwards in time. Lane group x holds row x (Gr, entries l0 ..) and column x (Gc, entries
-// l0 ..) of G.
-template <typename F, int N>
+// B1: backwards in time over chunk blockIdx.y (as the forward kernel). Lane group x holds row x
+// (Gr, entries l0 ..) and column x (Gc, entries l0 ..) of G. LOCAL = false: from G^{partial} at
+// the chunk's last token, gend[b, h, c] (gS_final when not chunked), writes gk, gv, gb, e, c_t,
+// the anchors of the chunk and, for the first chunk, gS_{-1}. LOCAL = true (pass 1 of the chunked
+// form): from G = 0, writes only G^{partial} at the token before the chunk, `out[b, h, c]`.
+template <typename F, int N, bool LOCAL>
 __global__ void __launch_bounds__(N * kSplit) wkv7_bwd_b1_kernel(
-    int T, int H, const F* __restrict__ r, const F* __restrict__ k, const F* __restrict__ v,
+    int T, int H, int L, const F* __restrict__ r, const F* __restrict__ k, const F* __restrict__ v,
     const float* __restrict__ w, const F* __restrict__ a, const F* __restrict__ bb,
     const float* __restrict__ snap, const float* __restrict__ sa, const F* __restrict__ gy,
-    const float* __restrict__ gsT, F* __restrict__ gk, F* __restrict__ gv, F* __restrict__ gb,
-    float* __restrict__ e /* [B,T,H,N] */, float* __restrict__ cvec /* [B,T,H,N] */,
-    float* __restrict__ anchor /* [B,H,NC,N] */, float* __restrict__ gs0) {
+    const float* __restrict__ gend /* [B,H,NCL,N,N] */, F* __restrict__ gk, F* __restrict__ gv,
+    F* __restrict__ gb, float* __restrict__ e /* [B,T,H,N] */,
+    float* __restrict__ cvec /* [B,T,H,N] */, float* __restrict__ anchor /* [B,H,NC,N] */,
+    float* __restrict__ out /* gS_{-1} [B,H,N,N]; LOCAL: [B,H,NCL,N,N] */) {
   constexpr int TT = Stage<N>::TT, NR = N / kSplit, NT = N * kSplit;
   __shared__ __align__(16) float s_r[TT][N];
   __shared__ __align__(16) float s_k[TT][N];
@@ -165,17 +211,18 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_bwd_b1_kernel(
   __shared__ __align__(16) float s_sa[TT][N];
   __shared__ __align__(16) float s_c[2][N];
   const int bh = blockIdx.x, h = bh % H, b = bh / H, tid = threadIdx.x;
+  const int ch = blockIdx.y, NCL = gridDim.y, tbeg = ch * L, tend = min(T, tbeg + L);
   const int x = tid / kSplit, l0 = (tid % kSplit) * NR;
   const bool leader = tid % kSplit == 0;
   const int NC = (T + kSnap - 1) / kSnap;
   const int64_t stride = (int64_t)H * N;
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
   float Gr[NR], Gc[NR];  // G^{partial} (without the current token's r gy^T term)
-  const float* gp = gsT + (int64_t)bh * N * N;
+  const float* gp = gend + ((int64_t)bh * NCL + ch) * N * N;
 #pragma unroll
-  for (int jj = 0; jj < NR; ++jj) Gr[jj] = gp[x * N + l0 + jj];
+  for (int jj = 0; jj < NR; ++jj) Gr[jj] = LOCAL ? 0.f : gp[x * N + l0 + jj];
 #pragma unroll
-  for (int ii = 0; ii < NR; ++ii) Gc[ii] = gp[(l0 + ii) * N + x];
+  for (int ii = 0; ii < NR; ++ii) Gc[ii] = LOCAL ? 0.f : gp[(l0 + ii) * N + x];
   const float* snp = snap + (int64_t)bh * NC * N * N + (int64_t)x * N + l0;
   float* anp = anchor + (int64_t)bh * NC * N + x;
   int parity = 0;
@@ -184,7 +231,7 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_bwd_b1_kernel(
   F pr[E] = {}, pk[E] = {}, pv[E] = {}, pa[E] = {}, pb[E] = {}, pg[E] = {};
   float pw[E] = {}, ps[E] = {};
   auto fetch = [&](int t0) {
-    const int lim = min(TT, T - t0) * N;
+    const int lim = min(TT, tend - t0) * N;
 #pragma unroll
     for (int it = 0; it < E; ++it) {
       const int q = tid + it * NT;
@@ -201,9 +248,10 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_bwd_b1_kernel(
       }
     }
   };
-  fetch(((T - 1) / TT) * TT);
-  for (int t0 = ((T - 1) / TT) * TT; t0 >= 0; t0 -= TT) {
-    const int cnt = min(TT, T - t0);
+  const int tlast = tbeg + ((tend - 1 - tbeg) / TT) * TT;  // the chunk's last stage
+  fetch(tlast);
+  for (int t0 = tlast; t0 >= tbeg; t0 -= TT) {
+    const int cnt = min(TT, tend - t0);
     __syncthreads();
 #pragma unroll
     for (int it = 0; it < E; ++it) {
@@ -218,7 +266,7 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_bwd_b1_kernel(
       s_sa[tt][xx] = ps[it];
     }
     __syncthreads();
-    if (t0 >= TT) fetch(t0 - TT);
+    if (t0 - TT >= tbeg) fetch(t0 - TT);
     for (int tt = cnt - 1; tt >= 0; --tt) {
       const int t = t0 + tt;
       const float rx = s_r[tt][x], kx = s_k[tt][x], dx = s_d[tt][x], ax = s_a[tt][x];
@@ -248,7 +296,7 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_bwd_b1_kernel(
         n0 += Gc[l] * b4.x + Gc[l + 1] * b4.y;
         n1 += Gc[l + 2] * b4.z + Gc[l + 3] * b4.w;
       }
-      if ((t + 1) % kSnap == 0 && t + 1 < T) {  // anchor beta_t = S_t[x,:] . G_t[x,:]
+      if (!LOCAL && (t + 1) % kSnap == 0 && t + 1 < T) {  // anchor beta_t = S_t[x,:] . G_t[x,:]
         const int c = (t + 1) / kSnap;
         const float* q = snp + (int64_t)c * N * N;
         float b0 = 0.f, b1 = 0.f;
@@ -261,16 +309,20 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_bwd_b1_kernel(
         const float beta = group_sum(b0 + b1);
         if (leader) anp[(int64_t)c * N] = beta;
       }
-      const float gkx = group_sum(p0 + p1), gbx = group_sum(q0 + q1);
-      const float gvx = group_sum(m0 + m1), cx = group_sum(n0 + n1);
-      if (leader) {
-        const int64_t o = hbase + (int64_t)t * stride + x;
-        gk[o] = from_f<F>(gkx);
-        gb[o] = from_f<F>(gbx);
-        gv[o] = from_f<F>(gvx);
-        e[o] = bx * gbx + kx * gkx;
-        cvec[o] = cx;
-        s_c[parity][x] = cx;
+      const float cx = group_sum(n0 + n1);
+      if (LOCAL && leader) s_c[parity][x] = cx;
+      if (!LOCAL) {
+        const float gkx = group_sum(p0 + p1), gbx = group_sum(q0 + q1);
+        const float gvx = group_sum(m0 + m1);
+        if (leader) {
+          const int64_t o = hbase + (int64_t)t * stride + x;
+          gk[o] = from_f<F>(gkx);
+          gb[o] = from_f<F>(gbx);
+          gv[o] = from_f<F>(gvx);
+          e[o] = bx * gbx + kx * gkx;
+          cvec[o] = cx;
+          s_c[parity][x] = cx;
+        }
       }
       __syncthreads();
       // G^{partial}_{t-1} = A_t^T G_t: rows d_x G[x,:] + a_x c^T, columns d (.) G[:,x] + a c_x.
@@ -290,6 +342,13 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_bwd_b1_kernel(
       parity ^= 1;
     }
   }
+  if constexpr (LOCAL) {
+    float* op = out + ((int64_t)bh * NCL + ch) * N * N + (int64_t)l0 * N + x;
+#pragma unroll
+    for (int ii = 0; ii < NR; ++ii) op[ii * N] = Gc[ii];
+    return;
+  }
+  if (ch != 0) return;
   // G_{-1} = A_0^T G_0 is the gradient of the initial state; anchor beta_{-1} = S_{-1} . G_{-1}.
   {
     float b0 = 0.f, b1 = 0.f;
@@ -302,7 +361,7 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_bwd_b1_kernel(
     const float beta = group_sum(b0 + b1);
     if (leader) anp[0] = beta;
   }
-  float* op = gs0 + (int64_t)bh * N * N + (int64_t)l0 * N + x;
+  float* op = out + (int64_t)bh * N * N + (int64_t)l0 * N + x;
 #pragma unroll
   for (int ii = 0; ii < NR; ++ii) op[ii * N] = Gc[ii];
 }
@@ -407,35 +466,55 @@ void check_v7(const at::Tensor& r, const at::Tensor& k, const at::Tensor& v, con
 }  // namespace
 
 std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
-                                     at::Tensor a, at::Tensor b, at::Tensor s0, bool save) {
+                                     at::Tensor a, at::Tensor b, at::Tensor s0, bool save,
+                                     int64_t chunk) {
   check_v7(r, k, v, w, a, b);
   check_float(s0, "state");
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
   TORCH_CHECK(s0.numel() == (int64_t)B * H * n * n, "rwkv_hf cuda wkv7: state must be [B, H, K, V]");
+  const int L = chunk_length(chunk, T), NCL = (T + L - 1) / L;
   const at::cuda::OptionalCUDAGuard guard(r.device());
   auto y = at::empty_like(v);
   auto sT = at::empty({B, H, n, n}, s0.options());
   const int NC = (T + kSnap - 1) / kSnap;
   auto snap = save ? at::empty({B, H, NC, n, n}, s0.options()) : at::empty({0}, s0.options());
   auto sa = save ? at::empty({B, T, H, n}, s0.options()) : at::empty({0}, s0.options());
-  if (B * H == 0) return {y, sT, snap, sa};
+  auto trans = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, s0.options());
+  if (B * H == 0) return {y, sT, snap, sa, trans};
+  auto starts = s0.contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream();
   RWKV_HF_DISPATCH_F(r.scalar_type(), "wkv7", [&] {
     RWKV_HF_DISPATCH_N(n, "wkv7", [&] {
-      wkv7_fwd_kernel<F, N><<<B * H, N * kSplit, 0, stream>>>(
-          T, H, (const F*)r.data_ptr(), (const F*)k.data_ptr(), (const F*)v.data_ptr(),
-          w.data_ptr<float>(), (const F*)a.data_ptr(), (const F*)b.data_ptr(),
-          s0.data_ptr<float>(), (F*)y.data_ptr(), sT.data_ptr<float>(),
-          save ? snap.data_ptr<float>() : nullptr, save ? sa.data_ptr<float>() : nullptr);
+      const F *pr = (const F*)r.data_ptr(), *pk = (const F*)k.data_ptr(),
+              *pv = (const F*)v.data_ptr(), *pa = (const F*)a.data_ptr(),
+              *pb = (const F*)b.data_ptr();
+      if (NCL > 1) {  // pass 1: chunks from zero in parallel; then the chunk start states
+        auto local = at::empty({B, H, NCL, n, n}, s0.options());
+        starts = at::empty({B, H, NCL, n, n}, s0.options());
+        starts.select(2, 0).copy_(s0.view({B, H, n, n}));
+        wkv7_fwd_kernel<F, N, true><<<dim3(B * H, NCL), N * kSplit, 0, stream>>>(
+            T, H, L, pr, pk, pv, w.data_ptr<float>(), pa, pb, nullptr, nullptr,
+            local.data_ptr<float>(), nullptr, nullptr, trans.data_ptr<float>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        chunk_combine_kernel<N><<<dim3(B * H, N / 16), N, 0, stream>>>(
+            NCL, false, trans.data_ptr<float>(), local.data_ptr<float>(), starts.data_ptr<float>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      wkv7_fwd_kernel<F, N, false><<<dim3(B * H, NCL), N * kSplit, 0, stream>>>(
+          T, H, L, pr, pk, pv, w.data_ptr<float>(), pa, pb, starts.data_ptr<float>(),
+          (F*)y.data_ptr(), sT.data_ptr<float>(), save ? snap.data_ptr<float>() : nullptr,
+          save ? sa.data_ptr<float>() : nullptr, nullptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return {y, sT, snap, sa};
+  if (!save) trans = at::empty({0, H, NCL, n, n}, s0.options());
+  return {y, sT, snap, sa, trans};
 }
 
 std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
                                       at::Tensor a, at::Tensor b, at::Tensor snap, at::Tensor sa,
-                                      at::Tensor gy, at::Tensor gsT) {
+                                      at::Tensor trans, at::Tensor gy, at::Tensor gsT,
+                                      int64_t chunk) {
   check_v7(r, k, v, w, a, b);
   check_act(gy, r, "gy");
   check_float(snap, "snapshots");
@@ -443,8 +522,13 @@ std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
   check_float(gsT, "gsT");
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
   const int NC = (T + kSnap - 1) / kSnap;
+  const int L = chunk_length(chunk, T), NCL = (T + L - 1) / L;
   TORCH_CHECK(snap.numel() == (int64_t)B * H * NC * n * n && sa.numel() == r.numel(),
               "rwkv_hf cuda wkv7: bad saved tensors");
+  TORCH_CHECK(NCL == 1 || trans.numel() == (int64_t)B * H * NCL * n * n,
+              "rwkv_hf cuda wkv7: the chunk transitions of the forward are missing (chunk ", chunk,
+              ")");
+  if (NCL > 1) check_float(trans, "transitions");
   TORCH_CHECK(NC < 65536, "rwkv_hf cuda wkv7: sequence too long (T >= ", 65536 * kSnap, ")");
   const at::cuda::OptionalCUDAGuard guard(r.device());
   auto f32 = r.options().dtype(at::kFloat);
@@ -455,23 +539,36 @@ std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
   if (B * H == 0) return {gr, gk, gv, gw, ga, gb, gs0};
   auto e = at::empty({B, T, H, n}, f32), cvec = at::empty({B, T, H, n}, f32);
   auto anchor = at::empty({B, H, NC, n}, f32);
+  auto gend = gsT.contiguous();
   auto stream = c10::cuda::getCurrentCUDAStream();
   RWKV_HF_DISPATCH_F(r.scalar_type(), "wkv7", [&] {
     RWKV_HF_DISPATCH_N(n, "wkv7", [&] {
-      wkv7_bwd_b1_kernel<F, N><<<B * H, N * kSplit, 0, stream>>>(
-          T, H, (const F*)r.data_ptr(), (const F*)k.data_ptr(), (const F*)v.data_ptr(),
-          w.data_ptr<float>(), (const F*)a.data_ptr(), (const F*)b.data_ptr(),
-          snap.data_ptr<float>(), sa.data_ptr<float>(), (const F*)gy.data_ptr(),
-          gsT.data_ptr<float>(), (F*)gk.data_ptr(), (F*)gv.data_ptr(), (F*)gb.data_ptr(),
-          e.data_ptr<float>(), cvec.data_ptr<float>(), anchor.data_ptr<float>(),
-          gs0.data_ptr<float>());
+      const F *pr = (const F*)r.data_ptr(), *pk = (const F*)k.data_ptr(),
+              *pv = (const F*)v.data_ptr(), *pa = (const F*)a.data_ptr(),
+              *pb = (const F*)b.data_ptr(), *pg = (const F*)gy.data_ptr();
+      if (NCL > 1) {  // pass 1: chunks from G = 0 in parallel; then G at every chunk's end
+        auto local = at::empty({B, H, NCL, n, n}, f32);
+        gend = at::empty({B, H, NCL, n, n}, f32);
+        gend.select(2, NCL - 1).copy_(gsT.view({B, H, n, n}));
+        wkv7_bwd_b1_kernel<F, N, true><<<dim3(B * H, NCL), N * kSplit, 0, stream>>>(
+            T, H, L, pr, pk, pv, w.data_ptr<float>(), pa, pb, snap.data_ptr<float>(),
+            sa.data_ptr<float>(), pg, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+            nullptr, local.data_ptr<float>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        chunk_combine_kernel<N><<<dim3(B * H, N / 16), N, 0, stream>>>(
+            NCL, true, trans.data_ptr<float>(), local.data_ptr<float>(), gend.data_ptr<float>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      wkv7_bwd_b1_kernel<F, N, false><<<dim3(B * H, NCL), N * kSplit, 0, stream>>>(
+          T, H, L, pr, pk, pv, w.data_ptr<float>(), pa, pb, snap.data_ptr<float>(),
+          sa.data_ptr<float>(), pg, gend.data_ptr<float>(), (F*)gk.data_ptr(), (F*)gv.data_ptr(),
+          (F*)gb.data_ptr(), e.data_ptr<float>(), cvec.data_ptr<float>(),
+          anchor.data_ptr<float>(), gs0.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       wkv7_bwd_b2_kernel<F, N><<<dim3(B * H, NC), N, 0, stream>>>(
-          T, H, (const F*)r.data_ptr(), (const F*)k.data_ptr(), (const F*)v.data_ptr(),
-          w.data_ptr<float>(), (const F*)a.data_ptr(), (const F*)b.data_ptr(),
-          snap.data_ptr<float>(), sa.data_ptr<float>(), (const F*)gy.data_ptr(),
-          e.data_ptr<float>(), cvec.data_ptr<float>(), anchor.data_ptr<float>(),
-          (F*)gr.data_ptr(), gw.data_ptr<float>(), (F*)ga.data_ptr());
+          T, H, pr, pk, pv, w.data_ptr<float>(), pa, pb, snap.data_ptr<float>(),
+          sa.data_ptr<float>(), pg, e.data_ptr<float>(), cvec.data_ptr<float>(),
+          anchor.data_ptr<float>(), (F*)gr.data_ptr(), gw.data_ptr<float>(), (F*)ga.data_ptr());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });

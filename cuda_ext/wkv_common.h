@@ -59,11 +59,77 @@ __device__ __forceinline__ float group_sum(float x) {
 __device__ __forceinline__ float4 ld4(const float* p) {
   return *reinterpret_cast<const float4*>(p);
 }
+
+namespace {
+// The sequential step of the chunk-parallel form of wkv6 / wkv7, per (batch, head) over its NCL
+// chunks:
+//   forwards:  X[c+1] = M_c X[c] + Lc_c      (chunk start states from the chunks' transitions)
+//   backwards: X[c-1] = M_c^T X[c] + Lc_c    (the same for the gradient G of the state)
+// X[0] (forwards) or X[NCL-1] (backwards) is set by the caller. Block (b*H + h, group of CJ
+// columns); thread i computes row i; M_c is staged through shared memory in tiles of MT columns.
+template <int N>
+__global__ void __launch_bounds__(N) chunk_combine_kernel(int NCL, bool backward,
+                                                          const float* __restrict__ M,
+                                                          const float* __restrict__ Lc,
+                                                          float* __restrict__ X) {
+  constexpr int CJ = 16, MT = N < 32 ? N : 32;
+  __shared__ float tile[MT][N + 1];
+  __shared__ float xs[N][CJ];
+  const int i = threadIdx.x, j0 = blockIdx.y * CJ;
+  const int64_t base = (int64_t)blockIdx.x * NCL * N * N;
+  int c = backward ? NCL - 1 : 0;
+  for (int q = i; q < N * CJ; q += N) xs[q / CJ][q % CJ] = X[base + (int64_t)c * N * N + (q / CJ) * N + j0 + q % CJ];
+  for (int step = 0; step + 1 < NCL; ++step) {
+    const float* Mc = M + base + (int64_t)c * N * N;
+    float acc[CJ];
+#pragma unroll
+    for (int jj = 0; jj < CJ; ++jj) acc[jj] = 0.f;
+    for (int m0 = 0; m0 < N; m0 += MT) {
+      __syncthreads();  // xs written / the previous tile consumed
+      for (int q = i; q < MT * N; q += N) {
+        if (backward) {  // (M^T)[ii][m0 + mm] = M[m0 + mm][ii]
+          const int mm = q / N, ii = q % N;
+          tile[mm][ii] = Mc[(m0 + mm) * N + ii];
+        } else {
+          const int ii = q / MT, mm = q % MT;
+          tile[mm][ii] = Mc[ii * N + m0 + mm];
+        }
+      }
+      __syncthreads();
+      for (int mm = 0; mm < MT; ++mm) {
+        const float p = tile[mm][i];
+#pragma unroll
+        for (int jj = 0; jj < CJ; ++jj) acc[jj] += p * xs[m0 + mm][jj];
+      }
+    }
+    const int cn = backward ? c - 1 : c + 1;
+    const float* lp = Lc + base + (int64_t)c * N * N + (int64_t)i * N + j0;
+    float* xp = X + base + (int64_t)cn * N * N + (int64_t)i * N + j0;
+    __syncthreads();  // every thread is done reading xs
+#pragma unroll
+    for (int jj = 0; jj < CJ; ++jj) {
+      acc[jj] += lp[jj];
+      xp[jj] = acc[jj];
+      xs[i][jj] = acc[jj];
+    }
+    c = cn;
+  }
+}
+}  // namespace
 #endif  // __CUDACC__
 
 inline void check_cuda_tensor(const at::Tensor& x, const char* name) {
   TORCH_CHECK(x.is_cuda(), "rwkv_hf cuda: ", name, " must be a CUDA tensor");
   TORCH_CHECK(x.is_contiguous(), "rwkv_hf cuda: ", name, " must be contiguous");
+}
+
+// Tokens per chunk of the chunk-parallel form of the matrix-state ops (wkv6, wkv7): `chunk`, as
+// chosen by the caller, rounded up to a multiple of kSnap; 0, or a chunk of at least T tokens, is
+// the sequential form (one chunk).
+inline int chunk_length(int64_t chunk, int T) {
+  TORCH_CHECK(chunk >= 0, "rwkv_hf cuda: chunk length must be >= 0, got ", chunk);
+  if (chunk == 0 || chunk >= T) return T > 0 ? T : 1;
+  return (int)((chunk + kSnap - 1) / kSnap * kSnap);
 }
 
 inline void check_float(const at::Tensor& x, const char* name) {
@@ -117,17 +183,21 @@ std::vector<at::Tensor> bi_wkv4_backward(at::Tensor k, at::Tensor v, at::Tensor 
                                          at::Tensor s0, at::Tensor gy, at::Tensor gsT);
 
 // RWKV-5/6 (wkv6.cu).
+// `chunk`: tokens per chunk of the chunk-parallel form (see chunk_length); the forward returns
+// the chunks' transitions, which the backward of the same chunking takes.
 std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
-                                     at::Tensor u, at::Tensor s0, bool save);
+                                     at::Tensor u, at::Tensor s0, bool save, int64_t chunk);
 std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
-                                      at::Tensor u, at::Tensor snaps, at::Tensor gy,
-                                      at::Tensor gsT);
+                                      at::Tensor u, at::Tensor snaps, at::Tensor trans,
+                                      at::Tensor gy, at::Tensor gsT, int64_t chunk);
 
 // RWKV-7 (wkv7.cu).
 std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
-                                     at::Tensor a, at::Tensor b, at::Tensor s0, bool save);
+                                     at::Tensor a, at::Tensor b, at::Tensor s0, bool save,
+                                     int64_t chunk);
 std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
                                       at::Tensor a, at::Tensor b, at::Tensor snaps, at::Tensor sa,
-                                      at::Tensor gy, at::Tensor gsT);
+                                      at::Tensor trans, at::Tensor gy, at::Tensor gsT,
+                                      int64_t chunk);
 
 }  // namespace rwkv_hf

@@ -17,18 +17,23 @@ from rwkv_hf.ops.random_inputs import make_inputs
 PER_CHANNEL = ("wkv4", "bi_wkv4")
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 
-# (op, B, T, H, N, dtype): T = 1 (a generation step), 17 (one partial stage), 128 (snapshot
-# chunks ending exactly at T), 150 (a partial last chunk); every head size the kernels have.
+# (op, B, T, H, N, dtype, chunk): T = 1 (a generation step), 17 (one partial stage), 128
+# (snapshot chunks ending exactly at T), 150 (a partial last chunk); every head size the kernels
+# have; chunk > 0: the chunk-parallel form of the matrix-state ops (tokens per chunk, forced with
+# $RWKV_HF_CUDA_CHUNK; on a GPU it is chosen for few (batch, head) pairs and long sequences).
 CASES = []
 for _op in ("wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7"):
-    CASES += [(_op, 2, 1, 2, 16, torch.float32), (_op, 2, 17, 2, 16, torch.float32),
-              (_op, 2, 150, 2, 16, torch.float32), (_op, 2, 150, 2, 16, torch.bfloat16),
-              (_op, 1, 70, 1, 32, torch.float16)]
+    CASES += [(_op, 2, 1, 2, 16, torch.float32, 0), (_op, 2, 17, 2, 16, torch.float32, 0),
+              (_op, 2, 150, 2, 16, torch.float32, 0), (_op, 2, 150, 2, 16, torch.bfloat16, 0),
+              (_op, 1, 70, 1, 32, torch.float16, 0)]
     if _op in PER_CHANNEL:
-        CASES += [(_op, 1, 130, 1, 50, torch.float32)]  # C = 50: a partial thread block
+        CASES += [(_op, 1, 130, 1, 50, torch.float32, 0)]  # C = 50: a partial thread block
     else:
-        CASES += [(_op, 1, 128, 1, 64, torch.float32), (_op, 1, 40, 1, 128, torch.float32),
-                  (_op, 1, 130, 2, 32, torch.float32)]
+        CASES += [(_op, 1, 128, 1, 64, torch.float32, 0), (_op, 1, 40, 1, 128, torch.float32, 0),
+                  (_op, 1, 130, 2, 32, torch.float32, 0),
+                  (_op, 2, 150, 2, 16, torch.float32, 64), (_op, 1, 17, 1, 16, torch.float32, 64),
+                  (_op, 1, 300, 2, 64, torch.float32, 128), (_op, 1, 200, 1, 128, torch.float32, 64),
+                  (_op, 2, 150, 2, 32, torch.bfloat16, 64)]
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +61,11 @@ def canon(state, like):
     return torch.stack([state.select(-2, 0).double() * scale, state.select(-2, 1).double() * scale], -2)
 
 
-@pytest.mark.parametrize("op,B,T,H,N,dtype", CASES,
-                         ids=[f"{c[0]}-B{c[1]}-T{c[2]}-H{c[3]}-N{c[4]}-{str(c[5])[6:]}" for c in CASES])
-def test_kernel_matches_float64_reference(on_emulated_cuda, op, B, T, H, N, dtype):
+@pytest.mark.parametrize("op,B,T,H,N,dtype,chunk", CASES,
+                         ids=[f"{c[0]}-B{c[1]}-T{c[2]}-H{c[3]}-N{c[4]}-{str(c[5])[6:]}"
+                              + (f"-chunk{c[6]}" if c[6] else "") for c in CASES])
+def test_kernel_matches_float64_reference(on_emulated_cuda, monkeypatch, op, B, T, H, N, dtype, chunk):
+    monkeypatch.setenv(cuda_backend.CHUNK_ENV, str(chunk))
     # Values representable in every dtype tested, so one float64 run judges them all.
     x16 = make_inputs(op, B, T, H, N, dtype=torch.bfloat16, state=True, seed=T + 7 * N + B)
     names = list(x16)
@@ -134,3 +141,38 @@ def test_emulation_catches_a_missing_barrier(tmp_path, monkeypatch):
     x64 = {n: t.detach().double().requires_grad_() for n, t in x.items()}
     ops.wkv7(**x64, backend="reference")[0].sum().backward()
     assert rel(x["k"].grad, x64["k"].grad) > 1e-2
+
+
+@pytest.mark.parametrize("op", ["wkv6", "wkv7"])
+def test_chunked_form_runs_in_chunks(emulated, op):
+    """chunk > 0 really takes the chunk-parallel form (it returns one transition per chunk for
+    the backward), and gives the sequential form's results."""
+    names = ("r", "k", "v", "w", "u", "state") if op == "wkv6" else ("r", "k", "v", "w", "a", "b", "state")
+    x = make_inputs(op, 1, 150, 2, 16, state=True, seed=5)
+    args = [x[n].float().contiguous() for n in names]
+    fwd = getattr(emulated, op + "_forward")
+    seq, chunked = fwd(*args, True, 0), fwd(*args, True, 64)
+    assert seq[-1].numel() == 0
+    assert tuple(chunked[-1].shape) == (1, 2, 3, 16, 16)  # 150 tokens: 3 chunks of 64
+    for a, b in zip(seq[:-1], chunked[:-1]):
+        assert rel(b, a) < 1e-6
+    assert fwd(*args, False, 64)[-1].numel() == 0  # nothing kept without gradients
+    with pytest.raises(RuntimeError, match="chunk transitions of the forward are missing"):
+        bwd = getattr(emulated, op + "_backward")
+        saved = chunked[2:-1]  # snapshots (and sa)
+        bwd(*args[:-1], *saved, seq[-1], seq[0], torch.zeros_like(args[-1]), 64)
+
+
+def test_chunk_length_choice(monkeypatch):
+    monkeypatch.delenv(cuda_backend.CHUNK_ENV, raising=False)
+    assert cuda_backend.chunk_length(1, 32, 16384, "cpu") == 0  # not a GPU: sequential
+    monkeypatch.setattr(cuda_backend, "_sm_count", lambda device: 132)
+    assert cuda_backend.chunk_length(8, 32, 4096, "cuda") == 0  # 256 blocks: about one wave
+    L = cuda_backend.chunk_length(1, 32, 16384, "cuda")  # 32 blocks: chunks for ~3 per SM
+    assert L % 64 == 0 and 2 * 132 <= 32 * -(-16384 // L) <= 3 * 132
+    assert cuda_backend.chunk_length(1, 32, 300, "cuda") == 0  # too short for 3 chunks
+    monkeypatch.setenv(cuda_backend.CHUNK_ENV, "256")
+    assert cuda_backend.chunk_length(8, 32, 4096, "cuda") == 256
+    monkeypatch.setenv(cuda_backend.CHUNK_ENV, "-1")
+    with pytest.raises(ValueError, match="RWKV_HF_CUDA_CHUNK"):
+        cuda_backend.chunk_length(1, 1, 100, "cuda")

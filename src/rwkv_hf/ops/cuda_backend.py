@@ -37,6 +37,12 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 SOURCES = ("wkv.cpp", "wkv4.cu", "wkv6.cu", "wkv7.cu")
 HEADERS = ("wkv_common.h",)
 CACHE_ENV = "RWKV_HF_CUDA_CACHE"
+CHUNK_ENV = "RWKV_HF_CUDA_CHUNK"
+SNAP = 64  # tokens per state snapshot: kSnap of wkv_common.h
+# Blocks of the matrix-state kernels one multiprocessor holds at once (registers bound it);
+# the chunk-parallel form is sized for one such wave. To be confirmed on a GPU (gpu_check.py
+# times both forms).
+_RESIDENT_PER_SM = 3
 _BUILD_INFO = "build.json"
 
 _lock = threading.RLock()
@@ -367,6 +373,42 @@ def _act_dtype(op, *xs):
     return dt
 
 
+def _sm_count(device):
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def chunk_length(B, H, T, device):
+    """Tokens per chunk of the matrix-state kernels' chunk-parallel form (wkv6, wkv7), 0 for
+    the sequential form (one pass over T per (batch, head)).
+
+    Both forms are latency-bound: a block's time per token barely depends on how many blocks
+    share its multiprocessor. The sequential form runs B * H blocks; when that is well under
+    what the GPU holds at once (about _RESIDENT_PER_SM per multiprocessor), the chunk-parallel
+    form (chunks from a zero state in parallel, a short pass over the chunks for their start
+    states, the chunks again from those: about 2.7x the work per token, in B * H * T / chunk
+    blocks) finishes sooner. Chunks are sized for one wave of resident blocks, in multiples of
+    64 tokens; below 3 chunks per sequence, or 1024 tokens, the sequential form wins.
+    ``$RWKV_HF_CUDA_CHUNK`` overrides the choice (0: always sequential).
+    """
+    env = os.environ.get(CHUNK_ENV, "").strip()
+    if env:
+        try:
+            chunk = int(env)
+        except ValueError:
+            chunk = -1
+        if chunk < 0:
+            raise ValueError(f"${CHUNK_ENV} must be a number of tokens >= 0, got {env!r}")
+        return chunk
+    if torch.device(device).type != "cuda":
+        return 0
+    chunks = _RESIDENT_PER_SM * _sm_count(device) // max(1, B * H)
+    if chunks < 3 or T < 16 * SNAP:  # short sequences: not worth three launches
+        return 0
+    chunk = -(-T // chunks)
+    chunk = -(-chunk // SNAP) * SNAP
+    return 0 if chunk * 3 > T else chunk
+
+
 def _c(x, dtype):
     return x.to(dtype).contiguous()
 
@@ -431,17 +473,20 @@ class _Wkv6(torch.autograd.Function):
         rr, kk, vv = _c(r, dt), _c(k, dt), _c(v, dt)
         ww, uu, s0 = _f32(w), _f32(u), _f32(state)
         save = any(ctx.needs_input_grad)
-        y, sT, snap = ext.wkv6_forward(rr, kk, vv, ww, uu, s0, save)
+        B, T, H, _ = r.shape
+        chunk = chunk_length(B, H, T, r.device)
+        y, sT, snap, trans = ext.wkv6_forward(rr, kk, vv, ww, uu, s0, save, chunk)
         if save:
-            ctx.save_for_backward(rr, kk, vv, ww, uu, snap)
+            ctx.save_for_backward(rr, kk, vv, ww, uu, snap, trans)
             ctx.dtypes = (r.dtype, k.dtype, v.dtype, w.dtype, u.dtype, state.dtype)
+            ctx.chunk = chunk
         return y, sT
 
     @staticmethod
     def backward(ctx, gy, gsT):
-        rr, kk, vv, ww, uu, snap = ctx.saved_tensors
-        gr, gk, gv, gw, gu, gs0 = load().wkv6_backward(rr, kk, vv, ww, uu, snap, _c(gy, rr.dtype),
-                                                       _f32(gsT))
+        rr, kk, vv, ww, uu, snap, trans = ctx.saved_tensors
+        gr, gk, gv, gw, gu, gs0 = load().wkv6_backward(rr, kk, vv, ww, uu, snap, trans,
+                                                       _c(gy, rr.dtype), _f32(gsT), ctx.chunk)
         dr, dk, dv, dw, du, ds = ctx.dtypes
         return (gr.to(dr), gk.to(dk), gv.to(dv), gw.to(dw), _sum_to(gu, (0, 1), du), gs0.to(ds))
 
@@ -455,17 +500,20 @@ class _Wkv7(torch.autograd.Function):
         rr, kk, vv, aa, bb = (_c(x, dt) for x in (r, k, v, a, b))
         ww, s0 = _f32(w), _f32(state)
         save = any(ctx.needs_input_grad)
-        y, sT, snap, sa = ext.wkv7_forward(rr, kk, vv, ww, aa, bb, s0, save)
+        B, T, H, _ = r.shape
+        chunk = chunk_length(B, H, T, r.device)
+        y, sT, snap, sa, trans = ext.wkv7_forward(rr, kk, vv, ww, aa, bb, s0, save, chunk)
         if save:
-            ctx.save_for_backward(rr, kk, vv, ww, aa, bb, snap, sa)
+            ctx.save_for_backward(rr, kk, vv, ww, aa, bb, snap, sa, trans)
             ctx.dtypes = (r.dtype, k.dtype, v.dtype, w.dtype, a.dtype, b.dtype, state.dtype)
+            ctx.chunk = chunk
         return y, sT
 
     @staticmethod
     def backward(ctx, gy, gsT):
-        rr, kk, vv, ww, aa, bb, snap, sa = ctx.saved_tensors
-        gr, gk, gv, gw, ga, gb, gs0 = load().wkv7_backward(rr, kk, vv, ww, aa, bb, snap, sa,
-                                                           _c(gy, rr.dtype), _f32(gsT))
+        rr, kk, vv, ww, aa, bb, snap, sa, trans = ctx.saved_tensors
+        gr, gk, gv, gw, ga, gb, gs0 = load().wkv7_backward(rr, kk, vv, ww, aa, bb, snap, sa, trans,
+                                                           _c(gy, rr.dtype), _f32(gsT), ctx.chunk)
         dts = ctx.dtypes
         return tuple(g.to(d) for g, d in zip((gr, gk, gv, gw, ga, gb, gs0), dts))
 
