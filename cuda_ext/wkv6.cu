@@ -56,24 +56,24 @@ __global__ void __launch_bounds__(N * kSplit) wkv6_fwd_kernel(
   __shared__ __align__(16) float s_v[TT][N];
   const int bh = blockIdx.x, h = bh % H, b = bh / H, tid = threadIdx.x;
   const int c = blockIdx.y, NCL = gridDim.y, tbeg = c * L, tend = min(T, tbeg + L);
-  const int j = tid / kSplit, l0 = (tid % kSplit) * NR;  // column j, rows l0 .. l0 + NR - 1
+  const int j = tid / kSplit, qt = tid % kSplit;  // column j, rows qrow(qt, 0 .. NR - 1)
   const bool leader = tid % kSplit == 0;
   const int NC = (T + kSnap - 1) / kSnap;
   const int64_t stride = (int64_t)H * N;
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
-  const int64_t cell = ((int64_t)bh * NCL + c) * N * N + (int64_t)l0 * N + j;  // S[l0][j] of chunk c
+  const int64_t cell = ((int64_t)bh * NCL + c) * N * N + j;  // column j of chunk c
   float S[NR], P[LOCAL ? NR : 1];  // P: the decay's running product per row
 #pragma unroll
   for (int i = 0; i < NR; ++i) {
-    S[i] = LOCAL ? 0.f : s0[cell + i * N];
+    S[i] = LOCAL ? 0.f : s0[cell + qrow(qt, i) * N];
     if constexpr (LOCAL) P[i] = 1.f;
   }
   float* snp = LOCAL || snap == nullptr ? nullptr
-                                        : snap + (int64_t)bh * NC * N * N + (int64_t)l0 * N + j;
+                                        : snap + (int64_t)bh * NC * N * N + j;
   if (snp != nullptr) {  // the snapshot at the chunk's start (tbeg is a multiple of kSnap)
     float* q = snp + (int64_t)(tbeg / kSnap) * N * N;
 #pragma unroll
-    for (int i = 0; i < NR; ++i) q[i * N] = S[i];
+    for (int i = 0; i < NR; ++i) q[qrow(qt, i) * N] = S[i];
   }
   // Stage loads are issued one stage ahead into registers (E per array and thread), so their
   // latency hides behind the previous stage's tokens.
@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(N * kSplit) wkv6_fwd_kernel(
       if constexpr (LOCAL) {
 #pragma unroll
         for (int i = 0; i < NR; i += 4) {
-          const float4 k4 = ld4(&s_k[tt][l0 + i]), d4 = ld4(&s_d[tt][l0 + i]);
+          const float4 k4 = ld4(&s_k[tt][qrow(qt, i)]), d4 = ld4(&s_d[tt][qrow(qt, i)]);
           S[i] = S[i] * d4.x + k4.x * vj;
           S[i + 1] = S[i + 1] * d4.y + k4.y * vj;
           S[i + 2] = S[i + 2] * d4.z + k4.z * vj;
@@ -131,8 +131,8 @@ __global__ void __launch_bounds__(N * kSplit) wkv6_fwd_kernel(
       float y0 = 0.f, y1 = 0.f, y2 = 0.f, y3 = 0.f;
 #pragma unroll
       for (int i = 0; i < NR; i += 4) {
-        const float4 r4 = ld4(&s_r[tt][l0 + i]), k4 = ld4(&s_k[tt][l0 + i]);
-        const float4 d4 = ld4(&s_d[tt][l0 + i]), uk4 = ld4(&s_uk[tt][l0 + i]);
+        const float4 r4 = ld4(&s_r[tt][qrow(qt, i)]), k4 = ld4(&s_k[tt][qrow(qt, i)]);
+        const float4 d4 = ld4(&s_d[tt][qrow(qt, i)]), uk4 = ld4(&s_uk[tt][qrow(qt, i)]);
         y0 += r4.x * (S[i] + uk4.x * vj);
         y1 += r4.y * (S[i + 1] + uk4.y * vj);
         y2 += r4.z * (S[i + 2] + uk4.z * vj);
@@ -147,25 +147,25 @@ __global__ void __launch_bounds__(N * kSplit) wkv6_fwd_kernel(
       if (snp != nullptr && (t + 1) % kSnap == 0 && t + 1 < tend) {
         float* q = snp + (int64_t)((t + 1) / kSnap) * N * N;
 #pragma unroll
-        for (int i = 0; i < NR; ++i) q[i * N] = S[i];
+        for (int i = 0; i < NR; ++i) q[qrow(qt, i) * N] = S[i];
       }
     }
   }
   if constexpr (LOCAL) {
 #pragma unroll
     for (int i = 0; i < NR; ++i) {
-      out[cell + i * N] = S[i];
-      trans[cell + i * N] = l0 + i == j ? P[i] : 0.f;
+      out[cell + qrow(qt, i) * N] = S[i];
+      trans[cell + qrow(qt, i) * N] = qrow(qt, i) == j ? P[i] : 0.f;
     }
   } else if (c == NCL - 1) {
-    float* op = out + (int64_t)bh * N * N + (int64_t)l0 * N + j;
+    float* op = out + (int64_t)bh * N * N + j;
 #pragma unroll
-    for (int i = 0; i < NR; ++i) op[i * N] = S[i];
+    for (int i = 0; i < NR; ++i) op[qrow(qt, i) * N] = S[i];
   }
 }
 
 // B1: backwards in time over chunk blockIdx.y (as the forward kernel). Lane group x holds row x
-// (Gr, entries l0 ..) and column x (Gc, entries l0 ..) of G. LOCAL = false: from G at the
+// (Gr, entries qrow(qt, ..)) and column x (Gc, entries qrow(qt, ..)) of G. LOCAL = false: from G at the
 // chunk's last token, gend[b, h, c] (gS_final when not chunked), writes gk, gv, e, the anchors
 // of the chunk and, for the first chunk, gS_{-1}. LOCAL = true (pass 1 of the chunked form):
 // from G = 0, writes only G at the token before the chunk, `out[b, h, c]`.
@@ -186,19 +186,19 @@ __global__ void __launch_bounds__(N * kSplit) wkv6_bwd_b1_kernel(
   __shared__ __align__(16) float s_ruk[TT][N];
   const int bh = blockIdx.x, h = bh % H, b = bh / H, tid = threadIdx.x;
   const int ch = blockIdx.y, NCL = gridDim.y, tbeg = ch * L, tend = min(T, tbeg + L);
-  const int x = tid / kSplit, l0 = (tid % kSplit) * NR;
+  const int x = tid / kSplit, qt = tid % kSplit;  // entries qrow(qt, 0 .. NR - 1)
   const bool leader = tid % kSplit == 0;
   const int NC = (T + kSnap - 1) / kSnap;
   const int64_t stride = (int64_t)H * N;
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
   const float ux = u[h * N + x];
-  float Gr[NR], Gc[NR];  // Gr[jj] = G[x][l0 + jj], Gc[ii] = G[l0 + ii][x]
+  float Gr[NR], Gc[NR];  // Gr[jj] = G[x][qrow(qt, jj)], Gc[ii] = G[qrow(qt, ii)][x]
   const float* gp = gend + ((int64_t)bh * NCL + ch) * N * N;
 #pragma unroll
-  for (int jj = 0; jj < NR; ++jj) Gr[jj] = LOCAL ? 0.f : gp[x * N + l0 + jj];
+  for (int jj = 0; jj < NR; ++jj) Gr[jj] = LOCAL ? 0.f : gp[x * N + qrow(qt, jj)];
 #pragma unroll
-  for (int ii = 0; ii < NR; ++ii) Gc[ii] = LOCAL ? 0.f : gp[(l0 + ii) * N + x];
-  const float* snp = snap + (int64_t)bh * NC * N * N + (int64_t)x * N + l0;
+  for (int ii = 0; ii < NR; ++ii) Gc[ii] = LOCAL ? 0.f : gp[qrow(qt, ii) * N + x];
+  const float* snp = snap + (int64_t)bh * NC * N * N + (int64_t)x * N;
   // Stage loads are issued one stage ahead into registers (see the forward kernel).
   constexpr int E = TT * N / NT;
   F pr[E] = {}, pk[E] = {}, pv[E] = {}, pg[E] = {};
@@ -244,8 +244,8 @@ __global__ void __launch_bounds__(N * kSplit) wkv6_bwd_b1_kernel(
       float a0 = 0.f, a1 = 0.f, q0 = 0.f, q1 = 0.f, c0 = 0.f, c1 = 0.f, p0 = 0.f, p1 = 0.f;
 #pragma unroll
       for (int l = 0; l < NR; l += 4) {
-        const float4 v4 = ld4(&s_v[tt][l0 + l]), g4 = ld4(&s_gy[tt][l0 + l]);
-        const float4 k4 = ld4(&s_k[tt][l0 + l]), ruk4 = ld4(&s_ruk[tt][l0 + l]);
+        const float4 v4 = ld4(&s_v[tt][qrow(qt, l)]), g4 = ld4(&s_gy[tt][qrow(qt, l)]);
+        const float4 k4 = ld4(&s_k[tt][qrow(qt, l)]), ruk4 = ld4(&s_ruk[tt][qrow(qt, l)]);
         a0 += Gr[l] * v4.x + Gr[l + 1] * v4.y;
         a1 += Gr[l + 2] * v4.z + Gr[l + 3] * v4.w;
         q0 += v4.x * g4.x + v4.y * g4.y;
@@ -267,8 +267,8 @@ __global__ void __launch_bounds__(N * kSplit) wkv6_bwd_b1_kernel(
       // G_{t-1} = diag(d_t) G_t + r_t gy_t^T, in both layouts.
 #pragma unroll
       for (int l = 0; l < NR; l += 4) {
-        const float4 g4 = ld4(&s_gy[tt][l0 + l]);
-        const float4 d4 = ld4(&s_d[tt][l0 + l]), r4 = ld4(&s_r[tt][l0 + l]);
+        const float4 g4 = ld4(&s_gy[tt][qrow(qt, l)]);
+        const float4 d4 = ld4(&s_d[tt][qrow(qt, l)]), r4 = ld4(&s_r[tt][qrow(qt, l)]);
         Gr[l] = Gr[l] * dx + rx * g4.x;
         Gr[l + 1] = Gr[l + 1] * dx + rx * g4.y;
         Gr[l + 2] = Gr[l + 2] * dx + rx * g4.z;
@@ -284,7 +284,7 @@ __global__ void __launch_bounds__(N * kSplit) wkv6_bwd_b1_kernel(
         float b0 = 0.f, b1 = 0.f;
 #pragma unroll
         for (int l = 0; l < NR; l += 4) {
-          const float4 s4 = ld4(q + l);
+          const float4 s4 = ld4(q + qrow(qt, l));
           b0 += s4.x * Gr[l] + s4.y * Gr[l + 1];
           b1 += s4.z * Gr[l + 2] + s4.w * Gr[l + 3];
         }
@@ -294,10 +294,9 @@ __global__ void __launch_bounds__(N * kSplit) wkv6_bwd_b1_kernel(
     }
   }
   if (!LOCAL && ch != 0) return;
-  float* op = out + (LOCAL ? ((int64_t)bh * NCL + ch) * N * N : (int64_t)bh * N * N) +
-              (int64_t)l0 * N + x;
+  float* op = out + (LOCAL ? ((int64_t)bh * NCL + ch) * N * N : (int64_t)bh * N * N) + x;
 #pragma unroll
-  for (int ii = 0; ii < NR; ++ii) op[ii * N] = Gc[ii];
+  for (int ii = 0; ii < NR; ++ii) op[qrow(qt, ii) * N] = Gc[ii];
 }
 
 // B2: one block per (batch*head, chunk), forwards in time inside the chunk.

@@ -57,29 +57,29 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_fwd_kernel(
   __shared__ __align__(16) float s_v[TT][N];
   const int bh = blockIdx.x, h = bh % H, b = bh / H, tid = threadIdx.x;
   const int c = blockIdx.y, NCL = gridDim.y, tbeg = c * L, tend = min(T, tbeg + L);
-  const int j = tid / kSplit, l0 = (tid % kSplit) * NR;  // column j, rows l0 .. l0 + NR - 1
+  const int j = tid / kSplit, qt = tid % kSplit;  // column j, rows qrow(qt, 0 .. NR - 1)
   const bool leader = tid % kSplit == 0;
   const int NC = (T + kSnap - 1) / kSnap;
   const int64_t stride = (int64_t)H * N;
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
-  const int64_t cell = ((int64_t)bh * NCL + c) * N * N + (int64_t)l0 * N + j;  // S[l0][j] of chunk c
+  const int64_t cell = ((int64_t)bh * NCL + c) * N * N + j;  // column j of chunk c
   float S[NR], P[LOCAL ? NR : 1];
   if constexpr (LOCAL) {
 #pragma unroll
     for (int i = 0; i < NR; ++i) {
       S[i] = 0.f;
-      P[i] = l0 + i == j ? 1.f : 0.f;
+      P[i] = qrow(qt, i) == j ? 1.f : 0.f;
     }
   } else {
 #pragma unroll
-    for (int i = 0; i < NR; ++i) S[i] = s0[cell + i * N];
+    for (int i = 0; i < NR; ++i) S[i] = s0[cell + qrow(qt, i) * N];
   }
   float* snp = LOCAL || snap == nullptr ? nullptr
-                                        : snap + (int64_t)bh * NC * N * N + (int64_t)l0 * N + j;
+                                        : snap + (int64_t)bh * NC * N * N + j;
   if (snp != nullptr) {  // the snapshot at the chunk's start (tbeg is a multiple of kSnap)
     float* q = snp + (int64_t)(tbeg / kSnap) * N * N;
 #pragma unroll
-    for (int i = 0; i < NR; ++i) q[i * N] = S[i];
+    for (int i = 0; i < NR; ++i) q[qrow(qt, i) * N] = S[i];
   }
   // Stage loads are issued one stage ahead into registers (E per array and thread), so their
   // latency hides behind the previous stage's tokens.
@@ -124,7 +124,7 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_fwd_kernel(
       float q0 = 0.f, q1 = 0.f, q2 = 0.f, q3 = 0.f, p0 = 0.f, p1 = 0.f;
 #pragma unroll
       for (int i = 0; i < NR; i += 4) {
-        const float4 a4 = ld4(&s_a[tt][l0 + i]);
+        const float4 a4 = ld4(&s_a[tt][qrow(qt, i)]);
         q0 += a4.x * S[i];
         q1 += a4.y * S[i + 1];
         q2 += a4.z * S[i + 2];
@@ -139,8 +139,8 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_fwd_kernel(
       float y0 = 0.f, y1 = 0.f, y2 = 0.f, y3 = 0.f;
 #pragma unroll
       for (int i = 0; i < NR; i += 4) {
-        const float4 d4 = ld4(&s_d[tt][l0 + i]), b4 = ld4(&s_b[tt][l0 + i]);
-        const float4 k4 = ld4(&s_k[tt][l0 + i]);
+        const float4 d4 = ld4(&s_d[tt][qrow(qt, i)]), b4 = ld4(&s_b[tt][qrow(qt, i)]);
+        const float4 k4 = ld4(&s_k[tt][qrow(qt, i)]);
         S[i] = S[i] * d4.x + (b4.x * sa + k4.x * vj);
         S[i + 1] = S[i + 1] * d4.y + (b4.y * sa + k4.y * vj);
         S[i + 2] = S[i + 2] * d4.z + (b4.z * sa + k4.z * vj);
@@ -151,7 +151,7 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_fwd_kernel(
           P[i + 2] = P[i + 2] * d4.z + b4.z * pa_;
           P[i + 3] = P[i + 3] * d4.w + b4.w * pa_;
         } else {
-          const float4 r4 = ld4(&s_r[tt][l0 + i]);
+          const float4 r4 = ld4(&s_r[tt][qrow(qt, i)]);
           y0 += r4.x * S[i];
           y1 += r4.y * S[i + 1];
           y2 += r4.z * S[i + 2];
@@ -168,7 +168,7 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_fwd_kernel(
         if (snp != nullptr && (t + 1) % kSnap == 0 && t + 1 < tend) {
           float* q = snp + (int64_t)((t + 1) / kSnap) * N * N;
 #pragma unroll
-          for (int i = 0; i < NR; ++i) q[i * N] = S[i];
+          for (int i = 0; i < NR; ++i) q[qrow(qt, i) * N] = S[i];
         }
       }
     }
@@ -176,18 +176,18 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_fwd_kernel(
   if constexpr (LOCAL) {
 #pragma unroll
     for (int i = 0; i < NR; ++i) {
-      out[cell + i * N] = S[i];
-      trans[cell + i * N] = P[i];
+      out[cell + qrow(qt, i) * N] = S[i];
+      trans[cell + qrow(qt, i) * N] = P[i];
     }
   } else if (c == NCL - 1) {
-    float* op = out + (int64_t)bh * N * N + (int64_t)l0 * N + j;
+    float* op = out + (int64_t)bh * N * N + j;
 #pragma unroll
-    for (int i = 0; i < NR; ++i) op[i * N] = S[i];
+    for (int i = 0; i < NR; ++i) op[qrow(qt, i) * N] = S[i];
   }
 }
 
 // B1: backwards in time over chunk blockIdx.y (as the forward kernel). Lane group x holds row x
-// (Gr, entries l0 ..) and column x (Gc, entries l0 ..) of G. LOCAL = false: from G^{partial} at
+// (Gr, entries qrow(qt, ..)) and column x (Gc, entries qrow(qt, ..)) of G. LOCAL = false: from G^{partial} at
 // the chunk's last token, gend[b, h, c] (gS_final when not chunked), writes gk, gv, gb, e, c_t,
 // the anchors of the chunk and, for the first chunk, gS_{-1}. LOCAL = true (pass 1 of the chunked
 // form): from G = 0, writes only G^{partial} at the token before the chunk, `out[b, h, c]`.
@@ -212,7 +212,7 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_bwd_b1_kernel(
   __shared__ __align__(16) float s_c[2][N];
   const int bh = blockIdx.x, h = bh % H, b = bh / H, tid = threadIdx.x;
   const int ch = blockIdx.y, NCL = gridDim.y, tbeg = ch * L, tend = min(T, tbeg + L);
-  const int x = tid / kSplit, l0 = (tid % kSplit) * NR;
+  const int x = tid / kSplit, qt = tid % kSplit;  // entries qrow(qt, 0 .. NR - 1)
   const bool leader = tid % kSplit == 0;
   const int NC = (T + kSnap - 1) / kSnap;
   const int64_t stride = (int64_t)H * N;
@@ -220,10 +220,10 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_bwd_b1_kernel(
   float Gr[NR], Gc[NR];  // G^{partial} (without the current token's r gy^T term)
   const float* gp = gend + ((int64_t)bh * NCL + ch) * N * N;
 #pragma unroll
-  for (int jj = 0; jj < NR; ++jj) Gr[jj] = LOCAL ? 0.f : gp[x * N + l0 + jj];
+  for (int jj = 0; jj < NR; ++jj) Gr[jj] = LOCAL ? 0.f : gp[x * N + qrow(qt, jj)];
 #pragma unroll
-  for (int ii = 0; ii < NR; ++ii) Gc[ii] = LOCAL ? 0.f : gp[(l0 + ii) * N + x];
-  const float* snp = snap + (int64_t)bh * NC * N * N + (int64_t)x * N + l0;
+  for (int ii = 0; ii < NR; ++ii) Gc[ii] = LOCAL ? 0.f : gp[qrow(qt, ii) * N + x];
+  const float* snp = snap + (int64_t)bh * NC * N * N + (int64_t)x * N;
   float* anp = anchor + (int64_t)bh * NC * N + x;
   int parity = 0;
   // Stage loads are issued one stage ahead into registers (see the forward kernel).
@@ -276,9 +276,9 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_bwd_b1_kernel(
       float p0 = 0.f, p1 = 0.f, q0 = 0.f, q1 = 0.f, m0 = 0.f, m1 = 0.f, n0 = 0.f, n1 = 0.f;
 #pragma unroll
       for (int l = 0; l < NR; l += 4) {
-        const float4 g4 = ld4(&s_gy[tt][l0 + l]), v4 = ld4(&s_v[tt][l0 + l]);
-        const float4 sa4 = ld4(&s_sa[tt][l0 + l]), r4 = ld4(&s_r[tt][l0 + l]);
-        const float4 k4 = ld4(&s_k[tt][l0 + l]), b4 = ld4(&s_b[tt][l0 + l]);
+        const float4 g4 = ld4(&s_gy[tt][qrow(qt, l)]), v4 = ld4(&s_v[tt][qrow(qt, l)]);
+        const float4 sa4 = ld4(&s_sa[tt][qrow(qt, l)]), r4 = ld4(&s_r[tt][qrow(qt, l)]);
+        const float4 k4 = ld4(&s_k[tt][qrow(qt, l)]), b4 = ld4(&s_b[tt][qrow(qt, l)]);
         Gr[l] += rx * g4.x;
         Gr[l + 1] += rx * g4.y;
         Gr[l + 2] += rx * g4.z;
@@ -302,7 +302,7 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_bwd_b1_kernel(
         float b0 = 0.f, b1 = 0.f;
 #pragma unroll
         for (int l = 0; l < NR; l += 4) {
-          const float4 s4 = ld4(q + l);
+          const float4 s4 = ld4(q + qrow(qt, l));
           b0 += s4.x * Gr[l] + s4.y * Gr[l + 1];
           b1 += s4.z * Gr[l + 2] + s4.w * Gr[l + 3];
         }
@@ -328,8 +328,8 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_bwd_b1_kernel(
       // G^{partial}_{t-1} = A_t^T G_t: rows d_x G[x,:] + a_x c^T, columns d (.) G[:,x] + a c_x.
 #pragma unroll
       for (int l = 0; l < NR; l += 4) {
-        const float4 c4 = ld4(&s_c[parity][l0 + l]);
-        const float4 d4 = ld4(&s_d[tt][l0 + l]), a4 = ld4(&s_a[tt][l0 + l]);
+        const float4 c4 = ld4(&s_c[parity][qrow(qt, l)]);
+        const float4 d4 = ld4(&s_d[tt][qrow(qt, l)]), a4 = ld4(&s_a[tt][qrow(qt, l)]);
         Gr[l] = Gr[l] * dx + ax * c4.x;
         Gr[l + 1] = Gr[l + 1] * dx + ax * c4.y;
         Gr[l + 2] = Gr[l + 2] * dx + ax * c4.z;
@@ -343,9 +343,9 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_bwd_b1_kernel(
     }
   }
   if constexpr (LOCAL) {
-    float* op = out + ((int64_t)bh * NCL + ch) * N * N + (int64_t)l0 * N + x;
+    float* op = out + ((int64_t)bh * NCL + ch) * N * N + x;
 #pragma unroll
-    for (int ii = 0; ii < NR; ++ii) op[ii * N] = Gc[ii];
+    for (int ii = 0; ii < NR; ++ii) op[qrow(qt, ii) * N] = Gc[ii];
     return;
   }
   if (ch != 0) return;
@@ -354,16 +354,16 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_bwd_b1_kernel(
     float b0 = 0.f, b1 = 0.f;
 #pragma unroll
     for (int l = 0; l < NR; l += 4) {
-      const float4 s4 = ld4(snp + l);
+      const float4 s4 = ld4(snp + qrow(qt, l));
       b0 += s4.x * Gr[l] + s4.y * Gr[l + 1];
       b1 += s4.z * Gr[l + 2] + s4.w * Gr[l + 3];
     }
     const float beta = group_sum(b0 + b1);
     if (leader) anp[0] = beta;
   }
-  float* op = out + (int64_t)bh * N * N + (int64_t)l0 * N + x;
+  float* op = out + (int64_t)bh * N * N + x;
 #pragma unroll
-  for (int ii = 0; ii < NR; ++ii) op[ii * N] = Gc[ii];
+  for (int ii = 0; ii < NR; ++ii) op[qrow(qt, ii) * N] = Gc[ii];
 }
 
 template <typename F, int N>

@@ -49,6 +49,16 @@ struct Stage {
 // token when B * H is small.
 constexpr int kSplit = 4;
 
+// The rows (or columns) a lane of the group holds: entry e (0 .. N / kSplit - 1) of the lane with
+// qt = lane % kSplit. Float4 group e / 4 of the kSplit lanes lie side by side (rows 16g + 4qt ..
+// 16g + 4qt + 3), so that the 8 lanes of a quarter-warp, each loading 16 bytes of a per-token
+// vector from shared memory, touch 8 different 16-byte bank groups. Contiguous quarters of N /
+// kSplit rows put lanes 0 and 2 of a group on the same banks: a 2-way conflict on every load,
+// and these loads bound the kernels.
+__device__ __forceinline__ int qrow(int qt, int e) {
+  return (e >> 2) * (4 * kSplit) + qt * 4 + (e & 3);
+}
+
 // Sum of x over the kSplit adjacent lanes of a group; every lane of the group gets the sum.
 __device__ __forceinline__ float group_sum(float x) {
 #pragma unroll
