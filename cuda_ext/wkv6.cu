@@ -3,9 +3,10 @@
 //   y_t = r_t^T (S_{t-1} + diag(u) k_t v_t^T),      S_t = diag(d_t) S_{t-1} + k_t v_t^T,
 //   d_t = exp(w_t); per head S is [K, V] = [N, N] (key-major), S_{-1} the initial state.
 //
-// Forward: one block per (batch, head); each value column j of S lives in the registers of a
-// group of kSplit adjacent lanes (N / kSplit rows each; y_j is summed by lane shuffles);
-// r, k, v, exp(w), u*k of TT tokens are staged in shared memory per barrier.
+// Forward: one block per (batch, head) (and chunk: the chunk-parallel form of wkv7.cu, with
+// the diagonal transition diag(prod_t d_t)); each thread holds an R x C tile of S (Tile in
+// wkv_common.h; y is summed over the column block's lanes by shuffles); r, k, v, exp(w), u*k
+// of TT tokens are staged in shared memory per barrier.
 // When gradients are needed it stores snapshots snap[c] = S_{c*kSnap - 1} (snap[0] = S_{-1}).
 //
 // Backward. G_t = dL/dS_t (S_t feeds y_{t+1}, S_{t+1} and, for the last token, the final
@@ -41,14 +42,15 @@ namespace {
 // chunk, the final state. LOCAL = true (pass 1 of the chunked form): from S = 0, writes only the
 // chunk's end state `out[b, h, c]` and its transition `trans[b, h, c]` = diag(prod_t d_t).
 template <typename F, int N, bool LOCAL>
-__global__ void __launch_bounds__(N * kSplit) wkv6_fwd_kernel(
+__global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_fwd_kernel(
     int T, int H, int L, const F* __restrict__ r, const F* __restrict__ k, const F* __restrict__ v,
     const float* __restrict__ w, const float* __restrict__ u,
     const float* __restrict__ s0 /* [B,H,NCL,N,N] */, F* __restrict__ y,
     float* __restrict__ out /* final state [B,H,N,N]; LOCAL: [B,H,NCL,N,N] */,
     float* __restrict__ snap /* [B,H,NC,N,N] | null */,
     float* __restrict__ trans /* LOCAL: [B,H,NCL,N,N] */) {
-  constexpr int TT = Stage<N>::TT, NR = N / kSplit, NT = N * kSplit;
+  using Tl = Tile<N>;
+  constexpr int TT = Stage<N>::TT, R = Tl::R, C = Tl::C, NT = Tl::THREADS;
   __shared__ __align__(16) float s_r[TT][N];
   __shared__ __align__(16) float s_k[TT][N];
   __shared__ __align__(16) float s_d[TT][N];
@@ -56,25 +58,29 @@ __global__ void __launch_bounds__(N * kSplit) wkv6_fwd_kernel(
   __shared__ __align__(16) float s_v[TT][N];
   const int bh = blockIdx.x, h = bh % H, b = bh / H, tid = threadIdx.x;
   const int c = blockIdx.y, NCL = gridDim.y, tbeg = c * L, tend = min(T, tbeg + L);
-  const int j = tid / kSplit, qt = tid % kSplit;  // column j, rows qrow(qt, 0 .. NR - 1)
-  const bool leader = tid % kSplit == 0;
+  const int rb = tid % Tl::RB, c0 = (tid / Tl::RB) * C;  // rows Tl::row(rb, 0 .. R-1), columns c0 ..
+  const int mycol = c0 + Tl::col(rb);  // the column whose sums this lane ends up with
+  const bool writer = rb % (Tl::RB / C) == 0;  // one lane per column of the block writes it
   const int NC = (T + kSnap - 1) / kSnap;
   const int64_t stride = (int64_t)H * N;
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
-  const int64_t cell = ((int64_t)bh * NCL + c) * N * N + j;  // column j of chunk c
-  float S[NR], P[LOCAL ? NR : 1];  // P: the decay's running product per row
+  const int64_t cell = ((int64_t)bh * NCL + c) * N * N + c0;  // column c0 of chunk c
+  float S[R * C], P[LOCAL ? R : 1];  // S[e * C + cc] = S[row(rb, e)][c0 + cc]; P: decay products
 #pragma unroll
-  for (int i = 0; i < NR; ++i) {
-    S[i] = LOCAL ? 0.f : s0[cell + qrow(qt, i) * N];
-    if constexpr (LOCAL) P[i] = 1.f;
-  }
-  float* snp = LOCAL || snap == nullptr ? nullptr
-                                        : snap + (int64_t)bh * NC * N * N + j;
-  if (snp != nullptr) {  // the snapshot at the chunk's start (tbeg is a multiple of kSnap)
-    float* q = snp + (int64_t)(tbeg / kSnap) * N * N;
+  for (int e = 0; e < R; ++e) {
 #pragma unroll
-    for (int i = 0; i < NR; ++i) q[qrow(qt, i) * N] = S[i];
+    for (int cc = 0; cc < C; ++cc)
+      S[e * C + cc] = LOCAL ? 0.f : s0[cell + (int64_t)Tl::row(rb, e) * N + cc];
+    if constexpr (LOCAL) P[e] = 1.f;
   }
+  float* snp = LOCAL || snap == nullptr ? nullptr : snap + (int64_t)bh * NC * N * N + c0;
+  auto store = [&](float* q) {  // the tile of S into the [N, N] matrix at q
+#pragma unroll
+    for (int e = 0; e < R; ++e)
+#pragma unroll
+      for (int cc = 0; cc < C; ++cc) q[(int64_t)Tl::row(rb, e) * N + cc] = S[e * C + cc];
+  };
+  if (snp != nullptr) store(snp + (int64_t)(tbeg / kSnap) * N * N);  // the chunk's start
   // Stage loads are issued one stage ahead into registers (E per array and thread), so their
   // latency hides behind the previous stage's tokens.
   constexpr int E = TT * N / NT;
@@ -102,7 +108,7 @@ __global__ void __launch_bounds__(N * kSplit) wkv6_fwd_kernel(
     for (int it = 0; it < E; ++it) {
       const int q = tid + it * NT, tt = q / N, x = q % N;
       const float kk = to_f(pk[it]);
-      s_r[tt][x] = to_f(pr[it]);
+      if constexpr (!LOCAL) s_r[tt][x] = to_f(pr[it]);
       s_k[tt][x] = kk;
       s_uk[tt][x] = u[h * N + x] * kk;
       s_d[tt][x] = expf(pw[it]);
@@ -112,55 +118,53 @@ __global__ void __launch_bounds__(N * kSplit) wkv6_fwd_kernel(
     if (t0 + TT < tend) fetch(t0 + TT);
     for (int tt = 0; tt < cnt; ++tt) {
       const int t = t0 + tt;
-      const float vj = s_v[tt][j];
-      if constexpr (LOCAL) {
+      float vv[C], yp[C];
 #pragma unroll
-        for (int i = 0; i < NR; i += 4) {
-          const float4 k4 = ld4(&s_k[tt][qrow(qt, i)]), d4 = ld4(&s_d[tt][qrow(qt, i)]);
-          S[i] = S[i] * d4.x + k4.x * vj;
-          S[i + 1] = S[i + 1] * d4.y + k4.y * vj;
-          S[i + 2] = S[i + 2] * d4.z + k4.z * vj;
-          S[i + 3] = S[i + 3] * d4.w + k4.w * vj;
-          P[i] *= d4.x;
-          P[i + 1] *= d4.y;
-          P[i + 2] *= d4.z;
-          P[i + 3] *= d4.w;
+      for (int cc = 0; cc < C; ++cc) {
+        vv[cc] = s_v[tt][c0 + cc];  // (C consecutive floats: one vector load)
+        yp[cc] = 0.f;
+      }
+#pragma unroll
+      for (int e = 0; e < R; e += 4) {
+        const int row = Tl::row(rb, e);
+        const float4 k4 = ld4(&s_k[tt][row]), d4 = ld4(&s_d[tt][row]);
+        const float ke[4] = {k4.x, k4.y, k4.z, k4.w}, de[4] = {d4.x, d4.y, d4.z, d4.w};
+        float re[4] = {0.f, 0.f, 0.f, 0.f}, uke[4] = {0.f, 0.f, 0.f, 0.f};
+        if constexpr (!LOCAL) {
+          const float4 r4 = ld4(&s_r[tt][row]), uk4 = ld4(&s_uk[tt][row]);
+          re[0] = r4.x, re[1] = r4.y, re[2] = r4.z, re[3] = r4.w;
+          uke[0] = uk4.x, uke[1] = uk4.y, uke[2] = uk4.z, uke[3] = uk4.w;
         }
-        continue;
-      }
-      float y0 = 0.f, y1 = 0.f, y2 = 0.f, y3 = 0.f;
 #pragma unroll
-      for (int i = 0; i < NR; i += 4) {
-        const float4 r4 = ld4(&s_r[tt][qrow(qt, i)]), k4 = ld4(&s_k[tt][qrow(qt, i)]);
-        const float4 d4 = ld4(&s_d[tt][qrow(qt, i)]), uk4 = ld4(&s_uk[tt][qrow(qt, i)]);
-        y0 += r4.x * (S[i] + uk4.x * vj);
-        y1 += r4.y * (S[i + 1] + uk4.y * vj);
-        y2 += r4.z * (S[i + 2] + uk4.z * vj);
-        y3 += r4.w * (S[i + 3] + uk4.w * vj);
-        S[i] = S[i] * d4.x + k4.x * vj;
-        S[i + 1] = S[i + 1] * d4.y + k4.y * vj;
-        S[i + 2] = S[i + 2] * d4.z + k4.z * vj;
-        S[i + 3] = S[i + 3] * d4.w + k4.w * vj;
-      }
-      const float yj = group_sum((y0 + y1) + (y2 + y3));
-      if (leader) y[hbase + (int64_t)t * stride + j] = from_f<F>(yj);
-      if (snp != nullptr && (t + 1) % kSnap == 0 && t + 1 < tend) {
-        float* q = snp + (int64_t)((t + 1) / kSnap) * N * N;
+        for (int m = 0; m < 4; ++m) {
 #pragma unroll
-        for (int i = 0; i < NR; ++i) q[qrow(qt, i) * N] = S[i];
+          for (int cc = 0; cc < C; ++cc) {
+            float& x = S[(e + m) * C + cc];
+            if constexpr (!LOCAL) yp[cc] += re[m] * (x + uke[m] * vv[cc]);
+            x = x * de[m] + ke[m] * vv[cc];
+          }
+          if constexpr (LOCAL) P[e + m] *= de[m];
+        }
+      }
+      if constexpr (!LOCAL) {
+        const float yj = Tl::reduce_scatter(yp, rb);
+        if (writer) y[hbase + (int64_t)t * stride + mycol] = from_f<F>(yj);
+        if (snp != nullptr && (t + 1) % kSnap == 0 && t + 1 < tend)
+          store(snp + (int64_t)((t + 1) / kSnap) * N * N);
       }
     }
   }
   if constexpr (LOCAL) {
+    store(out + cell);
 #pragma unroll
-    for (int i = 0; i < NR; ++i) {
-      out[cell + qrow(qt, i) * N] = S[i];
-      trans[cell + qrow(qt, i) * N] = qrow(qt, i) == j ? P[i] : 0.f;
-    }
+    for (int e = 0; e < R; ++e)
+#pragma unroll
+      for (int cc = 0; cc < C; ++cc) {
+        const int row = Tl::row(rb, e);
+        trans[cell + (int64_t)row * N + cc] = row == c0 + cc ? P[e] : 0.f;
+      }
   } else if (c == NCL - 1) {
-    float* op = out + (int64_t)bh * N * N + j;
-#pragma unroll
-    for (int i = 0; i < NR; ++i) op[qrow(qt, i) * N] = S[i];
+    store(out + (int64_t)bh * N * N + c0);
   }
 }
 
@@ -404,7 +408,7 @@ std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
         auto local = at::empty({B, H, NCL, n, n}, s0.options());
         starts = at::empty({B, H, NCL, n, n}, s0.options());
         starts.select(2, 0).copy_(s0.view({B, H, n, n}));
-        wkv6_fwd_kernel<F, N, true><<<dim3(B * H, NCL), N * kSplit, 0, stream>>>(
+        wkv6_fwd_kernel<F, N, true><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
             T, H, L, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(), nullptr, nullptr,
             local.data_ptr<float>(), nullptr, trans.data_ptr<float>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -412,7 +416,7 @@ std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
             NCL, false, trans.data_ptr<float>(), local.data_ptr<float>(), starts.data_ptr<float>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
-      wkv6_fwd_kernel<F, N, false><<<dim3(B * H, NCL), N * kSplit, 0, stream>>>(
+      wkv6_fwd_kernel<F, N, false><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
           T, H, L, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(), starts.data_ptr<float>(),
           (F*)y.data_ptr(), sT.data_ptr<float>(), save ? snap.data_ptr<float>() : nullptr,
           nullptr);

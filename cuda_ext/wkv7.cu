@@ -4,11 +4,18 @@
 //   y_t = S_t^T r_t   (the output reads the NEW state; a reads the OLD state),
 //   per head S is [K, V] = [N, N] (key-major), S_{-1} the initial state.
 //
-// Forward: one block per (batch, head); each value column j of S (columns are independent)
-// lives in the registers of a group of kSplit adjacent lanes, N / kSplit rows each:
-// sa_j = a . S[:, j] (group shuffle sum); S[:, j] = d (.) S[:, j] + b sa_j + k v_j;
-// y_j = r . S[:, j] (group shuffle sum). With gradients it also stores sa_t (float32 [B, T, H, N]) and snapshots
-// snap[c] = S_{c*kSnap - 1} (snap[0] = S_{-1}).
+// Forward: one block per (batch, head) (and chunk, see below); each thread holds an R x C tile
+// of S (Tile in wkv_common.h); the tokens' vectors are staged in shared memory, TT per barrier:
+// sa = a^T S (column sums: the tile's rows, then the column block's lanes by shuffles);
+// S = d (.) S + b sa^T + k v^T; y = r^T S. With gradients it also stores sa_t (float32
+// [B, T, H, N]) and snapshots snap[c] = S_{c*kSnap - 1} (snap[0] = S_{-1}).
+//
+// Chunk-parallel form (few (batch, head) pairs, long T; the caller picks the chunk length L):
+// pass 1 runs every chunk from S = 0 in parallel and also carries P = I through the
+// recurrence without input, giving the chunk's end state L_c and transition
+// P_c = A_end ... A_start; a combine pass walks the chunks in order, S_start[c+1] = P_c
+// S_start[c] + L_c; pass 2 runs every chunk again from its start state, writing the outputs.
+// The backward does the same for G (below) with P_c^T, going backwards over the chunks.
 //
 // Backward. G_t = dL/dS_t in full (S_t feeds y_t, S_{t+1}, and the final state):
 //   G_{T-1} = gS_final + r_{T-1} gy_{T-1}^T,  G_{t-1} = A_t^T G_t + r_{t-1} gy_{t-1}^T,
@@ -41,14 +48,15 @@ namespace {
 // the chunk's end state `out[b, h, c]` and its transition `trans[b, h, c]` =
 // A_{end} ... A_{start} (each column of P = I runs through the state recurrence without input).
 template <typename F, int N, bool LOCAL>
-__global__ void __launch_bounds__(N * kSplit) wkv7_fwd_kernel(
+__global__ void __launch_bounds__(Tile<N>::THREADS) wkv7_fwd_kernel(
     int T, int H, int L, const F* __restrict__ r, const F* __restrict__ k, const F* __restrict__ v,
     const float* __restrict__ w, const F* __restrict__ a, const F* __restrict__ bb,
     const float* __restrict__ s0 /* [B,H,NCL,N,N] */, F* __restrict__ y,
     float* __restrict__ out /* final state [B,H,N,N]; LOCAL: [B,H,NCL,N,N] */,
     float* __restrict__ snap /* [B,H,NC,N,N] | null */, float* __restrict__ sa_out /* | null */,
     float* __restrict__ trans /* LOCAL: [B,H,NCL,N,N] */) {
-  constexpr int TT = Stage<N>::TT, NR = N / kSplit, NT = N * kSplit;
+  using Tl = Tile<N>;
+  constexpr int TT = Stage<N>::TT, R = Tl::R, C = Tl::C, NT = Tl::THREADS;
   __shared__ __align__(16) float s_r[TT][N];
   __shared__ __align__(16) float s_k[TT][N];
   __shared__ __align__(16) float s_d[TT][N];
@@ -57,30 +65,29 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_fwd_kernel(
   __shared__ __align__(16) float s_v[TT][N];
   const int bh = blockIdx.x, h = bh % H, b = bh / H, tid = threadIdx.x;
   const int c = blockIdx.y, NCL = gridDim.y, tbeg = c * L, tend = min(T, tbeg + L);
-  const int j = tid / kSplit, qt = tid % kSplit;  // column j, rows qrow(qt, 0 .. NR - 1)
-  const bool leader = tid % kSplit == 0;
+  const int rb = tid % Tl::RB, c0 = (tid / Tl::RB) * C;  // rows Tl::row(rb, 0 .. R-1), columns c0 ..
+  const int mycol = c0 + Tl::col(rb);  // the column whose sums this lane ends up with
+  const bool writer = rb % (Tl::RB / C) == 0;  // one lane per column of the block writes it
   const int NC = (T + kSnap - 1) / kSnap;
   const int64_t stride = (int64_t)H * N;
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
-  const int64_t cell = ((int64_t)bh * NCL + c) * N * N + j;  // column j of chunk c
-  float S[NR], P[LOCAL ? NR : 1];
-  if constexpr (LOCAL) {
+  const int64_t cell = ((int64_t)bh * NCL + c) * N * N + c0;  // column c0 of chunk c
+  float S[R * C], P[LOCAL ? R * C : 1];  // S[e * C + cc] = S[row(rb, e)][c0 + cc]
 #pragma unroll
-    for (int i = 0; i < NR; ++i) {
-      S[i] = 0.f;
-      P[i] = qrow(qt, i) == j ? 1.f : 0.f;
+  for (int e = 0; e < R; ++e)
+#pragma unroll
+    for (int cc = 0; cc < C; ++cc) {
+      S[e * C + cc] = LOCAL ? 0.f : s0[cell + (int64_t)Tl::row(rb, e) * N + cc];
+      if constexpr (LOCAL) P[e * C + cc] = Tl::row(rb, e) == c0 + cc ? 1.f : 0.f;
     }
-  } else {
+  float* snp = LOCAL || snap == nullptr ? nullptr : snap + (int64_t)bh * NC * N * N + c0;
+  auto store = [&](float* q, const float* X) {  // the tile X into the [N, N] matrix at q
 #pragma unroll
-    for (int i = 0; i < NR; ++i) S[i] = s0[cell + qrow(qt, i) * N];
-  }
-  float* snp = LOCAL || snap == nullptr ? nullptr
-                                        : snap + (int64_t)bh * NC * N * N + j;
-  if (snp != nullptr) {  // the snapshot at the chunk's start (tbeg is a multiple of kSnap)
-    float* q = snp + (int64_t)(tbeg / kSnap) * N * N;
+    for (int e = 0; e < R; ++e)
 #pragma unroll
-    for (int i = 0; i < NR; ++i) q[qrow(qt, i) * N] = S[i];
-  }
+      for (int cc = 0; cc < C; ++cc) q[(int64_t)Tl::row(rb, e) * N + cc] = X[e * C + cc];
+  };
+  if (snp != nullptr) store(snp + (int64_t)(tbeg / kSnap) * N * N, S);  // the chunk's start
   // Stage loads are issued one stage ahead into registers (E per array and thread), so their
   // latency hides behind the previous stage's tokens.
   constexpr int E = TT * N / NT;
@@ -120,69 +127,78 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_fwd_kernel(
     if (t0 + TT < tend) fetch(t0 + TT);
     for (int tt = 0; tt < cnt; ++tt) {
       const int t = t0 + tt;
-      const float vj = s_v[tt][j];
-      float q0 = 0.f, q1 = 0.f, q2 = 0.f, q3 = 0.f, p0 = 0.f, p1 = 0.f;
+      float vv[C], sa[C], pa_[C];
 #pragma unroll
-      for (int i = 0; i < NR; i += 4) {
-        const float4 a4 = ld4(&s_a[tt][qrow(qt, i)]);
-        q0 += a4.x * S[i];
-        q1 += a4.y * S[i + 1];
-        q2 += a4.z * S[i + 2];
-        q3 += a4.w * S[i + 3];
-        if constexpr (LOCAL) {
-          p0 += a4.x * P[i] + a4.y * P[i + 1];
-          p1 += a4.z * P[i + 2] + a4.w * P[i + 3];
-        }
+      for (int cc = 0; cc < C; ++cc) {
+        vv[cc] = s_v[tt][c0 + cc];  // (C consecutive floats: one vector load)
+        sa[cc] = 0.f;
+        pa_[cc] = 0.f;
       }
-      const float sa = group_sum((q0 + q1) + (q2 + q3));
-      const float pa_ = LOCAL ? group_sum(p0 + p1) : 0.f;
-      float y0 = 0.f, y1 = 0.f, y2 = 0.f, y3 = 0.f;
+      // sa = a^T S (and a^T P) over the tile's rows, then over the column block's lanes.
 #pragma unroll
-      for (int i = 0; i < NR; i += 4) {
-        const float4 d4 = ld4(&s_d[tt][qrow(qt, i)]), b4 = ld4(&s_b[tt][qrow(qt, i)]);
-        const float4 k4 = ld4(&s_k[tt][qrow(qt, i)]);
-        S[i] = S[i] * d4.x + (b4.x * sa + k4.x * vj);
-        S[i + 1] = S[i + 1] * d4.y + (b4.y * sa + k4.y * vj);
-        S[i + 2] = S[i + 2] * d4.z + (b4.z * sa + k4.z * vj);
-        S[i + 3] = S[i + 3] * d4.w + (b4.w * sa + k4.w * vj);
-        if constexpr (LOCAL) {
-          P[i] = P[i] * d4.x + b4.x * pa_;
-          P[i + 1] = P[i + 1] * d4.y + b4.y * pa_;
-          P[i + 2] = P[i + 2] * d4.z + b4.z * pa_;
-          P[i + 3] = P[i + 3] * d4.w + b4.w * pa_;
-        } else {
-          const float4 r4 = ld4(&s_r[tt][qrow(qt, i)]);
-          y0 += r4.x * S[i];
-          y1 += r4.y * S[i + 1];
-          y2 += r4.z * S[i + 2];
-          y3 += r4.w * S[i + 3];
+      for (int e = 0; e < R; e += 4) {
+        const float4 a4 = ld4(&s_a[tt][Tl::row(rb, e)]);
+        const float ae[4] = {a4.x, a4.y, a4.z, a4.w};
+#pragma unroll
+        for (int m = 0; m < 4; ++m)
+#pragma unroll
+          for (int cc = 0; cc < C; ++cc) {
+            sa[cc] += ae[m] * S[(e + m) * C + cc];
+            if constexpr (LOCAL) pa_[cc] += ae[m] * P[(e + m) * C + cc];
+          }
+      }
+      Tl::all_reduce(sa, rb);
+      if constexpr (LOCAL) Tl::all_reduce(pa_, rb);
+      float yp[C];
+#pragma unroll
+      for (int cc = 0; cc < C; ++cc) yp[cc] = 0.f;
+#pragma unroll
+      for (int e = 0; e < R; e += 4) {
+        const int row = Tl::row(rb, e);
+        const float4 d4 = ld4(&s_d[tt][row]), b4 = ld4(&s_b[tt][row]), k4 = ld4(&s_k[tt][row]);
+        const float de[4] = {d4.x, d4.y, d4.z, d4.w}, be[4] = {b4.x, b4.y, b4.z, b4.w};
+        const float ke[4] = {k4.x, k4.y, k4.z, k4.w};
+        float re[4] = {0.f, 0.f, 0.f, 0.f};
+        if constexpr (!LOCAL) {
+          const float4 r4 = ld4(&s_r[tt][row]);
+          re[0] = r4.x, re[1] = r4.y, re[2] = r4.z, re[3] = r4.w;
         }
+#pragma unroll
+        for (int m = 0; m < 4; ++m)
+#pragma unroll
+          for (int cc = 0; cc < C; ++cc) {
+            float& x = S[(e + m) * C + cc];
+            x = x * de[m] + (be[m] * sa[cc] + ke[m] * vv[cc]);
+            if constexpr (LOCAL) {
+              float& p = P[(e + m) * C + cc];
+              p = p * de[m] + be[m] * pa_[cc];
+            } else {
+              yp[cc] += re[m] * x;
+            }
+          }
       }
       if constexpr (!LOCAL) {
-        const float yj = group_sum((y0 + y1) + (y2 + y3));
-        if (leader) {
-          const int64_t o = hbase + (int64_t)t * stride + j;
+        const float yj = Tl::reduce_scatter(yp, rb);
+        if (writer) {
+          const int64_t o = hbase + (int64_t)t * stride + mycol;
           y[o] = from_f<F>(yj);
-          if (sa_out != nullptr) sa_out[o] = sa;
-        }
-        if (snp != nullptr && (t + 1) % kSnap == 0 && t + 1 < tend) {
-          float* q = snp + (int64_t)((t + 1) / kSnap) * N * N;
+          if (sa_out != nullptr) {
+            float sc = sa[0];
 #pragma unroll
-          for (int i = 0; i < NR; ++i) q[qrow(qt, i) * N] = S[i];
+            for (int cc = 1; cc < C; ++cc) sc = c0 + cc == mycol ? sa[cc] : sc;
+            sa_out[o] = sc;
+          }
         }
+        if (snp != nullptr && (t + 1) % kSnap == 0 && t + 1 < tend)
+          store(snp + (int64_t)((t + 1) / kSnap) * N * N, S);
       }
     }
   }
   if constexpr (LOCAL) {
-#pragma unroll
-    for (int i = 0; i < NR; ++i) {
-      out[cell + qrow(qt, i) * N] = S[i];
-      trans[cell + qrow(qt, i) * N] = P[i];
-    }
+    store(out + cell, S);
+    store(trans + cell, P);
   } else if (c == NCL - 1) {
-    float* op = out + (int64_t)bh * N * N + j;
-#pragma unroll
-    for (int i = 0; i < NR; ++i) op[qrow(qt, i) * N] = S[i];
+    store(out + (int64_t)bh * N * N + c0, S);
   }
 }
 
@@ -492,7 +508,7 @@ std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
         auto local = at::empty({B, H, NCL, n, n}, s0.options());
         starts = at::empty({B, H, NCL, n, n}, s0.options());
         starts.select(2, 0).copy_(s0.view({B, H, n, n}));
-        wkv7_fwd_kernel<F, N, true><<<dim3(B * H, NCL), N * kSplit, 0, stream>>>(
+        wkv7_fwd_kernel<F, N, true><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
             T, H, L, pr, pk, pv, w.data_ptr<float>(), pa, pb, nullptr, nullptr,
             local.data_ptr<float>(), nullptr, nullptr, trans.data_ptr<float>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -500,7 +516,7 @@ std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
             NCL, false, trans.data_ptr<float>(), local.data_ptr<float>(), starts.data_ptr<float>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
-      wkv7_fwd_kernel<F, N, false><<<dim3(B * H, NCL), N * kSplit, 0, stream>>>(
+      wkv7_fwd_kernel<F, N, false><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
           T, H, L, pr, pk, pv, w.data_ptr<float>(), pa, pb, starts.data_ptr<float>(),
           (F*)y.data_ptr(), sT.data_ptr<float>(), save ? snap.data_ptr<float>() : nullptr,
           save ? sa.data_ptr<float>() : nullptr, nullptr);

@@ -70,6 +70,67 @@ __device__ __forceinline__ float4 ld4(const float* p) {
   return *reinterpret_cast<const float4*>(p);
 }
 
+// Tiled layout of the forward kernels: each thread holds an R x C tile of the [N, N] state.
+// The per-token vectors of the rows (decay, key, ... : R values each) and of the columns (value:
+// C values) are read from shared memory once per tile instead of once per entry: these reads
+// bound the kernels (shared memory serves 128 bytes per cycle per multiprocessor), and a tile
+// reads (5 R + C) / (R C) floats per entry where a column split over 4 lanes reads 5.
+// The RB = N / R threads of a column block are adjacent lanes of one warp (thread cb * RB + rb),
+// so column sums over the rows are warp shuffles. Row block rb holds rows tile_row(rb, e).
+template <int N>
+struct Tile {
+  static constexpr int R = N == 128 ? 8 : 4;   // rows per thread
+  static constexpr int C = N == 16 ? 2 : 4;    // columns per thread (a full warp for N = 16)
+  static constexpr int RB = N / R;             // row blocks = lanes per column block (<= 32)
+  static constexpr int THREADS = N * N / (R * C);
+  // Float4 group g of the row blocks lie side by side, so that a quarter-warp's 16-byte loads
+  // of a row vector hit distinct banks.
+  static __device__ __forceinline__ int row(int rb, int e) {
+    return (e >> 2) * (4 * RB) + rb * 4 + (e & 3);
+  }
+  // Sums of x[0 .. C-1] over the RB lanes of a column block, scattered: the result is the sum
+  // for column col(rb) of the tile (C + log2(RB) - 2 shuffles instead of C log2(RB)).
+  static __device__ __forceinline__ int col(int rb) {
+    return C == 4 ? ((rb & (RB / 2)) ? 2 : 0) + ((rb & (RB / 4)) ? 1 : 0) : ((rb & (RB / 2)) ? 1 : 0);
+  }
+  static __device__ __forceinline__ float reduce_scatter(const float (&x)[C], int rb) {
+    constexpr unsigned kAll = 0xffffffffu;
+    const bool hi = rb & (RB / 2);
+    float keep;
+    int m;
+    if constexpr (C == 4) {
+      const float k0 = (hi ? x[2] : x[0]) + __shfl_xor_sync(kAll, hi ? x[0] : x[2], RB / 2);
+      const float k1 = (hi ? x[3] : x[1]) + __shfl_xor_sync(kAll, hi ? x[1] : x[3], RB / 2);
+      const bool lo = rb & (RB / 4);
+      keep = (lo ? k1 : k0) + __shfl_xor_sync(kAll, lo ? k0 : k1, RB / 4);
+      m = RB / 8;
+    } else {
+      keep = (hi ? x[1] : x[0]) + __shfl_xor_sync(kAll, hi ? x[0] : x[1], RB / 2);
+      m = RB / 4;
+    }
+    for (; m >= 1; m >>= 1) keep += __shfl_xor_sync(kAll, keep, m);
+    return keep;
+  }
+  // All C column sums on every lane of the column block.
+  static __device__ __forceinline__ void all_reduce(float (&x)[C], int rb) {
+    constexpr unsigned kAll = 0xffffffffu;
+    const float s = reduce_scatter(x, rb);
+    const int c = col(rb);
+    if constexpr (C == 4) {
+      const float o1 = __shfl_xor_sync(kAll, s, RB / 4);  // column c ^ 1
+      const float o2 = __shfl_xor_sync(kAll, s, RB / 2);  // column c ^ 2
+      const float o3 = __shfl_xor_sync(kAll, o1, RB / 2);  // column c ^ 3
+#pragma unroll
+      for (int cc = 0; cc < 4; ++cc)
+        x[cc] = cc == c ? s : cc == (c ^ 1) ? o1 : cc == (c ^ 2) ? o2 : o3;
+    } else {
+      const float o1 = __shfl_xor_sync(kAll, s, RB / 2);
+      x[0] = c == 0 ? s : o1;
+      x[1] = c == 0 ? o1 : s;
+    }
+  }
+};
+
 namespace {
 // The sequential step of the chunk-parallel form of wkv6 / wkv7, per (batch, head) over its NCL
 // chunks:

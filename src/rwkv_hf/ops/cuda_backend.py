@@ -39,10 +39,11 @@ HEADERS = ("wkv_common.h",)
 CACHE_ENV = "RWKV_HF_CUDA_CACHE"
 CHUNK_ENV = "RWKV_HF_CUDA_CHUNK"
 SNAP = 64  # tokens per state snapshot: kSnap of wkv_common.h
-# Blocks of the matrix-state kernels one multiprocessor holds at once (registers bound it);
-# the chunk-parallel form is sized for one such wave. To be confirmed on a GPU (gpu_check.py
-# times both forms).
-_RESIDENT_PER_SM = 3
+# Blocks of the matrix-state kernels one multiprocessor holds at once for N = 64: ptxas gives
+# the forward kernels 120 registers per thread, 256 threads per block, so 2 fit in 64K
+# registers. The chunk-parallel form is sized for one such wave (gpu_check.py times both forms
+# and chunk lengths around the choice, to confirm it on a GPU).
+_RESIDENT_PER_SM = 2
 _BUILD_INFO = "build.json"
 
 _lock = threading.RLock()
