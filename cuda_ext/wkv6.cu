@@ -168,41 +168,70 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_fwd_kernel(
   }
 }
 
-// B1: backwards in time over chunk blockIdx.y (as the forward kernel). Lane group x holds row x
-// (Gr, entries qrow(qt, ..)) and column x (Gc, entries qrow(qt, ..)) of G. LOCAL = false: from G at the
-// chunk's last token, gend[b, h, c] (gS_final when not chunked), writes gk, gv, e, the anchors
-// of the chunk and, for the first chunk, gS_{-1}. LOCAL = true (pass 1 of the chunked form):
-// from G = 0, writes only G at the token before the chunk, `out[b, h, c]`.
+// B1: backwards in time over chunk blockIdx.y (as the forward kernel), on the forward's R x C
+// tiles of G (see wkv7.cu: column sums by shuffles, row sums through shared memory after one
+// barrier per token). LOCAL = false: from G at the chunk's last token, gend[b, h, c] (gS_final
+// when not chunked), writes gk, gv, e, the anchors of the chunk and, for the first chunk,
+// gS_{-1}. LOCAL = true (pass 1 of the chunked form): from G = 0, writes only G at the token
+// before the chunk, `out[b, h, c]`. The bonus terms enter the sums through G + diag(r u) 1 gy^T:
+// gk_i = sum_j (G_ij + r_i u_i gy_j) v_j, gv_j = sum_i (G_ij + r_i u_i gy_j) k_i.
 template <typename F, int N, bool LOCAL>
-__global__ void __launch_bounds__(N * kSplit) wkv6_bwd_b1_kernel(
+__global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_bwd_b1_kernel(
     int T, int H, int L, const F* __restrict__ r, const F* __restrict__ k,
     const F* __restrict__ v, const float* __restrict__ w, const float* __restrict__ u,
     const float* __restrict__ snap, const F* __restrict__ gy,
     const float* __restrict__ gend /* [B,H,NCL,N,N] */, F* __restrict__ gk, F* __restrict__ gv,
     float* __restrict__ e /* [B,T,H,N] */, float* __restrict__ anchor /* [B,H,NC,N] */,
     float* __restrict__ out /* gS_{-1} [B,H,N,N]; LOCAL: [B,H,NCL,N,N] */) {
-  constexpr int TT = Stage<N>::TT, NR = N / kSplit, NT = N * kSplit;
+  using Tl = Tile<N>;
+  // N = 128: 4 tokens per stage (the staged vectors and the row sums share 48 KB).
+  constexpr int TT = N == 128 ? 4 : Stage<N>::TT, R = Tl::R, C = Tl::C, NT = Tl::THREADS;
+  constexpr int W = Tl::WARPS, PAR = N == 128 ? 1 : 2;
   __shared__ __align__(16) float s_r[TT][N];
   __shared__ __align__(16) float s_k[TT][N];
   __shared__ __align__(16) float s_v[TT][N];
   __shared__ __align__(16) float s_d[TT][N];
   __shared__ __align__(16) float s_gy[TT][N];
-  __shared__ __align__(16) float s_ruk[TT][N];
+  __shared__ __align__(16) float s_ru[TT][N];
+  // Row partial sums per warp (gk, gks (= G v)), double-buffered by token (single-buffered, with a
+  // second barrier per token, for N = 128, to stay within 48 KB); the anchors' partials (every
+  // kSnap tokens: many barriers apart, so single-buffered).
+  __shared__ __align__(16) float s_row[LOCAL ? 1 : PAR][2][LOCAL ? 1 : W][N];
+  __shared__ __align__(16) float s_anc[LOCAL ? 1 : W][N];
   const int bh = blockIdx.x, h = bh % H, b = bh / H, tid = threadIdx.x;
   const int ch = blockIdx.y, NCL = gridDim.y, tbeg = ch * L, tend = min(T, tbeg + L);
-  const int x = tid / kSplit, qt = tid % kSplit;  // entries qrow(qt, 0 .. NR - 1)
-  const bool leader = tid % kSplit == 0;
+  const int rb = tid % Tl::RB, cb = tid / Tl::RB, c0 = cb * C;
+  const int mycol = c0 + Tl::col(rb);
+  const bool writer = rb % (Tl::RB / C) == 0;
   const int NC = (T + kSnap - 1) / kSnap;
   const int64_t stride = (int64_t)H * N;
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
-  const float ux = u[h * N + x];
-  float Gr[NR], Gc[NR];  // Gr[jj] = G[x][qrow(qt, jj)], Gc[ii] = G[qrow(qt, ii)][x]
-  const float* gp = gend + ((int64_t)bh * NCL + ch) * N * N;
+  float G[R * C];  // G[e * C + cc] = G[row(rb, e)][c0 + cc]
+  const float* gp = gend + ((int64_t)bh * NCL + ch) * N * N + c0;
 #pragma unroll
-  for (int jj = 0; jj < NR; ++jj) Gr[jj] = LOCAL ? 0.f : gp[x * N + qrow(qt, jj)];
+  for (int e2 = 0; e2 < R; ++e2)
 #pragma unroll
-  for (int ii = 0; ii < NR; ++ii) Gc[ii] = LOCAL ? 0.f : gp[qrow(qt, ii) * N + x];
-  const float* snp = snap + (int64_t)bh * NC * N * N + (int64_t)x * N;
+    for (int cc = 0; cc < C; ++cc)
+      G[e2 * C + cc] = LOCAL ? 0.f : gp[(int64_t)Tl::row(rb, e2) * N + cc];
+  const float* snp = snap + (int64_t)bh * NC * N * N + c0;
+  int parity = 0;
+  // Row sums: q[0 .. R-1] summed over the warp's column blocks, one row block's lanes store
+  // them per warp; after the barrier threads 0 .. N-1 add the W warps' (row_sum).
+  const bool row_writer = tid % 32 < Tl::RB;
+  auto row_put = [&](float (&q)[R], float* dst /* [W][N] */) {
+    Tl::warp_rows(q);
+    if (row_writer) {
+#pragma unroll
+      for (int e2 = 0; e2 < R; ++e2) dst[(tid / 32) * N + Tl::row(rb, e2)] = q[e2];
+    }
+  };
+  auto row_sum = [&](const float* src /* [W][N] */, int i) {
+    float acc = 0.f;
+#pragma unroll
+    for (int q = 0; q < W; ++q) acc += src[q * N + i];
+    return acc;
+  };
+  auto rows = [&](int slot) { return &s_row[LOCAL ? 0 : parity][slot][0][0]; };
   // Stage loads are issued one stage ahead into registers (see the forward kernel).
   constexpr int E = TT * N / NT;
   F pr[E] = {}, pk[E] = {}, pv[E] = {}, pg[E] = {};
@@ -215,10 +244,12 @@ __global__ void __launch_bounds__(N * kSplit) wkv6_bwd_b1_kernel(
       if (q < lim) {
         const int64_t o = hbase + (int64_t)(t0 + q / N) * stride + q % N;
         pr[it] = r[o];
-        pk[it] = k[o];
-        pv[it] = v[o];
         pw[it] = w[o];
         pg[it] = gy[o];
+        if constexpr (!LOCAL) {
+          pk[it] = k[o];
+          pv[it] = v[o];
+        }
       }
     }
   };
@@ -230,77 +261,105 @@ __global__ void __launch_bounds__(N * kSplit) wkv6_bwd_b1_kernel(
 #pragma unroll
     for (int it = 0; it < E; ++it) {
       const int q = tid + it * NT, tt = q / N, xx = q % N;
-      const float rr = to_f(pr[it]), kk = to_f(pk[it]);
+      const float rr = to_f(pr[it]);
       s_r[tt][xx] = rr;
-      s_k[tt][xx] = kk;
-      s_v[tt][xx] = to_f(pv[it]);
       s_d[tt][xx] = expf(pw[it]);
       s_gy[tt][xx] = to_f(pg[it]);
-      s_ruk[tt][xx] = rr * u[h * N + xx] * kk;
+      if constexpr (!LOCAL) {
+        s_k[tt][xx] = to_f(pk[it]);
+        s_v[tt][xx] = to_f(pv[it]);
+        s_ru[tt][xx] = rr * u[h * N + xx];
+      }
     }
     __syncthreads();
     if (t0 - TT >= tbeg) fetch(t0 - TT);
     for (int tt = cnt - 1; tt >= 0; --tt) {
       const int t = t0 + tt;
-      const float rx = s_r[tt][x], kx = s_k[tt][x], dx = s_d[tt][x], gyx = s_gy[tt][x];
-      if (!LOCAL) {
-      // Row x: gks = G_t[x,:] . v_t and v_t . gy_t; column x: G_t[:,x] . k_t and r.(u k).
-      float a0 = 0.f, a1 = 0.f, q0 = 0.f, q1 = 0.f, c0 = 0.f, c1 = 0.f, p0 = 0.f, p1 = 0.f;
+      float gyv[C], vv[C], gvp[C];
 #pragma unroll
-      for (int l = 0; l < NR; l += 4) {
-        const float4 v4 = ld4(&s_v[tt][qrow(qt, l)]), g4 = ld4(&s_gy[tt][qrow(qt, l)]);
-        const float4 k4 = ld4(&s_k[tt][qrow(qt, l)]), ruk4 = ld4(&s_ruk[tt][qrow(qt, l)]);
-        a0 += Gr[l] * v4.x + Gr[l + 1] * v4.y;
-        a1 += Gr[l + 2] * v4.z + Gr[l + 3] * v4.w;
-        q0 += v4.x * g4.x + v4.y * g4.y;
-        q1 += v4.z * g4.z + v4.w * g4.w;
-        c0 += Gc[l] * k4.x + Gc[l + 1] * k4.y;
-        c1 += Gc[l + 2] * k4.z + Gc[l + 3] * k4.w;
-        p0 += ruk4.x + ruk4.y;
-        p1 += ruk4.z + ruk4.w;
+      for (int cc = 0; cc < C; ++cc) {
+        gyv[cc] = s_gy[tt][c0 + cc];
+        vv[cc] = LOCAL ? 0.f : s_v[tt][c0 + cc];
+        gvp[cc] = 0.f;
       }
-      const float gks = group_sum(a0 + a1), vgy = group_sum(q0 + q1);
-      const float gvs = group_sum(c0 + c1), ruk = group_sum(p0 + p1);
-      if (leader) {
-        const int64_t o = hbase + (int64_t)t * stride + x;
-        gk[o] = from_f<F>(gks + ux * rx * vgy);
-        gv[o] = from_f<F>(gvs + gyx * ruk);
-        e[o] = kx * gks;
-      }
-      }
-      // G_{t-1} = diag(d_t) G_t + r_t gy_t^T, in both layouts.
+      if constexpr (!LOCAL) {  // the sums of G_t (the bonus folded in, see above)
+        float gkp[R], gksp[R];
 #pragma unroll
-      for (int l = 0; l < NR; l += 4) {
-        const float4 g4 = ld4(&s_gy[tt][qrow(qt, l)]);
-        const float4 d4 = ld4(&s_d[tt][qrow(qt, l)]), r4 = ld4(&s_r[tt][qrow(qt, l)]);
-        Gr[l] = Gr[l] * dx + rx * g4.x;
-        Gr[l + 1] = Gr[l + 1] * dx + rx * g4.y;
-        Gr[l + 2] = Gr[l + 2] * dx + rx * g4.z;
-        Gr[l + 3] = Gr[l + 3] * dx + rx * g4.w;
-        Gc[l] = Gc[l] * d4.x + r4.x * gyx;
-        Gc[l + 1] = Gc[l + 1] * d4.y + r4.y * gyx;
-        Gc[l + 2] = Gc[l + 2] * d4.z + r4.z * gyx;
-        Gc[l + 3] = Gc[l + 3] * d4.w + r4.w * gyx;
-      }
-      if (!LOCAL && t % kSnap == 0) {  // anchor beta_{t-1} = S_{t-1}[x,:] . G_{t-1}[x,:]
-        const int c = t / kSnap;
-        const float* q = snp + (int64_t)c * N * N;
-        float b0 = 0.f, b1 = 0.f;
+        for (int e0 = 0; e0 < R; e0 += 4) {
+          const int row = Tl::row(rb, e0);
+          const float4 k4 = ld4(&s_k[tt][row]), ru4 = ld4(&s_ru[tt][row]);
+          const float ke[4] = {k4.x, k4.y, k4.z, k4.w}, rue[4] = {ru4.x, ru4.y, ru4.z, ru4.w};
 #pragma unroll
-        for (int l = 0; l < NR; l += 4) {
-          const float4 s4 = ld4(q + qrow(qt, l));
-          b0 += s4.x * Gr[l] + s4.y * Gr[l + 1];
-          b1 += s4.z * Gr[l + 2] + s4.w * Gr[l + 3];
+          for (int m = 0; m < 4; ++m) {
+            float gk_ = 0.f, gks_ = 0.f;
+#pragma unroll
+            for (int cc = 0; cc < C; ++cc) {
+              const float g = G[(e0 + m) * C + cc], gb_ = g + rue[m] * gyv[cc];
+              gks_ += g * vv[cc];
+              gk_ += gb_ * vv[cc];
+              gvp[cc] += gb_ * ke[m];
+            }
+            gkp[e0 + m] = gk_;
+            gksp[e0 + m] = gks_;
+          }
         }
-        const float beta = group_sum(b0 + b1);
-        if (leader) anchor[((int64_t)bh * NC + c) * N + x] = beta;
+        const float gvx = Tl::reduce_scatter(gvp, rb);
+        if (writer) gv[hbase + (int64_t)t * stride + mycol] = from_f<F>(gvx);
+        row_put(gkp, rows(0));
+        row_put(gksp, rows(1));
+      }
+      // G_{t-1} = diag(d_t) G_t + r_t gy_t^T.
+#pragma unroll
+      for (int e0 = 0; e0 < R; e0 += 4) {
+        const int row = Tl::row(rb, e0);
+        const float4 d4 = ld4(&s_d[tt][row]), r4 = ld4(&s_r[tt][row]);
+        const float de[4] = {d4.x, d4.y, d4.z, d4.w}, re[4] = {r4.x, r4.y, r4.z, r4.w};
+#pragma unroll
+        for (int m = 0; m < 4; ++m)
+#pragma unroll
+          for (int cc = 0; cc < C; ++cc) {
+            float& g = G[(e0 + m) * C + cc];
+            g = g * de[m] + re[m] * gyv[cc];
+          }
+      }
+      const bool anchored = !LOCAL && t % kSnap == 0;  // beta_{t-1} = S_{t-1} . G_{t-1}
+      if constexpr (!LOCAL) {
+        if (anchored) {
+          const float* q = snp + (int64_t)(t / kSnap) * N * N;
+          float bp[R];
+#pragma unroll
+          for (int e2 = 0; e2 < R; ++e2) {
+            const float* sr = q + (int64_t)Tl::row(rb, e2) * N;
+            float acc = 0.f;
+#pragma unroll
+            for (int cc = 0; cc < C; ++cc) acc += sr[cc] * G[e2 * C + cc];
+            bp[e2] = acc;
+          }
+          row_put(bp, &s_anc[0][0]);
+        }
+        __syncthreads();
+        if (tid < N) {
+          const int i = tid;
+          const float gkx = row_sum(rows(0), i), gksx = row_sum(rows(1), i);
+          const int64_t o = hbase + (int64_t)t * stride + i;
+          gk[o] = from_f<F>(gkx);
+          e[o] = s_k[tt][i] * gksx;
+          if (anchored) anchor[((int64_t)bh * NC + t / kSnap) * N + i] = row_sum(&s_anc[0][0], i);
+        }
+        if constexpr (PAR == 2) {
+          parity ^= 1;
+        } else {
+          __syncthreads();  // the sums are read before the next token overwrites them
+        }
       }
     }
   }
   if (!LOCAL && ch != 0) return;
-  float* op = out + (LOCAL ? ((int64_t)bh * NCL + ch) * N * N : (int64_t)bh * N * N) + x;
+  float* op = out + (LOCAL ? ((int64_t)bh * NCL + ch) * N * N : (int64_t)bh * N * N) + c0;
 #pragma unroll
-  for (int ii = 0; ii < NR; ++ii) op[qrow(qt, ii) * N] = Gc[ii];
+  for (int e2 = 0; e2 < R; ++e2)
+#pragma unroll
+    for (int cc = 0; cc < C; ++cc) op[(int64_t)Tl::row(rb, e2) * N + cc] = G[e2 * C + cc];
 }
 
 // B2: one block per (batch*head, chunk), forwards in time inside the chunk.
@@ -462,7 +521,7 @@ std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
         auto local = at::empty({B, H, NCL, n, n}, f32);
         gend = at::empty({B, H, NCL, n, n}, f32);
         gend.select(2, NCL - 1).copy_(gsT.view({B, H, n, n}));
-        wkv6_bwd_b1_kernel<F, N, true><<<dim3(B * H, NCL), N * kSplit, 0, stream>>>(
+        wkv6_bwd_b1_kernel<F, N, true><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
             T, H, L, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(),
             snap.data_ptr<float>(), pg, nullptr, nullptr, nullptr, nullptr, nullptr,
             local.data_ptr<float>());
@@ -471,7 +530,7 @@ std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
             NCL, true, trans.data_ptr<float>(), local.data_ptr<float>(), gend.data_ptr<float>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
-      wkv6_bwd_b1_kernel<F, N, false><<<dim3(B * H, NCL), N * kSplit, 0, stream>>>(
+      wkv6_bwd_b1_kernel<F, N, false><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
           T, H, L, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(), snap.data_ptr<float>(),
           pg, gend.data_ptr<float>(), (F*)gk.data_ptr(), (F*)gv.data_ptr(), e.data_ptr<float>(),
           anchor.data_ptr<float>(), gs0.data_ptr<float>());

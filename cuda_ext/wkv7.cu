@@ -202,13 +202,16 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv7_fwd_kernel(
   }
 }
 
-// B1: backwards in time over chunk blockIdx.y (as the forward kernel). Lane group x holds row x
-// (Gr, entries qrow(qt, ..)) and column x (Gc, entries qrow(qt, ..)) of G. LOCAL = false: from G^{partial} at
-// the chunk's last token, gend[b, h, c] (gS_final when not chunked), writes gk, gv, gb, e, c_t,
-// the anchors of the chunk and, for the first chunk, gS_{-1}. LOCAL = true (pass 1 of the chunked
-// form): from G = 0, writes only G^{partial} at the token before the chunk, `out[b, h, c]`.
+// B1: backwards in time over chunk blockIdx.y (as the forward kernel), on the forward's R x C
+// tiles of G. Column sums (gv, c_t) are shuffles in the column block; row sums (gk, gb and the
+// anchors) are per-thread partials over the tile's C columns, summed over the N / C column blocks
+// through shared memory after a barrier (one per token) by threads 0 .. N-1. LOCAL = false: from
+// G^{partial} at the chunk's last token, gend[b, h, c] (gS_final when not chunked), writes gk, gv,
+// gb, e, c_t, the anchors of the chunk and, for the first chunk, gS_{-1}. LOCAL = true (pass 1
+// of the chunked form): from G = 0, writes only G^{partial} at the token before the chunk,
+// `out[b, h, c]` (no row sums, no barrier per token).
 template <typename F, int N, bool LOCAL>
-__global__ void __launch_bounds__(N * kSplit) wkv7_bwd_b1_kernel(
+__global__ void __launch_bounds__(Tile<N>::THREADS) wkv7_bwd_b1_kernel(
     int T, int H, int L, const F* __restrict__ r, const F* __restrict__ k, const F* __restrict__ v,
     const float* __restrict__ w, const F* __restrict__ a, const F* __restrict__ bb,
     const float* __restrict__ snap, const float* __restrict__ sa, const F* __restrict__ gy,
@@ -216,7 +219,10 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_bwd_b1_kernel(
     F* __restrict__ gb, float* __restrict__ e /* [B,T,H,N] */,
     float* __restrict__ cvec /* [B,T,H,N] */, float* __restrict__ anchor /* [B,H,NC,N] */,
     float* __restrict__ out /* gS_{-1} [B,H,N,N]; LOCAL: [B,H,NCL,N,N] */) {
-  constexpr int TT = Stage<N>::TT, NR = N / kSplit, NT = N * kSplit;
+  using Tl = Tile<N>;
+  // N = 128: 4 tokens per stage (the staged vectors and the row sums share 48 KB).
+  constexpr int TT = N == 128 ? 4 : Stage<N>::TT, R = Tl::R, C = Tl::C, NT = Tl::THREADS;
+  constexpr int W = Tl::WARPS, PAR = N == 128 ? 1 : 2;
   __shared__ __align__(16) float s_r[TT][N];
   __shared__ __align__(16) float s_k[TT][N];
   __shared__ __align__(16) float s_v[TT][N];
@@ -225,23 +231,57 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_bwd_b1_kernel(
   __shared__ __align__(16) float s_b[TT][N];
   __shared__ __align__(16) float s_gy[TT][N];
   __shared__ __align__(16) float s_sa[TT][N];
-  __shared__ __align__(16) float s_c[2][N];
+  // Row partial sums per warp (gk, gb), double-buffered by token (single-buffered, with a
+  // second barrier per token, for N = 128, to stay within 48 KB); the anchors' partials (every
+  // kSnap tokens: many barriers apart, so single-buffered).
+  __shared__ __align__(16) float s_row[LOCAL ? 1 : PAR][2][LOCAL ? 1 : W][N];
+  __shared__ __align__(16) float s_anc[LOCAL ? 1 : W][N];
   const int bh = blockIdx.x, h = bh % H, b = bh / H, tid = threadIdx.x;
   const int ch = blockIdx.y, NCL = gridDim.y, tbeg = ch * L, tend = min(T, tbeg + L);
-  const int x = tid / kSplit, qt = tid % kSplit;  // entries qrow(qt, 0 .. NR - 1)
-  const bool leader = tid % kSplit == 0;
+  const int rb = tid % Tl::RB, cb = tid / Tl::RB, c0 = cb * C;
+  const int mycol = c0 + Tl::col(rb);
+  const bool writer = rb % (Tl::RB / C) == 0;
   const int NC = (T + kSnap - 1) / kSnap;
   const int64_t stride = (int64_t)H * N;
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
-  float Gr[NR], Gc[NR];  // G^{partial} (without the current token's r gy^T term)
-  const float* gp = gend + ((int64_t)bh * NCL + ch) * N * N;
+  float G[R * C];  // G^{partial} (without the current token's r gy^T term), G[e * C + cc]
+  const float* gp = gend + ((int64_t)bh * NCL + ch) * N * N + c0;
 #pragma unroll
-  for (int jj = 0; jj < NR; ++jj) Gr[jj] = LOCAL ? 0.f : gp[x * N + qrow(qt, jj)];
+  for (int e2 = 0; e2 < R; ++e2)
 #pragma unroll
-  for (int ii = 0; ii < NR; ++ii) Gc[ii] = LOCAL ? 0.f : gp[qrow(qt, ii) * N + x];
-  const float* snp = snap + (int64_t)bh * NC * N * N + (int64_t)x * N;
-  float* anp = anchor + (int64_t)bh * NC * N + x;
+    for (int cc = 0; cc < C; ++cc)
+      G[e2 * C + cc] = LOCAL ? 0.f : gp[(int64_t)Tl::row(rb, e2) * N + cc];
+  const float* snp = snap + (int64_t)bh * NC * N * N + c0;
+  float* anp = anchor + (int64_t)bh * NC * N;
   int parity = 0;
+  // Row sums: q[0 .. R-1] summed over the warp's column blocks, one row block's lanes store
+  // them per warp; after the barrier threads 0 .. N-1 add the W warps' (row_sum).
+  const bool row_writer = tid % 32 < Tl::RB;
+  auto row_put = [&](float (&q)[R], float* dst /* [W][N] */) {
+    Tl::warp_rows(q);
+    if (row_writer) {
+#pragma unroll
+      for (int e2 = 0; e2 < R; ++e2) dst[(tid / 32) * N + Tl::row(rb, e2)] = q[e2];
+    }
+  };
+  auto row_sum = [&](const float* src /* [W][N] */, int i) {
+    float acc = 0.f;
+#pragma unroll
+    for (int q = 0; q < W; ++q) acc += src[q * N + i];
+    return acc;
+  };
+  auto rows = [&](int slot) { return &s_row[LOCAL ? 0 : parity][slot][0][0]; };
+  // The anchor's partials: S[row, c0 ..] . G[row, c0 ..] for the tile's rows, S from `q`.
+  auto anchor_part = [&](const float* q, float* part) {
+#pragma unroll
+    for (int e2 = 0; e2 < R; ++e2) {
+      const float* sr = q + (int64_t)Tl::row(rb, e2) * N;
+      float acc = 0.f;
+#pragma unroll
+      for (int cc = 0; cc < C; ++cc) acc += sr[cc] * G[e2 * C + cc];
+      part[e2] = acc;
+    }
+  };
   // Stage loads are issued one stage ahead into registers (see the forward kernel).
   constexpr int E = TT * N / NT;
   F pr[E] = {}, pk[E] = {}, pv[E] = {}, pa[E] = {}, pb[E] = {}, pg[E] = {};
@@ -254,13 +294,15 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_bwd_b1_kernel(
       if (q < lim) {
         const int64_t o = hbase + (int64_t)(t0 + q / N) * stride + q % N;
         pr[it] = r[o];
-        pk[it] = k[o];
-        pv[it] = v[o];
         pw[it] = w[o];
         pa[it] = a[o];
         pb[it] = bb[o];
         pg[it] = gy[o];
-        ps[it] = sa[o];
+        if constexpr (!LOCAL) {
+          pk[it] = k[o];
+          pv[it] = v[o];
+          ps[it] = sa[o];
+        }
       }
     }
   };
@@ -273,113 +315,133 @@ __global__ void __launch_bounds__(N * kSplit) wkv7_bwd_b1_kernel(
     for (int it = 0; it < E; ++it) {
       const int q = tid + it * NT, tt = q / N, xx = q % N;
       s_r[tt][xx] = to_f(pr[it]);
-      s_k[tt][xx] = to_f(pk[it]);
-      s_v[tt][xx] = to_f(pv[it]);
       s_d[tt][xx] = expf(pw[it]);
       s_a[tt][xx] = to_f(pa[it]);
       s_b[tt][xx] = to_f(pb[it]);
       s_gy[tt][xx] = to_f(pg[it]);
-      s_sa[tt][xx] = ps[it];
+      if constexpr (!LOCAL) {
+        s_k[tt][xx] = to_f(pk[it]);
+        s_v[tt][xx] = to_f(pv[it]);
+        s_sa[tt][xx] = ps[it];
+      }
     }
     __syncthreads();
     if (t0 - TT >= tbeg) fetch(t0 - TT);
     for (int tt = cnt - 1; tt >= 0; --tt) {
       const int t = t0 + tt;
-      const float rx = s_r[tt][x], kx = s_k[tt][x], dx = s_d[tt][x], ax = s_a[tt][x];
-      const float bx = s_b[tt][x], gyx = s_gy[tt][x];
-      // Complete G_t with the output's term r_t gy_t^T; partial row sums over j, column sums
-      // over i.
-      float p0 = 0.f, p1 = 0.f, q0 = 0.f, q1 = 0.f, m0 = 0.f, m1 = 0.f, n0 = 0.f, n1 = 0.f;
+      float gyv[C], vv[C], sav[C], cp[C], gvp[C];
 #pragma unroll
-      for (int l = 0; l < NR; l += 4) {
-        const float4 g4 = ld4(&s_gy[tt][qrow(qt, l)]), v4 = ld4(&s_v[tt][qrow(qt, l)]);
-        const float4 sa4 = ld4(&s_sa[tt][qrow(qt, l)]), r4 = ld4(&s_r[tt][qrow(qt, l)]);
-        const float4 k4 = ld4(&s_k[tt][qrow(qt, l)]), b4 = ld4(&s_b[tt][qrow(qt, l)]);
-        Gr[l] += rx * g4.x;
-        Gr[l + 1] += rx * g4.y;
-        Gr[l + 2] += rx * g4.z;
-        Gr[l + 3] += rx * g4.w;
-        Gc[l] += r4.x * gyx;
-        Gc[l + 1] += r4.y * gyx;
-        Gc[l + 2] += r4.z * gyx;
-        Gc[l + 3] += r4.w * gyx;
-        p0 += Gr[l] * v4.x + Gr[l + 1] * v4.y;
-        p1 += Gr[l + 2] * v4.z + Gr[l + 3] * v4.w;
-        q0 += Gr[l] * sa4.x + Gr[l + 1] * sa4.y;
-        q1 += Gr[l + 2] * sa4.z + Gr[l + 3] * sa4.w;
-        m0 += Gc[l] * k4.x + Gc[l + 1] * k4.y;
-        m1 += Gc[l + 2] * k4.z + Gc[l + 3] * k4.w;
-        n0 += Gc[l] * b4.x + Gc[l + 1] * b4.y;
-        n1 += Gc[l + 2] * b4.z + Gc[l + 3] * b4.w;
+      for (int cc = 0; cc < C; ++cc) {
+        gyv[cc] = s_gy[tt][c0 + cc];
+        vv[cc] = LOCAL ? 0.f : s_v[tt][c0 + cc];
+        sav[cc] = LOCAL ? 0.f : s_sa[tt][c0 + cc];
+        cp[cc] = 0.f;
+        gvp[cc] = 0.f;
       }
-      if (!LOCAL && (t + 1) % kSnap == 0 && t + 1 < T) {  // anchor beta_t = S_t[x,:] . G_t[x,:]
-        const int c = (t + 1) / kSnap;
-        const float* q = snp + (int64_t)c * N * N;
-        float b0 = 0.f, b1 = 0.f;
+      float gkp[R], gbp[R];
+      // Complete G_t with the output's term r_t gy_t^T; the row and column sums of G_t.
 #pragma unroll
-        for (int l = 0; l < NR; l += 4) {
-          const float4 s4 = ld4(q + qrow(qt, l));
-          b0 += s4.x * Gr[l] + s4.y * Gr[l + 1];
-          b1 += s4.z * Gr[l + 2] + s4.w * Gr[l + 3];
+      for (int e0 = 0; e0 < R; e0 += 4) {
+        const int row = Tl::row(rb, e0);
+        const float4 r4 = ld4(&s_r[tt][row]), b4 = ld4(&s_b[tt][row]);
+        const float re[4] = {r4.x, r4.y, r4.z, r4.w}, be[4] = {b4.x, b4.y, b4.z, b4.w};
+        float ke[4] = {0.f, 0.f, 0.f, 0.f};
+        if constexpr (!LOCAL) {
+          const float4 k4 = ld4(&s_k[tt][row]);
+          ke[0] = k4.x, ke[1] = k4.y, ke[2] = k4.z, ke[3] = k4.w;
         }
-        const float beta = group_sum(b0 + b1);
-        if (leader) anp[(int64_t)c * N] = beta;
+#pragma unroll
+        for (int m = 0; m < 4; ++m) {
+          float gk_ = 0.f, gb_ = 0.f;
+#pragma unroll
+          for (int cc = 0; cc < C; ++cc) {
+            float& g = G[(e0 + m) * C + cc];
+            g += re[m] * gyv[cc];
+            cp[cc] += g * be[m];
+            if constexpr (!LOCAL) {
+              gvp[cc] += g * ke[m];
+              gk_ += g * vv[cc];
+              gb_ += g * sav[cc];
+            }
+          }
+          gkp[e0 + m] = gk_;
+          gbp[e0 + m] = gb_;
+        }
       }
-      const float cx = group_sum(n0 + n1);
-      if (LOCAL && leader) s_c[parity][x] = cx;
-      if (!LOCAL) {
-        const float gkx = group_sum(p0 + p1), gbx = group_sum(q0 + q1);
-        const float gvx = group_sum(m0 + m1);
-        if (leader) {
-          const int64_t o = hbase + (int64_t)t * stride + x;
+      Tl::all_reduce(cp, rb);
+      const bool anchored = !LOCAL && (t + 1) % kSnap == 0 && t + 1 < T;  // beta_t = S_t . G_t
+      if constexpr (!LOCAL) {
+        const float gvx = Tl::reduce_scatter(gvp, rb);
+        if (writer) {
+          float cx = cp[0];
+#pragma unroll
+          for (int cc = 1; cc < C; ++cc) cx = c0 + cc == mycol ? cp[cc] : cx;
+          const int64_t o = hbase + (int64_t)t * stride + mycol;
+          gv[o] = from_f<F>(gvx);
+          cvec[o] = cx;
+        }
+        row_put(gkp, rows(0));
+        row_put(gbp, rows(1));
+        if (anchored) {
+          float bp[R];
+          anchor_part(snp + (int64_t)((t + 1) / kSnap) * N * N, bp);
+          row_put(bp, &s_anc[0][0]);
+        }
+      }
+      // G^{partial}_{t-1} = A_t^T G_t = diag(d_t) G_t + a_t c_t^T.
+#pragma unroll
+      for (int e0 = 0; e0 < R; e0 += 4) {
+        const int row = Tl::row(rb, e0);
+        const float4 d4 = ld4(&s_d[tt][row]), a4 = ld4(&s_a[tt][row]);
+        const float de[4] = {d4.x, d4.y, d4.z, d4.w}, ae[4] = {a4.x, a4.y, a4.z, a4.w};
+#pragma unroll
+        for (int m = 0; m < 4; ++m)
+#pragma unroll
+          for (int cc = 0; cc < C; ++cc) {
+            float& g = G[(e0 + m) * C + cc];
+            g = g * de[m] + ae[m] * cp[cc];
+          }
+      }
+      if constexpr (!LOCAL) {
+        __syncthreads();
+        if (tid < N) {
+          const int i = tid;
+          const float gkx = row_sum(rows(0), i), gbx = row_sum(rows(1), i);
+          const int64_t o = hbase + (int64_t)t * stride + i;
           gk[o] = from_f<F>(gkx);
           gb[o] = from_f<F>(gbx);
-          gv[o] = from_f<F>(gvx);
-          e[o] = bx * gbx + kx * gkx;
-          cvec[o] = cx;
-          s_c[parity][x] = cx;
+          e[o] = s_b[tt][i] * gbx + s_k[tt][i] * gkx;
+          if (anchored) anp[(int64_t)((t + 1) / kSnap) * N + i] = row_sum(&s_anc[0][0], i);
+        }
+        if constexpr (PAR == 2) {
+          parity ^= 1;
+        } else {
+          __syncthreads();  // the sums are read before the next token overwrites them
         }
       }
-      __syncthreads();
-      // G^{partial}_{t-1} = A_t^T G_t: rows d_x G[x,:] + a_x c^T, columns d (.) G[:,x] + a c_x.
-#pragma unroll
-      for (int l = 0; l < NR; l += 4) {
-        const float4 c4 = ld4(&s_c[parity][qrow(qt, l)]);
-        const float4 d4 = ld4(&s_d[tt][qrow(qt, l)]), a4 = ld4(&s_a[tt][qrow(qt, l)]);
-        Gr[l] = Gr[l] * dx + ax * c4.x;
-        Gr[l + 1] = Gr[l + 1] * dx + ax * c4.y;
-        Gr[l + 2] = Gr[l + 2] * dx + ax * c4.z;
-        Gr[l + 3] = Gr[l + 3] * dx + ax * c4.w;
-        Gc[l] = Gc[l] * d4.x + a4.x * cx;
-        Gc[l + 1] = Gc[l + 1] * d4.y + a4.y * cx;
-        Gc[l + 2] = Gc[l + 2] * d4.z + a4.z * cx;
-        Gc[l + 3] = Gc[l + 3] * d4.w + a4.w * cx;
-      }
-      parity ^= 1;
     }
   }
   if constexpr (LOCAL) {
-    float* op = out + ((int64_t)bh * NCL + ch) * N * N + x;
+    float* op = out + ((int64_t)bh * NCL + ch) * N * N + c0;
 #pragma unroll
-    for (int ii = 0; ii < NR; ++ii) op[qrow(qt, ii) * N] = Gc[ii];
+    for (int e2 = 0; e2 < R; ++e2)
+#pragma unroll
+      for (int cc = 0; cc < C; ++cc) op[(int64_t)Tl::row(rb, e2) * N + cc] = G[e2 * C + cc];
     return;
-  }
-  if (ch != 0) return;
-  // G_{-1} = A_0^T G_0 is the gradient of the initial state; anchor beta_{-1} = S_{-1} . G_{-1}.
-  {
-    float b0 = 0.f, b1 = 0.f;
+  } else {
+    if (ch != 0) return;
+    // G_{-1} = A_0^T G_0 is the gradient of the initial state; anchor beta_{-1} = S_{-1} . G_{-1}.
+    float bp[R];
+    anchor_part(snp, bp);
+    row_put(bp, &s_anc[0][0]);
+    __syncthreads();
+    if (tid < N) anp[tid] = row_sum(&s_anc[0][0], tid);
+    float* op = out + (int64_t)bh * N * N + c0;
 #pragma unroll
-    for (int l = 0; l < NR; l += 4) {
-      const float4 s4 = ld4(snp + qrow(qt, l));
-      b0 += s4.x * Gr[l] + s4.y * Gr[l + 1];
-      b1 += s4.z * Gr[l + 2] + s4.w * Gr[l + 3];
-    }
-    const float beta = group_sum(b0 + b1);
-    if (leader) anp[0] = beta;
-  }
-  float* op = out + (int64_t)bh * N * N + x;
+    for (int e2 = 0; e2 < R; ++e2)
 #pragma unroll
-  for (int ii = 0; ii < NR; ++ii) op[qrow(qt, ii) * N] = Gc[ii];
+      for (int cc = 0; cc < C; ++cc) op[(int64_t)Tl::row(rb, e2) * N + cc] = G[e2 * C + cc];
+  }
 }
 
 template <typename F, int N>
@@ -566,7 +628,7 @@ std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
         auto local = at::empty({B, H, NCL, n, n}, f32);
         gend = at::empty({B, H, NCL, n, n}, f32);
         gend.select(2, NCL - 1).copy_(gsT.view({B, H, n, n}));
-        wkv7_bwd_b1_kernel<F, N, true><<<dim3(B * H, NCL), N * kSplit, 0, stream>>>(
+        wkv7_bwd_b1_kernel<F, N, true><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
             T, H, L, pr, pk, pv, w.data_ptr<float>(), pa, pb, snap.data_ptr<float>(),
             sa.data_ptr<float>(), pg, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
             nullptr, local.data_ptr<float>());
@@ -575,7 +637,7 @@ std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
             NCL, true, trans.data_ptr<float>(), local.data_ptr<float>(), gend.data_ptr<float>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
-      wkv7_bwd_b1_kernel<F, N, false><<<dim3(B * H, NCL), N * kSplit, 0, stream>>>(
+      wkv7_bwd_b1_kernel<F, N, false><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
           T, H, L, pr, pk, pv, w.data_ptr<float>(), pa, pb, snap.data_ptr<float>(),
           sa.data_ptr<float>(), pg, gend.data_ptr<float>(), (F*)gk.data_ptr(), (F*)gv.data_ptr(),
           (F*)gb.data_ptr(), e.data_ptr<float>(), cvec.data_ptr<float>(),

@@ -43,29 +43,6 @@ struct Stage {
   static constexpr int TT = N <= 64 ? 16 : 8;
 };
 
-// The sequential matrix-state kernels (forward, backward sweep B1) give each state column
-// (or row) to kSplit adjacent lanes, each holding N / kSplit of its entries; sums over the
-// column go through kSplit-lane butterfly shuffles. More threads per head: less latency per
-// token when B * H is small.
-constexpr int kSplit = 4;
-
-// The rows (or columns) a lane of the group holds: entry e (0 .. N / kSplit - 1) of the lane with
-// qt = lane % kSplit. Float4 group e / 4 of the kSplit lanes lie side by side (rows 16g + 4qt ..
-// 16g + 4qt + 3), so that the 8 lanes of a quarter-warp, each loading 16 bytes of a per-token
-// vector from shared memory, touch 8 different 16-byte bank groups. Contiguous quarters of N /
-// kSplit rows put lanes 0 and 2 of a group on the same banks: a 2-way conflict on every load,
-// and these loads bound the kernels.
-__device__ __forceinline__ int qrow(int qt, int e) {
-  return (e >> 2) * (4 * kSplit) + qt * 4 + (e & 3);
-}
-
-// Sum of x over the kSplit adjacent lanes of a group; every lane of the group gets the sum.
-__device__ __forceinline__ float group_sum(float x) {
-#pragma unroll
-  for (int off = 1; off < kSplit; off <<= 1) x += __shfl_xor_sync(0xffffffffu, x, off);
-  return x;
-}
-
 __device__ __forceinline__ float4 ld4(const float* p) {
   return *reinterpret_cast<const float4*>(p);
 }
@@ -110,6 +87,16 @@ struct Tile {
     }
     for (; m >= 1; m >>= 1) keep += __shfl_xor_sync(kAll, keep, m);
     return keep;
+  }
+  static constexpr int WARPS = THREADS / 32;  // THREADS is a multiple of 32
+  // Row partial sums q[0 .. R-1] summed over the column blocks of this warp (lanes RB apart);
+  // every lane gets the warp's sums. Lanes with tid % 32 < RB then hold one per row block.
+  template <int Q>
+  static __device__ __forceinline__ void warp_rows(float (&q)[Q]) {
+#pragma unroll
+    for (int m = RB; m < 32; m <<= 1)
+#pragma unroll
+      for (int e = 0; e < Q; ++e) q[e] += __shfl_xor_sync(0xffffffffu, q[e], m);
   }
   // All C column sums on every lane of the column block.
   static __device__ __forceinline__ void all_reduce(float (&x)[C], int rb) {
