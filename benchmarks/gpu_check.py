@@ -43,7 +43,9 @@ TOTAL_BUDGET_S = float(os.environ.get("GPU_CHECK_BUDGET_S", "290"))
 TOL = {"float32": 1e-5, "bfloat16": 1e-2}
 # GPU_CHECK_SELFTEST=1: exercise this script's harness on the CPU, with the reference backend
 # standing in for the extension (no GPU, no timings); for developing the script only.
-SELFTEST = bool(os.environ.get("GPU_CHECK_SELFTEST"))
+# GPU_CHECK_SELFTEST=emulated: the extension's own kernels instead, built for the CPU under the
+# CUDA emulation of tests/cuda_emulation.py, with the chunk choice of a 132-SM GPU.
+SELFTEST = os.environ.get("GPU_CHECK_SELFTEST", "")
 DEVICE = "cpu" if SELFTEST else "cuda"
 
 # (section, share of the time left after the build): each runs in its own process.
@@ -82,7 +84,15 @@ def import_package():
     reference = importlib.import_module("rwkv_hf.ops.reference")
     make_inputs = importlib.import_module("rwkv_hf.ops.random_inputs").make_inputs
     cuda_backend = importlib.import_module("rwkv_hf.ops.cuda_backend")
-    if SELFTEST:
+    if SELFTEST == "emulated":
+        sys.path.insert(0, os.path.join(REPO, "tests"))
+        emulated = importlib.import_module("cuda_emulation").build()
+        cuda_backend._ext = emulated
+        cuda_backend._act_dtype = lambda op, *xs: xs[0].dtype
+        cuda_backend._sm_count = lambda device: 132
+        auto = cuda_backend.chunk_length
+        cuda_backend.chunk_length = lambda B, H, T, device: auto(B, H, T, "cuda")
+    elif SELFTEST:
         cuda_backend = types.SimpleNamespace(
             wkv4=reference.wkv4, bi_wkv4=reference.bi_wkv4, wkv6=reference.wkv6, wkv7=reference.wkv7,
             load=lambda verbose=False: types.SimpleNamespace(__file__="(selftest)"),
@@ -213,6 +223,8 @@ def correctness_cases(section):
         cases += [(op, 1, 65536, 1, 64)]
     if SELFTEST:
         cases = [c for c in cases if c[2] <= 130]
+        if SELFTEST == "emulated":  # long enough for the chunk-parallel form
+            cases += [(op, 1, 1100, 1, 16) for op in ops if op not in ("wkv4", "bi_wkv4")]
     return cases
 
 
