@@ -358,6 +358,32 @@ def bench_cases(section):
     return cases
 
 
+def kernel_breakdown(fn):
+    """{kernel: ms} of the extension's kernels in one call of fn(), from torch.profiler (which
+    kernel of a forward+backward dominates: the forward, B1, B2, the chunk passes); {} if the
+    profiler fails."""
+    import re
+
+    import torch
+
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        out = {}
+        for ev in prof.key_averages():
+            m = re.search(r"(wkv\d?_\w*kernel|bi_wkv4\w*kernel|chunk_combine_kernel)(<[^>]*>)?", ev.key)
+            if m:
+                us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+                key = m.group(0)
+                out[key] = round(out.get(key, 0.0) + us / 1e3, 4)
+        return out
+    except Exception as e:  # the breakdown is a diagnostic: never fail the timing for it
+        return {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+
+
 def fla_impls(op):
     """flash-linear-attention peers as (name, fn(x, grad) -> None), [] if fla is missing."""
     out = []
@@ -431,6 +457,8 @@ def bench_one(ctx, op, dt_name, B, T, H, N, emit, deadline):
                 ms = cuda_time(fn, budget_s=min(1.0, left / 3))
                 rec.update(status="OK", ms=round(ms, 4),
                            Mtok_per_s=round(B * T / ms / 1e3, 2))
+                if name.startswith("rwkv_hf") and deadline - time.time() > 5:
+                    rec["kernels_ms"] = kernel_breakdown(fn)
             except Exception as e:
                 rec.update(status="ERROR", why=f"{type(e).__name__}: {str(e)[:300]}")
                 emit(rec)
@@ -720,7 +748,8 @@ def main():
     for r in bench:
         shape = " ".join(f"{k}={r[k]}" for k in ("B", "T", "H", "C") if k in r)
         print(f"{r['op']:8s} {shape:26s} {r['dtype']:8s} {r['mode']:7s} {r['impl']:26s} "
-              f"{(str(r['ms']) + ' ms') if 'ms' in r else r['status'] + ' ' + r.get('why', '')}")
+              f"{(str(r['ms']) + ' ms') if 'ms' in r else r['status'] + ' ' + r.get('why', '')}"
+              + (f"  kernels: {r['kernels_ms']}" if r.get("kernels_ms") else ""))
     models = [r for r in report["results"] if r["kind"] == "model"]
     print(f"\n== models: the extension against the torch backend on {DEVICE} "
           f"(tol logits {MODEL_TOL['logits']:g}, grads {MODEL_TOL['grads']:g}) ==")
