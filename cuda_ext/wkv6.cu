@@ -215,22 +215,6 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_bwd_b1_kernel(
       G[e2 * C + cc] = LOCAL ? 0.f : gp[(int64_t)Tl::row(rb, e2) * N + cc];
   const float* snp = snap + (int64_t)bh * NC * N * N + c0;
   int parity = 0;
-  // Row sums: q[0 .. R-1] summed over the warp's column blocks, one row block's lanes store
-  // them per warp; after the barrier threads 0 .. N-1 add the W warps' (row_sum).
-  const bool row_writer = tid % 32 < Tl::RB;
-  auto row_put = [&](float (&q)[R], float* dst /* [W][N] */) {
-    Tl::warp_rows(q);
-    if (row_writer) {
-#pragma unroll
-      for (int e2 = 0; e2 < R; ++e2) dst[(tid / 32) * N + Tl::row(rb, e2)] = q[e2];
-    }
-  };
-  auto row_sum = [&](const float* src /* [W][N] */, int i) {
-    float acc = 0.f;
-#pragma unroll
-    for (int q = 0; q < W; ++q) acc += src[q * N + i];
-    return acc;
-  };
   auto rows = [&](int slot) { return &s_row[LOCAL ? 0 : parity][slot][0][0]; };
   // Stage loads are issued one stage ahead into registers (see the forward kernel).
   constexpr int E = TT * N / NT;
@@ -305,8 +289,8 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_bwd_b1_kernel(
         }
         const float gvx = Tl::reduce_scatter(gvp, rb);
         if (writer) gv[hbase + (int64_t)t * stride + mycol] = from_f<F>(gvx);
-        row_put(gkp, rows(0));
-        row_put(gksp, rows(1));
+        Tl::row_put(gkp, rows(0), tid);
+        Tl::row_put(gksp, rows(1), tid);
       }
       // G_{t-1} = diag(d_t) G_t + r_t gy_t^T.
 #pragma unroll
@@ -335,16 +319,17 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_bwd_b1_kernel(
             for (int cc = 0; cc < C; ++cc) acc += sr[cc] * G[e2 * C + cc];
             bp[e2] = acc;
           }
-          row_put(bp, &s_anc[0][0]);
+          Tl::row_put(bp, &s_anc[0][0], tid);
         }
         __syncthreads();
         if (tid < N) {
           const int i = tid;
-          const float gkx = row_sum(rows(0), i), gksx = row_sum(rows(1), i);
+          const float gkx = Tl::row_sum(rows(0), i), gksx = Tl::row_sum(rows(1), i);
           const int64_t o = hbase + (int64_t)t * stride + i;
           gk[o] = from_f<F>(gkx);
           e[o] = s_k[tt][i] * gksx;
-          if (anchored) anchor[((int64_t)bh * NC + t / kSnap) * N + i] = row_sum(&s_anc[0][0], i);
+          if (anchored)
+            anchor[((int64_t)bh * NC + t / kSnap) * N + i] = Tl::row_sum(&s_anc[0][0], i);
         }
         if constexpr (PAR == 2) {
           parity ^= 1;
@@ -465,15 +450,11 @@ std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
               *pv = (const F*)v.data_ptr();
       if (NCL > 1) {  // pass 1: chunks from zero in parallel; then the chunk start states
         auto local = at::empty({B, H, NCL, n, n}, s0.options());
-        starts = at::empty({B, H, NCL, n, n}, s0.options());
-        starts.select(2, 0).copy_(s0.view({B, H, n, n}));
         wkv6_fwd_kernel<F, N, true><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
             T, H, L, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(), nullptr, nullptr,
             local.data_ptr<float>(), nullptr, trans.data_ptr<float>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        chunk_combine_kernel<N><<<dim3(B * H, N / 16), N, 0, stream>>>(
-            NCL, false, trans.data_ptr<float>(), local.data_ptr<float>(), starts.data_ptr<float>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        starts = combine_chunks<N>(trans, local, s0, false, stream);
       }
       wkv6_fwd_kernel<F, N, false><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
           T, H, L, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(), starts.data_ptr<float>(),
@@ -519,16 +500,12 @@ std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
               *pv = (const F*)v.data_ptr(), *pg = (const F*)gy.data_ptr();
       if (NCL > 1) {  // pass 1: chunks from G = 0 in parallel; then G at every chunk's end
         auto local = at::empty({B, H, NCL, n, n}, f32);
-        gend = at::empty({B, H, NCL, n, n}, f32);
-        gend.select(2, NCL - 1).copy_(gsT.view({B, H, n, n}));
         wkv6_bwd_b1_kernel<F, N, true><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
             T, H, L, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(),
             snap.data_ptr<float>(), pg, nullptr, nullptr, nullptr, nullptr, nullptr,
             local.data_ptr<float>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        chunk_combine_kernel<N><<<dim3(B * H, N / 16), N, 0, stream>>>(
-            NCL, true, trans.data_ptr<float>(), local.data_ptr<float>(), gend.data_ptr<float>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        gend = combine_chunks<N>(trans, local, gsT, true, stream);
       }
       wkv6_bwd_b1_kernel<F, N, false><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
           T, H, L, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(), snap.data_ptr<float>(),

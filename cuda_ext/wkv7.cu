@@ -254,22 +254,6 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv7_bwd_b1_kernel(
   const float* snp = snap + (int64_t)bh * NC * N * N + c0;
   float* anp = anchor + (int64_t)bh * NC * N;
   int parity = 0;
-  // Row sums: q[0 .. R-1] summed over the warp's column blocks, one row block's lanes store
-  // them per warp; after the barrier threads 0 .. N-1 add the W warps' (row_sum).
-  const bool row_writer = tid % 32 < Tl::RB;
-  auto row_put = [&](float (&q)[R], float* dst /* [W][N] */) {
-    Tl::warp_rows(q);
-    if (row_writer) {
-#pragma unroll
-      for (int e2 = 0; e2 < R; ++e2) dst[(tid / 32) * N + Tl::row(rb, e2)] = q[e2];
-    }
-  };
-  auto row_sum = [&](const float* src /* [W][N] */, int i) {
-    float acc = 0.f;
-#pragma unroll
-    for (int q = 0; q < W; ++q) acc += src[q * N + i];
-    return acc;
-  };
   auto rows = [&](int slot) { return &s_row[LOCAL ? 0 : parity][slot][0][0]; };
   // The anchor's partials: S[row, c0 ..] . G[row, c0 ..] for the tile's rows, S from `q`.
   auto anchor_part = [&](const float* q, float* part) {
@@ -380,12 +364,12 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv7_bwd_b1_kernel(
           gv[o] = from_f<F>(gvx);
           cvec[o] = cx;
         }
-        row_put(gkp, rows(0));
-        row_put(gbp, rows(1));
+        Tl::row_put(gkp, rows(0), tid);
+        Tl::row_put(gbp, rows(1), tid);
         if (anchored) {
           float bp[R];
           anchor_part(snp + (int64_t)((t + 1) / kSnap) * N * N, bp);
-          row_put(bp, &s_anc[0][0]);
+          Tl::row_put(bp, &s_anc[0][0], tid);
         }
       }
       // G^{partial}_{t-1} = A_t^T G_t = diag(d_t) G_t + a_t c_t^T.
@@ -406,12 +390,12 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv7_bwd_b1_kernel(
         __syncthreads();
         if (tid < N) {
           const int i = tid;
-          const float gkx = row_sum(rows(0), i), gbx = row_sum(rows(1), i);
+          const float gkx = Tl::row_sum(rows(0), i), gbx = Tl::row_sum(rows(1), i);
           const int64_t o = hbase + (int64_t)t * stride + i;
           gk[o] = from_f<F>(gkx);
           gb[o] = from_f<F>(gbx);
           e[o] = s_b[tt][i] * gbx + s_k[tt][i] * gkx;
-          if (anchored) anp[(int64_t)((t + 1) / kSnap) * N + i] = row_sum(&s_anc[0][0], i);
+          if (anchored) anp[(int64_t)((t + 1) / kSnap) * N + i] = Tl::row_sum(&s_anc[0][0], i);
         }
         if constexpr (PAR == 2) {
           parity ^= 1;
@@ -433,9 +417,9 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv7_bwd_b1_kernel(
     // G_{-1} = A_0^T G_0 is the gradient of the initial state; anchor beta_{-1} = S_{-1} . G_{-1}.
     float bp[R];
     anchor_part(snp, bp);
-    row_put(bp, &s_anc[0][0]);
+    Tl::row_put(bp, &s_anc[0][0], tid);
     __syncthreads();
-    if (tid < N) anp[tid] = row_sum(&s_anc[0][0], tid);
+    if (tid < N) anp[tid] = Tl::row_sum(&s_anc[0][0], tid);
     float* op = out + (int64_t)bh * N * N + c0;
 #pragma unroll
     for (int e2 = 0; e2 < R; ++e2)
@@ -568,15 +552,11 @@ std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
               *pb = (const F*)b.data_ptr();
       if (NCL > 1) {  // pass 1: chunks from zero in parallel; then the chunk start states
         auto local = at::empty({B, H, NCL, n, n}, s0.options());
-        starts = at::empty({B, H, NCL, n, n}, s0.options());
-        starts.select(2, 0).copy_(s0.view({B, H, n, n}));
         wkv7_fwd_kernel<F, N, true><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
             T, H, L, pr, pk, pv, w.data_ptr<float>(), pa, pb, nullptr, nullptr,
             local.data_ptr<float>(), nullptr, nullptr, trans.data_ptr<float>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        chunk_combine_kernel<N><<<dim3(B * H, N / 16), N, 0, stream>>>(
-            NCL, false, trans.data_ptr<float>(), local.data_ptr<float>(), starts.data_ptr<float>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        starts = combine_chunks<N>(trans, local, s0, false, stream);
       }
       wkv7_fwd_kernel<F, N, false><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
           T, H, L, pr, pk, pv, w.data_ptr<float>(), pa, pb, starts.data_ptr<float>(),
@@ -626,16 +606,12 @@ std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
               *pb = (const F*)b.data_ptr(), *pg = (const F*)gy.data_ptr();
       if (NCL > 1) {  // pass 1: chunks from G = 0 in parallel; then G at every chunk's end
         auto local = at::empty({B, H, NCL, n, n}, f32);
-        gend = at::empty({B, H, NCL, n, n}, f32);
-        gend.select(2, NCL - 1).copy_(gsT.view({B, H, n, n}));
         wkv7_bwd_b1_kernel<F, N, true><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
             T, H, L, pr, pk, pv, w.data_ptr<float>(), pa, pb, snap.data_ptr<float>(),
             sa.data_ptr<float>(), pg, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
             nullptr, local.data_ptr<float>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        chunk_combine_kernel<N><<<dim3(B * H, N / 16), N, 0, stream>>>(
-            NCL, true, trans.data_ptr<float>(), local.data_ptr<float>(), gend.data_ptr<float>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        gend = combine_chunks<N>(trans, local, gsT, true, stream);
       }
       wkv7_bwd_b1_kernel<F, N, false><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
           T, H, L, pr, pk, pv, w.data_ptr<float>(), pa, pb, snap.data_ptr<float>(),

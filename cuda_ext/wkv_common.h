@@ -98,6 +98,22 @@ struct Tile {
 #pragma unroll
       for (int e = 0; e < Q; ++e) q[e] += __shfl_xor_sync(0xffffffffu, q[e], m);
   }
+  // Row sums of the backward sweeps: row_put stores q[0 .. R-1], summed over the warp's column
+  // blocks, into dst [WARPS][N] (one row block's lanes per warp); after a barrier row_sum adds
+  // the WARPS partials of row i.
+  static __device__ __forceinline__ void row_put(float (&q)[R], float* dst, int tid) {
+    warp_rows(q);
+    if (tid % 32 < RB) {
+#pragma unroll
+      for (int e = 0; e < R; ++e) dst[(tid / 32) * N + row(tid % RB, e)] = q[e];
+    }
+  }
+  static __device__ __forceinline__ float row_sum(const float* src, int i) {
+    float acc = 0.f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) acc += src[w * N + i];
+    return acc;
+  }
   // All C column sums on every lane of the column block.
   static __device__ __forceinline__ void all_reduce(float (&x)[C], int rb) {
     constexpr unsigned kAll = 0xffffffffu;
@@ -172,6 +188,21 @@ __global__ void __launch_bounds__(N) chunk_combine_kernel(int NCL, bool backward
     }
     c = cn;
   }
+}
+
+// The chunk start states (forwards: X[0] = x0) or the gradients at the chunks' ends (backwards:
+// X[NCL-1] = x0) of the chunk-parallel form, from pass 1's chunk transitions and local results.
+template <int N>
+at::Tensor combine_chunks(const at::Tensor& trans, const at::Tensor& local, const at::Tensor& x0,
+                          bool backward, cudaStream_t stream) {
+  const int64_t B = local.size(0), H = local.size(1);
+  const int NCL = local.size(2);
+  auto X = at::empty_like(local);
+  X.select(2, backward ? NCL - 1 : 0).copy_(x0.view({B, H, N, N}));
+  chunk_combine_kernel<N><<<dim3(B * H, N / 16), N, 0, stream>>>(
+      NCL, backward, trans.data_ptr<float>(), local.data_ptr<float>(), X.data_ptr<float>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return X;
 }
 }  // namespace
 #endif  // __CUDACC__

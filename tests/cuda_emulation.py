@@ -48,7 +48,7 @@ def rewrite_common(text):
     text = _sub("#include <cuda_runtime.h>", '#include "cuda_emu.h"', text, "runtime header")
     text = _sub("#ifdef __CUDACC__", "#if 1", text, "device helpers for the host")
     text = _sub("x.is_cuda()", "x.is_cpu()", text, "CUDA tensors are CPU tensors")
-    return text
+    return rewrite_kernels(text)
 
 
 def rewrite_kernels(text):
