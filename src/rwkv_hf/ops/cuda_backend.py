@@ -382,14 +382,15 @@ def chunk_length(B, H, T, device):
     """Tokens per chunk of the matrix-state kernels' chunk-parallel form (wkv6, wkv7), 0 for
     the sequential form (one pass over T per (batch, head)).
 
-    Both forms are latency-bound: a block's time per token barely depends on how many blocks
-    share its multiprocessor. The sequential form runs B * H blocks; when that is well under
-    what the GPU holds at once (about _RESIDENT_PER_SM per multiprocessor), the chunk-parallel
-    form (chunks from a zero state in parallel, a short pass over the chunks for their start
-    states, the chunks again from those: about 2.7x the work per token, in B * H * T / chunk
-    blocks) finishes sooner. Chunks are sized for one wave of resident blocks, in multiples of
-    64 tokens; below 3 chunks per sequence, or 1024 tokens, the sequential form wins.
-    ``$RWKV_HF_CUDA_CHUNK`` overrides the choice (0: always sequential).
+    The sequential form runs B * H blocks, each bound by its multiprocessor's shared-memory
+    pipe. When B * H is well under what the GPU holds at once (about _RESIDENT_PER_SM blocks
+    per multiprocessor), most multiprocessors idle, and the chunk-parallel form (chunks from a
+    zero state in parallel, a short pass over the chunks for their start states, the chunks
+    again from those: about 2.4x the work per token, in B * H * T / chunk blocks) finishes
+    sooner. Chunks are sized for one wave of resident blocks, in multiples of 64 tokens; below
+    3 chunks per sequence, or 1024 tokens, the sequential form is kept. A model of the
+    kernels' traffic, not yet a GPU measurement, sets these thresholds (gpu_check.py times
+    both forms). ``$RWKV_HF_CUDA_CHUNK`` overrides the choice (0: always sequential).
     """
     env = os.environ.get(CHUNK_ENV, "").strip()
     if env:
