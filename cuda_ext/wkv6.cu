@@ -293,32 +293,12 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_bwd_b1_kernel(
         Tl::row_put(gksp, rows(1), tid);
       }
       // G_{t-1} = diag(d_t) G_t + r_t gy_t^T.
-#pragma unroll
-      for (int e0 = 0; e0 < R; e0 += 4) {
-        const int row = Tl::row(rb, e0);
-        const float4 d4 = ld4(&s_d[tt][row]), r4 = ld4(&s_r[tt][row]);
-        const float de[4] = {d4.x, d4.y, d4.z, d4.w}, re[4] = {r4.x, r4.y, r4.z, r4.w};
-#pragma unroll
-        for (int m = 0; m < 4; ++m)
-#pragma unroll
-          for (int cc = 0; cc < C; ++cc) {
-            float& g = G[(e0 + m) * C + cc];
-            g = g * de[m] + re[m] * gyv[cc];
-          }
-      }
+      Tl::decay_add_outer(G, s_d[tt], s_r[tt], gyv, rb);
       const bool anchored = !LOCAL && t % kSnap == 0;  // beta_{t-1} = S_{t-1} . G_{t-1}
       if constexpr (!LOCAL) {
         if (anchored) {
-          const float* q = snp + (int64_t)(t / kSnap) * N * N;
           float bp[R];
-#pragma unroll
-          for (int e2 = 0; e2 < R; ++e2) {
-            const float* sr = q + (int64_t)Tl::row(rb, e2) * N;
-            float acc = 0.f;
-#pragma unroll
-            for (int cc = 0; cc < C; ++cc) acc += sr[cc] * G[e2 * C + cc];
-            bp[e2] = acc;
-          }
+          Tl::row_dots(snp + (int64_t)(t / kSnap) * N * N, G, bp, rb);
           Tl::row_put(bp, &s_anc[0][0], tid);
         }
         __syncthreads();

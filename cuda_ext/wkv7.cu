@@ -255,17 +255,6 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv7_bwd_b1_kernel(
   float* anp = anchor + (int64_t)bh * NC * N;
   int parity = 0;
   auto rows = [&](int slot) { return &s_row[LOCAL ? 0 : parity][slot][0][0]; };
-  // The anchor's partials: S[row, c0 ..] . G[row, c0 ..] for the tile's rows, S from `q`.
-  auto anchor_part = [&](const float* q, float* part) {
-#pragma unroll
-    for (int e2 = 0; e2 < R; ++e2) {
-      const float* sr = q + (int64_t)Tl::row(rb, e2) * N;
-      float acc = 0.f;
-#pragma unroll
-      for (int cc = 0; cc < C; ++cc) acc += sr[cc] * G[e2 * C + cc];
-      part[e2] = acc;
-    }
-  };
   // Stage loads are issued one stage ahead into registers (see the forward kernel).
   constexpr int E = TT * N / NT;
   F pr[E] = {}, pk[E] = {}, pv[E] = {}, pa[E] = {}, pb[E] = {}, pg[E] = {};
@@ -368,24 +357,12 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv7_bwd_b1_kernel(
         Tl::row_put(gbp, rows(1), tid);
         if (anchored) {
           float bp[R];
-          anchor_part(snp + (int64_t)((t + 1) / kSnap) * N * N, bp);
+          Tl::row_dots(snp + (int64_t)((t + 1) / kSnap) * N * N, G, bp, rb);
           Tl::row_put(bp, &s_anc[0][0], tid);
         }
       }
       // G^{partial}_{t-1} = A_t^T G_t = diag(d_t) G_t + a_t c_t^T.
-#pragma unroll
-      for (int e0 = 0; e0 < R; e0 += 4) {
-        const int row = Tl::row(rb, e0);
-        const float4 d4 = ld4(&s_d[tt][row]), a4 = ld4(&s_a[tt][row]);
-        const float de[4] = {d4.x, d4.y, d4.z, d4.w}, ae[4] = {a4.x, a4.y, a4.z, a4.w};
-#pragma unroll
-        for (int m = 0; m < 4; ++m)
-#pragma unroll
-          for (int cc = 0; cc < C; ++cc) {
-            float& g = G[(e0 + m) * C + cc];
-            g = g * de[m] + ae[m] * cp[cc];
-          }
-      }
+      Tl::decay_add_outer(G, s_d[tt], s_a[tt], cp, rb);
       if constexpr (!LOCAL) {
         __syncthreads();
         if (tid < N) {
@@ -416,7 +393,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv7_bwd_b1_kernel(
     if (ch != 0) return;
     // G_{-1} = A_0^T G_0 is the gradient of the initial state; anchor beta_{-1} = S_{-1} . G_{-1}.
     float bp[R];
-    anchor_part(snp, bp);
+    Tl::row_dots(snp, G, bp, rb);  // S_{-1} . G_{-1}
     Tl::row_put(bp, &s_anc[0][0], tid);
     __syncthreads();
     if (tid < N) anp[tid] = Tl::row_sum(&s_anc[0][0], tid);

@@ -98,6 +98,38 @@ struct Tile {
 #pragma unroll
       for (int e = 0; e < Q; ++e) q[e] += __shfl_xor_sync(0xffffffffu, q[e], m);
   }
+  // X = diag(d) X + x y^T on the tile: d, x the per-row vectors (shared memory, N floats), y the
+  // tile's C column values.
+  static __device__ __forceinline__ void decay_add_outer(float (&X)[R * C], const float* d,
+                                                          const float* x, const float (&y)[C],
+                                                          int rb) {
+#pragma unroll
+    for (int e0 = 0; e0 < R; e0 += 4) {
+      const float4 d4 = *reinterpret_cast<const float4*>(d + row(rb, e0));
+      const float4 x4 = *reinterpret_cast<const float4*>(x + row(rb, e0));
+      const float de[4] = {d4.x, d4.y, d4.z, d4.w}, xe[4] = {x4.x, x4.y, x4.z, x4.w};
+#pragma unroll
+      for (int m = 0; m < 4; ++m)
+#pragma unroll
+        for (int cc = 0; cc < C; ++cc) {
+          float& z = X[(e0 + m) * C + cc];
+          z = z * de[m] + xe[m] * y[cc];
+        }
+    }
+  }
+  // Per tile row: M[row, c0 ..] . X[row, ..] over the tile's C columns, M an [N, N] matrix
+  // from its column c0 (the anchors' partials: a snapshot times G).
+  static __device__ __forceinline__ void row_dots(const float* M, const float (&X)[R * C],
+                                                  float (&out)[R], int rb) {
+#pragma unroll
+    for (int e = 0; e < R; ++e) {
+      const float* mr = M + (int64_t)row(rb, e) * N;
+      float acc = 0.f;
+#pragma unroll
+      for (int cc = 0; cc < C; ++cc) acc += mr[cc] * X[e * C + cc];
+      out[e] = acc;
+    }
+  }
   // Row sums of the backward sweeps: row_put stores q[0 .. R-1], summed over the warp's column
   // blocks, into dst [WARPS][N] (one row block's lanes per warp); after a barrier row_sum adds
   // the WARPS partials of row i.
