@@ -92,6 +92,8 @@ def import_package():
         cuda_backend._sm_count = lambda device: 132
         auto = cuda_backend.chunk_length
         cuda_backend.chunk_length = lambda B, H, T, device: auto(B, H, T, "cuda")
+        auto4 = cuda_backend.v4_chunk_length
+        cuda_backend.v4_chunk_length = lambda B, C, T, device: auto4(B, C, T, "cuda")
     elif SELFTEST:
         cuda_backend = types.SimpleNamespace(
             wkv4=reference.wkv4, bi_wkv4=reference.bi_wkv4, wkv6=reference.wkv6, wkv7=reference.wkv7,
@@ -152,12 +154,14 @@ def with_chunk(chunk, fn):
             os.environ[env] = old
 
 
-def chunk_forms(cb, op, B, T, H):
-    """The forms of the matrix-state kernels to run: [(label, chunk)]; the sequential form and,
-    where the extension would chunk this shape, its chunk-parallel choice."""
-    if op in ("wkv4", "bi_wkv4") or not hasattr(cb, "chunk_length"):
+def chunk_forms(cb, op, B, T, H, N):
+    """The forms of the kernels to run: [(label, chunk)]; one pass over T ("seq", chunk 0) and,
+    where the extension would split this shape into chunks over time, its choice."""
+    per_channel = op in ("wkv4", "bi_wkv4")
+    rule = getattr(cb, "v4_chunk_length" if per_channel else "chunk_length", None)
+    if rule is None:
         return [("", None)]
-    auto = with_chunk(None, lambda: cb.chunk_length(B, H, T, DEVICE))
+    auto = with_chunk(None, lambda: rule(B, H * N if per_channel else H, T, DEVICE))
     forms = [("seq", 0)]
     if auto:
         forms.append((f"chunk {auto}", auto))
@@ -224,7 +228,7 @@ def correctness_cases(section):
     if SELFTEST:
         cases = [c for c in cases if c[2] <= 130]
         if SELFTEST == "emulated":  # long enough for the chunk-parallel form
-            cases += [(op, 1, 1100, 1, 16) for op in ops if op not in ("wkv4", "bi_wkv4")]
+            cases += [(op, 1, 1100, 1, 16) for op in ops]
     return cases
 
 
@@ -261,7 +265,7 @@ def check_one(ctx, op, B, T, H, N, emit, deadline):
     y64, s64 = y64.detach(), s64.detach()
     t_ref = time.time() - t0
     del x64
-    for (form, chunk), (dt_name, dt) in [(f, d) for f in chunk_forms(cb, op, B, T, H)
+    for (form, chunk), (dt_name, dt) in [(f, d) for f in chunk_forms(cb, op, B, T, H, N)
                                          for d in (("float32", torch.float32),
                                                    ("bfloat16", torch.bfloat16))]:
         rec = {"kind": "correct", "op": op, "dtype": dt_name, "B": B, "T": T, "H": H, "N": N,
@@ -374,7 +378,7 @@ def kernel_breakdown(fn):
             torch.cuda.synchronize()
         out = {}
         for ev in prof.key_averages():
-            m = re.search(r"(wkv\d?_\w*kernel|bi_wkv4\w*kernel|chunk_combine_kernel)(<[^>]*>)?", ev.key)
+            m = re.search(r"(wkv\d?_\w*kernel|chunk_combine_kernel)(<[^>]*>)?", ev.key)
             if m:
                 us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
                 key = m.group(0)
@@ -418,12 +422,12 @@ def bench_one(ctx, op, dt_name, B, T, H, N, emit, deadline):
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dt_name]
     x = make_inputs(op, B, T, H, N, dtype=dt, device=DEVICE, state=True, seed=5)
     ours = []
-    for form, chunk in chunk_forms(cb, op, B, T, H):
+    for form, chunk in chunk_forms(cb, op, B, T, H, N):
         ours.append(("rwkv_hf cuda" + (f" ({form})" if form else ""),
                      lambda x, chunk=chunk: with_chunk(chunk, lambda: run_op(cb, op, x))))
-        if chunk:  # to tune the choice: twice the chunk length as well
-            for c in (chunk * 2,):
-                if c >= 64 and c * 3 <= T:
+        if chunk:  # to tune the choice: twice the chunk length as well (per-channel ops: 4x too)
+            for c in (chunk * 2, chunk * 4) if op in ("wkv4", "bi_wkv4") else (chunk * 2,):
+                if c * 3 <= T and (c >= 64 or op in ("wkv4", "bi_wkv4")):
                     ours.append((f"rwkv_hf cuda (chunk {c})",
                                  lambda x, c=c: with_chunk(c, lambda: run_op(cb, op, x))))
     if len(ours) == 1 and op in ("wkv6", "wkv7", "bi_wkv6") and T >= 1024:

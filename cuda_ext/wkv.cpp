@@ -7,19 +7,23 @@
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rwkv_hf WKV CUDA kernels (RWKV-4, bidirectional v4, RWKV-5/6, RWKV-7)";
   m.attr("SNAP_CHUNK") = rwkv_hf::kSnap;
-  m.attr("V4_CHUNK") = rwkv_hf::kV4Chunk;
-  m.def("wkv4_forward", &rwkv_hf::wkv4_forward, "wkv4 forward -> (y, final_state, checkpoints)",
-        py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"), py::arg("state"), py::arg("save"));
+  m.def("wkv4_forward", &rwkv_hf::wkv4_forward,
+        "wkv4 forward -> (y, final_state, states entering each chunk); chunk: tokens per chunk "
+        "of the scan, 0 for one chunk",
+        py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"), py::arg("state"),
+        py::arg("chunk") = 0);
   m.def("wkv4_backward", &rwkv_hf::wkv4_backward,
-        "wkv4 backward -> (gk, gv, gw per batch, gu per batch, gstate), float32",
-        py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"), py::arg("checkpoints"),
-        py::arg("gy"), py::arg("gstate"));
-  m.def("bi_wkv4_forward", &rwkv_hf::bi_wkv4_forward, "bi_wkv4 forward -> (y, final_state)",
-        py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"), py::arg("state"));
+        "wkv4 backward -> (gk, gv, gw partials [B, chunks, C], gu partials, gstate), float32",
+        py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"), py::arg("enter"),
+        py::arg("final_state"), py::arg("gy"), py::arg("gstate"), py::arg("chunk") = 0);
+  m.def("bi_wkv4_forward", &rwkv_hf::bi_wkv4_forward,
+        "bi_wkv4 forward -> (y, final_state, states entering each chunk from either side)",
+        py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"), py::arg("state"),
+        py::arg("chunk") = 0);
   m.def("bi_wkv4_backward", &rwkv_hf::bi_wkv4_backward,
-        "bi_wkv4 backward -> (gk, gv, gw per batch, gu per batch, gstate), float32",
-        py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"), py::arg("state"), py::arg("gy"),
-        py::arg("gstate"));
+        "bi_wkv4 backward -> (gk, gv, gw partials [B, chunks, C], gu partials, gstate), float32",
+        py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"), py::arg("enter"),
+        py::arg("final_state"), py::arg("gy"), py::arg("gstate"), py::arg("chunk") = 0);
   m.def("wkv6_forward", &rwkv_hf::wkv6_forward,
         "wkv6 forward -> (y, final_state, snapshots, chunk transitions); chunk: tokens per chunk "
         "of the chunk-parallel form, 0 for one sequential pass",

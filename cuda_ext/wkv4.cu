@@ -1,398 +1,464 @@
 // RWKV-4 WKV and the bidirectional WKV of Vision-RWKV / Restore-RWKV (per-channel ops).
 //
-// One thread per (batch, channel), sequential over T, log-max stabilised exactly as the
-// reference loop (rwkv_hf/ops/reference.py): a state (a, b, p) stands for the accumulators
-// (a e^p, b e^p); the empty state is (0, 0, -1e38).
+// Per (batch, channel) a state is a pair of accumulators (num, den), kept log-scaled as
+// (a, b, p): num = a e^p, den = b e^p; the empty state is (0, 0, -1e38). A token (k, v) adds
+// e^k (v, 1) to a state decayed by e^w:
+//     P_{t+1} = e^w P_t + e^{k_t} (v_t, 1)     left to right,  P_0 = state[0]
+//     F_{t-1} = e^w F_t + e^{k_t} (v_t, 1)     right to left,  F_{T-1} = state[1] (bi_wkv4)
+//     wkv4:     y_t = num / den of  P_t + e^{u+k_t} (v_t, 1)
+//     bi_wkv4:  y_t = num / den of  P_t + F_t + e^{u+k_t} (v_t, 1)
+// The final states are P_T and F_{-1}; their logscale p is the largest exponent that
+// contributes, max(p_in + T w, max_t k_t + (T-1-t) w) (from the right: k_t + t w), as the
+// reference loop's running max.
 //
-// Forward step (add token (k, v) to a state decayed by e^w):
-//     x1 = w + p, x2 = k, p' = max(x1, x2), e1 = exp(x1 - p'), e2 = exp(x2 - p'),
-//     a' = e1 a + e2 v,  b' = e1 b + e2.
-// Output of wkv4 at token t (state s before the token):
-//     x1 = p, x2 = u + k, q = max(x1, x2), e1 = exp(x1 - q), e2 = exp(x2 - q),
-//     y = (e1 a + e2 v) / (e1 b + e2).
-// bi_wkv4 combines the past state P_t, the future state F_t (the right-to-left scan seen by
-// token t) and the current term c = u + k under m = max(max(P.p, F.p), c).
+// Parallel over time. The decay is constant, so a chunk of tokens acts on a state as "decay by
+// e^{len w}, then add the chunk's own sum". The scans run in chunks of L tokens:
+//   1. sums_kernel: every chunk's own sums from an empty state (both directions);
+//   2. combine_kernel: per (batch, channel, direction) a walk over the chunks gives the state
+//      entering each chunk from its side (one chunk, L = T: no pass 1, the walk just copies);
+//   3. fwd_kernel: every chunk from its entering states, writing y (bi_wkv4: the F_t of the
+//      chunk go through a float32 buffer first, right to left).
 //
-// Backward: the exact chain rule of these piecewise-smooth formulas, the one autograd takes
-// through the reference loop; a max routes its gradient to the larger argument (half to each
-// on a tie, as torch.maximum). For one step with incoming (ga', gb', gp'):
-//     ge1 = ga' a + gb' b,  ge2 = ga' v + gb',
-//     ga = ga' e1,  gb = gb' e1,  gv += ga' e2,
-//     gx1 = ge1 e1, gx2 = ge2 e2, and the max adds (gp' - gx1 - gx2) to the winning x,
-//     gp = gx1, gw += gx1, gk += gx2.
-// For an output y = num / den: gnum = gy / den, gden = -gnum y, then the same pattern
-// (ge1 = gnum a + gden b, ...; the max gets -(gx1 + gx2), which is zero up to rounding).
+// Backward. y_t depends on the true accumulators only, with the same gradient gd_t for P_t and
+// F_t: gd_t = (gy / den, -gy y / den) e^{-m} (num, den measured from e^m). The states'
+// gradients run the opposite ways,
+//     GP_t = e^w GP_{t+1} + gd_t   (right to left, from GP_T: the final left state's gradient)
+//     GF_t = e^w GF_{t-1} + gd_t   (left to right, from GF_{-1}),
+// and the step that adds token t to a state X gives, with G the gradient of its result:
+//     gv_t += G.num e^{k_t},  gk_t += e^{k_t} (G.num v_t + G.den),  gw += e^w (G . X).
+// The same three passes run them (bwd_sums_kernel for the chunks' sums of gd, combine_kernel,
+// bwd_kernel). Gradients are log-scaled like the states (signed mantissas); every exponent the
+// products form is <= 0 by construction (a G's scale is at most minus the scale of any state
+// it multiplies), so nothing overflows. A final state's triple (a, b, p) has the gradient
+// (ga, gb, gp): as a gradient of the true accumulators that is (ga, gb) e^{-p}, and what is
+// left of gp (gp - ga a - gb b) is the gradient of the max that gave p; route_kernel adds it
+// to the contribution attaining it (a token's k and w, or the entering state's p), found
+// from each chunk's best token (a tie, which the reference loop splits, goes to one side).
 //
 // Precision: with decays of order 1/T (Vision-RWKV: w = -spatial_decay / T) a scan is a sum
-// of up to T terms of very different sizes; float32 running sums lose the small terms (about
-// 5e-5 relative at T = 65536) and a float32 logscale drifts by one rounding per token. So the
-// running states (a, b, p), the running gradients and the per-token arithmetic are float64 in
-// registers; the per-token weights exp(.) are float32 (exp of the state's rescaling factor is
-// float64); states, checkpoints and buffers in memory are float32 (checkpoints keep p as two
-// floats so that a recomputed chunk starts from exactly the forward's logscale).
-//
-// wkv4 backward: the forward stores (a, b, p) every kV4Chunk tokens; the reverse sweep
-// recomputes one chunk of states into registers and walks it backwards.
-// bi_wkv4 backward, three passes per thread:
-//   1. right-to-left: recompute F_t into a float32 buffer [B, T, 3, C];
-//   2. left-to-right: run P_t (checkpointing it every kV4Chunk tokens), back-propagate the
-//      combine at each token, and run the backward of the right-to-left scan, whose
-//      gradient flows from F_0 towards F_{T-1}, i.e. left to right as well; the direct
-//      gradient of P_t overwrites F_t in the buffer;
-//   3. right-to-left in chunks: recompute P_t from the checkpoints and back-propagate the
-//      left-to-right scan, adding the direct gradients from pass 2.
-// gw and gu are summed over time in float64 per (batch, channel); the caller sums over batch.
+// of up to T terms of very different sizes. Running sums and logscales are float64 in
+// registers; rescaling a running sum takes a float64 exp (its roundings would compound along
+// the scan), a term added to a larger sum a float32 exp (one rounding per term). States and
+// buffers in memory are float32 triples whose a, b absorb the rounding of p (store_acc).
+// gw and gu come back per (batch, chunk), summed over each chunk in float64.
 #include "wkv_common.h"
 
 namespace rwkv_hf {
 namespace {
 
-struct V4State {
-  double a, b, p;
-};
+constexpr double kEmptyP = -1e38;
+constexpr int kV4Threads = 128;
 
-struct V4Grad {
+// A log-scaled pair (a e^p, b e^p).
+struct Acc {
   double a, b, p;
 };
 
 __device__ __forceinline__ double ex32(double x) { return (double)expf((float)x); }
 
-__device__ __forceinline__ V4State v4_step(V4State s, float k, float v, float w) {
-  const double x1 = (double)w + s.p;
-  const double p = fmax(x1, (double)k);
-  const double e1 = exp(x1 - p), e2 = ex32((double)k - p);
-  return {e1 * s.a + e2 * v, e1 * s.b + e2, p};
-}
+__device__ __forceinline__ Acc empty_acc() { return {0.0, 0.0, kEmptyP}; }
 
-// Share the gradient g of max(x1, x2) between x1 and x2 like torch.maximum.
-__device__ __forceinline__ void route_max(double x1, double x2, double g, double& g1, double& g2) {
-  if (x1 > x2) {
-    g1 += g;
-  } else if (x1 < x2) {
-    g2 += g;
-  } else {
-    g1 += 0.5 * g;
-    g2 += 0.5 * g;
+__device__ __forceinline__ Acc decay(Acc x, double d) { return {x.a, x.b, x.p + d}; }
+
+// x + (ta, tb) e^tp, on the larger of the two scales.
+__device__ __forceinline__ Acc add_term(Acc x, double ta, double tb, double tp) {
+  if (x.p >= tp) {
+    const double e = ex32(tp - x.p);
+    return {x.a + e * ta, x.b + e * tb, x.p};
   }
+  const double e = exp(x.p - tp);
+  return {e * x.a + ta, e * x.b + tb, tp};
 }
 
-// Checkpoints [.., 4, C]: a, b and p split into two floats (p_hi + p_lo).
-__device__ __forceinline__ void store_ckpt(float* cp, int C, V4State s) {
-  const float hi = (float)s.p;
-  cp[0] = (float)s.a;
-  cp[C] = (float)s.b;
-  cp[2 * C] = hi;
-  cp[3 * C] = (float)(s.p - (double)hi);
+__device__ __forceinline__ Acc add_acc(Acc x, Acc y) { return add_term(x, y.a, y.b, y.p); }
+
+__device__ __forceinline__ Acc step(Acc s, float k, float v, float w) {
+  return add_term(decay(s, w), v, 1.0, k);
 }
 
-__device__ __forceinline__ V4State load_ckpt(const float* cp, int C) {
-  return {(double)cp[0], (double)cp[C], (double)cp[2 * C] + (double)cp[3 * C]};
+// [.., 3, C] float triples (stride C). p is rounded to float and a, b take the factor
+// e^{p - float(p)} (a second-order series: |p - float(p)| < 1e-3 wherever p is a real scale,
+// not the empty state's -1e38), so the triple stands for the same accumulators to float32
+// rounding, however large |p|.
+__device__ __forceinline__ void store_acc(float* q, int C, Acc s) {
+  const float pf = (float)s.p;
+  const double r = s.p - (double)pf;
+  const double e = fabs(r) < 1e-3 ? 1.0 + r * (1.0 + 0.5 * r) : 1.0;
+  q[0] = (float)(s.a * e);
+  q[C] = (float)(s.b * e);
+  q[2 * C] = pf;
 }
 
-__device__ __forceinline__ void store3(float* q, int C, V4State s) {
-  q[0] = (float)s.a;
-  q[C] = (float)s.b;
-  q[2 * C] = (float)s.p;
-}
-
-__device__ __forceinline__ V4State load3(const float* q, int C) {
+__device__ __forceinline__ Acc load_acc(const float* q, int C) {
   return {(double)q[0], (double)q[C], (double)q[2 * C]};
 }
 
-// Back-propagate through s' = v4_step(s, k, v, w): returns the gradient of s, adds to gk, gv, gw.
-__device__ __forceinline__ V4Grad v4_step_back(V4Grad go, V4State s, float k, float v, float w,
-                                               double& gk, double& gv, double& gw) {
-  const double x1 = (double)w + s.p;
-  const double p = fmax(x1, (double)k);
-  const double e1 = exp(x1 - p), e2 = ex32((double)k - p);
-  const double ge1 = go.a * s.a + go.b * s.b;
-  const double ge2 = go.a * v + go.b;
-  gv += go.a * e2;
-  double gx1 = ge1 * e1, gx2 = ge2 * e2;
-  route_max(x1, (double)k, go.p - gx1 - gx2, gx1, gx2);
-  gw += gx1;
-  gk += gx2;
-  return {go.a * e1, go.b * e1, gx1};
-}
+// The output's numerator and denominator measured from e^m (m: the largest scale), and the
+// current token's weight e^{c - m}, c = u + k.
+struct Mix {
+  double num, den, m, ec;
+};
 
-__device__ __forceinline__ float v4_out(V4State s, float k, float v, float u) {
-  const double x2 = (double)u + k;
-  const double q = fmax(s.p, x2);
-  const double e1 = ex32(s.p - q), e2 = ex32(x2 - q);
-  return (float)((e1 * s.a + e2 * v) / (e1 * s.b + e2));
-}
-
-// Adds the gradient of y = v4_out(s, k, v, u) (incoming gy) to gs, gk, gv, gu.
-__device__ __forceinline__ void v4_out_back(float gy, V4State s, float k, float v, float u,
-                                            V4Grad& gs, double& gk, double& gv, double& gu) {
-  const double x2 = (double)u + k;
-  const double q = fmax(s.p, x2);
-  const double e1 = ex32(s.p - q), e2 = ex32(x2 - q);
-  const double num = e1 * s.a + e2 * v, den = e1 * s.b + e2;
-  const double gnum = gy / den;
-  const double gden = -gnum * (num / den);
-  const double ge1 = gnum * s.a + gden * s.b;
-  const double ge2 = gnum * v + gden;
-  gs.a += gnum * e1;
-  gs.b += gden * e1;
-  gv += gnum * e2;
-  double gx1 = ge1 * e1, gx2 = ge2 * e2;
-  route_max(s.p, x2, -(gx1 + gx2), gx1, gx2);
-  gs.p += gx1;
-  gu += gx2;
-  gk += gx2;
-}
-
-__device__ __forceinline__ float v4_bi_out(V4State P, V4State Fs, float k, float v, float u) {
-  const double c = (double)u + k;
-  const double m = fmax(fmax(P.p, Fs.p), c);
-  const double ep = ex32(P.p - m), ef = ex32(Fs.p - m), ec = ex32(c - m);
-  return (float)((ep * P.a + ef * Fs.a + ec * v) / (ep * P.b + ef * Fs.b + ec));
-}
-
-__device__ __forceinline__ void v4_bi_out_back(float gy, V4State P, V4State Fs, float k, float v,
-                                               float u, V4Grad& gP, V4Grad& gF, double& gk,
-                                               double& gv, double& gu) {
-  const double c = (double)u + k;
-  const double m1 = fmax(P.p, Fs.p);
-  const double m = fmax(m1, c);
-  const double ep = ex32(P.p - m), ef = ex32(Fs.p - m), ec = ex32(c - m);
-  const double num = ep * P.a + ef * Fs.a + ec * v;
-  const double den = ep * P.b + ef * Fs.b + ec;
-  const double gnum = gy / den;
-  const double gden = -gnum * (num / den);
-  gP.a += gnum * ep;
-  gP.b += gden * ep;
-  gF.a += gnum * ef;
-  gF.b += gden * ef;
-  gv += gnum * ec;
-  double gxp = (gnum * P.a + gden * P.b) * ep;
-  double gxf = (gnum * Fs.a + gden * Fs.b) * ef;
-  double gxc = (gnum * v + gden) * ec;
-  double gm1 = 0.0;
-  route_max(m1, c, -(gxp + gxf + gxc), gm1, gxc);
-  route_max(P.p, Fs.p, gm1, gxp, gxf);
-  gP.p += gxp;
-  gF.p += gxf;
-  gu += gxc;
-  gk += gxc;
-}
-
-// ---------------------------------------------------------------------------- wkv4
-
-template <typename F>
-__global__ void wkv4_fwd_kernel(int B, int T, int C, const F* __restrict__ k,
-                                const F* __restrict__ v, const float* __restrict__ w,
-                                const float* __restrict__ u, const float* __restrict__ s0,
-                                F* __restrict__ y, float* __restrict__ sT,
-                                float* __restrict__ ckpt /* [B, NC, 4, C] or null */) {
-  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= B * C) return;
-  const int b = idx / C, c = idx % C;
-  const int NC = (T + kV4Chunk - 1) / kV4Chunk;
-  const float ww = w[c], uu = u[c];
-  V4State s = load3(s0 + (int64_t)b * 3 * C + c, C);
-  const int64_t base = (int64_t)b * T * C + c;
-  for (int t = 0; t < T; ++t) {
-    if (ckpt != nullptr && t % kV4Chunk == 0) {
-      store_ckpt(ckpt + ((int64_t)b * NC + t / kV4Chunk) * 4 * C + c, C, s);
-    }
-    const int64_t o = base + (int64_t)t * C;
-    const float kt = to_f(k[o]), vt = to_f(v[o]);
-    y[o] = from_f<F>(v4_out(s, kt, vt, uu));
-    s = v4_step(s, kt, vt, ww);
+template <bool BI>
+__device__ __forceinline__ Mix mix(Acc P, Acc Fs, double c, float v) {
+  double m = fmax(P.p, c);
+  if constexpr (BI) m = fmax(m, Fs.p);
+  const double ep = ex32(P.p - m), ec = ex32(c - m);
+  double num = ep * P.a + ec * v, den = ep * P.b + ec;
+  if constexpr (BI) {
+    const double ef = ex32(Fs.p - m);
+    num += ef * Fs.a;
+    den += ef * Fs.b;
   }
-  store3(sT + (int64_t)b * 3 * C + c, C, s);
+  return {num, den, m, ec};
 }
 
+// Back through y = num / den: returns gd (the gradient of the states' true accumulators) and
+// adds the current token's part to gk, gv, gu.
+__device__ __forceinline__ Acc mix_back(const Mix& x, float gy, float v, double& gk, double& gv,
+                                        double& gu) {
+  const float rden = 1.0f / (float)x.den;  // a per-token term: float32 is enough
+  const double gn = gy * rden;
+  const double gdn = -gn * ((float)x.num * rden);
+  gv += gn * x.ec;
+  const double gc = x.ec * (gn * v + gdn);
+  gk += gc;
+  gu += gc;
+  return {gn, gdn, -x.m};
+}
+
+// Token gradients of the step X -> e^w X + e^k (v, 1), G the gradient of its result.
+__device__ __forceinline__ void step_back(Acc G, Acc X, float k, float v, float w, double& gk,
+                                          double& gv, double& gw) {
+  const double ek = ex32(G.p + k);
+  gv += G.a * ek;
+  gk += ek * (G.a * v + G.b);
+  gw += ex32(G.p + X.p + w) * (G.a * X.a + G.b * X.b);
+}
+
+// The gradient of a state's triple (a, b, p) from G, the gradient of its true accumulators
+// (the smooth part of p's: a = num e^-p).
+__device__ __forceinline__ void store_state_grad(float* q, int C, Acc G, Acc s) {
+  const double e = exp(G.p + s.p);
+  q[0] = (float)(G.a * e);
+  q[C] = (float)(G.b * e);
+  q[2 * C] = (float)((G.a * s.a + G.b * s.b) * e);
+}
+
+// Sizes and the per-token inputs; D = 2 directions for bi_wkv4.
 template <typename F>
-__global__ void wkv4_bwd_kernel(int B, int T, int C, const F* __restrict__ k,
-                                const F* __restrict__ v, const float* __restrict__ w,
-                                const float* __restrict__ u, const float* __restrict__ ckpt,
-                                const F* __restrict__ gy, const float* __restrict__ gsT,
+struct V4Args {
+  int B, T, C, L, NC;
+  const F* k;
+  const F* v;
+  const float* w;
+  const float* u;
+};
+
+struct Chunk {
+  int b, n, c, t0, t1;
+};
+
+// Thread -> (batch, chunk, channel), channels fastest (coalesced); false past the end.
+template <typename F>
+__device__ __forceinline__ bool chunk_of(const V4Args<F>& a, Chunk& ch) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= (int64_t)a.B * a.NC * a.C) return false;
+  ch.c = (int)(i % a.C);
+  const int64_t bn = i / a.C;
+  ch.n = (int)(bn % a.NC);
+  ch.b = (int)(bn / a.NC);
+  ch.t0 = ch.n * a.L;
+  ch.t1 = min(a.T, ch.t0 + a.L);
+  return true;
+}
+
+// Offsets: tokens [B, T, C]; per-chunk triples [B, NC, D, 3, C]; buffers [B, T, D, 3, C];
+// states [B, D, 3, C]; best tokens [B, NC, D, C]; per-chunk partial sums [B, NC, C].
+template <typename F>
+__device__ __forceinline__ int64_t tok(const V4Args<F>& a, int b, int t, int c) {
+  return ((int64_t)b * a.T + t) * a.C + c;
+}
+template <int D, typename F>
+__device__ __forceinline__ int64_t per_chunk(const V4Args<F>& a, int b, int n, int d, int c) {
+  return (((int64_t)b * a.NC + n) * D + d) * 3 * a.C + c;
+}
+template <int D, typename F>
+__device__ __forceinline__ int64_t per_token(const V4Args<F>& a, int b, int t, int d, int c) {
+  return (((int64_t)b * a.T + t) * D + d) * 3 * a.C + c;
+}
+template <int D, typename F>
+__device__ __forceinline__ int64_t state_at(const V4Args<F>& a, int b, int d, int c) {
+  return ((int64_t)b * D + d) * 3 * a.C + c;
+}
+
+// ---------------------------------------------------------------------------- forward
+
+// Pass 1: each chunk's own sums from an empty state: left to right (measured at the chunk's
+// end) and right to left (at its start; the decay is constant, so in any order).
+template <bool BI, typename F>
+__global__ void wkv4_sums_kernel(V4Args<F> a, float* __restrict__ loc) {
+  constexpr int D = BI ? 2 : 1;
+  Chunk ch;
+  if (!chunk_of(a, ch)) return;
+  const float w = a.w[ch.c];
+  Acc l = empty_acc(), r = empty_acc();
+  for (int t = ch.t0; t < ch.t1; ++t) {
+    const int64_t o = tok(a, ch.b, t, ch.c);
+    const float k = to_f(a.k[o]), v = to_f(a.v[o]);
+    l = step(l, k, v, w);
+    if constexpr (BI) r = add_term(r, v, 1.0, (double)k + (double)(t - ch.t0) * w);
+  }
+  store_acc(loc + per_chunk<D>(a, ch.b, ch.n, 0, ch.c), a.C, l);
+  if constexpr (BI) store_acc(loc + per_chunk<D>(a, ch.b, ch.n, 1, ch.c), a.C, r);
+}
+
+// Pass 2, per (batch, direction, channel): what enters each chunk from its side. Forward:
+// direction 0 walks left to right from init = s0[:, 0], direction 1 right to left from
+// s0[:, 1]. Backward (grad): direction 0 is GP (right to left, from the final left state's
+// gradient init[:, 0], as (ga, gb) e^{-p} with p = fin[:, 0]'s), direction 1 GF (left to
+// right). loc: the chunks' own sums (unused with one chunk).
+template <bool BI, typename F>
+__global__ void wkv4_combine_kernel(V4Args<F> a, bool grad, const float* __restrict__ init,
+                                    const float* __restrict__ fin, const float* __restrict__ loc,
+                                    float* __restrict__ enter) {
+  constexpr int D = BI ? 2 : 1;
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= (int64_t)a.B * D * a.C) return;
+  const int c = (int)(i % a.C), d = (int)(i / a.C % D), b = (int)(i / ((int64_t)a.C * D));
+  const double w = a.w[c];
+  const int64_t s = state_at<D>(a, b, d, c);
+  Acc S = load_acc(init + s, a.C);
+  if (grad) S.p = -(double)fin[s + 2 * a.C];
+  const bool ascending = (d == 0) != grad;
+  for (int j = 0; j < a.NC; ++j) {
+    const int n = ascending ? j : a.NC - 1 - j;
+    const int64_t o = per_chunk<D>(a, b, n, d, c);
+    store_acc(enter + o, a.C, S);
+    if (j + 1 < a.NC) {
+      const int len = min(a.T, (n + 1) * a.L) - n * a.L;
+      S = add_acc(decay(S, len * w), load_acc(loc + o, a.C));
+    }
+  }
+}
+
+// Pass 3: every chunk from its entering states; the first and last chunks write the final
+// states. fbuf: [B, T, 3, C] scratch for F_t (bi_wkv4).
+template <bool BI, typename F>
+__global__ void wkv4_fwd_kernel(V4Args<F> a, const float* __restrict__ enter, F* __restrict__ y,
+                                float* __restrict__ sT, float* __restrict__ fbuf) {
+  constexpr int D = BI ? 2 : 1;
+  Chunk ch;
+  if (!chunk_of(a, ch)) return;
+  const float w = a.w[ch.c];
+  const double u = a.u[ch.c];
+  if constexpr (BI) {
+    Acc Fs = load_acc(enter + per_chunk<D>(a, ch.b, ch.n, 1, ch.c), a.C);
+    for (int t = ch.t1 - 1; t >= ch.t0; --t) {
+      store_acc(fbuf + per_token<1>(a, ch.b, t, 0, ch.c), a.C, Fs);
+      const int64_t o = tok(a, ch.b, t, ch.c);
+      Fs = step(Fs, to_f(a.k[o]), to_f(a.v[o]), w);
+    }
+    if (ch.n == 0) store_acc(sT + state_at<D>(a, ch.b, 1, ch.c), a.C, Fs);
+  }
+  Acc P = load_acc(enter + per_chunk<D>(a, ch.b, ch.n, 0, ch.c), a.C);
+  for (int t = ch.t0; t < ch.t1; ++t) {
+    const int64_t o = tok(a, ch.b, t, ch.c);
+    const float k = to_f(a.k[o]), v = to_f(a.v[o]);
+    Acc Fs{};
+    if constexpr (BI) Fs = load_acc(fbuf + per_token<1>(a, ch.b, t, 0, ch.c), a.C);
+    const Mix x = mix<BI>(P, Fs, u + k, v);
+    y[o] = from_f<F>((float)x.num / (float)x.den);
+    P = step(P, k, v, w);
+  }
+  if (ch.n == a.NC - 1) store_acc(sT + state_at<D>(a, ch.b, 0, ch.c), a.C, P);
+}
+
+// ---------------------------------------------------------------------------- backward
+
+// One chunk's states into buf (P_t: slot 0; bi_wkv4: F_t, slot 1) from its entering states,
+// and its best tokens for the final logscales (the largest k_t + (T-1-t) w; from the right
+// k_t + t w). With SUMS, also the chunk's own sums of gd_t into loc: GP's measured at the
+// chunk's start (slot 0), GF's at its end (slot 1).
+template <bool BI, bool SUMS, typename F>
+__device__ __forceinline__ void chunk_states(const V4Args<F>& a, const Chunk& ch,
+                                             const float* __restrict__ enter,
+                                             const F* __restrict__ gy, float* __restrict__ buf,
+                                             int* __restrict__ best, float* __restrict__ loc) {
+  constexpr int D = BI ? 2 : 1;
+  const float w = a.w[ch.c];
+  const double u = a.u[ch.c];
+  if constexpr (BI) {
+    Acc Fs = load_acc(enter + per_chunk<D>(a, ch.b, ch.n, 1, ch.c), a.C);
+    double top = -INFINITY;
+    int arg = ch.t0;
+    for (int t = ch.t1 - 1; t >= ch.t0; --t) {
+      store_acc(buf + per_token<D>(a, ch.b, t, 1, ch.c), a.C, Fs);
+      const int64_t o = tok(a, ch.b, t, ch.c);
+      const float k = to_f(a.k[o]);
+      const double cand = (double)k + (double)t * w;
+      if (cand > top) {
+        top = cand;
+        arg = t;
+      }
+      Fs = step(Fs, k, to_f(a.v[o]), w);
+    }
+    best[(((int64_t)ch.b * a.NC + ch.n) * D + 1) * a.C + ch.c] = arg;
+  }
+  Acc P = load_acc(enter + per_chunk<D>(a, ch.b, ch.n, 0, ch.c), a.C);
+  Acc gp = empty_acc(), gf = empty_acc();
+  double top = -INFINITY;
+  int arg = ch.t0;
+  for (int t = ch.t0; t < ch.t1; ++t) {
+    const int64_t o = tok(a, ch.b, t, ch.c);
+    const float k = to_f(a.k[o]), v = to_f(a.v[o]);
+    const double cand = (double)k + (double)(a.T - 1 - t) * w;
+    if (cand > top) {
+      top = cand;
+      arg = t;
+    }
+    if constexpr (SUMS) {
+      Acc Fs{};
+      if constexpr (BI) Fs = load_acc(buf + per_token<D>(a, ch.b, t, 1, ch.c), a.C);
+      double unused_k = 0.0, unused_v = 0.0, unused_u = 0.0;
+      const Acc gd = mix_back(mix<BI>(P, Fs, u + k, v), to_f(gy[o]), v, unused_k, unused_v, unused_u);
+      gp = add_term(gp, gd.a, gd.b, gd.p + (double)(t - ch.t0) * w);
+      if constexpr (BI) gf = add_acc(decay(gf, w), gd);
+    }
+    store_acc(buf + per_token<D>(a, ch.b, t, 0, ch.c), a.C, P);
+    P = step(P, k, v, w);
+  }
+  best[(((int64_t)ch.b * a.NC + ch.n) * D + 0) * a.C + ch.c] = arg;
+  if constexpr (SUMS) {
+    store_acc(loc + per_chunk<D>(a, ch.b, ch.n, 0, ch.c), a.C, gp);
+    if constexpr (BI) store_acc(loc + per_chunk<D>(a, ch.b, ch.n, 1, ch.c), a.C, gf);
+  }
+}
+
+// Pass 1 of the backward (several chunks): states into buf, best tokens, the sums of gd.
+template <bool BI, typename F>
+__global__ void wkv4_bwd_sums_kernel(V4Args<F> a, const float* __restrict__ enter,
+                                     const F* __restrict__ gy, float* __restrict__ buf,
+                                     int* __restrict__ best, float* __restrict__ loc) {
+  Chunk ch;
+  if (!chunk_of(a, ch)) return;
+  chunk_states<BI, true>(a, ch, enter, gy, buf, best, loc);
+}
+
+// Pass 3 of the backward: every chunk from the gradients entering it (gin; its states from
+// pass 1, or computed here with one chunk). bi_wkv4: GF left to right (the right-to-left
+// steps' token gradients and the current terms; gd_t replaces F_t in buf), then for both ops
+// GP right to left (the left-to-right steps'). The first / last chunk write the entering
+// states' gradients (the smooth part; route_kernel adds the max's).
+template <bool BI, typename F>
+__global__ void wkv4_bwd_kernel(V4Args<F> a, const float* __restrict__ enter,
+                                const float* __restrict__ gin, const F* __restrict__ gy,
+                                float* __restrict__ buf, int* __restrict__ best,
                                 float* __restrict__ gk, float* __restrict__ gv,
                                 float* __restrict__ gw_part, float* __restrict__ gu_part,
                                 float* __restrict__ gs0) {
-  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= B * C) return;
-  const int b = idx / C, c = idx % C;
-  const int NC = (T + kV4Chunk - 1) / kV4Chunk;
-  const float ww = w[c], uu = u[c];
-  const V4State gs_in = load3(gsT + (int64_t)b * 3 * C + c, C);
-  V4Grad g{gs_in.a, gs_in.b, gs_in.p};
-  double gw_acc = 0.0, gu_acc = 0.0;
-  const int64_t base = (int64_t)b * T * C + c;
-  for (int n = NC - 1; n >= 0; --n) {
-    const int t0 = n * kV4Chunk;
-    const int cnt = min(kV4Chunk, T - t0);
-    V4State s = load_ckpt(ckpt + ((int64_t)b * NC + n) * 4 * C + c, C);
-    float sa[kV4Chunk], sb[kV4Chunk], kk[kV4Chunk], vv[kV4Chunk];
-    double sp[kV4Chunk];
-#pragma unroll
-    for (int i = 0; i < kV4Chunk; ++i) {
-      if (i < cnt) {
-        const int64_t o = base + (int64_t)(t0 + i) * C;
-        kk[i] = to_f(k[o]);
-        vv[i] = to_f(v[o]);
-        sa[i] = (float)s.a;
-        sb[i] = (float)s.b;
-        sp[i] = s.p;
-        s = v4_step(s, kk[i], vv[i], ww);
-      }
+  constexpr int D = BI ? 2 : 1;
+  Chunk ch;
+  if (!chunk_of(a, ch)) return;
+  if (a.NC == 1) chunk_states<BI, false>(a, ch, enter, gy, buf, best, nullptr);
+  const float w = a.w[ch.c];
+  const double u = a.u[ch.c];
+  double gw = 0.0, gu = 0.0;
+  if constexpr (BI) {
+    Acc G = load_acc(gin + per_chunk<D>(a, ch.b, ch.n, 1, ch.c), a.C);  // GF_{t-1}
+    for (int t = ch.t0; t < ch.t1; ++t) {
+      const int64_t o = tok(a, ch.b, t, ch.c);
+      const float k = to_f(a.k[o]), v = to_f(a.v[o]);
+      float* q = buf + per_token<D>(a, ch.b, t, 0, ch.c);
+      const Acc P = load_acc(q, a.C), Fs = load_acc(q + 3 * a.C, a.C);
+      double gkt = 0.0, gvt = 0.0;
+      const Acc gd = mix_back(mix<true>(P, Fs, u + k, v), to_f(gy[o]), v, gkt, gvt, gu);
+      step_back(G, Fs, k, v, w, gkt, gvt, gw);
+      G = add_acc(decay(G, w), gd);
+      store_acc(q + 3 * a.C, a.C, gd);
+      gk[o] = (float)gkt;
+      gv[o] = (float)gvt;
     }
-#pragma unroll
-    for (int i = kV4Chunk - 1; i >= 0; --i) {
-      if (i < cnt) {
-        const int64_t o = base + (int64_t)(t0 + i) * C;
-        const V4State si{(double)sa[i], (double)sb[i], sp[i]};
-        double gkt = 0.0, gvt = 0.0;
-        V4Grad gprev = v4_step_back(g, si, kk[i], vv[i], ww, gkt, gvt, gw_acc);
-        v4_out_back(to_f(gy[o]), si, kk[i], vv[i], uu, gprev, gkt, gvt, gu_acc);
-        gk[o] = (float)gkt;
-        gv[o] = (float)gvt;
-        g = gprev;
-      }
+    if (ch.n == a.NC - 1) {
+      store_state_grad(gs0 + state_at<D>(a, ch.b, 1, ch.c), a.C, G,
+                       load_acc(enter + per_chunk<D>(a, ch.b, ch.n, 1, ch.c), a.C));
     }
   }
-  store3(gs0 + (int64_t)b * 3 * C + c, C, V4State{g.a, g.b, g.p});
-  gw_part[idx] = (float)gw_acc;
-  gu_part[idx] = (float)gu_acc;
-}
-
-// ---------------------------------------------------------------------------- bi_wkv4
-
-template <typename F>
-__global__ void bi_wkv4_fwd_kernel(int B, int T, int C, const F* __restrict__ k,
-                                   const F* __restrict__ v, const float* __restrict__ w,
-                                   const float* __restrict__ u, const float* __restrict__ s0,
-                                   F* __restrict__ y, float* __restrict__ sT,
-                                   float* __restrict__ fbuf /* [B, T, 3, C] scratch */) {
-  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= B * C) return;
-  const int b = idx / C, c = idx % C;
-  const float ww = w[c], uu = u[c];
-  const int64_t base = (int64_t)b * T * C + c;
-  const int64_t fbase = (int64_t)b * T * 3 * C + c;
-  // s0, sT: [B, 2, 3, C]; [:, 0] enters from the left, [:, 1] from the right.
-  const float* sl = s0 + (int64_t)b * 6 * C + c;
-  V4State Fs = load3(sl + 3 * C, C);
-  for (int t = T - 1; t >= 0; --t) {
-    store3(fbuf + fbase + (int64_t)t * 3 * C, C, Fs);
-    const int64_t o = base + (int64_t)t * C;
-    Fs = v4_step(Fs, to_f(k[o]), to_f(v[o]), ww);
-  }
-  float* ol = sT + (int64_t)b * 6 * C + c;
-  store3(ol + 3 * C, C, Fs);
-  V4State P = load3(sl, C);
-  for (int t = 0; t < T; ++t) {
-    const V4State Ft = load3(fbuf + fbase + (int64_t)t * 3 * C, C);
-    const int64_t o = base + (int64_t)t * C;
-    const float kt = to_f(k[o]), vt = to_f(v[o]);
-    y[o] = from_f<F>(v4_bi_out(P, Ft, kt, vt, uu));
-    P = v4_step(P, kt, vt, ww);
-  }
-  store3(ol, C, P);
-}
-
-template <typename F>
-__global__ void bi_wkv4_bwd_kernel(int B, int T, int C, const F* __restrict__ k,
-                                   const F* __restrict__ v, const float* __restrict__ w,
-                                   const float* __restrict__ u, const float* __restrict__ s0,
-                                   const F* __restrict__ gy, const float* __restrict__ gsT,
-                                   float* __restrict__ gk, float* __restrict__ gv,
-                                   float* __restrict__ gw_part, float* __restrict__ gu_part,
-                                   float* __restrict__ gs0,
-                                   float* __restrict__ fbuf /* [B, T, 3, C] scratch */,
-                                   float* __restrict__ pck /* [B, NC, 4, C] scratch */) {
-  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= B * C) return;
-  const int b = idx / C, c = idx % C;
-  const int NC = (T + kV4Chunk - 1) / kV4Chunk;
-  const float ww = w[c], uu = u[c];
-  const int64_t base = (int64_t)b * T * C + c;
-  const int64_t fbase = (int64_t)b * T * 3 * C + c;
-  const float* sl = s0 + (int64_t)b * 6 * C + c;
-  double gw_acc = 0.0, gu_acc = 0.0;
-
-  // Pass 1: the states of the right-to-left scan seen by each token.
-  V4State Fs = load3(sl + 3 * C, C);
-  for (int t = T - 1; t >= 0; --t) {
-    store3(fbuf + fbase + (int64_t)t * 3 * C, C, Fs);
-    const int64_t o = base + (int64_t)t * C;
-    Fs = v4_step(Fs, to_f(k[o]), to_f(v[o]), ww);
-  }
-
-  // Pass 2: left to right. gFo is the gradient of the output of the right-to-left step that
-  // consumes F_t (F_{t-1}, or the final right state for t = 0).
-  const float* gl = gsT + (int64_t)b * 6 * C + c;
-  const V4State gr_in = load3(gl + 3 * C, C);
-  V4Grad gFo{gr_in.a, gr_in.b, gr_in.p};
-  V4State P = load3(sl, C);
-  for (int t = 0; t < T; ++t) {
-    if (t % kV4Chunk == 0) {
-      store_ckpt(pck + ((int64_t)b * NC + t / kV4Chunk) * 4 * C + c, C, P);
-    }
-    float* fp = fbuf + fbase + (int64_t)t * 3 * C;
-    const V4State Ft = load3(fp, C);
-    const int64_t o = base + (int64_t)t * C;
-    const float kt = to_f(k[o]), vt = to_f(v[o]);
-    V4Grad gP{0.0, 0.0, 0.0}, gF{0.0, 0.0, 0.0};
+  Acc G = load_acc(gin + per_chunk<D>(a, ch.b, ch.n, 0, ch.c), a.C);  // GP_{t+1}
+  for (int t = ch.t1 - 1; t >= ch.t0; --t) {
+    const int64_t o = tok(a, ch.b, t, ch.c);
+    const float k = to_f(a.k[o]), v = to_f(a.v[o]);
+    const float* q = buf + per_token<D>(a, ch.b, t, 0, ch.c);
+    const Acc P = load_acc(q, a.C);
     double gkt = 0.0, gvt = 0.0;
-    v4_bi_out_back(to_f(gy[o]), P, Ft, kt, vt, uu, gP, gF, gkt, gvt, gu_acc);
-    const V4Grad gstep = v4_step_back(gFo, Ft, kt, vt, ww, gkt, gvt, gw_acc);
-    gFo = {gstep.a + gF.a, gstep.b + gF.b, gstep.p + gF.p};
-    store3(fp, C, V4State{gP.a, gP.b, gP.p});
-    gk[o] = (float)gkt;
-    gv[o] = (float)gvt;
-    P = v4_step(P, kt, vt, ww);
-  }
-  float* gsl = gs0 + (int64_t)b * 6 * C + c;
-  store3(gsl + 3 * C, C, V4State{gFo.a, gFo.b, gFo.p});
-
-  // Pass 3: the left-to-right scan backwards, chunk by chunk from the checkpoints.
-  const V4State gl_in = load3(gl, C);
-  V4Grad g{gl_in.a, gl_in.b, gl_in.p};
-  for (int n = NC - 1; n >= 0; --n) {
-    const int t0 = n * kV4Chunk;
-    const int cnt = min(kV4Chunk, T - t0);
-    V4State s = load_ckpt(pck + ((int64_t)b * NC + n) * 4 * C + c, C);
-    float sa[kV4Chunk], sb[kV4Chunk], kk[kV4Chunk], vv[kV4Chunk];
-    double sp[kV4Chunk];
-#pragma unroll
-    for (int i = 0; i < kV4Chunk; ++i) {
-      if (i < cnt) {
-        const int64_t o = base + (int64_t)(t0 + i) * C;
-        kk[i] = to_f(k[o]);
-        vv[i] = to_f(v[o]);
-        sa[i] = (float)s.a;
-        sb[i] = (float)s.b;
-        sp[i] = s.p;
-        s = v4_step(s, kk[i], vv[i], ww);
-      }
+    Acc gd;
+    if constexpr (BI) {
+      gd = load_acc(q + 3 * a.C, a.C);
+    } else {
+      gd = mix_back(mix<false>(P, Acc{}, u + k, v), to_f(gy[o]), v, gkt, gvt, gu);
     }
-#pragma unroll
-    for (int i = kV4Chunk - 1; i >= 0; --i) {
-      if (i < cnt) {
-        const int t = t0 + i;
-        const int64_t o = base + (int64_t)t * C;
-        double gkt = 0.0, gvt = 0.0;
-        const V4Grad gs = v4_step_back(g, V4State{(double)sa[i], (double)sb[i], sp[i]}, kk[i],
-                                       vv[i], ww, gkt, gvt, gw_acc);
-        const V4State d = load3(fbuf + fbase + (int64_t)t * 3 * C, C);
-        g = {gs.a + d.a, gs.b + d.b, gs.p + d.p};
-        gk[o] += (float)gkt;
-        gv[o] += (float)gvt;
-      }
+    step_back(G, P, k, v, w, gkt, gvt, gw);
+    G = add_acc(decay(G, w), gd);
+    if constexpr (BI) {
+      gk[o] += (float)gkt;
+      gv[o] += (float)gvt;
+    } else {
+      gk[o] = (float)gkt;
+      gv[o] = (float)gvt;
     }
   }
-  store3(gsl, C, V4State{g.a, g.b, g.p});
-  gw_part[idx] = (float)gw_acc;
-  gu_part[idx] = (float)gu_acc;
+  if (ch.n == 0) {
+    store_state_grad(gs0 + state_at<D>(a, ch.b, 0, ch.c), a.C, G,
+                     load_acc(enter + per_chunk<D>(a, ch.b, 0, 0, ch.c), a.C));
+  }
+  const int64_t part = ((int64_t)ch.b * a.NC + ch.n) * a.C + ch.c;
+  gw_part[part] = (float)gw;
+  gu_part[part] = (float)gu;
 }
 
-constexpr int kV4Threads = 128;
+// Per (batch, channel), after pass 3: the gradient of the final states' logscales, net of what
+// their a, b carry (gp - ga a - gb b), to the contribution attaining the max.
+template <bool BI, typename F>
+__global__ void wkv4_route_kernel(V4Args<F> a, const float* __restrict__ enter,
+                                  const int* __restrict__ best, const float* __restrict__ sT,
+                                  const float* __restrict__ gsT, float* __restrict__ gk,
+                                  float* __restrict__ gw_part, float* __restrict__ gs0) {
+  constexpr int D = BI ? 2 : 1;
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= (int64_t)a.B * a.C) return;
+  const int c = (int)(i % a.C), b = (int)(i / a.C);
+  const double w = a.w[c];
+  const int C = a.C;
+  double gw = 0.0;
+  for (int d = 0; d < D; ++d) {
+    const int64_t s = state_at<D>(a, b, d, c);
+    const double g = (double)gsT[s + 2 * C] - (double)gsT[s] * sT[s] - (double)gsT[s + C] * sT[s + C];
+    // The entering state: chunk 0's from the left, the last chunk's from the right.
+    const double p0 = enter[per_chunk<D>(a, b, d == 0 ? 0 : a.NC - 1, d, c) + 2 * C];
+    double top = p0 + (double)a.T * w;
+    int arg = -1;
+    for (int n = 0; n < a.NC; ++n) {
+      const int t = best[(((int64_t)b * a.NC + n) * D + d) * C + c];
+      const double cand = (double)to_f(a.k[tok(a, b, t, c)]) + (double)(d == 0 ? a.T - 1 - t : t) * w;
+      if (cand > top) {
+        top = cand;
+        arg = t;
+      }
+    }
+    if (arg < 0) {
+      gs0[s + 2 * C] += (float)g;
+      gw += (double)a.T * g;
+    } else {
+      gk[tok(a, b, arg, c)] += (float)g;
+      gw += (double)(d == 0 ? a.T - 1 - arg : arg) * g;
+    }
+  }
+  gw_part[(int64_t)b * a.NC * C + c] += (float)gw;
+}
 
-inline dim3 v4_grid(int B, int C) { return dim3((unsigned)((B * C + kV4Threads - 1) / kV4Threads)); }
+// ---------------------------------------------------------------------------- host
+
+inline unsigned blocks_for(int64_t n) { return (unsigned)((n + kV4Threads - 1) / kV4Threads); }
 
 void check_v4(const at::Tensor& k, const at::Tensor& v, const at::Tensor& w, const at::Tensor& u,
               const char* op) {
@@ -404,109 +470,134 @@ void check_v4(const at::Tensor& k, const at::Tensor& v, const at::Tensor& w, con
   check_float(u, "u");
   TORCH_CHECK(w.numel() == k.size(2) && u.numel() == k.size(2), "rwkv_hf cuda ", op,
               ": w and u must be [C]");
-  TORCH_CHECK(k.size(0) * k.size(2) < (int64_t)1 << 31 && k.size(1) < (int64_t)1 << 31,
-              "rwkv_hf cuda ", op, ": input too large");
+  TORCH_CHECK(k.size(0) * k.size(1) * k.size(2) < (int64_t)1 << 40, "rwkv_hf cuda ", op,
+              ": input too large");
+}
+
+// Tokens per chunk: `chunk` as chosen by the caller; 0, or at least T, is one chunk.
+inline int v4_chunk(int64_t chunk, int T) {
+  TORCH_CHECK(chunk >= 0, "rwkv_hf cuda: chunk length must be >= 0, got ", chunk);
+  if (chunk == 0 || chunk >= T) return T > 0 ? T : 1;
+  return (int)chunk;
+}
+
+template <bool BI>
+std::vector<at::Tensor> v4_forward(const char* op, at::Tensor k, at::Tensor v, at::Tensor w,
+                                   at::Tensor u, at::Tensor s0, int64_t chunk) {
+  constexpr int D = BI ? 2 : 1;
+  check_v4(k, v, w, u, op);
+  check_float(s0, "state");
+  const int B = k.size(0), T = k.size(1), C = k.size(2);
+  TORCH_CHECK(s0.numel() == (int64_t)B * D * 3 * C, "rwkv_hf cuda ", op, ": state must be ",
+              BI ? "[B, 2, 3, C]" : "[B, 3, C]");
+  const int L = v4_chunk(chunk, T), NC = (T + L - 1) / L;
+  TORCH_CHECK((int64_t)B * NC * C < (int64_t)1 << 31, "rwkv_hf cuda ", op, ": input too large");
+  const at::cuda::OptionalCUDAGuard guard(k.device());
+  const auto f32 = s0.options();
+  auto y = at::empty_like(k);
+  auto sT = BI ? at::empty({B, 2, 3, C}, f32) : at::empty({B, 3, C}, f32);
+  auto enter = at::empty({B, NC, D, 3, C}, f32);
+  if ((int64_t)B * T * C == 0) return {y, sT, enter};
+  auto loc = at::empty({NC > 1 ? B : 0, NC, D, 3, C}, f32);
+  auto fbuf = at::empty({BI ? B : 0, T, 3, C}, f32);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  RWKV_HF_DISPATCH_F(k.scalar_type(), op, [&] {
+    const V4Args<F> args{B, T, C, L, NC, (const F*)k.data_ptr(), (const F*)v.data_ptr(),
+                         w.data_ptr<float>(), u.data_ptr<float>()};
+    const unsigned grid = blocks_for((int64_t)B * NC * C);
+    if (NC > 1) {
+      wkv4_sums_kernel<BI, F><<<grid, kV4Threads, 0, stream>>>(args, loc.data_ptr<float>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    wkv4_combine_kernel<BI, F><<<blocks_for((int64_t)B * D * C), kV4Threads, 0, stream>>>(
+        args, false, s0.data_ptr<float>(), nullptr, NC > 1 ? loc.data_ptr<float>() : nullptr,
+        enter.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    wkv4_fwd_kernel<BI, F><<<grid, kV4Threads, 0, stream>>>(
+        args, enter.data_ptr<float>(), (F*)y.data_ptr(), sT.data_ptr<float>(),
+        BI ? fbuf.data_ptr<float>() : nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {y, sT, enter};
+}
+
+template <bool BI>
+std::vector<at::Tensor> v4_backward(const char* op, at::Tensor k, at::Tensor v, at::Tensor w,
+                                    at::Tensor u, at::Tensor enter, at::Tensor sT, at::Tensor gy,
+                                    at::Tensor gsT, int64_t chunk) {
+  constexpr int D = BI ? 2 : 1;
+  check_v4(k, v, w, u, op);
+  check_act(gy, k, "gy");
+  TORCH_CHECK(gy.sizes() == k.sizes(), "rwkv_hf cuda ", op, ": gy must have k's shape");
+  check_float(enter, "enter");
+  check_float(sT, "final_state");
+  check_float(gsT, "gstate");
+  const int B = k.size(0), T = k.size(1), C = k.size(2);
+  const int L = v4_chunk(chunk, T), NC = (T + L - 1) / L;
+  TORCH_CHECK(enter.numel() == (int64_t)B * NC * D * 3 * C, "rwkv_hf cuda ", op,
+              ": the forward's chunk states do not match this chunk length");
+  TORCH_CHECK(sT.numel() == (int64_t)B * D * 3 * C && gsT.numel() == sT.numel(), "rwkv_hf cuda ",
+              op, ": final_state and gstate must be ", BI ? "[B, 2, 3, C]" : "[B, 3, C]");
+  const at::cuda::OptionalCUDAGuard guard(k.device());
+  const auto f32 = k.options().dtype(at::kFloat);
+  auto gk = at::empty({B, T, C}, f32), gv = at::empty({B, T, C}, f32);
+  auto gw = at::empty({B, NC, C}, f32), gu = at::empty({B, NC, C}, f32);
+  auto gs0 = at::empty(sT.sizes(), f32);
+  if ((int64_t)B * T * C == 0) return {gk, gv, gw, gu, gs0};
+  auto buf = at::empty({B, T, D, 3, C}, f32);
+  auto best = at::empty({B, NC, D, C}, k.options().dtype(at::kInt));
+  auto loc = at::empty({NC > 1 ? B : 0, NC, D, 3, C}, f32);
+  auto gin = at::empty({B, NC, D, 3, C}, f32);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  RWKV_HF_DISPATCH_F(k.scalar_type(), op, [&] {
+    const V4Args<F> args{B, T, C, L, NC, (const F*)k.data_ptr(), (const F*)v.data_ptr(),
+                         w.data_ptr<float>(), u.data_ptr<float>()};
+    const unsigned grid = blocks_for((int64_t)B * NC * C);
+    if (NC > 1) {
+      wkv4_bwd_sums_kernel<BI, F><<<grid, kV4Threads, 0, stream>>>(
+          args, enter.data_ptr<float>(), (const F*)gy.data_ptr(), buf.data_ptr<float>(),
+          best.data_ptr<int>(), loc.data_ptr<float>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    wkv4_combine_kernel<BI, F><<<blocks_for((int64_t)B * D * C), kV4Threads, 0, stream>>>(
+        args, true, gsT.data_ptr<float>(), sT.data_ptr<float>(),
+        NC > 1 ? loc.data_ptr<float>() : nullptr, gin.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    wkv4_bwd_kernel<BI, F><<<grid, kV4Threads, 0, stream>>>(
+        args, enter.data_ptr<float>(), gin.data_ptr<float>(), (const F*)gy.data_ptr(),
+        buf.data_ptr<float>(), best.data_ptr<int>(), gk.data_ptr<float>(), gv.data_ptr<float>(),
+        gw.data_ptr<float>(), gu.data_ptr<float>(), gs0.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    wkv4_route_kernel<BI, F><<<blocks_for((int64_t)B * C), kV4Threads, 0, stream>>>(
+        args, enter.data_ptr<float>(), best.data_ptr<int>(), sT.data_ptr<float>(),
+        gsT.data_ptr<float>(), gk.data_ptr<float>(), gw.data_ptr<float>(), gs0.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {gk, gv, gw, gu, gs0};
 }
 
 }  // namespace
 
 std::vector<at::Tensor> wkv4_forward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
-                                     at::Tensor s0, bool save) {
-  check_v4(k, v, w, u, "wkv4");
-  check_float(s0, "state");
-  const int B = k.size(0), T = k.size(1), C = k.size(2);
-  TORCH_CHECK(s0.numel() == (int64_t)B * 3 * C, "rwkv_hf cuda wkv4: state must be [B, 3, C]");
-  const at::cuda::OptionalCUDAGuard guard(k.device());
-  auto y = at::empty_like(k);
-  auto sT = at::empty({B, 3, C}, s0.options());
-  const int NC = (T + kV4Chunk - 1) / kV4Chunk;
-  auto ckpt = save ? at::empty({B, NC, 4, C}, s0.options()) : at::empty({0}, s0.options());
-  if (B * C == 0) return {y, sT, ckpt};
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  RWKV_HF_DISPATCH_F(k.scalar_type(), "wkv4", [&] {
-    wkv4_fwd_kernel<F><<<v4_grid(B, C), kV4Threads, 0, stream>>>(
-        B, T, C, (const F*)k.data_ptr(), (const F*)v.data_ptr(), w.data_ptr<float>(),
-        u.data_ptr<float>(), s0.data_ptr<float>(), (F*)y.data_ptr(), sT.data_ptr<float>(),
-        save ? ckpt.data_ptr<float>() : nullptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {y, sT, ckpt};
+                                     at::Tensor s0, int64_t chunk) {
+  return v4_forward<false>("wkv4", k, v, w, u, s0, chunk);
 }
 
 std::vector<at::Tensor> wkv4_backward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
-                                      at::Tensor ckpt, at::Tensor gy, at::Tensor gsT) {
-  check_v4(k, v, w, u, "wkv4");
-  check_act(gy, k, "gy");
-  check_float(ckpt, "ckpt");
-  check_float(gsT, "gsT");
-  const int B = k.size(0), T = k.size(1), C = k.size(2);
-  const at::cuda::OptionalCUDAGuard guard(k.device());
-  auto f32 = k.options().dtype(at::kFloat);
-  auto gk = at::empty({B, T, C}, f32), gv = at::empty({B, T, C}, f32);
-  auto gw = at::empty({B, C}, f32), gu = at::empty({B, C}, f32), gs0 = at::empty({B, 3, C}, f32);
-  if (B * C == 0) return {gk, gv, gw, gu, gs0};
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  RWKV_HF_DISPATCH_F(k.scalar_type(), "wkv4", [&] {
-    wkv4_bwd_kernel<F><<<v4_grid(B, C), kV4Threads, 0, stream>>>(
-        B, T, C, (const F*)k.data_ptr(), (const F*)v.data_ptr(), w.data_ptr<float>(),
-        u.data_ptr<float>(), ckpt.data_ptr<float>(), (const F*)gy.data_ptr(),
-        gsT.data_ptr<float>(), gk.data_ptr<float>(), gv.data_ptr<float>(), gw.data_ptr<float>(),
-        gu.data_ptr<float>(), gs0.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {gk, gv, gw, gu, gs0};
+                                      at::Tensor enter, at::Tensor sT, at::Tensor gy,
+                                      at::Tensor gsT, int64_t chunk) {
+  return v4_backward<false>("wkv4", k, v, w, u, enter, sT, gy, gsT, chunk);
 }
 
 std::vector<at::Tensor> bi_wkv4_forward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
-                                        at::Tensor s0) {
-  check_v4(k, v, w, u, "bi_wkv4");
-  check_float(s0, "state");
-  const int B = k.size(0), T = k.size(1), C = k.size(2);
-  TORCH_CHECK(s0.numel() == (int64_t)B * 6 * C,
-              "rwkv_hf cuda bi_wkv4: state must be [B, 2, 3, C]");
-  const at::cuda::OptionalCUDAGuard guard(k.device());
-  auto y = at::empty_like(k);
-  auto sT = at::empty({B, 2, 3, C}, s0.options());
-  if (B * C == 0) return {y, sT};
-  auto fbuf = at::empty({B, T, 3, C}, s0.options());
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  RWKV_HF_DISPATCH_F(k.scalar_type(), "bi_wkv4", [&] {
-    bi_wkv4_fwd_kernel<F><<<v4_grid(B, C), kV4Threads, 0, stream>>>(
-        B, T, C, (const F*)k.data_ptr(), (const F*)v.data_ptr(), w.data_ptr<float>(),
-        u.data_ptr<float>(), s0.data_ptr<float>(), (F*)y.data_ptr(), sT.data_ptr<float>(),
-        fbuf.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {y, sT};
+                                        at::Tensor s0, int64_t chunk) {
+  return v4_forward<true>("bi_wkv4", k, v, w, u, s0, chunk);
 }
 
 std::vector<at::Tensor> bi_wkv4_backward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
-                                         at::Tensor s0, at::Tensor gy, at::Tensor gsT) {
-  check_v4(k, v, w, u, "bi_wkv4");
-  check_act(gy, k, "gy");
-  check_float(s0, "state");
-  check_float(gsT, "gsT");
-  const int B = k.size(0), T = k.size(1), C = k.size(2);
-  const at::cuda::OptionalCUDAGuard guard(k.device());
-  auto f32 = k.options().dtype(at::kFloat);
-  auto gk = at::empty({B, T, C}, f32), gv = at::empty({B, T, C}, f32);
-  auto gw = at::empty({B, C}, f32), gu = at::empty({B, C}, f32);
-  auto gs0 = at::empty({B, 2, 3, C}, f32);
-  if (B * C == 0) return {gk, gv, gw, gu, gs0};
-  const int NC = (T + kV4Chunk - 1) / kV4Chunk;
-  auto fbuf = at::empty({B, T, 3, C}, f32);
-  auto pck = at::empty({B, NC, 4, C}, f32);
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  RWKV_HF_DISPATCH_F(k.scalar_type(), "bi_wkv4", [&] {
-    bi_wkv4_bwd_kernel<F><<<v4_grid(B, C), kV4Threads, 0, stream>>>(
-        B, T, C, (const F*)k.data_ptr(), (const F*)v.data_ptr(), w.data_ptr<float>(),
-        u.data_ptr<float>(), s0.data_ptr<float>(), (const F*)gy.data_ptr(),
-        gsT.data_ptr<float>(), gk.data_ptr<float>(), gv.data_ptr<float>(), gw.data_ptr<float>(),
-        gu.data_ptr<float>(), gs0.data_ptr<float>(), fbuf.data_ptr<float>(),
-        pck.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {gk, gv, gw, gu, gs0};
+                                         at::Tensor enter, at::Tensor sT, at::Tensor gy,
+                                         at::Tensor gsT, int64_t chunk) {
+  return v4_backward<true>("bi_wkv4", k, v, w, u, enter, sT, gy, gsT, chunk);
 }
 
 }  // namespace rwkv_hf

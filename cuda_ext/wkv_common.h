@@ -23,9 +23,6 @@ namespace rwkv_hf {
 // Matrix-state ops keep a state snapshot every kSnap tokens (forward) and re-anchor the
 // gradient of the decay every kSnap tokens (backward), see wkv6.cu.
 constexpr int kSnap = 64;
-// Per-channel ops keep a checkpoint of (num, den, logscale) every kV4Chunk tokens and
-// recompute the states inside a chunk in registers during the reverse sweep.
-constexpr int kV4Chunk = 16;
 
 #ifdef __CUDACC__  // device helpers: only in the .cu translation units
 template <typename F>
@@ -293,15 +290,20 @@ inline void check_act(const at::Tensor& x, const at::Tensor& like, const char* n
 
 // ---------------------------------------------------------------------------- host API
 
-// RWKV-4 (wkv4.cu). Gradients of k, v come back in float32; gw/gu as per-batch partials.
+// RWKV-4 and bidirectional v4 (wkv4.cu). `chunk`: tokens per chunk of the scans over time (0:
+// one chunk); the forward returns the states entering each chunk, which the backward of the
+// same chunking takes with the final state. Gradients come back in float32; gw, gu as partial
+// sums per (batch, chunk).
 std::vector<at::Tensor> wkv4_forward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
-                                     at::Tensor s0, bool save);
+                                     at::Tensor s0, int64_t chunk);
 std::vector<at::Tensor> wkv4_backward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
-                                      at::Tensor ckpt, at::Tensor gy, at::Tensor gsT);
+                                      at::Tensor enter, at::Tensor sT, at::Tensor gy,
+                                      at::Tensor gsT, int64_t chunk);
 std::vector<at::Tensor> bi_wkv4_forward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
-                                        at::Tensor s0);
+                                        at::Tensor s0, int64_t chunk);
 std::vector<at::Tensor> bi_wkv4_backward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
-                                         at::Tensor s0, at::Tensor gy, at::Tensor gsT);
+                                         at::Tensor enter, at::Tensor sT, at::Tensor gy,
+                                         at::Tensor gsT, int64_t chunk);
 
 // RWKV-5/6 (wkv6.cu).
 // `chunk`: tokens per chunk of the chunk-parallel form (see chunk_length); the forward returns

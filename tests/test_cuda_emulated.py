@@ -19,15 +19,19 @@ TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 
 # (op, B, T, H, N, dtype, chunk): T = 1 (a generation step), 17 (one partial stage), 128
 # (snapshot chunks ending exactly at T), 150 (a partial last chunk); every head size the kernels
-# have; chunk > 0: the chunk-parallel form of the matrix-state ops (tokens per chunk, forced with
-# $RWKV_HF_CUDA_CHUNK; on a GPU it is chosen for few (batch, head) pairs and long sequences).
+# have; chunk > 0: the chunk-parallel form (tokens per chunk, forced with $RWKV_HF_CUDA_CHUNK; on
+# a GPU it is chosen for few (batch, head) pairs and long sequences; the per-channel ops take any
+# chunk length, down to 1 token, the matrix-state ops round it up to a multiple of 64).
 CASES = []
 for _op in ("wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7"):
     CASES += [(_op, 2, 1, 2, 16, torch.float32, 0), (_op, 2, 17, 2, 16, torch.float32, 0),
               (_op, 2, 150, 2, 16, torch.float32, 0), (_op, 2, 150, 2, 16, torch.bfloat16, 0),
               (_op, 1, 70, 1, 32, torch.float16, 0)]
     if _op in PER_CHANNEL:
-        CASES += [(_op, 1, 130, 1, 50, torch.float32, 0)]  # C = 50: a partial thread block
+        CASES += [(_op, 1, 130, 1, 50, torch.float32, 0),  # C = 50: a partial thread block
+                  (_op, 2, 150, 2, 16, torch.float32, 16), (_op, 1, 130, 1, 50, torch.float32, 7),
+                  (_op, 2, 150, 2, 16, torch.bfloat16, 32), (_op, 1, 64, 1, 8, torch.float32, 1),
+                  (_op, 2, 17, 2, 16, torch.float16, 16)]
     else:
         CASES += [(_op, 1, 128, 1, 64, torch.float32, 0), (_op, 1, 40, 1, 128, torch.float32, 0),
                   (_op, 1, 130, 2, 32, torch.float32, 0),
@@ -163,6 +167,26 @@ def test_chunked_form_runs_in_chunks(emulated, op):
         bwd(*args[:-1], *saved, seq[-1], seq[0], torch.zeros_like(args[-1]), 64)
 
 
+@pytest.mark.parametrize("op", ["wkv4", "bi_wkv4"])
+def test_per_channel_chunks(emulated, op):
+    """chunk > 0 splits the scans (the forward returns the state entering each chunk from each
+    side, which the backward of the same chunking needs) and gives the one-chunk results."""
+    x = make_inputs(op, 2, 150, 1, 8, state=True, seed=5)
+    args = [x[n].float().contiguous() for n in ("k", "v", "w", "u", "state")]
+    fwd = getattr(emulated, op + "_forward")
+    one, chunked = fwd(*args, 0), fwd(*args, 16)
+    D = 2 if op == "bi_wkv4" else 1
+    assert tuple(one[2].shape) == (2, 1, D, 3, 8)
+    assert tuple(chunked[2].shape) == (2, 10, D, 3, 8)  # 150 tokens: 10 chunks of 16
+    assert torch.equal(one[2][:, 0, 0], args[-1].view(2, D, 3, 8)[:, 0])  # what enters chunk 0
+    for a, b in zip(one[:2], chunked[:2]):
+        assert rel(b, a) < 1e-6
+    gy = torch.ones_like(args[0])
+    with pytest.raises(RuntimeError, match="do not match this chunk length"):
+        getattr(emulated, op + "_backward")(*args[:4], chunked[2], chunked[1], gy,
+                                            torch.zeros_like(args[-1]), 0)
+
+
 def test_chunk_length_choice(monkeypatch):
     monkeypatch.delenv(cuda_backend.CHUNK_ENV, raising=False)
     assert cuda_backend.chunk_length(1, 32, 16384, "cpu") == 0  # not a GPU: sequential
@@ -171,8 +195,17 @@ def test_chunk_length_choice(monkeypatch):
     L = cuda_backend.chunk_length(1, 32, 16384, "cuda")  # 32 blocks: chunks for ~2 per SM
     assert L % 64 == 0 and 132 <= 32 * -(-16384 // L) <= 2 * 132
     assert cuda_backend.chunk_length(1, 32, 300, "cuda") == 0  # too short for 3 chunks
+    # per-channel ops: ~4096 threads per SM over (batch, chunk, channel), chunks of >= 32 tokens
+    assert cuda_backend.v4_chunk_length(1, 192, 16384, "cpu") == 0
+    assert cuda_backend.v4_chunk_length(1, 192, 16384, "cuda") == 32
+    L = cuda_backend.v4_chunk_length(4, 768, 4096, "cuda")
+    assert 32 <= L <= 64 and 4 * 768 * -(-4096 // L) >= 4096 * 132 // 2
+    assert cuda_backend.v4_chunk_length(64, 192, 196, "cuda") == 33  # 6 chunks
+    assert cuda_backend.v4_chunk_length(512, 4096, 1024, "cuda") == 0  # the GPU is full already
+    assert cuda_backend.v4_chunk_length(1, 192, 40, "cuda") == 0  # too short for two chunks
     monkeypatch.setenv(cuda_backend.CHUNK_ENV, "256")
     assert cuda_backend.chunk_length(8, 32, 4096, "cuda") == 256
+    assert cuda_backend.v4_chunk_length(64, 192, 196, "cuda") == 256
     monkeypatch.setenv(cuda_backend.CHUNK_ENV, "-1")
     with pytest.raises(ValueError, match="RWKV_HF_CUDA_CHUNK"):
         cuda_backend.chunk_length(1, 1, 100, "cuda")

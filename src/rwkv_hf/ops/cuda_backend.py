@@ -44,6 +44,10 @@ SNAP = 64  # tokens per state snapshot: kSnap of wkv_common.h
 # registers. The chunk-parallel form is sized for one such wave (gpu_check.py times both forms
 # and chunk lengths around the choice, to confirm it on a GPU).
 _RESIDENT_PER_SM = 2
+# Per-channel kernels (wkv4, bi_wkv4): threads to aim for per multiprocessor, and the shortest
+# chunk (see v4_chunk_length).
+_V4_THREADS_PER_SM = 4096
+_V4_MIN_CHUNK = 32
 _BUILD_INFO = "build.json"
 
 _lock = threading.RLock()
@@ -378,6 +382,20 @@ def _sm_count(device):
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def _chunk_override():
+    """The chunk length set by ``$RWKV_HF_CUDA_CHUNK`` (tokens, 0: one chunk), None if unset."""
+    env = os.environ.get(CHUNK_ENV, "").strip()
+    if not env:
+        return None
+    try:
+        chunk = int(env)
+    except ValueError:
+        chunk = -1
+    if chunk < 0:
+        raise ValueError(f"${CHUNK_ENV} must be a number of tokens >= 0, got {env!r}")
+    return chunk
+
+
 def chunk_length(B, H, T, device):
     """Tokens per chunk of the matrix-state kernels' chunk-parallel form (wkv6, wkv7), 0 for
     the sequential form (one pass over T per (batch, head)).
@@ -392,14 +410,8 @@ def chunk_length(B, H, T, device):
     kernels' traffic, not yet a GPU measurement, sets these thresholds (gpu_check.py times
     both forms). ``$RWKV_HF_CUDA_CHUNK`` overrides the choice (0: always sequential).
     """
-    env = os.environ.get(CHUNK_ENV, "").strip()
-    if env:
-        try:
-            chunk = int(env)
-        except ValueError:
-            chunk = -1
-        if chunk < 0:
-            raise ValueError(f"${CHUNK_ENV} must be a number of tokens >= 0, got {env!r}")
+    chunk = _chunk_override()
+    if chunk is not None:
         return chunk
     if torch.device(device).type != "cuda":
         return 0
@@ -409,6 +421,29 @@ def chunk_length(B, H, T, device):
     chunk = -(-T // chunks)
     chunk = -(-chunk // SNAP) * SNAP
     return 0 if chunk * 3 > T else chunk
+
+
+def v4_chunk_length(B, C, T, device):
+    """Tokens per chunk of the per-channel kernels' scans over time (wkv4, bi_wkv4), 0 for one
+    chunk (one thread per (batch, channel) over the whole sequence).
+
+    These kernels run one thread per (batch, chunk, channel), each a chain of dependent
+    float64 steps over its chunk, plus a walk over the chunks per (batch, channel) between
+    the passes. The chunks are sized for about _V4_THREADS_PER_SM threads per multiprocessor
+    (twice what one holds, to hide the chains' latency), and at least _V4_MIN_CHUNK tokens,
+    so the walk stays short. These are estimates, not yet GPU measurements (gpu_check.py times
+    the choice against shorter and longer chunks). ``$RWKV_HF_CUDA_CHUNK`` overrides the choice
+    (tokens per chunk; 0: one chunk).
+    """
+    chunk = _chunk_override()
+    if chunk is not None:
+        return chunk
+    if torch.device(device).type != "cuda":
+        return 0
+    chunks = min(-(-_V4_THREADS_PER_SM * _sm_count(device) // max(1, B * C)), T // _V4_MIN_CHUNK)
+    if chunks <= 1:
+        return 0
+    return -(-T // chunks)
 
 
 def _c(x, dtype):
@@ -425,45 +460,46 @@ def _sum_to(x, dims, dtype):
 
 # ---------------------------------------------------------------------------- autograd
 
+def _v4_forward(ctx, op, k, v, w, u, state):
+    ext = load()
+    dt = _act_dtype(op, k, v)
+    kk, vv, ww, uu, s0 = _c(k, dt), _c(v, dt), _f32(w), _f32(u), _f32(state)
+    B, T, C = k.shape
+    chunk = v4_chunk_length(B, C, T, k.device)
+    y, sT, enter = getattr(ext, op + "_forward")(kk, vv, ww, uu, s0, chunk)
+    if any(ctx.needs_input_grad):
+        ctx.save_for_backward(kk, vv, ww, uu, enter, sT)
+        ctx.dtypes = (k.dtype, v.dtype, w.dtype, u.dtype, state.dtype)
+        ctx.chunk = chunk
+    return y, sT
+
+
+def _v4_backward(ctx, op, gy, gsT):
+    kk, vv, ww, uu, enter, sT = ctx.saved_tensors
+    gk, gv, gw, gu, gs0 = getattr(load(), op + "_backward")(
+        kk, vv, ww, uu, enter, sT, _c(gy, kk.dtype), _f32(gsT), ctx.chunk)
+    dk, dv, dw, du, ds = ctx.dtypes
+    return gk.to(dk), gv.to(dv), _sum_to(gw, (0, 1), dw), _sum_to(gu, (0, 1), du), gs0.to(ds)
+
+
 class _Wkv4(torch.autograd.Function):
     @staticmethod
     def forward(ctx, k, v, w, u, state):
-        ext = load()
-        dt = _act_dtype("wkv4", k, v)
-        kk, vv, ww, uu, s0 = _c(k, dt), _c(v, dt), _f32(w), _f32(u), _f32(state)
-        save = any(ctx.needs_input_grad)
-        y, sT, ckpt = ext.wkv4_forward(kk, vv, ww, uu, s0, save)
-        if save:
-            ctx.save_for_backward(kk, vv, ww, uu, ckpt)
-            ctx.dtypes = (k.dtype, v.dtype, w.dtype, u.dtype, state.dtype)
-        return y, sT
+        return _v4_forward(ctx, "wkv4", k, v, w, u, state)
 
     @staticmethod
     def backward(ctx, gy, gsT):
-        kk, vv, ww, uu, ckpt = ctx.saved_tensors
-        gk, gv, gw, gu, gs0 = load().wkv4_backward(kk, vv, ww, uu, ckpt, _c(gy, kk.dtype), _f32(gsT))
-        dk, dv, dw, du, ds = ctx.dtypes
-        return gk.to(dk), gv.to(dv), _sum_to(gw, 0, dw), _sum_to(gu, 0, du), gs0.to(ds)
+        return _v4_backward(ctx, "wkv4", gy, gsT)
 
 
 class _BiWkv4(torch.autograd.Function):
     @staticmethod
     def forward(ctx, k, v, w, u, state):
-        ext = load()
-        dt = _act_dtype("bi_wkv4", k, v)
-        kk, vv, ww, uu, s0 = _c(k, dt), _c(v, dt), _f32(w), _f32(u), _f32(state)
-        y, sT = ext.bi_wkv4_forward(kk, vv, ww, uu, s0)
-        if any(ctx.needs_input_grad):
-            ctx.save_for_backward(kk, vv, ww, uu, s0)
-            ctx.dtypes = (k.dtype, v.dtype, w.dtype, u.dtype, state.dtype)
-        return y, sT
+        return _v4_forward(ctx, "bi_wkv4", k, v, w, u, state)
 
     @staticmethod
     def backward(ctx, gy, gsT):
-        kk, vv, ww, uu, s0 = ctx.saved_tensors
-        gk, gv, gw, gu, gs0 = load().bi_wkv4_backward(kk, vv, ww, uu, s0, _c(gy, kk.dtype), _f32(gsT))
-        dk, dv, dw, du, ds = ctx.dtypes
-        return gk.to(dk), gv.to(dv), _sum_to(gw, 0, dw), _sum_to(gu, 0, du), gs0.to(ds)
+        return _v4_backward(ctx, "bi_wkv4", gy, gsT)
 
 
 class _Wkv6(torch.autograd.Function):
