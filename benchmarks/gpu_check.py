@@ -3,7 +3,8 @@
     PYTHONPATH=src python benchmarks/gpu_check.py          # about 3-5 minutes on one H100/H200
 
 Needs only torch (and optionally flash-linear-attention for the side-by-side timings); no
-``pip install``. Steps:
+``pip install``. A GPU machine without fla gets it as wheels unpacked into the git-ignored
+``.gpu_peers/`` folder here (``PEERS_HELP`` below), carried along with the working tree. Steps:
 
 1. build/load the extension for the visible GPU (JIT, cached), timed;
 2. correctness of every op (wkv4, bi_wkv4, wkv5 = wkv6 with an expanded decay, wkv6,
@@ -15,7 +16,9 @@ Needs only torch (and optionally flash-linear-attention for the side-by-side tim
 3. timings with CUDA events (bfloat16, N = 64; bi-WKV v4 also float32), forward and
    forward+backward, next to flash-linear-attention's chunk_rwkv7 / fused_recurrent_rwkv7 /
    chunk_rwkv6 when importable;
-4. models (needs the package's dependencies, transformers and safetensors): every family in the
+4. bfloat16 accuracy of the extension and of fla's kernels against float64 on the same inputs
+   (wkv7, wkv6; max-relative and RMS-relative error of y and every gradient);
+5. models (needs the package's dependencies, transformers and safetensors): every family in the
    repository on the GPU, through the extension against the torch backend on the same GPU
    (``RWKV_HF_WKV_BACKEND=torch``): the shipped tiny RWKV-7 and Vision-RWKV v4/v6 models (real
    weights) and random RWKV-4/5/6 language models; logits, every parameter's gradient, greedy
@@ -49,8 +52,16 @@ SELFTEST = os.environ.get("GPU_CHECK_SELFTEST", "")
 DEVICE = "cpu" if SELFTEST else "cuda"
 
 # (section, share of the time left after the build): each runs in its own process.
-SECTIONS = [("correct_v7", 0.15), ("correct_v6", 0.19), ("correct_v4", 0.13),
-            ("bench_lm", 0.27), ("bench_bi", 0.16), ("models", 0.10)]
+SECTIONS = [("correct_v7", 0.15), ("correct_v6", 0.19), ("correct_v4", 0.13), ("accuracy", 0.06),
+            ("bench_lm", 0.25), ("bench_bi", 0.14), ("models", 0.08)]
+# flash-linear-attention is not on every GPU image: wheels unpacked into this (git-ignored)
+# folder travel with the working tree and are importable when no installed fla is (see
+# PEERS_HELP).
+PEERS_DIR = os.path.join(REPO, ".gpu_peers")
+PEERS_HELP = ("pip download --no-deps flash-linear-attention==0.6.0 fla-core==0.6.0 einops -d /tmp/w && "
+              "for f in /tmp/w/*.whl; do python -m zipfile -e $f .gpu_peers; done")
+if os.path.isdir(PEERS_DIR) and PEERS_DIR not in sys.path:
+    sys.path.append(PEERS_DIR)
 MODEL_TOL = {"logits": 1e-4, "grads": 1e-3}  # float32 models: cuda backend against torch backend
 
 
@@ -399,11 +410,14 @@ def fla_impls(op):
             if op == "wkv7":
                 from fla.ops.rwkv7 import chunk_rwkv7, fused_recurrent_rwkv7
 
-                for name, f in (("fla chunk_rwkv7", chunk_rwkv7),
-                                ("fla fused_recurrent_rwkv7", fused_recurrent_rwkv7)):
-                    out.append((name, lambda x, f=f: f(x["r"], x["w"], x["k"], x["v"], x["a"], x["b"],
-                                                       scale=1.0, initial_state=x["state"],
-                                                       output_final_state=True)))
+                # chunk_rwkv7 takes 16-token chunks unless told a lower bound of w that keeps its
+                # 64-token tensor-core scheme in range: RWKV-7's w = -e^{-1/2} sigmoid(.) >= -0.6066.
+                for name, f, kw in (("fla chunk_rwkv7", chunk_rwkv7, {}),
+                                    ("fla chunk_rwkv7 (chunk 64)", chunk_rwkv7, {"lower_bound": -0.6066}),
+                                    ("fla fused_recurrent_rwkv7", fused_recurrent_rwkv7, {})):
+                    out.append((name, lambda x, f=f, kw=kw: f(x["r"], x["w"], x["k"], x["v"], x["a"], x["b"],
+                                                              scale=1.0, initial_state=x["state"],
+                                                              output_final_state=True, **kw)))
             elif op == "wkv6":
                 from fla.ops.rwkv6 import chunk_rwkv6
 
@@ -411,7 +425,8 @@ def fla_impls(op):
                     x["r"], x["k"], x["v"], x["w"], x["u"], scale=1.0, initial_state=x["state"],
                     output_final_state=True)))
     except ImportError as e:
-        print(f"[gpu_check] flash-linear-attention not available ({e})", flush=True)
+        print(f"[gpu_check] flash-linear-attention not available ({e}); to carry it to a GPU "
+              f"machine without it: {PEERS_HELP}", flush=True)
     return out
 
 
@@ -472,6 +487,56 @@ def bench_one(ctx, op, dt_name, B, T, H, N, emit, deadline):
             emit(rec)
     del x
     torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------- accuracy vs fla
+
+def rms_rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-300)).item()
+
+
+def check_accuracy(ctx, emit, deadline):
+    """bfloat16 error against float64 of the extension and of fla's kernels, on the same inputs
+    and upstream gradient: y and the gradient of every input (initial state included), as
+    max|a-b|/max|b| and as RMS(a-b)/RMS(b) (the issue asks for an error no worse than fla's)."""
+    import torch
+
+    reference, make_inputs, cb, torch_ns = ctx
+    oracle = torch_ns if torch_ns is not None else reference
+    for op in ("wkv7", "wkv6"):
+        B, T, H, N = 2, 1024, 4, 64
+        x16 = make_inputs(op, B, T, H, N, dtype=torch.bfloat16, device=DEVICE, state=True, seed=11)
+        names = list(x16)
+        x64 = {n: t.double().requires_grad_() for n, t in x16.items()}
+        y64 = run_op(oracle, op, x64)[0]
+        g = torch.Generator(device=DEVICE).manual_seed(12)
+        gy = torch.randn(y64.shape, generator=g, device=DEVICE, dtype=torch.float64).to(torch.bfloat16).double()
+        want = torch.autograd.grad(y64, [x64[n] for n in names], gy)
+        impls = [("rwkv_hf cuda", lambda x: run_op(cb, op, x))] + fla_impls(op)
+        for name, f in impls:
+            rec = {"kind": "accuracy", "op": op, "impl": name, "dtype": "bfloat16", "B": B, "T": T,
+                   "H": H, "N": N}
+            if time.time() > deadline:
+                rec.update(status="SKIP", why="time budget")
+                emit(rec)
+                continue
+            try:
+                x = {n: (t.float() if n == "state" else t).detach().requires_grad_() for n, t in x16.items()}
+                y = f(x)[0]
+                got = torch.autograd.grad(y, [x[n] for n in names], gy.to(y.dtype), allow_unused=True)
+                em, er = {"y": rel(y, y64)}, {"y": rms_rel(y, y64)}
+                for n, a, b in zip(names, got, want):
+                    if a is not None:
+                        em["d" + n], er["d" + n] = rel(a, b), rms_rel(a, b)
+                rec.update(status="OK", errs_max={k: float(f"{v:.3g}") for k, v in em.items()},
+                           errs_rms={k: float(f"{v:.3g}") for k, v in er.items()},
+                           worst_max=max(em.values()), worst_rms=max(er.values()))
+            except Exception as e:
+                rec.update(status="ERROR", why=f"{type(e).__name__}: {str(e)[:300]}")
+            emit(rec)
+        del x16, x64, y64, want
+        torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------------------- models
@@ -606,6 +671,10 @@ def run_section(section, results_path, deadline):
         if rec["kind"] == "model":
             print(f"  {rec['model']:34s} {rec['status']:5s} {rec.get('detail', '')} {rec.get('why', '')}",
                   flush=True)
+        elif rec["kind"] == "accuracy":
+            print(f"  {rec['op']:8s} {rec['impl']:26s} bf16 {rec['status']:5s} worst max-rel "
+                  f"{rec.get('worst_max', '-')} worst rms-rel {rec.get('worst_rms', '-')} "
+                  f"{rec.get('why', '')}", flush=True)
         elif rec["kind"] == "correct":
             print(f"  {rec['op']:8s} {rec['dtype']:8s} B={rec['B']} T={rec['T']:<6d} H={rec['H']} "
                   f"N={rec['N']:<3d} {rec.get('form', ''):11s} {rec['status']:5s} "
@@ -621,6 +690,8 @@ def run_section(section, results_path, deadline):
     torch.manual_seed(0)
     if section == "models":
         check_models(emit, deadline)
+    elif section == "accuracy":
+        check_accuracy(ctx, emit, deadline)
     elif section.startswith("correct"):
         for case in correctness_cases(section):
             if time.time() > deadline:
@@ -748,6 +819,13 @@ def main():
     n_fail = sum(r["status"] in ("FAIL", "ERROR") for r in corr)
     print(f"correctness: {n_pass} PASS, {n_fail} FAIL/ERROR, "
           f"{sum(r['status'] == 'SKIP' for r in corr)} SKIP")
+    acc = [r for r in report["results"] if r["kind"] == "accuracy"]
+    if acc:
+        print("\n== bfloat16 accuracy against float64 (worst over y and every gradient) ==")
+        for r in acc:
+            print(f"{r['op']:8s} B={r['B']} T={r['T']} H={r['H']} {r['impl']:28s} "
+                  f"max-rel {r.get('worst_max', '-')!s:>10s}  rms-rel {r.get('worst_rms', '-')!s:>10s} "
+                  f"{r['status']} {r.get('why', '')}")
     print("\n== timing (median ms, CUDA events) ==")
     for r in bench:
         shape = " ".join(f"{k}={r[k]}" for k in ("B", "T", "H", "C") if k in r)
