@@ -26,14 +26,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("final_state"), py::arg("gy"), py::arg("gstate"), py::arg("chunk") = 0);
   m.def("wkv6_forward", &rwkv_hf::wkv6_forward,
         "wkv6 forward -> (y, final_state, snapshots, chunk transitions); chunk: tokens per chunk "
-        "of the chunk-parallel form, 0 for one sequential pass",
+        "of the chunk-parallel form, 0 for one sequential pass; reverse: scan from the last token",
         py::arg("r"), py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"), py::arg("state"),
-        py::arg("save"), py::arg("chunk") = 0);
+        py::arg("save"), py::arg("chunk") = 0, py::arg("reverse") = false);
   m.def("wkv6_backward", &rwkv_hf::wkv6_backward,
         "wkv6 backward -> (gr, gk, gv, gw float32, gu partials float32, gstate)",
         py::arg("r"), py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"),
         py::arg("snapshots"), py::arg("transitions"), py::arg("gy"), py::arg("gstate"),
-        py::arg("chunk") = 0);
+        py::arg("chunk") = 0, py::arg("reverse") = false);
   m.def("wkv7_forward", &rwkv_hf::wkv7_forward,
         "wkv7 forward -> (y, final_state, snapshots, sa, chunk transitions); chunk: tokens per "
         "chunk of the chunk-parallel form, 0 for one sequential pass",

@@ -31,6 +31,10 @@
 // e_t = k_t gks_t (float32 scratch), the anchors beta, and gS_{-1}.
 // Kernel B2 (one block per (batch, head, chunk), forwards in time, chunks in parallel):
 // thread x holds row x of S from the chunk's snapshot; computes grs, gr, gw (beta chain), gu.
+//
+// `rev`: every kernel reads and writes token t of its scan at position T-1-t (the right-to-left
+// half of bi_wkv6 runs on the sequence as it is, no flipped copies); snapshots, chunks and
+// scratch follow the scan's order.
 #include "wkv_common.h"
 
 namespace rwkv_hf {
@@ -43,8 +47,8 @@ namespace {
 // chunk's end state `out[b, h, c]` and its transition `trans[b, h, c]` = diag(prod_t d_t).
 template <typename F, int N, bool LOCAL>
 __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_fwd_kernel(
-    int T, int H, int L, const F* __restrict__ r, const F* __restrict__ k, const F* __restrict__ v,
-    const float* __restrict__ w, const float* __restrict__ u,
+    int T, int H, int L, bool rev, const F* __restrict__ r, const F* __restrict__ k,
+    const F* __restrict__ v, const float* __restrict__ w, const float* __restrict__ u,
     const float* __restrict__ s0 /* [B,H,NCL,N,N] */, F* __restrict__ y,
     float* __restrict__ out /* final state [B,H,N,N]; LOCAL: [B,H,NCL,N,N] */,
     float* __restrict__ snap /* [B,H,NC,N,N] | null */,
@@ -64,6 +68,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_fwd_kernel(
   const int NC = (T + kSnap - 1) / kSnap;
   const int64_t stride = (int64_t)H * N;
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
+  auto tok = [&](int t) { return hbase + (int64_t)(rev ? T - 1 - t : t) * stride; };
   const int64_t cell = ((int64_t)bh * NCL + c) * N * N + c0;  // column c0 of chunk c
   float S[R * C], P[LOCAL ? R : 1];  // S[e * C + cc] = S[row(rb, e)][c0 + cc]; P: decay products
 #pragma unroll
@@ -92,7 +97,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_fwd_kernel(
     for (int it = 0; it < E; ++it) {
       const int q = tid + it * NT;
       if (q < lim) {
-        const int64_t o = hbase + (int64_t)(t0 + q / N) * stride + q % N;
+        const int64_t o = tok(t0 + q / N) + q % N;
         if constexpr (!LOCAL) pr[it] = r[o];
         pk[it] = k[o];
         pw[it] = w[o];
@@ -148,7 +153,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_fwd_kernel(
       }
       if constexpr (!LOCAL) {
         const float yj = Tl::reduce_scatter(yp, rb);
-        if (writer) y[hbase + (int64_t)t * stride + mycol] = from_f<F>(yj);
+        if (writer) y[tok(t) + mycol] = from_f<F>(yj);
         if (snp != nullptr && (t + 1) % kSnap == 0 && t + 1 < tend)
           store(snp + (int64_t)((t + 1) / kSnap) * N * N);
       }
@@ -177,7 +182,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_fwd_kernel(
 // gk_i = sum_j (G_ij + r_i u_i gy_j) v_j, gv_j = sum_i (G_ij + r_i u_i gy_j) k_i.
 template <typename F, int N, bool LOCAL>
 __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_bwd_b1_kernel(
-    int T, int H, int L, const F* __restrict__ r, const F* __restrict__ k,
+    int T, int H, int L, bool rev, const F* __restrict__ r, const F* __restrict__ k,
     const F* __restrict__ v, const float* __restrict__ w, const float* __restrict__ u,
     const float* __restrict__ snap, const F* __restrict__ gy,
     const float* __restrict__ gend /* [B,H,NCL,N,N] */, F* __restrict__ gk, F* __restrict__ gv,
@@ -206,6 +211,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_bwd_b1_kernel(
   const int NC = (T + kSnap - 1) / kSnap;
   const int64_t stride = (int64_t)H * N;
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
+  auto tok = [&](int t) { return hbase + (int64_t)(rev ? T - 1 - t : t) * stride; };
   float G[R * C];  // G[e * C + cc] = G[row(rb, e)][c0 + cc]
   const float* gp = gend + ((int64_t)bh * NCL + ch) * N * N + c0;
 #pragma unroll
@@ -226,7 +232,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_bwd_b1_kernel(
     for (int it = 0; it < E; ++it) {
       const int q = tid + it * NT;
       if (q < lim) {
-        const int64_t o = hbase + (int64_t)(t0 + q / N) * stride + q % N;
+        const int64_t o = tok(t0 + q / N) + q % N;
         pr[it] = r[o];
         pw[it] = w[o];
         pg[it] = gy[o];
@@ -288,7 +294,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_bwd_b1_kernel(
           }
         }
         const float gvx = Tl::reduce_scatter(gvp, rb);
-        if (writer) gv[hbase + (int64_t)t * stride + mycol] = from_f<F>(gvx);
+        if (writer) gv[tok(t) + mycol] = from_f<F>(gvx);
         Tl::row_put(gkp, rows(0), tid);
         Tl::row_put(gksp, rows(1), tid);
       }
@@ -305,7 +311,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_bwd_b1_kernel(
         if (tid < N) {
           const int i = tid;
           const float gkx = Tl::row_sum(rows(0), i), gksx = Tl::row_sum(rows(1), i);
-          const int64_t o = hbase + (int64_t)t * stride + i;
+          const int64_t o = tok(t) + i;
           gk[o] = from_f<F>(gkx);
           e[o] = s_k[tt][i] * gksx;
           if (anchored)
@@ -330,8 +336,8 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_bwd_b1_kernel(
 // B2: one block per (batch*head, chunk), forwards in time inside the chunk.
 template <typename F, int N>
 __global__ void __launch_bounds__(N) wkv6_bwd_b2_kernel(
-    int T, int H, const F* __restrict__ r, const F* __restrict__ k, const F* __restrict__ v,
-    const float* __restrict__ w, const float* __restrict__ u, const float* __restrict__ snap,
+    int T, int H, bool rev, const F* __restrict__ r, const F* __restrict__ k,
+    const F* __restrict__ v, const float* __restrict__ w, const float* __restrict__ u, const float* __restrict__ snap,
     const F* __restrict__ gy, const float* __restrict__ e, const float* __restrict__ anchor,
     F* __restrict__ gr, float* __restrict__ gw, float* __restrict__ gu_part /* [B,NC,H,N] */) {
   constexpr int TT = Stage<N>::TT;
@@ -341,6 +347,7 @@ __global__ void __launch_bounds__(N) wkv6_bwd_b2_kernel(
   const int NC = (T + kSnap - 1) / kSnap;
   const int64_t stride = (int64_t)H * N;
   const int64_t base = (int64_t)b * T * stride + (int64_t)h * N + x;
+  auto tok = [&](int t) { return base + (int64_t)(rev ? T - 1 - t : t) * stride; };
   const float ux = u[h * N + x];
   float Sr[N];
   const float* snp = snap + ((int64_t)bh * NC + c) * N * N + (int64_t)x * N;
@@ -359,13 +366,13 @@ __global__ void __launch_bounds__(N) wkv6_bwd_b2_kernel(
     const int cnt = min(TT, tend - t0);
     __syncthreads();
     for (int tt = 0; tt < cnt; ++tt) {
-      const int64_t o = base + (int64_t)(t0 + tt) * stride;
+      const int64_t o = tok(t0 + tt);
       s_v[tt][x] = to_f(v[o]);
       s_gy[tt][x] = to_f(gy[o]);
     }
     __syncthreads();
     for (int tt = 0; tt < cnt; ++tt) {
-      const int64_t o = base + (int64_t)(t0 + tt) * stride;
+      const int64_t o = tok(t0 + tt);
       const float rx = to_f(r[o]), kx = to_f(k[o]), dx = expf(w[o]), ex = e[o];
       float a0 = 0.f, a1 = 0.f, q0 = 0.f, q1 = 0.f;
 #pragma unroll
@@ -409,7 +416,8 @@ void check_v6(const at::Tensor& r, const at::Tensor& k, const at::Tensor& v, con
 }  // namespace
 
 std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
-                                     at::Tensor u, at::Tensor s0, bool save, int64_t chunk) {
+                                     at::Tensor u, at::Tensor s0, bool save, int64_t chunk,
+                                     bool reverse) {
   check_v6(r, k, v, w, u);
   check_float(s0, "state");
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
@@ -431,14 +439,14 @@ std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
       if (NCL > 1) {  // pass 1: chunks from zero in parallel; then the chunk start states
         auto local = at::empty({B, H, NCL, n, n}, s0.options());
         wkv6_fwd_kernel<F, N, true><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
-            T, H, L, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(), nullptr, nullptr,
+            T, H, L, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(), nullptr, nullptr,
             local.data_ptr<float>(), nullptr, trans.data_ptr<float>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         starts = combine_chunks<N>(trans, local, s0, false, stream);
       }
       wkv6_fwd_kernel<F, N, false><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
-          T, H, L, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(), starts.data_ptr<float>(),
-          (F*)y.data_ptr(), sT.data_ptr<float>(), save ? snap.data_ptr<float>() : nullptr,
+          T, H, L, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(),
+          starts.data_ptr<float>(), (F*)y.data_ptr(), sT.data_ptr<float>(), save ? snap.data_ptr<float>() : nullptr,
           nullptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
@@ -449,7 +457,8 @@ std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
 
 std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
                                       at::Tensor u, at::Tensor snap, at::Tensor trans,
-                                      at::Tensor gy, at::Tensor gsT, int64_t chunk) {
+                                      at::Tensor gy, at::Tensor gsT, int64_t chunk,
+                                      bool reverse) {
   check_v6(r, k, v, w, u);
   check_act(gy, r, "gy");
   check_float(snap, "snapshots");
@@ -481,20 +490,20 @@ std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
       if (NCL > 1) {  // pass 1: chunks from G = 0 in parallel; then G at every chunk's end
         auto local = at::empty({B, H, NCL, n, n}, f32);
         wkv6_bwd_b1_kernel<F, N, true><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
-            T, H, L, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(),
+            T, H, L, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(),
             snap.data_ptr<float>(), pg, nullptr, nullptr, nullptr, nullptr, nullptr,
             local.data_ptr<float>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         gend = combine_chunks<N>(trans, local, gsT, true, stream);
       }
       wkv6_bwd_b1_kernel<F, N, false><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
-          T, H, L, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(), snap.data_ptr<float>(),
-          pg, gend.data_ptr<float>(), (F*)gk.data_ptr(), (F*)gv.data_ptr(), e.data_ptr<float>(),
+          T, H, L, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(),
+          snap.data_ptr<float>(), pg, gend.data_ptr<float>(), (F*)gk.data_ptr(), (F*)gv.data_ptr(), e.data_ptr<float>(),
           anchor.data_ptr<float>(), gs0.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       wkv6_bwd_b2_kernel<F, N><<<dim3(B * H, NC), N, 0, stream>>>(
-          T, H, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(), snap.data_ptr<float>(), pg,
-          e.data_ptr<float>(), anchor.data_ptr<float>(), (F*)gr.data_ptr(), gw.data_ptr<float>(),
+          T, H, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(),
+          snap.data_ptr<float>(), pg, e.data_ptr<float>(), anchor.data_ptr<float>(), (F*)gr.data_ptr(), gw.data_ptr<float>(),
           gu_part.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });

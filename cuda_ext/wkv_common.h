@@ -307,12 +307,14 @@ std::vector<at::Tensor> bi_wkv4_backward(at::Tensor k, at::Tensor v, at::Tensor 
 
 // RWKV-5/6 (wkv6.cu).
 // `chunk`: tokens per chunk of the chunk-parallel form (see chunk_length); the forward returns
-// the chunks' transitions, which the backward of the same chunking takes.
+// the chunks' transitions, which the backward of the same chunking takes. `reverse`: the scan
+// runs from the last token to the first (the right-to-left half of bi_wkv6), without copies.
 std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
-                                     at::Tensor u, at::Tensor s0, bool save, int64_t chunk);
+                                     at::Tensor u, at::Tensor s0, bool save, int64_t chunk,
+                                     bool reverse);
 std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
                                       at::Tensor u, at::Tensor snaps, at::Tensor trans,
-                                      at::Tensor gy, at::Tensor gsT, int64_t chunk);
+                                      at::Tensor gy, at::Tensor gsT, int64_t chunk, bool reverse);
 
 // RWKV-7 (wkv7.cu).
 std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,

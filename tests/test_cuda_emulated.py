@@ -167,6 +167,26 @@ def test_chunked_form_runs_in_chunks(emulated, op):
         bwd(*args[:-1], *saved, seq[-1], seq[0], torch.zeros_like(args[-1]), 64)
 
 
+@pytest.mark.parametrize("chunk", [0, 64])
+def test_wkv6_reverse_reads_the_sequence_backwards(emulated, chunk):
+    """reverse=True (bi_wkv6's right-to-left half) equals the forward scan of the flipped
+    sequence, outputs and gradients, without the flipped copies."""
+    x = make_inputs("wkv6", 2, 150, 2, 16, state=True, seed=9)
+    r, k, v, w, u, s = (x[n].float().contiguous() for n in ("r", "k", "v", "w", "u", "state"))
+    fl = [t.flip(1).contiguous() for t in (r, k, v, w)]
+    y, sT, snap, trans = emulated.wkv6_forward(r, k, v, w, u, s, True, chunk, True)
+    y2, sT2, snap2, trans2 = emulated.wkv6_forward(*fl, u, s, True, chunk, False)
+    assert rel(y, y2.flip(1)) < 1e-6 and rel(sT, sT2) < 1e-6
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    gs = torch.randn(sT.shape, generator=torch.Generator().manual_seed(2))
+    g = emulated.wkv6_backward(r, k, v, w, u, snap, trans, gy, gs, chunk, True)
+    g2 = emulated.wkv6_backward(*fl, u, snap2, trans2, gy.flip(1).contiguous(), gs, chunk, False)
+    for a, b in zip(g[:4], g2[:4]):  # gr, gk, gv, gw: per token
+        assert rel(a, b.flip(1)) < 1e-6
+    for a, b in zip(g[4:], g2[4:]):  # gu partials (per 64-token chunk of the scan), gstate
+        assert rel(a, b) < 1e-6
+
+
 @pytest.mark.parametrize("op", ["wkv4", "bi_wkv4"])
 def test_per_channel_chunks(emulated, op):
     """chunk > 0 splits the scans (the forward returns the state entering each chunk from each

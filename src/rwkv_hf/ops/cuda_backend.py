@@ -29,7 +29,7 @@ import threading
 
 import torch
 
-__all__ = ["wkv4", "bi_wkv4", "wkv6", "wkv7", "available", "load", "build", "find_cuda_home",
+__all__ = ["wkv4", "bi_wkv4", "wkv6", "wkv6_reversed", "wkv7", "available", "load", "build", "find_cuda_home",
            "sources_dir", "unsupported_reason", "SUPPORTED_HEAD_SIZES"]
 
 SUPPORTED_HEAD_SIZES = (16, 32, 64, 128)
@@ -504,7 +504,7 @@ class _BiWkv4(torch.autograd.Function):
 
 class _Wkv6(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, r, k, v, w, u, state):
+    def forward(ctx, r, k, v, w, u, state, reverse):
         ext = load()
         dt = _act_dtype("wkv6", r, k, v)
         _head_size("wkv6", r, v)
@@ -513,20 +513,22 @@ class _Wkv6(torch.autograd.Function):
         save = any(ctx.needs_input_grad)
         B, T, H, _ = r.shape
         chunk = chunk_length(B, H, T, r.device)
-        y, sT, snap, trans = ext.wkv6_forward(rr, kk, vv, ww, uu, s0, save, chunk)
+        y, sT, snap, trans = ext.wkv6_forward(rr, kk, vv, ww, uu, s0, save, chunk, reverse)
         if save:
             ctx.save_for_backward(rr, kk, vv, ww, uu, snap, trans)
             ctx.dtypes = (r.dtype, k.dtype, v.dtype, w.dtype, u.dtype, state.dtype)
-            ctx.chunk = chunk
+            ctx.chunk, ctx.reverse = chunk, reverse
         return y, sT
 
     @staticmethod
     def backward(ctx, gy, gsT):
         rr, kk, vv, ww, uu, snap, trans = ctx.saved_tensors
         gr, gk, gv, gw, gu, gs0 = load().wkv6_backward(rr, kk, vv, ww, uu, snap, trans,
-                                                       _c(gy, rr.dtype), _f32(gsT), ctx.chunk)
+                                                       _c(gy, rr.dtype), _f32(gsT), ctx.chunk,
+                                                       ctx.reverse)
         dr, dk, dv, dw, du, ds = ctx.dtypes
-        return (gr.to(dr), gk.to(dk), gv.to(dv), gw.to(dw), _sum_to(gu, (0, 1), du), gs0.to(ds))
+        return (gr.to(dr), gk.to(dk), gv.to(dv), gw.to(dw), _sum_to(gu, (0, 1), du), gs0.to(ds),
+                None)
 
 
 class _Wkv7(torch.autograd.Function):
@@ -570,7 +572,14 @@ def bi_wkv4(k, v, w, u, state):
 
 def wkv6(r, k, v, w, u, state):
     """RWKV-5/6: r, k, w [B, T, H, K]; v [B, T, H, V]; u [H, K]; state [B, H, K, V]."""
-    return _Wkv6.apply(r, k, v, w, u, state)
+    return _Wkv6.apply(r, k, v, w, u, state, False)
+
+
+def wkv6_reversed(r, k, v, w, state):
+    """The right-to-left half of ``bi_wkv6``: wkv6 without the bonus over the tokens from the
+    last to the first, ``state`` entering after the last; shapes as :func:`wkv6`. The kernels
+    read the sequence in place (no flipped copies)."""
+    return _Wkv6.apply(r, k, v, w, r.new_zeros(r.shape[2:]), state, True)
 
 
 def wkv7(r, k, v, w, a, b, state):
