@@ -13,10 +13,10 @@
 //
 // Parallel over time. The decay is constant, so a chunk of tokens acts on a state as "decay by
 // e^{len w}, then add the chunk's own sum". The scans run in chunks of L tokens:
-//   1. sums_kernel: every chunk's own sums from an empty state (both directions);
-//   2. combine_kernel: per (batch, channel, direction) a walk over the chunks gives the state
+//   1. wkv4_sums_kernel: every chunk's own sums from an empty state (both directions);
+//   2. wkv4_combine_kernel: per (batch, channel, direction) a walk over the chunks gives the state
 //      entering each chunk from its side (one chunk, L = T: no pass 1, the walk just copies);
-//   3. fwd_kernel: every chunk from its entering states, writing y (bi_wkv4: the F_t of the
+//   3. wkv4_fwd_kernel: every chunk from its entering states, writing y (bi_wkv4: the F_t of the
 //      chunk go through a float32 buffer first, right to left).
 //
 // Backward. y_t depends on the true accumulators only, with the same gradient gd_t for P_t and
@@ -26,14 +26,15 @@
 //     GF_t = e^w GF_{t-1} + gd_t   (left to right, from GF_{-1}),
 // and the step that adds token t to a state X gives, with G the gradient of its result:
 //     gv_t += G.num e^{k_t},  gk_t += e^{k_t} (G.num v_t + G.den),  gw += e^w (G . X).
-// The same three passes run them (bwd_sums_kernel for the chunks' sums of gd, combine_kernel,
-// bwd_kernel). Gradients are log-scaled like the states (signed mantissas); every exponent the
-// products form is <= 0 by construction (a G's scale is at most minus the scale of any state
-// it multiplies), so nothing overflows. A final state's triple (a, b, p) has the gradient
-// (ga, gb, gp): as a gradient of the true accumulators that is (ga, gb) e^{-p}, and what is
-// left of gp (gp - ga a - gb b) is the gradient of the max that gave p; route_kernel adds it
-// to the contribution attaining it (a token's k and w, or the entering state's p), found
-// from each chunk's best token (a tie, which the reference loop splits, goes to one side).
+// The same three passes run them (wkv4_bwd_sums_kernel for the chunks' sums of gd,
+// wkv4_combine_kernel, wkv4_bwd_kernel). Gradients are log-scaled like the states (signed
+// mantissas); every exponent the products form is <= 0 by construction (a G's scale is at most
+// minus the scale of any state it multiplies), so nothing overflows. A final state's triple
+// (a, b, p) has the gradient (ga, gb, gp): as a gradient of the true accumulators that is
+// (ga, gb) e^{-p}, and what is left of gp (gp - ga a - gb b) is the gradient of the max that
+// gave p; wkv4_route_kernel adds it to the contribution attaining it (a token's k and w, or the
+// entering state's p), found from each chunk's best token (a tie, which the reference loop
+// splits, goes to one side).
 //
 // Precision: with decays of order 1/T (Vision-RWKV: w = -spatial_decay / T) a scan is a sum
 // of up to T terms of very different sizes. Running sums and logscales are float64 in
@@ -320,8 +321,9 @@ __device__ __forceinline__ void chunk_states(const V4Args<F>& a, const Chunk& ch
     if constexpr (SUMS) {
       Acc Fs{};
       if constexpr (BI) Fs = load_acc(buf + per_token<D>(a, ch.b, t, 1, ch.c), a.C);
-      double unused_k = 0.0, unused_v = 0.0, unused_u = 0.0;
-      const Acc gd = mix_back(mix<BI>(P, Fs, u + k, v), to_f(gy[o]), v, unused_k, unused_v, unused_u);
+      double unused_k = 0.0, unused_v = 0.0, unused_u = 0.0;  // pass 3 takes the token's part
+      const Acc gd =
+          mix_back(mix<BI>(P, Fs, u + k, v), to_f(gy[o]), v, unused_k, unused_v, unused_u);
       gp = add_term(gp, gd.a, gd.b, gd.p + (double)(t - ch.t0) * w);
       if constexpr (BI) gf = add_acc(decay(gf, w), gd);
     }
@@ -432,14 +434,16 @@ __global__ void wkv4_route_kernel(V4Args<F> a, const float* __restrict__ enter,
   double gw = 0.0;
   for (int d = 0; d < D; ++d) {
     const int64_t s = state_at<D>(a, b, d, c);
-    const double g = (double)gsT[s + 2 * C] - (double)gsT[s] * sT[s] - (double)gsT[s + C] * sT[s + C];
+    const double g =
+        (double)gsT[s + 2 * C] - (double)gsT[s] * sT[s] - (double)gsT[s + C] * sT[s + C];
     // The entering state: chunk 0's from the left, the last chunk's from the right.
     const double p0 = enter[per_chunk<D>(a, b, d == 0 ? 0 : a.NC - 1, d, c) + 2 * C];
     double top = p0 + (double)a.T * w;
     int arg = -1;
     for (int n = 0; n < a.NC; ++n) {
       const int t = best[(((int64_t)b * a.NC + n) * D + d) * C + c];
-      const double cand = (double)to_f(a.k[tok(a, b, t, c)]) + (double)(d == 0 ? a.T - 1 - t : t) * w;
+      const double cand =
+          (double)to_f(a.k[tok(a, b, t, c)]) + (double)(d == 0 ? a.T - 1 - t : t) * w;
       if (cand > top) {
         top = cand;
         arg = t;
@@ -470,8 +474,8 @@ void check_v4(const at::Tensor& k, const at::Tensor& v, const at::Tensor& w, con
   check_float(u, "u");
   TORCH_CHECK(w.numel() == k.size(2) && u.numel() == k.size(2), "rwkv_hf cuda ", op,
               ": w and u must be [C]");
-  TORCH_CHECK(k.size(0) * k.size(1) * k.size(2) < (int64_t)1 << 40, "rwkv_hf cuda ", op,
-              ": input too large");
+  TORCH_CHECK(k.size(0) < (int64_t)1 << 31 && k.size(1) < (int64_t)1 << 31 &&
+                  k.size(2) < (int64_t)1 << 31, "rwkv_hf cuda ", op, ": input too large");
 }
 
 // Tokens per chunk: `chunk` as chosen by the caller; 0, or at least T, is one chunk.
@@ -534,6 +538,7 @@ std::vector<at::Tensor> v4_backward(const char* op, at::Tensor k, at::Tensor v, 
   check_float(gsT, "gstate");
   const int B = k.size(0), T = k.size(1), C = k.size(2);
   const int L = v4_chunk(chunk, T), NC = (T + L - 1) / L;
+  TORCH_CHECK((int64_t)B * NC * C < (int64_t)1 << 31, "rwkv_hf cuda ", op, ": input too large");
   TORCH_CHECK(enter.numel() == (int64_t)B * NC * D * 3 * C, "rwkv_hf cuda ", op,
               ": the forward's chunk states do not match this chunk length");
   TORCH_CHECK(sT.numel() == (int64_t)B * D * 3 * C && gsT.numel() == sT.numel(), "rwkv_hf cuda ",
