@@ -433,9 +433,9 @@ def fla_impls(op):
                 out.append(("fla chunk_rwkv6", lambda x: chunk_rwkv6(
                     x["r"], x["k"], x["v"], x["w"], x["u"], scale=1.0, initial_state=x["state"],
                     output_final_state=True)))
-    except ImportError as e:
-        print(f"[gpu_check] flash-linear-attention not available ({e}); to carry it to a GPU "
-              f"machine without it: {PEERS_HELP}", flush=True)
+    except Exception as e:  # missing, or failing to import (a Triton it does not support, ...)
+        print(f"[gpu_check] flash-linear-attention not available ({type(e).__name__}: {e}); "
+              f"to carry it to a GPU machine without it: {PEERS_HELP}", flush=True)
     return out
 
 
