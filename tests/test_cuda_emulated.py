@@ -207,6 +207,31 @@ def test_per_channel_chunks(emulated, op):
                                             torch.zeros_like(args[-1]), 0)
 
 
+@pytest.mark.parametrize("op", PER_CHANNEL)
+@pytest.mark.parametrize("chunk", [0, 8, 37])
+def test_per_channel_extreme_inputs(on_emulated_cuda, monkeypatch, op, chunk):
+    """Decays down to e^-150 per step and keys of +-100 (every exponential far outside float32):
+    the log-scaled states, their chunk sums and the gradient scans stay exact."""
+    monkeypatch.setenv(cuda_backend.CHUNK_ENV, str(chunk))
+    x = make_inputs(op, 2, 150, 1, 16, state=True, seed=3, strong_decay=True)
+    x["k"] = x["k"] * 20
+    x = {n: t.float() for n, t in x.items()}
+    x64 = {n: t.double().requires_grad_() for n, t in x.items()}
+    y64, s64 = getattr(ops, op)(**x64, output_final_state=True, backend="reference")
+    g = torch.Generator().manual_seed(1)
+    gy = torch.randn(y64.shape, generator=g, dtype=torch.float64).float().double()
+    gs = torch.randn(s64.shape, generator=g, dtype=torch.float64).float().double()
+    gs.select(-2, 2).mul_(0.1)
+    want = torch.autograd.grad([y64, s64], list(x64.values()), [gy, gs])
+    xf = {n: t.requires_grad_() for n, t in x.items()}
+    y, s = getattr(ops, op)(**xf, output_final_state=True)
+    got = torch.autograd.grad([y, s], list(xf.values()), [gy.float(), gs.float()])
+    errs = {"y": rel(y, y64), "state": rel(canon(s, s64), canon(s64, s64))}
+    errs.update({"d" + n: rel(a, b) for n, a, b in zip(x, got, want)})
+    bad = {k: f"{e:.2e}" for k, e in errs.items() if not e <= 1e-5}
+    assert not bad, bad
+
+
 def test_chunk_length_choice(monkeypatch):
     monkeypatch.delenv(cuda_backend.CHUNK_ENV, raising=False)
     assert cuda_backend.chunk_length(1, 32, 16384, "cpu") == 0  # not a GPU: sequential
