@@ -285,7 +285,8 @@ def _vision_case(version):
 def test_models_through_the_extension_match_the_torch_backend(on_emulated_cuda, monkeypatch, family):
     """Every model family in the repository runs end to end through the extension's kernels
     (here emulated; on a GPU: gpu_check.py's models section) and matches the torch backend:
-    logits and every parameter's gradient (RWKV-4 and Vision-RWKV in 16-token chunks)."""
+    logits and every parameter's gradient (the per-channel ops of RWKV-4 and Vision-RWKV v4
+    in 16-token chunks)."""
     monkeypatch.setenv(cuda_backend.CHUNK_ENV, "16")
     calls = []
 

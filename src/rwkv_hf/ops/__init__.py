@@ -94,7 +94,8 @@ _BACKENDS = {
     "reference": _backend(_reference.wkv4, _reference.bi_wkv4, _reference.wkv6, _reference.wkv7),
     "torch": _backend(_torch_wkv4.wkv4, _torch_wkv4.bi_wkv4, _torch_wkv6.wkv6, _torch_wkv7.wkv7),
     "cpu": _backend(_cpu.wkv4, _cpu.bi_wkv4, _cpu.wkv6, _cpu.wkv7, wkv6_reversed=_cpu.wkv6_reversed),
-    "cuda": _backend(_cuda.wkv4, _cuda.bi_wkv4, _cuda.wkv6, _cuda.wkv7, wkv6_reversed=_cuda.wkv6_reversed),
+    "cuda": _backend(_cuda.wkv4, _cuda.bi_wkv4, _cuda.wkv6, _cuda.wkv7,
+                     wkv6_reversed=_cuda.wkv6_reversed),
 }
 _COMPILED = {"cpu": _cpu, "cuda": _cuda}
 _warned = set()

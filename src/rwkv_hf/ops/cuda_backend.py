@@ -7,11 +7,13 @@ torch and CUDA versions, a hash of the sources and the architectures. :func:`bui
 ahead of time, without a GPU, for a list of architectures; :func:`load` then finds that build.
 
 Backend functions (same signatures and results as ``reference.py``; inputs validated by the
-dispatcher): :func:`wkv4`, :func:`bi_wkv4`, :func:`wkv6`, :func:`wkv7`. Per-token inputs may be
-float32, bfloat16 or float16 (``y`` comes back in that dtype); decays ``w`` and ``u`` are used
-in float32, states are float32, accumulation is float32 (float64 for the running sums of the
-per-channel ops). Gradients reach every tensor input, the initial state included, from both
-outputs. Head sizes K = V in {16, 32, 64, 128}; any C for the per-channel ops. :func:`unsupported_reason` tells the dispatcher when to fall back.
+dispatcher): :func:`wkv4`, :func:`bi_wkv4`, :func:`wkv6`, :func:`wkv7`, and :func:`wkv6_reversed`
+(the right-to-left half of ``bi_wkv6``). Per-token inputs may be float32, bfloat16 or float16
+(``y`` comes back in that dtype); decays ``w`` and ``u`` are used in float32, states are float32,
+accumulation is float32 (float64 for the running sums of the per-channel ops). Gradients reach
+every tensor input, the initial state included, from both outputs. Head sizes K = V in
+{16, 32, 64, 128}; any C for the per-channel ops. :func:`unsupported_reason` tells the
+dispatcher when to fall back.
 
 Importing this module never raises and never compiles; :func:`available` says whether the
 backend can run here, and why not.
@@ -29,8 +31,8 @@ import threading
 
 import torch
 
-__all__ = ["wkv4", "bi_wkv4", "wkv6", "wkv6_reversed", "wkv7", "available", "load", "build", "find_cuda_home",
-           "sources_dir", "unsupported_reason", "SUPPORTED_HEAD_SIZES"]
+__all__ = ["wkv4", "bi_wkv4", "wkv6", "wkv6_reversed", "wkv7", "available", "load", "build",
+           "find_cuda_home", "sources_dir", "unsupported_reason", "SUPPORTED_HEAD_SIZES"]
 
 SUPPORTED_HEAD_SIZES = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
