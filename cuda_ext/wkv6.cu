@@ -343,8 +343,8 @@ __global__ void __launch_bounds__(N) wkv6_bwd_b2_kernel(
   constexpr int TT = Stage<N>::TT;
   __shared__ __align__(16) float s_v[TT][N];
   __shared__ __align__(16) float s_gy[TT][N];
-  const int bh = blockIdx.x, h = bh % H, b = bh / H, x = threadIdx.x, c = blockIdx.y;
-  const int NC = (T + kSnap - 1) / kSnap;
+  const int NC = (T + kSnap - 1) / kSnap;  // one block per (batch*head, snapshot chunk)
+  const int bh = blockIdx.x / NC, h = bh % H, b = bh / H, x = threadIdx.x, c = blockIdx.x % NC;
   const int64_t stride = (int64_t)H * N;
   const int64_t base = (int64_t)b * T * stride + (int64_t)h * N + x;
   auto tok = [&](int t) { return base + (int64_t)(rev ? T - 1 - t : t) * stride; };
@@ -423,6 +423,7 @@ std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
   TORCH_CHECK(s0.numel() == (int64_t)B * H * n * n, "rwkv_hf cuda wkv6: state must be [B, H, K, V]");
   const int L = chunk_length(chunk, T), NCL = (T + L - 1) / L;
+  TORCH_CHECK(NCL < 65536, "rwkv_hf cuda wkv6: over 65535 chunks (chunk length ", L, ")");
   const at::cuda::OptionalCUDAGuard guard(r.device());
   auto y = at::empty_like(v);
   auto sT = at::empty({B, H, n, n}, s0.options());
@@ -471,7 +472,8 @@ std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
               "rwkv_hf cuda wkv6: the chunk transitions of the forward are missing (chunk ", chunk,
               ")");
   if (NCL > 1) check_float(trans, "transitions");
-  TORCH_CHECK(NC < 65536, "rwkv_hf cuda wkv6: sequence too long (T >= ", 65536 * kSnap, ")");
+  TORCH_CHECK((int64_t)B * H * NC < (int64_t)1 << 31 && NCL < 65536, "rwkv_hf cuda wkv6: ",
+              "input too large for one launch (B * H * T / 64 >= 2^31, or over 65535 chunks)");
   const at::cuda::OptionalCUDAGuard guard(r.device());
   auto f32 = r.options().dtype(at::kFloat);
   auto gr = at::empty_like(r), gk = at::empty_like(r), gv = at::empty_like(v);
@@ -501,7 +503,7 @@ std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
           snap.data_ptr<float>(), pg, gend.data_ptr<float>(), (F*)gk.data_ptr(), (F*)gv.data_ptr(), e.data_ptr<float>(),
           anchor.data_ptr<float>(), gs0.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      wkv6_bwd_b2_kernel<F, N><<<dim3(B * H, NC), N, 0, stream>>>(
+      wkv6_bwd_b2_kernel<F, N><<<dim3(B * H * NC), N, 0, stream>>>(
           T, H, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(),
           snap.data_ptr<float>(), pg, e.data_ptr<float>(), anchor.data_ptr<float>(), (F*)gr.data_ptr(), gw.data_ptr<float>(),
           gu_part.data_ptr<float>());

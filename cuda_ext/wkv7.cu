@@ -417,8 +417,8 @@ __global__ void __launch_bounds__(N) wkv7_bwd_b2_kernel(
   __shared__ __align__(16) float s_gy[TT][N];
   __shared__ __align__(16) float s_sa[TT][N];
   __shared__ __align__(16) float s_c[TT][N];
-  const int bh = blockIdx.x, h = bh % H, b = bh / H, x = threadIdx.x, c = blockIdx.y;
-  const int NC = (T + kSnap - 1) / kSnap;
+  const int NC = (T + kSnap - 1) / kSnap;  // one block per (batch*head, snapshot chunk)
+  const int bh = blockIdx.x / NC, h = bh % H, b = bh / H, x = threadIdx.x, c = blockIdx.x % NC;
   const int64_t stride = (int64_t)H * N;
   const int64_t base = (int64_t)b * T * stride + (int64_t)h * N + x;
   float Sr[N];
@@ -512,6 +512,7 @@ std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
   TORCH_CHECK(s0.numel() == (int64_t)B * H * n * n, "rwkv_hf cuda wkv7: state must be [B, H, K, V]");
   const int L = chunk_length(chunk, T), NCL = (T + L - 1) / L;
+  TORCH_CHECK(NCL < 65536, "rwkv_hf cuda wkv7: over 65535 chunks (chunk length ", L, ")");
   const at::cuda::OptionalCUDAGuard guard(r.device());
   auto y = at::empty_like(v);
   auto sT = at::empty({B, H, n, n}, s0.options());
@@ -564,7 +565,8 @@ std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
               "rwkv_hf cuda wkv7: the chunk transitions of the forward are missing (chunk ", chunk,
               ")");
   if (NCL > 1) check_float(trans, "transitions");
-  TORCH_CHECK(NC < 65536, "rwkv_hf cuda wkv7: sequence too long (T >= ", 65536 * kSnap, ")");
+  TORCH_CHECK((int64_t)B * H * NC < (int64_t)1 << 31 && NCL < 65536, "rwkv_hf cuda wkv7: ",
+              "input too large for one launch (B * H * T / 64 >= 2^31, or over 65535 chunks)");
   const at::cuda::OptionalCUDAGuard guard(r.device());
   auto f32 = r.options().dtype(at::kFloat);
   auto gr = at::empty_like(r), gk = at::empty_like(r), gv = at::empty_like(v);
@@ -596,7 +598,7 @@ std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
           (F*)gb.data_ptr(), e.data_ptr<float>(), cvec.data_ptr<float>(),
           anchor.data_ptr<float>(), gs0.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      wkv7_bwd_b2_kernel<F, N><<<dim3(B * H, NC), N, 0, stream>>>(
+      wkv7_bwd_b2_kernel<F, N><<<dim3(B * H * NC), N, 0, stream>>>(
           T, H, pr, pk, pv, w.data_ptr<float>(), pa, pb, snap.data_ptr<float>(),
           sa.data_ptr<float>(), pg, e.data_ptr<float>(), cvec.data_ptr<float>(),
           anchor.data_ptr<float>(), (F*)gr.data_ptr(), gw.data_ptr<float>(), (F*)ga.data_ptr());
