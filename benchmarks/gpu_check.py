@@ -376,12 +376,45 @@ def bench_cases(section):
             for B, T, H in ((8, 4096, 32), (1, 16384, 32)):
                 cases.append((op, "bfloat16", B, T, H, 64))
         return cases
-    cases = []
+    cases = []  # float32: the official kernels' dtype (the issue's comparison); bf16 as well
     for B, T, C in ((64, 196, 192), (64, 196, 768), (4, 4096, 768), (1, 16384, 192)):
-        for dt in ("float32", "bfloat16"):
-            cases.append(("bi_wkv4", dt, B, T, C // 64, 64))
-        cases.append(("bi_wkv6", "bfloat16", B, T, C // 64, 64))
+        for op in ("bi_wkv4", "bi_wkv6"):
+            for dt in ("float32", "bfloat16"):
+                cases.append((op, dt, B, T, C // 64, 64))
     return cases
+
+
+# Issue 5's targets (one H200, ms, fwd / fwd+bwd): the LM rows (bf16) must be at least as fast
+# as the faster of fla and BlinkDL's kernels, the bidirectional rows (float32) faster than the
+# official Vision-RWKV kernels. Keys: (op, B, T, H or C).
+TARGETS = {
+    ("wkv7", 8, 4096, 32): (2.11, 8.63), ("wkv7", 1, 16384, 32): (1.76, 6.18),
+    ("wkv6", 8, 4096, 32): (1.72, 6.44), ("wkv6", 1, 16384, 32): (1.19, 4.27),
+    ("bi_wkv4", 64, 196, 192): (0.304, 1.047), ("bi_wkv4", 64, 196, 768): (1.200, 3.782),
+    ("bi_wkv4", 4, 4096, 768): (0.754, 4.283), ("bi_wkv4", 1, 16384, 192): (2.720, 15.34),
+    ("bi_wkv6", 64, 196, 192): (0.328, 1.721), ("bi_wkv6", 64, 196, 768): (0.504, 2.987),
+    ("bi_wkv6", 4, 4096, 768): (7.974, 38.96), ("bi_wkv6", 1, 16384, 192): (27.26, 139.8),
+}
+TARGET_DTYPE = {"wkv7": "bfloat16", "wkv6": "bfloat16", "bi_wkv4": "float32", "bi_wkv6": "float32"}
+
+
+def target_rows(bench):
+    """Per target row: the extension's default form (what a user gets), fwd and fwd+bwd, against
+    the target; PASS when both are at most the target's."""
+    rows = []
+    for (op, B, T, X), (tf, tb) in TARGETS.items():
+        got = {}
+        for r in bench:
+            size = r.get("C", (r.get("H") or 0) * (r.get("N") or 0)) if op.startswith("bi_") else r.get("H")
+            if (r["op"], r.get("B"), r.get("T"), size, r["dtype"]) == (op, B, T, X, TARGET_DTYPE[op]) \
+                    and r.get("default") and r.get("status") == "OK":
+                got[r["mode"]] = r["ms"]
+        status = ("PASS" if got.get("fwd", 1e9) <= tf and got.get("fwd+bwd", 1e9) <= tb else "FAIL") \
+            if len(got) == 2 else "MISSING"
+        rows.append({"op": op, "B": B, "T": T, "H_or_C": X, "dtype": TARGET_DTYPE[op],
+                     "fwd": got.get("fwd"), "fwd+bwd": got.get("fwd+bwd"), "target": (tf, tb),
+                     "status": status})
+    return rows
 
 
 def kernel_breakdown(fn):
@@ -441,36 +474,50 @@ def fla_impls(op):
     return out
 
 
-def bench_one(ctx, op, dt_name, B, T, H, N, emit, deadline, peers=False):
-    """Times the extension's forms on one case, or (peers) flash-linear-attention's kernels."""
+def bench_one(ctx, op, dt_name, B, T, H, N, emit, deadline, peers=False, phase="core"):
+    """Times the extension's forms on one case, or (peers) flash-linear-attention's kernels.
+    phase "core": the extension's default form in the issue's dtype of the op (the acceptance
+    rows, all timed before anything else); "extra": the other forms and chunk lengths, and the
+    other dtype."""
     import torch
 
     _, make_inputs, cb, _ = ctx
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dt_name]
-    x = make_inputs(op, B, T, H, N, dtype=dt, device=DEVICE, state=True, seed=5)
+    # (name, fn, is the extension's default form): the form the extension picks and, in the
+    # issue's dtype of the op, the other forms and chunk lengths around it (to tune the choice).
     ours = []
     forms = chunk_forms(cb, op, B, T, H, N)
-    if op in ("wkv4", "bi_wkv4") and dt_name != "float32":
-        forms = forms[-1:]  # the chunk-length variants once, in float32 (the issue's comparison)
-    for form, chunk in forms:
+    per_channel = op in ("wkv4", "bi_wkv4")
+    tune = dt_name == TARGET_DTYPE.get(op, dt_name)
+    for i, (form, chunk) in enumerate(forms):
+        default = i == len(forms) - 1
+        if not (tune or default):
+            continue
         ours.append(("rwkv_hf cuda" + (f" ({form})" if form else ""),
-                     lambda x, chunk=chunk: with_chunk(chunk, lambda: run_op(cb, op, x))))
-        if chunk and len(forms) > 1:  # to tune the choice: 2x the chunk length (per-channel: 4x too)
-            for c in (chunk * 2, chunk * 4) if op in ("wkv4", "bi_wkv4") else (chunk * 2,):
-                if c * 3 <= T and (c >= 64 or op in ("wkv4", "bi_wkv4")):
+                     lambda x, chunk=chunk: with_chunk(chunk, lambda: run_op(cb, op, x)), default))
+        if chunk and tune:  # 2x the chunk length (per-channel ops: 4x too)
+            for c in (chunk * 2, chunk * 4) if per_channel else (chunk * 2,):
+                if c * 3 <= T and (c >= 64 or per_channel):
                     ours.append((f"rwkv_hf cuda (chunk {c})",
-                                 lambda x, c=c: with_chunk(c, lambda: run_op(cb, op, x))))
-    if len(ours) == 1 and op in ("wkv6", "wkv7", "bi_wkv6") and T >= 1024:
+                                 lambda x, c=c: with_chunk(c, lambda: run_op(cb, op, x)), False))
+    if tune and len(ours) == 1 and op in ("wkv6", "wkv7", "bi_wkv6") and T >= 1024:
         c = max(64, T // 4 // 64 * 64)  # where the extension keeps one pass: would chunks win?
         ours.append((f"rwkv_hf cuda (chunk {c})",
-                     lambda x, c=c: with_chunk(c, lambda: run_op(cb, op, x))))
-    impls = fla_impls(op) if peers else ours
+                     lambda x, c=c: with_chunk(c, lambda: run_op(cb, op, x)), False))
+    if peers:
+        impls = [(name, f, False) for name, f in fla_impls(op)] if phase == "core" else []
+    else:
+        core = [o for o in ours if o[2] and tune]
+        impls = core if phase == "core" else [o for o in ours if o not in core]
     if not impls:
         return
+    x = make_inputs(op, B, T, H, N, dtype=dt, device=DEVICE, state=True, seed=5)
     shape = {"B": B, "T": T, "H": H, "N": N} if op not in ("bi_wkv4",) else {"B": B, "T": T, "C": H * N}
-    for name, f in impls:
+    for name, f, default in impls:
         for mode in ("fwd", "fwd+bwd"):
             rec = {"kind": "bench", "op": op, "impl": name, "dtype": dt_name, "mode": mode, **shape}
+            if default:
+                rec["default"] = True
             left = deadline - time.time()
             if left < 3:
                 rec.update(status="SKIP", why="time budget")
@@ -493,7 +540,7 @@ def bench_one(ctx, op, dt_name, B, T, H, N, emit, deadline, peers=False):
                 ms = cuda_time(fn, budget_s=min(0.6, left / 3))
                 rec.update(status="OK", ms=round(ms, 4),
                            Mtok_per_s=round(B * T / ms / 1e3, 2))
-                if name.startswith("rwkv_hf") and deadline - time.time() > 5:
+                if default and deadline - time.time() > 5:
                     rec["kernels_ms"] = kernel_breakdown(fn)
             except Exception as e:
                 rec.update(status="ERROR", why=f"{type(e).__name__}: {str(e)[:300]}")
@@ -721,8 +768,10 @@ def run_section(section, results_path, deadline):
             if not SELFTEST:
                 torch.cuda.empty_cache()
     else:
-        for case in bench_cases(section):
-            bench_one(ctx, *case, emit=emit, deadline=deadline, peers=section == "bench_fla")
+        for phase in ("core", "extra"):
+            for case in bench_cases(section):
+                bench_one(ctx, *case, emit=emit, deadline=deadline, peers=section == "bench_fla",
+                          phase=phase)
 
 
 # ---------------------------------------------------------------------------- driver
@@ -857,6 +906,15 @@ def main():
         print(f"{r['op']:8s} {shape:26s} {r['dtype']:8s} {r['mode']:7s} {r['impl']:26s} "
               f"{(str(r['ms']) + ' ms') if 'ms' in r else r['status'] + ' ' + r.get('why', '')}"
               + (f"  kernels: {r['kernels_ms']}" if r.get("kernels_ms") else ""))
+    targets = target_rows(bench)
+    report["targets"] = targets
+    print("\n== issue 5 targets: the extension's default form against the faster peer (LM rows, "
+          "bf16) / the official kernels (bidirectional rows, fp32), ms ==")
+    for t in targets:
+        print(f"{t['op']:8s} B={t['B']:<3d} T={t['T']:<6d} {'C' if t['op'].startswith('bi_') else 'H'}="
+              f"{t['H_or_C']:<4d} {t['dtype']:8s} fwd {t['fwd']!s:>8s} / {t['target'][0]:<7g} "
+              f"fwd+bwd {t['fwd+bwd']!s:>8s} / {t['target'][1]:<7g} {t['status']}")
+    save()
     models = [r for r in report["results"] if r["kind"] == "model"]
     print(f"\n== models: the extension against the torch backend on {DEVICE} "
           f"(tol logits {MODEL_TOL['logits']:g}, grads {MODEL_TOL['grads']:g}) ==")
