@@ -232,13 +232,18 @@ __global__ void wkv4_combine_kernel(V4Args<F> a, bool grad, const float* __restr
   Acc S = load_acc(init + s, a.C);
   if (grad) S.p = -(double)fin[s + 2 * a.C];
   const bool ascending = (d == 0) != grad;
+  auto chunk_at = [&](int j) { return ascending ? j : a.NC - 1 - j; };
+  // The walk is a chain of dependent steps: each chunk's sums are loaded one step ahead, so
+  // their latency overlaps the previous step.
+  Acc next = a.NC > 1 ? load_acc(loc + per_chunk<D>(a, b, chunk_at(0), d, c), a.C) : Acc{};
   for (int j = 0; j < a.NC; ++j) {
-    const int n = ascending ? j : a.NC - 1 - j;
-    const int64_t o = per_chunk<D>(a, b, n, d, c);
-    store_acc(enter + o, a.C, S);
+    const int n = chunk_at(j);
+    store_acc(enter + per_chunk<D>(a, b, n, d, c), a.C, S);
     if (j + 1 < a.NC) {
+      const Acc x = next;
+      if (j + 2 < a.NC) next = load_acc(loc + per_chunk<D>(a, b, chunk_at(j + 1), d, c), a.C);
       const int len = min(a.T, (n + 1) * a.L) - n * a.L;
-      S = add_acc(decay(S, len * w), load_acc(loc + o, a.C));
+      S = add_acc(decay(S, len * w), x);
     }
   }
 }
