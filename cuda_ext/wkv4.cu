@@ -146,7 +146,8 @@ __device__ __forceinline__ void store_state_grad(float* q, int C, Acc G, Acc s) 
   q[2 * C] = (float)((G.a * s.a + G.b * s.b) * e);
 }
 
-// Sizes and the per-token inputs; D = 2 directions for bi_wkv4.
+// Sizes and the per-token inputs (the number of directions D, 2 for bi_wkv4, is a template
+// parameter of the offsets below).
 template <typename F>
 struct V4Args {
   int B, T, C, L, NC;
