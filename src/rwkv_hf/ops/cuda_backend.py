@@ -528,8 +528,8 @@ class _Wkv6(torch.autograd.Function):
                                                        _c(gy, rr.dtype), _f32(gsT), ctx.chunk,
                                                        ctx.reverse)
         dr, dk, dv, dw, du, ds = ctx.dtypes
-        return (gr.to(dr), gk.to(dk), gv.to(dv), gw.to(dw), _sum_to(gu, (0, 1), du), gs0.to(ds),
-                None)
+        gu = _sum_to(gu, (0, 1), du) if ctx.needs_input_grad[4] else None  # wkv6_reversed: no u
+        return gr.to(dr), gk.to(dk), gv.to(dv), gw.to(dw), gu, gs0.to(ds), None
 
 
 class _Wkv7(torch.autograd.Function):
@@ -580,7 +580,7 @@ def wkv6_reversed(r, k, v, w, state):
     """The right-to-left half of ``bi_wkv6``: wkv6 without the bonus over the tokens from the
     last to the first, ``state`` entering after the last; shapes as :func:`wkv6`. The kernels
     read the sequence in place (no flipped copies)."""
-    return _Wkv6.apply(r, k, v, w, r.new_zeros(r.shape[2:]), state, True)
+    return _Wkv6.apply(r, k, v, w, r.new_zeros(r.shape[2:], dtype=torch.float32), state, True)
 
 
 def wkv7(r, k, v, w, a, b, state):
