@@ -147,13 +147,11 @@ def run_op(be, op, x):
         return be.wkv6(x["r"], x["k"], x["v"], x["w"], x["u"], x["state"])
     if op == "bi_wkv6":
         r, k, v, w, u, s = (x[n] for n in ("r", "k", "v", "w", "u", "state"))
+        if hasattr(be, "bi_wkv6"):  # the extension: both directions in place, one rounding
+            return be.bi_wkv6(r, k, v, w, u, s)
         y_f, s_f = be.wkv6(r, k, v, w, u, s[:, 0])
-        if hasattr(be, "wkv6_reversed"):  # the extension's right-to-left scan
-            y_b, s_b = be.wkv6_reversed(r, k, v, w, s[:, 1])
-        else:
-            y_b, s_b = be.wkv6(r.flip(1), k.flip(1), v.flip(1), w.flip(1), torch.zeros_like(u), s[:, 1])
-            y_b = y_b.flip(1)
-        return y_f + y_b, torch.stack([s_f, s_b], 1)
+        y_b, s_b = be.wkv6(r.flip(1), k.flip(1), v.flip(1), w.flip(1), torch.zeros_like(u), s[:, 1])
+        return y_f + y_b.flip(1), torch.stack([s_f, s_b], 1)
     if op == "wkv7":
         return be.wkv7(x["r"], x["k"], x["v"], x["w"], x["a"], x["b"], x["state"])
     raise ValueError(op)

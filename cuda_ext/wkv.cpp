@@ -26,14 +26,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("final_state"), py::arg("gy"), py::arg("gstate"), py::arg("chunk") = 0);
   m.def("wkv6_forward", &rwkv_hf::wkv6_forward,
         "wkv6 forward -> (y, final_state, snapshots, chunk transitions); chunk: tokens per chunk "
-        "of the chunk-parallel form, 0 for one sequential pass; reverse: scan from the last token",
+        "of the chunk-parallel form, 0 for one sequential pass; reverse: scan from the last token; "
+        "out_f32: y in float32; add: [] or [float32 tensor added to y before the rounding]",
         py::arg("r"), py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"), py::arg("state"),
-        py::arg("save"), py::arg("chunk") = 0, py::arg("reverse") = false);
+        py::arg("save"), py::arg("chunk") = 0, py::arg("reverse") = false,
+        py::arg("out_f32") = false, py::arg("add") = std::vector<at::Tensor>());
   m.def("wkv6_backward", &rwkv_hf::wkv6_backward,
-        "wkv6 backward -> (gr, gk, gv, gw float32, gu partials float32, gstate)",
+        "wkv6 backward -> (gr, gk, gv, gw float32 [B, T, H, K], gu partials float32, gstate); "
+        "out_f32: gr, gk, gv in float32; add: [] or [gr, gk, gv] float32 added before the rounding",
         py::arg("r"), py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"),
         py::arg("snapshots"), py::arg("transitions"), py::arg("gy"), py::arg("gstate"),
-        py::arg("chunk") = 0, py::arg("reverse") = false);
+        py::arg("chunk") = 0, py::arg("reverse") = false, py::arg("out_f32") = false,
+        py::arg("add") = std::vector<at::Tensor>());
   m.def("wkv7_forward", &rwkv_hf::wkv7_forward,
         "wkv7 forward -> (y, final_state, snapshots, sa, chunk transitions); chunk: tokens per "
         "chunk of the chunk-parallel form, 0 for one sequential pass",

@@ -35,6 +35,7 @@
 // `rev`: every kernel reads and writes token t of its scan at position T-1-t (the right-to-left
 // half of bi_wkv6 runs on the sequence as it is, no flipped copies); snapshots, chunks and
 // scratch follow the scan's order.
+// The per-token outputs y, gk, gv, gr are OutVec (wkv_common.h): rounded once, or float32.
 #include "wkv_common.h"
 
 namespace rwkv_hf {
@@ -49,7 +50,7 @@ template <typename F, int N, bool LOCAL>
 __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_fwd_kernel(
     int T, int H, int L, bool rev, const F* __restrict__ r, const F* __restrict__ k,
     const F* __restrict__ v, const float* __restrict__ w, const float* __restrict__ u,
-    const float* __restrict__ s0 /* [B,H,NCL,N,N] */, F* __restrict__ y,
+    const float* __restrict__ s0 /* [B,H,NCL,N,N] */, OutVec<F> y,
     float* __restrict__ out /* final state [B,H,N,N]; LOCAL: [B,H,NCL,N,N] */,
     float* __restrict__ snap /* [B,H,NC,N,N] | null */,
     float* __restrict__ trans /* LOCAL: [B,H,NCL,N,N] */) {
@@ -153,7 +154,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_fwd_kernel(
       }
       if constexpr (!LOCAL) {
         const float yj = Tl::reduce_scatter(yp, rb);
-        if (writer) y[tok(t) + mycol] = from_f<F>(yj);
+        if (writer) y.put(tok(t) + mycol, yj);
         if (snp != nullptr && (t + 1) % kSnap == 0 && t + 1 < tend)
           store(snp + (int64_t)((t + 1) / kSnap) * N * N);
       }
@@ -185,7 +186,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_bwd_b1_kernel(
     int T, int H, int L, bool rev, const F* __restrict__ r, const F* __restrict__ k,
     const F* __restrict__ v, const float* __restrict__ w, const float* __restrict__ u,
     const float* __restrict__ snap, const F* __restrict__ gy,
-    const float* __restrict__ gend /* [B,H,NCL,N,N] */, F* __restrict__ gk, F* __restrict__ gv,
+    const float* __restrict__ gend /* [B,H,NCL,N,N] */, OutVec<F> gk, OutVec<F> gv,
     float* __restrict__ e /* [B,T,H,N] */, float* __restrict__ anchor /* [B,H,NC,N] */,
     float* __restrict__ out /* gS_{-1} [B,H,N,N]; LOCAL: [B,H,NCL,N,N] */) {
   using Tl = Tile<N>;
@@ -294,7 +295,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_bwd_b1_kernel(
           }
         }
         const float gvx = Tl::reduce_scatter(gvp, rb);
-        if (writer) gv[tok(t) + mycol] = from_f<F>(gvx);
+        if (writer) gv.put(tok(t) + mycol, gvx);
         Tl::row_put(gkp, rows(0), tid);
         Tl::row_put(gksp, rows(1), tid);
       }
@@ -312,7 +313,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_bwd_b1_kernel(
           const int i = tid;
           const float gkx = Tl::row_sum(rows(0), i), gksx = Tl::row_sum(rows(1), i);
           const int64_t o = tok(t) + i;
-          gk[o] = from_f<F>(gkx);
+          gk.put(o, gkx);
           e[o] = s_k[tt][i] * gksx;
           if (anchored)
             anchor[((int64_t)bh * NC + t / kSnap) * N + i] = Tl::row_sum(&s_anc[0][0], i);
@@ -337,9 +338,10 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_bwd_b1_kernel(
 template <typename F, int N>
 __global__ void __launch_bounds__(N) wkv6_bwd_b2_kernel(
     int T, int H, bool rev, const F* __restrict__ r, const F* __restrict__ k,
-    const F* __restrict__ v, const float* __restrict__ w, const float* __restrict__ u, const float* __restrict__ snap,
-    const F* __restrict__ gy, const float* __restrict__ e, const float* __restrict__ anchor,
-    F* __restrict__ gr, float* __restrict__ gw, float* __restrict__ gu_part /* [B,NC,H,N] */) {
+    const F* __restrict__ v, const float* __restrict__ w, const float* __restrict__ u,
+    const float* __restrict__ snap, const F* __restrict__ gy, const float* __restrict__ e,
+    const float* __restrict__ anchor, OutVec<F> gr, float* __restrict__ gw,
+    float* __restrict__ gu_part /* [B,NC,H,N] */) {
   constexpr int TT = Stage<N>::TT;
   __shared__ __align__(16) float s_v[TT][N];
   __shared__ __align__(16) float s_gy[TT][N];
@@ -388,7 +390,7 @@ __global__ void __launch_bounds__(N) wkv6_bwd_b2_kernel(
         Sr[j + 3] = Sr[j + 3] * dx + kx * v4.w;
       }
       const float grs = a0 + a1, vgy = q0 + q1;
-      gr[o] = from_f<F>(grs + ux * kx * vgy);
+      gr.put(o, grs + ux * kx * vgy);
       gu_acc += (double)(rx * kx * vgy);
       const float gwt = beta - rx * grs;
       gw[o] = gwt;
@@ -413,11 +415,43 @@ void check_v6(const at::Tensor& r, const at::Tensor& k, const at::Tensor& v, con
   TORCH_CHECK(u.numel() == r.size(2) * r.size(3), "rwkv_hf cuda wkv6: u must be [H, K]");
 }
 
+// A per-token output like `like`: in its dtype, or float32 (out_f32).
+at::Tensor new_out(const at::Tensor& like, bool out_f32) {
+  return out_f32 ? at::empty(like.sizes(), like.options().dtype(at::kFloat)) : at::empty_like(like);
+}
+
+// The float32 tensors added to the outputs (none, or one per output, each of its output's shape).
+std::vector<const float*> addends(const std::vector<at::Tensor>& add,
+                                  const std::vector<at::Tensor>& outs) {
+  TORCH_CHECK(add.empty() || add.size() == outs.size(), "rwkv_hf cuda wkv6: add takes none or ",
+              outs.size(), " tensors, got ", add.size());
+  std::vector<const float*> p(outs.size(), nullptr);
+  for (size_t i = 0; i < add.size(); ++i) {
+    check_float(add[i], "add");
+    TORCH_CHECK(add[i].sizes() == outs[i].sizes(), "rwkv_hf cuda wkv6: add[", i, "] must have shape ",
+                outs[i].sizes(), ", got ", add[i].sizes());
+    p[i] = add[i].data_ptr<float>();
+  }
+  return p;
+}
+
+template <typename F>
+OutVec<F> out_vec(at::Tensor& out, const float* add) {
+  OutVec<F> o;
+  if (out.scalar_type() == at::kFloat) {
+    o.out32 = out.data_ptr<float>();
+  } else {
+    o.out = reinterpret_cast<F*>(out.data_ptr());
+  }
+  o.add = add;
+  return o;
+}
+
 }  // namespace
 
 std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
                                      at::Tensor u, at::Tensor s0, bool save, int64_t chunk,
-                                     bool reverse) {
+                                     bool reverse, bool out_f32, std::vector<at::Tensor> add) {
   check_v6(r, k, v, w, u);
   check_float(s0, "state");
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
@@ -425,7 +459,8 @@ std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
   const int L = chunk_length(chunk, T), NCL = (T + L - 1) / L;
   TORCH_CHECK(NCL < 65536, "rwkv_hf cuda wkv6: over 65535 chunks (chunk length ", L, ")");
   const at::cuda::OptionalCUDAGuard guard(r.device());
-  auto y = at::empty_like(v);
+  auto y = new_out(v, out_f32);
+  const auto yadd = addends(add, {y});
   auto sT = at::empty({B, H, n, n}, s0.options());
   const int NC = (T + kSnap - 1) / kSnap;
   auto snap = save ? at::empty({B, H, NC, n, n}, s0.options()) : at::empty({0}, s0.options());
@@ -440,15 +475,15 @@ std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
       if (NCL > 1) {  // pass 1: chunks from zero in parallel; then the chunk start states
         auto local = at::empty({B, H, NCL, n, n}, s0.options());
         wkv6_fwd_kernel<F, N, true><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
-            T, H, L, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(), nullptr, nullptr,
-            local.data_ptr<float>(), nullptr, trans.data_ptr<float>());
+            T, H, L, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(),
+            nullptr, OutVec<F>(), local.data_ptr<float>(), nullptr, trans.data_ptr<float>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         starts = combine_chunks<N>(trans, local, s0, false, stream);
       }
       wkv6_fwd_kernel<F, N, false><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
           T, H, L, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(),
-          starts.data_ptr<float>(), (F*)y.data_ptr(), sT.data_ptr<float>(), save ? snap.data_ptr<float>() : nullptr,
-          nullptr);
+          starts.data_ptr<float>(), out_vec<F>(y, yadd[0]), sT.data_ptr<float>(),
+          save ? snap.data_ptr<float>() : nullptr, nullptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -459,7 +494,7 @@ std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
 std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
                                       at::Tensor u, at::Tensor snap, at::Tensor trans,
                                       at::Tensor gy, at::Tensor gsT, int64_t chunk,
-                                      bool reverse) {
+                                      bool reverse, bool out_f32, std::vector<at::Tensor> add) {
   check_v6(r, k, v, w, u);
   check_act(gy, r, "gy");
   check_float(snap, "snapshots");
@@ -476,7 +511,8 @@ std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
               "input too large for one launch (B * H * T / 64 >= 2^31, or over 65535 chunks)");
   const at::cuda::OptionalCUDAGuard guard(r.device());
   auto f32 = r.options().dtype(at::kFloat);
-  auto gr = at::empty_like(r), gk = at::empty_like(r), gv = at::empty_like(v);
+  auto gr = new_out(r, out_f32), gk = new_out(r, out_f32), gv = new_out(v, out_f32);
+  const auto gadd = addends(add, {gr, gk, gv});
   auto gw = at::empty({B, T, H, n}, f32);
   auto gu_part = at::empty({B, NC, H, n}, f32);
   auto gs0 = at::empty({B, H, n, n}, f32);
@@ -493,20 +529,21 @@ std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
         auto local = at::empty({B, H, NCL, n, n}, f32);
         wkv6_bwd_b1_kernel<F, N, true><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
             T, H, L, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(),
-            snap.data_ptr<float>(), pg, nullptr, nullptr, nullptr, nullptr, nullptr,
+            snap.data_ptr<float>(), pg, nullptr, OutVec<F>(), OutVec<F>(), nullptr, nullptr,
             local.data_ptr<float>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         gend = combine_chunks<N>(trans, local, gsT, true, stream);
       }
       wkv6_bwd_b1_kernel<F, N, false><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
           T, H, L, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(),
-          snap.data_ptr<float>(), pg, gend.data_ptr<float>(), (F*)gk.data_ptr(), (F*)gv.data_ptr(), e.data_ptr<float>(),
-          anchor.data_ptr<float>(), gs0.data_ptr<float>());
+          snap.data_ptr<float>(), pg, gend.data_ptr<float>(), out_vec<F>(gk, gadd[1]),
+          out_vec<F>(gv, gadd[2]), e.data_ptr<float>(), anchor.data_ptr<float>(),
+          gs0.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       wkv6_bwd_b2_kernel<F, N><<<dim3(B * H * NC), N, 0, stream>>>(
           T, H, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(),
-          snap.data_ptr<float>(), pg, e.data_ptr<float>(), anchor.data_ptr<float>(), (F*)gr.data_ptr(), gw.data_ptr<float>(),
-          gu_part.data_ptr<float>());
+          snap.data_ptr<float>(), pg, e.data_ptr<float>(), anchor.data_ptr<float>(),
+          out_vec<F>(gr, gadd[0]), gw.data_ptr<float>(), gu_part.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });

@@ -40,6 +40,24 @@ struct Stage {
   static constexpr int TT = N <= 64 ? 16 : 8;
 };
 
+// A per-token output of the kernels (y, gr, gk, gv): rounded once to F into `out`, or kept in
+// float32 in `out32` for a sum still to come; `add` (float32, optional) is added first. The
+// two halves of bi_wkv6 run as (out32) then (add, out), so their sum is rounded once.
+template <typename F>
+struct OutVec {
+  F* out = nullptr;
+  float* out32 = nullptr;
+  const float* add = nullptr;
+  __device__ __forceinline__ void put(int64_t o, float x) const {
+    if (add != nullptr) x += add[o];
+    if (out32 != nullptr) {
+      out32[o] = x;
+    } else {
+      out[o] = from_f<F>(x);
+    }
+  }
+};
+
 __device__ __forceinline__ float4 ld4(const float* p) {
   return *reinterpret_cast<const float4*>(p);
 }
@@ -309,12 +327,17 @@ std::vector<at::Tensor> bi_wkv4_backward(at::Tensor k, at::Tensor v, at::Tensor 
 // `chunk`: tokens per chunk of the chunk-parallel form (see chunk_length); the forward returns
 // the chunks' transitions, which the backward of the same chunking takes. `reverse`: the scan
 // runs from the last token to the first (the right-to-left half of bi_wkv6), without copies.
+// `out_f32`: y (forward) or gr, gk, gv (backward) come back in float32 instead of
+// the inputs' dtype; `add`: float32 tensors of their shapes added before the rounding (none,
+// or y / gr, gk, gv). bi_wkv6 runs its left-to-right half with out_f32 and its right-to-left
+// half adding that, so its outputs and gradients are rounded once.
 std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
                                      at::Tensor u, at::Tensor s0, bool save, int64_t chunk,
-                                     bool reverse);
+                                     bool reverse, bool out_f32, std::vector<at::Tensor> add);
 std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
                                       at::Tensor u, at::Tensor snaps, at::Tensor trans,
-                                      at::Tensor gy, at::Tensor gsT, int64_t chunk, bool reverse);
+                                      at::Tensor gy, at::Tensor gsT, int64_t chunk, bool reverse,
+                                      bool out_f32, std::vector<at::Tensor> add);
 
 // RWKV-7 (wkv7.cu).
 std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,

@@ -187,6 +187,38 @@ def test_wkv6_reverse_reads_the_sequence_backwards(emulated, chunk):
         assert rel(a, b) < 1e-6
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("chunk", [0, 64])
+def test_bi_wkv6_rounds_once(on_emulated_cuda, monkeypatch, dtype, chunk):
+    """Bidirectional v6 in bfloat16 / float16: y and the gradients of r, k, v are the float32
+    results (its two halves summed in float32) rounded once, bit for bit; the halves rounded
+    separately and summed in the low precision would differ in the last bit here and there."""
+    monkeypatch.setenv(cuda_backend.CHUNK_ENV, str(chunk))
+    x16 = make_inputs("bi_wkv6", 2, 150, 2, 16, dtype=dtype, state=True, seed=chunk + 3)
+    names = list(x16)
+    g = torch.Generator().manual_seed(4)
+    gy = torch.randn(x16["v"].shape, generator=g).to(dtype)
+    out = {}
+    for run_dtype in (dtype, torch.float32):
+        x = {n: (t.float() if n == "state" else t.to(run_dtype)).requires_grad_() for n, t in x16.items()}
+        y, _ = ops.bi_wkv6(**x, output_final_state=True)
+        grads = torch.autograd.grad(y, [x[n] for n in names], gy.to(run_dtype))
+        out[run_dtype] = [y] + list(grads)
+    for name, low, full in zip(["y"] + names, out[dtype], out[torch.float32]):
+        assert low.dtype == (torch.float32 if name == "state" else dtype), name
+        assert torch.equal(low, full.to(low.dtype)), name
+
+
+def test_wkv6_entry_points_reject_bad_outputs_to_add(emulated):
+    x = {n: t.float().contiguous() for n, t in make_inputs("wkv6", 1, 20, 2, 16, state=True).items()}
+    args = [x[n] for n in ("r", "k", "v", "w", "u", "state")]
+    with pytest.raises(RuntimeError, match=r"add\[0\] must have shape"):
+        emulated.wkv6_forward(*args, False, 0, False, False, [torch.zeros(1, 20, 2, 8)])
+    with pytest.raises(RuntimeError, match="add takes none or 3 tensors"):
+        y, sT, snap, trans = emulated.wkv6_forward(*args, True)
+        emulated.wkv6_backward(*args[:5], snap, trans, y, sT, 0, False, False, [y])
+
+
 @pytest.mark.parametrize("op", ["wkv4", "bi_wkv4"])
 def test_per_channel_chunks(emulated, op):
     """chunk > 0 splits the scans (the forward returns the state entering each chunk from each

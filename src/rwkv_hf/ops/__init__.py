@@ -85,17 +85,30 @@ def _reversed_by_flipping(wkv6):
     return run
 
 
-def _backend(wkv4, bi_wkv4, wkv6, wkv7, wkv6_reversed=None):
-    return SimpleNamespace(wkv4=wkv4, bi_wkv4=bi_wkv4, wkv6=wkv6, wkv7=wkv7,
-                           wkv6_reversed=wkv6_reversed or _reversed_by_flipping(wkv6))
+def _bi_from_halves(wkv6, wkv6_reversed):
+    """``bi_wkv6`` as the sum of a left-to-right scan with the bonus and a right-to-left scan
+    without it (the token is counted once); state [B, 2, H, K, V] holds one state per direction.
+    The halves run in the compute dtype (float32 or float64), so the sum is rounded once."""
+    def run(r, k, v, w, u, state):
+        y_fwd, s_fwd = wkv6(r, k, v, w, u, state[:, 0])
+        y_bwd, s_bwd = wkv6_reversed(r, k, v, w, state[:, 1])
+        return y_fwd + y_bwd, torch.stack([s_fwd, s_bwd], 1)
+    return run
+
+
+def _backend(wkv4, bi_wkv4, wkv6, wkv7, wkv6_reversed=None, bi_wkv6=None):
+    """A backend's ops; ``bi_wkv6`` is composed from wkv6 unless the backend has its own."""
+    return SimpleNamespace(
+        wkv4=wkv4, bi_wkv4=bi_wkv4, wkv6=wkv6, wkv7=wkv7,
+        bi_wkv6=bi_wkv6 or _bi_from_halves(wkv6, wkv6_reversed or _reversed_by_flipping(wkv6)))
 
 
 _BACKENDS = {
     "reference": _backend(_reference.wkv4, _reference.bi_wkv4, _reference.wkv6, _reference.wkv7),
     "torch": _backend(_torch_wkv4.wkv4, _torch_wkv4.bi_wkv4, _torch_wkv6.wkv6, _torch_wkv7.wkv7),
     "cpu": _backend(_cpu.wkv4, _cpu.bi_wkv4, _cpu.wkv6, _cpu.wkv7, wkv6_reversed=_cpu.wkv6_reversed),
-    "cuda": _backend(_cuda.wkv4, _cuda.bi_wkv4, _cuda.wkv6, _cuda.wkv7,
-                     wkv6_reversed=_cuda.wkv6_reversed),
+    # Its per-token inputs stay in bfloat16 / float16: its own bi_wkv6 keeps the sum in float32.
+    "cuda": _backend(_cuda.wkv4, _cuda.bi_wkv4, _cuda.wkv6, _cuda.wkv7, bi_wkv6=_cuda.bi_wkv6),
 }
 _COMPILED = {"cpu": _cpu, "cuda": _cuda}
 _warned = set()
@@ -291,11 +304,8 @@ def bi_wkv6(r, k, v, w, u, state=None, *, output_final_state=False, backend=None
         activations=("r", "k", "v"), decay="w", causal=True, backend=backend)
     B, T, H, K = r.shape
     s0 = _initial_state(t.get("state"), (B, 2, H, K, v.shape[-1]), r.device, compute, per_channel=False)
-    r, k, v, w = t["r"], t["k"], t["v"], t["w"]
-    y_fwd, s_fwd = impl.wkv6(r, k, v, w, t["u"], s0[:, 0])
-    y_bwd, s_bwd = impl.wkv6_reversed(r, k, v, w, s0[:, 1])  # no bonus: the token is counted once
-    y = y_fwd + y_bwd
-    return _finish(y, torch.stack([s_fwd, s_bwd], 1), out_dtype, output_final_state)
+    y, final = impl.bi_wkv6(t["r"], t["k"], t["v"], t["w"], t["u"], s0)
+    return _finish(y, final, out_dtype, output_final_state)
 
 
 @_outside_autocast

@@ -7,10 +7,11 @@ torch and CUDA versions, a hash of the sources and the architectures. :func:`bui
 ahead of time, without a GPU, for a list of architectures; :func:`load` then finds that build.
 
 Backend functions (same signatures and results as ``reference.py``; inputs validated by the
-dispatcher): :func:`wkv4`, :func:`bi_wkv4`, :func:`wkv6`, :func:`wkv7`, and :func:`wkv6_reversed`
-(the right-to-left half of ``bi_wkv6``). Per-token inputs may be float32, bfloat16 or float16
-(``y`` comes back in that dtype); decays ``w`` and ``u`` are used in float32, states are float32,
-accumulation is float32 (float64 for the running sums of the per-channel ops). Gradients reach
+dispatcher): :func:`wkv4`, :func:`bi_wkv4`, :func:`wkv6`, :func:`bi_wkv6` (both directions,
+one rounding) and :func:`wkv7`. Per-token inputs
+may be float32, bfloat16 or float16 (``y`` comes back in that dtype, rounded once); decays ``w``
+and ``u`` are used in float32, states are float32, accumulation is float32 (float64 for the
+running sums of the per-channel ops). Gradients reach
 every tensor input, the initial state included, from both outputs. Head sizes K = V in
 {16, 32, 64, 128}; any C for the per-channel ops. :func:`unsupported_reason` tells the
 dispatcher when to fall back.
@@ -30,7 +31,7 @@ import threading
 
 import torch
 
-__all__ = ["wkv4", "bi_wkv4", "wkv6", "wkv6_reversed", "wkv7", "available", "load", "build",
+__all__ = ["wkv4", "bi_wkv4", "wkv6", "bi_wkv6", "wkv7", "available", "load", "build",
            "find_cuda_home", "sources_dir", "unsupported_reason", "SUPPORTED_HEAD_SIZES"]
 
 SUPPORTED_HEAD_SIZES = (16, 32, 64, 128)
@@ -503,33 +504,76 @@ class _BiWkv4(torch.autograd.Function):
         return _v4_backward(ctx, "bi_wkv4", gy, gsT)
 
 
+def _v6_inputs(r, k, v, w, u, state):
+    """The tensors wkv6's kernels take: per-token inputs in one dtype, contiguous; w, u and the
+    state in float32."""
+    dt = _act_dtype("wkv6", r, k, v)
+    _head_size("wkv6", r, v)
+    return _c(r, dt), _c(k, dt), _c(v, dt), _f32(w), _f32(u), _f32(state)
+
+
 class _Wkv6(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, r, k, v, w, u, state, reverse):
+    def forward(ctx, r, k, v, w, u, state):
         ext = load()
-        dt = _act_dtype("wkv6", r, k, v)
-        _head_size("wkv6", r, v)
-        rr, kk, vv = _c(r, dt), _c(k, dt), _c(v, dt)
-        ww, uu, s0 = _f32(w), _f32(u), _f32(state)
+        rr, kk, vv, ww, uu, s0 = _v6_inputs(r, k, v, w, u, state)
         save = any(ctx.needs_input_grad)
         B, T, H, _ = r.shape
         chunk = chunk_length(B, H, T, r.device)
-        y, sT, snap, trans = ext.wkv6_forward(rr, kk, vv, ww, uu, s0, save, chunk, reverse)
+        y, sT, snap, trans = ext.wkv6_forward(rr, kk, vv, ww, uu, s0, save, chunk)
         if save:
             ctx.save_for_backward(rr, kk, vv, ww, uu, snap, trans)
             ctx.dtypes = (r.dtype, k.dtype, v.dtype, w.dtype, u.dtype, state.dtype)
-            ctx.chunk, ctx.reverse = chunk, reverse
+            ctx.chunk = chunk
         return y, sT
 
     @staticmethod
     def backward(ctx, gy, gsT):
         rr, kk, vv, ww, uu, snap, trans = ctx.saved_tensors
         gr, gk, gv, gw, gu, gs0 = load().wkv6_backward(rr, kk, vv, ww, uu, snap, trans,
-                                                       _c(gy, rr.dtype), _f32(gsT), ctx.chunk,
-                                                       ctx.reverse)
+                                                       _c(gy, rr.dtype), _f32(gsT), ctx.chunk)
         dr, dk, dv, dw, du, ds = ctx.dtypes
-        gu = _sum_to(gu, (0, 1), du) if ctx.needs_input_grad[4] else None  # wkv6_reversed: no u
-        return gr.to(dr), gk.to(dk), gv.to(dv), gw.to(dw), gu, gs0.to(ds), None
+        return (gr.to(dr), gk.to(dk), gv.to(dv), gw.to(dw), _sum_to(gu, (0, 1), du),
+                gs0.to(ds))
+
+
+class _BiWkv6(torch.autograd.Function):
+    """Bidirectional v6: the left-to-right scan with the bonus, plus the right-to-left scan
+    without it (the token counted once), the kernels reading the sequence in place in both
+    directions. The first half's y (and gr, gk, gv) stay in float32 and the second half adds
+    them before its rounding: one rounding to bfloat16 / float16, as in a float32 accumulation."""
+
+    @staticmethod
+    def forward(ctx, r, k, v, w, u, state):
+        ext = load()
+        rr, kk, vv, ww, uu, s0 = _v6_inputs(r, k, v, w, u, state)
+        save = any(ctx.needs_input_grad)
+        B, T, H, _ = r.shape
+        chunk = chunk_length(B, H, T, r.device)
+        no_u = torch.zeros_like(uu)
+        y32, s_f, snap_f, trans_f = ext.wkv6_forward(rr, kk, vv, ww, uu, s0[:, 0].contiguous(), save,
+                                                     chunk, False, True)
+        y, s_b, snap_b, trans_b = ext.wkv6_forward(rr, kk, vv, ww, no_u, s0[:, 1].contiguous(), save,
+                                                   chunk, True, False, [y32])
+        del y32
+        if save:
+            ctx.save_for_backward(rr, kk, vv, ww, uu, snap_f, trans_f, snap_b, trans_b)
+            ctx.dtypes = (r.dtype, k.dtype, v.dtype, w.dtype, u.dtype, state.dtype)
+            ctx.chunk = chunk
+        return y, torch.stack([s_f, s_b], 1)
+
+    @staticmethod
+    def backward(ctx, gy, gsT):
+        rr, kk, vv, ww, uu, snap_f, trans_f, snap_b, trans_b = ctx.saved_tensors
+        ext, g, gs = load(), _c(gy, rr.dtype), _f32(gsT)
+        gr32, gk32, gv32, gw, gu, gs_f = ext.wkv6_backward(
+            rr, kk, vv, ww, uu, snap_f, trans_f, g, gs[:, 0].contiguous(), ctx.chunk, False, True)
+        gr, gk, gv, gw_b, _, gs_b = ext.wkv6_backward(
+            rr, kk, vv, ww, torch.zeros_like(uu), snap_b, trans_b, g, gs[:, 1].contiguous(),
+            ctx.chunk, True, False, [gr32, gk32, gv32])
+        dr, dk, dv, dw, du, ds = ctx.dtypes
+        return (gr.to(dr), gk.to(dk), gv.to(dv), gw.add_(gw_b).to(dw),
+                _sum_to(gu, (0, 1), du), torch.stack([gs_f, gs_b], 1).to(ds))
 
 
 class _Wkv7(torch.autograd.Function):
@@ -572,15 +616,14 @@ def bi_wkv4(k, v, w, u, state):
 
 
 def wkv6(r, k, v, w, u, state):
-    """RWKV-5/6: r, k, w [B, T, H, K]; v [B, T, H, V]; u [H, K]; state [B, H, K, V]."""
-    return _Wkv6.apply(r, k, v, w, u, state, False)
+    """RWKV-6: r, k, w [B, T, H, K]; v [B, T, H, V]; u [H, K]; state [B, H, K, V]."""
+    return _Wkv6.apply(r, k, v, w, u, state)
 
 
-def wkv6_reversed(r, k, v, w, state):
-    """The right-to-left half of ``bi_wkv6``: wkv6 without the bonus over the tokens from the
-    last to the first, ``state`` entering after the last; shapes as :func:`wkv6`. The kernels
-    read the sequence in place (no flipped copies)."""
-    return _Wkv6.apply(r, k, v, w, r.new_zeros(r.shape[2:], dtype=torch.float32), state, True)
+def bi_wkv6(r, k, v, w, u, state):
+    """Bidirectional v6: shapes as :func:`wkv6`, state [B, 2, H, K, V] (left-to-right,
+    right-to-left) -> (y, final state [B, 2, H, K, V]); rounded once (see _BiWkv6)."""
+    return _BiWkv6.apply(r, k, v, w, u, state)
 
 
 def wkv7(r, k, v, w, a, b, state):
