@@ -8,6 +8,7 @@
 #include <cstring>
 #include <new>
 #include <thread>
+#include <type_traits>
 #include <vector>
 #ifdef _OPENMP
 #include <omp.h>
@@ -178,6 +179,53 @@ inline void sigmoid_gate(int64_t n, const float* r, const float* v, float* out, 
     } else {
 #pragma omp simd
       for (int64_t i = i0; i < i1; ++i) out[i] = xsigmoid(r[i]) * v[i];
+    }
+  });
+}
+
+struct NoAct {};
+
+// y[rows, C] = act(x[rows, C] A) B, a low-rank projection (A [C, d], B [d, C]) with `act`
+// applied in place to the [rows, d] middle, kept in `mid`.
+template <typename Act>
+void lora(int64_t rows, int64_t C, int64_t d, const float* x, const float* A, const float* B, float* mid, float* y,
+          Act act, int threads) {
+  matmul(rows, C, d, x, C, A, mid);
+  if constexpr (!std::is_same_v<Act, NoAct>) map_inplace(rows * d, mid, threads, act);
+  matmul(rows, d, C, mid, d, B, y);
+}
+
+// After the WKV of RWKV-5/6/7, per row and head, in place on y:
+//   y <- GroupNorm_H(y) * gn_w + gn_b                   (one group per head)
+//   RWKV-7 (r non-null): y <- (y + (sum_n r k r_k) v) * g;  RWKV-5/6: y <- y * silu(g)
+inline void group_norm_gate(int64_t rows, int64_t H, int64_t N, float* y, const float* gn_w, const float* gn_b, float eps,
+                     const float* g, const float* r, const float* k, const float* v, const float* r_k, int threads) {
+  const int64_t C = H * N;
+  parallel_rows(rows, 4 * C, threads, [&](int64_t r0, int64_t r1) {
+    for (int64_t row = r0; row < r1; ++row) {
+      for (int64_t h = 0; h < H; ++h) {
+        const int64_t o = row * C + h * N;
+        float* __restrict__ yh = y + o;
+        const float* __restrict__ wh = gn_w + h * N;
+        const float* __restrict__ bh = gn_b + h * N;
+        const float* __restrict__ gh = g + o;
+        float mean, rstd;
+        moments(yh, N, eps, mean, rstd);
+        if (r) {
+          const float* __restrict__ rh = r + o;
+          const float* __restrict__ kh = k + o;
+          const float* __restrict__ vh = v + o;
+          const float* __restrict__ rkh = r_k + h * N;
+          float bonus = 0;
+#pragma omp simd reduction(+ : bonus)
+          for (int64_t n = 0; n < N; ++n) bonus += rh[n] * kh[n] * rkh[n];
+#pragma omp simd
+          for (int64_t n = 0; n < N; ++n) yh[n] = ((yh[n] - mean) * rstd * wh[n] + bh[n] + bonus * vh[n]) * gh[n];
+        } else {
+#pragma omp simd
+          for (int64_t n = 0; n < N; ++n) yh[n] = ((yh[n] - mean) * rstd * wh[n] + bh[n]) * gh[n] * xsigmoid(gh[n]);
+        }
+      }
     }
   });
 }

@@ -1,10 +1,10 @@
 // Vision-RWKV for CPU inference in float32: the quad-directional token shift (Q-Shift) with the
-// lerps that read it in one pass, and the whole VRWKV (v4) block as one call. rwkv_hf/vision/
-// cpu_fused.py calls them (ctypes, built into one library with wkv_cpu.cpp and lm_cpu.cpp);
-// modeling_vrwkv.py is the definition and the oracle. Eagerly the shift is a zero fill and five
-// strided copies, each lerp another pass, and a block some twenty ops, each paying for the
-// caches its matmul evicted; here the matmuls run on torch's sgemm (cpu_common.h) and the
-// recurrence on wkv_cpu.cpp's bidirectional kernel.
+// lerps that read it in one pass, and whole VRWKV (v4) and VRWKV6 blocks as one call each.
+// rwkv_hf/vision/cpu_fused.py calls them (ctypes, built into one library with wkv_cpu.cpp and
+// lm_cpu.cpp); modeling_vrwkv.py is the definition and the oracle. Eagerly the shift is a zero
+// fill and five strided copies, each lerp another pass, and a block twenty to forty ops, each
+// paying for the caches its matmul evicted; here the matmuls run on torch's sgemm
+// (cpu_common.h) and the recurrences on wkv_cpu.cpp's kernels.
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -13,6 +13,10 @@
 
 extern "C" int rwkv_hf_bi_wkv4_forward_f32(int64_t B, int64_t T, int64_t C, const float* k, const float* v,
                                            const float* w, const float* u, float* state, float* y, int threads);
+extern "C" int rwkv_hf_wkv6_forward_f32(int64_t B, int64_t T, int64_t H, int64_t K, int64_t V, int64_t ew_sb,
+                                        int64_t ew_st, int64_t ew_sh, int reverse, const float* r, const float* k,
+                                        const float* v, const float* ew, const float* u, const float* state_in,
+                                        float* state, float* y, float* snaps, int threads);
 
 namespace {
 
@@ -75,6 +79,36 @@ void add_scaled(int64_t rows, int64_t C, float* x, const float* o, const float* 
   });
 }
 
+// One residual branch of a block, in place on x [R, C]:
+//   pre-norm:  x += gamma * mixer(LayerNorm(x));   post-norm: x += gamma * LayerNorm(mixer(x))
+// mixer(in, out) writes its [R, C] result to `out`; z is scratch for the normalised input.
+template <typename Mixer>
+void residual(int64_t R, int64_t C, float* x, const float* ln_w, const float* ln_b, float eps, int post_norm,
+              const float* gamma, float* z, float* out, int threads, Mixer mixer) {
+  const float* in = x;
+  if (!post_norm) layer_norm_rows(R, C, x, ln_w, ln_b, eps, z, threads), in = z;
+  mixer(in, out);
+  if (post_norm) layer_norm_rows(R, C, out, ln_w, ln_b, eps, out, threads);
+  add_scaled(R, C, x, out, gamma, threads);
+}
+
+// The channel mix of both versions into out [R, C]: sigmoid(Wr zr) * Wv kn(relu(Wk zk)^2), z* the
+// Q-Shift lerps of z. p: mix_k, mix_r, Wk [F, C], key_norm_w, key_norm_b (F; null: none),
+// Wr, Wv [C, F]. Scratch: mix (2 R C), r (R C), kf (R F).
+void channel_mix(int64_t B, int64_t H, int64_t W, int64_t C, int64_t F, int64_t group, int64_t s, const int64_t* e,
+                 const float* const* p, float eps, const float* z, float* mix, float* r, float* kf, float* out,
+                 int threads) {
+  const int64_t R = B * H * W;
+  const float* mu[2] = {p[0], p[1]};
+  q_shift_lerp(B, H, W, C, group, s, e, z, 2, mu, mix, threads);
+  linear(R, C, F, mix, p[2], kf, false);
+  map_inplace(R * F, kf, threads, SqRelu());
+  if (p[3]) layer_norm_rows(R, F, kf, p[3], p[4], eps, kf, threads);
+  linear(R, C, C, mix + R * C, p[5], r, false);
+  linear(R, F, C, kf, p[6], out, false);
+  sigmoid_gate(R * C, r, out, out, false, threads);
+}
+
 }  // namespace
 
 extern "C" {
@@ -111,38 +145,112 @@ static void v4_block(int64_t B, int64_t H, int64_t W, int64_t C, int64_t F, cons
   float* mix = z + R * C;
   float *k = mix + 3 * R * C, *v = k + R * C, *r = v + R * C, *y = r + R * C, *kf = y + R * C;
   float *state = kf + R * F, *w = state + B * 6 * C, *u = w + C;
-  // Spatial mix.
-  const float* zin = x;
-  if (!post_norm) layer_norm_rows(R, C, x, p[0], p[1], eps, z, threads), zin = z;
-  const float* amu[3] = {p[4], p[5], p[6]};
-  q_shift_lerp(B, H, W, C, group, s, e, zin, 3, amu, mix, threads);
-  linear(R, C, C, mix, p[7], k, false);
-  linear(R, C, C, mix + R * C, p[8], v, false);
-  linear(R, C, C, mix + 2 * R * C, p[9], r, false);
-  for (int64_t c = 0; c < C; ++c) w[c] = -p[10][c] / N, u[c] = p[11][c] / N;  // as the official code
-  for (int64_t b = 0; b < 2 * B; ++b) {  // both directions start empty: (0, 0, -inf)
-    std::fill(state + b * 3 * C, state + b * 3 * C + 2 * C, 0.0f);
-    std::fill(state + b * 3 * C + 2 * C, state + (b + 1) * 3 * C, kV4EmptyLogscale);
-  }
-  check(rwkv_hf_bi_wkv4_forward_f32(B, N, C, k, v, w, u, state, y, threads));
-  if (p[12]) layer_norm_rows(R, C, y, p[12], p[13], eps, y, threads);
-  sigmoid_gate(R * C, r, y, y, false, threads);
-  linear(R, C, C, y, p[14], k, false);  // k: the mixer's output
-  if (post_norm) layer_norm_rows(R, C, k, p[0], p[1], eps, k, threads);
-  add_scaled(R, C, x, k, p[22], threads);
-  // Channel mix.
-  zin = x;
-  if (!post_norm) layer_norm_rows(R, C, x, p[2], p[3], eps, z, threads), zin = z;
-  const float* fmu[2] = {p[15], p[16]};
-  q_shift_lerp(B, H, W, C, group, s, e, zin, 2, fmu, mix, threads);
-  linear(R, C, F, mix, p[17], kf, false);
-  map_inplace(R * F, kf, threads, SqRelu());
-  if (p[18]) layer_norm_rows(R, F, kf, p[18], p[19], eps, kf, threads);
-  linear(R, C, C, mix + R * C, p[20], r, false);
-  linear(R, F, C, kf, p[21], v, false);
-  sigmoid_gate(R * C, r, v, v, false, threads);
-  if (post_norm) layer_norm_rows(R, C, v, p[2], p[3], eps, v, threads);
-  add_scaled(R, C, x, v, p[23], threads);
+  residual(R, C, x, p[0], p[1], eps, post_norm, p[22], z, k, threads, [&](const float* in, float* out) {
+    const float* mu[3] = {p[4], p[5], p[6]};
+    q_shift_lerp(B, H, W, C, group, s, e, in, 3, mu, mix, threads);
+    linear(R, C, C, mix, p[7], k, false);
+    linear(R, C, C, mix + R * C, p[8], v, false);
+    linear(R, C, C, mix + 2 * R * C, p[9], r, false);
+    for (int64_t c = 0; c < C; ++c) w[c] = -p[10][c] / N, u[c] = p[11][c] / N;  // as the official code
+    for (int64_t b = 0; b < 2 * B; ++b) {  // both directions start empty: (0, 0, -inf)
+      std::fill(state + b * 3 * C, state + b * 3 * C + 2 * C, 0.0f);
+      std::fill(state + b * 3 * C + 2 * C, state + (b + 1) * 3 * C, kV4EmptyLogscale);
+    }
+    check(rwkv_hf_bi_wkv4_forward_f32(B, N, C, k, v, w, u, state, y, threads));
+    if (p[12]) layer_norm_rows(R, C, y, p[12], p[13], eps, y, threads);
+    sigmoid_gate(R * C, r, y, y, false, threads);
+    linear(R, C, C, y, p[14], out, false);  // out = k: read before, written last
+  });
+  residual(R, C, x, p[2], p[3], eps, post_norm, p[23], z, v, threads, [&](const float* in, float* out) {
+    channel_mix(B, H, W, C, F, group, s, e, p + 15, eps, in, mix, r, kf, out, threads);
+  });
+}
+
+// Scratch floats rwkv_hf_vision_v6_block needs (hs: head size, dm / dd: the LoRA widths).
+int64_t rwkv_hf_vision_v6_scratch_floats(int64_t B, int64_t N, int64_t C, int64_t F, int64_t hs, int64_t dm,
+                                         int64_t dd) {
+  const int64_t R = B * N;
+  return R * (14 * C + 5 * dm + dd + F) + B * C * hs;
+}
+
+// One VRWKV6 block, in place on x [B, H * W, C], as v4_block with the VRWKV6 spatial mix:
+//   dz = qshift(z) - z;  l = tanh((z + dz * maa_x) W1);  z_i = z + dz * (maa_i + l_i W2_i), i = w, k, v, r, g
+//   att(z) = Wo(GroupNorm_heads(kn(BiWKV6(Wr z_r, Wk z_k, Wv z_v, -exp(decay + tanh(z_w D1) D2), u)))
+//               * silu(Wg z_g))
+// BiWKV6 = the left-to-right scan with the bonus u plus the right-to-left one without it, each
+// from a zero state. p: ln1_w, ln1_b, ln2_w, ln2_b, maa_x, maa_w1 [C, 5 dm], maa_w2 [5, dm, C],
+// maa_w, maa_k, maa_v, maa_r, maa_g, Wr, Wk, Wv, Wg, time_decay [C], decay_w1 [C, dd], decay_w2
+// [dd, C], time_faaaa [C], key_norm_w, key_norm_b (null: none), ln_x_w, ln_x_b, Wo, then the
+// channel mix as v4_block's (mix_k, mix_r, Wk, key_norm_w, key_norm_b, Wr, Wv), gamma1, gamma2
+// (null: none). dims: F, hs, dm, dd. eps: LayerNorm, GroupNorm.
+static void v6_block(int64_t B, int64_t H, int64_t W, int64_t C, const int64_t* dims, const int64_t* shift,
+                     int post_norm, const float* const* p, float eps, float gn_eps, float* x, float* scratch,
+                     int threads) {
+  const int64_t N = H * W, R = B * N, F = dims[0], hs = dims[1], dm = dims[2], dd = dims[3], nh = C / hs;
+  const int64_t group = shift[0], s = shift[1];
+  const int64_t* e = shift + 2;
+  float *z = scratch, *dz = z + R * C, *mix = dz + R * C, *r = mix + 5 * R * C, *k = r + R * C, *v = k + R * C,
+        *g = v + R * C, *ew = g + R * C, *y = ew + R * C, *y2 = y + R * C, *l5 = y2 + R * C, *ld = l5 + R * 5 * dm,
+        *kf = ld + R * dd, *state = kf + R * F;
+  residual(R, C, x, p[0], p[1], eps, post_norm, p[32], z, k, threads, [&](const float* in, float* out) {
+    const float* none[1] = {nullptr};
+    q_shift_lerp(B, H, W, C, group, s, e, in, 1, none, dz, threads);  // the shift itself
+    parallel_rows(R, 2 * C, threads, [&](int64_t r0, int64_t r1) {  // dz = shift - z; the LoRA's input
+      for (int64_t row = r0; row < r1; ++row) {
+        const float* __restrict__ zr = in + row * C;
+        float* __restrict__ d = dz + row * C;
+        float* __restrict__ o = mix + row * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          d[c] -= zr[c];
+          o[c] = zr[c] + d[c] * p[4][c];
+        }
+      }
+    });
+    matmul(R, C, 5 * dm, mix, C, p[5], l5);  // the five offsets share one down-projection
+    map_inplace(R * 5 * dm, l5, threads, Tanh());
+    for (int64_t i = 0; i < 5; ++i) matmul(R, dm, C, l5 + i * dm, 5 * dm, p[6] + i * dm * C, mix + i * R * C);
+    parallel_rows(R, 5 * C, threads, [&](int64_t r0, int64_t r1) {  // z_i = z + dz * (maa_i + offset_i)
+      for (int64_t i = 0; i < 5; ++i) {
+        const float* __restrict__ mi = p[7 + i];
+        for (int64_t row = r0; row < r1; ++row) {
+          const float* __restrict__ zr = in + row * C;
+          const float* __restrict__ d = dz + row * C;
+          float* __restrict__ o = mix + (i * R + row) * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) o[c] = zr[c] + d[c] * (mi[c] + o[c]);
+        }
+      }
+    });
+    const float *zw = mix, *zk = mix + R * C, *zv = mix + 2 * R * C, *zr = mix + 3 * R * C, *zg = mix + 4 * R * C;
+    linear(R, C, C, zr, p[12], r, false);
+    linear(R, C, C, zk, p[13], k, false);
+    linear(R, C, C, zv, p[14], v, false);
+    linear(R, C, C, zg, p[15], g, false);
+    lora(R, C, dd, zw, p[17], p[18], ld, ew, Tanh(), threads);
+    parallel_rows(R, C, threads, [&](int64_t r0, int64_t r1) {  // the decay factor exp(-exp(.))
+      for (int64_t row = r0; row < r1; ++row) {
+        float* __restrict__ o = ew + row * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) o[c] = xexp(-xexp(p[16][c] + o[c]));
+      }
+    });
+    for (int dir = 0; dir < 2; ++dir) {  // left to right with the bonus, right to left without
+      std::fill(state, state + B * C * hs, 0.0f);
+      check(rwkv_hf_wkv6_forward_f32(B, N, nh, hs, hs, N * C, C, hs, dir, r, k, v, ew, dir ? nullptr : p[19], state,
+                                     state, dir ? y2 : y, nullptr, threads));
+    }
+    parallel_rows(R, C, threads, [&](int64_t r0, int64_t r1) {
+#pragma omp simd
+      for (int64_t i = r0 * C; i < r1 * C; ++i) y[i] += y2[i];
+    });
+    if (p[20]) layer_norm_rows(R, C, y, p[20], p[21], eps, y, threads);
+    group_norm_gate(R, nh, hs, y, p[22], p[23], gn_eps, g, nullptr, nullptr, nullptr, nullptr, threads);
+    linear(R, C, C, y, p[24], out, false);  // out = k: read before, written last
+  });
+  residual(R, C, x, p[2], p[3], eps, post_norm, p[33], z, v, threads, [&](const float* in, float* out) {
+    channel_mix(B, H, W, C, F, group, s, e, p + 25, eps, in, mix, r, kf, out, threads);
+  });
 }
 
 // Returns 0, or 1 when no sgemm was set, 3 when an allocation failed.
@@ -151,6 +259,19 @@ int rwkv_hf_vision_v4_block(int64_t B, int64_t H, int64_t W, int64_t C, int64_t 
   if (!g_sgemm) return 1;
   try {
     v4_block(B, H, W, C, F, shift, post_norm, p, eps, x, scratch, threads);
+  } catch (...) {
+    return 3;
+  }
+  return 0;
+}
+
+// As rwkv_hf_vision_v4_block, for v6_block.
+int rwkv_hf_vision_v6_block(int64_t B, int64_t H, int64_t W, int64_t C, const int64_t* dims, const int64_t* shift,
+                            int post_norm, const float* const* p, float eps, float gn_eps, float* x, float* scratch,
+                            int threads) {
+  if (!g_sgemm) return 1;
+  try {
+    v6_block(B, H, W, C, dims, shift, post_norm, p, eps, gn_eps, x, scratch, threads);
   } catch (...) {
     return 3;
   }

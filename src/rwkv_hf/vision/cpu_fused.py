@@ -4,10 +4,10 @@
 224 px a VRWKV block's eager ops around its small matmuls (the Q-Shift alone is a zero fill and
 five strided copies, then a pass per lerp) cost more than the matmuls. So float32 CPU inference
 runs ``cuda_ext/vision_cpu.cpp`` (built into the operator layer's CPU library): a whole VRWKV
-(v4) block as one C call, its matmuls on torch's own sgemm, its recurrence on the operator
-layer's kernel; VRWKV6 blocks run eagerly with the Q-Shift and its lerps as one pass.
-``tests/test_vision.py`` checks both against the eager forms. ``RWKV_HF_VISION_FUSED=0`` turns
-them off.
+or VRWKV6 block as one C call, its matmuls on torch's own sgemm, its recurrence on the operator
+layer's kernels; where a whole block does not apply (no BLAS symbol in torch), the Q-Shift and
+its lerps still run as one pass. ``tests/test_vision.py`` checks both against the eager forms.
+``RWKV_HF_VISION_FUSED=0`` turns them off.
 """
 import ctypes
 import os
@@ -17,7 +17,7 @@ import torch
 from ..fused_cpu import plain, ptr_array, scratch
 from ..ops import cpu_backend
 
-__all__ = ["ENV", "q_shift_lerp", "v4_block"]
+__all__ = ["ENV", "q_shift_lerp", "block"]
 
 ENV = "RWKV_HF_VISION_FUSED"
 
@@ -40,6 +40,10 @@ def _load():
         lib.rwkv_hf_vision_v4_scratch_floats.restype = i64
         lib.rwkv_hf_vision_v4_block.argtypes = ([i64] * 5 + [ctypes.POINTER(i64), ctypes.c_int, ctypes.POINTER(p),
                                                 ctypes.c_float, p, p, ctypes.c_int])
+        lib.rwkv_hf_vision_v6_scratch_floats.argtypes = [i64] * 7
+        lib.rwkv_hf_vision_v6_scratch_floats.restype = i64
+        lib.rwkv_hf_vision_v6_block.argtypes = ([i64] * 4 + [ctypes.POINTER(i64)] * 2 + [ctypes.c_int, ctypes.POINTER(p),
+                                                ctypes.c_float, ctypes.c_float, p, p, ctypes.c_int])
         _lib = lib
     return _lib or None
 
@@ -89,22 +93,34 @@ def q_shift_lerp(x, grid, shift_pixel, gamma, group, mus):
     return list(out.unbind(0))
 
 
+def _ffn_params(ffn):
+    kn = ffn.key_norm
+    return [ffn.spatial_mix_k, ffn.spatial_mix_r, ffn.key.weight, kn and kn.weight, kn and kn.bias,
+            ffn.receptance.weight, ffn.value.weight]
+
+
 def _v4_params(block):
-    att, ffn = block.att, block.ffn
-    akn = att.key_norm
-    fkn = ffn.key_norm
+    att, akn = block.att, block.att.key_norm
     return [block.ln1.weight, block.ln1.bias, block.ln2.weight, block.ln2.bias, att.spatial_mix_k,
             att.spatial_mix_v, att.spatial_mix_r, att.key.weight, att.value.weight, att.receptance.weight,
             att.spatial_decay, att.spatial_first, akn and akn.weight, akn and akn.bias, att.output.weight,
-            ffn.spatial_mix_k, ffn.spatial_mix_r, ffn.key.weight, fkn and fkn.weight, fkn and fkn.bias,
-            ffn.receptance.weight, ffn.value.weight, block.gamma1, block.gamma2]
+            *_ffn_params(block.ffn), block.gamma1, block.gamma2]
 
 
-def v4_block(block, x, grid):
-    """A whole VRWKV (v4) block (``VrwkvBlock``) on x [B, H*W, C] as one C call, returning a new
-    tensor (x is left as it is); None where that does not apply (gradients, training mode, not
-    float32 on CPU, a VRWKV6 block, hooks or wrapped modules, no BLAS symbol in torch, the
-    switch off): the caller then runs the block eagerly."""
+def _v6_params(block):
+    att, akn = block.att, block.att.key_norm
+    return [block.ln1.weight, block.ln1.bias, block.ln2.weight, block.ln2.bias, att.time_maa_x, att.time_maa_w1,
+            att.time_maa_w2, att.time_maa_w, att.time_maa_k, att.time_maa_v, att.time_maa_r, att.time_maa_g,
+            att.receptance.weight, att.key.weight, att.value.weight, att.gate.weight, att.time_decay,
+            att.time_decay_w1, att.time_decay_w2, att.time_faaaa, akn and akn.weight, akn and akn.bias,
+            att.ln_x.weight, att.ln_x.bias, att.output.weight, *_ffn_params(block.ffn), block.gamma1, block.gamma2]
+
+
+def block(block, x, grid):
+    """A whole Vision-RWKV block (``VrwkvBlock``, VRWKV or VRWKV6) on x [B, H*W, C] as one C call,
+    returning a new tensor (x is left as it is); None where that does not apply (gradients,
+    training mode, not float32 on CPU, hooks or wrapped modules, parameters not float32, no
+    BLAS symbol in torch, the switch off): the caller then runs the block eagerly."""
     if torch.is_grad_enabled() or block.training or os.environ.get(ENV, "1") == "0":
         return None
     b, n, c = x.shape
@@ -112,7 +128,8 @@ def v4_block(block, x, grid):
     if x.device.type != "cpu" or x.dtype != torch.float32 or h * w != n:
         return None
     att, ffn = block.att, block.ffn
-    if type(att).__name__ != "VrwkvSpatialMix" or att.shift != ffn.shift:
+    v6 = type(att).__name__ == "Vrwkv6SpatialMix"
+    if not (v6 or type(att).__name__ == "VrwkvSpatialMix") or att.shift != ffn.shift:
         return None
     shift_pixel, gamma, group = att.shift
     bounds = _bounds(gamma, group)
@@ -124,14 +141,21 @@ def v4_block(block, x, grid):
     # normalises first, which makes one.
     x = block.ln0(x) if block.layer_id == 0 else x.clone(memory_format=torch.contiguous_format)
     f = ffn.key.out_features
-    buf = scratch(_lib.rwkv_hf_vision_v4_scratch_floats(b, n, c, f))
-    params = _v4_params(block)
-    status = _lib.rwkv_hf_vision_v4_block(
-        b, h, w, c, f, (ctypes.c_int64 * 7)(group, shift_pixel, *bounds), int(block.post_norm),
-        ptr_array(params), block.ln1.eps,
-        x.data_ptr(), buf.data_ptr(), torch.get_num_threads())
+    shift = (ctypes.c_int64 * 7)(group, shift_pixel, *bounds)
+    if v6:
+        dm, dd = att.time_maa_w2.shape[1], att.time_decay_w1.shape[1]
+        buf = scratch(_lib.rwkv_hf_vision_v6_scratch_floats(b, n, c, f, att.head_size, dm, dd))
+        status = _lib.rwkv_hf_vision_v6_block(
+            b, h, w, c, (ctypes.c_int64 * 4)(f, att.head_size, dm, dd), shift, int(block.post_norm),
+            ptr_array(_v6_params(block)), block.ln1.eps, att.ln_x.eps, x.data_ptr(), buf.data_ptr(),
+            torch.get_num_threads())
+    else:
+        buf = scratch(_lib.rwkv_hf_vision_v4_scratch_floats(b, n, c, f))
+        status = _lib.rwkv_hf_vision_v4_block(
+            b, h, w, c, f, shift, int(block.post_norm), ptr_array(_v4_params(block)), block.ln1.eps,
+            x.data_ptr(), buf.data_ptr(), torch.get_num_threads())
     if status == 3:
-        raise MemoryError("rwkv_hf fused Vision-RWKV block: the WKV kernel could not allocate its buffers")
+        raise MemoryError("rwkv_hf fused Vision-RWKV block: could not allocate the WKV kernel's buffers")
     if status != 0:
         raise RuntimeError(f"rwkv_hf fused Vision-RWKV block failed (status {status})")
     return x
