@@ -493,9 +493,10 @@ def bench_one(ctx, op, dt_name, B, T, H, N, emit, deadline, peers=False, phase="
             continue
         ours.append(("rwkv_hf cuda" + (f" ({form})" if form else ""),
                      lambda x, chunk=chunk: with_chunk(chunk, lambda: run_op(cb, op, x)), default))
-        if chunk and tune:  # 2x the chunk length (per-channel ops: 4x too)
-            for c in (chunk * 2, chunk * 4) if per_channel else (chunk * 2,):
-                if c * 3 <= T and (c >= 64 or per_channel):
+        if chunk and tune:  # 1/2 and 2x the chunk length (per-channel ops: 4x too)
+            half = chunk // 2 if per_channel else chunk // 2 // 64 * 64
+            for c in (half, chunk * 2, chunk * 4) if per_channel else (half, chunk * 2):
+                if c * 3 <= T and c >= (8 if per_channel else 64):
                     ours.append((f"rwkv_hf cuda (chunk {c})",
                                  lambda x, c=c: with_chunk(c, lambda: run_op(cb, op, x)), False))
     if tune and len(ours) == 1 and op in ("wkv6", "wkv7", "bi_wkv6") and T >= 1024:
