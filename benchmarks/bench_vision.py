@@ -1,5 +1,5 @@
-"""Vision-RWKV-T against timm's DeiT-Tiny (same width class, 192) on the CPU: images/s and peak
-memory of one image at 224, 512 and 1024 pixels, inference.
+"""Vision-RWKV-T and VRWKV6-T against timm's DeiT-Tiny (same width class, 192) on the CPU:
+images/s and peak memory of one image at 224, 512 and 1024 pixels, inference.
 
 Method: ``torch.set_num_threads(2)``; speed in one process with both models built, one
 warm-up per model and resolution, then the two models alternated (A B A B) for ``--repeats``
@@ -25,7 +25,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MODELS = {"VRWKV-T (rwkv_hf)": "vrwkv_tiny_patch16_224", "DeiT-Tiny (timm)": "deit_tiny_patch16_224"}
+MODELS = {"VRWKV-T (rwkv_hf)": "vrwkv_tiny_patch16_224", "VRWKV6-T (rwkv_hf)": "vrwkv6_tiny_patch16_224",
+          "DeiT-Tiny (timm)": "deit_tiny_patch16_224"}
 
 
 def _build(arch):
@@ -116,26 +117,31 @@ def plot(results, path):
 
 def report(results):
     res = results["resolutions"]
-    v, d = results["models"]["VRWKV-T (rwkv_hf)"], results["models"]["DeiT-Tiny (timm)"]
+    v, v6, d = (results["models"][n] for n in ("VRWKV-T (rwkv_hf)", "VRWKV6-T (rwkv_hf)", "DeiT-Tiny (timm)"))
     lines = [
-        "## Vision-RWKV-T vs DeiT-Tiny (CPU inference, batch 1)", "",
+        "## Vision-RWKV-T and VRWKV6-T vs DeiT-Tiny (CPU inference, batch 1)", "",
         f"`python benchmarks/bench_vision.py`, {results['date']}, {results['cpu']}, 2 threads, torch "
         f"{results['torch']}, timm {results['timm']}. Median of {results['repeats']} alternated runs; peak "
         "memory = growth of the resident set over one forward, median of 3 fresh processes. Plot: "
         "`benchmarks/vision_scaling.png`.", "",
-        "| pixels | patches | VRWKV-T img/s | DeiT-Tiny img/s | VRWKV / DeiT speed | VRWKV-T peak MiB | "
-        "DeiT-Tiny peak MiB |",
-        "|---|---|---|---|---|---|---|"]
+        "| pixels | patches | VRWKV-T img/s | VRWKV6-T img/s | DeiT-Tiny img/s | VRWKV / DeiT speed | "
+        "VRWKV6 / DeiT speed | VRWKV-T peak MiB | VRWKV6-T peak MiB | DeiT-Tiny peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
     for r in res:
         k = str(r)
-        lines.append(f"| {r} | {(r // 16) ** 2} | {1 / v['seconds'][k]:.2f} | {1 / d['seconds'][k]:.2f} | "
-                     f"{d['seconds'][k] / v['seconds'][k]:.2f}x | {v['peak_mb'][k]:.0f} | {d['peak_mb'][k]:.0f} |")
+        lines.append(f"| {r} | {(r // 16) ** 2} | {1 / v['seconds'][k]:.2f} | {1 / v6['seconds'][k]:.2f} | "
+                     f"{1 / d['seconds'][k]:.2f} | {d['seconds'][k] / v['seconds'][k]:.2f}x | "
+                     f"{d['seconds'][k] / v6['seconds'][k]:.2f}x | {v['peak_mb'][k]:.0f} | "
+                     f"{v6['peak_mb'][k]:.0f} | {d['peak_mb'][k]:.0f} |")
     lines += ["", f"Fitted exponent of time in the number of patches ({', '.join(map(str, res))} px): "
-              f"VRWKV-T **{v['exponent']:.2f}**, DeiT-Tiny **{d['exponent']:.2f}** (1 = linear).",
+              f"VRWKV-T **{v['exponent']:.2f}**, VRWKV6-T **{v6['exponent']:.2f}**, DeiT-Tiny "
+              f"**{d['exponent']:.2f}** (1 = linear).",
               "", "DeiT's attention runs through PyTorch's fused `scaled_dot_product_attention` (timm's default), "
               "which never stores the patches x patches matrix, so its memory also grows linearly; its time does "
-              "not. Peak-memory readings vary by about 15 MiB between runs (the allocator); VRWKV-T's is dominated "
-              "by the 4C-wide channel-mix activations."]
+              "not. Peak-memory readings vary by about 15 MiB between runs (the allocator); the Vision-RWKV "
+              "models' are dominated by the 4C-wide channel-mix activations. VRWKV6-T does more work per patch "
+              "than VRWKV-T (its data-dependent mixing and decay: six more low-rank matmuls and a gate per "
+              "block)."]
     return "\n".join(lines)
 
 
