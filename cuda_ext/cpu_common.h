@@ -195,6 +195,43 @@ void lora(int64_t rows, int64_t C, int64_t d, const float* x, const float* A, co
   matmul(rows, d, C, mid, d, B, y);
 }
 
+// RWKV-6's data-dependent mixing (ddlerp) of the five mixer inputs, in place on mix [5, rows, C]
+// whose first slot holds x + dx * maa_x on entry:
+//   l = tanh(mix_0 W1);  mix_i = x + dx * (maa_i + l_i W2_i),  i = w, k, v, r, g (BlinkDL's order)
+// W1 [C, 5 dm]: the five offsets share one down-projection; W2 [5, dm, C]; l5: [rows, 5 dm] scratch.
+inline void ddlerp(int64_t rows, int64_t C, int64_t dm, const float* x, const float* dx, const float* W1,
+                   const float* W2, const float* const* maa, float* mix, float* l5, int threads) {
+  matmul(rows, C, 5 * dm, mix, C, W1, l5);
+  map_inplace(rows * 5 * dm, l5, threads, Tanh());
+  for (int64_t i = 0; i < 5; ++i) matmul(rows, dm, C, l5 + i * dm, 5 * dm, W2 + i * dm * C, mix + i * rows * C);
+  parallel_rows(rows, 5 * C, threads, [&](int64_t r0, int64_t r1) {
+    for (int64_t i = 0; i < 5; ++i) {
+      const float* __restrict__ mi = maa[i];
+      for (int64_t row = r0; row < r1; ++row) {
+        const float* __restrict__ xr = x + row * C;
+        const float* __restrict__ e = dx + row * C;
+        float* __restrict__ o = mix + (i * rows + row) * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) o[c] = xr[c] + e[c] * (mi[c] + o[c]);
+      }
+    }
+  });
+}
+
+// RWKV-6's per-token decay factor into ew [rows, C]: exp(-exp(decay + tanh(xw D1) D2)) (the
+// log-decay is -exp(.)); D1 [C, dd], D2 [dd, C]; mid: [rows, dd] scratch.
+inline void v6_decay(int64_t rows, int64_t C, int64_t dd, const float* xw, const float* decay, const float* D1,
+                     const float* D2, float* mid, float* ew, int threads) {
+  lora(rows, C, dd, xw, D1, D2, mid, ew, Tanh(), threads);
+  parallel_rows(rows, C, threads, [&](int64_t r0, int64_t r1) {
+    for (int64_t row = r0; row < r1; ++row) {
+      float* __restrict__ o = ew + row * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) o[c] = xexp(-xexp(decay[c] + o[c]));
+    }
+  });
+}
+
 // After the WKV of RWKV-5/6/7, per row and head, in place on y:
 //   y <- GroupNorm_H(y) * gn_w + gn_b                   (one group per head)
 //   RWKV-7 (r non-null): y <- (y + (sum_n r k r_k) v) * g;  RWKV-5/6: y <- y * silu(g)

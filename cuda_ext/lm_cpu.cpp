@@ -175,35 +175,13 @@ void v6_block(const Dims& d, const float* const* p, float eps, float gn_eps, flo
         *l5 = sc.take(R * 5 * dm), *ld = sc.take(R * dd), *kf = sc.take(R * d.F);
   const float* mus[1] = {p[2]};
   ln_shift_mix(d.B, d.T, C, h, p[0], p[1], eps, xn, s.att_in, s.att_out, 1, mus, 0, mix, dx, threads, s.mask);
-  matmul(R, C, 5 * dm, mix, C, p[3], l5);  // the five LoRA offsets share one down-projection
-  map_inplace(R * 5 * dm, l5, threads, Tanh());
-  for (int64_t i = 0; i < 5; ++i) matmul(R, dm, C, l5 + i * dm, 5 * dm, p[4] + i * dm * C, mix + i * R * C);
-  // mix_i = xn + dx * (maa_i + offset_i), in place on the offsets, in BlinkDL's order w, k, v, r, g
-  parallel_rows(R, 5 * C, threads, [&](int64_t r0, int64_t r1) {
-    for (int64_t i = 0; i < 5; ++i) {
-      const float* __restrict__ mi = p[5 + i];
-      for (int64_t row = r0; row < r1; ++row) {
-        const float* __restrict__ x = xn + row * C;
-        const float* __restrict__ e = dx + row * C;
-        float* __restrict__ o = mix + (i * R + row) * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) o[c] = x[c] + e[c] * (mi[c] + o[c]);
-      }
-    }
-  });
+  ddlerp(R, C, dm, xn, dx, p[3], p[4], p + 5, mix, l5, threads);
   const float *xw = mix, *xk = mix + R * C, *xv = mix + 2 * R * C, *xr = mix + 3 * R * C, *xg = mix + 4 * R * C;
   linear(R, C, C, xr, p[10], r, false);
   linear(R, C, C, xk, p[11], k, false);
   linear(R, C, C, xv, p[12], v, false);
   linear(R, C, C, xg, p[13], g, false);
-  lora(R, C, dd, xw, p[15], p[16], ld, w, Tanh(), threads);
-  parallel_rows(R, C, threads, [&](int64_t r0, int64_t r1) {  // exp(log-decay), log-decay = -exp(.)
-    for (int64_t row = r0; row < r1; ++row) {
-      float* __restrict__ o = w + row * C;
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) o[c] = xexp(-xexp(p[14][c] + o[c]));
-    }
-  });
+  v6_decay(R, C, dd, xw, p[14], p[15], p[16], ld, w, threads);  // w: the decay factor exp(-exp(.))
   check(rwkv_hf_wkv6_forward_f32(d.B, d.T, H, N, N, d.T * C, C, N, 0, r, k, v, w, p[17], s.wkv_in, s.wkv_out, y, nullptr,
                            wkv_threads(R * C * N, threads)));
   group_norm_gate(R, H, N, y, p[18], p[19], gn_eps, g, nullptr, nullptr, nullptr, nullptr, threads);

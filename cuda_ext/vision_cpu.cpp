@@ -195,7 +195,7 @@ static void v6_block(int64_t B, int64_t H, int64_t W, int64_t C, const int64_t* 
   residual(R, C, x, p[0], p[1], eps, post_norm, p[32], z, k, threads, [&](const float* in, float* out) {
     const float* none[1] = {nullptr};
     q_shift_lerp(B, H, W, C, group, s, e, in, 1, none, dz, threads);  // the shift itself
-    parallel_rows(R, 2 * C, threads, [&](int64_t r0, int64_t r1) {  // dz = shift - z; the LoRA's input
+    parallel_rows(R, 2 * C, threads, [&](int64_t r0, int64_t r1) {  // dz = shift - z; ddlerp's input
       for (int64_t row = r0; row < r1; ++row) {
         const float* __restrict__ zr = in + row * C;
         float* __restrict__ d = dz + row * C;
@@ -207,34 +207,13 @@ static void v6_block(int64_t B, int64_t H, int64_t W, int64_t C, const int64_t* 
         }
       }
     });
-    matmul(R, C, 5 * dm, mix, C, p[5], l5);  // the five offsets share one down-projection
-    map_inplace(R * 5 * dm, l5, threads, Tanh());
-    for (int64_t i = 0; i < 5; ++i) matmul(R, dm, C, l5 + i * dm, 5 * dm, p[6] + i * dm * C, mix + i * R * C);
-    parallel_rows(R, 5 * C, threads, [&](int64_t r0, int64_t r1) {  // z_i = z + dz * (maa_i + offset_i)
-      for (int64_t i = 0; i < 5; ++i) {
-        const float* __restrict__ mi = p[7 + i];
-        for (int64_t row = r0; row < r1; ++row) {
-          const float* __restrict__ zr = in + row * C;
-          const float* __restrict__ d = dz + row * C;
-          float* __restrict__ o = mix + (i * R + row) * C;
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) o[c] = zr[c] + d[c] * (mi[c] + o[c]);
-        }
-      }
-    });
+    ddlerp(R, C, dm, in, dz, p[5], p[6], p + 7, mix, l5, threads);
     const float *zw = mix, *zk = mix + R * C, *zv = mix + 2 * R * C, *zr = mix + 3 * R * C, *zg = mix + 4 * R * C;
     linear(R, C, C, zr, p[12], r, false);
     linear(R, C, C, zk, p[13], k, false);
     linear(R, C, C, zv, p[14], v, false);
     linear(R, C, C, zg, p[15], g, false);
-    lora(R, C, dd, zw, p[17], p[18], ld, ew, Tanh(), threads);
-    parallel_rows(R, C, threads, [&](int64_t r0, int64_t r1) {  // the decay factor exp(-exp(.))
-      for (int64_t row = r0; row < r1; ++row) {
-        float* __restrict__ o = ew + row * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) o[c] = xexp(-xexp(p[16][c] + o[c]));
-      }
-    });
+    v6_decay(R, C, dd, zw, p[16], p[17], p[18], ld, ew, threads);
     for (int dir = 0; dir < 2; ++dir) {  // left to right with the bonus, right to left without
       std::fill(state, state + B * C * hs, 0.0f);
       check(rwkv_hf_wkv6_forward_f32(B, N, nh, hs, hs, N * C, C, hs, dir, r, k, v, ew, dir ? nullptr : p[19], state,

@@ -504,27 +504,27 @@ class _BiWkv4(torch.autograd.Function):
         return _v4_backward(ctx, "bi_wkv4", gy, gsT)
 
 
-def _v6_inputs(r, k, v, w, u, state):
-    """The tensors wkv6's kernels take: per-token inputs in one dtype, contiguous; w, u and the
-    state in float32."""
+def _v6_forward_setup(ctx, r, k, v, w, u, state):
+    """For a wkv6 Function's forward: (the extension, the tensors its kernels take: per-token
+    inputs in one dtype, contiguous, w, u and the state in float32; whether to keep what the
+    backward needs); ``ctx`` gets the chunk length and the inputs' dtypes."""
+    ext = load()
     dt = _act_dtype("wkv6", r, k, v)
     _head_size("wkv6", r, v)
-    return _c(r, dt), _c(k, dt), _c(v, dt), _f32(w), _f32(u), _f32(state)
+    B, T, H, _ = r.shape
+    ctx.chunk = chunk_length(B, H, T, r.device)
+    ctx.dtypes = (r.dtype, k.dtype, v.dtype, w.dtype, u.dtype, state.dtype)
+    xs = (_c(r, dt), _c(k, dt), _c(v, dt), _f32(w), _f32(u), _f32(state))
+    return ext, xs, any(ctx.needs_input_grad)
 
 
 class _Wkv6(torch.autograd.Function):
     @staticmethod
     def forward(ctx, r, k, v, w, u, state):
-        ext = load()
-        rr, kk, vv, ww, uu, s0 = _v6_inputs(r, k, v, w, u, state)
-        save = any(ctx.needs_input_grad)
-        B, T, H, _ = r.shape
-        chunk = chunk_length(B, H, T, r.device)
-        y, sT, snap, trans = ext.wkv6_forward(rr, kk, vv, ww, uu, s0, save, chunk)
+        ext, (rr, kk, vv, ww, uu, s0), save = _v6_forward_setup(ctx, r, k, v, w, u, state)
+        y, sT, snap, trans = ext.wkv6_forward(rr, kk, vv, ww, uu, s0, save, ctx.chunk)
         if save:
             ctx.save_for_backward(rr, kk, vv, ww, uu, snap, trans)
-            ctx.dtypes = (r.dtype, k.dtype, v.dtype, w.dtype, u.dtype, state.dtype)
-            ctx.chunk = chunk
         return y, sT
 
     @staticmethod
@@ -545,21 +545,14 @@ class _BiWkv6(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, r, k, v, w, u, state):
-        ext = load()
-        rr, kk, vv, ww, uu, s0 = _v6_inputs(r, k, v, w, u, state)
-        save = any(ctx.needs_input_grad)
-        B, T, H, _ = r.shape
-        chunk = chunk_length(B, H, T, r.device)
-        no_u = torch.zeros_like(uu)
+        ext, (rr, kk, vv, ww, uu, s0), save = _v6_forward_setup(ctx, r, k, v, w, u, state)
         y32, s_f, snap_f, trans_f = ext.wkv6_forward(rr, kk, vv, ww, uu, s0[:, 0].contiguous(), save,
-                                                     chunk, False, True)
-        y, s_b, snap_b, trans_b = ext.wkv6_forward(rr, kk, vv, ww, no_u, s0[:, 1].contiguous(), save,
-                                                   chunk, True, False, [y32])
+                                                     ctx.chunk, False, True)
+        y, s_b, snap_b, trans_b = ext.wkv6_forward(rr, kk, vv, ww, torch.zeros_like(uu), s0[:, 1].contiguous(),
+                                                   save, ctx.chunk, True, False, [y32])
         del y32
         if save:
             ctx.save_for_backward(rr, kk, vv, ww, uu, snap_f, trans_f, snap_b, trans_b)
-            ctx.dtypes = (r.dtype, k.dtype, v.dtype, w.dtype, u.dtype, state.dtype)
-            ctx.chunk = chunk
         return y, torch.stack([s_f, s_b], 1)
 
     @staticmethod
