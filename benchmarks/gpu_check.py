@@ -7,7 +7,7 @@ Needs only torch (and optionally flash-linear-attention for the side-by-side tim
 ``.gpu_peers/`` folder here (``PEERS_HELP`` below), carried along with the working tree. Steps:
 
 1. build/load the extension for the visible GPU (JIT, cached), timed;
-2. correctness of every op (wkv4, bi_wkv4, wkv5 = wkv6 with an expanded decay, wkv6,
+2. correctness of every op (wkv4, bi_wkv4, wkv5 (wkv6 with one decay for all tokens), wkv6,
    bidirectional v6 composed as the dispatcher does, wkv7) in float32 and bfloat16, T in
    {1, 17, 130 (other head sizes / odd C), 4096, 65536}: outputs, final state and the gradient of
    every input (initial state included, from both outputs) against float64 (the ``torch``
@@ -141,6 +141,8 @@ def run_op(be, op, x):
     if op == "bi_wkv4":
         return be.bi_wkv4(x["k"], x["v"], x["w"], x["u"], x["state"])
     if op == "wkv5":
+        if hasattr(be, "wkv5"):  # the extension reads the decay [H, K] in place
+            return be.wkv5(x["r"], x["k"], x["v"], x["w"], x["u"], x["state"])
         B, T, H, K = x["r"].shape
         return be.wkv6(x["r"], x["k"], x["v"], x["w"].expand(B, T, H, K), x["u"], x["state"])
     if op == "wkv6":

@@ -34,7 +34,8 @@
 //
 // `rev`: every kernel reads and writes token t of its scan at position T-1-t (the right-to-left
 // half of bi_wkv6 runs on the sequence as it is, no flipped copies); snapshots, chunks and
-// scratch follow the scan's order.
+// scratch follow the scan's order. WC: w is [H, N], one decay for every token (RWKV-5), read in
+// place (a template parameter: a runtime choice of the address costs the kernels registers).
 // The per-token outputs y, gk, gv, gr are OutVec (wkv_common.h): rounded once, or float32.
 #include "wkv_common.h"
 
@@ -46,7 +47,7 @@ namespace {
 // state when not chunked), writes y, the snapshots the chunk starts or contains and, for the last
 // chunk, the final state. LOCAL = true (pass 1 of the chunked form): from S = 0, writes only the
 // chunk's end state `out[b, h, c]` and its transition `trans[b, h, c]` = diag(prod_t d_t).
-template <typename F, int N, bool LOCAL>
+template <typename F, int N, bool LOCAL, bool WC>
 __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_fwd_kernel(
     int T, int H, int L, bool rev, const F* __restrict__ r, const F* __restrict__ k,
     const F* __restrict__ v, const float* __restrict__ w, const float* __restrict__ u,
@@ -101,7 +102,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_fwd_kernel(
         const int64_t o = tok(t0 + q / N) + q % N;
         if constexpr (!LOCAL) pr[it] = r[o];
         pk[it] = k[o];
-        pw[it] = w[o];
+        pw[it] = w[WC ? h * N + q % N : o];
         pv[it] = v[o];
       }
     }
@@ -181,7 +182,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_fwd_kernel(
 // gS_{-1}. LOCAL = true (pass 1 of the chunked form): from G = 0, writes only G at the token
 // before the chunk, `out[b, h, c]`. The bonus terms enter the sums through G + diag(r u) 1 gy^T:
 // gk_i = sum_j (G_ij + r_i u_i gy_j) v_j, gv_j = sum_i (G_ij + r_i u_i gy_j) k_i.
-template <typename F, int N, bool LOCAL>
+template <typename F, int N, bool LOCAL, bool WC>
 __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_bwd_b1_kernel(
     int T, int H, int L, bool rev, const F* __restrict__ r, const F* __restrict__ k,
     const F* __restrict__ v, const float* __restrict__ w, const float* __restrict__ u,
@@ -235,7 +236,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_bwd_b1_kernel(
       if (q < lim) {
         const int64_t o = tok(t0 + q / N) + q % N;
         pr[it] = r[o];
-        pw[it] = w[o];
+        pw[it] = w[WC ? h * N + q % N : o];
         pg[it] = gy[o];
         if constexpr (!LOCAL) {
           pk[it] = k[o];
@@ -335,7 +336,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_bwd_b1_kernel(
 }
 
 // B2: one block per (batch*head, chunk), forwards in time inside the chunk.
-template <typename F, int N>
+template <typename F, int N, bool WC>
 __global__ void __launch_bounds__(N) wkv6_bwd_b2_kernel(
     int T, int H, bool rev, const F* __restrict__ r, const F* __restrict__ k,
     const F* __restrict__ v, const float* __restrict__ w, const float* __restrict__ u,
@@ -375,7 +376,7 @@ __global__ void __launch_bounds__(N) wkv6_bwd_b2_kernel(
     __syncthreads();
     for (int tt = 0; tt < cnt; ++tt) {
       const int64_t o = tok(t0 + tt);
-      const float rx = to_f(r[o]), kx = to_f(k[o]), dx = expf(w[o]), ex = e[o];
+      const float rx = to_f(r[o]), kx = to_f(k[o]), dx = expf(w[WC ? h * N + x : o]), ex = e[o];
       float a0 = 0.f, a1 = 0.f, q0 = 0.f, q1 = 0.f;
 #pragma unroll
       for (int j = 0; j < N; j += 4) {
@@ -408,11 +409,22 @@ void check_v6(const at::Tensor& r, const at::Tensor& k, const at::Tensor& v, con
   check_act(v, r, "v");
   check_float(w, "w");
   check_float(u, "u");
-  TORCH_CHECK(k.sizes() == r.sizes() && w.sizes() == r.sizes(),
-              "rwkv_hf cuda wkv6: r, k, w must share one shape [B, T, H, K]");
+  TORCH_CHECK(k.sizes() == r.sizes(), "rwkv_hf cuda wkv6: r and k must share one shape [B, T, H, K]");
+  TORCH_CHECK(w.sizes() == r.sizes() || (w.dim() == 2 && w.size(0) == r.size(2) && w.size(1) == r.size(3)),
+              "rwkv_hf cuda wkv6: w must be [B, T, H, K] like r, or [H, K], got ", w.sizes());
   TORCH_CHECK(v.sizes() == r.sizes(), "rwkv_hf cuda wkv6: needs V == K (v of r's shape), got v ",
               v.sizes(), " and r ", r.sizes());
   TORCH_CHECK(u.numel() == r.size(2) * r.size(3), "rwkv_hf cuda wkv6: u must be [H, K]");
+}
+
+// body(std::true_type) for a decay constant in time (w [H, K]), body(std::false_type) otherwise.
+template <typename Body>
+void dispatch_wc(bool wconst, Body body) {
+  if (wconst) {
+    body(std::true_type());
+  } else {
+    body(std::false_type());
+  }
 }
 
 // A per-token output like `like`: in its dtype, or float32 (out_f32).
@@ -455,6 +467,7 @@ std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
   check_v6(r, k, v, w, u);
   check_float(s0, "state");
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
+  const bool wconst = w.dim() == 2;
   TORCH_CHECK(s0.numel() == (int64_t)B * H * n * n, "rwkv_hf cuda wkv6: state must be [B, H, K, V]");
   const int L = chunk_length(chunk, T), NCL = (T + L - 1) / L;
   TORCH_CHECK(NCL < 65536, "rwkv_hf cuda wkv6: over 65535 chunks (chunk length ", L, ")");
@@ -472,19 +485,22 @@ std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
     RWKV_HF_DISPATCH_N(n, "wkv6", [&] {
       const F *pr = (const F*)r.data_ptr(), *pk = (const F*)k.data_ptr(),
               *pv = (const F*)v.data_ptr();
-      if (NCL > 1) {  // pass 1: chunks from zero in parallel; then the chunk start states
-        auto local = at::empty({B, H, NCL, n, n}, s0.options());
-        wkv6_fwd_kernel<F, N, true><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
+      dispatch_wc(wconst, [&](auto wc) {
+        constexpr bool WC = decltype(wc)::value;
+        if (NCL > 1) {  // pass 1: chunks from zero in parallel; then the chunk start states
+          auto local = at::empty({B, H, NCL, n, n}, s0.options());
+          wkv6_fwd_kernel<F, N, true, WC><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
+              T, H, L, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(), nullptr,
+              OutVec<F>(), local.data_ptr<float>(), nullptr, trans.data_ptr<float>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          starts = combine_chunks<N>(trans, local, s0, false, stream);
+        }
+        wkv6_fwd_kernel<F, N, false, WC><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
             T, H, L, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(),
-            nullptr, OutVec<F>(), local.data_ptr<float>(), nullptr, trans.data_ptr<float>());
+            starts.data_ptr<float>(), out_vec<F>(y, yadd[0]), sT.data_ptr<float>(),
+            save ? snap.data_ptr<float>() : nullptr, nullptr);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        starts = combine_chunks<N>(trans, local, s0, false, stream);
-      }
-      wkv6_fwd_kernel<F, N, false><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
-          T, H, L, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(),
-          starts.data_ptr<float>(), out_vec<F>(y, yadd[0]), sT.data_ptr<float>(),
-          save ? snap.data_ptr<float>() : nullptr, nullptr);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     });
   });
   if (!save) trans = at::empty({0, H, NCL, n, n}, s0.options());
@@ -500,6 +516,7 @@ std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
   check_float(snap, "snapshots");
   check_float(gsT, "gsT");
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
+  const bool wconst = w.dim() == 2;
   const int NC = (T + kSnap - 1) / kSnap;
   const int L = chunk_length(chunk, T), NCL = (T + L - 1) / L;
   TORCH_CHECK(snap.numel() == (int64_t)B * H * NC * n * n, "rwkv_hf cuda wkv6: bad snapshots");
@@ -525,26 +542,29 @@ std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
     RWKV_HF_DISPATCH_N(n, "wkv6", [&] {
       const F *pr = (const F*)r.data_ptr(), *pk = (const F*)k.data_ptr(),
               *pv = (const F*)v.data_ptr(), *pg = (const F*)gy.data_ptr();
-      if (NCL > 1) {  // pass 1: chunks from G = 0 in parallel; then G at every chunk's end
-        auto local = at::empty({B, H, NCL, n, n}, f32);
-        wkv6_bwd_b1_kernel<F, N, true><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
+      dispatch_wc(wconst, [&](auto wc) {
+        constexpr bool WC = decltype(wc)::value;
+        if (NCL > 1) {  // pass 1: chunks from G = 0 in parallel; then G at every chunk's end
+          auto local = at::empty({B, H, NCL, n, n}, f32);
+          wkv6_bwd_b1_kernel<F, N, true, WC><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
+              T, H, L, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(),
+              snap.data_ptr<float>(), pg, nullptr, OutVec<F>(), OutVec<F>(), nullptr, nullptr,
+              local.data_ptr<float>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+          gend = combine_chunks<N>(trans, local, gsT, true, stream);
+        }
+        wkv6_bwd_b1_kernel<F, N, false, WC><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
             T, H, L, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(),
-            snap.data_ptr<float>(), pg, nullptr, OutVec<F>(), OutVec<F>(), nullptr, nullptr,
-            local.data_ptr<float>());
+            snap.data_ptr<float>(), pg, gend.data_ptr<float>(), out_vec<F>(gk, gadd[1]),
+            out_vec<F>(gv, gadd[2]), e.data_ptr<float>(), anchor.data_ptr<float>(),
+            gs0.data_ptr<float>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        gend = combine_chunks<N>(trans, local, gsT, true, stream);
-      }
-      wkv6_bwd_b1_kernel<F, N, false><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
-          T, H, L, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(),
-          snap.data_ptr<float>(), pg, gend.data_ptr<float>(), out_vec<F>(gk, gadd[1]),
-          out_vec<F>(gv, gadd[2]), e.data_ptr<float>(), anchor.data_ptr<float>(),
-          gs0.data_ptr<float>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      wkv6_bwd_b2_kernel<F, N><<<dim3(B * H * NC), N, 0, stream>>>(
-          T, H, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(),
-          snap.data_ptr<float>(), pg, e.data_ptr<float>(), anchor.data_ptr<float>(),
-          out_vec<F>(gr, gadd[0]), gw.data_ptr<float>(), gu_part.data_ptr<float>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+        wkv6_bwd_b2_kernel<F, N, WC><<<dim3(B * H * NC), N, 0, stream>>>(
+            T, H, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(),
+            snap.data_ptr<float>(), pg, e.data_ptr<float>(), anchor.data_ptr<float>(),
+            out_vec<F>(gr, gadd[0]), gw.data_ptr<float>(), gu_part.data_ptr<float>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
     });
   });
   return {gr, gk, gv, gw, gu_part, gs0};

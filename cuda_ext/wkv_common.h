@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace rwkv_hf {

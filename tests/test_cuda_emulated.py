@@ -209,6 +209,29 @@ def test_bi_wkv6_rounds_once(on_emulated_cuda, monkeypatch, dtype, chunk):
         assert torch.equal(low, full.to(low.dtype)), name
 
 
+def test_wkv5_decay_is_read_in_place(on_emulated_cuda, monkeypatch):
+    """RWKV-5's decay [H, K] reaches the kernels as it is (not expanded to [B, T, H, K] and
+    copied), in the forward and the backward, and its gradient comes back summed over batch
+    and time."""
+    seen = []
+    real = on_emulated_cuda
+
+    def spy(name):
+        return staticmethod(lambda *a, **kw: seen.append((name, tuple(a[3].shape))) or getattr(real, name)(*a, **kw))
+
+    monkeypatch.setattr(cuda_backend, "_ext", type("Spy", (), {n: spy(n) for n in ("wkv6_forward", "wkv6_backward")})())
+    x = {n: t.requires_grad_() for n, t in make_inputs("wkv5", 2, 150, 2, 16, state=True, seed=2).items()}
+    y, s = ops.wkv5(**x, output_final_state=True)
+    (y.sum() + s.sum()).backward()
+    assert seen == [("wkv6_forward", (2, 16)), ("wkv6_backward", (2, 16))]
+    x64 = {n: t.detach().double().requires_grad_() for n, t in x.items()}
+    y64, s64 = ops.wkv5(**x64, output_final_state=True, backend="reference")
+    (y64.sum() + s64.sum()).backward()
+    assert x["w"].grad.shape == (2, 16)
+    for n in x:
+        assert rel(x[n].grad, x64[n].grad) < 1e-5, n
+
+
 def test_wkv6_entry_points_reject_bad_outputs_to_add(emulated):
     x = {n: t.float().contiguous() for n, t in make_inputs("wkv6", 1, 20, 2, 16, state=True).items()}
     args = [x[n] for n in ("r", "k", "v", "w", "u", "state")]
@@ -217,6 +240,8 @@ def test_wkv6_entry_points_reject_bad_outputs_to_add(emulated):
     with pytest.raises(RuntimeError, match="add takes none or 3 tensors"):
         y, sT, snap, trans = emulated.wkv6_forward(*args, True)
         emulated.wkv6_backward(*args[:5], snap, trans, y, sT, 0, False, False, [y])
+    with pytest.raises(RuntimeError, match=r"w must be \[B, T, H, K\] like r, or \[H, K\]"):
+        emulated.wkv6_forward(*args[:3], args[3][:, :1], *args[4:], False)
 
 
 @pytest.mark.parametrize("op", ["wkv4", "bi_wkv4"])

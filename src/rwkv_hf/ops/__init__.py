@@ -96,10 +96,17 @@ def _bi_from_halves(wkv6, wkv6_reversed):
     return run
 
 
-def _backend(wkv4, bi_wkv4, wkv6, wkv7, wkv6_reversed=None, bi_wkv6=None):
-    """A backend's ops; ``bi_wkv6`` is composed from wkv6 unless the backend has its own."""
+def _expanding_decay(wkv6):
+    """``wkv5`` for a backend whose wkv6 takes the decay per token: w [H, K] expanded (a view)."""
+    def run(r, k, v, w, u, state):
+        return wkv6(r, k, v, w.expand(r.shape), u, state)
+    return run
+
+
+def _backend(wkv4, bi_wkv4, wkv6, wkv7, wkv6_reversed=None, wkv5=None, bi_wkv6=None):
+    """A backend's ops; ``wkv5`` and ``bi_wkv6`` are composed from wkv6 unless it has its own."""
     return SimpleNamespace(
-        wkv4=wkv4, bi_wkv4=bi_wkv4, wkv6=wkv6, wkv7=wkv7,
+        wkv4=wkv4, bi_wkv4=bi_wkv4, wkv6=wkv6, wkv7=wkv7, wkv5=wkv5 or _expanding_decay(wkv6),
         bi_wkv6=bi_wkv6 or _bi_from_halves(wkv6, wkv6_reversed or _reversed_by_flipping(wkv6)))
 
 
@@ -108,7 +115,8 @@ _BACKENDS = {
     "torch": _backend(_torch_wkv4.wkv4, _torch_wkv4.bi_wkv4, _torch_wkv6.wkv6, _torch_wkv7.wkv7),
     "cpu": _backend(_cpu.wkv4, _cpu.bi_wkv4, _cpu.wkv6, _cpu.wkv7, wkv6_reversed=_cpu.wkv6_reversed),
     # Its per-token inputs stay in bfloat16 / float16: its own bi_wkv6 keeps the sum in float32.
-    "cuda": _backend(_cuda.wkv4, _cuda.bi_wkv4, _cuda.wkv6, _cuda.wkv7, bi_wkv6=_cuda.bi_wkv6),
+    "cuda": _backend(_cuda.wkv4, _cuda.bi_wkv4, _cuda.wkv6, _cuda.wkv7, wkv5=_cuda.wkv5,
+                     bi_wkv6=_cuda.bi_wkv6),
 }
 _COMPILED = {"cpu": _cpu, "cuda": _cuda}
 _warned = set()
@@ -287,10 +295,10 @@ def _wkv6(op, r, k, v, w, u, state, output_final_state, backend, w_dims):
         op, [("r", r, "BTHK"), ("k", k, "BTHK"), ("v", v, "BTHV"), ("w", w, w_dims), ("u", u, "HK"),
              ("state", state, "BHKV")],
         activations=("r", "k", "v"), decay="w", causal=True, backend=backend)
-    B, T, H, K = r.shape
+    B, _, H, K = r.shape
     s0 = _initial_state(t.get("state"), (B, H, K, v.shape[-1]), r.device, compute, per_channel=False)
-    ww = t["w"] if w.dim() == 4 else t["w"].expand(B, T, H, K)
-    y, final = impl.wkv6(t["r"], t["k"], t["v"], ww, t["u"], s0)
+    run = impl.wkv6 if w.dim() == 4 else impl.wkv5
+    y, final = run(t["r"], t["k"], t["v"], t["w"], t["u"], s0)
     return _finish(y, final, out_dtype, output_final_state)
 
 

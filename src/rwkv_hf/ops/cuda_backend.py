@@ -7,8 +7,8 @@ torch and CUDA versions, a hash of the sources and the architectures. :func:`bui
 ahead of time, without a GPU, for a list of architectures; :func:`load` then finds that build.
 
 Backend functions (same signatures and results as ``reference.py``; inputs validated by the
-dispatcher): :func:`wkv4`, :func:`bi_wkv4`, :func:`wkv6`, :func:`bi_wkv6` (both directions,
-one rounding) and :func:`wkv7`. Per-token inputs
+dispatcher): :func:`wkv4`, :func:`bi_wkv4`, :func:`wkv5` (its decay [H, K] read in place),
+:func:`wkv6`, :func:`bi_wkv6` (both directions, one rounding) and :func:`wkv7`. Per-token inputs
 may be float32, bfloat16 or float16 (``y`` comes back in that dtype, rounded once); decays ``w``
 and ``u`` are used in float32, states are float32, accumulation is float32 (float64 for the
 running sums of the per-channel ops). Gradients reach
@@ -31,7 +31,7 @@ import threading
 
 import torch
 
-__all__ = ["wkv4", "bi_wkv4", "wkv6", "bi_wkv6", "wkv7", "available", "load", "build",
+__all__ = ["wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7", "available", "load", "build",
            "find_cuda_home", "sources_dir", "unsupported_reason", "SUPPORTED_HEAD_SIZES"]
 
 SUPPORTED_HEAD_SIZES = (16, 32, 64, 128)
@@ -533,8 +533,8 @@ class _Wkv6(torch.autograd.Function):
         gr, gk, gv, gw, gu, gs0 = load().wkv6_backward(rr, kk, vv, ww, uu, snap, trans,
                                                        _c(gy, rr.dtype), _f32(gsT), ctx.chunk)
         dr, dk, dv, dw, du, ds = ctx.dtypes
-        return (gr.to(dr), gk.to(dk), gv.to(dv), gw.to(dw), _sum_to(gu, (0, 1), du),
-                gs0.to(ds))
+        gw = gw.to(dw) if ww.dim() == 4 else _sum_to(gw, (0, 1), dw)  # wkv5: one decay for all tokens
+        return gr.to(dr), gk.to(dk), gv.to(dv), gw, _sum_to(gu, (0, 1), du), gs0.to(ds)
 
 
 class _BiWkv6(torch.autograd.Function):
@@ -610,6 +610,12 @@ def bi_wkv4(k, v, w, u, state):
 
 def wkv6(r, k, v, w, u, state):
     """RWKV-6: r, k, w [B, T, H, K]; v [B, T, H, V]; u [H, K]; state [B, H, K, V]."""
+    return _Wkv6.apply(r, k, v, w, u, state)
+
+
+def wkv5(r, k, v, w, u, state):
+    """RWKV-5.2: :func:`wkv6` with w [H, K], one decay for every token, which the kernels read in
+    place: no [B, T, H, K] float32 copy in the forward, nor kept for the backward."""
     return _Wkv6.apply(r, k, v, w, u, state)
 
 
