@@ -452,7 +452,7 @@ def test_fused_cpu_inference_equals_the_eager_model(version, size, monkeypatch):
     and decay weights far from their near-zero init, so that every term of its mixer counts."""
     from rwkv_hf.vision import cpu_fused
 
-    ran = {"block": [], "q_shift_lerp": []}
+    ran = {"run_block": [], "q_shift_lerp": []}
     for name, log in ran.items():
         def counted(*args, _real=getattr(cpu_fused, name), _log=log):
             out = _real(*args)
@@ -474,10 +474,10 @@ def test_fused_cpu_inference_equals_the_eager_model(version, size, monkeypatch):
     x = torch.randn(2, 3, 160, 272)
     with torch.no_grad():
         fused = model(x).logits
-        assert ran == {"block": [True, True], "q_shift_lerp": []}  # two blocks, each one call
+        assert ran == {"run_block": [True, True], "q_shift_lerp": []}  # two blocks, each one call
         monkeypatch.setenv("RWKV_HF_VISION_FUSED", "0")
         eager = model(x).logits
-    assert not any(ran["block"][2:]) and not any(ran["q_shift_lerp"][2:])
+    assert not any(ran["run_block"][2:]) and not any(ran["q_shift_lerp"][2:])
     assert rel_err(fused, eager) < 1e-5
 
 

@@ -11,10 +11,9 @@ dispatcher): :func:`wkv4`, :func:`bi_wkv4`, :func:`wkv5` (its decay [H, K] read 
 :func:`wkv6`, :func:`bi_wkv6` (both directions, one rounding) and :func:`wkv7`. Per-token inputs
 may be float32, bfloat16 or float16 (``y`` comes back in that dtype, rounded once); decays ``w``
 and ``u`` are used in float32, states are float32, accumulation is float32 (float64 for the
-running sums of the per-channel ops). Gradients reach
-every tensor input, the initial state included, from both outputs. Head sizes K = V in
-{16, 32, 64, 128}; any C for the per-channel ops. :func:`unsupported_reason` tells the
-dispatcher when to fall back.
+running sums of the per-channel ops). Gradients reach every tensor input, the initial state
+included, from both outputs. Head sizes K = V in {16, 32, 64, 128}; any C for the per-channel
+ops. :func:`unsupported_reason` tells the dispatcher when to fall back.
 
 Importing this module never raises and never compiles; :func:`available` says whether the
 backend can run here, and why not.

@@ -17,7 +17,7 @@ import torch
 from ..fused_cpu import plain, ptr_array, scratch
 from ..ops import cpu_backend
 
-__all__ = ["ENV", "q_shift_lerp", "block"]
+__all__ = ["ENV", "q_shift_lerp", "run_block"]
 
 ENV = "RWKV_HF_VISION_FUSED"
 
@@ -116,7 +116,7 @@ def _v6_params(block):
             att.ln_x.weight, att.ln_x.bias, att.output.weight, *_ffn_params(block.ffn), block.gamma1, block.gamma2]
 
 
-def block(block, x, grid):
+def run_block(block, x, grid):
     """A whole Vision-RWKV block (``VrwkvBlock``, VRWKV or VRWKV6) on x [B, H*W, C] as one C call,
     returning a new tensor (x is left as it is); None where that does not apply (gradients,
     training mode, not float32 on CPU, hooks or wrapped modules, parameters not float32, no

@@ -283,7 +283,7 @@ class VrwkvBlock(GradientCheckpointingLayer):
 
     def forward(self, x, grid):
         if cpu_fused is not None:  # float32 CPU inference: the whole block as one C call
-            fused = cpu_fused.block(self, x, grid)
+            fused = cpu_fused.run_block(self, x, grid)
             if fused is not None:
                 return fused
         if self.layer_id == 0:
