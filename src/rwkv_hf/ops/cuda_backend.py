@@ -456,7 +456,9 @@ def _f32(x):
 
 
 def _sum_to(x, dims, dtype):
-    return x.to(torch.float64).sum(dims).to(dtype)
+    # Accumulated in float64 inside the reduction: no float64 copy (for wkv5's per-token decay
+    # gradient, [B, T, H, K], that copy would be twice the float32 tensor).
+    return x.sum(dims, dtype=torch.float64).to(dtype)
 
 
 # ---------------------------------------------------------------------------- autograd
