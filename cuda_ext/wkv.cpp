@@ -1,8 +1,11 @@
 // Python bindings of the rwkv_hf WKV extension. The autograd Functions, dtype handling and
 // the public signatures live in rwkv_hf/ops/cuda_backend.py; these are the raw kernels.
-#include <torch/extension.h>
+// torch's pybind11 header (the Tensor casters) rather than torch/extension.h, which would pull
+// in all of libtorch's C++ API and triple this file's compile time.
+#include <torch/csrc/utils/pybind.h>
 
-#include "wkv_common.h"
+#include "wkv_host.h"
+#include "wkv_launch.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "rwkv_hf WKV CUDA kernels (RWKV-4, bidirectional v4, RWKV-5/6, RWKV-7)";

@@ -146,17 +146,6 @@ __device__ __forceinline__ void store_state_grad(float* q, int C, Acc G, Acc s) 
   q[2 * C] = (float)((G.a * s.a + G.b * s.b) * e);
 }
 
-// Sizes and the per-token inputs (the number of directions D, 2 for bi_wkv4, is a template
-// parameter of the offsets below).
-template <typename F>
-struct V4Args {
-  int B, T, C, L, NC;
-  const F* k;
-  const F* v;
-  const float* w;
-  const float* u;
-};
-
 struct Chunk {
   int b, n, c, t0, t1;
 };
@@ -466,149 +455,50 @@ __global__ void wkv4_route_kernel(V4Args<F> a, const float* __restrict__ enter,
   gw_part[(int64_t)b * a.NC * C + c] += (float)gw;
 }
 
-// ---------------------------------------------------------------------------- host
+// ---------------------------------------------------------------------------- launchers
 
 inline unsigned blocks_for(int64_t n) { return (unsigned)((n + kV4Threads - 1) / kV4Threads); }
 
-void check_v4(const at::Tensor& k, const at::Tensor& v, const at::Tensor& w, const at::Tensor& u,
-              const char* op) {
-  check_cuda_tensor(k, "k");
-  TORCH_CHECK(k.dim() == 3, "rwkv_hf cuda ", op, ": k must be [B, T, C]");
-  check_act(v, k, "v");
-  TORCH_CHECK(v.sizes() == k.sizes(), "rwkv_hf cuda ", op, ": v must have k's shape");
-  check_float(w, "w");
-  check_float(u, "u");
-  TORCH_CHECK(w.numel() == k.size(2) && u.numel() == k.size(2), "rwkv_hf cuda ", op,
-              ": w and u must be [C]");
-  TORCH_CHECK(k.size(0) < (int64_t)1 << 31 && k.size(1) < (int64_t)1 << 31 &&
-                  k.size(2) < (int64_t)1 << 31, "rwkv_hf cuda ", op, ": input too large");
-}
-
-// Tokens per chunk: `chunk` as chosen by the caller; 0, or at least T, is one chunk.
-inline int v4_chunk(int64_t chunk, int T) {
-  TORCH_CHECK(chunk >= 0, "rwkv_hf cuda: chunk length must be >= 0, got ", chunk);
-  if (chunk == 0 || chunk >= T) return T > 0 ? T : 1;
-  return (int)chunk;
-}
-
-template <bool BI>
-std::vector<at::Tensor> v4_forward(const char* op, at::Tensor k, at::Tensor v, at::Tensor w,
-                                   at::Tensor u, at::Tensor s0, int64_t chunk) {
-  constexpr int D = BI ? 2 : 1;
-  check_v4(k, v, w, u, op);
-  check_float(s0, "state");
-  const int B = k.size(0), T = k.size(1), C = k.size(2);
-  TORCH_CHECK(s0.numel() == (int64_t)B * D * 3 * C, "rwkv_hf cuda ", op, ": state must be ",
-              BI ? "[B, 2, 3, C]" : "[B, 3, C]");
-  const int L = v4_chunk(chunk, T), NC = (T + L - 1) / L;
-  TORCH_CHECK((int64_t)B * NC * C < (int64_t)1 << 31, "rwkv_hf cuda ", op, ": input too large");
-  const at::cuda::OptionalCUDAGuard guard(k.device());
-  const auto f32 = s0.options();
-  auto y = at::empty_like(k);
-  auto sT = BI ? at::empty({B, 2, 3, C}, f32) : at::empty({B, 3, C}, f32);
-  auto enter = at::empty({B, NC, D, 3, C}, f32);
-  if ((int64_t)B * T * C == 0) return {y, sT, enter};
-  auto loc = at::empty({NC > 1 ? B : 0, NC, D, 3, C}, f32);
-  auto fbuf = at::empty({BI ? B : 0, T, 3, C}, f32);
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  RWKV_HF_DISPATCH_F(k.scalar_type(), op, [&] {
-    const V4Args<F> args{B, T, C, L, NC, (const F*)k.data_ptr(), (const F*)v.data_ptr(),
-                         w.data_ptr<float>(), u.data_ptr<float>()};
-    const unsigned grid = blocks_for((int64_t)B * NC * C);
-    if (NC > 1) {
-      wkv4_sums_kernel<BI, F><<<grid, kV4Threads, 0, stream>>>(args, loc.data_ptr<float>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    wkv4_combine_kernel<BI, F><<<blocks_for((int64_t)B * D * C), kV4Threads, 0, stream>>>(
-        args, false, s0.data_ptr<float>(), nullptr, NC > 1 ? loc.data_ptr<float>() : nullptr,
-        enter.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    wkv4_fwd_kernel<BI, F><<<grid, kV4Threads, 0, stream>>>(
-        args, enter.data_ptr<float>(), (F*)y.data_ptr(), sT.data_ptr<float>(),
-        BI ? fbuf.data_ptr<float>() : nullptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {y, sT, enter};
-}
-
-template <bool BI>
-std::vector<at::Tensor> v4_backward(const char* op, at::Tensor k, at::Tensor v, at::Tensor w,
-                                    at::Tensor u, at::Tensor enter, at::Tensor sT, at::Tensor gy,
-                                    at::Tensor gsT, int64_t chunk) {
-  constexpr int D = BI ? 2 : 1;
-  check_v4(k, v, w, u, op);
-  check_act(gy, k, "gy");
-  TORCH_CHECK(gy.sizes() == k.sizes(), "rwkv_hf cuda ", op, ": gy must have k's shape");
-  check_float(enter, "enter");
-  check_float(sT, "final_state");
-  check_float(gsT, "gstate");
-  const int B = k.size(0), T = k.size(1), C = k.size(2);
-  const int L = v4_chunk(chunk, T), NC = (T + L - 1) / L;
-  TORCH_CHECK((int64_t)B * NC * C < (int64_t)1 << 31, "rwkv_hf cuda ", op, ": input too large");
-  TORCH_CHECK(enter.numel() == (int64_t)B * NC * D * 3 * C, "rwkv_hf cuda ", op,
-              ": the forward's chunk states do not match this chunk length");
-  TORCH_CHECK(sT.numel() == (int64_t)B * D * 3 * C && gsT.numel() == sT.numel(), "rwkv_hf cuda ",
-              op, ": final_state and gstate must be ", BI ? "[B, 2, 3, C]" : "[B, 3, C]");
-  const at::cuda::OptionalCUDAGuard guard(k.device());
-  const auto f32 = k.options().dtype(at::kFloat);
-  auto gk = at::empty({B, T, C}, f32), gv = at::empty({B, T, C}, f32);
-  auto gw = at::empty({B, NC, C}, f32), gu = at::empty({B, NC, C}, f32);
-  auto gs0 = at::empty(sT.sizes(), f32);
-  if ((int64_t)B * T * C == 0) return {gk, gv, gw, gu, gs0};
-  auto buf = at::empty({B, T, D, 3, C}, f32);
-  auto best = at::empty({B, NC, D, C}, k.options().dtype(at::kInt));
-  auto loc = at::empty({NC > 1 ? B : 0, NC, D, 3, C}, f32);
-  auto gin = at::empty({B, NC, D, 3, C}, f32);
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  RWKV_HF_DISPATCH_F(k.scalar_type(), op, [&] {
-    const V4Args<F> args{B, T, C, L, NC, (const F*)k.data_ptr(), (const F*)v.data_ptr(),
-                         w.data_ptr<float>(), u.data_ptr<float>()};
-    const unsigned grid = blocks_for((int64_t)B * NC * C);
-    if (NC > 1) {
-      wkv4_bwd_sums_kernel<BI, F><<<grid, kV4Threads, 0, stream>>>(
-          args, enter.data_ptr<float>(), (const F*)gy.data_ptr(), buf.data_ptr<float>(),
-          best.data_ptr<int>(), loc.data_ptr<float>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    wkv4_combine_kernel<BI, F><<<blocks_for((int64_t)B * D * C), kV4Threads, 0, stream>>>(
-        args, true, gsT.data_ptr<float>(), sT.data_ptr<float>(),
-        NC > 1 ? loc.data_ptr<float>() : nullptr, gin.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    wkv4_bwd_kernel<BI, F><<<grid, kV4Threads, 0, stream>>>(
-        args, enter.data_ptr<float>(), gin.data_ptr<float>(), (const F*)gy.data_ptr(),
-        buf.data_ptr<float>(), best.data_ptr<int>(), gk.data_ptr<float>(), gv.data_ptr<float>(),
-        gw.data_ptr<float>(), gu.data_ptr<float>(), gs0.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    wkv4_route_kernel<BI, F><<<blocks_for((int64_t)B * C), kV4Threads, 0, stream>>>(
-        args, enter.data_ptr<float>(), best.data_ptr<int>(), sT.data_ptr<float>(),
-        gsT.data_ptr<float>(), gk.data_ptr<float>(), gw.data_ptr<float>(), gs0.data_ptr<float>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return {gk, gv, gw, gu, gs0};
-}
-
 }  // namespace
 
-std::vector<at::Tensor> wkv4_forward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
-                                     at::Tensor s0, int64_t chunk) {
-  return v4_forward<false>("wkv4", k, v, w, u, s0, chunk);
+template <bool BI, typename F>
+cudaError_t v4_forward_launch(const V4Fwd<F>& p, cudaStream_t stream) {
+  constexpr int D = BI ? 2 : 1;
+  const V4Args<F>& a = p.a;
+  const unsigned grid = blocks_for((int64_t)a.B * a.NC * a.C);
+  if (a.NC > 1) wkv4_sums_kernel<BI, F><<<grid, kV4Threads, 0, stream>>>(a, p.loc);
+  wkv4_combine_kernel<BI, F><<<blocks_for((int64_t)a.B * D * a.C), kV4Threads, 0, stream>>>(
+      a, false, p.s0, nullptr, a.NC > 1 ? p.loc : nullptr, p.enter);
+  wkv4_fwd_kernel<BI, F><<<grid, kV4Threads, 0, stream>>>(a, p.enter, p.y, p.sT,
+                                                          BI ? p.fbuf : nullptr);
+  return cudaGetLastError();
 }
 
-std::vector<at::Tensor> wkv4_backward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
-                                      at::Tensor enter, at::Tensor sT, at::Tensor gy,
-                                      at::Tensor gsT, int64_t chunk) {
-  return v4_backward<false>("wkv4", k, v, w, u, enter, sT, gy, gsT, chunk);
+template <bool BI, typename F>
+cudaError_t v4_backward_launch(const V4Bwd<F>& p, cudaStream_t stream) {
+  constexpr int D = BI ? 2 : 1;
+  const V4Args<F>& a = p.a;
+  const unsigned grid = blocks_for((int64_t)a.B * a.NC * a.C);
+  if (a.NC > 1)
+    wkv4_bwd_sums_kernel<BI, F><<<grid, kV4Threads, 0, stream>>>(a, p.enter, p.gy, p.buf,
+                                                                 p.best, p.loc);
+  wkv4_combine_kernel<BI, F><<<blocks_for((int64_t)a.B * D * a.C), kV4Threads, 0, stream>>>(
+      a, true, p.gsT, p.sT, a.NC > 1 ? p.loc : nullptr, p.gin);
+  wkv4_bwd_kernel<BI, F><<<grid, kV4Threads, 0, stream>>>(a, p.enter, p.gin, p.gy, p.buf, p.best,
+                                                          p.gk, p.gv, p.gw, p.gu, p.gs0);
+  wkv4_route_kernel<BI, F><<<blocks_for((int64_t)a.B * a.C), kV4Threads, 0, stream>>>(
+      a, p.enter, p.best, p.sT, p.gsT, p.gk, p.gw, p.gs0);
+  return cudaGetLastError();
 }
 
-std::vector<at::Tensor> bi_wkv4_forward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
-                                        at::Tensor s0, int64_t chunk) {
-  return v4_forward<true>("bi_wkv4", k, v, w, u, s0, chunk);
-}
-
-std::vector<at::Tensor> bi_wkv4_backward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
-                                         at::Tensor enter, at::Tensor sT, at::Tensor gy,
-                                         at::Tensor gsT, int64_t chunk) {
-  return v4_backward<true>("bi_wkv4", k, v, w, u, enter, sT, gy, gsT, chunk);
-}
+#define RWKV_HF_WKV4(BI, F)                                                          \
+  template cudaError_t v4_forward_launch<BI, F>(const V4Fwd<F>&, cudaStream_t);     \
+  template cudaError_t v4_backward_launch<BI, F>(const V4Bwd<F>&, cudaStream_t);
+RWKV_HF_WKV4(false, float)
+RWKV_HF_WKV4(false, c10::BFloat16)
+RWKV_HF_WKV4(false, c10::Half)
+RWKV_HF_WKV4(true, float)
+RWKV_HF_WKV4(true, c10::BFloat16)
+RWKV_HF_WKV4(true, c10::Half)
 
 }  // namespace rwkv_hf

@@ -36,7 +36,7 @@
 // half of bi_wkv6 runs on the sequence as it is, no flipped copies); snapshots, chunks and
 // scratch follow the scan's order. WC: w is [H, N], one decay for every token (RWKV-5), read in
 // place (a template parameter: a runtime choice of the address costs the kernels registers).
-// The per-token outputs y, gk, gv, gr are OutVec (wkv_common.h): rounded once, or float32.
+// The per-token outputs y, gk, gv, gr are OutVec (wkv_launch.h): rounded once, or float32.
 #include "wkv_common.h"
 
 namespace rwkv_hf {
@@ -155,7 +155,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_fwd_kernel(
       }
       if constexpr (!LOCAL) {
         const float yj = Tl::reduce_scatter(yp, rb);
-        if (writer) y.put(tok(t) + mycol, yj);
+        if (writer) put(y, tok(t) + mycol, yj);
         if (snp != nullptr && (t + 1) % kSnap == 0 && t + 1 < tend)
           store(snp + (int64_t)((t + 1) / kSnap) * N * N);
       }
@@ -296,7 +296,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_bwd_b1_kernel(
           }
         }
         const float gvx = Tl::reduce_scatter(gvp, rb);
-        if (writer) gv.put(tok(t) + mycol, gvx);
+        if (writer) put(gv, tok(t) + mycol, gvx);
         Tl::row_put(gkp, rows(0), tid);
         Tl::row_put(gksp, rows(1), tid);
       }
@@ -314,7 +314,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_bwd_b1_kernel(
           const int i = tid;
           const float gkx = Tl::row_sum(rows(0), i), gksx = Tl::row_sum(rows(1), i);
           const int64_t o = tok(t) + i;
-          gk.put(o, gkx);
+          put(gk, o, gkx);
           e[o] = s_k[tt][i] * gksx;
           if (anchored)
             anchor[((int64_t)bh * NC + t / kSnap) * N + i] = Tl::row_sum(&s_anc[0][0], i);
@@ -391,7 +391,7 @@ __global__ void __launch_bounds__(N) wkv6_bwd_b2_kernel(
         Sr[j + 3] = Sr[j + 3] * dx + kx * v4.w;
       }
       const float grs = a0 + a1, vgy = q0 + q1;
-      gr.put(o, grs + ux * kx * vgy);
+      put(gr, o, grs + ux * kx * vgy);
       gu_acc += (double)(rx * kx * vgy);
       const float gwt = beta - rx * grs;
       gw[o] = gwt;
@@ -399,22 +399,6 @@ __global__ void __launch_bounds__(N) wkv6_bwd_b2_kernel(
     }
   }
   gu_part[(((int64_t)b * NC + c) * H + h) * N + x] = (float)gu_acc;
-}
-
-void check_v6(const at::Tensor& r, const at::Tensor& k, const at::Tensor& v, const at::Tensor& w,
-              const at::Tensor& u) {
-  check_cuda_tensor(r, "r");
-  TORCH_CHECK(r.dim() == 4, "rwkv_hf cuda wkv6: r must be [B, T, H, K]");
-  check_act(k, r, "k");
-  check_act(v, r, "v");
-  check_float(w, "w");
-  check_float(u, "u");
-  TORCH_CHECK(k.sizes() == r.sizes(), "rwkv_hf cuda wkv6: r and k must share one shape [B, T, H, K]");
-  TORCH_CHECK(w.sizes() == r.sizes() || (w.dim() == 2 && w.size(0) == r.size(2) && w.size(1) == r.size(3)),
-              "rwkv_hf cuda wkv6: w must be [B, T, H, K] like r, or [H, K], got ", w.sizes());
-  TORCH_CHECK(v.sizes() == r.sizes(), "rwkv_hf cuda wkv6: needs V == K (v of r's shape), got v ",
-              v.sizes(), " and r ", r.sizes());
-  TORCH_CHECK(u.numel() == r.size(2) * r.size(3), "rwkv_hf cuda wkv6: u must be [H, K]");
 }
 
 // body(std::true_type) for a decay constant in time (w [H, K]), body(std::false_type) otherwise.
@@ -427,147 +411,64 @@ void dispatch_wc(bool wconst, Body body) {
   }
 }
 
-// A per-token output like `like`: in its dtype, or float32 (out_f32).
-at::Tensor new_out(const at::Tensor& like, bool out_f32) {
-  return out_f32 ? at::empty(like.sizes(), like.options().dtype(at::kFloat)) : at::empty_like(like);
-}
+}  // namespace
 
-// The float32 tensors added to the outputs (none, or one per output, each of its output's shape).
-std::vector<const float*> addends(const std::vector<at::Tensor>& add,
-                                  const std::vector<at::Tensor>& outs) {
-  TORCH_CHECK(add.empty() || add.size() == outs.size(), "rwkv_hf cuda wkv6: add takes none or ",
-              outs.size(), " tensors, got ", add.size());
-  std::vector<const float*> p(outs.size(), nullptr);
-  for (size_t i = 0; i < add.size(); ++i) {
-    check_float(add[i], "add");
-    TORCH_CHECK(add[i].sizes() == outs[i].sizes(), "rwkv_hf cuda wkv6: add[", i, "] must have shape ",
-                outs[i].sizes(), ", got ", add[i].sizes());
-    p[i] = add[i].data_ptr<float>();
-  }
-  return p;
+template <typename F>
+cudaError_t wkv6_forward_launch(const V6Fwd<F>& p, cudaStream_t stream) {
+  const V6In<F>& a = p.in;
+  const MatSizes& s = a.s;
+  const dim3 grid(s.B * s.H, s.NCL);
+  return dispatch_n(s.N, [&](auto nc) {
+    constexpr int N = decltype(nc)::value;
+    dispatch_wc(a.wconst, [&](auto wc) {
+      constexpr bool WC = decltype(wc)::value;
+      const float* starts = p.s0;
+      if (s.NCL > 1) {  // pass 1: chunks from zero in parallel; then the chunk start states
+        wkv6_fwd_kernel<F, N, true, WC><<<grid, Tile<N>::THREADS, 0, stream>>>(
+            s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, nullptr, OutVec<F>(), p.local,
+            nullptr, p.trans);
+        combine_chunks<N>(s.B * s.H, s.NCL, false, p.trans, p.local, p.s0, p.starts, stream);
+        starts = p.starts;
+      }
+      wkv6_fwd_kernel<F, N, false, WC><<<grid, Tile<N>::THREADS, 0, stream>>>(
+          s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, starts, p.y, p.sT, p.snap, nullptr);
+    });
+  });
 }
 
 template <typename F>
-OutVec<F> out_vec(at::Tensor& out, const float* add) {
-  OutVec<F> o;
-  if (out.scalar_type() == at::kFloat) {
-    o.out32 = out.data_ptr<float>();
-  } else {
-    o.out = reinterpret_cast<F*>(out.data_ptr());
-  }
-  o.add = add;
-  return o;
-}
-
-}  // namespace
-
-std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
-                                     at::Tensor u, at::Tensor s0, bool save, int64_t chunk,
-                                     bool reverse, bool out_f32, std::vector<at::Tensor> add) {
-  check_v6(r, k, v, w, u);
-  check_float(s0, "state");
-  const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
-  const bool wconst = w.dim() == 2;
-  TORCH_CHECK(s0.numel() == (int64_t)B * H * n * n, "rwkv_hf cuda wkv6: state must be [B, H, K, V]");
-  const int L = chunk_length(chunk, T), NCL = (T + L - 1) / L;
-  TORCH_CHECK(NCL < 65536, "rwkv_hf cuda wkv6: over 65535 chunks (chunk length ", L, ")");
-  const at::cuda::OptionalCUDAGuard guard(r.device());
-  auto y = new_out(v, out_f32);
-  const auto yadd = addends(add, {y});
-  auto sT = at::empty({B, H, n, n}, s0.options());
-  const int NC = (T + kSnap - 1) / kSnap;
-  auto snap = save ? at::empty({B, H, NC, n, n}, s0.options()) : at::empty({0}, s0.options());
-  auto trans = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, s0.options());
-  if (B * H == 0) return {y, sT, snap, trans};
-  auto starts = s0.contiguous();
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  RWKV_HF_DISPATCH_F(r.scalar_type(), "wkv6", [&] {
-    RWKV_HF_DISPATCH_N(n, "wkv6", [&] {
-      const F *pr = (const F*)r.data_ptr(), *pk = (const F*)k.data_ptr(),
-              *pv = (const F*)v.data_ptr();
-      dispatch_wc(wconst, [&](auto wc) {
-        constexpr bool WC = decltype(wc)::value;
-        if (NCL > 1) {  // pass 1: chunks from zero in parallel; then the chunk start states
-          auto local = at::empty({B, H, NCL, n, n}, s0.options());
-          wkv6_fwd_kernel<F, N, true, WC><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
-              T, H, L, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(), nullptr,
-              OutVec<F>(), local.data_ptr<float>(), nullptr, trans.data_ptr<float>());
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-          starts = combine_chunks<N>(trans, local, s0, false, stream);
-        }
-        wkv6_fwd_kernel<F, N, false, WC><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
-            T, H, L, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(),
-            starts.data_ptr<float>(), out_vec<F>(y, yadd[0]), sT.data_ptr<float>(),
-            save ? snap.data_ptr<float>() : nullptr, nullptr);
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
+cudaError_t wkv6_backward_launch(const V6Bwd<F>& p, cudaStream_t stream) {
+  const V6In<F>& a = p.in;
+  const MatSizes& s = a.s;
+  const dim3 grid(s.B * s.H, s.NCL);
+  const int NC = (s.T + kSnap - 1) / kSnap;
+  return dispatch_n(s.N, [&](auto nc) {
+    constexpr int N = decltype(nc)::value;
+    dispatch_wc(a.wconst, [&](auto wc) {
+      constexpr bool WC = decltype(wc)::value;
+      const float* gend = p.gsT;
+      if (s.NCL > 1) {  // pass 1: chunks from G = 0 in parallel; then G at every chunk's end
+        wkv6_bwd_b1_kernel<F, N, true, WC><<<grid, Tile<N>::THREADS, 0, stream>>>(
+            s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, p.snap, p.gy, nullptr, OutVec<F>(),
+            OutVec<F>(), nullptr, nullptr, p.local);
+        combine_chunks<N>(s.B * s.H, s.NCL, true, p.trans, p.local, p.gsT, p.gend, stream);
+        gend = p.gend;
+      }
+      wkv6_bwd_b1_kernel<F, N, false, WC><<<grid, Tile<N>::THREADS, 0, stream>>>(
+          s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, p.snap, p.gy, gend, p.gk, p.gv, p.e,
+          p.anchor, p.gs0);
+      wkv6_bwd_b2_kernel<F, N, WC><<<dim3(s.B * s.H * NC), N, 0, stream>>>(
+          s.T, s.H, a.rev, a.r, a.k, a.v, a.w, a.u, p.snap, p.gy, p.e, p.anchor, p.gr, p.gw,
+          p.gu_part);
     });
   });
-  if (!save) trans = at::empty({0, H, NCL, n, n}, s0.options());
-  return {y, sT, snap, trans};
 }
 
-std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
-                                      at::Tensor u, at::Tensor snap, at::Tensor trans,
-                                      at::Tensor gy, at::Tensor gsT, int64_t chunk,
-                                      bool reverse, bool out_f32, std::vector<at::Tensor> add) {
-  check_v6(r, k, v, w, u);
-  check_act(gy, r, "gy");
-  check_float(snap, "snapshots");
-  check_float(gsT, "gsT");
-  const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
-  const bool wconst = w.dim() == 2;
-  const int NC = (T + kSnap - 1) / kSnap;
-  const int L = chunk_length(chunk, T), NCL = (T + L - 1) / L;
-  TORCH_CHECK(snap.numel() == (int64_t)B * H * NC * n * n, "rwkv_hf cuda wkv6: bad snapshots");
-  TORCH_CHECK(NCL == 1 || trans.numel() == (int64_t)B * H * NCL * n * n,
-              "rwkv_hf cuda wkv6: the chunk transitions of the forward are missing (chunk ", chunk,
-              ")");
-  if (NCL > 1) check_float(trans, "transitions");
-  TORCH_CHECK((int64_t)B * H * NC < (int64_t)1 << 31 && NCL < 65536, "rwkv_hf cuda wkv6: ",
-              "input too large for one launch (B * H * T / 64 >= 2^31, or over 65535 chunks)");
-  const at::cuda::OptionalCUDAGuard guard(r.device());
-  auto f32 = r.options().dtype(at::kFloat);
-  auto gr = new_out(r, out_f32), gk = new_out(r, out_f32), gv = new_out(v, out_f32);
-  const auto gadd = addends(add, {gr, gk, gv});
-  auto gw = at::empty({B, T, H, n}, f32);
-  auto gu_part = at::empty({B, NC, H, n}, f32);
-  auto gs0 = at::empty({B, H, n, n}, f32);
-  if (B * H == 0) return {gr, gk, gv, gw, gu_part, gs0};
-  auto e = at::empty({B, T, H, n}, f32);
-  auto anchor = at::empty({B, H, NC, n}, f32);
-  auto gend = gsT.contiguous();
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  RWKV_HF_DISPATCH_F(r.scalar_type(), "wkv6", [&] {
-    RWKV_HF_DISPATCH_N(n, "wkv6", [&] {
-      const F *pr = (const F*)r.data_ptr(), *pk = (const F*)k.data_ptr(),
-              *pv = (const F*)v.data_ptr(), *pg = (const F*)gy.data_ptr();
-      dispatch_wc(wconst, [&](auto wc) {
-        constexpr bool WC = decltype(wc)::value;
-        if (NCL > 1) {  // pass 1: chunks from G = 0 in parallel; then G at every chunk's end
-          auto local = at::empty({B, H, NCL, n, n}, f32);
-          wkv6_bwd_b1_kernel<F, N, true, WC><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
-              T, H, L, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(),
-              snap.data_ptr<float>(), pg, nullptr, OutVec<F>(), OutVec<F>(), nullptr, nullptr,
-              local.data_ptr<float>());
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-          gend = combine_chunks<N>(trans, local, gsT, true, stream);
-        }
-        wkv6_bwd_b1_kernel<F, N, false, WC><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
-            T, H, L, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(),
-            snap.data_ptr<float>(), pg, gend.data_ptr<float>(), out_vec<F>(gk, gadd[1]),
-            out_vec<F>(gv, gadd[2]), e.data_ptr<float>(), anchor.data_ptr<float>(),
-            gs0.data_ptr<float>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        wkv6_bwd_b2_kernel<F, N, WC><<<dim3(B * H * NC), N, 0, stream>>>(
-            T, H, reverse, pr, pk, pv, w.data_ptr<float>(), u.data_ptr<float>(),
-            snap.data_ptr<float>(), pg, e.data_ptr<float>(), anchor.data_ptr<float>(),
-            out_vec<F>(gr, gadd[0]), gw.data_ptr<float>(), gu_part.data_ptr<float>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      });
-    });
-  });
-  return {gr, gk, gv, gw, gu_part, gs0};
-}
+#define RWKV_HF_WKV6(F)                                                              \
+  template cudaError_t wkv6_forward_launch<F>(const V6Fwd<F>&, cudaStream_t);       \
+  template cudaError_t wkv6_backward_launch<F>(const V6Bwd<F>&, cudaStream_t);
+RWKV_HF_WKV6(float)
+RWKV_HF_WKV6(c10::BFloat16)
+RWKV_HF_WKV6(c10::Half)
 
 }  // namespace rwkv_hf

@@ -486,126 +486,58 @@ __global__ void __launch_bounds__(N) wkv7_bwd_b2_kernel(
   }
 }
 
-void check_v7(const at::Tensor& r, const at::Tensor& k, const at::Tensor& v, const at::Tensor& w,
-              const at::Tensor& a, const at::Tensor& b) {
-  check_cuda_tensor(r, "r");
-  TORCH_CHECK(r.dim() == 4, "rwkv_hf cuda wkv7: r must be [B, T, H, K]");
-  check_act(k, r, "k");
-  check_act(v, r, "v");
-  check_act(a, r, "a");
-  check_act(b, r, "b");
-  check_float(w, "w");
-  TORCH_CHECK(k.sizes() == r.sizes() && w.sizes() == r.sizes() && a.sizes() == r.sizes() &&
-                  b.sizes() == r.sizes(),
-              "rwkv_hf cuda wkv7: r, k, w, a, b must share one shape [B, T, H, K]");
-  TORCH_CHECK(v.sizes() == r.sizes(), "rwkv_hf cuda wkv7: needs V == K (v of r's shape), got v ",
-              v.sizes(), " and r ", r.sizes());
-}
-
 }  // namespace
 
-std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
-                                     at::Tensor a, at::Tensor b, at::Tensor s0, bool save,
-                                     int64_t chunk) {
-  check_v7(r, k, v, w, a, b);
-  check_float(s0, "state");
-  const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
-  TORCH_CHECK(s0.numel() == (int64_t)B * H * n * n, "rwkv_hf cuda wkv7: state must be [B, H, K, V]");
-  const int L = chunk_length(chunk, T), NCL = (T + L - 1) / L;
-  TORCH_CHECK(NCL < 65536, "rwkv_hf cuda wkv7: over 65535 chunks (chunk length ", L, ")");
-  const at::cuda::OptionalCUDAGuard guard(r.device());
-  auto y = at::empty_like(v);
-  auto sT = at::empty({B, H, n, n}, s0.options());
-  const int NC = (T + kSnap - 1) / kSnap;
-  auto snap = save ? at::empty({B, H, NC, n, n}, s0.options()) : at::empty({0}, s0.options());
-  auto sa = save ? at::empty({B, T, H, n}, s0.options()) : at::empty({0}, s0.options());
-  auto trans = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, s0.options());
-  if (B * H == 0) return {y, sT, snap, sa, trans};
-  auto starts = s0.contiguous();
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  RWKV_HF_DISPATCH_F(r.scalar_type(), "wkv7", [&] {
-    RWKV_HF_DISPATCH_N(n, "wkv7", [&] {
-      const F *pr = (const F*)r.data_ptr(), *pk = (const F*)k.data_ptr(),
-              *pv = (const F*)v.data_ptr(), *pa = (const F*)a.data_ptr(),
-              *pb = (const F*)b.data_ptr();
-      if (NCL > 1) {  // pass 1: chunks from zero in parallel; then the chunk start states
-        auto local = at::empty({B, H, NCL, n, n}, s0.options());
-        wkv7_fwd_kernel<F, N, true><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
-            T, H, L, pr, pk, pv, w.data_ptr<float>(), pa, pb, nullptr, nullptr,
-            local.data_ptr<float>(), nullptr, nullptr, trans.data_ptr<float>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        starts = combine_chunks<N>(trans, local, s0, false, stream);
-      }
-      wkv7_fwd_kernel<F, N, false><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
-          T, H, L, pr, pk, pv, w.data_ptr<float>(), pa, pb, starts.data_ptr<float>(),
-          (F*)y.data_ptr(), sT.data_ptr<float>(), save ? snap.data_ptr<float>() : nullptr,
-          save ? sa.data_ptr<float>() : nullptr, nullptr);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+template <typename F>
+cudaError_t wkv7_forward_launch(const V7Fwd<F>& p, cudaStream_t stream) {
+  const V7In<F>& a = p.in;
+  const MatSizes& s = a.s;
+  const dim3 grid(s.B * s.H, s.NCL);
+  return dispatch_n(s.N, [&](auto nc) {
+    constexpr int N = decltype(nc)::value;
+    const float* starts = p.s0;
+    if (s.NCL > 1) {  // pass 1: chunks from zero in parallel; then the chunk start states
+      wkv7_fwd_kernel<F, N, true><<<grid, Tile<N>::THREADS, 0, stream>>>(
+          s.T, s.H, s.L, a.r, a.k, a.v, a.w, a.a, a.b, nullptr, nullptr, p.local, nullptr,
+          nullptr, p.trans);
+      combine_chunks<N>(s.B * s.H, s.NCL, false, p.trans, p.local, p.s0, p.starts, stream);
+      starts = p.starts;
+    }
+    wkv7_fwd_kernel<F, N, false><<<grid, Tile<N>::THREADS, 0, stream>>>(
+        s.T, s.H, s.L, a.r, a.k, a.v, a.w, a.a, a.b, starts, p.y, p.sT, p.snap, p.sa, nullptr);
   });
-  if (!save) trans = at::empty({0, H, NCL, n, n}, s0.options());
-  return {y, sT, snap, sa, trans};
 }
 
-std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
-                                      at::Tensor a, at::Tensor b, at::Tensor snap, at::Tensor sa,
-                                      at::Tensor trans, at::Tensor gy, at::Tensor gsT,
-                                      int64_t chunk) {
-  check_v7(r, k, v, w, a, b);
-  check_act(gy, r, "gy");
-  check_float(snap, "snapshots");
-  check_float(sa, "sa");
-  check_float(gsT, "gsT");
-  const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
-  const int NC = (T + kSnap - 1) / kSnap;
-  const int L = chunk_length(chunk, T), NCL = (T + L - 1) / L;
-  TORCH_CHECK(snap.numel() == (int64_t)B * H * NC * n * n && sa.numel() == r.numel(),
-              "rwkv_hf cuda wkv7: bad saved tensors");
-  TORCH_CHECK(NCL == 1 || trans.numel() == (int64_t)B * H * NCL * n * n,
-              "rwkv_hf cuda wkv7: the chunk transitions of the forward are missing (chunk ", chunk,
-              ")");
-  if (NCL > 1) check_float(trans, "transitions");
-  TORCH_CHECK((int64_t)B * H * NC < (int64_t)1 << 31 && NCL < 65536, "rwkv_hf cuda wkv7: ",
-              "input too large for one launch (B * H * T / 64 >= 2^31, or over 65535 chunks)");
-  const at::cuda::OptionalCUDAGuard guard(r.device());
-  auto f32 = r.options().dtype(at::kFloat);
-  auto gr = at::empty_like(r), gk = at::empty_like(r), gv = at::empty_like(v);
-  auto ga = at::empty_like(r), gb = at::empty_like(r);
-  auto gw = at::empty({B, T, H, n}, f32);
-  auto gs0 = at::empty({B, H, n, n}, f32);
-  if (B * H == 0) return {gr, gk, gv, gw, ga, gb, gs0};
-  auto e = at::empty({B, T, H, n}, f32), cvec = at::empty({B, T, H, n}, f32);
-  auto anchor = at::empty({B, H, NC, n}, f32);
-  auto gend = gsT.contiguous();
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  RWKV_HF_DISPATCH_F(r.scalar_type(), "wkv7", [&] {
-    RWKV_HF_DISPATCH_N(n, "wkv7", [&] {
-      const F *pr = (const F*)r.data_ptr(), *pk = (const F*)k.data_ptr(),
-              *pv = (const F*)v.data_ptr(), *pa = (const F*)a.data_ptr(),
-              *pb = (const F*)b.data_ptr(), *pg = (const F*)gy.data_ptr();
-      if (NCL > 1) {  // pass 1: chunks from G = 0 in parallel; then G at every chunk's end
-        auto local = at::empty({B, H, NCL, n, n}, f32);
-        wkv7_bwd_b1_kernel<F, N, true><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
-            T, H, L, pr, pk, pv, w.data_ptr<float>(), pa, pb, snap.data_ptr<float>(),
-            sa.data_ptr<float>(), pg, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
-            nullptr, local.data_ptr<float>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-        gend = combine_chunks<N>(trans, local, gsT, true, stream);
-      }
-      wkv7_bwd_b1_kernel<F, N, false><<<dim3(B * H, NCL), Tile<N>::THREADS, 0, stream>>>(
-          T, H, L, pr, pk, pv, w.data_ptr<float>(), pa, pb, snap.data_ptr<float>(),
-          sa.data_ptr<float>(), pg, gend.data_ptr<float>(), (F*)gk.data_ptr(), (F*)gv.data_ptr(),
-          (F*)gb.data_ptr(), e.data_ptr<float>(), cvec.data_ptr<float>(),
-          anchor.data_ptr<float>(), gs0.data_ptr<float>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      wkv7_bwd_b2_kernel<F, N><<<dim3(B * H * NC), N, 0, stream>>>(
-          T, H, pr, pk, pv, w.data_ptr<float>(), pa, pb, snap.data_ptr<float>(),
-          sa.data_ptr<float>(), pg, e.data_ptr<float>(), cvec.data_ptr<float>(),
-          anchor.data_ptr<float>(), (F*)gr.data_ptr(), gw.data_ptr<float>(), (F*)ga.data_ptr());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
+template <typename F>
+cudaError_t wkv7_backward_launch(const V7Bwd<F>& p, cudaStream_t stream) {
+  const V7In<F>& a = p.in;
+  const MatSizes& s = a.s;
+  const dim3 grid(s.B * s.H, s.NCL);
+  const int NC = (s.T + kSnap - 1) / kSnap;
+  return dispatch_n(s.N, [&](auto nc) {
+    constexpr int N = decltype(nc)::value;
+    const float* gend = p.gsT;
+    if (s.NCL > 1) {  // pass 1: chunks from G = 0 in parallel; then G at every chunk's end
+      wkv7_bwd_b1_kernel<F, N, true><<<grid, Tile<N>::THREADS, 0, stream>>>(
+          s.T, s.H, s.L, a.r, a.k, a.v, a.w, a.a, a.b, p.snap, p.sa, p.gy, nullptr, nullptr,
+          nullptr, nullptr, nullptr, nullptr, nullptr, p.local);
+      combine_chunks<N>(s.B * s.H, s.NCL, true, p.trans, p.local, p.gsT, p.gend, stream);
+      gend = p.gend;
+    }
+    wkv7_bwd_b1_kernel<F, N, false><<<grid, Tile<N>::THREADS, 0, stream>>>(
+        s.T, s.H, s.L, a.r, a.k, a.v, a.w, a.a, a.b, p.snap, p.sa, p.gy, gend, p.gk, p.gv, p.gb,
+        p.e, p.cvec, p.anchor, p.gs0);
+    wkv7_bwd_b2_kernel<F, N><<<dim3(s.B * s.H * NC), N, 0, stream>>>(
+        s.T, s.H, a.r, a.k, a.v, a.w, a.a, a.b, p.snap, p.sa, p.gy, p.e, p.cvec, p.anchor, p.gr,
+        p.gw, p.ga);
   });
-  return {gr, gk, gv, gw, ga, gb, gs0};
 }
+
+#define RWKV_HF_WKV7(F)                                                              \
+  template cudaError_t wkv7_forward_launch<F>(const V7Fwd<F>&, cudaStream_t);       \
+  template cudaError_t wkv7_backward_launch<F>(const V7Bwd<F>&, cudaStream_t);
+RWKV_HF_WKV7(float)
+RWKV_HF_WKV7(c10::BFloat16)
+RWKV_HF_WKV7(c10::Half)
 
 }  // namespace rwkv_hf

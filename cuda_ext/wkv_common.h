@@ -1,31 +1,22 @@
-// Shared helpers of the rwkv_hf WKV extension (device code and host launchers).
+// Device helpers shared by the kernels of the rwkv_hf WKV extension (the .cu files only).
 //
 // Conventions (the package's operator layer, rwkv_hf/ops/__init__.py):
 //   * decays are LOG-decays w: the per-step factor is exp(w);
 //   * per-token tensors are [B, T, H, N] (matrix-state ops) or [B, T, C] (per-channel ops),
 //     contiguous, in F = float / bfloat16 / half; w and u always reach the kernels in float32;
 //   * states, snapshots and every accumulation are float32 (a few long sums in float64).
+// No ATen here (see wkv_launch.h); the host side is wkv_host.cpp.
 #pragma once
 
-#include <ATen/ATen.h>
-#include <c10/cuda/CUDAStream.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <tuple>
 #include <type_traits>
-#include <vector>
+
+#include "wkv_launch.h"
 
 namespace rwkv_hf {
 
-// Matrix-state ops keep a state snapshot every kSnap tokens (forward) and re-anchor the
-// gradient of the decay every kSnap tokens (backward), see wkv6.cu.
-constexpr int kSnap = 64;
-
-#ifdef __CUDACC__  // device helpers: only in the .cu translation units
 template <typename F>
 __device__ __forceinline__ float to_f(F x) { return static_cast<float>(x); }
 
@@ -41,23 +32,17 @@ struct Stage {
   static constexpr int TT = N <= 64 ? 16 : 8;
 };
 
-// A per-token output of the kernels (y, gr, gk, gv): rounded once to F into `out`, or kept in
-// float32 in `out32` for a sum still to come; `add` (float32, optional) is added first. The
-// two halves of bi_wkv6 run as (out32) then (add, out), so their sum is rounded once.
+// Writes x (plus o.add[i], if any) to the per-token output o (OutVec, wkv_launch.h): rounded
+// once to F, or in float32.
 template <typename F>
-struct OutVec {
-  F* out = nullptr;
-  float* out32 = nullptr;
-  const float* add = nullptr;
-  __device__ __forceinline__ void put(int64_t o, float x) const {
-    if (add != nullptr) x += add[o];
-    if (out32 != nullptr) {
-      out32[o] = x;
-    } else {
-      out[o] = from_f<F>(x);
-    }
+__device__ __forceinline__ void put(const OutVec<F>& o, int64_t i, float x) {
+  if (o.add != nullptr) x += o.add[i];
+  if (o.out32 != nullptr) {
+    o.out32[i] = x;
+  } else {
+    o.out[i] = from_f<F>(x);
   }
-};
+}
 
 __device__ __forceinline__ float4 ld4(const float* p) {
   return *reinterpret_cast<const float4*>(p);
@@ -187,12 +172,14 @@ namespace {
 // chunks:
 //   forwards:  X[c+1] = M_c X[c] + Lc_c      (chunk start states from the chunks' transitions)
 //   backwards: X[c-1] = M_c^T X[c] + Lc_c    (the same for the gradient G of the state)
-// X[0] (forwards) or X[NCL-1] (backwards) is set by the caller. Block (b*H + h, group of CJ
-// columns); thread i computes row i; M_c is staged through shared memory in tiles of MT columns.
+// from X[0] = x0 (forwards) or X[NCL-1] = x0 (backwards), x0 [B*H, N, N]. Block (b*H + h, group
+// of CJ columns); thread i computes row i; M_c is staged through shared memory in tiles of MT
+// columns.
 template <int N>
 __global__ void __launch_bounds__(N) chunk_combine_kernel(int NCL, bool backward,
                                                           const float* __restrict__ M,
                                                           const float* __restrict__ Lc,
+                                                          const float* __restrict__ x0,
                                                           float* __restrict__ X) {
   constexpr int CJ = 16, MT = N < 32 ? N : 32;
   __shared__ float tile[MT][N + 1];
@@ -200,7 +187,12 @@ __global__ void __launch_bounds__(N) chunk_combine_kernel(int NCL, bool backward
   const int i = threadIdx.x, j0 = blockIdx.y * CJ;
   const int64_t base = (int64_t)blockIdx.x * NCL * N * N;
   int c = backward ? NCL - 1 : 0;
-  for (int q = i; q < N * CJ; q += N) xs[q / CJ][q % CJ] = X[base + (int64_t)c * N * N + (q / CJ) * N + j0 + q % CJ];
+  for (int q = i; q < N * CJ; q += N) {
+    const int64_t o = (int64_t)(q / CJ) * N + j0 + q % CJ;
+    const float x = x0[(int64_t)blockIdx.x * N * N + o];
+    xs[q / CJ][q % CJ] = x;
+    X[base + (int64_t)c * N * N + o] = x;
+  }
   for (int step = 0; step + 1 < NCL; ++step) {
     const float* Mc = M + base + (int64_t)c * N * N;
     float acc[CJ];
@@ -238,115 +230,26 @@ __global__ void __launch_bounds__(N) chunk_combine_kernel(int NCL, bool backward
   }
 }
 
-// The chunk start states (forwards: X[0] = x0) or the gradients at the chunks' ends (backwards:
-// X[NCL-1] = x0) of the chunk-parallel form, from pass 1's chunk transitions and local results.
+// The chunk start states (forwards) or the gradients at the chunks' ends (backwards) of the
+// chunk-parallel form into X [B*H, NCL, N, N], from pass 1's transitions and local results.
 template <int N>
-at::Tensor combine_chunks(const at::Tensor& trans, const at::Tensor& local, const at::Tensor& x0,
-                          bool backward, cudaStream_t stream) {
-  const int64_t B = local.size(0), H = local.size(1);
-  const int NCL = local.size(2);
-  auto X = at::empty_like(local);
-  X.select(2, backward ? NCL - 1 : 0).copy_(x0.view({B, H, N, N}));
-  chunk_combine_kernel<N><<<dim3(B * H, N / 16), N, 0, stream>>>(
-      NCL, backward, trans.data_ptr<float>(), local.data_ptr<float>(), X.data_ptr<float>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return X;
+void combine_chunks(int BH, int NCL, bool backward, const float* trans, const float* local,
+                    const float* x0, float* X, cudaStream_t stream) {
+  chunk_combine_kernel<N><<<dim3(BH, N / 16), N, 0, stream>>>(NCL, backward, trans, local, x0, X);
+}
+
+// body(std::integral_constant<int, N>()) for the head size n (the host checks n first), then
+// the launches' status.
+template <typename Body>
+cudaError_t dispatch_n(int n, Body&& body) {
+  switch (n) {
+    case 16: body(std::integral_constant<int, 16>()); break;
+    case 32: body(std::integral_constant<int, 32>()); break;
+    case 64: body(std::integral_constant<int, 64>()); break;
+    case 128: body(std::integral_constant<int, 128>()); break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
 }
 }  // namespace
-#endif  // __CUDACC__
-
-inline void check_cuda_tensor(const at::Tensor& x, const char* name) {
-  TORCH_CHECK(x.is_cuda(), "rwkv_hf cuda: ", name, " must be a CUDA tensor");
-  TORCH_CHECK(x.is_contiguous(), "rwkv_hf cuda: ", name, " must be contiguous");
-}
-
-// Tokens per chunk of the chunk-parallel form of the matrix-state ops (wkv6, wkv7): `chunk`, as
-// chosen by the caller, rounded up to a multiple of kSnap; 0, or a chunk of at least T tokens, is
-// the sequential form (one chunk).
-inline int chunk_length(int64_t chunk, int T) {
-  TORCH_CHECK(chunk >= 0, "rwkv_hf cuda: chunk length must be >= 0, got ", chunk);
-  if (chunk == 0 || chunk >= T) return T > 0 ? T : 1;
-  return (int)((chunk + kSnap - 1) / kSnap * kSnap);
-}
-
-inline void check_float(const at::Tensor& x, const char* name) {
-  check_cuda_tensor(x, name);
-  TORCH_CHECK(x.scalar_type() == at::kFloat, "rwkv_hf cuda: ", name, " must be float32, got ",
-              x.scalar_type());
-}
-
-inline void check_act(const at::Tensor& x, const at::Tensor& like, const char* name) {
-  check_cuda_tensor(x, name);
-  TORCH_CHECK(x.scalar_type() == like.scalar_type(), "rwkv_hf cuda: ", name, " must have dtype ",
-              like.scalar_type(), ", got ", x.scalar_type());
-  TORCH_CHECK(x.device() == like.device(), "rwkv_hf cuda: ", name, " is on another device");
-}
-
-// Calls body.template operator()<F>() with F the C++ type of an activation dtype.
-#define RWKV_HF_DISPATCH_F(dtype, NAME, ...)                                          \
-  [&] {                                                                               \
-    switch (dtype) {                                                                  \
-      case at::kFloat: { using F = float; return __VA_ARGS__(); }                     \
-      case at::kBFloat16: { using F = c10::BFloat16; return __VA_ARGS__(); }          \
-      case at::kHalf: { using F = c10::Half; return __VA_ARGS__(); }                  \
-      default: TORCH_CHECK(false, "rwkv_hf cuda ", NAME,                              \
-                           ": per-token inputs must be float32, bfloat16 or float16, got ", \
-                           dtype);                                                    \
-    }                                                                                 \
-  }()
-
-#define RWKV_HF_DISPATCH_N(n, NAME, ...)                                              \
-  [&] {                                                                               \
-    switch (n) {                                                                      \
-      case 16: { constexpr int N = 16; return __VA_ARGS__(); }                        \
-      case 32: { constexpr int N = 32; return __VA_ARGS__(); }                        \
-      case 64: { constexpr int N = 64; return __VA_ARGS__(); }                        \
-      case 128: { constexpr int N = 128; return __VA_ARGS__(); }                      \
-      default: TORCH_CHECK(false, "rwkv_hf cuda ", NAME,                              \
-                           ": head size must be 16, 32, 64 or 128, got ", n);         \
-    }                                                                                 \
-  }()
-
-// ---------------------------------------------------------------------------- host API
-
-// RWKV-4 and bidirectional v4 (wkv4.cu). `chunk`: tokens per chunk of the scans over time (0:
-// one chunk); the forward returns the states entering each chunk, which the backward of the
-// same chunking takes with the final state. Gradients come back in float32; gw, gu as partial
-// sums per (batch, chunk).
-std::vector<at::Tensor> wkv4_forward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
-                                     at::Tensor s0, int64_t chunk);
-std::vector<at::Tensor> wkv4_backward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
-                                      at::Tensor enter, at::Tensor sT, at::Tensor gy,
-                                      at::Tensor gsT, int64_t chunk);
-std::vector<at::Tensor> bi_wkv4_forward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
-                                        at::Tensor s0, int64_t chunk);
-std::vector<at::Tensor> bi_wkv4_backward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
-                                         at::Tensor enter, at::Tensor sT, at::Tensor gy,
-                                         at::Tensor gsT, int64_t chunk);
-
-// RWKV-5/6 (wkv6.cu).
-// `chunk`: tokens per chunk of the chunk-parallel form (see chunk_length); the forward returns
-// the chunks' transitions, which the backward of the same chunking takes. `reverse`: the scan
-// runs from the last token to the first (the right-to-left half of bi_wkv6), without copies.
-// `out_f32`: y (forward) or gr, gk, gv (backward) come back in float32 instead of
-// the inputs' dtype; `add`: float32 tensors of their shapes added before the rounding (none,
-// or y / gr, gk, gv). bi_wkv6 runs its left-to-right half with out_f32 and its right-to-left
-// half adding that, so its outputs and gradients are rounded once.
-std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
-                                     at::Tensor u, at::Tensor s0, bool save, int64_t chunk,
-                                     bool reverse, bool out_f32, std::vector<at::Tensor> add);
-std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
-                                      at::Tensor u, at::Tensor snaps, at::Tensor trans,
-                                      at::Tensor gy, at::Tensor gsT, int64_t chunk, bool reverse,
-                                      bool out_f32, std::vector<at::Tensor> add);
-
-// RWKV-7 (wkv7.cu).
-std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
-                                     at::Tensor a, at::Tensor b, at::Tensor s0, bool save,
-                                     int64_t chunk);
-std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
-                                      at::Tensor a, at::Tensor b, at::Tensor snaps, at::Tensor sa,
-                                      at::Tensor trans, at::Tensor gy, at::Tensor gsT,
-                                      int64_t chunk);
-
 }  // namespace rwkv_hf

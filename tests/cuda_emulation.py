@@ -1,11 +1,12 @@
 """Builds the CUDA extension's kernels for the CPU, under an emulation of the CUDA execution
 model (``tests/cuda_emu/cuda_emu.h``), so that their logic is tested on machines without a GPU.
 
-The sources in ``cuda_ext/`` are used as they are, with four mechanical rewrites (each must
-apply, or the build fails): the CUDA runtime headers give way to the emulation header, the
-device helpers of ``wkv_common.h`` are compiled for the host, "CUDA tensors" are CPU tensors,
-and ``kernel<<<grid, block, smem, stream>>>(args)`` becomes an emulated launch. The module
-has the extension's API (``wkv7_forward``, ...) on CPU tensors.
+The sources in ``cuda_ext/`` are used as they are, with mechanical rewrites (each must apply,
+or the build fails): the CUDA runtime headers give way to the emulation header, the host code's
+"CUDA tensors" are CPU tensors (and its c10/cuda headers go: the emulation header stands in for
+the stream, the device guard and the error check), and ``kernel<<<grid, block, smem,
+stream>>>(args)`` becomes an emulated launch. The module has the extension's API
+(``wkv7_forward``, ...) on CPU tensors.
 
 What it shows: the kernels' indexing, staging, snapshot and chunk logic, the reductions and
 the barriers (threads run in random order between barriers, so a missing ``__syncthreads``
@@ -42,13 +43,20 @@ def _sub(pattern, repl, text, what, count=0, literal=True):
     return new
 
 
-def rewrite_common(text):
-    for inc in ("#include <c10/cuda/CUDAStream.h>\n", "#include <c10/cuda/CUDAGuard.h>\n"):
-        text = _sub(inc, "", text, inc.strip())
+def rewrite_launch_header(text):
+    return _sub("#include <cuda_runtime_api.h>", '#include "cuda_emu.h"', text, "runtime API header")
+
+
+def rewrite_device_header(text):
     text = _sub("#include <cuda_runtime.h>", '#include "cuda_emu.h"', text, "runtime header")
-    text = _sub("#ifdef __CUDACC__", "#if 1", text, "device helpers for the host")
-    text = _sub("x.is_cuda()", "x.is_cpu()", text, "CUDA tensors are CPU tensors")
     return rewrite_kernels(text)
+
+
+def rewrite_host(text):
+    for inc in ("#include <c10/cuda/CUDAException.h>\n", "#include <c10/cuda/CUDAGuard.h>\n",
+                "#include <c10/cuda/CUDAStream.h>\n"):
+        text = _sub(inc, "", text, inc.strip())
+    return _sub("x.is_cuda()", "x.is_cpu()", text, "CUDA tensors are CPU tensors")
 
 
 def rewrite_kernels(text):
@@ -59,14 +67,20 @@ def sources(src=None):
     """{file name: rewritten text} of the extension in ``src`` (default: the package's
     ``cuda_ext``), kernels as .cpp files."""
     src = src or cuda_backend.sources_dir()
-    out = {}
-    with open(os.path.join(src, "wkv_common.h")) as f:
-        out["wkv_common.h"] = rewrite_common(f.read())
-    with open(os.path.join(src, "wkv.cpp")) as f:
-        out["wkv.cpp"] = f.read()
-    for name in KERNELS:
+
+    def read(name):
         with open(os.path.join(src, name)) as f:
-            out[name[:-3] + "_emu.cpp"] = rewrite_kernels(f.read())
+            return f.read()
+
+    out = {
+        "wkv_launch.h": rewrite_launch_header(read("wkv_launch.h")),
+        "wkv_common.h": rewrite_device_header(read("wkv_common.h")),
+        "wkv_host.h": read("wkv_host.h"),
+        "wkv_host.cpp": rewrite_host(read("wkv_host.cpp")),
+        "wkv.cpp": read("wkv.cpp"),
+    }
+    for name in KERNELS:
+        out[name[:-3] + "_emu.cpp"] = rewrite_kernels(read(name))
     with open(os.path.join(EMU_DIR, "cuda_emu.h")) as f:
         out["cuda_emu.h"] = f.read()
     return out

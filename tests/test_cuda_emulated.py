@@ -130,7 +130,7 @@ def test_emulation_catches_a_missing_barrier(tmp_path, monkeypatch):
     import shutil
 
     src = cuda_backend.sources_dir()
-    for name in ("wkv_common.h", "wkv.cpp", "wkv4.cu", "wkv6.cu", "wkv7.cu"):
+    for name in cuda_backend.SOURCES + cuda_backend.HEADERS:
         shutil.copy(f"{src}/{name}", tmp_path / name)
     text = (tmp_path / "wkv7.cu").read_text()
     barrier = "        __syncthreads();\n        if (tid < N) {"

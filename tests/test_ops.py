@@ -391,6 +391,40 @@ def test_cuda_backend_that_cannot_run_warns_once_and_falls_back(monkeypatch):
         assert cuda_backend.available() == (False, "no CUDA device visible to torch")
 
 
+def test_cuda_first_use_says_it_compiles_and_a_later_load_does_not(monkeypatch, tmp_path, caplog):
+    """The JIT build of the first CUDA call takes tens of seconds: load() says so (and where
+    it caches); a process that finds the build reuses it silently. The GPU and the compiler
+    are stood in for; the real build is tests/test_cuda_build.py."""
+    import logging
+    import types
+
+    from rwkv_hf.ops import cuda_backend
+
+    monkeypatch.setattr(cuda_backend, "_ext", None)
+    monkeypatch.setattr(cuda_backend, "_load_error", None)
+    monkeypatch.setenv(cuda_backend.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    built = types.ModuleType("fake_wkv")
+    compiled = []
+    monkeypatch.setattr(cuda_backend, "_compile",
+                        lambda archs, verbose=False: compiled.append(archs) or (built, "x.so"))
+    with caplog.at_level(logging.INFO, logger=cuda_backend.__name__):
+        assert cuda_backend.load() is built
+    assert compiled == [["9.0"]]
+    said = [r.getMessage() for r in caplog.records]
+    assert any("compiling the WKV CUDA extension for sm_90" in m and str(tmp_path) in m for m in said)
+    assert any("compiled the WKV CUDA extension in" in m for m in said)
+
+    caplog.clear()
+    monkeypatch.setattr(cuda_backend, "_ext", None)
+    monkeypatch.setattr(cuda_backend, "_find_prebuilt", lambda needed: ("fake_wkv", "x.so"))
+    monkeypatch.setattr(cuda_backend, "_import_built", lambda name, path: built)
+    with caplog.at_level(logging.INFO, logger=cuda_backend.__name__):
+        assert cuda_backend.load() is built
+    assert compiled == [["9.0"]] and not caplog.records
+
+
 def test_cpu_backend_without_a_compiler_falls_back_once(monkeypatch, tmp_path):
     """No working C++ compiler: one warning saying why, then the torch backend, same results."""
     from rwkv_hf.ops import cpu_backend

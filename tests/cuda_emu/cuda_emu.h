@@ -35,7 +35,15 @@
 #define __launch_bounds__(...)
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
-#define C10_CUDA_KERNEL_LAUNCH_CHECK() ((void)0)
+
+// Launch errors: an emulated launch throws instead (the host's C10_CUDA_CHECK then has nothing
+// to report).
+enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1 };
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+#define C10_CUDA_CHECK(EXPR)                                                             \
+  do {                                                                                  \
+    if ((EXPR) != cudaSuccess) throw std::runtime_error("emulated CUDA call failed: " #EXPR); \
+  } while (0)
 
 struct alignas(16) float4 { float x, y, z, w; };
 struct dim3 {

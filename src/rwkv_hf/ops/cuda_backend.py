@@ -22,11 +22,13 @@ import glob
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import shutil
 import sys
 import threading
+import time
 
 import torch
 
@@ -35,11 +37,11 @@ __all__ = ["wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7", "available", "l
 
 SUPPORTED_HEAD_SIZES = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-SOURCES = ("wkv.cpp", "wkv4.cu", "wkv6.cu", "wkv7.cu")
-HEADERS = ("wkv_common.h",)
+SOURCES = ("wkv.cpp", "wkv_host.cpp", "wkv4.cu", "wkv6.cu", "wkv7.cu")
+HEADERS = ("wkv_common.h", "wkv_launch.h", "wkv_host.h")
 CACHE_ENV = "RWKV_HF_CUDA_CACHE"
 CHUNK_ENV = "RWKV_HF_CUDA_CHUNK"
-SNAP = 64  # tokens per state snapshot: kSnap of wkv_common.h
+SNAP = 64  # tokens per state snapshot: kSnap of wkv_launch.h
 # Blocks of the matrix-state kernels one multiprocessor holds at once for N = 64: ptxas gives
 # the forward kernels 120 registers per thread, 256 threads per block, so 2 fit in 64K
 # registers. The chunk-parallel form is sized for one such wave (gpu_check.py times both forms
@@ -51,6 +53,7 @@ _V4_THREADS_PER_SM = 4096
 _V4_MIN_CHUNK = 32
 _BUILD_INFO = "build.json"
 
+logger = logging.getLogger(__name__)
 _lock = threading.RLock()
 _ext = None
 _load_error = None
@@ -311,7 +314,14 @@ def load(verbose=False):
                 except Exception:
                     mod = None
             if mod is None:
+                # Tens of seconds with no output otherwise; once per sources, torch and arch.
+                logger.warning("rwkv_hf: compiling the WKV CUDA extension for %s (first use; about "
+                               "20 s with 8+ CPU cores; cached under %s)", _arch_tag(needed),
+                               cache_root())
+                start = time.time()
                 mod, _ = _compile(needed, verbose=verbose)
+                logger.info("rwkv_hf: compiled the WKV CUDA extension in %.0f s",
+                               time.time() - start)
             _ext = mod
         except Exception as e:  # remember: do not recompile on every call
             _load_error = _summarize(e)

@@ -1,0 +1,425 @@
+// The host side of the rwkv_hf WKV extension: checks the tensors, allocates the outputs and the
+// scratch, and calls the launchers of the .cu files (wkv_launch.h) on the current stream.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "wkv_host.h"
+#include "wkv_launch.h"
+
+namespace rwkv_hf {
+namespace {
+
+void check_cuda_tensor(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.is_cuda(), "rwkv_hf cuda: ", name, " must be a CUDA tensor");
+  TORCH_CHECK(x.is_contiguous(), "rwkv_hf cuda: ", name, " must be contiguous");
+}
+
+void check_float(const at::Tensor& x, const char* name) {
+  check_cuda_tensor(x, name);
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "rwkv_hf cuda: ", name, " must be float32, got ",
+              x.scalar_type());
+}
+
+void check_act(const at::Tensor& x, const at::Tensor& like, const char* name) {
+  check_cuda_tensor(x, name);
+  TORCH_CHECK(x.scalar_type() == like.scalar_type(), "rwkv_hf cuda: ", name, " must have dtype ",
+              like.scalar_type(), ", got ", x.scalar_type());
+  TORCH_CHECK(x.device() == like.device(), "rwkv_hf cuda: ", name, " is on another device");
+}
+
+// Tokens per chunk of the chunk-parallel form of the matrix-state ops (wkv6, wkv7): `chunk`, as
+// chosen by the caller, rounded up to a multiple of kSnap; 0, or a chunk of at least T tokens, is
+// the sequential form (one chunk).
+int chunk_length(int64_t chunk, int T) {
+  TORCH_CHECK(chunk >= 0, "rwkv_hf cuda: chunk length must be >= 0, got ", chunk);
+  if (chunk == 0 || chunk >= T) return T > 0 ? T : 1;
+  return (int)((chunk + kSnap - 1) / kSnap * kSnap);
+}
+
+void check_head_size(int64_t n, const char* op) {
+  TORCH_CHECK(n == 16 || n == 32 || n == 64 || n == 128, "rwkv_hf cuda ", op,
+              ": head size must be 16, 32, 64 or 128, got ", n);
+}
+
+// Calls body.template operator()<F>() with F the C++ type of an activation dtype.
+#define RWKV_HF_DISPATCH_F(dtype, NAME, ...)                                          \
+  [&] {                                                                               \
+    switch (dtype) {                                                                  \
+      case at::kFloat: { using F = float; return __VA_ARGS__(); }                     \
+      case at::kBFloat16: { using F = c10::BFloat16; return __VA_ARGS__(); }          \
+      case at::kHalf: { using F = c10::Half; return __VA_ARGS__(); }                  \
+      default: TORCH_CHECK(false, "rwkv_hf cuda ", NAME,                              \
+                           ": per-token inputs must be float32, bfloat16 or float16, got ", \
+                           dtype);                                                    \
+    }                                                                                 \
+  }()
+
+template <typename F>
+const F* in_ptr(const at::Tensor& x) {
+  return reinterpret_cast<const F*>(x.data_ptr());
+}
+
+template <typename F>
+F* out_ptr(at::Tensor& x) {
+  return reinterpret_cast<F*>(x.data_ptr());
+}
+
+float* f32_or_null(at::Tensor& x, bool use) { return use ? x.data_ptr<float>() : nullptr; }
+
+// ---------------------------------------------------------------------------- wkv4, bi_wkv4
+
+void check_v4(const at::Tensor& k, const at::Tensor& v, const at::Tensor& w, const at::Tensor& u,
+              const char* op) {
+  check_cuda_tensor(k, "k");
+  TORCH_CHECK(k.dim() == 3, "rwkv_hf cuda ", op, ": k must be [B, T, C]");
+  check_act(v, k, "v");
+  TORCH_CHECK(v.sizes() == k.sizes(), "rwkv_hf cuda ", op, ": v must have k's shape");
+  check_float(w, "w");
+  check_float(u, "u");
+  TORCH_CHECK(w.numel() == k.size(2) && u.numel() == k.size(2), "rwkv_hf cuda ", op,
+              ": w and u must be [C]");
+  TORCH_CHECK(k.size(0) < (int64_t)1 << 31 && k.size(1) < (int64_t)1 << 31 &&
+                  k.size(2) < (int64_t)1 << 31, "rwkv_hf cuda ", op, ": input too large");
+}
+
+// Tokens per chunk: `chunk` as chosen by the caller; 0, or at least T, is one chunk.
+int v4_chunk(int64_t chunk, int T) {
+  TORCH_CHECK(chunk >= 0, "rwkv_hf cuda: chunk length must be >= 0, got ", chunk);
+  if (chunk == 0 || chunk >= T) return T > 0 ? T : 1;
+  return (int)chunk;
+}
+
+template <typename F>
+V4Args<F> v4_args(int B, int T, int C, int L, int NC, const at::Tensor& k, const at::Tensor& v,
+                  const at::Tensor& w, const at::Tensor& u) {
+  return {B, T, C, L, NC, in_ptr<F>(k), in_ptr<F>(v), w.data_ptr<float>(), u.data_ptr<float>()};
+}
+
+template <bool BI>
+std::vector<at::Tensor> v4_forward(const char* op, at::Tensor k, at::Tensor v, at::Tensor w,
+                                   at::Tensor u, at::Tensor s0, int64_t chunk) {
+  constexpr int D = BI ? 2 : 1;
+  check_v4(k, v, w, u, op);
+  check_float(s0, "state");
+  const int B = k.size(0), T = k.size(1), C = k.size(2);
+  TORCH_CHECK(s0.numel() == (int64_t)B * D * 3 * C, "rwkv_hf cuda ", op, ": state must be ",
+              BI ? "[B, 2, 3, C]" : "[B, 3, C]");
+  const int L = v4_chunk(chunk, T), NC = (T + L - 1) / L;
+  TORCH_CHECK((int64_t)B * NC * C < (int64_t)1 << 31, "rwkv_hf cuda ", op, ": input too large");
+  const at::cuda::OptionalCUDAGuard guard(k.device());
+  const auto f32 = s0.options();
+  auto y = at::empty_like(k);
+  auto sT = BI ? at::empty({B, 2, 3, C}, f32) : at::empty({B, 3, C}, f32);
+  auto enter = at::empty({B, NC, D, 3, C}, f32);
+  if ((int64_t)B * T * C == 0) return {y, sT, enter};
+  auto loc = at::empty({NC > 1 ? B : 0, NC, D, 3, C}, f32);
+  auto fbuf = at::empty({BI ? B : 0, T, 3, C}, f32);
+  RWKV_HF_DISPATCH_F(k.scalar_type(), op, [&] {
+    const V4Fwd<F> p{v4_args<F>(B, T, C, L, NC, k, v, w, u), s0.data_ptr<float>(),
+                     f32_or_null(loc, NC > 1), enter.data_ptr<float>(), f32_or_null(fbuf, BI),
+                     out_ptr<F>(y), sT.data_ptr<float>()};
+    C10_CUDA_CHECK((v4_forward_launch<BI, F>(p, c10::cuda::getCurrentCUDAStream())));
+  });
+  return {y, sT, enter};
+}
+
+template <bool BI>
+std::vector<at::Tensor> v4_backward(const char* op, at::Tensor k, at::Tensor v, at::Tensor w,
+                                    at::Tensor u, at::Tensor enter, at::Tensor sT, at::Tensor gy,
+                                    at::Tensor gsT, int64_t chunk) {
+  constexpr int D = BI ? 2 : 1;
+  check_v4(k, v, w, u, op);
+  check_act(gy, k, "gy");
+  TORCH_CHECK(gy.sizes() == k.sizes(), "rwkv_hf cuda ", op, ": gy must have k's shape");
+  check_float(enter, "enter");
+  check_float(sT, "final_state");
+  check_float(gsT, "gstate");
+  const int B = k.size(0), T = k.size(1), C = k.size(2);
+  const int L = v4_chunk(chunk, T), NC = (T + L - 1) / L;
+  TORCH_CHECK((int64_t)B * NC * C < (int64_t)1 << 31, "rwkv_hf cuda ", op, ": input too large");
+  TORCH_CHECK(enter.numel() == (int64_t)B * NC * D * 3 * C, "rwkv_hf cuda ", op,
+              ": the forward's chunk states do not match this chunk length");
+  TORCH_CHECK(sT.numel() == (int64_t)B * D * 3 * C && gsT.numel() == sT.numel(), "rwkv_hf cuda ",
+              op, ": final_state and gstate must be ", BI ? "[B, 2, 3, C]" : "[B, 3, C]");
+  const at::cuda::OptionalCUDAGuard guard(k.device());
+  const auto f32 = k.options().dtype(at::kFloat);
+  auto gk = at::empty({B, T, C}, f32), gv = at::empty({B, T, C}, f32);
+  auto gw = at::empty({B, NC, C}, f32), gu = at::empty({B, NC, C}, f32);
+  auto gs0 = at::empty(sT.sizes(), f32);
+  if ((int64_t)B * T * C == 0) return {gk, gv, gw, gu, gs0};
+  auto buf = at::empty({B, T, D, 3, C}, f32);
+  auto best = at::empty({B, NC, D, C}, k.options().dtype(at::kInt));
+  auto loc = at::empty({NC > 1 ? B : 0, NC, D, 3, C}, f32);
+  auto gin = at::empty({B, NC, D, 3, C}, f32);
+  RWKV_HF_DISPATCH_F(k.scalar_type(), op, [&] {
+    const V4Bwd<F> p{v4_args<F>(B, T, C, L, NC, k, v, w, u),
+                     enter.data_ptr<float>(), sT.data_ptr<float>(), gsT.data_ptr<float>(),
+                     in_ptr<F>(gy), buf.data_ptr<float>(), f32_or_null(loc, NC > 1),
+                     gin.data_ptr<float>(), best.data_ptr<int>(), gk.data_ptr<float>(),
+                     gv.data_ptr<float>(), gw.data_ptr<float>(), gu.data_ptr<float>(),
+                     gs0.data_ptr<float>()};
+    C10_CUDA_CHECK((v4_backward_launch<BI, F>(p, c10::cuda::getCurrentCUDAStream())));
+  });
+  return {gk, gv, gw, gu, gs0};
+}
+
+// ---------------------------------------------------------------------------- wkv6
+
+void check_v6(const at::Tensor& r, const at::Tensor& k, const at::Tensor& v, const at::Tensor& w,
+              const at::Tensor& u) {
+  check_cuda_tensor(r, "r");
+  TORCH_CHECK(r.dim() == 4, "rwkv_hf cuda wkv6: r must be [B, T, H, K]");
+  check_act(k, r, "k");
+  check_act(v, r, "v");
+  check_float(w, "w");
+  check_float(u, "u");
+  TORCH_CHECK(k.sizes() == r.sizes(), "rwkv_hf cuda wkv6: r and k must share one shape [B, T, H, K]");
+  TORCH_CHECK(w.sizes() == r.sizes() || (w.dim() == 2 && w.size(0) == r.size(2) && w.size(1) == r.size(3)),
+              "rwkv_hf cuda wkv6: w must be [B, T, H, K] like r, or [H, K], got ", w.sizes());
+  TORCH_CHECK(v.sizes() == r.sizes(), "rwkv_hf cuda wkv6: needs V == K (v of r's shape), got v ",
+              v.sizes(), " and r ", r.sizes());
+  TORCH_CHECK(u.numel() == r.size(2) * r.size(3), "rwkv_hf cuda wkv6: u must be [H, K]");
+  check_head_size(r.size(3), "wkv6");
+}
+
+// A per-token output like `like`: in its dtype, or float32 (out_f32).
+at::Tensor new_out(const at::Tensor& like, bool out_f32) {
+  return out_f32 ? at::empty(like.sizes(), like.options().dtype(at::kFloat)) : at::empty_like(like);
+}
+
+// The float32 tensors added to the outputs (none, or one per output, each of its output's shape).
+std::vector<const float*> addends(const std::vector<at::Tensor>& add,
+                                  const std::vector<at::Tensor>& outs) {
+  TORCH_CHECK(add.empty() || add.size() == outs.size(), "rwkv_hf cuda wkv6: add takes none or ",
+              outs.size(), " tensors, got ", add.size());
+  std::vector<const float*> p(outs.size(), nullptr);
+  for (size_t i = 0; i < add.size(); ++i) {
+    check_float(add[i], "add");
+    TORCH_CHECK(add[i].sizes() == outs[i].sizes(), "rwkv_hf cuda wkv6: add[", i, "] must have shape ",
+                outs[i].sizes(), ", got ", add[i].sizes());
+    p[i] = add[i].data_ptr<float>();
+  }
+  return p;
+}
+
+template <typename F>
+OutVec<F> out_vec(at::Tensor& out, const float* add) {
+  OutVec<F> o;
+  if (out.scalar_type() == at::kFloat) {
+    o.out32 = out.data_ptr<float>();
+  } else {
+    o.out = out_ptr<F>(out);
+  }
+  o.add = add;
+  return o;
+}
+
+template <typename F>
+V6In<F> v6_in(const MatSizes& s, bool reverse, const at::Tensor& r, const at::Tensor& k,
+              const at::Tensor& v, const at::Tensor& w, const at::Tensor& u) {
+  return {s, reverse, w.dim() == 2, in_ptr<F>(r), in_ptr<F>(k), in_ptr<F>(v),
+          w.data_ptr<float>(), u.data_ptr<float>()};
+}
+
+// ---------------------------------------------------------------------------- wkv7
+
+void check_v7(const at::Tensor& r, const at::Tensor& k, const at::Tensor& v, const at::Tensor& w,
+              const at::Tensor& a, const at::Tensor& b) {
+  check_cuda_tensor(r, "r");
+  TORCH_CHECK(r.dim() == 4, "rwkv_hf cuda wkv7: r must be [B, T, H, K]");
+  check_act(k, r, "k");
+  check_act(v, r, "v");
+  check_act(a, r, "a");
+  check_act(b, r, "b");
+  check_float(w, "w");
+  TORCH_CHECK(k.sizes() == r.sizes() && w.sizes() == r.sizes() && a.sizes() == r.sizes() &&
+                  b.sizes() == r.sizes(),
+              "rwkv_hf cuda wkv7: r, k, w, a, b must share one shape [B, T, H, K]");
+  TORCH_CHECK(v.sizes() == r.sizes(), "rwkv_hf cuda wkv7: needs V == K (v of r's shape), got v ",
+              v.sizes(), " and r ", r.sizes());
+  check_head_size(r.size(3), "wkv7");
+}
+
+template <typename F>
+V7In<F> v7_in(const MatSizes& s, const at::Tensor& r, const at::Tensor& k, const at::Tensor& v,
+              const at::Tensor& w, const at::Tensor& a, const at::Tensor& b) {
+  return {s, in_ptr<F>(r), in_ptr<F>(k), in_ptr<F>(v), in_ptr<F>(a), in_ptr<F>(b),
+          w.data_ptr<float>()};
+}
+
+}  // namespace
+
+std::vector<at::Tensor> wkv4_forward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
+                                     at::Tensor s0, int64_t chunk) {
+  return v4_forward<false>("wkv4", k, v, w, u, s0, chunk);
+}
+
+std::vector<at::Tensor> wkv4_backward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
+                                      at::Tensor enter, at::Tensor sT, at::Tensor gy,
+                                      at::Tensor gsT, int64_t chunk) {
+  return v4_backward<false>("wkv4", k, v, w, u, enter, sT, gy, gsT, chunk);
+}
+
+std::vector<at::Tensor> bi_wkv4_forward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
+                                        at::Tensor s0, int64_t chunk) {
+  return v4_forward<true>("bi_wkv4", k, v, w, u, s0, chunk);
+}
+
+std::vector<at::Tensor> bi_wkv4_backward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
+                                         at::Tensor enter, at::Tensor sT, at::Tensor gy,
+                                         at::Tensor gsT, int64_t chunk) {
+  return v4_backward<true>("bi_wkv4", k, v, w, u, enter, sT, gy, gsT, chunk);
+}
+
+std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
+                                     at::Tensor u, at::Tensor s0, bool save, int64_t chunk,
+                                     bool reverse, bool out_f32, std::vector<at::Tensor> add) {
+  check_v6(r, k, v, w, u);
+  check_float(s0, "state");
+  const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
+  TORCH_CHECK(s0.numel() == (int64_t)B * H * n * n, "rwkv_hf cuda wkv6: state must be [B, H, K, V]");
+  const int L = chunk_length(chunk, T), NCL = (T + L - 1) / L;
+  TORCH_CHECK(NCL < 65536, "rwkv_hf cuda wkv6: over 65535 chunks (chunk length ", L, ")");
+  const at::cuda::OptionalCUDAGuard guard(r.device());
+  auto y = new_out(v, out_f32);
+  const auto yadd = addends(add, {y});
+  auto sT = at::empty({B, H, n, n}, s0.options());
+  const int NC = (T + kSnap - 1) / kSnap;
+  auto snap = save ? at::empty({B, H, NC, n, n}, s0.options()) : at::empty({0}, s0.options());
+  auto trans = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, s0.options());
+  if (B * H == 0) return {y, sT, snap, trans};
+  const auto s0c = s0.contiguous();
+  auto local = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, s0.options());
+  auto starts = at::empty_like(local);
+  RWKV_HF_DISPATCH_F(r.scalar_type(), "wkv6", [&] {
+    const V6Fwd<F> p{v6_in<F>({B, T, H, n, L, NCL}, reverse, r, k, v, w, u),
+                     s0c.data_ptr<float>(), f32_or_null(local, NCL > 1),
+                     f32_or_null(starts, NCL > 1), f32_or_null(trans, NCL > 1),
+                     out_vec<F>(y, yadd[0]), sT.data_ptr<float>(), f32_or_null(snap, save)};
+    C10_CUDA_CHECK(wkv6_forward_launch<F>(p, c10::cuda::getCurrentCUDAStream()));
+  });
+  if (!save) trans = at::empty({0, H, NCL, n, n}, s0.options());
+  return {y, sT, snap, trans};
+}
+
+std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
+                                      at::Tensor u, at::Tensor snap, at::Tensor trans,
+                                      at::Tensor gy, at::Tensor gsT, int64_t chunk,
+                                      bool reverse, bool out_f32, std::vector<at::Tensor> add) {
+  check_v6(r, k, v, w, u);
+  check_act(gy, r, "gy");
+  check_float(snap, "snapshots");
+  check_float(gsT, "gsT");
+  const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
+  const int NC = (T + kSnap - 1) / kSnap;
+  const int L = chunk_length(chunk, T), NCL = (T + L - 1) / L;
+  TORCH_CHECK(snap.numel() == (int64_t)B * H * NC * n * n, "rwkv_hf cuda wkv6: bad snapshots");
+  TORCH_CHECK(NCL == 1 || trans.numel() == (int64_t)B * H * NCL * n * n,
+              "rwkv_hf cuda wkv6: the chunk transitions of the forward are missing (chunk ", chunk,
+              ")");
+  if (NCL > 1) check_float(trans, "transitions");
+  TORCH_CHECK((int64_t)B * H * NC < (int64_t)1 << 31 && NCL < 65536, "rwkv_hf cuda wkv6: ",
+              "input too large for one launch (B * H * T / 64 >= 2^31, or over 65535 chunks)");
+  const at::cuda::OptionalCUDAGuard guard(r.device());
+  auto f32 = r.options().dtype(at::kFloat);
+  auto gr = new_out(r, out_f32), gk = new_out(r, out_f32), gv = new_out(v, out_f32);
+  const auto gadd = addends(add, {gr, gk, gv});
+  auto gw = at::empty({B, T, H, n}, f32);
+  auto gu_part = at::empty({B, NC, H, n}, f32);
+  auto gs0 = at::empty({B, H, n, n}, f32);
+  if (B * H == 0) return {gr, gk, gv, gw, gu_part, gs0};
+  auto e = at::empty({B, T, H, n}, f32);
+  auto anchor = at::empty({B, H, NC, n}, f32);
+  const auto gsTc = gsT.contiguous();
+  auto local = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, f32);
+  auto gend = at::empty_like(local);
+  RWKV_HF_DISPATCH_F(r.scalar_type(), "wkv6", [&] {
+    const V6Bwd<F> p{v6_in<F>({B, T, H, n, L, NCL}, reverse, r, k, v, w, u),
+                     snap.data_ptr<float>(), NCL > 1 ? trans.data_ptr<float>() : nullptr,
+                     gsTc.data_ptr<float>(), in_ptr<F>(gy), f32_or_null(local, NCL > 1),
+                     f32_or_null(gend, NCL > 1), e.data_ptr<float>(), anchor.data_ptr<float>(),
+                     out_vec<F>(gr, gadd[0]), out_vec<F>(gk, gadd[1]), out_vec<F>(gv, gadd[2]),
+                     gw.data_ptr<float>(), gu_part.data_ptr<float>(), gs0.data_ptr<float>()};
+    C10_CUDA_CHECK(wkv6_backward_launch<F>(p, c10::cuda::getCurrentCUDAStream()));
+  });
+  return {gr, gk, gv, gw, gu_part, gs0};
+}
+
+std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
+                                     at::Tensor a, at::Tensor b, at::Tensor s0, bool save,
+                                     int64_t chunk) {
+  check_v7(r, k, v, w, a, b);
+  check_float(s0, "state");
+  const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
+  TORCH_CHECK(s0.numel() == (int64_t)B * H * n * n, "rwkv_hf cuda wkv7: state must be [B, H, K, V]");
+  const int L = chunk_length(chunk, T), NCL = (T + L - 1) / L;
+  TORCH_CHECK(NCL < 65536, "rwkv_hf cuda wkv7: over 65535 chunks (chunk length ", L, ")");
+  const at::cuda::OptionalCUDAGuard guard(r.device());
+  auto y = at::empty_like(v);
+  auto sT = at::empty({B, H, n, n}, s0.options());
+  const int NC = (T + kSnap - 1) / kSnap;
+  auto snap = save ? at::empty({B, H, NC, n, n}, s0.options()) : at::empty({0}, s0.options());
+  auto sa = save ? at::empty({B, T, H, n}, s0.options()) : at::empty({0}, s0.options());
+  auto trans = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, s0.options());
+  if (B * H == 0) return {y, sT, snap, sa, trans};
+  const auto s0c = s0.contiguous();
+  auto local = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, s0.options());
+  auto starts = at::empty_like(local);
+  RWKV_HF_DISPATCH_F(r.scalar_type(), "wkv7", [&] {
+    const V7Fwd<F> p{v7_in<F>({B, T, H, n, L, NCL}, r, k, v, w, a, b), s0c.data_ptr<float>(),
+                     f32_or_null(local, NCL > 1), f32_or_null(starts, NCL > 1),
+                     f32_or_null(trans, NCL > 1), out_ptr<F>(y), sT.data_ptr<float>(),
+                     f32_or_null(snap, save), f32_or_null(sa, save)};
+    C10_CUDA_CHECK(wkv7_forward_launch<F>(p, c10::cuda::getCurrentCUDAStream()));
+  });
+  if (!save) trans = at::empty({0, H, NCL, n, n}, s0.options());
+  return {y, sT, snap, sa, trans};
+}
+
+std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
+                                      at::Tensor a, at::Tensor b, at::Tensor snap, at::Tensor sa,
+                                      at::Tensor trans, at::Tensor gy, at::Tensor gsT,
+                                      int64_t chunk) {
+  check_v7(r, k, v, w, a, b);
+  check_act(gy, r, "gy");
+  check_float(snap, "snapshots");
+  check_float(sa, "sa");
+  check_float(gsT, "gsT");
+  const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
+  const int NC = (T + kSnap - 1) / kSnap;
+  const int L = chunk_length(chunk, T), NCL = (T + L - 1) / L;
+  TORCH_CHECK(snap.numel() == (int64_t)B * H * NC * n * n && sa.numel() == r.numel(),
+              "rwkv_hf cuda wkv7: bad saved tensors");
+  TORCH_CHECK(NCL == 1 || trans.numel() == (int64_t)B * H * NCL * n * n,
+              "rwkv_hf cuda wkv7: the chunk transitions of the forward are missing (chunk ", chunk,
+              ")");
+  if (NCL > 1) check_float(trans, "transitions");
+  TORCH_CHECK((int64_t)B * H * NC < (int64_t)1 << 31 && NCL < 65536, "rwkv_hf cuda wkv7: ",
+              "input too large for one launch (B * H * T / 64 >= 2^31, or over 65535 chunks)");
+  const at::cuda::OptionalCUDAGuard guard(r.device());
+  auto f32 = r.options().dtype(at::kFloat);
+  auto gr = at::empty_like(r), gk = at::empty_like(r), gv = at::empty_like(v);
+  auto ga = at::empty_like(r), gb = at::empty_like(r);
+  auto gw = at::empty({B, T, H, n}, f32);
+  auto gs0 = at::empty({B, H, n, n}, f32);
+  if (B * H == 0) return {gr, gk, gv, gw, ga, gb, gs0};
+  auto e = at::empty({B, T, H, n}, f32), cvec = at::empty({B, T, H, n}, f32);
+  auto anchor = at::empty({B, H, NC, n}, f32);
+  const auto gsTc = gsT.contiguous();
+  auto local = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, f32);
+  auto gend = at::empty_like(local);
+  RWKV_HF_DISPATCH_F(r.scalar_type(), "wkv7", [&] {
+    const V7Bwd<F> p{v7_in<F>({B, T, H, n, L, NCL}, r, k, v, w, a, b), snap.data_ptr<float>(),
+                     sa.data_ptr<float>(), NCL > 1 ? trans.data_ptr<float>() : nullptr,
+                     gsTc.data_ptr<float>(), in_ptr<F>(gy), f32_or_null(local, NCL > 1),
+                     f32_or_null(gend, NCL > 1), e.data_ptr<float>(), cvec.data_ptr<float>(),
+                     anchor.data_ptr<float>(), out_ptr<F>(gr), out_ptr<F>(gk), out_ptr<F>(gv),
+                     out_ptr<F>(ga), out_ptr<F>(gb), gw.data_ptr<float>(), gs0.data_ptr<float>()};
+    C10_CUDA_CHECK(wkv7_backward_launch<F>(p, c10::cuda::getCurrentCUDAStream()));
+  });
+  return {gr, gk, gv, gw, ga, gb, gs0};
+}
+
+}  // namespace rwkv_hf

@@ -1,0 +1,53 @@
+// The host API of the rwkv_hf WKV extension (at::Tensor in and out), implemented in
+// wkv_host.cpp and bound to Python in wkv.cpp. The kernels and their launchers are in the .cu
+// files (wkv_launch.h).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace rwkv_hf {
+
+// RWKV-4 and bidirectional v4. `chunk`: tokens per chunk of the scans over time (0:
+// one chunk); the forward returns the states entering each chunk, which the backward of the
+// same chunking takes with the final state. Gradients come back in float32; gw, gu as partial
+// sums per (batch, chunk).
+std::vector<at::Tensor> wkv4_forward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
+                                     at::Tensor s0, int64_t chunk);
+std::vector<at::Tensor> wkv4_backward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
+                                      at::Tensor enter, at::Tensor sT, at::Tensor gy,
+                                      at::Tensor gsT, int64_t chunk);
+std::vector<at::Tensor> bi_wkv4_forward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
+                                        at::Tensor s0, int64_t chunk);
+std::vector<at::Tensor> bi_wkv4_backward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
+                                         at::Tensor enter, at::Tensor sT, at::Tensor gy,
+                                         at::Tensor gsT, int64_t chunk);
+
+// RWKV-5/6.
+// `chunk`: tokens per chunk of the chunk-parallel form (see chunk_length); the forward returns
+// the chunks' transitions, which the backward of the same chunking takes. `reverse`: the scan
+// runs from the last token to the first (the right-to-left half of bi_wkv6), without copies.
+// `out_f32`: y (forward) or gr, gk, gv (backward) come back in float32 instead of
+// the inputs' dtype; `add`: float32 tensors of their shapes added before the rounding (none,
+// or y / gr, gk, gv). bi_wkv6 runs its left-to-right half with out_f32 and its right-to-left
+// half adding that, so its outputs and gradients are rounded once.
+std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
+                                     at::Tensor u, at::Tensor s0, bool save, int64_t chunk,
+                                     bool reverse, bool out_f32, std::vector<at::Tensor> add);
+std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
+                                      at::Tensor u, at::Tensor snaps, at::Tensor trans,
+                                      at::Tensor gy, at::Tensor gsT, int64_t chunk, bool reverse,
+                                      bool out_f32, std::vector<at::Tensor> add);
+
+// RWKV-7.
+std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
+                                     at::Tensor a, at::Tensor b, at::Tensor s0, bool save,
+                                     int64_t chunk);
+std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
+                                      at::Tensor a, at::Tensor b, at::Tensor snaps, at::Tensor sa,
+                                      at::Tensor trans, at::Tensor gy, at::Tensor gsT,
+                                      int64_t chunk);
+
+}  // namespace rwkv_hf

@@ -1,0 +1,142 @@
+// The kernel launchers of the rwkv_hf WKV extension: what the device translation units (wkv4.cu,
+// wkv6.cu, wkv7.cu) export to the host code (wkv_host.cpp, which checks the tensors, allocates
+// the outputs and scratch, and fills these argument structs).
+//
+// Raw pointers and sizes only, no ATen: parsing ATen's headers costs nvcc about 20 s per
+// translation unit and architecture, more than compiling the kernels themselves, so the .cu
+// files never include them. Each launcher runs its op's kernels in order on `stream` and returns
+// cudaGetLastError(). Layouts and the meaning of every buffer: the kernels' comments.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace rwkv_hf {
+
+// Matrix-state ops keep a state snapshot every kSnap tokens (forward) and re-anchor the
+// gradient of the decay every kSnap tokens (backward), see wkv6.cu.
+constexpr int kSnap = 64;
+
+// A per-token output of the matrix-state kernels (y, gr, gk, gv): rounded once to F into `out`,
+// or kept in float32 in `out32` for a sum still to come; `add` (float32, optional) is added
+// first. The two halves of bi_wkv6 run as (out32) then (add, out), so their sum is rounded once.
+template <typename F>
+struct OutVec {
+  F* out = nullptr;
+  float* out32 = nullptr;
+  const float* add = nullptr;
+};
+
+// RWKV-4 and bidirectional v4 (wkv4.cu): sizes, chunking and the per-token inputs.
+template <typename F>
+struct V4Args {
+  int B, T, C, L, NC;
+  const F* k;
+  const F* v;
+  const float* w;
+  const float* u;
+};
+
+// loc, fbuf: scratch (loc when NC > 1, fbuf for bi_wkv4); enter: the states entering each chunk.
+template <typename F>
+struct V4Fwd {
+  V4Args<F> a;
+  const float* s0;
+  float *loc, *enter, *fbuf;
+  F* y;
+  float* sT;
+};
+
+// buf, best, loc, gin: scratch (loc when NC > 1).
+template <typename F>
+struct V4Bwd {
+  V4Args<F> a;
+  const float *enter, *sT, *gsT;
+  const F* gy;
+  float *buf, *loc, *gin;
+  int* best;
+  float *gk, *gv, *gw, *gu, *gs0;
+};
+
+template <bool BI, typename F>
+cudaError_t v4_forward_launch(const V4Fwd<F>& p, cudaStream_t stream);
+template <bool BI, typename F>
+cudaError_t v4_backward_launch(const V4Bwd<F>& p, cudaStream_t stream);
+
+// The matrix-state ops (wkv6.cu, wkv7.cu): N the head size, L the chunk length and NCL the
+// number of chunks (1: the sequential form). With NCL > 1, `local` and `starts` are scratch of
+// [B, H, NCL, N, N] floats (pass 1's results; the chunks' start states, or the gradients at
+// their ends) and `trans` holds the chunks' transitions.
+struct MatSizes {
+  int B, T, H, N, L, NCL;
+};
+
+// RWKV-5/6. wconst: w is [H, N] (RWKV-5); rev: the scan runs from the last token to the first.
+template <typename F>
+struct V6In {
+  MatSizes s;
+  bool rev, wconst;
+  const F *r, *k, *v;
+  const float *w, *u;
+};
+
+template <typename F>
+struct V6Fwd {
+  V6In<F> in;
+  const float* s0;
+  float *local, *starts, *trans;
+  OutVec<F> y;
+  float *sT, *snap;  // snap: null without gradients
+};
+
+template <typename F>
+struct V6Bwd {
+  V6In<F> in;
+  const float *snap, *trans, *gsT;
+  const F* gy;
+  float *local, *gend, *e, *anchor;  // scratch
+  OutVec<F> gr, gk, gv;
+  float *gw, *gu_part, *gs0;
+};
+
+template <typename F>
+cudaError_t wkv6_forward_launch(const V6Fwd<F>& p, cudaStream_t stream);
+template <typename F>
+cudaError_t wkv6_backward_launch(const V6Bwd<F>& p, cudaStream_t stream);
+
+// RWKV-7.
+template <typename F>
+struct V7In {
+  MatSizes s;
+  const F *r, *k, *v, *a, *b;
+  const float* w;
+};
+
+template <typename F>
+struct V7Fwd {
+  V7In<F> in;
+  const float* s0;
+  float *local, *starts, *trans;
+  F* y;
+  float *sT, *snap, *sa;  // snap, sa: null without gradients
+};
+
+template <typename F>
+struct V7Bwd {
+  V7In<F> in;
+  const float *snap, *sa, *trans, *gsT;
+  const F* gy;
+  float *local, *gend, *e, *cvec, *anchor;  // scratch
+  F *gr, *gk, *gv, *ga, *gb;
+  float *gw, *gs0;
+};
+
+template <typename F>
+cudaError_t wkv7_forward_launch(const V7Fwd<F>& p, cudaStream_t stream);
+template <typename F>
+cudaError_t wkv7_backward_launch(const V7Bwd<F>& p, cudaStream_t stream);
+
+}  // namespace rwkv_hf
