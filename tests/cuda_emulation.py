@@ -13,10 +13,17 @@ the barriers (threads run in random order between barriers, so a missing ``__syn
 shows as a wrong result) compute the float64 reference's values. What it cannot show: speed,
 device-specific float behaviour (``expf`` precision, FMA contraction), memory-model effects
 beyond barrier ordering, and launch limits of a real GPU.
+
+``run_sanitized`` runs cases in a process under AddressSanitizer (the extension built with it,
+its runtime preloaded): every tensor a kernel is given, and every ``__shared__`` array (a
+static here), has redzones, so a kernel that reads or writes one element outside them is
+stopped with a report (on a GPU such a read returns a neighbour's data or faults).
 """
 import hashlib
+import json
 import os
 import re
+import subprocess
 import sys
 
 import torch
@@ -86,13 +93,14 @@ def sources(src=None):
     return out
 
 
-def build(src=None, verbose=False):
+def build(src=None, verbose=False, sanitize=False):
     """Compile (or reuse, cached by the rewritten sources) the emulated extension of the
-    sources in ``src`` (default: the package's); return its module."""
+    sources in ``src`` (default: the package's); return its module. ``sanitize``: with
+    AddressSanitizer, for a process that preloads its runtime (see ``asan_env``)."""
     from torch.utils import cpp_extension
 
     files = sources(src)
-    h = hashlib.sha256(f"py{sys.version_info[:2]}-torch{torch.__version__}".encode())
+    h = hashlib.sha256(f"py{sys.version_info[:2]}-torch{torch.__version__}-asan{sanitize}".encode())
     for name in sorted(files):
         h.update(name.encode() + files[name].encode())
     key = h.hexdigest()[:12]
@@ -106,12 +114,57 @@ def build(src=None, verbose=False):
             with open(path, "w") as f:
                 f.write(text)
     cuda_backend._ensure_ninja()
+    asan = ["-fsanitize=address", "-fno-omit-frame-pointer"] if sanitize else []
     return cpp_extension.load(
         name=f"rwkv_hf_wkv_emu_{key}",
         sources=[os.path.join(src_dir, n) for n in files if n.endswith(".cpp")],
         extra_include_paths=[src_dir],
-        extra_cflags=["-O2", "-fno-strict-aliasing"],
+        extra_cflags=["-O2", "-fno-strict-aliasing"] + asan,
+        extra_ldflags=asan,
         build_directory=build_dir,
         verbose=verbose,
         with_cuda=False,
     )
+
+
+def asan_runtime():
+    """Path of the AddressSanitizer runtime of the compiler torch builds extensions with."""
+    cxx = os.environ.get("CXX", "c++")
+    path = subprocess.run([cxx, "-print-file-name=libasan.so"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    if not os.path.isabs(path) or not os.path.isfile(path):
+        raise RuntimeError(f"{cxx} has no AddressSanitizer runtime (libasan.so): got {path!r}")
+    return path
+
+
+def run_sanitized(cases, src=None, timeout=900):
+    """Runs each (op, B, T, H, N, dtype name, chunk) forward and backward through the cuda
+    backend on the emulated extension of ``src`` built with AddressSanitizer, in a fresh
+    process that preloads its runtime. Returns the CompletedProcess (returncode 0: no
+    out-of-bounds access, every output and gradient finite; otherwise its report in stderr)."""
+    env = dict(os.environ, LD_PRELOAD=asan_runtime(), ASAN_OPTIONS="detect_leaks=0")
+    # triton's library aborts under AddressSanitizer, and is not needed here: kept out.
+    code = (f"import sys; sys.modules['triton'] = None; sys.path.insert(0, {HERE!r}); "
+            "import cuda_emulation as e; e._sanitized_main()")
+    return subprocess.run([sys.executable, "-c", code, json.dumps({"cases": cases, "src": src})],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _sanitized_main():
+    from rwkv_hf import ops
+    from rwkv_hf.ops.random_inputs import make_inputs
+
+    job = json.loads(sys.argv[1])
+    cuda_backend._ext = build(job["src"], sanitize=True)
+    cuda_backend._act_dtype = lambda op, *xs: xs[0].dtype
+    ops._choose = lambda op, requested, tensors: requested or "cuda"
+    for op, B, T, H, N, dtype, chunk in job["cases"]:
+        os.environ[cuda_backend.CHUNK_ENV] = str(chunk)
+        x = make_inputs(op, B, T, H, N, dtype=getattr(torch, dtype), state=True, seed=T + N)
+        x = {n: (t.float() if n == "state" else t).requires_grad_() for n, t in x.items()}
+        y, s = getattr(ops, op)(**x, output_final_state=True)
+        grads = torch.autograd.grad([y, s], list(x.values()), [torch.ones_like(y), torch.ones_like(s)])
+        for name, t in [("y", y), ("state", s)] + list(zip(["d" + n for n in x], grads)):
+            if not torch.isfinite(t.double()).all():
+                sys.exit(f"{op} {B} {T} {H} {N} {dtype} chunk {chunk}: {name} is not finite")
+        print(op, B, T, H, N, dtype, chunk, "ok", flush=True)

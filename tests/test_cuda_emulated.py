@@ -9,7 +9,7 @@ arithmetic, real launches): ``benchmarks/gpu_check.py``.
 import pytest
 import torch
 
-from cuda_emulation import build
+from cuda_emulation import build, run_sanitized
 from rwkv_hf import ops
 from rwkv_hf.ops import cuda_backend
 from rwkv_hf.ops.random_inputs import make_inputs
@@ -145,6 +145,33 @@ def test_emulation_catches_a_missing_barrier(tmp_path, monkeypatch):
     x64 = {n: t.detach().double().requires_grad_() for n, t in x.items()}
     ops.wkv7(**x64, backend="reference")[0].sum().backward()
     assert max(rel(x[n].grad, x64[n].grad) for n in x) > 1e-2
+
+
+def test_kernels_stay_inside_their_memory():
+    """Every case above, forward and backward, under AddressSanitizer: no kernel reads or
+    writes outside the tensors it is given or its shared-memory arrays, at partial stages,
+    partial chunks and partial thread blocks (the official Vision-RWKV kernel read k and v past
+    the end whenever T was not a multiple of 32)."""
+    run = run_sanitized([(op, B, T, H, N, str(dt)[6:], chunk) for op, B, T, H, N, dt, chunk in CASES])
+    assert run.returncode == 0, run.stderr[-6000:]
+    assert run.stdout.count(" ok\n") == len(CASES)
+
+
+def test_sanitizer_catches_a_read_past_the_end(tmp_path):
+    """The check above can fail: RWKV-7's forward staging one token too many (past the end of
+    the sequence in its last, partial stage) is stopped with a heap-buffer-overflow report."""
+    import shutil
+
+    src = cuda_backend.sources_dir()
+    for name in cuda_backend.SOURCES + cuda_backend.HEADERS:
+        shutil.copy(f"{src}/{name}", tmp_path / name)
+    text = (tmp_path / "wkv7.cu").read_text()
+    guard = "      if (q < lim) {"
+    assert text.count(guard) == 2  # the forward's staging, then the backward's
+    (tmp_path / "wkv7.cu").write_text(text.replace(guard, "      if (q < lim + N) {", 1))
+    run = run_sanitized([("wkv7", 2, 17, 2, 16, "float32", 0)], src=str(tmp_path))
+    assert run.returncode != 0
+    assert "AddressSanitizer: heap-buffer-overflow" in run.stderr and "wkv7_fwd_kernel" in run.stderr
 
 
 @pytest.mark.parametrize("op", ["wkv6", "wkv7"])
