@@ -14,16 +14,15 @@ shows as a wrong result) compute the float64 reference's values. What it cannot 
 device-specific float behaviour (``expf`` precision, FMA contraction), memory-model effects
 beyond barrier ordering, and launch limits of a real GPU.
 
-``run_sanitized`` runs cases in a process under AddressSanitizer (the extension built with it,
-its runtime preloaded): every tensor a kernel is given, and every ``__shared__`` array (a
-static here), has redzones, so a kernel that reads or writes one element outside them is
-stopped with a report (on a GPU such a read returns a neighbour's data or faults).
+``run_sanitized`` runs cases in a process under AddressSanitizer (tests/sanitizer.py): every
+tensor a kernel is given, and every ``__shared__`` array (a static here), has redzones, so a
+kernel that reads or writes one element outside them is stopped with a report (on a GPU such
+a read returns a neighbour's data or faults).
 """
 import hashlib
 import json
 import os
 import re
-import subprocess
 import sys
 
 import torch
@@ -99,6 +98,8 @@ def build(src=None, verbose=False, sanitize=False):
     AddressSanitizer, for a process that preloads its runtime (see ``asan_env``)."""
     from torch.utils import cpp_extension
 
+    import sanitizer
+
     files = sources(src)
     h = hashlib.sha256(f"py{sys.version_info[:2]}-torch{torch.__version__}-asan{sanitize}".encode())
     for name in sorted(files):
@@ -114,7 +115,7 @@ def build(src=None, verbose=False, sanitize=False):
             with open(path, "w") as f:
                 f.write(text)
     cuda_backend._ensure_ninja()
-    asan = ["-fsanitize=address", "-fno-omit-frame-pointer"] if sanitize else []
+    asan = list(sanitizer.FLAGS) if sanitize else []
     return cpp_extension.load(
         name=f"rwkv_hf_wkv_emu_{key}",
         sources=[os.path.join(src_dir, n) for n in files if n.endswith(".cpp")],
@@ -127,27 +128,15 @@ def build(src=None, verbose=False, sanitize=False):
     )
 
 
-def asan_runtime():
-    """Path of the AddressSanitizer runtime of the compiler torch builds extensions with."""
-    cxx = os.environ.get("CXX", "c++")
-    path = subprocess.run([cxx, "-print-file-name=libasan.so"], capture_output=True, text=True,
-                          check=True).stdout.strip()
-    if not os.path.isabs(path) or not os.path.isfile(path):
-        raise RuntimeError(f"{cxx} has no AddressSanitizer runtime (libasan.so): got {path!r}")
-    return path
-
-
-def run_sanitized(cases, src=None, timeout=900):
+def run_sanitized(cases, src=None):
     """Runs each (op, B, T, H, N, dtype name, chunk) forward and backward through the cuda
     backend on the emulated extension of ``src`` built with AddressSanitizer, in a fresh
-    process that preloads its runtime. Returns the CompletedProcess (returncode 0: no
-    out-of-bounds access, every output and gradient finite; otherwise its report in stderr)."""
-    env = dict(os.environ, LD_PRELOAD=asan_runtime(), ASAN_OPTIONS="detect_leaks=0")
-    # triton's library aborts under AddressSanitizer, and is not needed here: kept out.
-    code = (f"import sys; sys.modules['triton'] = None; sys.path.insert(0, {HERE!r}); "
-            "import cuda_emulation as e; e._sanitized_main()")
-    return subprocess.run([sys.executable, "-c", code, json.dumps({"cases": cases, "src": src})],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    process (tests/sanitizer.py). Returns the CompletedProcess (returncode 0: no out-of-bounds
+    access, every output and gradient finite; otherwise its report in stderr)."""
+    import sanitizer
+
+    return sanitizer.run("import cuda_emulation; cuda_emulation._sanitized_main()",
+                         json.dumps({"cases": cases, "src": src}))
 
 
 def _sanitized_main():
