@@ -1,14 +1,15 @@
 """Running code in a fresh Python process under AddressSanitizer (ASan): the process preloads
 the ASan runtime of the compiler that builds the project's C++ code, so that code built with
-``-fsanitize=address`` (the emulated CUDA extension, the compiled CPU kernels) is stopped with
-a report at the first read or write outside an allocation or a static array. Uninstrumented
+FLAGS (the emulated CUDA extension, the compiled CPU kernels) is stopped with a report at the
+first read or write outside an allocation or a static array, or (UndefinedBehaviorSanitizer's
+alignment check) at the first access through a pointer misaligned for its type. Uninstrumented
 code (Python, torch) runs as usual; triton is kept out (its library aborts under ASan)."""
 import os
 import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FLAGS = ("-fsanitize=address", "-fno-omit-frame-pointer")
+FLAGS = ("-fsanitize=address,alignment", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer")
 
 
 def runtime():

@@ -148,18 +148,22 @@ def test_emulation_catches_a_missing_barrier(tmp_path, monkeypatch):
 
 
 def test_kernels_stay_inside_their_memory():
-    """Every case above, forward and backward, under AddressSanitizer: no kernel reads or
-    writes outside the tensors it is given or its shared-memory arrays, at partial stages,
-    partial chunks and partial thread blocks (the official Vision-RWKV kernel read k and v past
-    the end whenever T was not a multiple of 32)."""
+    """Every case above, forward and backward, under AddressSanitizer (and the alignment check
+    of UndefinedBehaviorSanitizer): no kernel reads or writes outside the tensors it is given
+    or its shared-memory arrays, at partial stages, partial chunks and partial thread blocks
+    (the official Vision-RWKV kernel read k and v past the end whenever T was not a multiple of
+    32), and every vector load is aligned to its size."""
     run = run_sanitized([(op, B, T, H, N, str(dt)[6:], chunk) for op, B, T, H, N, dt, chunk in CASES])
     assert run.returncode == 0, run.stderr[-6000:]
     assert run.stdout.count(" ok\n") == len(CASES)
 
 
-def test_sanitizer_catches_a_read_past_the_end(tmp_path):
-    """The check above can fail: RWKV-7's forward staging one token too many (past the end of
-    the sequence in its last, partial stage) is stopped with a heap-buffer-overflow report."""
+def test_sanitizer_catches_a_read_past_the_end_and_a_misaligned_load(tmp_path):
+    """The check above can fail, on either of two bugs (one build, a process each): RWKV-7's
+    forward staging one token too many (past the end of the sequence in its last, partial
+    stage) is reported as a heap-buffer-overflow; RWKV-6's forward reading its keys from
+    shared memory one float off (a 16-byte load from a 4-byte-aligned address, which a GPU
+    refuses with "misaligned address" and x86 would do silently) as a misaligned load."""
     import shutil
 
     src = cuda_backend.sources_dir()
@@ -169,9 +173,17 @@ def test_sanitizer_catches_a_read_past_the_end(tmp_path):
     guard = "      if (q < lim) {"
     assert text.count(guard) == 2  # the forward's staging, then the backward's
     (tmp_path / "wkv7.cu").write_text(text.replace(guard, "      if (q < lim + N) {", 1))
+    text = (tmp_path / "wkv6.cu").read_text()
+    load = "ld4(&s_k[tt][row]), d4 ="
+    assert text.count(load) == 1
+    (tmp_path / "wkv6.cu").write_text(text.replace(load, "ld4(&s_k[tt][row] + (tt == 1)), d4 ="))
+
     run = run_sanitized([("wkv7", 2, 17, 2, 16, "float32", 0)], src=str(tmp_path))
     assert run.returncode != 0
     assert "AddressSanitizer: heap-buffer-overflow" in run.stderr and "wkv7_fwd_kernel" in run.stderr
+    run = run_sanitized([("wkv6", 2, 17, 2, 16, "float32", 0)], src=str(tmp_path))
+    assert run.returncode != 0
+    assert "misaligned address" in run.stderr and "requires 16 byte alignment" in run.stderr
 
 
 @pytest.mark.parametrize("op", ["wkv6", "wkv7"])
