@@ -357,6 +357,22 @@ def test_bad_decays_are_rejected(op):
         run(op, dict(x, w=x["w"].abs() + 0.1))
 
 
+def test_decay_values_are_checked_where_that_costs_no_device_sync(monkeypatch):
+    """Reading the decay back for its value checks would stall a GPU's queue on every call:
+    checked on the CPU, elsewhere only with $RWKV_HF_CHECK_VALUES=1; shapes always."""
+    monkeypatch.delenv(ops.CHECK_VALUES_ENV, raising=False)
+    assert ops._checks_values(torch.device("cpu"))
+    assert not ops._checks_values(torch.device("cuda", 0))
+    monkeypatch.setenv(ops.CHECK_VALUES_ENV, "1")
+    assert ops._checks_values(torch.device("cuda", 0))
+    # The gate is the only thing between a bad decay and the kernels.
+    x = make_inputs("wkv7", 1, 5, 1, 4)
+    bad = x["w"].abs() + 0.1
+    monkeypatch.setattr(ops, "_checks_values", lambda device: False)
+    ops.wkv7(**dict(x, w=bad), backend="torch")
+    _err("wkv7", dict(x, v=x["v"][:, :3]), r"v must have shape")
+
+
 def test_backend_from_environment(monkeypatch):
     x = make_inputs("wkv6", 1, 5, 1, 4, dtype=torch.float64)
     monkeypatch.setenv(ops.BACKEND_ENV, "reference")

@@ -18,7 +18,10 @@ Layouts (one for the whole package)
 Decays are always passed as the **log** of the per-step decay factor (``w``, the
 factor is ``exp(w)``): ``-exp(time_decay)`` for RWKV-4/5/6,
 ``-0.6065306597126334 * sigmoid(.)`` for RWKV-7, ``-spatial_decay / T`` for
-Vision-RWKV. Causal ops require ``w <= 0``.
+Vision-RWKV. Causal ops require ``w <= 0``. The decay's values (finite; ``<= 0`` for
+causal ops) are checked for CPU tensors; on a GPU that check would read the decay back to the
+host, a device synchronisation on every call (every layer of every step), so it runs there
+only with ``RWKV_HF_CHECK_VALUES=1`` (shapes, dtypes and devices are always checked).
 
 Math (``S`` the state, per head; ``x^T`` a row vector)
 -----------------------------------------------------
@@ -69,9 +72,11 @@ from . import torch_wkv4 as _torch_wkv4
 from . import torch_wkv6 as _torch_wkv6
 from . import torch_wkv7 as _torch_wkv7
 
-__all__ = ["wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7", "available_backends", "BACKEND_ENV"]
+__all__ = ["wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7", "available_backends", "BACKEND_ENV",
+           "CHECK_VALUES_ENV"]
 
 BACKEND_ENV = "RWKV_HF_WKV_BACKEND"
+CHECK_VALUES_ENV = "RWKV_HF_CHECK_VALUES"
 V4_EMPTY_LOGSCALE = -1e38
 
 
@@ -190,6 +195,13 @@ def _bind(op, specs):
     return sizes
 
 
+def _checks_values(device):
+    """Whether the decay's values are checked for tensors on ``device``: on the CPU, where
+    reading them costs one reduction; elsewhere only with $RWKV_HF_CHECK_VALUES=1, since the
+    host would wait for the device on every call."""
+    return device.type == "cpu" or os.environ.get(CHECK_VALUES_ENV) == "1"
+
+
 def _prepare(op, specs, activations, decay, causal, backend):
     """Validate; return (backend, compute dtype, output dtype, tensors ready for the backend).
 
@@ -207,13 +219,14 @@ def _prepare(op, specs, activations, decay, causal, backend):
                          + ", ".join(f"{n}: {tensors[n].dtype}" for n in activations))
     out_dtype = act_dtypes.pop()
     compute = torch.float64 if any(x.dtype == torch.float64 for x in tensors.values()) else torch.float32
-    # One reduction for all value checks (NaN propagates into both ends): cheap per generation step.
-    lo, hi = (float(x) for x in torch.aminmax(tensors[decay].detach()))
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"{op}: {decay} (the log-decay) contains NaN or inf")
-    if causal and hi > 0:
-        raise ValueError(f"{op}: {decay} is the log of the per-step decay and must be <= 0 "
-                         f"(e.g. -exp(time_decay)); got a maximum of {hi:.4g}")
+    if _checks_values(devices.pop()):
+        # One reduction for all value checks (NaN propagates into both ends): cheap per generation step.
+        lo, hi = (float(x) for x in torch.aminmax(tensors[decay].detach()))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{op}: {decay} (the log-decay) contains NaN or inf")
+        if causal and hi > 0:
+            raise ValueError(f"{op}: {decay} is the log of the per-step decay and must be <= 0 "
+                             f"(e.g. -exp(time_decay)); got a maximum of {hi:.4g}")
     name = _choose(op, backend, tensors)
     if name == "cuda":
         ready = {n: (x.float() if n == "state" else x) for n, x in tensors.items()}
