@@ -94,14 +94,15 @@ def sources(src=None):
 
 def build(src=None, verbose=False, sanitize=False):
     """Compile (or reuse, cached by the rewritten sources) the emulated extension of the
-    sources in ``src`` (default: the package's); return its module. ``sanitize``: with
-    AddressSanitizer, for a process that preloads its runtime (see ``asan_env``)."""
+    sources in ``src`` (default: the package's); return its module. ``sanitize``: built with
+    sanitizer.FLAGS, for a process that preloads the ASan runtime (``run_sanitized``)."""
     from torch.utils import cpp_extension
 
     import sanitizer
 
     files = sources(src)
-    h = hashlib.sha256(f"py{sys.version_info[:2]}-torch{torch.__version__}-asan{sanitize}".encode())
+    asan = list(sanitizer.FLAGS) if sanitize else []
+    h = hashlib.sha256(f"py{sys.version_info[:2]}-torch{torch.__version__}-{asan}".encode())
     for name in sorted(files):
         h.update(name.encode() + files[name].encode())
     key = h.hexdigest()[:12]
@@ -115,7 +116,6 @@ def build(src=None, verbose=False, sanitize=False):
             with open(path, "w") as f:
                 f.write(text)
     cuda_backend._ensure_ninja()
-    asan = list(sanitizer.FLAGS) if sanitize else []
     return cpp_extension.load(
         name=f"rwkv_hf_wkv_emu_{key}",
         sources=[os.path.join(src_dir, n) for n in files if n.endswith(".cpp")],
@@ -130,9 +130,9 @@ def build(src=None, verbose=False, sanitize=False):
 
 def run_sanitized(cases, src=None):
     """Runs each (op, B, T, H, N, dtype name, chunk) forward and backward through the cuda
-    backend on the emulated extension of ``src`` built with AddressSanitizer, in a fresh
-    process (tests/sanitizer.py). Returns the CompletedProcess (returncode 0: no out-of-bounds
-    access, every output and gradient finite; otherwise its report in stderr)."""
+    backend on the emulated extension of ``src`` built with sanitizer.FLAGS (AddressSanitizer
+    and the alignment check), in a fresh process (tests/sanitizer.py). Returns the CompletedProcess (returncode 0: no out-of-bounds
+    or misaligned access, every output and gradient finite; otherwise its report in stderr)."""
     import sanitizer
 
     return sanitizer.run("import cuda_emulation; cuda_emulation._sanitized_main()",

@@ -1,7 +1,8 @@
 """The CUDA extension's kernels, run on the CPU under an emulation of the CUDA execution model
 (tests/cuda_emulation.py): every op through the public ``rwkv_hf.ops`` functions and the cuda
 backend's autograd Functions, against the float64 reference, in float32, bfloat16 and float16,
-outputs, final states and every gradient. One build of the emulated extension (~40 s).
+outputs, final states and every gradient. One build of the emulated extension (~40 s), and
+two more with sanitizers (out-of-bounds and misaligned accesses; a process each).
 
 A GPU is still needed for what the emulation cannot show (speed, the device's float
 arithmetic, real launches): ``benchmarks/gpu_check.py``.
