@@ -441,6 +441,28 @@ def test_cuda_first_use_says_it_compiles_and_a_later_load_does_not(monkeypatch, 
     assert compiled == [["9.0"]] and not caplog.records
 
 
+def test_a_failed_cuda_build_is_said_in_one_line_that_names_the_error():
+    """torch's ninja failure starts with its prefix and the whole nvcc command line (over 800
+    characters here); the summary keeps the compiler's error lines instead."""
+    from rwkv_hf.ops import cuda_backend
+
+    command = "/usr/local/cuda/bin/nvcc " + " ".join(f"-I/some/include/dir{i}" for i in range(60))
+    ninja = RuntimeError(
+        f"Error building extension 'rwkv_hf_wkv_0123456789': [1/5] {command} -c wkv7.cu -o wkv7.cuda.o\n"
+        "FAILED: wkv7.cuda.o\n"
+        f"{command} -c wkv7.cu -o wkv7.cuda.o\n"
+        '/src/cuda_ext/wkv7.cu(120): error: identifier "s_q" is undefined\n'
+        '1 error detected in the compilation of "/src/cuda_ext/wkv7.cu".\n'
+        "ninja: build stopped: subcommand failed.\n")
+    said = cuda_backend._summarize(ninja)
+    assert said.startswith("compiling the rwkv_hf CUDA extension failed: ")
+    assert 'wkv7.cu(120): error: identifier "s_q" is undefined' in said
+    assert "Error building extension" not in said and "\n" not in said and len(said) < 900
+    mismatch = RuntimeError("The detected CUDA version (12.4) mismatches the version that was used to "
+                            "compilePyTorch (13.0). Please make sure to use the same CUDA versions.")
+    assert "CUDA version (12.4) mismatches" in cuda_backend._summarize(mismatch)
+
+
 def test_cpu_backend_without_a_compiler_falls_back_once(monkeypatch, tmp_path):
     """No working C++ compiler: one warning saying why, then the torch backend, same results."""
     from rwkv_hf.ops import cpu_backend

@@ -330,11 +330,16 @@ def load(verbose=False):
 
 
 def _summarize(e):
+    """One line saying why the extension is unavailable: the compiler's error lines when there
+    are any (ninja's output is long), else the whole message (torch's CUDA version mismatch
+    spans two lines)."""
     msg = str(e)
     if "nvcc not found" in msg or "ninja not found" in msg or "no CUDA device" in msg:
         return msg
     lines = [l.strip() for l in msg.splitlines() if re.search(r"\berror\b", l, re.I)]
-    head = "; ".join(lines[:4]) if lines else msg.strip().splitlines()[-1] if msg.strip() else repr(e)
+    # ninja's summary line ("Error building extension ...") says less than the compiler's.
+    specific = [l for l in lines if not l.startswith("Error building extension")]
+    head = "; ".join((specific or lines)[:4]) if lines else " ".join(msg.split()) or repr(e)
     return f"compiling the rwkv_hf CUDA extension failed: {head[:800]}"
 
 
