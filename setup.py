@@ -47,7 +47,7 @@ setup(
                  "rwkv_hf.model_cards": "model_cards"},
     packages=find_packages("src") + ["rwkv_hf.cuda_ext", "rwkv_hf.conversion", "rwkv_hf.model_cards"],
     package_data={
-        "rwkv_hf.cuda_ext": ["*.cu", "*.cpp", "*.h", "README.md"],
+        "rwkv_hf.cuda_ext": ["*.cu", "*.cuh", "*.cpp", "*.h", "README.md"],
         "rwkv_hf.model_cards": ["*.md"],
         # Vendored tokenizer vocabularies (World + GPT-NeoX-20B, Apache-2.0, see NOTICE).
         "rwkv_hf": ["tokenizer_files/*.txt", "tokenizer_files/*.json", "tokenizer_files/NOTICE"],

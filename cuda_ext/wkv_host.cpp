@@ -219,8 +219,8 @@ OutVec<F> out_vec(at::Tensor& out, const float* add) {
 template <typename F>
 V6In<F> v6_in(const MatSizes& s, bool reverse, const at::Tensor& r, const at::Tensor& k,
               const at::Tensor& v, const at::Tensor& w, const at::Tensor& u) {
-  return {s, reverse, w.dim() == 2, in_ptr<F>(r), in_ptr<F>(k), in_ptr<F>(v),
-          w.data_ptr<float>(), u.data_ptr<float>()};
+  return {s, reverse, in_ptr<F>(r), in_ptr<F>(k), in_ptr<F>(v), w.data_ptr<float>(),
+          u.data_ptr<float>()};
 }
 
 // ---------------------------------------------------------------------------- wkv7
@@ -298,7 +298,10 @@ std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
                      s0c.data_ptr<float>(), f32_or_null(local, NCL > 1),
                      f32_or_null(starts, NCL > 1), f32_or_null(trans, NCL > 1),
                      out_vec<F>(y, yadd[0]), sT.data_ptr<float>(), f32_or_null(snap, save)};
-    C10_CUDA_CHECK(wkv6_forward_launch<F>(p, c10::cuda::getCurrentCUDAStream()));
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    // RWKV-5's decay [H, K] (wkv5.cu) or a decay per token (wkv6.cu).
+    C10_CUDA_CHECK((w.dim() == 2 ? wkv6_forward_launch<F, true>(p, stream)
+                                 : wkv6_forward_launch<F, false>(p, stream)));
   });
   if (!save) trans = at::empty({0, H, NCL, n, n}, s0.options());
   return {y, sT, snap, trans};
@@ -342,7 +345,10 @@ std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
                      f32_or_null(gend, NCL > 1), e.data_ptr<float>(), anchor.data_ptr<float>(),
                      out_vec<F>(gr, gadd[0]), out_vec<F>(gk, gadd[1]), out_vec<F>(gv, gadd[2]),
                      gw.data_ptr<float>(), gu_part.data_ptr<float>(), gs0.data_ptr<float>()};
-    C10_CUDA_CHECK(wkv6_backward_launch<F>(p, c10::cuda::getCurrentCUDAStream()));
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    // RWKV-5's decay [H, K] (wkv5.cu) or a decay per token (wkv6.cu).
+    C10_CUDA_CHECK((w.dim() == 2 ? wkv6_backward_launch<F, true>(p, stream)
+                                 : wkv6_backward_launch<F, false>(p, stream)));
   });
   return {gr, gk, gv, gw, gu_part, gs0};
 }

@@ -1,6 +1,6 @@
-// The kernel launchers of the rwkv_hf WKV extension: what the device translation units (wkv4.cu,
-// wkv6.cu, wkv7.cu) export to the host code (wkv_host.cpp, which checks the tensors, allocates
-// the outputs and scratch, and fills these argument structs).
+// The kernel launchers of the rwkv_hf WKV extension: what the device translation units
+// (wkv4.cu, wkv5.cu, wkv6.cu, wkv7.cu) export to the host code (wkv_host.cpp, which checks the
+// tensors, allocates the outputs and scratch, and fills these argument structs).
 //
 // Raw pointers and sizes only, no ATen: parsing ATen's headers costs nvcc about 20 s per
 // translation unit and architecture, more than compiling the kernels themselves, so the .cu
@@ -17,7 +17,7 @@
 namespace rwkv_hf {
 
 // Matrix-state ops keep a state snapshot every kSnap tokens (forward) and re-anchor the
-// gradient of the decay every kSnap tokens (backward), see wkv6.cu.
+// gradient of the decay every kSnap tokens (backward), see wkv6.cuh.
 constexpr int kSnap = 64;
 
 // A per-token output of the matrix-state kernels (y, gr, gk, gv): rounded once to F into `out`,
@@ -66,7 +66,7 @@ cudaError_t v4_forward_launch(const V4Fwd<F>& p, cudaStream_t stream);
 template <bool BI, typename F>
 cudaError_t v4_backward_launch(const V4Bwd<F>& p, cudaStream_t stream);
 
-// The matrix-state ops (wkv6.cu, wkv7.cu): N the head size, L the chunk length and NCL the
+// The matrix-state ops (wkv6.cuh, wkv7.cu): N the head size, L the chunk length and NCL the
 // number of chunks (1: the sequential form). With NCL > 1, `local` and `starts` are scratch of
 // [B, H, NCL, N, N] floats (pass 1's results; the chunks' start states, or the gradients at
 // their ends) and `trans` holds the chunks' transitions.
@@ -74,11 +74,11 @@ struct MatSizes {
   int B, T, H, N, L, NCL;
 };
 
-// RWKV-5/6. wconst: w is [H, N] (RWKV-5); rev: the scan runs from the last token to the first.
+// RWKV-5/6. rev: the scan runs from the last token to the first.
 template <typename F>
 struct V6In {
   MatSizes s;
-  bool rev, wconst;
+  bool rev;
   const F *r, *k, *v;
   const float *w, *u;
 };
@@ -102,9 +102,10 @@ struct V6Bwd {
   float *gw, *gu_part, *gs0;
 };
 
-template <typename F>
+// WC: w is [H, N], one decay for every token (RWKV-5, wkv5.cu); else [B, T, H, N] (wkv6.cu).
+template <typename F, bool WC>
 cudaError_t wkv6_forward_launch(const V6Fwd<F>& p, cudaStream_t stream);
-template <typename F>
+template <typename F, bool WC>
 cudaError_t wkv6_backward_launch(const V6Bwd<F>& p, cudaStream_t stream);
 
 // RWKV-7.

@@ -31,7 +31,7 @@ from rwkv_hf.ops import cuda_backend
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EMU_DIR = os.path.join(HERE, "cuda_emu")
-KERNELS = ("wkv4.cu", "wkv6.cu", "wkv7.cu")
+KERNELS = ("wkv4.cu", "wkv5.cu", "wkv6.cu", "wkv7.cu")
 CACHE_ENV = "RWKV_HF_CUDA_EMU_CACHE"
 
 _LAUNCH = re.compile(r"([A-Za-z_]\w*\s*(?:<[^<>;()]*>)?)\s*<<<(.*?)>>>\s*\(", re.S)
@@ -84,9 +84,11 @@ def sources(src=None):
         "wkv_host.h": read("wkv_host.h"),
         "wkv_host.cpp": rewrite_host(read("wkv_host.cpp")),
         "wkv.cpp": read("wkv.cpp"),
+        "wkv6.cuh": rewrite_kernels(read("wkv6.cuh")),
     }
-    for name in KERNELS:
-        out[name[:-3] + "_emu.cpp"] = rewrite_kernels(read(name))
+    for name in KERNELS:  # wkv5.cu and wkv6.cu only instantiate wkv6.cuh's launchers
+        text = read(name)
+        out[name[:-3] + "_emu.cpp"] = text if name in ("wkv5.cu", "wkv6.cu") else rewrite_kernels(text)
     with open(os.path.join(EMU_DIR, "cuda_emu.h")) as f:
         out["cuda_emu.h"] = f.read()
     return out

@@ -174,10 +174,10 @@ def test_sanitizer_catches_a_read_past_the_end_and_a_misaligned_load(tmp_path):
     guard = "      if (q < lim) {"
     assert text.count(guard) == 2  # the forward's staging, then the backward's
     (tmp_path / "wkv7.cu").write_text(text.replace(guard, "      if (q < lim + N) {", 1))
-    text = (tmp_path / "wkv6.cu").read_text()
+    text = (tmp_path / "wkv6.cuh").read_text()
     load = "ld4(&s_k[tt][row]), d4 ="
     assert text.count(load) == 1
-    (tmp_path / "wkv6.cu").write_text(text.replace(load, "ld4(&s_k[tt][row] + (tt == 1)), d4 ="))
+    (tmp_path / "wkv6.cuh").write_text(text.replace(load, "ld4(&s_k[tt][row] + (tt == 1)), d4 ="))
 
     run = run_sanitized([("wkv7", 2, 17, 2, 16, "float32", 0)], src=str(tmp_path))
     assert run.returncode != 0

@@ -37,8 +37,8 @@ __all__ = ["wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7", "available", "l
 
 SUPPORTED_HEAD_SIZES = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-SOURCES = ("wkv.cpp", "wkv_host.cpp", "wkv4.cu", "wkv6.cu", "wkv7.cu")
-HEADERS = ("wkv_common.h", "wkv_launch.h", "wkv_host.h")
+SOURCES = ("wkv.cpp", "wkv_host.cpp", "wkv4.cu", "wkv5.cu", "wkv6.cu", "wkv7.cu")
+HEADERS = ("wkv_common.h", "wkv_launch.h", "wkv_host.h", "wkv6.cuh")
 CACHE_ENV = "RWKV_HF_CUDA_CACHE"
 CHUNK_ENV = "RWKV_HF_CUDA_CHUNK"
 SNAP = 64  # tokens per state snapshot: kSnap of wkv_launch.h
@@ -315,9 +315,9 @@ def load(verbose=False):
                     mod = None
             if mod is None:
                 # Tens of seconds with no output otherwise; once per sources, torch and arch.
-                logger.warning("rwkv_hf: compiling the WKV CUDA extension for %s (first use; about "
-                               "20 s with 8+ CPU cores; cached under %s)", _arch_tag(needed),
-                               cache_root())
+                logger.warning("rwkv_hf: compiling the WKV CUDA extension for %s (first use; "
+                               "about 10 s with 6+ CPU cores, 30 s with 2; cached under %s)",
+                               _arch_tag(needed), cache_root())
                 start = time.time()
                 mod, _ = _compile(needed, verbose=verbose)
                 logger.info("rwkv_hf: compiled the WKV CUDA extension in %.0f s",

@@ -1,0 +1,455 @@
+// RWKV-5/6 WKV (matrix state, diagonal per-token decay, bonus u).
+//
+//   y_t = r_t^T (S_{t-1} + diag(u) k_t v_t^T),      S_t = diag(d_t) S_{t-1} + k_t v_t^T,
+//   d_t = exp(w_t); per head S is [K, V] = [N, N] (key-major), S_{-1} the initial state.
+//
+// Forward: one block per (batch, head) (and chunk: the chunk-parallel form of wkv7.cu, with
+// the diagonal transition diag(prod_t d_t)); each thread holds an R x C tile of S (Tile in
+// wkv_common.h; y is summed over the column block's lanes by shuffles); r, k, v, exp(w), u*k
+// of TT tokens are staged in shared memory per barrier.
+// When gradients are needed it stores snapshots snap[c] = S_{c*kSnap - 1} (snap[0] = S_{-1}).
+//
+// Backward. G_t = dL/dS_t (S_t feeds y_{t+1}, S_{t+1} and, for the last token, the final
+// state): G_{T-1} = gS_final, G_{t-1} = diag(d_t) G_t + r_t gy_t^T, and gS_{-1} = G_{-1}.
+//   gr_t = S_{t-1} gy_t + u (.) k_t (v_t . gy_t)
+//   gk_t = G_t v_t      + u (.) r_t (v_t . gy_t)
+//   gv_t = G_t^T k_t    + gy_t (r_t . (u (.) k_t))
+//   gu   = sum_t r_t (.) k_t (v_t . gy_t)
+//   gw_t = d_t (.) rowsum(S_{t-1} (.) G_t)            ((.) elementwise, per key row i)
+// gw needs S_{t-1} and G_t together, S running forwards and G backwards. Instead of inverting
+// the decay (unstable: d can be ~0), use per key row i the scalar beta_t = S_t[i,:] . G_t[i,:]:
+//   beta_t     = d_i S_{t-1}[i,:].G_t[i,:] + k_i (v_t . G_t[i,:]) = gw_t,i + k_t,i gks_t,i
+//   beta_{t-1} = S_{t-1}[i,:].(d_i G_t[i,:] + r_i gy_t)         = gw_t,i + r_t,i grs_t,i
+// with gks = G_t v_t and grs = S_{t-1} gy_t. So, going forwards inside a chunk,
+//   gw_t = beta_{t-1} - r_t grs_t,   beta_t = gw_t + k_t gks_t,
+// exact, without exponentials, and re-anchored at each chunk start by the directly computed
+// beta_{c*kSnap-1} = snap[c][i,:] . G_{c*kSnap-1}[i,:], so rounding runs over <= kSnap steps.
+//
+// Kernel B1 (one block per (batch, head), backwards in time): each lane group x holds both
+// row x and column x of G (the same matrix in two layouts, so that row sums and column sums
+// need only the group's shuffles, no block reductions): gk (row), gv (column),
+// e_t = k_t gks_t (float32 scratch), the anchors beta, and gS_{-1}.
+// Kernel B2 (one block per (batch, head, chunk), forwards in time, chunks in parallel):
+// thread x holds row x of S from the chunk's snapshot; computes grs, gr, gw (beta chain), gu.
+//
+// `rev`: every kernel reads and writes token t of its scan at position T-1-t (the right-to-left
+// half of bi_wkv6 runs on the sequence as it is, no flipped copies); snapshots, chunks and
+// scratch follow the scan's order. WC: w is [H, N], one decay for every token (RWKV-5), read in
+// place (a template parameter: a runtime choice of the address costs the kernels registers).
+// The launchers are instantiated with WC = false in wkv6.cu and WC = true in wkv5.cu: two
+// units that compile in parallel (together they took twice as long as either).
+// The per-token outputs y, gk, gv, gr are OutVec (wkv_launch.h): rounded once, or float32.
+#pragma once
+
+#include "wkv_common.h"
+
+namespace rwkv_hf {
+namespace {
+
+// Forward over chunk blockIdx.y ([c*L, min(T, (c+1)*L)), L a multiple of kSnap; one chunk of
+// L >= T when not chunked). LOCAL = false: from the chunk's start state s0[b, h, c] (the initial
+// state when not chunked), writes y, the snapshots the chunk starts or contains and, for the last
+// chunk, the final state. LOCAL = true (pass 1 of the chunked form): from S = 0, writes only the
+// chunk's end state `out[b, h, c]` and its transition `trans[b, h, c]` = diag(prod_t d_t).
+template <typename F, int N, bool LOCAL, bool WC>
+__global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_fwd_kernel(
+    int T, int H, int L, bool rev, const F* __restrict__ r, const F* __restrict__ k,
+    const F* __restrict__ v, const float* __restrict__ w, const float* __restrict__ u,
+    const float* __restrict__ s0 /* [B,H,NCL,N,N] */, OutVec<F> y,
+    float* __restrict__ out /* final state [B,H,N,N]; LOCAL: [B,H,NCL,N,N] */,
+    float* __restrict__ snap /* [B,H,NC,N,N] | null */,
+    float* __restrict__ trans /* LOCAL: [B,H,NCL,N,N] */) {
+  using Tl = Tile<N>;
+  constexpr int TT = Stage<N>::TT, R = Tl::R, C = Tl::C, NT = Tl::THREADS;
+  __shared__ __align__(16) float s_r[TT][N];
+  __shared__ __align__(16) float s_k[TT][N];
+  __shared__ __align__(16) float s_d[TT][N];
+  __shared__ __align__(16) float s_uk[TT][N];
+  __shared__ __align__(16) float s_v[TT][N];
+  const int bh = blockIdx.x, h = bh % H, b = bh / H, tid = threadIdx.x;
+  const int c = blockIdx.y, NCL = gridDim.y, tbeg = c * L, tend = min(T, tbeg + L);
+  const int rb = tid % Tl::RB, c0 = (tid / Tl::RB) * C;  // rows Tl::row(rb, 0 .. R-1), columns c0 ..
+  const int mycol = c0 + Tl::col(rb);  // the column whose sums this lane ends up with
+  const bool writer = rb % (Tl::RB / C) == 0;  // one lane per column of the block writes it
+  const int NC = (T + kSnap - 1) / kSnap;
+  const int64_t stride = (int64_t)H * N;
+  const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
+  auto tok = [&](int t) { return hbase + (int64_t)(rev ? T - 1 - t : t) * stride; };
+  const int64_t cell = ((int64_t)bh * NCL + c) * N * N + c0;  // column c0 of chunk c
+  float S[R * C], P[LOCAL ? R : 1];  // S[e * C + cc] = S[row(rb, e)][c0 + cc]; P: decay products
+#pragma unroll
+  for (int e = 0; e < R; ++e) {
+#pragma unroll
+    for (int cc = 0; cc < C; ++cc)
+      S[e * C + cc] = LOCAL ? 0.f : s0[cell + (int64_t)Tl::row(rb, e) * N + cc];
+    if constexpr (LOCAL) P[e] = 1.f;
+  }
+  float* snp = LOCAL || snap == nullptr ? nullptr : snap + (int64_t)bh * NC * N * N + c0;
+  auto store = [&](float* q) {  // the tile of S into the [N, N] matrix at q
+#pragma unroll
+    for (int e = 0; e < R; ++e)
+#pragma unroll
+      for (int cc = 0; cc < C; ++cc) q[(int64_t)Tl::row(rb, e) * N + cc] = S[e * C + cc];
+  };
+  if (snp != nullptr) store(snp + (int64_t)(tbeg / kSnap) * N * N);  // the chunk's start
+  // Stage loads are issued one stage ahead into registers (E per array and thread), so their
+  // latency hides behind the previous stage's tokens.
+  constexpr int E = TT * N / NT;
+  F pr[E] = {}, pk[E] = {}, pv[E] = {};
+  float pw[E] = {};
+  auto fetch = [&](int t0) {
+    const int lim = min(TT, tend - t0) * N;
+#pragma unroll
+    for (int it = 0; it < E; ++it) {
+      const int q = tid + it * NT;
+      if (q < lim) {
+        const int64_t o = tok(t0 + q / N) + q % N;
+        if constexpr (!LOCAL) pr[it] = r[o];
+        pk[it] = k[o];
+        pw[it] = w[WC ? h * N + q % N : o];
+        pv[it] = v[o];
+      }
+    }
+  };
+  fetch(tbeg);
+  for (int t0 = tbeg; t0 < tend; t0 += TT) {
+    const int cnt = min(TT, tend - t0);
+    __syncthreads();
+#pragma unroll
+    for (int it = 0; it < E; ++it) {
+      const int q = tid + it * NT, tt = q / N, x = q % N;
+      const float kk = to_f(pk[it]);
+      if constexpr (!LOCAL) s_r[tt][x] = to_f(pr[it]);
+      s_k[tt][x] = kk;
+      s_uk[tt][x] = u[h * N + x] * kk;
+      s_d[tt][x] = expf(pw[it]);
+      s_v[tt][x] = to_f(pv[it]);
+    }
+    __syncthreads();
+    if (t0 + TT < tend) fetch(t0 + TT);
+    for (int tt = 0; tt < cnt; ++tt) {
+      const int t = t0 + tt;
+      float vv[C], yp[C];
+#pragma unroll
+      for (int cc = 0; cc < C; ++cc) {
+        vv[cc] = s_v[tt][c0 + cc];  // (C consecutive floats: one vector load)
+        yp[cc] = 0.f;
+      }
+#pragma unroll
+      for (int e = 0; e < R; e += 4) {
+        const int row = Tl::row(rb, e);
+        const float4 k4 = ld4(&s_k[tt][row]), d4 = ld4(&s_d[tt][row]);
+        const float ke[4] = {k4.x, k4.y, k4.z, k4.w}, de[4] = {d4.x, d4.y, d4.z, d4.w};
+        float re[4] = {0.f, 0.f, 0.f, 0.f}, uke[4] = {0.f, 0.f, 0.f, 0.f};
+        if constexpr (!LOCAL) {
+          const float4 r4 = ld4(&s_r[tt][row]), uk4 = ld4(&s_uk[tt][row]);
+          re[0] = r4.x, re[1] = r4.y, re[2] = r4.z, re[3] = r4.w;
+          uke[0] = uk4.x, uke[1] = uk4.y, uke[2] = uk4.z, uke[3] = uk4.w;
+        }
+#pragma unroll
+        for (int m = 0; m < 4; ++m) {
+#pragma unroll
+          for (int cc = 0; cc < C; ++cc) {
+            float& x = S[(e + m) * C + cc];
+            if constexpr (!LOCAL) yp[cc] += re[m] * (x + uke[m] * vv[cc]);
+            x = x * de[m] + ke[m] * vv[cc];
+          }
+          if constexpr (LOCAL) P[e + m] *= de[m];
+        }
+      }
+      if constexpr (!LOCAL) {
+        const float yj = Tl::reduce_scatter(yp, rb);
+        if (writer) put(y, tok(t) + mycol, yj);
+        if (snp != nullptr && (t + 1) % kSnap == 0 && t + 1 < tend)
+          store(snp + (int64_t)((t + 1) / kSnap) * N * N);
+      }
+    }
+  }
+  if constexpr (LOCAL) {
+    store(out + cell);
+#pragma unroll
+    for (int e = 0; e < R; ++e)
+#pragma unroll
+      for (int cc = 0; cc < C; ++cc) {
+        const int row = Tl::row(rb, e);
+        trans[cell + (int64_t)row * N + cc] = row == c0 + cc ? P[e] : 0.f;
+      }
+  } else if (c == NCL - 1) {
+    store(out + (int64_t)bh * N * N + c0);
+  }
+}
+
+// B1: backwards in time over chunk blockIdx.y (as the forward kernel), on the forward's R x C
+// tiles of G (see wkv7.cu: column sums by shuffles, row sums through shared memory after one
+// barrier per token). LOCAL = false: from G at the chunk's last token, gend[b, h, c] (gS_final
+// when not chunked), writes gk, gv, e, the anchors of the chunk and, for the first chunk,
+// gS_{-1}. LOCAL = true (pass 1 of the chunked form): from G = 0, writes only G at the token
+// before the chunk, `out[b, h, c]`. The bonus terms enter the sums through G + diag(r u) 1 gy^T:
+// gk_i = sum_j (G_ij + r_i u_i gy_j) v_j, gv_j = sum_i (G_ij + r_i u_i gy_j) k_i.
+template <typename F, int N, bool LOCAL, bool WC>
+__global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_bwd_b1_kernel(
+    int T, int H, int L, bool rev, const F* __restrict__ r, const F* __restrict__ k,
+    const F* __restrict__ v, const float* __restrict__ w, const float* __restrict__ u,
+    const float* __restrict__ snap, const F* __restrict__ gy,
+    const float* __restrict__ gend /* [B,H,NCL,N,N] */, OutVec<F> gk, OutVec<F> gv,
+    float* __restrict__ e /* [B,T,H,N] */, float* __restrict__ anchor /* [B,H,NC,N] */,
+    float* __restrict__ out /* gS_{-1} [B,H,N,N]; LOCAL: [B,H,NCL,N,N] */) {
+  using Tl = Tile<N>;
+  // N = 128: 4 tokens per stage (the staged vectors and the row sums share 48 KB).
+  constexpr int TT = N == 128 ? 4 : Stage<N>::TT, R = Tl::R, C = Tl::C, NT = Tl::THREADS;
+  constexpr int W = Tl::WARPS, PAR = N == 128 ? 1 : 2;
+  __shared__ __align__(16) float s_r[TT][N];
+  __shared__ __align__(16) float s_k[TT][N];
+  __shared__ __align__(16) float s_v[TT][N];
+  __shared__ __align__(16) float s_d[TT][N];
+  __shared__ __align__(16) float s_gy[TT][N];
+  __shared__ __align__(16) float s_ru[TT][N];
+  // Row partial sums per warp (gk, gks (= G v)), double-buffered by token (single-buffered, with a
+  // second barrier per token, for N = 128, to stay within 48 KB); the anchors' partials (every
+  // kSnap tokens: many barriers apart, so single-buffered).
+  __shared__ __align__(16) float s_row[LOCAL ? 1 : PAR][2][LOCAL ? 1 : W][N];
+  __shared__ __align__(16) float s_anc[LOCAL ? 1 : W][N];
+  const int bh = blockIdx.x, h = bh % H, b = bh / H, tid = threadIdx.x;
+  const int ch = blockIdx.y, NCL = gridDim.y, tbeg = ch * L, tend = min(T, tbeg + L);
+  const int rb = tid % Tl::RB, cb = tid / Tl::RB, c0 = cb * C;
+  const int mycol = c0 + Tl::col(rb);
+  const bool writer = rb % (Tl::RB / C) == 0;
+  const int NC = (T + kSnap - 1) / kSnap;
+  const int64_t stride = (int64_t)H * N;
+  const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
+  auto tok = [&](int t) { return hbase + (int64_t)(rev ? T - 1 - t : t) * stride; };
+  float G[R * C];  // G[e * C + cc] = G[row(rb, e)][c0 + cc]
+  const float* gp = gend + ((int64_t)bh * NCL + ch) * N * N + c0;
+#pragma unroll
+  for (int e2 = 0; e2 < R; ++e2)
+#pragma unroll
+    for (int cc = 0; cc < C; ++cc)
+      G[e2 * C + cc] = LOCAL ? 0.f : gp[(int64_t)Tl::row(rb, e2) * N + cc];
+  const float* snp = snap + (int64_t)bh * NC * N * N + c0;
+  int parity = 0;
+  auto rows = [&](int slot) { return &s_row[LOCAL ? 0 : parity][slot][0][0]; };
+  // Stage loads are issued one stage ahead into registers (see the forward kernel).
+  constexpr int E = TT * N / NT;
+  F pr[E] = {}, pk[E] = {}, pv[E] = {}, pg[E] = {};
+  float pw[E] = {};
+  auto fetch = [&](int t0) {
+    const int lim = min(TT, tend - t0) * N;
+#pragma unroll
+    for (int it = 0; it < E; ++it) {
+      const int q = tid + it * NT;
+      if (q < lim) {
+        const int64_t o = tok(t0 + q / N) + q % N;
+        pr[it] = r[o];
+        pw[it] = w[WC ? h * N + q % N : o];
+        pg[it] = gy[o];
+        if constexpr (!LOCAL) {
+          pk[it] = k[o];
+          pv[it] = v[o];
+        }
+      }
+    }
+  };
+  const int tlast = tbeg + ((tend - 1 - tbeg) / TT) * TT;  // the chunk's last stage
+  fetch(tlast);
+  for (int t0 = tlast; t0 >= tbeg; t0 -= TT) {
+    const int cnt = min(TT, tend - t0);
+    __syncthreads();
+#pragma unroll
+    for (int it = 0; it < E; ++it) {
+      const int q = tid + it * NT, tt = q / N, xx = q % N;
+      const float rr = to_f(pr[it]);
+      s_r[tt][xx] = rr;
+      s_d[tt][xx] = expf(pw[it]);
+      s_gy[tt][xx] = to_f(pg[it]);
+      if constexpr (!LOCAL) {
+        s_k[tt][xx] = to_f(pk[it]);
+        s_v[tt][xx] = to_f(pv[it]);
+        s_ru[tt][xx] = rr * u[h * N + xx];
+      }
+    }
+    __syncthreads();
+    if (t0 - TT >= tbeg) fetch(t0 - TT);
+    for (int tt = cnt - 1; tt >= 0; --tt) {
+      const int t = t0 + tt;
+      float gyv[C], vv[C], gvp[C];
+#pragma unroll
+      for (int cc = 0; cc < C; ++cc) {
+        gyv[cc] = s_gy[tt][c0 + cc];
+        vv[cc] = LOCAL ? 0.f : s_v[tt][c0 + cc];
+        gvp[cc] = 0.f;
+      }
+      if constexpr (!LOCAL) {  // the sums of G_t (the bonus folded in, see above)
+        float gkp[R], gksp[R];
+#pragma unroll
+        for (int e0 = 0; e0 < R; e0 += 4) {
+          const int row = Tl::row(rb, e0);
+          const float4 k4 = ld4(&s_k[tt][row]), ru4 = ld4(&s_ru[tt][row]);
+          const float ke[4] = {k4.x, k4.y, k4.z, k4.w}, rue[4] = {ru4.x, ru4.y, ru4.z, ru4.w};
+#pragma unroll
+          for (int m = 0; m < 4; ++m) {
+            float gk_ = 0.f, gks_ = 0.f;
+#pragma unroll
+            for (int cc = 0; cc < C; ++cc) {
+              const float g = G[(e0 + m) * C + cc], gb_ = g + rue[m] * gyv[cc];
+              gks_ += g * vv[cc];
+              gk_ += gb_ * vv[cc];
+              gvp[cc] += gb_ * ke[m];
+            }
+            gkp[e0 + m] = gk_;
+            gksp[e0 + m] = gks_;
+          }
+        }
+        const float gvx = Tl::reduce_scatter(gvp, rb);
+        if (writer) put(gv, tok(t) + mycol, gvx);
+        Tl::row_put(gkp, rows(0), tid);
+        Tl::row_put(gksp, rows(1), tid);
+      }
+      // G_{t-1} = diag(d_t) G_t + r_t gy_t^T.
+      Tl::decay_add_outer(G, s_d[tt], s_r[tt], gyv, rb);
+      const bool anchored = !LOCAL && t % kSnap == 0;  // beta_{t-1} = S_{t-1} . G_{t-1}
+      if constexpr (!LOCAL) {
+        if (anchored) {
+          float bp[R];
+          Tl::row_dots(snp + (int64_t)(t / kSnap) * N * N, G, bp, rb);
+          Tl::row_put(bp, &s_anc[0][0], tid);
+        }
+        __syncthreads();
+        if (tid < N) {
+          const int i = tid;
+          const float gkx = Tl::row_sum(rows(0), i), gksx = Tl::row_sum(rows(1), i);
+          const int64_t o = tok(t) + i;
+          put(gk, o, gkx);
+          e[o] = s_k[tt][i] * gksx;
+          if (anchored)
+            anchor[((int64_t)bh * NC + t / kSnap) * N + i] = Tl::row_sum(&s_anc[0][0], i);
+        }
+        if constexpr (PAR == 2) {
+          parity ^= 1;
+        } else {
+          __syncthreads();  // the sums are read before the next token overwrites them
+        }
+      }
+    }
+  }
+  if (!LOCAL && ch != 0) return;
+  float* op = out + (LOCAL ? ((int64_t)bh * NCL + ch) * N * N : (int64_t)bh * N * N) + c0;
+#pragma unroll
+  for (int e2 = 0; e2 < R; ++e2)
+#pragma unroll
+    for (int cc = 0; cc < C; ++cc) op[(int64_t)Tl::row(rb, e2) * N + cc] = G[e2 * C + cc];
+}
+
+// B2: one block per (batch*head, chunk), forwards in time inside the chunk.
+template <typename F, int N, bool WC>
+__global__ void __launch_bounds__(N) wkv6_bwd_b2_kernel(
+    int T, int H, bool rev, const F* __restrict__ r, const F* __restrict__ k,
+    const F* __restrict__ v, const float* __restrict__ w, const float* __restrict__ u,
+    const float* __restrict__ snap, const F* __restrict__ gy, const float* __restrict__ e,
+    const float* __restrict__ anchor, OutVec<F> gr, float* __restrict__ gw,
+    float* __restrict__ gu_part /* [B,NC,H,N] */) {
+  constexpr int TT = Stage<N>::TT;
+  __shared__ __align__(16) float s_v[TT][N];
+  __shared__ __align__(16) float s_gy[TT][N];
+  const int NC = (T + kSnap - 1) / kSnap;  // one block per (batch*head, snapshot chunk)
+  const int bh = blockIdx.x / NC, h = bh % H, b = bh / H, x = threadIdx.x, c = blockIdx.x % NC;
+  const int64_t stride = (int64_t)H * N;
+  const int64_t base = (int64_t)b * T * stride + (int64_t)h * N + x;
+  auto tok = [&](int t) { return base + (int64_t)(rev ? T - 1 - t : t) * stride; };
+  const float ux = u[h * N + x];
+  float Sr[N];
+  const float* snp = snap + ((int64_t)bh * NC + c) * N * N + (int64_t)x * N;
+#pragma unroll
+  for (int j = 0; j < N; j += 4) {
+    const float4 s4 = ld4(snp + j);
+    Sr[j] = s4.x;
+    Sr[j + 1] = s4.y;
+    Sr[j + 2] = s4.z;
+    Sr[j + 3] = s4.w;
+  }
+  float beta = anchor[((int64_t)bh * NC + c) * N + x];
+  double gu_acc = 0.0;
+  const int tbeg = c * kSnap, tend = min(T, tbeg + kSnap);
+  for (int t0 = tbeg; t0 < tend; t0 += TT) {
+    const int cnt = min(TT, tend - t0);
+    __syncthreads();
+    for (int tt = 0; tt < cnt; ++tt) {
+      const int64_t o = tok(t0 + tt);
+      s_v[tt][x] = to_f(v[o]);
+      s_gy[tt][x] = to_f(gy[o]);
+    }
+    __syncthreads();
+    for (int tt = 0; tt < cnt; ++tt) {
+      const int64_t o = tok(t0 + tt);
+      const float rx = to_f(r[o]), kx = to_f(k[o]), dx = expf(w[WC ? h * N + x : o]), ex = e[o];
+      float a0 = 0.f, a1 = 0.f, q0 = 0.f, q1 = 0.f;
+#pragma unroll
+      for (int j = 0; j < N; j += 4) {
+        const float4 v4 = ld4(&s_v[tt][j]), g4 = ld4(&s_gy[tt][j]);
+        a0 += Sr[j] * g4.x + Sr[j + 1] * g4.y;
+        a1 += Sr[j + 2] * g4.z + Sr[j + 3] * g4.w;
+        q0 += v4.x * g4.x + v4.y * g4.y;
+        q1 += v4.z * g4.z + v4.w * g4.w;
+        Sr[j] = Sr[j] * dx + kx * v4.x;
+        Sr[j + 1] = Sr[j + 1] * dx + kx * v4.y;
+        Sr[j + 2] = Sr[j + 2] * dx + kx * v4.z;
+        Sr[j + 3] = Sr[j + 3] * dx + kx * v4.w;
+      }
+      const float grs = a0 + a1, vgy = q0 + q1;
+      put(gr, o, grs + ux * kx * vgy);
+      gu_acc += (double)(rx * kx * vgy);
+      const float gwt = beta - rx * grs;
+      gw[o] = gwt;
+      beta = gwt + ex;
+    }
+  }
+  gu_part[(((int64_t)b * NC + c) * H + h) * N + x] = (float)gu_acc;
+}
+
+}  // namespace
+
+template <typename F, bool WC>
+cudaError_t wkv6_forward_launch(const V6Fwd<F>& p, cudaStream_t stream) {
+  const V6In<F>& a = p.in;
+  const MatSizes& s = a.s;
+  const dim3 grid(s.B * s.H, s.NCL);
+  return dispatch_n(s.N, [&](auto nc) {
+    constexpr int N = decltype(nc)::value;
+    const float* starts = p.s0;
+    if (s.NCL > 1) {  // pass 1: chunks from zero in parallel; then the chunk start states
+      wkv6_fwd_kernel<F, N, true, WC><<<grid, Tile<N>::THREADS, 0, stream>>>(
+          s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, nullptr, OutVec<F>(), p.local, nullptr,
+          p.trans);
+      combine_chunks<N>(s.B * s.H, s.NCL, false, p.trans, p.local, p.s0, p.starts, stream);
+      starts = p.starts;
+    }
+    wkv6_fwd_kernel<F, N, false, WC><<<grid, Tile<N>::THREADS, 0, stream>>>(
+        s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, starts, p.y, p.sT, p.snap, nullptr);
+  });
+}
+
+template <typename F, bool WC>
+cudaError_t wkv6_backward_launch(const V6Bwd<F>& p, cudaStream_t stream) {
+  const V6In<F>& a = p.in;
+  const MatSizes& s = a.s;
+  const dim3 grid(s.B * s.H, s.NCL);
+  const int NC = (s.T + kSnap - 1) / kSnap;
+  return dispatch_n(s.N, [&](auto nc) {
+    constexpr int N = decltype(nc)::value;
+    const float* gend = p.gsT;
+    if (s.NCL > 1) {  // pass 1: chunks from G = 0 in parallel; then G at every chunk's end
+      wkv6_bwd_b1_kernel<F, N, true, WC><<<grid, Tile<N>::THREADS, 0, stream>>>(
+          s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, p.snap, p.gy, nullptr, OutVec<F>(),
+          OutVec<F>(), nullptr, nullptr, p.local);
+      combine_chunks<N>(s.B * s.H, s.NCL, true, p.trans, p.local, p.gsT, p.gend, stream);
+      gend = p.gend;
+    }
+    wkv6_bwd_b1_kernel<F, N, false, WC><<<grid, Tile<N>::THREADS, 0, stream>>>(
+        s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, p.snap, p.gy, gend, p.gk, p.gv, p.e,
+        p.anchor, p.gs0);
+    wkv6_bwd_b2_kernel<F, N, WC><<<dim3(s.B * s.H * NC), N, 0, stream>>>(
+        s.T, s.H, a.rev, a.r, a.k, a.v, a.w, a.u, p.snap, p.gy, p.e, p.anchor, p.gr, p.gw,
+        p.gu_part);
+  });
+}
+
+}  // namespace rwkv_hf
