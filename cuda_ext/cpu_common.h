@@ -232,6 +232,23 @@ inline void v6_decay(int64_t rows, int64_t C, int64_t dd, const float* xw, const
   });
 }
 
+// RWKV-6's mixer inputs (the LM's and VRWKV6's blocks): ddlerp of x and dx = shift - x (mix, with
+// mix_0 = x + dx * maa_x on entry), then r, k, v, g and the decay factor ew, each [rows, C].
+// q: maa_w1, maa_w2, maa_w, maa_k, maa_v, maa_r, maa_g, Wr, Wk, Wv, Wg, time_decay, decay_w1,
+// decay_w2; l5 [rows, 5 dm] and ld [rows, dd] scratch.
+inline void v6_inputs(int64_t rows, int64_t C, int64_t dm, int64_t dd, const float* x, const float* dx,
+                      const float* const* q, float* mix, float* l5, float* ld, float* r, float* k, float* v,
+                      float* g, float* ew, int threads) {
+  ddlerp(rows, C, dm, x, dx, q[0], q[1], q + 2, mix, l5, threads);
+  const float *mw = mix, *mk = mix + rows * C, *mv = mix + 2 * rows * C, *mr = mix + 3 * rows * C,
+              *mg = mix + 4 * rows * C;
+  linear(rows, C, C, mr, q[7], r, false);
+  linear(rows, C, C, mk, q[8], k, false);
+  linear(rows, C, C, mv, q[9], v, false);
+  linear(rows, C, C, mg, q[10], g, false);
+  v6_decay(rows, C, dd, mw, q[11], q[12], q[13], ld, ew, threads);
+}
+
 // After the WKV of RWKV-5/6/7, per row and head, in place on y:
 //   y <- GroupNorm_H(y) * gn_w + gn_b                   (one group per head)
 //   RWKV-7 (r non-null): y <- (y + (sum_n r k r_k) v) * g;  RWKV-5/6: y <- y * silu(g)

@@ -175,13 +175,7 @@ void v6_block(const Dims& d, const float* const* p, float eps, float gn_eps, flo
         *l5 = sc.take(R * 5 * dm), *ld = sc.take(R * dd), *kf = sc.take(R * d.F);
   const float* mus[1] = {p[2]};
   ln_shift_mix(d.B, d.T, C, h, p[0], p[1], eps, xn, s.att_in, s.att_out, 1, mus, 0, mix, dx, threads, s.mask);
-  ddlerp(R, C, dm, xn, dx, p[3], p[4], p + 5, mix, l5, threads);
-  const float *xw = mix, *xk = mix + R * C, *xv = mix + 2 * R * C, *xr = mix + 3 * R * C, *xg = mix + 4 * R * C;
-  linear(R, C, C, xr, p[10], r, false);
-  linear(R, C, C, xk, p[11], k, false);
-  linear(R, C, C, xv, p[12], v, false);
-  linear(R, C, C, xg, p[13], g, false);
-  v6_decay(R, C, dd, xw, p[14], p[15], p[16], ld, w, threads);  // w: the decay factor exp(-exp(.))
+  v6_inputs(R, C, dm, dd, xn, dx, p + 3, mix, l5, ld, r, k, v, g, w, threads);  // w: the factor exp(-exp(.))
   check(rwkv_hf_wkv6_forward_f32(d.B, d.T, H, N, N, d.T * C, C, N, 0, r, k, v, w, p[17], s.wkv_in, s.wkv_out, y, nullptr,
                            wkv_threads(R * C * N, threads)));
   group_norm_gate(R, H, N, y, p[18], p[19], gn_eps, g, nullptr, nullptr, nullptr, nullptr, threads);

@@ -207,13 +207,7 @@ static void v6_block(int64_t B, int64_t H, int64_t W, int64_t C, const int64_t* 
         }
       }
     });
-    ddlerp(R, C, dm, in, dz, p[5], p[6], p + 7, mix, l5, threads);
-    const float *zw = mix, *zk = mix + R * C, *zv = mix + 2 * R * C, *zr = mix + 3 * R * C, *zg = mix + 4 * R * C;
-    linear(R, C, C, zr, p[12], r, false);
-    linear(R, C, C, zk, p[13], k, false);
-    linear(R, C, C, zv, p[14], v, false);
-    linear(R, C, C, zg, p[15], g, false);
-    v6_decay(R, C, dd, zw, p[16], p[17], p[18], ld, ew, threads);
+    v6_inputs(R, C, dm, dd, in, dz, p + 5, mix, l5, ld, r, k, v, g, ew, threads);
     for (int dir = 0; dir < 2; ++dir) {  // left to right with the bonus, right to left without
       std::fill(state, state + B * C * hs, 0.0f);
       check(rwkv_hf_wkv6_forward_f32(B, N, nh, hs, hs, N * C, C, hs, dir, r, k, v, ew, dir ? nullptr : p[19], state,

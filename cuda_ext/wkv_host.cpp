@@ -29,13 +29,13 @@ void check_act(const at::Tensor& x, const at::Tensor& like, const char* name) {
   TORCH_CHECK(x.device() == like.device(), "rwkv_hf cuda: ", name, " is on another device");
 }
 
-// Tokens per chunk of the chunk-parallel form of the matrix-state ops (wkv6, wkv7): `chunk`, as
-// chosen by the caller, rounded up to a multiple of kSnap; 0, or a chunk of at least T tokens, is
-// the sequential form (one chunk).
-int chunk_length(int64_t chunk, int T) {
+// Tokens per chunk of the scans over time: `chunk`, as chosen by the caller, rounded up to a
+// multiple of `unit` (kSnap for the matrix-state ops wkv6, wkv7; 1 for wkv4, bi_wkv4); 0, or a
+// chunk of at least T tokens, is one chunk (the sequential form).
+int chunk_length(int64_t chunk, int T, int unit) {
   TORCH_CHECK(chunk >= 0, "rwkv_hf cuda: chunk length must be >= 0, got ", chunk);
   if (chunk == 0 || chunk >= T) return T > 0 ? T : 1;
-  return (int)((chunk + kSnap - 1) / kSnap * kSnap);
+  return (int)((chunk + unit - 1) / unit * unit);
 }
 
 void check_head_size(int64_t n, const char* op) {
@@ -84,13 +84,6 @@ void check_v4(const at::Tensor& k, const at::Tensor& v, const at::Tensor& w, con
                   k.size(2) < (int64_t)1 << 31, "rwkv_hf cuda ", op, ": input too large");
 }
 
-// Tokens per chunk: `chunk` as chosen by the caller; 0, or at least T, is one chunk.
-int v4_chunk(int64_t chunk, int T) {
-  TORCH_CHECK(chunk >= 0, "rwkv_hf cuda: chunk length must be >= 0, got ", chunk);
-  if (chunk == 0 || chunk >= T) return T > 0 ? T : 1;
-  return (int)chunk;
-}
-
 template <typename F>
 V4Args<F> v4_args(int B, int T, int C, int L, int NC, const at::Tensor& k, const at::Tensor& v,
                   const at::Tensor& w, const at::Tensor& u) {
@@ -106,7 +99,7 @@ std::vector<at::Tensor> v4_forward(const char* op, at::Tensor k, at::Tensor v, a
   const int B = k.size(0), T = k.size(1), C = k.size(2);
   TORCH_CHECK(s0.numel() == (int64_t)B * D * 3 * C, "rwkv_hf cuda ", op, ": state must be ",
               BI ? "[B, 2, 3, C]" : "[B, 3, C]");
-  const int L = v4_chunk(chunk, T), NC = (T + L - 1) / L;
+  const int L = chunk_length(chunk, T, 1), NC = (T + L - 1) / L;
   TORCH_CHECK((int64_t)B * NC * C < (int64_t)1 << 31, "rwkv_hf cuda ", op, ": input too large");
   const at::cuda::OptionalCUDAGuard guard(k.device());
   const auto f32 = s0.options();
@@ -137,7 +130,7 @@ std::vector<at::Tensor> v4_backward(const char* op, at::Tensor k, at::Tensor v, 
   check_float(sT, "final_state");
   check_float(gsT, "gstate");
   const int B = k.size(0), T = k.size(1), C = k.size(2);
-  const int L = v4_chunk(chunk, T), NC = (T + L - 1) / L;
+  const int L = chunk_length(chunk, T, 1), NC = (T + L - 1) / L;
   TORCH_CHECK((int64_t)B * NC * C < (int64_t)1 << 31, "rwkv_hf cuda ", op, ": input too large");
   TORCH_CHECK(enter.numel() == (int64_t)B * NC * D * 3 * C, "rwkv_hf cuda ", op,
               ": the forward's chunk states do not match this chunk length");
@@ -280,7 +273,7 @@ std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
   check_float(s0, "state");
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
   TORCH_CHECK(s0.numel() == (int64_t)B * H * n * n, "rwkv_hf cuda wkv6: state must be [B, H, K, V]");
-  const int L = chunk_length(chunk, T), NCL = (T + L - 1) / L;
+  const int L = chunk_length(chunk, T, kSnap), NCL = (T + L - 1) / L;
   TORCH_CHECK(NCL < 65536, "rwkv_hf cuda wkv6: over 65535 chunks (chunk length ", L, ")");
   const at::cuda::OptionalCUDAGuard guard(r.device());
   auto y = new_out(v, out_f32);
@@ -317,7 +310,7 @@ std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
   check_float(gsT, "gsT");
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
   const int NC = (T + kSnap - 1) / kSnap;
-  const int L = chunk_length(chunk, T), NCL = (T + L - 1) / L;
+  const int L = chunk_length(chunk, T, kSnap), NCL = (T + L - 1) / L;
   TORCH_CHECK(snap.numel() == (int64_t)B * H * NC * n * n, "rwkv_hf cuda wkv6: bad snapshots");
   TORCH_CHECK(NCL == 1 || trans.numel() == (int64_t)B * H * NCL * n * n,
               "rwkv_hf cuda wkv6: the chunk transitions of the forward are missing (chunk ", chunk,
@@ -360,7 +353,7 @@ std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
   check_float(s0, "state");
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
   TORCH_CHECK(s0.numel() == (int64_t)B * H * n * n, "rwkv_hf cuda wkv7: state must be [B, H, K, V]");
-  const int L = chunk_length(chunk, T), NCL = (T + L - 1) / L;
+  const int L = chunk_length(chunk, T, kSnap), NCL = (T + L - 1) / L;
   TORCH_CHECK(NCL < 65536, "rwkv_hf cuda wkv7: over 65535 chunks (chunk length ", L, ")");
   const at::cuda::OptionalCUDAGuard guard(r.device());
   auto y = at::empty_like(v);
@@ -395,7 +388,7 @@ std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
   check_float(gsT, "gsT");
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
   const int NC = (T + kSnap - 1) / kSnap;
-  const int L = chunk_length(chunk, T), NCL = (T + L - 1) / L;
+  const int L = chunk_length(chunk, T, kSnap), NCL = (T + L - 1) / L;
   TORCH_CHECK(snap.numel() == (int64_t)B * H * NC * n * n && sa.numel() == r.numel(),
               "rwkv_hf cuda wkv7: bad saved tensors");
   TORCH_CHECK(NCL == 1 || trans.numel() == (int64_t)B * H * NCL * n * n,
