@@ -43,7 +43,7 @@ CACHE_ENV = "RWKV_HF_CUDA_CACHE"
 CHUNK_ENV = "RWKV_HF_CUDA_CHUNK"
 SNAP = 64  # tokens per state snapshot: kSnap of wkv_launch.h
 # Blocks of the matrix-state kernels one multiprocessor holds at once for N = 64: ptxas gives
-# the forward kernels 120 registers per thread, 256 threads per block, so 2 fit in 64K
+# the forward kernels 99 registers per thread, 256 threads per block, so 2 fit in 64K
 # registers. The chunk-parallel form is sized for one such wave (gpu_check.py times both forms
 # and chunk lengths around the choice, to confirm it on a GPU).
 _RESIDENT_PER_SM = 2
@@ -320,8 +320,7 @@ def load(verbose=False):
                                _arch_tag(needed), cache_root())
                 start = time.time()
                 mod, _ = _compile(needed, verbose=verbose)
-                logger.info("rwkv_hf: compiled the WKV CUDA extension in %.0f s",
-                               time.time() - start)
+                logger.info("rwkv_hf: compiled the WKV CUDA extension in %.0f s", time.time() - start)
             _ext = mod
         except Exception as e:  # remember: do not recompile on every call
             _load_error = _summarize(e)
@@ -331,8 +330,7 @@ def load(verbose=False):
 
 def _summarize(e):
     """One line saying why the extension is unavailable: the compiler's error lines when there
-    are any (ninja's output is long), else the whole message (torch's CUDA version mismatch
-    spans two lines)."""
+    are any (ninja's output is long), else the whole message on one line."""
     msg = str(e)
     if "nvcc not found" in msg or "ninja not found" in msg or "no CUDA device" in msg:
         return msg
