@@ -1,8 +1,10 @@
 """The CUDA extension's kernels, run on the CPU under an emulation of the CUDA execution model
 (tests/cuda_emulation.py): every op through the public ``rwkv_hf.ops`` functions and the cuda
-backend's autograd Functions, against the float64 reference, in float32, bfloat16 and float16,
-outputs, final states and every gradient. One build of the emulated extension (~40 s), and
-two more with sanitizers (out-of-bounds and misaligned accesses; a process each).
+backend's autograd Functions, against the float64 reference, in float32, bfloat16 and
+float16, outputs, final states and every gradient; the registered operators' fake
+implementations (opcheck) and torch.compile through them. One build of the emulated
+extension (~40 s), and two more with sanitizers (out-of-bounds and misaligned accesses; a
+process each).
 
 A GPU is still needed for what the emulation cannot show (speed, the device's float
 arithmetic, real launches): ``benchmarks/gpu_check.py``.
@@ -406,3 +408,70 @@ def test_models_through_the_extension_match_the_torch_backend(on_emulated_cuda, 
     assert rel(la, lb) < 1e-4
     bad = {n: rel(ga[n], gb[n]) for n in gb if gb[n] is not None and not rel(ga[n], gb[n]) < 1e-3}
     assert not bad and all(ga[n] is not None for n in gb if gb[n] is not None), bad
+
+
+# ---------------------------------------------------------------------------- torch.compile
+
+def _cuda_op_samples(chunk):
+    """(operator, arguments) for every operator the cuda backend registers; the backward
+    operators get their forward's records."""
+    c = cuda_backend
+    T = 150
+    x4, x4b = (make_inputs(op, 2, T, 2, 8, state=True, seed=i) for i, op in enumerate(PER_CHANNEL))
+    x5, x6, xb = (make_inputs(op, 2, T, 2, 16, state=True, seed=3 + i) for i, op in
+                  enumerate(("wkv5", "wkv6", "bi_wkv6")))
+    x7 = make_inputs("wkv7", 2, T, 2, 16, state=True, seed=6)
+    a4, a4b = list(x4.values()), list(x4b.values())
+    a5, a6, ab = ([x[n] for n in ("r", "k", "v", "w", "u", "state")] for x in (x5, x6, xb))
+    a7 = [x7[n] for n in ("r", "k", "v", "w", "a", "b", "state")]
+    gy4, gy = torch.randn(2, T, 16), torch.randn(2, T, 2, 16)
+    gS = torch.randn(2, 2, 16, 16)
+    samples = []
+    for a, bi in ((a4, False), (a4b, True)):
+        y, sT, enter = c._v4_forward(*a, chunk, bi)
+        samples += [(c._v4_forward_op, (*a, chunk, bi)),
+                    (c._v4_backward_op, (*a[:4], enter, sT, gy4, torch.randn(sT.shape), chunk, bi))]
+    for a in (a5, a6):
+        _, _, snap, trans = c._wkv6_forward(*a, True, chunk)
+        samples += [(c._wkv6_forward_op, (*a, True, chunk)),
+                    (c._wkv6_backward_op, (*a[:5], snap, trans, gy, gS, chunk))]
+    saved = c._bi_wkv6_forward(*ab, True, chunk)[2:]
+    samples += [(c._bi_wkv6_forward_op, (*ab, True, chunk)),
+                (c._bi_wkv6_backward_op, (*ab[:5], *saved, gy, torch.randn(2, 2, 2, 16, 16), chunk))]
+    saved = c._wkv7_forward(*a7, True, chunk)[2:]
+    samples += [(c._wkv7_forward_op, (*a7, True, chunk)),
+                (c._wkv7_backward_op, (*a7[:6], *saved, gy, gS, chunk)),
+                (c._wkv7_forward_op, (*a7, False, chunk))]  # inference: nothing kept
+    return samples
+
+
+@pytest.mark.parametrize("chunk", [0, 64], ids=["sequential", "chunked"])
+def test_extension_operators_pass_opcheck(on_emulated_cuda, chunk):
+    """Every operator wrapping the extension (rwkv_hf::cuda_*), run on its emulation, passes
+    torch.library.opcheck: schema, the fake implementation against the real outputs (shapes,
+    dtypes, strides: what the host code allocates, chunk transitions included) and tracing
+    with dynamic shapes. (Their gradients are the autograd Functions', tested through
+    torch.compile below.)"""
+    for op, args in _cuda_op_samples(chunk):
+        torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("family", ["lm4", "lm7", "vision6"])
+def test_models_compile_through_the_extension(on_emulated_cuda, monkeypatch, family):
+    """torch.compile(fullgraph=True) traces a training step through the extension's operators
+    (emulated here) in one graph, RWKV-4's per-channel op included, and gives eager mode's loss
+    and gradients."""
+    monkeypatch.setenv(cuda_backend.CHUNK_ENV, "64")
+    model, run = (_lm_case if family.startswith("lm") else _vision_case)(int(family[-1]))
+    model.train()
+    results = []
+    for step in (lambda: run().loss, torch.compile(lambda: run().loss, fullgraph=True, backend="aot_eager")):
+        torch._dynamo.reset()
+        model.zero_grad(set_to_none=True)
+        loss = step()
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (la, ga), (lb, gb) = results
+    assert rel(lb, la) < 1e-5 and ga.keys() == gb.keys()
+    bad = {n: rel(gb[n], ga[n]) for n in ga if not rel(gb[n], ga[n]) < 1e-4}
+    assert not bad, bad

@@ -59,8 +59,9 @@ def available():
 
 
 def usable(blocks, hidden):
-    """Whether the fused path computes these blocks exactly as their eager forward would."""
-    if os.environ.get(ENV, "1") == "0" or torch.is_grad_enabled():
+    """Whether the fused path computes these blocks exactly as their eager forward would (never
+    under torch.compile, which traces the eager form)."""
+    if os.environ.get(ENV, "1") == "0" or torch.is_grad_enabled() or torch.compiler.is_compiling():
         return False
     if hidden.device.type != "cpu" or hidden.dtype != torch.float32:
         return False

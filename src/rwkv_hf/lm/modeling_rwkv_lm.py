@@ -581,10 +581,14 @@ class RwkvLMModelBase(RwkvLMPreTrainedModel):
         if input_ids is not None:
             if input_ids.dtype.is_floating_point:
                 raise ValueError(f"input_ids must be integer token ids, got dtype {input_ids.dtype}.")
-            lo, hi = (int(x) for x in torch.aminmax(input_ids))
-            if lo < 0 or hi >= self.config.vocab_size:
-                bad = lo if lo < 0 else hi
-                raise ValueError(f"Token id {bad} is outside the vocabulary [0, {self.config.vocab_size}).")
+            if torch.compiler.is_compiling():  # a traced graph cannot read values: an assert in it
+                torch._assert_async(((input_ids >= 0) & (input_ids < self.config.vocab_size)).all(),
+                                    f"a token id is outside the vocabulary [0, {self.config.vocab_size})")
+            else:
+                lo, hi = (int(x) for x in torch.aminmax(input_ids))
+                if lo < 0 or hi >= self.config.vocab_size:
+                    bad = lo if lo < 0 else hi
+                    raise ValueError(f"Token id {bad} is outside the vocabulary [0, {self.config.vocab_size}).")
         elif inputs_embeds.shape[-1] != self.config.hidden_size:
             raise ValueError(
                 f"inputs_embeds has hidden size {inputs_embeds.shape[-1]}, the model {self.config.hidden_size}.")
@@ -645,7 +649,8 @@ class RwkvLMModelBase(RwkvLMPreTrainedModel):
         batch_size = hidden.shape[0]
 
         mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        # An all-ones mask is skipped (a host sync once per forward); a traced graph applies it.
+        if attention_mask is not None and (torch.compiler.is_compiling() or not bool(attention_mask.all())):
             mask = attention_mask.bool()
         if cache is not None:
             states = self._read_cache(cache, batch_size)

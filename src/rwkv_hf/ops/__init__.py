@@ -56,6 +56,12 @@ the input dtype.
 Every op returns ``(y, final_state)``; ``final_state`` is ``None`` unless
 ``output_final_state=True``. Gradients flow to every tensor input, the initial
 state included.
+
+torch.compile: the ``cpu`` and ``cuda`` kernels are also ``torch.library`` custom operators
+(``torch.ops.rwkv_hf.*``) with fake implementations, which the backends' autograd Functions
+call while compiling, so compiled models trace through them in one graph. Under compilation the decay's value checks run as
+asserts in the graph (``RuntimeError``); the ``torch`` backend's per-channel form (RWKV-4 and
+bidirectional v4 with gradients on the CPU) runs eagerly between graphs.
 """
 import functools
 import math
@@ -133,6 +139,18 @@ def available_backends():
     return [name for name in _BACKENDS if name not in _COMPILED or _COMPILED[name].available()[0]]
 
 
+# Process-wide facts (a build is tried once), taken by torch.compile as constants: tracing them
+# would trace a compiler run and file reads.
+@torch.compiler.assume_constant_result
+def _compiled_available(name):
+    return _COMPILED[name].available()
+
+
+@torch.compiler.assume_constant_result
+def _cpu_sources_present():
+    return _cpu.sources_present()
+
+
 def _fallback(why):
     if why not in _warned:
         _warned.add(why)
@@ -152,15 +170,15 @@ def _choose(op, requested, tensors):
     if name is None:
         name = "cuda" if next(iter(tensors.values())).is_cuda else "cpu"
         if name == "cpu":
-            if _cpu.unsupported_reason(op, **tensors) is not None or not _cpu.sources_present():
+            if _cpu.unsupported_reason(op, **tensors) is not None or not _cpu_sources_present():
                 return "torch"  # an op or input it lacks, a remote-code copy without sources
-            ok, why = _cpu.available()
+            ok, why = _compiled_available(name)
             return name if ok else _fallback(why)
     if name in _COMPILED:
         backend = _COMPILED[name]
         why = backend.unsupported_reason(op, **tensors)
         if why is None:
-            ok, why = backend.available()
+            ok, why = _compiled_available(name)
             if ok:
                 return name
         return _fallback(f"the {name} backend cannot run {op} ({why})")
@@ -219,7 +237,14 @@ def _prepare(op, specs, activations, decay, causal, backend):
                          + ", ".join(f"{n}: {tensors[n].dtype}" for n in activations))
     out_dtype = act_dtypes.pop()
     compute = torch.float64 if any(x.dtype == torch.float64 for x in tensors.values()) else torch.float32
-    if _checks_values(devices.pop()):
+    check_values = _checks_values(devices.pop())
+    if check_values and torch.compiler.is_compiling():
+        # A traced graph cannot read values back to Python: the checks run as asserts in it.
+        x = tensors[decay].detach()
+        torch._assert_async(torch.isfinite(x).all(), f"{op}: {decay} (the log-decay) contains NaN or inf")
+        if causal:
+            torch._assert_async((x <= 0).all(), f"{op}: {decay} is the log of the per-step decay and must be <= 0")
+    elif check_values:
         # One reduction for all value checks (NaN propagates into both ends): cheap per generation step.
         lo, hi = (float(x) for x in torch.aminmax(tensors[decay].detach()))
         if not (math.isfinite(lo) and math.isfinite(hi)):

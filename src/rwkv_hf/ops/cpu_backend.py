@@ -13,8 +13,10 @@ the CPU. It is called through ctypes (which releases the GIL) and splits its wor
 OpenMP runtime when torch runs on GNU OpenMP, else on threads of its own.
 
 The per-channel ops have forward kernels only: a call that needs gradients runs the torch
-backend's chunked form, which has the backward. Importing this module never raises and never
-compiles; :func:`available` says whether the backend can run here, and why not.
+backend's chunked form, which has the backward. Each kernel entry point is also a
+``torch.library`` custom operator (``torch.ops.rwkv_hf.cpu_*``, with a fake implementation),
+which torch.compile traces in place of the ctypes call. Importing this module never raises
+and never compiles; :func:`available` says whether the backend can run here, and why not.
 """
 import ctypes
 import hashlib
@@ -24,8 +26,10 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from typing import Optional
 
 import torch
+from torch import Tensor
 
 from . import cuda_backend as _cuda
 from . import torch_wkv4 as _torch_wkv4
@@ -310,13 +314,14 @@ def _contig(xs, dtype):
 
 
 def _snapshots(save, B, H, T, K, V, dt):
-    """The state before every kChunk-th token, kept for the backward."""
-    return torch.empty(B, H, -(-T // _CHUNK), K, V, dtype=dt) if save else None
+    """The state before every kChunk-th token, kept for the backward (an empty tensor if not)."""
+    return torch.empty(B, H, -(-T // _CHUNK), K, V, dtype=dt) if save else torch.empty(0, dtype=dt)
 
 
 def _forward(name, rkv, extras, w, state, save, flags=(), work=1):
     """Run a matrix-state forward kernel (argument order: r, k, v, the decay, ``extras``, the
-    initial state, then the outputs); return y, the final state and what the backward needs."""
+    initial state, then the outputs); return y, the final state and the snapshots the backward
+    needs (empty unless ``save``)."""
     dt = rkv[0].dtype
     r, k, v = _contig(rkv, dt)
     extras = _contig(extras, dt)
@@ -327,75 +332,33 @@ def _forward(name, rkv, extras, w, state, save, flags=(), work=1):
     S = torch.empty(B, H, K, V, dtype=dt)
     y = torch.empty(B, T, H, V, dtype=dt)
     snaps = _snapshots(save, B, H, T, K, V, dt)
-    _call(name, dt, B, T, H, K, V, *ews, *flags, *map(_ptr, (r, k, v, ew, *extras, S0, S, y, snaps)),
+    _call(name, dt, B, T, H, K, V, *ews, *flags,
+          *map(_ptr, (r, k, v, ew, *extras, S0, S, y, snaps if save else None)),
           _threads(work * B * H * T * K * V))
-    return y, S, (r, k, v, ew, *extras, snaps, ews)
+    return y, S, snaps
 
 
-def _wkv6_forward(r, k, v, w, u, state, reverse, save):
-    return _forward("wkv6_forward", (r, k, v), (u,), w, state, save, flags=(int(reverse),))
-
-
-def _wkv7_forward(r, k, v, w, a, b, state, save):
-    return _forward("wkv7_forward", (r, k, v), (a, b), w, state, save, work=2)
-
-
-class _Wkv6(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, r, k, v, w, u, state, reverse):
-        y, S, saved = _wkv6_forward(r, k, v, w, u, state, reverse, save=True)
-        ctx.save_for_backward(*saved[:-1])
-        ctx.meta = (saved[-1], int(reverse), state.dtype, w.dtype)
-        return y, S
-
-    @staticmethod
-    def backward(ctx, gy, gS):
-        r, k, v, ew, u, snaps = ctx.saved_tensors
-        ews, reverse, s_dtype, w_dtype = ctx.meta
-        dt = r.dtype
-        B, T, H, K = r.shape
-        V = v.shape[-1]
-        gy = torch.zeros_like(v) if gy is None else gy.to(dt).contiguous()
-        gS = torch.zeros(B, H, K, V, dtype=dt) if gS is None else gS.to(dt).contiguous()
-        gr, gk, gw = (torch.empty_like(r) for _ in range(3))
-        gv = torch.empty_like(v)
-        gu = torch.empty(B, H, K, dtype=dt) if u is not None else None
-        gs0 = torch.empty_like(gS)
-        _call("wkv6_backward", dt, B, T, H, K, V, *ews, reverse,
-              *map(_ptr, (r, k, v, ew, u, snaps, gy, gS, gr, gk, gv, gw, gu, gs0)),
-              _threads(B * H * T * K * V))
-        gu = gu.sum(0) if gu is not None else None
-        return gr, gk, gv, gw.to(w_dtype), gu, gs0.to(s_dtype), None
-
-
-class _Wkv7(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, r, k, v, w, a, b, state):
-        y, S, saved = _wkv7_forward(r, k, v, w, a, b, state, save=True)
-        ctx.save_for_backward(*saved[:-1])
-        ctx.meta = (saved[-1], state.dtype, w.dtype)
-        return y, S
-
-    @staticmethod
-    def backward(ctx, gy, gS):
-        r, k, v, ew, a, b, snaps = ctx.saved_tensors
-        ews, s_dtype, w_dtype = ctx.meta
-        dt = r.dtype
-        B, T, H, K = r.shape
-        V = v.shape[-1]
-        gy = torch.zeros_like(v) if gy is None else gy.to(dt).contiguous()
-        gS = torch.zeros(B, H, K, V, dtype=dt) if gS is None else gS.to(dt).contiguous()
-        gr, gk, gw, ga, gb = (torch.empty_like(r) for _ in range(5))
-        gv = torch.empty_like(v)
-        gs0 = torch.empty_like(gS)
-        _call("wkv7_backward", dt, B, T, H, K, V, *ews,
-              *map(_ptr, (r, k, v, ew, a, b, snaps, gy, gS, gr, gk, gv, gw, ga, gb, gs0)),
-              _threads(2 * B * H * T * K * V))
-        return gr, gk, gv, gw.to(w_dtype), ga, gb, gs0.to(s_dtype)
-
-
-def _needs_grad(*xs):
-    return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
+def _backward(name, rkv, extras, w, snaps, gy, gS, extra_grads, flags=(), work=1):
+    """Run a matrix-state backward kernel (argument order: r, k, v, the decay, ``extras``, the
+    snapshots, gy, gS, then the gradients of r, k, v, w, ``extras`` (``extra_grads``, allocated
+    by the caller) and the initial state); return gr, gk, gv, gw and g_state in the kernel's
+    dtype. exp(w) is recomputed rather than kept from the forward: one exp of the decay."""
+    dt = rkv[0].dtype
+    r, k, v = _contig(rkv, dt)
+    extras = _contig(extras, dt)
+    ew, ews = _decay(w, dt)
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    if tuple(snaps.shape) != (B, H, -(-T // _CHUNK), K, V) or snaps.dtype != dt:
+        raise ValueError(f"rwkv_hf cpu backend: {name} needs the forward's snapshots [B, H, T/{_CHUNK}, K, V] "
+                         f"in {dt} (a forward run with save=True), got {list(snaps.shape)} {snaps.dtype}")
+    gy, gS = _as(gy, dt), _as(gS, dt)
+    gr, gk, gv, gw, gs0 = (torch.empty_like(r), torch.empty_like(r), torch.empty_like(v),
+                           torch.empty(B, T, H, K, dtype=dt), torch.empty_like(gS))
+    _call(name, dt, B, T, H, K, V, *ews, *flags,
+          *map(_ptr, (r, k, v, ew, *extras, snaps, gy, gS, gr, gk, gv, gw, *extra_grads, gs0)),
+          _threads(work * B * H * T * K * V))
+    return gr, gk, gv, gw, gs0
 
 
 def _per_channel(name, k, v, w, u, state):
@@ -408,44 +371,179 @@ def _per_channel(name, k, v, w, u, state):
     return y, S
 
 
+# ---------------------------------------------------------------------------- torch.library ops
+# Each kernel entry point is also a custom operator (rwkv_hf::cpu_*) with a shape-only ("fake")
+# implementation, which torch.compile traces instead of the ctypes call; the autograd Functions
+# below call them while compiling (as flash-attention does), the implementations otherwise.
+
+def _wkv6_forward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Optional[Tensor], state: Tensor,
+                  reverse: bool, save: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """RWKV-5/6 forward (``reverse``: from the last token, without ``u``) -> y, S, snapshots."""
+    return _forward("wkv6_forward", (r, k, v), (u,), w, state, save, flags=(int(reverse),))
+
+
+def _wkv6_backward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Optional[Tensor], snaps: Tensor,
+                   gy: Tensor, gS: Tensor, reverse: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> gr, gk, gv, gw, gu (empty without ``u``), g_state."""
+    B, _, H, K = r.shape
+    gu = torch.empty(B, H, K, dtype=r.dtype) if u is not None else None  # a row per batch: summed here
+    gr, gk, gv, gw, gs0 = _backward("wkv6_backward", (r, k, v), (u,), w, snaps, gy, gS, (gu,),
+                                    flags=(int(reverse),))
+    return gr, gk, gv, gw, (gu.sum(0) if u is not None else r.new_empty(0)), gs0
+
+
+def _wkv7_forward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, a: Tensor, b: Tensor, state: Tensor,
+                  save: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """RWKV-7 forward -> y, S, snapshots."""
+    return _forward("wkv7_forward", (r, k, v), (a, b), w, state, save, work=2)
+
+
+def _wkv7_backward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, a: Tensor, b: Tensor, snaps: Tensor,
+                   gy: Tensor, gS: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> gr, gk, gv, gw, ga, gb, g_state."""
+    ga, gb = torch.empty(r.shape, dtype=r.dtype), torch.empty(r.shape, dtype=r.dtype)  # contiguous
+    gr, gk, gv, gw, gs0 = _backward("wkv7_backward", (r, k, v), (a, b), w, snaps, gy, gS, (ga, gb), work=2)
+    return gr, gk, gv, gw, ga, gb, gs0
+
+
+def _wkv4_forward(k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tensor,
+                  bidirectional: bool) -> tuple[Tensor, Tensor]:
+    """RWKV-4 / bidirectional v4 forward (no backward kernel) -> y, final state."""
+    return _per_channel("bi_wkv4_forward" if bidirectional else "wkv4_forward", k, v, w, u, state)
+
+
+# Fakes: the shapes and dtypes (the kernels' dtype, r's or k's) the implementations return.
+
+def _matrix_fake(r, k, v, w, *rest):
+    """A forward's y, S and snapshots (``save`` is the last argument)."""
+    B, T, H, K = r.shape
+    V = v.shape[-1]
+    snaps = r.new_empty(B, H, -(-T // _CHUNK), K, V) if rest[-1] else r.new_empty(0)
+    return r.new_empty(B, T, H, V), r.new_empty(B, H, K, V), snaps
+
+
+def _wkv6_backward_fake(r, k, v, w, u, snaps, gy, gS, reverse):
+    gu = r.new_empty(u.shape) if u is not None else r.new_empty(0)
+    return (r.new_empty(r.shape), r.new_empty(r.shape), r.new_empty(v.shape), r.new_empty(r.shape), gu,
+            r.new_empty(gS.shape))
+
+
+def _wkv7_backward_fake(r, k, v, w, a, b, snaps, gy, gS):
+    return (r.new_empty(r.shape), r.new_empty(r.shape), r.new_empty(v.shape), r.new_empty(r.shape),
+            r.new_empty(r.shape), r.new_empty(r.shape), r.new_empty(gS.shape))
+
+
+def _wkv4_forward_fake(k, v, w, u, state, bidirectional):
+    return k.new_empty(k.shape), k.new_empty(state.shape)
+
+
+def _register(fn, fake):
+    op = torch.library.custom_op("rwkv_hf::cpu" + fn.__name__, fn, mutates_args=())
+    op.register_fake(fake)
+    return op
+
+
+_wkv6_forward_op = _register(_wkv6_forward, _matrix_fake)
+_wkv6_backward_op = _register(_wkv6_backward, _wkv6_backward_fake)
+_wkv7_forward_op = _register(_wkv7_forward, _matrix_fake)
+_wkv7_backward_op = _register(_wkv7_backward, _wkv7_backward_fake)
+_wkv4_forward_op = _register(_wkv4_forward, _wkv4_forward_fake)
+
+
+def _traced(op, impl):
+    """The registered operator while torch.compile traces (it cannot trace a ctypes call), else
+    the implementation itself (the operator dispatch costs microseconds per call)."""
+    return op if torch.compiler.is_compiling() else impl
+
+
+def _incoming(gy, gS, v, s_shape, like):
+    """The output gradients, zeros for an output that did not reach the loss."""
+    return (like.new_zeros(v.shape) if gy is None else gy), (like.new_zeros(s_shape) if gS is None else gS)
+
+
+class _Wkv6(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, r, k, v, w, u, state, reverse):
+        y, S, snaps = _traced(_wkv6_forward_op, _wkv6_forward)(r, k, v, w, u, state, reverse, True)
+        ctx.save_for_backward(r, k, v, w, u, snaps)
+        ctx.meta = (reverse, state.shape, state.dtype, w.dtype)
+        return y, S
+
+    @staticmethod
+    def backward(ctx, gy, gS):
+        r, k, v, w, u, snaps = ctx.saved_tensors
+        reverse, s_shape, s_dtype, w_dtype = ctx.meta
+        gy, gS = _incoming(gy, gS, v, s_shape, r)
+        gr, gk, gv, gw, gu, gs0 = _traced(_wkv6_backward_op, _wkv6_backward)(r, k, v, w, u, snaps, gy, gS, reverse)
+        return gr, gk, gv, gw.to(w_dtype), (gu if u is not None else None), gs0.to(s_dtype), None
+
+
+class _Wkv7(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, r, k, v, w, a, b, state):
+        y, S, snaps = _traced(_wkv7_forward_op, _wkv7_forward)(r, k, v, w, a, b, state, True)
+        ctx.save_for_backward(r, k, v, w, a, b, snaps)
+        ctx.meta = (state.shape, state.dtype, w.dtype)
+        return y, S
+
+    @staticmethod
+    def backward(ctx, gy, gS):
+        r, k, v, w, a, b, snaps = ctx.saved_tensors
+        s_shape, s_dtype, w_dtype = ctx.meta
+        gy, gS = _incoming(gy, gS, v, s_shape, r)
+        gr, gk, gv, gw, ga, gb, gs0 = _traced(_wkv7_backward_op, _wkv7_backward)(r, k, v, w, a, b, snaps, gy, gS)
+        return gr, gk, gv, gw.to(w_dtype), ga, gb, gs0.to(s_dtype)
+
+
+def _needs_grad(*xs):
+    return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in xs)
+
+
 # ---------------------------------------------------------------------------- backend API
 
 def wkv4(k, v, w, u, state):
     """RWKV-4: k, v [B, T, C]; w, u [C]; state [B, 3, C] -> (y [B, T, C], final state). With
     gradients required, the torch backend's chunked form (it has the backward)."""
-    if _needs_grad(k, v, w, u, state):
-        return _torch_wkv4.wkv4(k, v, w, u, state)
-    return _per_channel("wkv4_forward", k, v, w, u, state)
+    return _per_channel_op(False, k, v, w, u, state)
 
 
 def bi_wkv4(k, v, w, u, state):
     """Bidirectional v4: k, v [B, T, C]; w, u [C]; state [B, 2, 3, C] -> (y, final state). With
     gradients required, the torch backend's chunked form."""
+    return _per_channel_op(True, k, v, w, u, state)
+
+
+# The torch backend's form of the per-channel ops picks its precision from the values (a range
+# check), which torch.compile cannot trace: under it, it runs eagerly between compiled graphs.
+_wkv4_torch = torch.compiler.disable(_torch_wkv4.wkv4)
+_bi_wkv4_torch = torch.compiler.disable(_torch_wkv4.bi_wkv4)
+
+
+def _per_channel_op(bidirectional, k, v, w, u, state):
     if _needs_grad(k, v, w, u, state):
-        return _torch_wkv4.bi_wkv4(k, v, w, u, state)
-    return _per_channel("bi_wkv4_forward", k, v, w, u, state)
+        return (_bi_wkv4_torch if bidirectional else _wkv4_torch)(k, v, w, u, state)
+    return _traced(_wkv4_forward_op, _wkv4_forward)(k, v, w, u, state, bidirectional)
 
-
-# Without gradients the kernels are called directly (autograd's bookkeeping is a good part of a
-# one-token generation step).
 
 def wkv6(r, k, v, w, u, state):
     """RWKV-5/6: r, k, w [B, T, H, K]; v [B, T, H, V]; u [H, K]; state [B, H, K, V]."""
-    if _needs_grad(r, k, v, w, u, state):
-        return _Wkv6.apply(r, k, v, w, u, state, False)
-    return _wkv6_forward(r, k, v, w, u, state, False, save=False)[:2]
+    return _wkv6(r, k, v, w, u, state, False)
 
 
 def wkv6_reversed(r, k, v, w, state):
     """The right-to-left half of ``bi_wkv6``: wkv6 without the bonus, scanning from the last token
     to the first (y_t reads the state of the tokens after t), without flipping any tensor."""
-    if _needs_grad(r, k, v, w, state):
-        return _Wkv6.apply(r, k, v, w, None, state, True)
-    return _wkv6_forward(r, k, v, w, None, state, True, save=False)[:2]
+    return _wkv6(r, k, v, w, None, state, True)
+
+
+def _wkv6(r, k, v, w, u, state, reverse):
+    if _needs_grad(r, k, v, w, u, state):
+        return _Wkv6.apply(r, k, v, w, u, state, reverse)
+    return _traced(_wkv6_forward_op, _wkv6_forward)(r, k, v, w, u, state, reverse, False)[:2]
 
 
 def wkv7(r, k, v, w, a, b, state):
     """RWKV-7: r, k, w, a, b [B, T, H, K]; v [B, T, H, V]; state [B, H, K, V]."""
     if _needs_grad(r, k, v, w, a, b, state):
         return _Wkv7.apply(r, k, v, w, a, b, state)
-    return _wkv7_forward(r, k, v, w, a, b, state, save=False)[:2]
+    return _traced(_wkv7_forward_op, _wkv7_forward)(r, k, v, w, a, b, state, False)[:2]

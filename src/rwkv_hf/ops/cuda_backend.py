@@ -1,4 +1,4 @@
-"""CUDA backend of ``rwkv_hf.ops``: the loader of the WKV extension and its autograd Functions.
+"""CUDA backend of ``rwkv_hf.ops``: the loader of the WKV extension and its operators.
 
 The extension's sources ship as ``rwkv_hf.cuda_ext`` (the repository's ``cuda_ext/``). They
 are compiled on first use for the visible GPU (or ``TORCH_CUDA_ARCH_LIST``) and cached under
@@ -13,7 +13,9 @@ may be float32, bfloat16 or float16 (``y`` comes back in that dtype, rounded onc
 and ``u`` are used in float32, states are float32, accumulation is float32 (float64 for the
 running sums of the per-channel ops). Gradients reach every tensor input, the initial state
 included, from both outputs. Head sizes K = V in {16, 32, 64, 128}; any C for the per-channel
-ops. :func:`unsupported_reason` tells the dispatcher when to fall back.
+ops. :func:`unsupported_reason` tells the dispatcher when to fall back. Each kernel entry point
+is also a ``torch.library`` custom operator (``torch.ops.rwkv_hf.cuda_*``, with a fake
+implementation), which the autograd Functions call while torch.compile traces.
 
 Importing this module never raises and never compiles; :func:`available` says whether the
 backend can run here, and why not.
@@ -31,6 +33,7 @@ import threading
 import time
 
 import torch
+from torch import Tensor
 
 __all__ = ["wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7", "available", "load", "build",
            "find_cuda_home", "sources_dir", "unsupported_reason", "SUPPORTED_HEAD_SIZES"]
@@ -468,177 +471,309 @@ def _f32(x):
     return x.to(torch.float32).contiguous()
 
 
-def _sum_to(x, dims, dtype):
+def _sum_to(x, dims):
     # Accumulated in float64 inside the reduction: no float64 copy (for wkv5's per-token decay
     # gradient, [B, T, H, K], that copy would be twice the float32 tensor).
-    return x.sum(dims, dtype=torch.float64).to(dtype)
+    return x.sum(dims, dtype=torch.float64).to(torch.float32)
 
 
-# ---------------------------------------------------------------------------- autograd
+# ---------------------------------------------------------------------------- torch.library ops
+# Each direction of each op is a custom operator (rwkv_hf::cuda_*) with a shape-only ("fake")
+# implementation, which torch.compile traces in place of the pybind call; the autograd
+# Functions below call them while compiling (as flash-attention does), the implementations
+# otherwise. The chunk length (chosen from the GPU's size) and whether to keep what the
+# backward reads are arguments. Inputs come in any supported dtype: the implementations cast
+# them (to the activations' dtype; w, u and states to float32); the Functions give the
+# gradients back in the inputs' dtypes.
 
-def _v4_forward(ctx, op, k, v, w, u, state):
-    ext = load()
+def _chunks(chunk, T, unit):
+    """(tokens per chunk, number of chunks) as the host code's chunk_length rounds ``chunk``."""
+    L = max(T, 1) if chunk == 0 or chunk >= T else -(-chunk // unit) * unit
+    return L, -(-T // L)
+
+
+def _v4_forward(k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tensor, chunk: int,
+                bidirectional: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """RWKV-4 / bidirectional v4 forward -> y, final state, the states entering each chunk."""
+    op = "bi_wkv4" if bidirectional else "wkv4"
     dt = _act_dtype(op, k, v)
-    kk, vv, ww, uu, s0 = _c(k, dt), _c(v, dt), _f32(w), _f32(u), _f32(state)
-    B, T, C = k.shape
-    chunk = v4_chunk_length(B, C, T, k.device)
-    y, sT, enter = getattr(ext, op + "_forward")(kk, vv, ww, uu, s0, chunk)
-    if any(ctx.needs_input_grad):
-        ctx.save_for_backward(kk, vv, ww, uu, enter, sT)
-        ctx.dtypes = (k.dtype, v.dtype, w.dtype, u.dtype, state.dtype)
-        ctx.chunk = chunk
-    return y, sT
+    y, sT, enter = getattr(load(), op + "_forward")(_c(k, dt), _c(v, dt), _f32(w), _f32(u), _f32(state), chunk)
+    return y, sT, enter
 
 
-def _v4_backward(ctx, op, gy, gsT):
-    kk, vv, ww, uu, enter, sT = ctx.saved_tensors
+def _v4_backward(k: Tensor, v: Tensor, w: Tensor, u: Tensor, enter: Tensor, sT: Tensor, gy: Tensor, gS: Tensor,
+                 chunk: int, bidirectional: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> gk, gv, gw, gu, g_state, float32."""
+    op = "bi_wkv4" if bidirectional else "wkv4"
+    dt = _act_dtype(op, k, v)
     gk, gv, gw, gu, gs0 = getattr(load(), op + "_backward")(
-        kk, vv, ww, uu, enter, sT, _c(gy, kk.dtype), _f32(gsT), ctx.chunk)
-    dk, dv, dw, du, ds = ctx.dtypes
-    return gk.to(dk), gv.to(dv), _sum_to(gw, (0, 1), dw), _sum_to(gu, (0, 1), du), gs0.to(ds)
+        _c(k, dt), _c(v, dt), _f32(w), _f32(u), enter, sT, _c(gy, dt), _f32(gS), chunk)
+    return gk, gv, _sum_to(gw, (0, 1)), _sum_to(gu, (0, 1)), gs0
 
 
-class _Wkv4(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, k, v, w, u, state):
-        return _v4_forward(ctx, "wkv4", k, v, w, u, state)
-
-    @staticmethod
-    def backward(ctx, gy, gsT):
-        return _v4_backward(ctx, "wkv4", gy, gsT)
-
-
-class _BiWkv4(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, k, v, w, u, state):
-        return _v4_forward(ctx, "bi_wkv4", k, v, w, u, state)
-
-    @staticmethod
-    def backward(ctx, gy, gsT):
-        return _v4_backward(ctx, "bi_wkv4", gy, gsT)
-
-
-def _v6_forward_setup(ctx, r, k, v, w, u, state):
-    """For a wkv6 Function's forward: (the extension, the tensors its kernels take: per-token
-    inputs in one dtype, contiguous, w, u and the state in float32; whether to keep what the
-    backward needs); ``ctx`` gets the chunk length and the inputs' dtypes."""
-    ext = load()
+def _v6_inputs(r, k, v, w, u):
     dt = _act_dtype("wkv6", r, k, v)
     _head_size("wkv6", r, v)
-    B, T, H, _ = r.shape
-    ctx.chunk = chunk_length(B, H, T, r.device)
-    ctx.dtypes = (r.dtype, k.dtype, v.dtype, w.dtype, u.dtype, state.dtype)
-    xs = (_c(r, dt), _c(k, dt), _c(v, dt), _f32(w), _f32(u), _f32(state))
-    return ext, xs, any(ctx.needs_input_grad)
+    return _c(r, dt), _c(k, dt), _c(v, dt), _f32(w), _f32(u)
 
 
-class _Wkv6(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, r, k, v, w, u, state):
-        ext, (rr, kk, vv, ww, uu, s0), save = _v6_forward_setup(ctx, r, k, v, w, u, state)
-        y, sT, snap, trans = ext.wkv6_forward(rr, kk, vv, ww, uu, s0, save, ctx.chunk)
-        if save:
-            ctx.save_for_backward(rr, kk, vv, ww, uu, snap, trans)
-        return y, sT
-
-    @staticmethod
-    def backward(ctx, gy, gsT):
-        rr, kk, vv, ww, uu, snap, trans = ctx.saved_tensors
-        gr, gk, gv, gw, gu, gs0 = load().wkv6_backward(rr, kk, vv, ww, uu, snap, trans,
-                                                       _c(gy, rr.dtype), _f32(gsT), ctx.chunk)
-        dr, dk, dv, dw, du, ds = ctx.dtypes
-        gw = gw.to(dw) if ww.dim() == 4 else _sum_to(gw, (0, 1), dw)  # wkv5: one decay for all tokens
-        return gr.to(dr), gk.to(dk), gv.to(dv), gw, _sum_to(gu, (0, 1), du), gs0.to(ds)
+def _wkv6_forward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tensor, save: bool,
+                  chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """RWKV-5/6 forward (w [H, K] for RWKV-5, read in place) -> y, final state, snapshots,
+    chunk transitions (the last two empty unless ``save``)."""
+    y, sT, snap, trans = load().wkv6_forward(*_v6_inputs(r, k, v, w, u), _f32(state), save, chunk)
+    return y, sT, snap, trans
 
 
-class _BiWkv6(torch.autograd.Function):
+def _wkv6_backward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, snap: Tensor, trans: Tensor,
+                   gy: Tensor, gS: Tensor, chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> gr, gk, gv (the activations' dtype), gw, gu, g_state (float32)."""
+    rr, kk, vv, ww, uu = _v6_inputs(r, k, v, w, u)
+    gr, gk, gv, gw, gu, gs0 = load().wkv6_backward(rr, kk, vv, ww, uu, snap, trans, _c(gy, rr.dtype),
+                                                   _f32(gS), chunk)
+    if w.dim() == 2:  # RWKV-5: one decay for every token
+        gw = _sum_to(gw, (0, 1))
+    return gr, gk, gv, gw, _sum_to(gu, (0, 1)), gs0
+
+
+def _bi_wkv6_forward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tensor, save: bool,
+                     chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Bidirectional v6: the left-to-right scan with the bonus, plus the right-to-left scan
     without it (the token counted once), the kernels reading the sequence in place in both
     directions. The first half's y (and gr, gk, gv) stay in float32 and the second half adds
-    them before its rounding: one rounding to bfloat16 / float16, as in a float32 accumulation."""
+    them before its rounding: one rounding to bfloat16 / float16, as in a float32 accumulation.
+    -> y, final states [B, 2, H, K, V], snapshots and transitions of each direction."""
+    rr, kk, vv, ww, uu = _v6_inputs(r, k, v, w, u)
+    ext, s0 = load(), _f32(state)
+    y32, s_f, snap_f, trans_f = ext.wkv6_forward(rr, kk, vv, ww, uu, s0[:, 0].contiguous(), save, chunk,
+                                                 False, True)
+    y, s_b, snap_b, trans_b = ext.wkv6_forward(rr, kk, vv, ww, torch.zeros_like(uu), s0[:, 1].contiguous(),
+                                               save, chunk, True, False, [y32])
+    return y, torch.stack([s_f, s_b], 1), snap_f, trans_f, snap_b, trans_b
 
+
+def _bi_wkv6_backward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, snap_f: Tensor, trans_f: Tensor,
+                      snap_b: Tensor, trans_b: Tensor, gy: Tensor, gS: Tensor,
+                      chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> gr, gk, gv (the activations' dtype, rounded once), gw, gu, g_state (float32)."""
+    rr, kk, vv, ww, uu = _v6_inputs(r, k, v, w, u)
+    ext, g, gs = load(), _c(gy, rr.dtype), _f32(gS)
+    gr32, gk32, gv32, gw, gu, gs_f = ext.wkv6_backward(
+        rr, kk, vv, ww, uu, snap_f, trans_f, g, gs[:, 0].contiguous(), chunk, False, True)
+    gr, gk, gv, gw_b, _, gs_b = ext.wkv6_backward(
+        rr, kk, vv, ww, torch.zeros_like(uu), snap_b, trans_b, g, gs[:, 1].contiguous(),
+        chunk, True, False, [gr32, gk32, gv32])
+    return gr, gk, gv, gw.add_(gw_b), _sum_to(gu, (0, 1)), torch.stack([gs_f, gs_b], 1)
+
+
+def _wkv7_inputs(r, k, v, w, a, b):
+    dt = _act_dtype("wkv7", r, k, v, a, b)
+    _head_size("wkv7", r, v)
+    return _c(r, dt), _c(k, dt), _c(v, dt), _f32(w), _c(a, dt), _c(b, dt)
+
+
+def _wkv7_forward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, a: Tensor, b: Tensor, state: Tensor, save: bool,
+                  chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """RWKV-7 forward -> y, final state, snapshots, sa, chunk transitions (the last three
+    empty unless ``save``)."""
+    y, sT, snap, sa, trans = load().wkv7_forward(*_wkv7_inputs(r, k, v, w, a, b), _f32(state), save, chunk)
+    return y, sT, snap, sa, trans
+
+
+def _wkv7_backward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, a: Tensor, b: Tensor, snap: Tensor, sa: Tensor,
+                   trans: Tensor, gy: Tensor, gS: Tensor,
+                   chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> gr, gk, gv, gw (float32), ga, gb, g_state (float32)."""
+    rr, kk, vv, ww, aa, bb = _wkv7_inputs(r, k, v, w, a, b)
+    gr, gk, gv, gw, ga, gb, gs0 = load().wkv7_backward(rr, kk, vv, ww, aa, bb, snap, sa, trans,
+                                                       _c(gy, rr.dtype), _f32(gS), chunk)
+    return gr, gk, gv, gw, ga, gb, gs0
+
+
+# Fakes: the shapes and dtypes the host code (wkv_host.cpp) allocates.
+
+def _f32_empty(like, *shape):
+    return like.new_empty(shape, dtype=torch.float32)
+
+
+def _v4_forward_fake(k, v, w, u, state, chunk, bidirectional):
+    B, T, C = k.shape
+    _, NC = _chunks(chunk, T, 1)
+    return (k.new_empty(k.shape), _f32_empty(k, *state.shape),
+            _f32_empty(k, B, NC, 2 if bidirectional else 1, 3, C))
+
+
+def _v4_backward_fake(k, v, w, u, enter, sT, gy, gS, chunk, bidirectional):
+    return tuple(_f32_empty(k, *x.shape) for x in (k, v, w, u, sT))
+
+
+def _saved_fake(r, save, chunk):
+    """Snapshots and chunk transitions of a matrix-state forward (as wkv_host.cpp allocates)."""
+    B, T, H, n = r.shape
+    _, NCL = _chunks(chunk, T, SNAP)
+    snap = _f32_empty(r, B, H, -(-T // SNAP), n, n) if save else _f32_empty(r, 0)
+    trans = _f32_empty(r, B if save and NCL > 1 else 0, H, NCL, n, n)
+    return snap, trans
+
+
+def _wkv6_forward_fake(r, k, v, w, u, state, save, chunk):
+    B, _, H, n = r.shape
+    return (r.new_empty(v.shape), _f32_empty(r, B, H, n, n), *_saved_fake(r, save, chunk))
+
+
+def _wkv6_backward_fake(r, k, v, w, u, snap, trans, gy, gS, chunk):
+    return (r.new_empty(r.shape), r.new_empty(r.shape), r.new_empty(v.shape), _f32_empty(r, *w.shape),
+            _f32_empty(r, *u.shape), _f32_empty(r, *gS.shape))
+
+
+def _bi_wkv6_forward_fake(r, k, v, w, u, state, save, chunk):
+    B, _, H, n = r.shape
+    saved = _saved_fake(r, save, chunk)
+    return (r.new_empty(v.shape), _f32_empty(r, B, 2, H, n, n), *saved, *(x.new_empty(x.shape) for x in saved))
+
+
+def _bi_wkv6_backward_fake(r, k, v, w, u, snap_f, trans_f, snap_b, trans_b, gy, gS, chunk):
+    return _wkv6_backward_fake(r, k, v, w, u, snap_f, trans_f, gy, gS, chunk)
+
+
+def _wkv7_forward_fake(r, k, v, w, a, b, state, save, chunk):
+    B, T, H, n = r.shape
+    snap, trans = _saved_fake(r, save, chunk)
+    sa = _f32_empty(r, B, T, H, n) if save else _f32_empty(r, 0)
+    return r.new_empty(v.shape), _f32_empty(r, B, H, n, n), snap, sa, trans
+
+
+def _wkv7_backward_fake(r, k, v, w, a, b, snap, sa, trans, gy, gS, chunk):
+    return (r.new_empty(r.shape), r.new_empty(r.shape), r.new_empty(v.shape), _f32_empty(r, *r.shape),
+            r.new_empty(r.shape), r.new_empty(r.shape), _f32_empty(r, *gS.shape))
+
+
+def _register(fn, fake):
+    op = torch.library.custom_op("rwkv_hf::cuda" + fn.__name__, fn, mutates_args=())
+    op.register_fake(fake)
+    return op
+
+
+_v4_forward_op = _register(_v4_forward, _v4_forward_fake)
+_v4_backward_op = _register(_v4_backward, _v4_backward_fake)
+_wkv6_forward_op = _register(_wkv6_forward, _wkv6_forward_fake)
+_wkv6_backward_op = _register(_wkv6_backward, _wkv6_backward_fake)
+_bi_wkv6_forward_op = _register(_bi_wkv6_forward, _bi_wkv6_forward_fake)
+_bi_wkv6_backward_op = _register(_bi_wkv6_backward, _bi_wkv6_backward_fake)
+_wkv7_forward_op = _register(_wkv7_forward, _wkv7_forward_fake)
+_wkv7_backward_op = _register(_wkv7_backward, _wkv7_backward_fake)
+
+
+def _traced(op, impl):
+    """The registered operator while torch.compile traces (it cannot trace a pybind call), else
+    the implementation itself (the operator dispatch costs microseconds per call)."""
+    return op if torch.compiler.is_compiling() else impl
+
+
+def _zeros_if_none(g, shape, like, dtype=None):
+    """An output's gradient, zeros if the output did not reach the loss."""
+    return like.new_zeros(shape, dtype=dtype) if g is None else g
+
+
+def _cast(grads, dtypes):
+    """The kernels' gradients in their inputs' dtypes."""
+    return tuple(g.to(d) for g, d in zip(grads, dtypes))
+
+
+class _PerChannel(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, r, k, v, w, u, state):
-        ext, (rr, kk, vv, ww, uu, s0), save = _v6_forward_setup(ctx, r, k, v, w, u, state)
-        y32, s_f, snap_f, trans_f = ext.wkv6_forward(rr, kk, vv, ww, uu, s0[:, 0].contiguous(), save,
-                                                     ctx.chunk, False, True)
-        y, s_b, snap_b, trans_b = ext.wkv6_forward(rr, kk, vv, ww, torch.zeros_like(uu), s0[:, 1].contiguous(),
-                                                   save, ctx.chunk, True, False, [y32])
-        del y32
-        if save:
-            ctx.save_for_backward(rr, kk, vv, ww, uu, snap_f, trans_f, snap_b, trans_b)
-        return y, torch.stack([s_f, s_b], 1)
-
-    @staticmethod
-    def backward(ctx, gy, gsT):
-        rr, kk, vv, ww, uu, snap_f, trans_f, snap_b, trans_b = ctx.saved_tensors
-        ext, g, gs = load(), _c(gy, rr.dtype), _f32(gsT)
-        gr32, gk32, gv32, gw, gu, gs_f = ext.wkv6_backward(
-            rr, kk, vv, ww, uu, snap_f, trans_f, g, gs[:, 0].contiguous(), ctx.chunk, False, True)
-        gr, gk, gv, gw_b, _, gs_b = ext.wkv6_backward(
-            rr, kk, vv, ww, torch.zeros_like(uu), snap_b, trans_b, g, gs[:, 1].contiguous(),
-            ctx.chunk, True, False, [gr32, gk32, gv32])
-        dr, dk, dv, dw, du, ds = ctx.dtypes
-        return (gr.to(dr), gk.to(dk), gv.to(dv), gw.add_(gw_b).to(dw),
-                _sum_to(gu, (0, 1), du), torch.stack([gs_f, gs_b], 1).to(ds))
-
-
-class _Wkv7(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, r, k, v, w, a, b, state):
-        ext = load()
-        dt = _act_dtype("wkv7", r, k, v, a, b)
-        _head_size("wkv7", r, v)
-        rr, kk, vv, aa, bb = (_c(x, dt) for x in (r, k, v, a, b))
-        ww, s0 = _f32(w), _f32(state)
-        save = any(ctx.needs_input_grad)
-        B, T, H, _ = r.shape
-        chunk = chunk_length(B, H, T, r.device)
-        y, sT, snap, sa, trans = ext.wkv7_forward(rr, kk, vv, ww, aa, bb, s0, save, chunk)
-        if save:
-            ctx.save_for_backward(rr, kk, vv, ww, aa, bb, snap, sa, trans)
-            ctx.dtypes = (r.dtype, k.dtype, v.dtype, w.dtype, a.dtype, b.dtype, state.dtype)
-            ctx.chunk = chunk
+    def forward(ctx, k, v, w, u, state, chunk, bidirectional):
+        y, sT, enter = _traced(_v4_forward_op, _v4_forward)(k, v, w, u, state, chunk, bidirectional)
+        ctx.save_for_backward(k, v, w, u, enter, sT)
+        ctx.args = (chunk, bidirectional, [x.dtype for x in (k, v, w, u, state)])
         return y, sT
 
     @staticmethod
     def backward(ctx, gy, gsT):
-        rr, kk, vv, ww, aa, bb, snap, sa, trans = ctx.saved_tensors
-        gr, gk, gv, gw, ga, gb, gs0 = load().wkv7_backward(rr, kk, vv, ww, aa, bb, snap, sa, trans,
-                                                           _c(gy, rr.dtype), _f32(gsT), ctx.chunk)
-        dts = ctx.dtypes
-        return tuple(g.to(d) for g, d in zip((gr, gk, gv, gw, ga, gb, gs0), dts))
+        k, v, w, u, enter, sT = ctx.saved_tensors
+        chunk, bidirectional, dtypes = ctx.args
+        gy, gsT = _zeros_if_none(gy, k.shape, k), _zeros_if_none(gsT, sT.shape, sT)
+        grads = _traced(_v4_backward_op, _v4_backward)(k, v, w, u, enter, sT, gy, gsT, chunk, bidirectional)
+        return (*_cast(grads, dtypes), None, None)
+
+
+class _Matrix(torch.autograd.Function):
+    """wkv5 / wkv6, bi_wkv6 and wkv7 (``kind``): the forward operator returns what the backward
+    operator reads after y and the final state."""
+
+    @staticmethod
+    def forward(ctx, kind, chunk, *xs):
+        y, sT, *saved = _traced(*_MATRIX_OPS[kind][0])(*xs, True, chunk)
+        ctx.save_for_backward(*xs[:-1], *saved)  # the inputs but the state, the forward's records
+        ctx.args = (kind, chunk, sT.shape, [x.dtype for x in xs])
+        return y, sT
+
+    @staticmethod
+    def backward(ctx, gy, gsT):
+        kind, chunk, s_shape, dtypes = ctx.args
+        xs = ctx.saved_tensors
+        gy = _zeros_if_none(gy, xs[2].shape, xs[2])  # v's shape
+        gsT = _zeros_if_none(gsT, s_shape, xs[0], torch.float32)
+        grads = _traced(*_MATRIX_OPS[kind][1])(*xs, gy, gsT, chunk)
+        return (None, None, *_cast(grads, dtypes))
+
+
+_MATRIX_OPS = {  # kind -> ((forward operator, implementation), (backward operator, implementation))
+    "wkv6": ((_wkv6_forward_op, _wkv6_forward), (_wkv6_backward_op, _wkv6_backward)),
+    "bi_wkv6": ((_bi_wkv6_forward_op, _bi_wkv6_forward), (_bi_wkv6_backward_op, _bi_wkv6_backward)),
+    "wkv7": ((_wkv7_forward_op, _wkv7_forward), (_wkv7_backward_op, _wkv7_backward)),
+}
+
+
+def _needs_grad(xs):
+    return torch.is_grad_enabled() and any(x.requires_grad for x in xs)
 
 
 # ---------------------------------------------------------------------------- backend API
 
+def _per_channel(bidirectional, k, v, w, u, state):
+    B, T, C = k.shape
+    chunk = v4_chunk_length(B, C, T, k.device)
+    if _needs_grad((k, v, w, u, state)):
+        return _PerChannel.apply(k, v, w, u, state, chunk, bidirectional)
+    return _traced(_v4_forward_op, _v4_forward)(k, v, w, u, state, chunk, bidirectional)[:2]
+
+
 def wkv4(k, v, w, u, state):
     """RWKV-4: k, v [B, T, C]; w, u [C]; state [B, 3, C] -> (y [B, T, C], final state)."""
-    return _Wkv4.apply(k, v, w, u, state)
+    return _per_channel(False, k, v, w, u, state)
 
 
 def bi_wkv4(k, v, w, u, state):
     """Bidirectional v4: k, v [B, T, C]; w, u [C]; state [B, 2, 3, C] -> (y, final state)."""
-    return _BiWkv4.apply(k, v, w, u, state)
+    return _per_channel(True, k, v, w, u, state)
+
+
+def _matrix(kind, *xs):
+    B, T, H, _ = xs[0].shape
+    chunk = chunk_length(B, H, T, xs[0].device)
+    if _needs_grad(xs):
+        return _Matrix.apply(kind, chunk, *xs)
+    return _traced(*_MATRIX_OPS[kind][0])(*xs, False, chunk)[:2]
 
 
 def wkv6(r, k, v, w, u, state):
     """RWKV-6: r, k, w [B, T, H, K]; v [B, T, H, V]; u [H, K]; state [B, H, K, V]."""
-    return _Wkv6.apply(r, k, v, w, u, state)
+    return _matrix("wkv6", r, k, v, w, u, state)
 
 
 def wkv5(r, k, v, w, u, state):
     """RWKV-5.2: :func:`wkv6` with w [H, K], one decay for every token, which the kernels read in
     place: no [B, T, H, K] float32 copy in the forward, nor kept for the backward."""
-    return _Wkv6.apply(r, k, v, w, u, state)
+    return _matrix("wkv6", r, k, v, w, u, state)
 
 
 def bi_wkv6(r, k, v, w, u, state):
     """Bidirectional v6: shapes as :func:`wkv6`, state [B, 2, H, K, V] (left-to-right,
-    right-to-left) -> (y, final state [B, 2, H, K, V]); rounded once (see _BiWkv6)."""
-    return _BiWkv6.apply(r, k, v, w, u, state)
+    right-to-left) -> (y, final state [B, 2, H, K, V]); rounded once (see _bi_wkv6_forward)."""
+    return _matrix("bi_wkv6", r, k, v, w, u, state)
 
 
 def wkv7(r, k, v, w, a, b, state):
     """RWKV-7: r, k, w, a, b [B, T, H, K]; v [B, T, H, V]; state [B, H, K, V]."""
-    return _Wkv7.apply(r, k, v, w, a, b, state)
+    return _matrix("wkv7", r, k, v, w, a, b, state)

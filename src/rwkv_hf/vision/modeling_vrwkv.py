@@ -417,8 +417,10 @@ class VrwkvModelBase:
             raise ValueError(f"the image ({h}x{w} pixels) is smaller than one {cfg.patch_size}x{cfg.patch_size} patch")
         if not pixel_values.is_floating_point():
             raise ValueError(f"pixel_values must be floating point, got {pixel_values.dtype}")
+        if torch.compiler.is_compiling():  # a traced graph cannot read values: an assert in it
+            torch._assert_async(torch.isfinite(pixel_values).all(), "pixel_values contains NaN or infinite values")
         # the sum is NaN/inf when any pixel is (no image-sized temporary); confirm before raising
-        if not torch.isfinite(pixel_values.sum()) and not torch.isfinite(pixel_values).all():
+        elif not torch.isfinite(pixel_values.sum()) and not torch.isfinite(pixel_values).all():
             raise ValueError("pixel_values contains NaN or infinite values")
 
     def embed(self, pixel_values):
