@@ -16,7 +16,7 @@ import torch
 
 from lm_utils import rel_err, tiny_model
 from rwkv_hf import ops
-from rwkv_hf.ops import cpu_backend
+from rwkv_hf.ops import cpu_backend, custom_ops
 from rwkv_hf.ops.random_inputs import make_inputs
 
 OPS = ("wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7")
@@ -107,6 +107,20 @@ def test_a_backward_without_the_forwards_snapshots_is_refused():
     _, _, none_kept = cpu_backend._wkv7_forward(*args, x["state"], False)
     with pytest.raises(ValueError, match="save=True"):
         cpu_backend._wkv7_backward_op(*args, none_kept, torch.randn(1, 70, 2, 16), torch.randn(1, 2, 16, 16))
+
+
+def test_the_package_registers_its_operators_once_under_its_own_namespace(monkeypatch):
+    assert custom_ops.NAMESPACE == "rwkv_hf"
+    assert torch.ops.rwkv_hf.cpu_wkv7_forward.default is not None
+    assert torch.ops.rwkv_hf.cuda_wkv7_backward.default is not None
+
+    def refuse(*args, **kwargs):  # as a torch that will not define an operator twice
+        raise RuntimeError("already defined")
+
+    monkeypatch.setattr(torch.library, "custom_op", refuse)
+    impl = cpu_backend._wkv7_forward
+    op = custom_ops.register("cpu", impl, lambda *a: None)
+    assert op is None and custom_ops.traced(op, impl) is impl  # the kernel is called directly
 
 
 def _lm(version):

@@ -53,6 +53,10 @@ LOADER = NO_RWKV_HF + textwrap.dedent("""
     tok = AutoTokenizer.from_pretrained(sys.argv[2], trust_remote_code=True)
     results["tokenizer"] = [type(tok).__module__, tok("Hello world, \\u4f60\\u597d").input_ids]
     results["rwkv_hf imported"] = any(m.startswith("rwkv_hf") for m in sys.modules)
+    # each folder's copy of the operator layer registers its kernels' torch.library operators
+    # under a namespace of its own
+    results["namespaces"] = sorted(m.NAMESPACE for name, m in sys.modules.items()
+                                   if name.endswith(".wkv_ops_custom_ops"))
     print("RESULT " + json.dumps(results))
 """)
 
@@ -110,6 +114,9 @@ def test_saved_folders_load_as_remote_code_without_rwkv_hf(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.split("RESULT ", 1)[1])
     assert results.pop("rwkv_hf imported") is False
+    namespaces = results.pop("namespaces")
+    assert len(namespaces) == len(set(namespaces)) == len(folders), namespaces
+    assert all(n.startswith("rwkv_hf_") for n in namespaces), namespaces
     module, ids = results.pop("tokenizer")
     assert module.startswith("transformers_modules.") and ids == [33155, 40213, 45, 33, 10464, 11685]
     for folder, (module, err) in results.items():

@@ -28,6 +28,7 @@ OPS_FILES = {
     "ops/torch_wkv7.py": "wkv_ops_torch_wkv7.py",
     "ops/cpu_backend.py": "wkv_ops_cpu_backend.py",
     "ops/cuda_backend.py": "wkv_ops_cuda_backend.py",
+    "ops/custom_ops.py": "wkv_ops_custom_ops.py",
 }
 
 # Per family: the files to copy and the Auto classes of auto_map (class name templates).

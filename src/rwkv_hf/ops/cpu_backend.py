@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from . import cuda_backend as _cuda
+from . import custom_ops as _custom_ops
 from . import torch_wkv4 as _torch_wkv4
 
 __all__ = ["wkv4", "bi_wkv4", "wkv6", "wkv6_reversed", "wkv7", "available", "load", "unsupported_reason",
@@ -372,9 +373,9 @@ def _per_channel(name, k, v, w, u, state):
 
 
 # ---------------------------------------------------------------------------- torch.library ops
-# Each kernel entry point is also a custom operator (rwkv_hf::cpu_*) with a shape-only ("fake")
-# implementation, which torch.compile traces instead of the ctypes call; the autograd Functions
-# below call them while compiling (as flash-attention does), the implementations otherwise.
+# Each kernel entry point is also a custom operator (rwkv_hf::cpu_*, see custom_ops) with a
+# shape-only ("fake") implementation, which the autograd Functions below call while
+# torch.compile traces, and the implementation itself otherwise.
 
 def _wkv6_forward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Optional[Tensor], state: Tensor,
                   reverse: bool, save: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -437,23 +438,12 @@ def _wkv4_forward_fake(k, v, w, u, state, bidirectional):
     return k.new_empty(k.shape), k.new_empty(state.shape)
 
 
-def _register(fn, fake):
-    op = torch.library.custom_op("rwkv_hf::cpu" + fn.__name__, fn, mutates_args=())
-    op.register_fake(fake)
-    return op
-
-
-_wkv6_forward_op = _register(_wkv6_forward, _matrix_fake)
-_wkv6_backward_op = _register(_wkv6_backward, _wkv6_backward_fake)
-_wkv7_forward_op = _register(_wkv7_forward, _matrix_fake)
-_wkv7_backward_op = _register(_wkv7_backward, _wkv7_backward_fake)
-_wkv4_forward_op = _register(_wkv4_forward, _wkv4_forward_fake)
-
-
-def _traced(op, impl):
-    """The registered operator while torch.compile traces (it cannot trace a ctypes call), else
-    the implementation itself (the operator dispatch costs microseconds per call)."""
-    return op if torch.compiler.is_compiling() else impl
+_wkv6_forward_op = _custom_ops.register("cpu", _wkv6_forward, _matrix_fake)
+_wkv6_backward_op = _custom_ops.register("cpu", _wkv6_backward, _wkv6_backward_fake)
+_wkv7_forward_op = _custom_ops.register("cpu", _wkv7_forward, _matrix_fake)
+_wkv7_backward_op = _custom_ops.register("cpu", _wkv7_backward, _wkv7_backward_fake)
+_wkv4_forward_op = _custom_ops.register("cpu", _wkv4_forward, _wkv4_forward_fake)
+_traced = _custom_ops.traced
 
 
 def _incoming(gy, gS, v, s_shape, like):

@@ -35,6 +35,8 @@ import time
 import torch
 from torch import Tensor
 
+from . import custom_ops as _custom_ops
+
 __all__ = ["wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7", "available", "load", "build",
            "find_cuda_home", "sources_dir", "unsupported_reason", "SUPPORTED_HEAD_SIZES"]
 
@@ -478,10 +480,9 @@ def _sum_to(x, dims):
 
 
 # ---------------------------------------------------------------------------- torch.library ops
-# Each direction of each op is a custom operator (rwkv_hf::cuda_*) with a shape-only ("fake")
-# implementation, which torch.compile traces in place of the pybind call; the autograd
-# Functions below call them while compiling (as flash-attention does), the implementations
-# otherwise. The chunk length (chosen from the GPU's size) and whether to keep what the
+# Each direction of each op is a custom operator (rwkv_hf::cuda_*, see custom_ops) with a
+# shape-only ("fake") implementation, which the autograd Functions below call while
+# torch.compile traces, and the implementation itself otherwise. The chunk length (chosen from the GPU's size) and whether to keep what the
 # backward reads are arguments. Inputs come in any supported dtype: the implementations cast
 # them (to the activations' dtype; w, u and states to float32); the Functions give the
 # gradients back in the inputs' dtypes.
@@ -649,9 +650,7 @@ def _wkv7_backward_fake(r, k, v, w, a, b, snap, sa, trans, gy, gS, chunk):
 
 
 def _register(fn, fake):
-    op = torch.library.custom_op("rwkv_hf::cuda" + fn.__name__, fn, mutates_args=())
-    op.register_fake(fake)
-    return op
+    return _custom_ops.register("cuda", fn, fake)
 
 
 _v4_forward_op = _register(_v4_forward, _v4_forward_fake)
@@ -662,12 +661,7 @@ _bi_wkv6_forward_op = _register(_bi_wkv6_forward, _bi_wkv6_forward_fake)
 _bi_wkv6_backward_op = _register(_bi_wkv6_backward, _bi_wkv6_backward_fake)
 _wkv7_forward_op = _register(_wkv7_forward, _wkv7_forward_fake)
 _wkv7_backward_op = _register(_wkv7_backward, _wkv7_backward_fake)
-
-
-def _traced(op, impl):
-    """The registered operator while torch.compile traces (it cannot trace a pybind call), else
-    the implementation itself (the operator dispatch costs microseconds per call)."""
-    return op if torch.compiler.is_compiling() else impl
+_traced = _custom_ops.traced
 
 
 def _zeros_if_none(g, shape, like, dtype=None):
