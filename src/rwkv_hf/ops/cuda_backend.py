@@ -493,12 +493,17 @@ def _chunks(chunk, T, unit):
     return L, -(-T // L)
 
 
+def _v4_inputs(op, k, v, w, u):
+    """What the per-channel kernels take: k, v in one dtype, w and u in float32."""
+    dt = _act_dtype(op, k, v)
+    return _c(k, dt), _c(v, dt), _f32(w), _f32(u)
+
+
 def _v4_forward(k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tensor, chunk: int,
                 bidirectional: bool) -> tuple[Tensor, Tensor, Tensor]:
     """RWKV-4 / bidirectional v4 forward -> y, final state, the states entering each chunk."""
     op = "bi_wkv4" if bidirectional else "wkv4"
-    dt = _act_dtype(op, k, v)
-    y, sT, enter = getattr(load(), op + "_forward")(_c(k, dt), _c(v, dt), _f32(w), _f32(u), _f32(state), chunk)
+    y, sT, enter = getattr(load(), op + "_forward")(*_v4_inputs(op, k, v, w, u), _f32(state), chunk)
     return y, sT, enter
 
 
@@ -506,13 +511,14 @@ def _v4_backward(k: Tensor, v: Tensor, w: Tensor, u: Tensor, enter: Tensor, sT: 
                  chunk: int, bidirectional: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """-> gk, gv, gw, gu, g_state, float32."""
     op = "bi_wkv4" if bidirectional else "wkv4"
-    dt = _act_dtype(op, k, v)
+    kk, vv, ww, uu = _v4_inputs(op, k, v, w, u)
     gk, gv, gw, gu, gs0 = getattr(load(), op + "_backward")(
-        _c(k, dt), _c(v, dt), _f32(w), _f32(u), enter, sT, _c(gy, dt), _f32(gS), chunk)
+        kk, vv, ww, uu, enter, sT, _c(gy, kk.dtype), _f32(gS), chunk)
     return gk, gv, _sum_to(gw, (0, 1)), _sum_to(gu, (0, 1)), gs0
 
 
 def _v6_inputs(r, k, v, w, u):
+    """What the wkv6 kernels take: r, k, v in one dtype, w and u in float32."""
     dt = _act_dtype("wkv6", r, k, v)
     _head_size("wkv6", r, v)
     return _c(r, dt), _c(k, dt), _c(v, dt), _f32(w), _f32(u)
@@ -568,6 +574,7 @@ def _bi_wkv6_backward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, sna
 
 
 def _wkv7_inputs(r, k, v, w, a, b):
+    """What the wkv7 kernels take: r, k, v, a, b in one dtype, w in float32."""
     dt = _act_dtype("wkv7", r, k, v, a, b)
     _head_size("wkv7", r, v)
     return _c(r, dt), _c(k, dt), _c(v, dt), _f32(w), _c(a, dt), _c(b, dt)
@@ -674,12 +681,18 @@ def _cast(grads, dtypes):
     return tuple(g.to(d) for g, d in zip(grads, dtypes))
 
 
+# The Functions cast their inputs to what the kernels take once, and keep the cast tensors for
+# the backward (the implementations' own casts are then no-ops).
+
 class _PerChannel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, k, v, w, u, state, chunk, bidirectional):
+        dtypes = [x.dtype for x in (k, v, w, u, state)]
+        k, v, w, u = _v4_inputs("bi_wkv4" if bidirectional else "wkv4", k, v, w, u)
+        state = _f32(state)
         y, sT, enter = _traced(_v4_forward_op, _v4_forward)(k, v, w, u, state, chunk, bidirectional)
         ctx.save_for_backward(k, v, w, u, enter, sT)
-        ctx.args = (chunk, bidirectional, [x.dtype for x in (k, v, w, u, state)])
+        ctx.args = (chunk, bidirectional, dtypes)
         return y, sT
 
     @staticmethod
@@ -697,9 +710,11 @@ class _Matrix(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kind, chunk, *xs):
+        dtypes = [x.dtype for x in xs]
+        xs = _MATRIX_OPS[kind][2](*xs)
         y, sT, *saved = _traced(*_MATRIX_OPS[kind][0])(*xs, True, chunk)
         ctx.save_for_backward(*xs[:-1], *saved)  # the inputs but the state, the forward's records
-        ctx.args = (kind, chunk, sT.shape, [x.dtype for x in xs])
+        ctx.args = (kind, chunk, sT.shape, dtypes)
         return y, sT
 
     @staticmethod
@@ -712,10 +727,20 @@ class _Matrix(torch.autograd.Function):
         return (None, None, *_cast(grads, dtypes))
 
 
-_MATRIX_OPS = {  # kind -> ((forward operator, implementation), (backward operator, implementation))
-    "wkv6": ((_wkv6_forward_op, _wkv6_forward), (_wkv6_backward_op, _wkv6_backward)),
-    "bi_wkv6": ((_bi_wkv6_forward_op, _bi_wkv6_forward), (_bi_wkv6_backward_op, _bi_wkv6_backward)),
-    "wkv7": ((_wkv7_forward_op, _wkv7_forward), (_wkv7_backward_op, _wkv7_backward)),
+def _v6_all_inputs(r, k, v, w, u, state):
+    return (*_v6_inputs(r, k, v, w, u), _f32(state))
+
+
+def _wkv7_all_inputs(r, k, v, w, a, b, state):
+    return (*_wkv7_inputs(r, k, v, w, a, b), _f32(state))
+
+
+# kind -> ((forward operator, implementation), (backward operator, implementation), input casts)
+_MATRIX_OPS = {
+    "wkv6": ((_wkv6_forward_op, _wkv6_forward), (_wkv6_backward_op, _wkv6_backward), _v6_all_inputs),
+    "bi_wkv6": ((_bi_wkv6_forward_op, _bi_wkv6_forward), (_bi_wkv6_backward_op, _bi_wkv6_backward),
+                _v6_all_inputs),
+    "wkv7": ((_wkv7_forward_op, _wkv7_forward), (_wkv7_backward_op, _wkv7_backward), _wkv7_all_inputs),
 }
 
 
