@@ -8,8 +8,8 @@ per-channel ops (RWKV-4, Vision-RWKV v4) have no backward kernel on the CPU; wit
 they run the torch backend's form, which picks its precision from the values, eagerly between
 compiled graphs (one graph break per call). Most tests use the ``aot_eager`` backend (the
 whole trace: dynamo, fake tensors, the autograd graph; no code generation); one runs
-inductor. The CUDA extension's operators get the same checks on its emulation
-(tests/test_cuda_emulated.py).
+inductor. torch.export of every family for inference, too. The CUDA extension's operators get
+the same checks on its emulation (tests/test_cuda_emulated.py).
 """
 import pytest
 import torch
@@ -198,3 +198,36 @@ def test_value_checks_survive_compilation():
     g(torch.tensor([[1, 2, 3]]))
     with pytest.raises(RuntimeError, match="outside the vocabulary"):
         g(torch.tensor([[1, 200, 3]]))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_model_family_exports_for_inference(family):
+    """torch.export (under no_grad: an inference graph) traces each family with the kernels as
+    rwkv_hf operators in the graph, and the exported program gives eager mode's outputs."""
+    model, _ = FAMILIES[family]()
+    model.eval()
+    if family.startswith("lm"):
+        inputs = (torch.randint(0, 97, (2, 20), generator=torch.Generator().manual_seed(1)),)
+
+        def logits(m, ids):
+            return m(input_ids=ids, use_cache=False).logits
+    else:
+        inputs = (torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)),)
+
+        def logits(m, pixels):
+            return m(pixel_values=pixels).logits
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return logits(self.model, x)
+
+    with torch.no_grad():
+        program = torch.export.export(Logits(), inputs)
+        got, want = program.module()(*inputs), logits(model, *inputs)
+    kernels = {str(n.target) for n in program.graph.nodes if str(n.target).startswith("rwkv_hf.")}
+    assert kernels, "the exported graph calls no rwkv_hf operator"
+    assert rel_err(got, want) < 1e-5

@@ -319,16 +319,21 @@ def _snapshots(save, B, H, T, K, V, dt):
     return torch.empty(B, H, -(-T // _CHUNK), K, V, dtype=dt) if save else torch.empty(0, dtype=dt)
 
 
+def _matrix_inputs(rkv, extras, w):
+    """A matrix-state kernel's inputs: r, k, v and ``extras`` contiguous in r's dtype, exp(w)
+    and its strides, and the sizes (B, T, H, K, V)."""
+    dt = rkv[0].dtype
+    r, k, v = _contig(rkv, dt)
+    ew, ews = _decay(w, dt)
+    return (r, k, v), _contig(extras, dt), ew, ews, (*r.shape, v.shape[-1])
+
+
 def _forward(name, rkv, extras, w, state, save, flags=(), work=1):
     """Run a matrix-state forward kernel (argument order: r, k, v, the decay, ``extras``, the
     initial state, then the outputs); return y, the final state and the snapshots the backward
     needs (empty unless ``save``)."""
-    dt = rkv[0].dtype
-    r, k, v = _contig(rkv, dt)
-    extras = _contig(extras, dt)
-    ew, ews = _decay(w, dt)
-    B, T, H, K = r.shape
-    V = v.shape[-1]
+    (r, k, v), extras, ew, ews, (B, T, H, K, V) = _matrix_inputs(rkv, extras, w)
+    dt = r.dtype
     S0 = _as(state, dt)
     S = torch.empty(B, H, K, V, dtype=dt)
     y = torch.empty(B, T, H, V, dtype=dt)
@@ -344,12 +349,8 @@ def _backward(name, rkv, extras, w, snaps, gy, gS, extra_grads, flags=(), work=1
     snapshots, gy, gS, then the gradients of r, k, v, w, ``extras`` (``extra_grads``, allocated
     by the caller) and the initial state); return gr, gk, gv, gw and g_state in the kernel's
     dtype. exp(w) is recomputed rather than kept from the forward: one exp of the decay."""
-    dt = rkv[0].dtype
-    r, k, v = _contig(rkv, dt)
-    extras = _contig(extras, dt)
-    ew, ews = _decay(w, dt)
-    B, T, H, K = r.shape
-    V = v.shape[-1]
+    (r, k, v), extras, ew, ews, (B, T, H, K, V) = _matrix_inputs(rkv, extras, w)
+    dt = r.dtype
     if tuple(snaps.shape) != (B, H, -(-T // _CHUNK), K, V) or snaps.dtype != dt:
         raise ValueError(f"rwkv_hf cpu backend: {name} needs the forward's snapshots [B, H, T/{_CHUNK}, K, V] "
                          f"in {dt} (a forward run with save=True), got {list(snaps.shape)} {snaps.dtype}")
