@@ -13,6 +13,7 @@ the same checks on its emulation (tests/test_cuda_emulated.py).
 """
 import pytest
 import torch
+import torch._dynamo.testing
 
 from lm_utils import rel_err, tiny_model
 from rwkv_hf import ops
@@ -171,6 +172,29 @@ def test_every_model_family_compiles_in_one_graph(family):
     model.eval()
     with torch.no_grad():
         assert rel_err(compiled(loss_fn)(), loss_fn()) < 1e-5
+
+
+def test_one_compiled_graph_serves_every_sequence_length():
+    """dynamic=True: the operators' fakes take symbolic lengths (the snapshot count included),
+    so sequences of 70 to 300 tokens run one compiled training step (no recompilation) with
+    eager mode's loss. (Up to 64 tokens, one snapshot: torch specialises a size of 1, so those
+    lengths get a graph of their own.)"""
+    model = tiny_model(7).train()
+
+    def loss(ids):
+        return model(input_ids=ids, labels=ids, use_cache=False).loss
+
+    torch._dynamo.reset()
+    counter = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    step = torch.compile(loss, fullgraph=True, backend=counter, dynamic=True)
+    compiled = []
+    for T in (70, 150, 300):
+        ids = torch.randint(0, 97, (2, T), generator=torch.Generator().manual_seed(T))
+        got = step(ids)
+        got.backward()
+        assert rel_err(got, loss(ids)) < 1e-6
+        compiled.append(counter.frame_count)
+    assert compiled[0] >= 1 and compiled == compiled[:1] * 3  # compiled on the first call only
 
 
 def test_inductor_compiles_a_model():
