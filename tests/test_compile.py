@@ -208,8 +208,8 @@ def test_inductor_compiles_a_model():
 
 
 def test_value_checks_survive_compilation():
-    """A traced graph cannot read values back to Python: the decay and token-id checks become
-    asserts in the graph, which still stop bad input."""
+    """A traced graph cannot read values back to Python: the decay, token-id and pixel checks
+    become asserts in the graph, which still stop bad input."""
     x = make_inputs("wkv6", B=1, T=8, H=1, N=16)
     f = compiled(lambda x: ops.wkv6(**x)[0])
     f(x)  # good input runs
@@ -222,6 +222,13 @@ def test_value_checks_survive_compilation():
     g(torch.tensor([[1, 2, 3]]))
     with pytest.raises(RuntimeError, match="outside the vocabulary"):
         g(torch.tensor([[1, 200, 3]]))
+    vision, _ = _vision(6)
+    h = compiled(lambda pixels: vision(pixel_values=pixels).logits)
+    pixels = torch.randn(1, 3, 32, 32)
+    h(pixels)
+    pixels[0, 1, 5, 7] = float("nan")
+    with pytest.raises(RuntimeError, match="NaN or infinite"):
+        h(pixels)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

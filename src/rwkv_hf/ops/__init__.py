@@ -58,10 +58,11 @@ Every op returns ``(y, final_state)``; ``final_state`` is ``None`` unless
 state included.
 
 torch.compile: the ``cpu`` and ``cuda`` kernels are also ``torch.library`` custom operators
-(``torch.ops.rwkv_hf.*``) with fake implementations, which the backends' autograd Functions
-call while compiling, so compiled models trace through them in one graph. Under compilation the decay's value checks run as
-asserts in the graph (``RuntimeError``); the ``torch`` backend's per-channel form (RWKV-4 and
-bidirectional v4 with gradients on the CPU) runs eagerly between graphs.
+(``torch.ops.rwkv_hf.*``, :mod:`rwkv_hf.ops.custom_ops`) with fake implementations, which the
+backends' autograd Functions call while compiling, so compiled models trace through them in one
+graph. Under compilation the decay's value checks run as asserts in the graph
+(``RuntimeError``); the ``torch`` backend's per-channel form (RWKV-4 and bidirectional v4 with
+gradients on the CPU) runs eagerly between graphs.
 """
 import functools
 import math

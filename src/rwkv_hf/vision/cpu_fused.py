@@ -68,8 +68,8 @@ def _bounds(gamma, group):
 
 def q_shift_lerp(x, grid, shift_pixel, gamma, group, mus):
     """``[torch.lerp(q_shift(x), x, mu) for mu in mus]`` (``q_shift(x)`` itself for a None) in one
-    pass, or None where this kernel does not apply (gradients, torch.compile, not float32 on CPU, a grid that
-    does not match x, the switch off, no compiler): the caller then runs the eager form."""
+    pass, or None where this kernel does not apply (gradients, torch.compile, not float32 on CPU, a
+    grid that does not match x, the switch off, no compiler): the caller then runs the eager form."""
     if torch.is_grad_enabled() or torch.compiler.is_compiling() or os.environ.get(ENV, "1") == "0":
         return None
     b, n, c = x.shape
@@ -119,9 +119,10 @@ def _v6_params(block):
 def run_block(block, x, grid):
     """A whole Vision-RWKV block (``VrwkvBlock``, VRWKV or VRWKV6) on x [B, H*W, C] as one C call,
     returning a new tensor (x is left as it is); None where that does not apply (gradients,
-    torch.compile, training mode, not float32 on CPU, hooks or wrapped modules, parameters not float32, no
-    BLAS symbol in torch, the switch off): the caller then runs the block eagerly."""
-    if torch.is_grad_enabled() or torch.compiler.is_compiling() or block.training or os.environ.get(ENV, "1") == "0":
+    torch.compile, training mode, not float32 on CPU, hooks or wrapped modules, parameters not
+    float32, no BLAS symbol in torch, the switch off): the caller then runs the block eagerly."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling() or block.training or \
+            os.environ.get(ENV, "1") == "0":
         return None
     b, n, c = x.shape
     h, w = grid
