@@ -22,7 +22,8 @@ Needs only torch (and optionally flash-linear-attention for the side-by-side tim
    repository on the GPU, through the extension against the torch backend on the same GPU
    (``RWKV_HF_WKV_BACKEND=torch``): the shipped tiny RWKV-7 and Vision-RWKV v4/v6 models (real
    weights) and random RWKV-4/5/6 language models; logits, every parameter's gradient, greedy
-   generation and held-out digit accuracy.
+   generation and held-out digit accuracy; and the first model's training step compiled
+   through the extension's operators (torch.compile, fullgraph, aot_eager) against eager mode.
 
 Each group of cases runs in its own subprocess with a time limit (a kernel fault or a hang
 costs that group only); the whole script stops itself before ~295 s. Results: a table on
