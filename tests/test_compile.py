@@ -110,7 +110,7 @@ def test_a_backward_without_the_forwards_snapshots_is_refused():
         cpu_backend._wkv7_backward_op(*args, none_kept, torch.randn(1, 70, 2, 16), torch.randn(1, 2, 16, 16))
 
 
-def test_the_package_registers_its_operators_once_under_its_own_namespace(monkeypatch):
+def test_operators_live_in_the_package_namespace_and_a_refused_definition_falls_back(monkeypatch):
     assert custom_ops.NAMESPACE == "rwkv_hf"
     assert torch.ops.rwkv_hf.cpu_wkv7_forward.default is not None
     assert torch.ops.rwkv_hf.cuda_wkv7_backward.default is not None
