@@ -504,15 +504,9 @@ def bi_wkv4(k, v, w, u, state):
     return _per_channel_op(True, k, v, w, u, state)
 
 
-# The torch backend's form of the per-channel ops picks its precision from the values (a range
-# check), which torch.compile cannot trace: under it, it runs eagerly between compiled graphs.
-_wkv4_torch = torch.compiler.disable(_torch_wkv4.wkv4)
-_bi_wkv4_torch = torch.compiler.disable(_torch_wkv4.bi_wkv4)
-
-
 def _per_channel_op(bidirectional, k, v, w, u, state):
     if _needs_grad(k, v, w, u, state):
-        return (_bi_wkv4_torch if bidirectional else _wkv4_torch)(k, v, w, u, state)
+        return (_torch_wkv4.bi_wkv4 if bidirectional else _torch_wkv4.wkv4)(k, v, w, u, state)
     return _traced(_wkv4_forward_op, _wkv4_forward)(k, v, w, u, state, bidirectional)
 
 

@@ -637,6 +637,9 @@ def _loop(k, v, w, u, sl, sr):
 
 # ------------------------------------------------------------------------------- public
 
+# The precision is chosen from the values (the range check), which a traced graph cannot read:
+# under torch.compile this runs eagerly between compiled graphs (one graph break per call).
+@torch.compiler.disable
 def _run(k, v, w, u, sl, sr):
     dt = k.dtype
     if k.shape[1] <= SHORT:  # a few tokens (e.g. generation steps): the loop has less overhead
