@@ -4,9 +4,9 @@
 //   d_t = exp(w_t); per head S is [K, V] = [N, N] (key-major), S_{-1} the initial state.
 //
 // Forward: one block per (batch, head) (and chunk: the chunk-parallel form of wkv7.cu, with
-// the diagonal transition diag(prod_t d_t)); each thread holds an R x C tile of S (Tile in
-// wkv_common.h; y is summed over the column block's lanes by shuffles); r, k, v, exp(w), u*k
-// of TT tokens are staged in shared memory per barrier.
+// the diagonal transition diag(prod_t d_t)); each thread holds an R x C tile of S (FwdTile in
+// wkv_common.h; y is summed over the column block's lanes once per group of kGroup tokens);
+// r, k, v, exp(w), u*k of TT tokens are staged in shared memory per barrier.
 // When gradients are needed it stores snapshots snap[c] = S_{c*kSnap - 1} (snap[0] = S_{-1}).
 //
 // Backward. G_t = dL/dS_t (S_t feeds y_{t+1}, S_{t+1} and, for the last token, the final
@@ -51,16 +51,18 @@ namespace {
 // state when not chunked), writes y, the snapshots the chunk starts or contains and, for the last
 // chunk, the final state. LOCAL = true (pass 1 of the chunked form): from S = 0, writes only the
 // chunk's end state `out[b, h, c]` and its transition `trans[b, h, c]` = diag(prod_t d_t).
+// Tokens go in groups of kGroup (y's column sums reduced and stored once per group).
 template <typename F, int N, bool LOCAL, bool WC>
-__global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_fwd_kernel(
+__global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv6_fwd_kernel(
     int T, int H, int L, bool rev, const F* __restrict__ r, const F* __restrict__ k,
     const F* __restrict__ v, const float* __restrict__ w, const float* __restrict__ u,
     const float* __restrict__ s0 /* [B,H,NCL,N,N] */, OutVec<F> y,
     float* __restrict__ out /* final state [B,H,N,N]; LOCAL: [B,H,NCL,N,N] */,
     float* __restrict__ snap /* [B,H,NC,N,N] | null */,
     float* __restrict__ trans /* LOCAL: [B,H,NCL,N,N] */) {
-  using Tl = Tile<N>;
-  constexpr int TT = Stage<N>::TT, R = Tl::R, C = Tl::C, NT = Tl::THREADS;
+  using Tl = FwdTile<N>;
+  constexpr int TT = Stage<N>::TT, R = Tl::R, C = Tl::C, NT = Tl::THREADS, G = kGroup;
+  constexpr int Q = G * C / Tl::RB;  // y values per lane and group
   __shared__ __align__(16) float s_r[TT][N];
   __shared__ __align__(16) float s_k[TT][N];
   __shared__ __align__(16) float s_d[TT][N];
@@ -68,9 +70,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_fwd_kernel(
   __shared__ __align__(16) float s_v[TT][N];
   const int bh = blockIdx.x, h = bh % H, b = bh / H, tid = threadIdx.x;
   const int c = blockIdx.y, NCL = gridDim.y, tbeg = c * L, tend = min(T, tbeg + L);
-  const int rb = tid % Tl::RB, c0 = (tid / Tl::RB) * C;  // rows Tl::row(rb, 0 .. R-1), columns c0 ..
-  const int mycol = c0 + Tl::col(rb);  // the column whose sums this lane ends up with
-  const bool writer = rb % (Tl::RB / C) == 0;  // one lane per column of the block writes it
+  const int rb = Tl::rb_of(tid), c0 = Tl::cb_of(tid) * C;  // rows Tl::row(rb, 0 .. R-1), columns c0 ..
   const int NC = (T + kSnap - 1) / kSnap;
   const int64_t stride = (int64_t)H * N;
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
@@ -92,74 +92,89 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_fwd_kernel(
       for (int cc = 0; cc < C; ++cc) q[(int64_t)Tl::row(rb, e) * N + cc] = S[e * C + cc];
   };
   if (snp != nullptr) store(snp + (int64_t)(tbeg / kSnap) * N * N);  // the chunk's start
-  // Stage loads are issued one stage ahead into registers (E per array and thread), so their
-  // latency hides behind the previous stage's tokens.
+  // Stage loads (see wkv7_fwd_kernel): E consecutive elements per array and thread, one stage
+  // ahead into registers.
   constexpr int E = TT * N / NT;
-  F pr[E] = {}, pk[E] = {}, pv[E] = {};
-  float pw[E] = {};
+  const int sq = tid * E, stt = sq / N, sx = sq % N;
+  Raw<F, E> pr, pk, pv;
+  Raw<float, E> pw;
   auto fetch = [&](int t0) {
-    const int lim = min(TT, tend - t0) * N;
-#pragma unroll
-    for (int it = 0; it < E; ++it) {
-      const int q = tid + it * NT;
-      if (q < lim) {
-        const int64_t o = tok(t0 + q / N) + q % N;
-        if constexpr (!LOCAL) pr[it] = r[o];
-        pk[it] = k[o];
-        pw[it] = w[WC ? h * N + q % N : o];
-        pv[it] = v[o];
-      }
+    if (t0 + stt < tend) {
+      const int64_t o = tok(t0 + stt) + sx;
+      if constexpr (!LOCAL) pr.load(r + o);
+      pk.load(k + o);
+      pw.load(w + (WC ? h * N + sx : o));
+      pv.load(v + o);
     }
   };
   fetch(tbeg);
   for (int t0 = tbeg; t0 < tend; t0 += TT) {
     const int cnt = min(TT, tend - t0);
     __syncthreads();
+    {
+      float x[E];
+      if constexpr (!LOCAL) {
 #pragma unroll
-    for (int it = 0; it < E; ++it) {
-      const int q = tid + it * NT, tt = q / N, x = q % N;
-      const float kk = to_f(pk[it]);
-      if constexpr (!LOCAL) s_r[tt][x] = to_f(pr[it]);
-      s_k[tt][x] = kk;
-      s_uk[tt][x] = u[h * N + x] * kk;
-      s_d[tt][x] = expf(pw[it]);
-      s_v[tt][x] = to_f(pv[it]);
+        for (int i = 0; i < E; ++i) x[i] = pr.get(i);
+        st_shared(&s_r[stt][sx], x);
+#pragma unroll
+        for (int i = 0; i < E; ++i) x[i] = u[h * N + sx + i] * pk.get(i);
+        st_shared(&s_uk[stt][sx], x);
+      }
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = pk.get(i);
+      st_shared(&s_k[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = expf(pw.get(i));
+      st_shared(&s_d[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = pv.get(i);
+      st_shared(&s_v[stt][sx], x);
     }
     __syncthreads();
     if (t0 + TT < tend) fetch(t0 + TT);
-    for (int tt = 0; tt < cnt; ++tt) {
-      const int t = t0 + tt;
-      float vv[C], yp[C];
+    for (int g0 = 0; g0 < cnt; g0 += G) {
+      float yg[G * C];  // y's partial sums of the group's tokens, [token][column]
 #pragma unroll
-      for (int cc = 0; cc < C; ++cc) {
-        vv[cc] = s_v[tt][c0 + cc];  // (C consecutive floats: one vector load)
-        yp[cc] = 0.f;
-      }
+      for (int g = 0; g < G; ++g) {
+        const int tt = g0 + g;
 #pragma unroll
-      for (int e = 0; e < R; e += 4) {
-        const int row = Tl::row(rb, e);
-        const float4 k4 = ld4(&s_k[tt][row]), d4 = ld4(&s_d[tt][row]);
-        const float ke[4] = {k4.x, k4.y, k4.z, k4.w}, de[4] = {d4.x, d4.y, d4.z, d4.w};
-        float re[4] = {0.f, 0.f, 0.f, 0.f}, uke[4] = {0.f, 0.f, 0.f, 0.f};
-        if constexpr (!LOCAL) {
-          const float4 r4 = ld4(&s_r[tt][row]), uk4 = ld4(&s_uk[tt][row]);
-          re[0] = r4.x, re[1] = r4.y, re[2] = r4.z, re[3] = r4.w;
-          uke[0] = uk4.x, uke[1] = uk4.y, uke[2] = uk4.z, uke[3] = uk4.w;
-        }
+        for (int cc = 0; cc < C; ++cc) yg[g * C + cc] = 0.f;
+        if (tt >= cnt) continue;
+        float vv[C];
 #pragma unroll
-        for (int m = 0; m < 4; ++m) {
+        for (int cc = 0; cc < C; ++cc) vv[cc] = s_v[tt][c0 + cc];  // (one vector load)
 #pragma unroll
-          for (int cc = 0; cc < C; ++cc) {
-            float& x = S[(e + m) * C + cc];
-            if constexpr (!LOCAL) yp[cc] += re[m] * (x + uke[m] * vv[cc]);
-            x = x * de[m] + ke[m] * vv[cc];
+        for (int e = 0; e < R; e += 4) {
+          const int row = Tl::row(rb, e);
+          const float4 k4 = ld4(&s_k[tt][row]), d4 = ld4(&s_d[tt][row]);
+          const float ke[4] = {k4.x, k4.y, k4.z, k4.w}, de[4] = {d4.x, d4.y, d4.z, d4.w};
+          float re[4] = {0.f, 0.f, 0.f, 0.f}, uke[4] = {0.f, 0.f, 0.f, 0.f};
+          if constexpr (!LOCAL) {
+            const float4 r4 = ld4(&s_r[tt][row]), uk4 = ld4(&s_uk[tt][row]);
+            re[0] = r4.x, re[1] = r4.y, re[2] = r4.z, re[3] = r4.w;
+            uke[0] = uk4.x, uke[1] = uk4.y, uke[2] = uk4.z, uke[3] = uk4.w;
           }
-          if constexpr (LOCAL) P[e + m] *= de[m];
+#pragma unroll
+          for (int m = 0; m < 4; ++m) {
+#pragma unroll
+            for (int cc = 0; cc < C; ++cc) {
+              float& x = S[(e + m) * C + cc];
+              if constexpr (!LOCAL) yg[g * C + cc] += re[m] * (x + uke[m] * vv[cc]);
+              x = x * de[m] + ke[m] * vv[cc];
+            }
+            if constexpr (LOCAL) P[e + m] *= de[m];
+          }
         }
       }
       if constexpr (!LOCAL) {
-        const float yj = Tl::reduce_scatter(yp, rb);
-        if (writer) put(y, tok(t) + mycol, yj);
+        Tl::reduce_scatter_n(yg, rb);  // lane rb: entries Q rb .. of [token][column]
+#pragma unroll
+        for (int q = 0; q < Q; ++q) {
+          const int i = Q * rb + q, tt = g0 + i / C;
+          if (tt < cnt) put(y, tok(t0 + tt) + c0 + i % C, yg[q]);
+        }
+        const int t = t0 + g0 + G - 1;  // snapshots fall on group ends (kSnap % kGroup == 0)
         if (snp != nullptr && (t + 1) % kSnap == 0 && t + 1 < tend)
           store(snp + (int64_t)((t + 1) / kSnap) * N * N);
       }
@@ -187,14 +202,14 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_fwd_kernel(
 // before the chunk, `out[b, h, c]`. The bonus terms enter the sums through G + diag(r u) 1 gy^T:
 // gk_i = sum_j (G_ij + r_i u_i gy_j) v_j, gv_j = sum_i (G_ij + r_i u_i gy_j) k_i.
 template <typename F, int N, bool LOCAL, bool WC>
-__global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_bwd_b1_kernel(
+__global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv6_bwd_b1_kernel(
     int T, int H, int L, bool rev, const F* __restrict__ r, const F* __restrict__ k,
     const F* __restrict__ v, const float* __restrict__ w, const float* __restrict__ u,
     const float* __restrict__ snap, const F* __restrict__ gy,
     const float* __restrict__ gend /* [B,H,NCL,N,N] */, OutVec<F> gk, OutVec<F> gv,
     float* __restrict__ e /* [B,T,H,N] */, float* __restrict__ anchor /* [B,H,NC,N] */,
     float* __restrict__ out /* gS_{-1} [B,H,N,N]; LOCAL: [B,H,NCL,N,N] */) {
-  using Tl = Tile<N>;
+  using Tl = BwdTile<N>;
   // N = 128: 4 tokens per stage (the staged vectors and the row sums share 48 KB).
   constexpr int TT = N == 128 ? 4 : Stage<N>::TT, R = Tl::R, C = Tl::C, NT = Tl::THREADS;
   constexpr int W = Tl::WARPS, PAR = N == 128 ? 1 : 2;
@@ -211,7 +226,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv6_bwd_b1_kernel(
   __shared__ __align__(16) float s_anc[LOCAL ? 1 : W][N];
   const int bh = blockIdx.x, h = bh % H, b = bh / H, tid = threadIdx.x;
   const int ch = blockIdx.y, NCL = gridDim.y, tbeg = ch * L, tend = min(T, tbeg + L);
-  const int rb = tid % Tl::RB, cb = tid / Tl::RB, c0 = cb * C;
+  const int rb = Tl::rb_of(tid), c0 = Tl::cb_of(tid) * C;
   const int mycol = c0 + Tl::col(rb);
   const bool writer = rb % (Tl::RB / C) == 0;
   const int NC = (T + kSnap - 1) / kSnap;
@@ -416,13 +431,13 @@ cudaError_t wkv6_forward_launch(const V6Fwd<F>& p, cudaStream_t stream) {
     constexpr int N = decltype(nc)::value;
     const float* starts = p.s0;
     if (s.NCL > 1) {  // pass 1: chunks from zero in parallel; then the chunk start states
-      wkv6_fwd_kernel<F, N, true, WC><<<grid, Tile<N>::THREADS, 0, stream>>>(
+      wkv6_fwd_kernel<F, N, true, WC><<<grid, FwdTile<N>::THREADS, 0, stream>>>(
           s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, nullptr, OutVec<F>(), p.local, nullptr,
           p.trans);
       combine_chunks<N>(s.B * s.H, s.NCL, false, p.trans, p.local, p.s0, p.starts, stream);
       starts = p.starts;
     }
-    wkv6_fwd_kernel<F, N, false, WC><<<grid, Tile<N>::THREADS, 0, stream>>>(
+    wkv6_fwd_kernel<F, N, false, WC><<<grid, FwdTile<N>::THREADS, 0, stream>>>(
         s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, starts, p.y, p.sT, p.snap, nullptr);
   });
 }
@@ -437,13 +452,13 @@ cudaError_t wkv6_backward_launch(const V6Bwd<F>& p, cudaStream_t stream) {
     constexpr int N = decltype(nc)::value;
     const float* gend = p.gsT;
     if (s.NCL > 1) {  // pass 1: chunks from G = 0 in parallel; then G at every chunk's end
-      wkv6_bwd_b1_kernel<F, N, true, WC><<<grid, Tile<N>::THREADS, 0, stream>>>(
+      wkv6_bwd_b1_kernel<F, N, true, WC><<<grid, BwdTile<N>::THREADS, 0, stream>>>(
           s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, p.snap, p.gy, nullptr, OutVec<F>(),
           OutVec<F>(), nullptr, nullptr, p.local);
       combine_chunks<N>(s.B * s.H, s.NCL, true, p.trans, p.local, p.gsT, p.gend, stream);
       gend = p.gend;
     }
-    wkv6_bwd_b1_kernel<F, N, false, WC><<<grid, Tile<N>::THREADS, 0, stream>>>(
+    wkv6_bwd_b1_kernel<F, N, false, WC><<<grid, BwdTile<N>::THREADS, 0, stream>>>(
         s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, p.snap, p.gy, gend, p.gk, p.gv, p.e,
         p.anchor, p.gs0);
     wkv6_bwd_b2_kernel<F, N, WC><<<dim3(s.B * s.H * NC), N, 0, stream>>>(

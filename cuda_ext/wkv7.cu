@@ -5,9 +5,10 @@
 //   per head S is [K, V] = [N, N] (key-major), S_{-1} the initial state.
 //
 // Forward: one block per (batch, head) (and chunk, see below); each thread holds an R x C tile
-// of S (Tile in wkv_common.h); the tokens' vectors are staged in shared memory, TT per barrier:
-// sa = a^T S (column sums: the tile's rows, then the column block's lanes by shuffles);
-// S = d (.) S + b sa^T + k v^T; y = r^T S. With gradients it also stores sa_t (float32
+// of S (FwdTile in wkv_common.h); the tokens' vectors are staged in shared memory, TT per
+// barrier: sa = a^T S (column sums: the tile's rows, then the column block's lanes by a
+// butterfly); S = d (.) S + b sa^T + k v^T; y = r^T S (summed over the lanes once per group of
+// kGroup tokens). With gradients it also stores sa_t (float32
 // [B, T, H, N]) and snapshots snap[c] = S_{c*kSnap - 1} (snap[0] = S_{-1}).
 //
 // Chunk-parallel form (few (batch, head) pairs, long T; the caller picks the chunk length L):
@@ -47,16 +48,19 @@ namespace {
 // last chunk, the final state. LOCAL = true (pass 1 of the chunked form): from S = 0, writes only
 // the chunk's end state `out[b, h, c]` and its transition `trans[b, h, c]` =
 // A_{end} ... A_{start} (each column of P = I runs through the state recurrence without input).
+// Tokens go in groups of kGroup: y's column sums are reduced and stored once per group; sa, which
+// the recurrence waits on, is summed per token by a butterfly (the shortest chain of shuffles).
 template <typename F, int N, bool LOCAL>
-__global__ void __launch_bounds__(Tile<N>::THREADS) wkv7_fwd_kernel(
+__global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv7_fwd_kernel(
     int T, int H, int L, const F* __restrict__ r, const F* __restrict__ k, const F* __restrict__ v,
     const float* __restrict__ w, const F* __restrict__ a, const F* __restrict__ bb,
     const float* __restrict__ s0 /* [B,H,NCL,N,N] */, F* __restrict__ y,
     float* __restrict__ out /* final state [B,H,N,N]; LOCAL: [B,H,NCL,N,N] */,
     float* __restrict__ snap /* [B,H,NC,N,N] | null */, float* __restrict__ sa_out /* | null */,
     float* __restrict__ trans /* LOCAL: [B,H,NCL,N,N] */) {
-  using Tl = Tile<N>;
-  constexpr int TT = Stage<N>::TT, R = Tl::R, C = Tl::C, NT = Tl::THREADS;
+  using Tl = FwdTile<N>;
+  constexpr int TT = Stage<N>::TT, R = Tl::R, C = Tl::C, NT = Tl::THREADS, G = kGroup;
+  constexpr int Q = G * C / Tl::RB;  // y values per lane and group
   __shared__ __align__(16) float s_r[TT][N];
   __shared__ __align__(16) float s_k[TT][N];
   __shared__ __align__(16) float s_d[TT][N];
@@ -65,9 +69,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv7_fwd_kernel(
   __shared__ __align__(16) float s_v[TT][N];
   const int bh = blockIdx.x, h = bh % H, b = bh / H, tid = threadIdx.x;
   const int c = blockIdx.y, NCL = gridDim.y, tbeg = c * L, tend = min(T, tbeg + L);
-  const int rb = tid % Tl::RB, c0 = (tid / Tl::RB) * C;  // rows Tl::row(rb, 0 .. R-1), columns c0 ..
-  const int mycol = c0 + Tl::col(rb);  // the column whose sums this lane ends up with
-  const bool writer = rb % (Tl::RB / C) == 0;  // one lane per column of the block writes it
+  const int rb = Tl::rb_of(tid), c0 = Tl::cb_of(tid) * C;  // rows Tl::row(rb, 0 .. R-1), columns c0 ..
   const int NC = (T + kSnap - 1) / kSnap;
   const int64_t stride = (int64_t)H * N;
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
@@ -88,107 +90,122 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv7_fwd_kernel(
       for (int cc = 0; cc < C; ++cc) q[(int64_t)Tl::row(rb, e) * N + cc] = X[e * C + cc];
   };
   if (snp != nullptr) store(snp + (int64_t)(tbeg / kSnap) * N * N, S);  // the chunk's start
-  // Stage loads are issued one stage ahead into registers (E per array and thread), so their
-  // latency hides behind the previous stage's tokens.
+  // Stage loads: thread tid moves the E consecutive elements from tid * E of every array (token
+  // sq / N, features sq % N ..), one stage ahead into registers, so that their latency hides
+  // behind the previous stage's tokens.
   constexpr int E = TT * N / NT;
-  F pr[E] = {}, pk[E] = {}, pa[E] = {}, pb[E] = {}, pv[E] = {};
-  float pw[E] = {};
+  const int sq = tid * E, stt = sq / N, sx = sq % N;
+  Raw<F, E> pr, pk, pa, pb, pv;
+  Raw<float, E> pw;
   auto fetch = [&](int t0) {
-    const int lim = min(TT, tend - t0) * N;
-#pragma unroll
-    for (int it = 0; it < E; ++it) {
-      const int q = tid + it * NT;
-      if (q < lim) {
-        const int64_t o = hbase + (int64_t)(t0 + q / N) * stride + q % N;
-        if constexpr (!LOCAL) pr[it] = r[o];
-        pk[it] = k[o];
-        pw[it] = w[o];
-        pa[it] = a[o];
-        pb[it] = bb[o];
-        pv[it] = v[o];
-      }
+    if (t0 + stt < tend) {
+      const int64_t o = hbase + (int64_t)(t0 + stt) * stride + sx;
+      if constexpr (!LOCAL) pr.load(r + o);
+      pk.load(k + o);
+      pw.load(w + o);
+      pa.load(a + o);
+      pb.load(bb + o);
+      pv.load(v + o);
     }
   };
   fetch(tbeg);
   for (int t0 = tbeg; t0 < tend; t0 += TT) {
     const int cnt = min(TT, tend - t0);
     __syncthreads();
+    {
+      float x[E];
+      if constexpr (!LOCAL) {
 #pragma unroll
-    for (int it = 0; it < E; ++it) {
-      const int q = tid + it * NT, tt = q / N, x = q % N;
-      if constexpr (!LOCAL) s_r[tt][x] = to_f(pr[it]);
-      s_k[tt][x] = to_f(pk[it]);
-      s_d[tt][x] = expf(pw[it]);
-      s_a[tt][x] = to_f(pa[it]);
-      s_b[tt][x] = to_f(pb[it]);
-      s_v[tt][x] = to_f(pv[it]);
+        for (int i = 0; i < E; ++i) x[i] = pr.get(i);
+        st_shared(&s_r[stt][sx], x);
+      }
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = pk.get(i);
+      st_shared(&s_k[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = expf(pw.get(i));
+      st_shared(&s_d[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = pa.get(i);
+      st_shared(&s_a[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = pb.get(i);
+      st_shared(&s_b[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = pv.get(i);
+      st_shared(&s_v[stt][sx], x);
     }
     __syncthreads();
     if (t0 + TT < tend) fetch(t0 + TT);
-    for (int tt = 0; tt < cnt; ++tt) {
-      const int t = t0 + tt;
-      float vv[C], sa[C], pa_[C];
+    for (int g0 = 0; g0 < cnt; g0 += G) {
+      float yg[G * C];  // y's partial sums of the group's tokens, [token][column]
 #pragma unroll
-      for (int cc = 0; cc < C; ++cc) {
-        vv[cc] = s_v[tt][c0 + cc];  // (C consecutive floats: one vector load)
-        sa[cc] = 0.f;
-        pa_[cc] = 0.f;
-      }
-      // sa = a^T S (and a^T P) over the tile's rows, then over the column block's lanes.
+      for (int g = 0; g < G; ++g) {
+        const int tt = g0 + g;
 #pragma unroll
-      for (int e = 0; e < R; e += 4) {
-        const float4 a4 = ld4(&s_a[tt][Tl::row(rb, e)]);
-        const float ae[4] = {a4.x, a4.y, a4.z, a4.w};
+        for (int cc = 0; cc < C; ++cc) yg[g * C + cc] = 0.f;
+        if (tt >= cnt) continue;
+        float vv[C], sa[C], pa_[C];
 #pragma unroll
-        for (int m = 0; m < 4; ++m)
-#pragma unroll
-          for (int cc = 0; cc < C; ++cc) {
-            sa[cc] += ae[m] * S[(e + m) * C + cc];
-            if constexpr (LOCAL) pa_[cc] += ae[m] * P[(e + m) * C + cc];
-          }
-      }
-      Tl::all_reduce(sa, rb);
-      if constexpr (LOCAL) Tl::all_reduce(pa_, rb);
-      float yp[C];
-#pragma unroll
-      for (int cc = 0; cc < C; ++cc) yp[cc] = 0.f;
-#pragma unroll
-      for (int e = 0; e < R; e += 4) {
-        const int row = Tl::row(rb, e);
-        const float4 d4 = ld4(&s_d[tt][row]), b4 = ld4(&s_b[tt][row]), k4 = ld4(&s_k[tt][row]);
-        const float de[4] = {d4.x, d4.y, d4.z, d4.w}, be[4] = {b4.x, b4.y, b4.z, b4.w};
-        const float ke[4] = {k4.x, k4.y, k4.z, k4.w};
-        float re[4] = {0.f, 0.f, 0.f, 0.f};
-        if constexpr (!LOCAL) {
-          const float4 r4 = ld4(&s_r[tt][row]);
-          re[0] = r4.x, re[1] = r4.y, re[2] = r4.z, re[3] = r4.w;
+        for (int cc = 0; cc < C; ++cc) {
+          vv[cc] = s_v[tt][c0 + cc];  // (C consecutive floats: one vector load)
+          sa[cc] = 0.f;
+          pa_[cc] = 0.f;
         }
+        // sa = a^T S (and a^T P) over the tile's rows, then over the column block's lanes.
 #pragma unroll
-        for (int m = 0; m < 4; ++m)
+        for (int e = 0; e < R; e += 4) {
+          const float4 a4 = ld4(&s_a[tt][Tl::row(rb, e)]);
+          const float ae[4] = {a4.x, a4.y, a4.z, a4.w};
 #pragma unroll
-          for (int cc = 0; cc < C; ++cc) {
-            float& x = S[(e + m) * C + cc];
-            x = x * de[m] + (be[m] * sa[cc] + ke[m] * vv[cc]);
-            if constexpr (LOCAL) {
-              float& p = P[(e + m) * C + cc];
-              p = p * de[m] + be[m] * pa_[cc];
-            } else {
-              yp[cc] += re[m] * x;
+          for (int m = 0; m < 4; ++m)
+#pragma unroll
+            for (int cc = 0; cc < C; ++cc) {
+              sa[cc] += ae[m] * S[(e + m) * C + cc];
+              if constexpr (LOCAL) pa_[cc] += ae[m] * P[(e + m) * C + cc];
             }
+        }
+        Tl::all_reduce(sa);
+        if constexpr (LOCAL) Tl::all_reduce(pa_);
+#pragma unroll
+        for (int e = 0; e < R; e += 4) {
+          const int row = Tl::row(rb, e);
+          const float4 d4 = ld4(&s_d[tt][row]), b4 = ld4(&s_b[tt][row]), k4 = ld4(&s_k[tt][row]);
+          const float de[4] = {d4.x, d4.y, d4.z, d4.w}, be[4] = {b4.x, b4.y, b4.z, b4.w};
+          const float ke[4] = {k4.x, k4.y, k4.z, k4.w};
+          float re[4] = {0.f, 0.f, 0.f, 0.f};
+          if constexpr (!LOCAL) {
+            const float4 r4 = ld4(&s_r[tt][row]);
+            re[0] = r4.x, re[1] = r4.y, re[2] = r4.z, re[3] = r4.w;
           }
+#pragma unroll
+          for (int m = 0; m < 4; ++m)
+#pragma unroll
+            for (int cc = 0; cc < C; ++cc) {
+              float& x = S[(e + m) * C + cc];
+              x = x * de[m] + (be[m] * sa[cc] + ke[m] * vv[cc]);
+              if constexpr (LOCAL) {
+                float& p = P[(e + m) * C + cc];
+                p = p * de[m] + be[m] * pa_[cc];
+              } else {
+                yg[g * C + cc] += re[m] * x;
+              }
+            }
+        }
+        if (!LOCAL && sa_out != nullptr && rb == 0) {  // every lane holds the block's sa
+          float* o = sa_out + hbase + (int64_t)(t0 + tt) * stride + c0;
+#pragma unroll
+          for (int cc = 0; cc < C; ++cc) o[cc] = sa[cc];
+        }
       }
       if constexpr (!LOCAL) {
-        const float yj = Tl::reduce_scatter(yp, rb);
-        if (writer) {
-          const int64_t o = hbase + (int64_t)t * stride + mycol;
-          y[o] = from_f<F>(yj);
-          if (sa_out != nullptr) {
-            float sc = sa[0];
+        Tl::reduce_scatter_n(yg, rb);  // lane rb: entries Q rb .. of [token][column]
 #pragma unroll
-            for (int cc = 1; cc < C; ++cc) sc = c0 + cc == mycol ? sa[cc] : sc;
-            sa_out[o] = sc;
-          }
+        for (int q = 0; q < Q; ++q) {
+          const int i = Q * rb + q, tt = g0 + i / C;
+          if (tt < cnt) y[hbase + (int64_t)(t0 + tt) * stride + c0 + i % C] = from_f<F>(yg[q]);
         }
+        const int t = t0 + g0 + G - 1;  // snapshots fall on group ends (kSnap % kGroup == 0)
         if (snp != nullptr && (t + 1) % kSnap == 0 && t + 1 < tend)
           store(snp + (int64_t)((t + 1) / kSnap) * N * N, S);
       }
@@ -211,7 +228,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv7_fwd_kernel(
 // of the chunked form): from G = 0, writes only G^{partial} at the token before the chunk,
 // `out[b, h, c]` (no row sums, no barrier per token).
 template <typename F, int N, bool LOCAL>
-__global__ void __launch_bounds__(Tile<N>::THREADS) wkv7_bwd_b1_kernel(
+__global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv7_bwd_b1_kernel(
     int T, int H, int L, const F* __restrict__ r, const F* __restrict__ k, const F* __restrict__ v,
     const float* __restrict__ w, const F* __restrict__ a, const F* __restrict__ bb,
     const float* __restrict__ snap, const float* __restrict__ sa, const F* __restrict__ gy,
@@ -219,7 +236,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv7_bwd_b1_kernel(
     F* __restrict__ gb, float* __restrict__ e /* [B,T,H,N] */,
     float* __restrict__ cvec /* [B,T,H,N] */, float* __restrict__ anchor /* [B,H,NC,N] */,
     float* __restrict__ out /* gS_{-1} [B,H,N,N]; LOCAL: [B,H,NCL,N,N] */) {
-  using Tl = Tile<N>;
+  using Tl = BwdTile<N>;
   // N = 128: 4 tokens per stage (the staged vectors and the row sums share 48 KB).
   constexpr int TT = N == 128 ? 4 : Stage<N>::TT, R = Tl::R, C = Tl::C, NT = Tl::THREADS;
   constexpr int W = Tl::WARPS, PAR = N == 128 ? 1 : 2;
@@ -238,7 +255,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv7_bwd_b1_kernel(
   __shared__ __align__(16) float s_anc[LOCAL ? 1 : W][N];
   const int bh = blockIdx.x, h = bh % H, b = bh / H, tid = threadIdx.x;
   const int ch = blockIdx.y, NCL = gridDim.y, tbeg = ch * L, tend = min(T, tbeg + L);
-  const int rb = tid % Tl::RB, cb = tid / Tl::RB, c0 = cb * C;
+  const int rb = Tl::rb_of(tid), c0 = Tl::cb_of(tid) * C;
   const int mycol = c0 + Tl::col(rb);
   const bool writer = rb % (Tl::RB / C) == 0;
   const int NC = (T + kSnap - 1) / kSnap;
@@ -341,7 +358,7 @@ __global__ void __launch_bounds__(Tile<N>::THREADS) wkv7_bwd_b1_kernel(
           gbp[e0 + m] = gb_;
         }
       }
-      Tl::all_reduce(cp, rb);
+      Tl::all_reduce(cp);
       const bool anchored = !LOCAL && (t + 1) % kSnap == 0 && t + 1 < T;  // beta_t = S_t . G_t
       if constexpr (!LOCAL) {
         const float gvx = Tl::reduce_scatter(gvp, rb);
@@ -497,13 +514,13 @@ cudaError_t wkv7_forward_launch(const V7Fwd<F>& p, cudaStream_t stream) {
     constexpr int N = decltype(nc)::value;
     const float* starts = p.s0;
     if (s.NCL > 1) {  // pass 1: chunks from zero in parallel; then the chunk start states
-      wkv7_fwd_kernel<F, N, true><<<grid, Tile<N>::THREADS, 0, stream>>>(
+      wkv7_fwd_kernel<F, N, true><<<grid, FwdTile<N>::THREADS, 0, stream>>>(
           s.T, s.H, s.L, a.r, a.k, a.v, a.w, a.a, a.b, nullptr, nullptr, p.local, nullptr,
           nullptr, p.trans);
       combine_chunks<N>(s.B * s.H, s.NCL, false, p.trans, p.local, p.s0, p.starts, stream);
       starts = p.starts;
     }
-    wkv7_fwd_kernel<F, N, false><<<grid, Tile<N>::THREADS, 0, stream>>>(
+    wkv7_fwd_kernel<F, N, false><<<grid, FwdTile<N>::THREADS, 0, stream>>>(
         s.T, s.H, s.L, a.r, a.k, a.v, a.w, a.a, a.b, starts, p.y, p.sT, p.snap, p.sa, nullptr);
   });
 }
@@ -518,13 +535,13 @@ cudaError_t wkv7_backward_launch(const V7Bwd<F>& p, cudaStream_t stream) {
     constexpr int N = decltype(nc)::value;
     const float* gend = p.gsT;
     if (s.NCL > 1) {  // pass 1: chunks from G = 0 in parallel; then G at every chunk's end
-      wkv7_bwd_b1_kernel<F, N, true><<<grid, Tile<N>::THREADS, 0, stream>>>(
+      wkv7_bwd_b1_kernel<F, N, true><<<grid, BwdTile<N>::THREADS, 0, stream>>>(
           s.T, s.H, s.L, a.r, a.k, a.v, a.w, a.a, a.b, p.snap, p.sa, p.gy, nullptr, nullptr,
           nullptr, nullptr, nullptr, nullptr, nullptr, p.local);
       combine_chunks<N>(s.B * s.H, s.NCL, true, p.trans, p.local, p.gsT, p.gend, stream);
       gend = p.gend;
     }
-    wkv7_bwd_b1_kernel<F, N, false><<<grid, Tile<N>::THREADS, 0, stream>>>(
+    wkv7_bwd_b1_kernel<F, N, false><<<grid, BwdTile<N>::THREADS, 0, stream>>>(
         s.T, s.H, s.L, a.r, a.k, a.v, a.w, a.a, a.b, p.snap, p.sa, p.gy, gend, p.gk, p.gv, p.gb,
         p.e, p.cvec, p.anchor, p.gs0);
     wkv7_bwd_b2_kernel<F, N><<<dim3(s.B * s.H * NC), N, 0, stream>>>(

@@ -48,23 +48,35 @@ __device__ __forceinline__ float4 ld4(const float* p) {
   return *reinterpret_cast<const float4*>(p);
 }
 
-// Tiled layout of the forward kernels: each thread holds an R x C tile of the [N, N] state.
+// Tiled layout of the matrix-state kernels: each thread holds an R x C tile of the [N, N] state.
 // The per-token vectors of the rows (decay, key, ... : R values each) and of the columns (value:
-// C values) are read from shared memory once per tile instead of once per entry: these reads
-// bound the kernels (shared memory serves 128 bytes per cycle per multiprocessor), and a tile
-// reads (5 R + C) / (R C) floats per entry where a column split over 4 lanes reads 5.
-// The RB = N / R threads of a column block are adjacent lanes of one warp (thread cb * RB + rb),
-// so column sums over the rows are warp shuffles. Row block rb holds rows tile_row(rb, e).
-template <int N>
+// C values) are read from shared memory once per tile instead of once per entry. Those reads
+// bound the kernels: shared memory returns one 32-bit register per lane per cycle and
+// multiprocessor (an LDS.128 of a warp takes 4 cycles, whatever it broadcasts), halved when lanes
+// 2i and 2i+1 read the same address. So a tile reads (5 R + C) / (R C) registers per entry (a
+// column split over 4 lanes read 5), and the two lanes of a pair hold the same rows.
+// Lanes: thread tid is row block rb = (tid / 2) % RB of column block cb = tid % 2 + 2 (tid / 2RB);
+// the RB lanes of a column block are every other lane of 2 RB adjacent lanes of one warp (so
+// column sums over the rows are warp shuffles, lane distance 2 m for row-block distance m).
+// Row block rb holds rows row(rb, e).
+template <int N, int R_, int C_>
 struct Tile {
-  static constexpr int R = N == 128 ? 8 : 4;   // rows per thread
-  static constexpr int C = N == 16 ? 2 : 4;    // columns per thread (a full warp for N = 16)
-  static constexpr int RB = N / R;             // row blocks = lanes per column block (<= 32)
+  static constexpr int R = R_;  // rows per thread (a multiple of 4)
+  static constexpr int C = C_;  // columns per thread (2 or 4)
+  static constexpr int RB = N / R;  // row blocks = lanes per column block
   static constexpr int THREADS = N * N / (R * C);
+  static constexpr int WARPS = THREADS / 32;
+  static_assert(R % 4 == 0 && (C == 2 || C == 4) && RB >= 4 && RB <= 16 && THREADS % 32 == 0,
+                "unsupported tile");
+  static __device__ __forceinline__ int rb_of(int tid) { return (tid >> 1) % RB; }
+  static __device__ __forceinline__ int cb_of(int tid) { return (tid & 1) | ((tid >> 1) / RB) << 1; }
   // Float4 group g of the row blocks lie side by side, so that a quarter-warp's 16-byte loads
   // of a row vector hit distinct banks.
   static __device__ __forceinline__ int row(int rb, int e) {
     return (e >> 2) * (4 * RB) + rb * 4 + (e & 3);
+  }
+  static __device__ __forceinline__ float shfl(float x, int m) {  // the lane m row blocks away
+    return __shfl_xor_sync(0xffffffffu, x, 2 * m);
   }
   // Sums of x[0 .. C-1] over the RB lanes of a column block, scattered: the result is the sum
   // for column col(rb) of the tile (C + log2(RB) - 2 shuffles instead of C log2(RB)).
@@ -72,30 +84,53 @@ struct Tile {
     return C == 4 ? ((rb & (RB / 2)) ? 2 : 0) + ((rb & (RB / 4)) ? 1 : 0) : ((rb & (RB / 2)) ? 1 : 0);
   }
   static __device__ __forceinline__ float reduce_scatter(const float (&x)[C], int rb) {
-    constexpr unsigned kAll = 0xffffffffu;
     const bool hi = rb & (RB / 2);
     float keep;
     int m;
     if constexpr (C == 4) {
-      const float k0 = (hi ? x[2] : x[0]) + __shfl_xor_sync(kAll, hi ? x[0] : x[2], RB / 2);
-      const float k1 = (hi ? x[3] : x[1]) + __shfl_xor_sync(kAll, hi ? x[1] : x[3], RB / 2);
+      const float k0 = (hi ? x[2] : x[0]) + shfl(hi ? x[0] : x[2], RB / 2);
+      const float k1 = (hi ? x[3] : x[1]) + shfl(hi ? x[1] : x[3], RB / 2);
       const bool lo = rb & (RB / 4);
-      keep = (lo ? k1 : k0) + __shfl_xor_sync(kAll, lo ? k0 : k1, RB / 4);
+      keep = (lo ? k1 : k0) + shfl(lo ? k0 : k1, RB / 4);
       m = RB / 8;
     } else {
-      keep = (hi ? x[1] : x[0]) + __shfl_xor_sync(kAll, hi ? x[0] : x[1], RB / 2);
+      keep = (hi ? x[1] : x[0]) + shfl(hi ? x[0] : x[1], RB / 2);
       m = RB / 4;
     }
-    for (; m >= 1; m >>= 1) keep += __shfl_xor_sync(kAll, keep, m);
+    for (; m >= 1; m >>= 1) keep += shfl(keep, m);
     return keep;
   }
-  static constexpr int WARPS = THREADS / 32;  // THREADS is a multiple of 32
-  // Row partial sums q[0 .. R-1] summed over the column blocks of this warp (lanes RB apart);
-  // every lane gets the warp's sums. Lanes with tid % 32 < RB then hold one per row block.
+  // The same for V values (V >= RB, both powers of 2; V = tokens x C for a group of tokens):
+  // lane rb ends with the sums of entries Q rb .. Q rb + Q - 1 in x[0 .. Q-1], Q = V / RB
+  // (each round keeps the half of the entries its row-block bit selects).
+  template <int V, int M = RB / 2, int HALF = V / 2>
+  static __device__ __forceinline__ void reduce_scatter_n(float (&x)[V], int rb) {
+    static_assert(V >= RB && V % RB == 0, "reduce_scatter_n: V must be a multiple of RB");
+    const bool hi = rb & M;  // round for row-block bit M: HALF entries stay
+#pragma unroll
+    for (int i = 0; i < HALF; ++i) {
+      const float send = hi ? x[i] : x[i + HALF], keep = hi ? x[i + HALF] : x[i];
+      x[i] = keep + shfl(send, M);
+    }
+    if constexpr (M > 1) reduce_scatter_n<V, M / 2, HALF / 2>(x, rb);
+  }
+  // All C column sums on every lane of the column block: a butterfly, log2(RB) rounds of C
+  // independent shuffles (the shortest chain, for the sums the recurrence waits on).
+  static __device__ __forceinline__ void all_reduce(float (&x)[C]) {
+#pragma unroll
+    for (int m = 1; m < RB; m <<= 1)
+#pragma unroll
+      for (int cc = 0; cc < C; ++cc) x[cc] += shfl(x[cc], m);
+  }
+  // Row partial sums q[0 .. Q-1] summed over the column blocks of this warp (lane xor 1 and
+  // xor 2 RB, 4 RB, ...); every lane gets the warp's sums. Even lanes tid % 32 < 2 RB then hold
+  // one per row block.
   template <int Q>
   static __device__ __forceinline__ void warp_rows(float (&q)[Q]) {
 #pragma unroll
-    for (int m = RB; m < 32; m <<= 1)
+    for (int e = 0; e < Q; ++e) q[e] += __shfl_xor_sync(0xffffffffu, q[e], 1);
+#pragma unroll
+    for (int m = 2 * RB; m < 32; m <<= 1)
 #pragma unroll
       for (int e = 0; e < Q; ++e) q[e] += __shfl_xor_sync(0xffffffffu, q[e], m);
   }
@@ -136,9 +171,10 @@ struct Tile {
   // the WARPS partials of row i.
   static __device__ __forceinline__ void row_put(float (&q)[R], float* dst, int tid) {
     warp_rows(q);
-    if (tid % 32 < RB) {
+    const int lane = tid % 32;
+    if ((lane & 1) == 0 && lane < 2 * RB) {
 #pragma unroll
-      for (int e = 0; e < R; ++e) dst[(tid / 32) * N + row(tid % RB, e)] = q[e];
+      for (int e = 0; e < R; ++e) dst[(tid / 32) * N + row(lane / 2, e)] = q[e];
     }
   }
   static __device__ __forceinline__ float row_sum(const float* src, int i) {
@@ -147,25 +183,50 @@ struct Tile {
     for (int w = 0; w < WARPS; ++w) acc += src[w * N + i];
     return acc;
   }
-  // All C column sums on every lane of the column block.
-  static __device__ __forceinline__ void all_reduce(float (&x)[C], int rb) {
-    constexpr unsigned kAll = 0xffffffffu;
-    const float s = reduce_scatter(x, rb);
-    const int c = col(rb);
-    if constexpr (C == 4) {
-      const float o1 = __shfl_xor_sync(kAll, s, RB / 4);  // column c ^ 1
-      const float o2 = __shfl_xor_sync(kAll, s, RB / 2);  // column c ^ 2
-      const float o3 = __shfl_xor_sync(kAll, o1, RB / 2);  // column c ^ 3
-#pragma unroll
-      for (int cc = 0; cc < 4; ++cc)
-        x[cc] = cc == c ? s : cc == (c ^ 1) ? o1 : cc == (c ^ 2) ? o2 : o3;
-    } else {
-      const float o1 = __shfl_xor_sync(kAll, s, RB / 2);
-      x[0] = c == 0 ? s : o1;
-      x[1] = c == 0 ? o1 : s;
-    }
-  }
 };
+
+// The backward sweeps' tiles (B1: 4 x 4; 8 x 4 for N = 128; 4 x 2 for N = 16) and the forward
+// kernels' (8 x 4 from N = 64: half the threads of 4 x 4, so half the per-token reductions and
+// shared-memory reads of the column vectors, and fewer instructions per state entry).
+template <int N>
+using BwdTile = Tile<N, (N == 128 ? 8 : 4), (N == 16 ? 2 : 4)>;
+template <int N>
+using FwdTile = Tile<N, (N >= 64 ? 8 : 4), (N == 16 ? 2 : 4)>;
+
+// Tokens per group of the forward kernels: their outputs' column sums are reduced and stored
+// once per group (reduce_scatter_n over G x C values), and a group's shared-memory reads have
+// fixed offsets.
+constexpr int kGroup = 4;
+
+// E consecutive elements of F (a stage load of one thread), moved as 16-byte (or 4-byte) words:
+// one vector load instead of E (the host keeps the per-token inputs 16-byte aligned).
+template <typename F, int E>
+struct Raw {
+  static constexpr int BYTES = E * (int)sizeof(F);
+  static_assert(BYTES % 4 == 0, "Raw: E elements must fill whole 4-byte words");
+  using Word = std::conditional_t<BYTES % 16 == 0, float4, float>;
+  static constexpr int W = BYTES / (int)sizeof(Word);
+  Word w[W];
+  __device__ __forceinline__ void load(const F* p) {
+    const Word* q = reinterpret_cast<const Word*>(p);
+#pragma unroll
+    for (int i = 0; i < W; ++i) w[i] = q[i];
+  }
+  __device__ __forceinline__ float get(int i) const { return to_f(reinterpret_cast<const F*>(w)[i]); }
+};
+
+// x[0 .. E-1] into shared memory at p (16-byte aligned when E % 4 == 0).
+template <int E>
+__device__ __forceinline__ void st_shared(float* p, const float (&x)[E]) {
+  if constexpr (E % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < E; i += 4)
+      *reinterpret_cast<float4*>(p + i) = float4{x[i], x[i + 1], x[i + 2], x[i + 3]};
+  } else {
+#pragma unroll
+    for (int i = 0; i < E; ++i) p[i] = x[i];
+  }
+}
 
 namespace {
 // The sequential step of the chunk-parallel form of wkv6 / wkv7, per (batch, head) over its NCL

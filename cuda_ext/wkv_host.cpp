@@ -68,6 +68,12 @@ F* out_ptr(at::Tensor& x) {
 
 float* f32_or_null(at::Tensor& x, bool use) { return use ? x.data_ptr<float>() : nullptr; }
 
+// The forward kernels move each thread's share of a stage as 16-byte words: a per-token input
+// whose data does not start on a 16-byte boundary (a view at an odd offset) is copied.
+at::Tensor aligned16(const at::Tensor& x) {
+  return reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 ? x : x.clone();
+}
+
 // ---------------------------------------------------------------------------- wkv4, bi_wkv4
 
 void check_v4(const at::Tensor& k, const at::Tensor& v, const at::Tensor& w, const at::Tensor& u,
@@ -276,6 +282,7 @@ std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
   const int L = chunk_length(chunk, T, kSnap), NCL = (T + L - 1) / L;
   TORCH_CHECK(NCL < 65536, "rwkv_hf cuda wkv6: over 65535 chunks (chunk length ", L, ")");
   const at::cuda::OptionalCUDAGuard guard(r.device());
+  r = aligned16(r), k = aligned16(k), v = aligned16(v), w = aligned16(w);
   auto y = new_out(v, out_f32);
   const auto yadd = addends(add, {y});
   auto sT = at::empty({B, H, n, n}, s0.options());
@@ -356,6 +363,8 @@ std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
   const int L = chunk_length(chunk, T, kSnap), NCL = (T + L - 1) / L;
   TORCH_CHECK(NCL < 65536, "rwkv_hf cuda wkv7: over 65535 chunks (chunk length ", L, ")");
   const at::cuda::OptionalCUDAGuard guard(r.device());
+  r = aligned16(r), k = aligned16(k), v = aligned16(v), w = aligned16(w), a = aligned16(a),
+  b = aligned16(b);
   auto y = at::empty_like(v);
   auto sT = at::empty({B, H, n, n}, s0.options());
   const int NC = (T + kSnap - 1) / kSnap;

@@ -131,7 +131,7 @@ def build(src=None, verbose=False, sanitize=False):
 
 
 def run_sanitized(cases, src=None):
-    """Runs each (op, B, T, H, N, dtype name, chunk) forward and backward through the cuda
+    """Runs each (op, B, T, H, N, dtype name, chunk[, misaligned]) forward and backward through the cuda
     backend on the emulated extension of ``src`` built with sanitizer.FLAGS (AddressSanitizer
     and the alignment check), in a fresh process (tests/sanitizer.py). Returns the CompletedProcess (returncode 0: no out-of-bounds
     or misaligned access, every output and gradient finite; otherwise its report in stderr)."""
@@ -139,6 +139,13 @@ def run_sanitized(cases, src=None):
 
     return sanitizer.run("import cuda_emulation; cuda_emulation._sanitized_main()",
                          json.dumps({"cases": cases, "src": src}))
+
+
+def _off_grid(t):
+    """A contiguous copy of t whose data starts one element into its storage (off the 16-byte
+    grid the extension's vector loads need)."""
+    out = torch.empty(t.numel() + 1, dtype=t.dtype)[1:].view(t.shape)
+    return out.copy_(t)
 
 
 def _sanitized_main():
@@ -149,10 +156,13 @@ def _sanitized_main():
     cuda_backend._ext = build(job["src"], sanitize=True)
     cuda_backend._act_dtype = lambda op, *xs: xs[0].dtype
     ops._choose = lambda op, requested, tensors: requested or "cuda"
-    for op, B, T, H, N, dtype, chunk in job["cases"]:
+    for op, B, T, H, N, dtype, chunk, *misaligned in job["cases"]:
         os.environ[cuda_backend.CHUNK_ENV] = str(chunk)
         x = make_inputs(op, B, T, H, N, dtype=getattr(torch, dtype), state=True, seed=T + N)
-        x = {n: (t.float() if n == "state" else t).requires_grad_() for n, t in x.items()}
+        x = {n: (t.float() if n == "state" else t) for n, t in x.items()}
+        if misaligned and misaligned[0]:  # per-token inputs one element into their storage
+            x = {n: _off_grid(t) if t.dim() == 4 and n != "state" else t for n, t in x.items()}
+        x = {n: t.requires_grad_() for n, t in x.items()}
         y, s = getattr(ops, op)(**x, output_final_state=True)
         grads = torch.autograd.grad([y, s], list(x.values()), [torch.ones_like(y), torch.ones_like(s)])
         for name, t in [("y", y), ("state", s)] + list(zip(["d" + n for n in x], grads)):
