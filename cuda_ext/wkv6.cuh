@@ -25,9 +25,9 @@
 // exact, without exponentials, and re-anchored at each chunk start by the directly computed
 // beta_{c*kSnap-1} = snap[c][i,:] . G_{c*kSnap-1}[i,:], so rounding runs over <= kSnap steps.
 //
-// Kernel B1 (one block per (batch, head), backwards in time): each lane group x holds both
-// row x and column x of G (the same matrix in two layouts, so that row sums and column sums
-// need only the group's shuffles, no block reductions): gk (row), gv (column),
+// Kernel B1 (one block per (batch, head), backwards in time): R x C tiles of G (BwdTile in
+// wkv_common.h), tokens in groups of kGroup: gv (column sums, shuffles once per group), gk and
+// gks (row sums: shuffles over the warp's column blocks, then shared memory once per group),
 // e_t = k_t gks_t (float32 scratch), the anchors beta, and gS_{-1}.
 // Kernel B2 (one block per (batch, head, chunk), forwards in time, chunks in parallel):
 // thread x holds row x of S from the chunk's snapshot; computes grs, gr, gw (beta chain), gu.
@@ -194,12 +194,14 @@ __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv6_fwd_kernel(
   }
 }
 
-// B1: backwards in time over chunk blockIdx.y (as the forward kernel), on the forward's R x C
-// tiles of G (see wkv7.cu: column sums by shuffles, row sums through shared memory after one
-// barrier per token). LOCAL = false: from G at the chunk's last token, gend[b, h, c] (gS_final
-// when not chunked), writes gk, gv, e, the anchors of the chunk and, for the first chunk,
-// gS_{-1}. LOCAL = true (pass 1 of the chunked form): from G = 0, writes only G at the token
-// before the chunk, `out[b, h, c]`. The bonus terms enter the sums through G + diag(r u) 1 gy^T:
+// B1: backwards in time over chunk blockIdx.y (as the forward kernel), on BwdTile's R x C tiles
+// of G, in groups of kGroup tokens (see wkv7.cu: gv's column sums reduced once per group; the row
+// sums gk, gks (= G v) and the anchors summed over the warp's column blocks by shuffles, then over
+// the warps through shared memory once per RG tokens by all threads). LOCAL = false: from G at
+// the chunk's last token, gend[b, h, c] (gS_final when not chunked), writes gk, gv, e, the
+// anchors of the chunk and, for the first chunk, gS_{-1}. LOCAL = true (pass 1 of the chunked
+// form): from G = 0, writes only G at the token before the chunk, `out[b, h, c]`. The bonus terms
+// enter the sums through G + diag(r u) 1 gy^T:
 // gk_i = sum_j (G_ij + r_i u_i gy_j) v_j, gv_j = sum_i (G_ij + r_i u_i gy_j) k_i.
 template <typename F, int N, bool LOCAL, bool WC>
 __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv6_bwd_b1_kernel(
@@ -210,57 +212,49 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv6_bwd_b1_kernel(
     float* __restrict__ e /* [B,T,H,N] */, float* __restrict__ anchor /* [B,H,NC,N] */,
     float* __restrict__ out /* gS_{-1} [B,H,N,N]; LOCAL: [B,H,NCL,N,N] */) {
   using Tl = BwdTile<N>;
-  // N = 128: 4 tokens per stage (the staged vectors and the row sums share 48 KB).
-  constexpr int TT = N == 128 ? 4 : Stage<N>::TT, R = Tl::R, C = Tl::C, NT = Tl::THREADS;
-  constexpr int W = Tl::WARPS, PAR = N == 128 ? 1 : 2;
+  // 8 tokens per stage (4 for N = 128): the staged vectors and the row sums share 48 KB.
+  constexpr int TT = N == 128 ? 4 : 8, R = Tl::R, C = Tl::C, NT = Tl::THREADS, W = Tl::WARPS;
+  constexpr int G = kGroup, Q = G * C / Tl::RB;  // gv values per lane and group
+  constexpr int RG = N == 128 ? 1 : G;  // tokens per flush of the row sums
   __shared__ __align__(16) float s_r[TT][N];
   __shared__ __align__(16) float s_k[TT][N];
   __shared__ __align__(16) float s_v[TT][N];
   __shared__ __align__(16) float s_d[TT][N];
   __shared__ __align__(16) float s_gy[TT][N];
   __shared__ __align__(16) float s_ru[TT][N];
-  // Row partial sums per warp (gk, gks (= G v)), double-buffered by token (single-buffered, with a
-  // second barrier per token, for N = 128, to stay within 48 KB); the anchors' partials (every
-  // kSnap tokens: many barriers apart, so single-buffered).
-  __shared__ __align__(16) float s_row[LOCAL ? 1 : PAR][2][LOCAL ? 1 : W][N];
+  // Row partial sums per token of the flush, vector (gk, gks) and warp; the anchors' partials
+  // (every kSnap tokens, on a group's first token).
+  __shared__ __align__(16) float s_row[LOCAL ? 1 : RG][2][LOCAL ? 1 : W][N];
   __shared__ __align__(16) float s_anc[LOCAL ? 1 : W][N];
   const int bh = blockIdx.x, h = bh % H, b = bh / H, tid = threadIdx.x;
   const int ch = blockIdx.y, NCL = gridDim.y, tbeg = ch * L, tend = min(T, tbeg + L);
   const int rb = Tl::rb_of(tid), c0 = Tl::cb_of(tid) * C;
-  const int mycol = c0 + Tl::col(rb);
-  const bool writer = rb % (Tl::RB / C) == 0;
   const int NC = (T + kSnap - 1) / kSnap;
   const int64_t stride = (int64_t)H * N;
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
   auto tok = [&](int t) { return hbase + (int64_t)(rev ? T - 1 - t : t) * stride; };
-  float G[R * C];  // G[e * C + cc] = G[row(rb, e)][c0 + cc]
+  float G_[R * C];  // G_[e * C + cc] = G[row(rb, e)][c0 + cc]
   const float* gp = gend + ((int64_t)bh * NCL + ch) * N * N + c0;
 #pragma unroll
   for (int e2 = 0; e2 < R; ++e2)
 #pragma unroll
     for (int cc = 0; cc < C; ++cc)
-      G[e2 * C + cc] = LOCAL ? 0.f : gp[(int64_t)Tl::row(rb, e2) * N + cc];
+      G_[e2 * C + cc] = LOCAL ? 0.f : gp[(int64_t)Tl::row(rb, e2) * N + cc];
   const float* snp = snap + (int64_t)bh * NC * N * N + c0;
-  int parity = 0;
-  auto rows = [&](int slot) { return &s_row[LOCAL ? 0 : parity][slot][0][0]; };
-  // Stage loads are issued one stage ahead into registers (see the forward kernel).
+  // Stage loads (see wkv7_fwd_kernel): E consecutive elements per array and thread.
   constexpr int E = TT * N / NT;
-  F pr[E] = {}, pk[E] = {}, pv[E] = {}, pg[E] = {};
-  float pw[E] = {};
+  const int sq = tid * E, stt = sq / N, sx = sq % N;
+  Raw<F, E> pr, pk, pv, pg;
+  Raw<float, E> pw;
   auto fetch = [&](int t0) {
-    const int lim = min(TT, tend - t0) * N;
-#pragma unroll
-    for (int it = 0; it < E; ++it) {
-      const int q = tid + it * NT;
-      if (q < lim) {
-        const int64_t o = tok(t0 + q / N) + q % N;
-        pr[it] = r[o];
-        pw[it] = w[WC ? h * N + q % N : o];
-        pg[it] = gy[o];
-        if constexpr (!LOCAL) {
-          pk[it] = k[o];
-          pv[it] = v[o];
-        }
+    if (t0 + stt < tend) {
+      const int64_t o = tok(t0 + stt) + sx;
+      pr.load(r + o);
+      pw.load(w + (WC ? h * N + sx : o));
+      pg.load(gy + o);
+      if constexpr (!LOCAL) {
+        pk.load(k + o);
+        pv.load(v + o);
       }
     }
   };
@@ -269,79 +263,106 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv6_bwd_b1_kernel(
   for (int t0 = tlast; t0 >= tbeg; t0 -= TT) {
     const int cnt = min(TT, tend - t0);
     __syncthreads();
+    {
+      float x[E];
 #pragma unroll
-    for (int it = 0; it < E; ++it) {
-      const int q = tid + it * NT, tt = q / N, xx = q % N;
-      const float rr = to_f(pr[it]);
-      s_r[tt][xx] = rr;
-      s_d[tt][xx] = expf(pw[it]);
-      s_gy[tt][xx] = to_f(pg[it]);
+      for (int i = 0; i < E; ++i) x[i] = pr.get(i);
+      st_shared(&s_r[stt][sx], x);
       if constexpr (!LOCAL) {
-        s_k[tt][xx] = to_f(pk[it]);
-        s_v[tt][xx] = to_f(pv[it]);
-        s_ru[tt][xx] = rr * u[h * N + xx];
+#pragma unroll
+        for (int i = 0; i < E; ++i) x[i] *= u[h * N + sx + i];
+        st_shared(&s_ru[stt][sx], x);
+#pragma unroll
+        for (int i = 0; i < E; ++i) x[i] = pk.get(i);
+        st_shared(&s_k[stt][sx], x);
+#pragma unroll
+        for (int i = 0; i < E; ++i) x[i] = pv.get(i);
+        st_shared(&s_v[stt][sx], x);
       }
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = expf(pw.get(i));
+      st_shared(&s_d[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = pg.get(i);
+      st_shared(&s_gy[stt][sx], x);
     }
     __syncthreads();
     if (t0 - TT >= tbeg) fetch(t0 - TT);
-    for (int tt = cnt - 1; tt >= 0; --tt) {
-      const int t = t0 + tt;
-      float gyv[C], vv[C], gvp[C];
+    for (int g0 = ((cnt - 1) / G) * G; g0 >= 0; g0 -= G) {
+      float gvg[G * C];  // gv's partial sums of the group's tokens, [token][column]
+      bool anchored = false;  // the group's first token t has beta_{t-1} = S_{t-1} . G_{t-1}
 #pragma unroll
-      for (int cc = 0; cc < C; ++cc) {
-        gyv[cc] = s_gy[tt][c0 + cc];
-        vv[cc] = LOCAL ? 0.f : s_v[tt][c0 + cc];
-        gvp[cc] = 0.f;
-      }
-      if constexpr (!LOCAL) {  // the sums of G_t (the bonus folded in, see above)
-        float gkp[R], gksp[R];
+      for (int gi = G - 1; gi >= 0; --gi) {
+        const int tt = g0 + gi, t = t0 + tt;
 #pragma unroll
-        for (int e0 = 0; e0 < R; e0 += 4) {
-          const int row = Tl::row(rb, e0);
-          const float4 k4 = ld4(&s_k[tt][row]), ru4 = ld4(&s_ru[tt][row]);
-          const float ke[4] = {k4.x, k4.y, k4.z, k4.w}, rue[4] = {ru4.x, ru4.y, ru4.z, ru4.w};
+        for (int cc = 0; cc < C; ++cc) gvg[gi * C + cc] = 0.f;
+        if (tt < cnt) {
+          float gyv[C], vv[C];
 #pragma unroll
-          for (int m = 0; m < 4; ++m) {
-            float gk_ = 0.f, gks_ = 0.f;
+          for (int cc = 0; cc < C; ++cc) {
+            gyv[cc] = s_gy[tt][c0 + cc];
+            vv[cc] = LOCAL ? 0.f : s_v[tt][c0 + cc];
+          }
+          if constexpr (!LOCAL) {  // the sums of G_t (the bonus folded in, see above)
+            float gkp[R], gksp[R];
 #pragma unroll
-            for (int cc = 0; cc < C; ++cc) {
-              const float g = G[(e0 + m) * C + cc], gb_ = g + rue[m] * gyv[cc];
-              gks_ += g * vv[cc];
-              gk_ += gb_ * vv[cc];
-              gvp[cc] += gb_ * ke[m];
+            for (int e0 = 0; e0 < R; e0 += 4) {
+              const int row = Tl::row(rb, e0);
+              const float4 k4 = ld4(&s_k[tt][row]), ru4 = ld4(&s_ru[tt][row]);
+              const float ke[4] = {k4.x, k4.y, k4.z, k4.w}, rue[4] = {ru4.x, ru4.y, ru4.z, ru4.w};
+#pragma unroll
+              for (int m = 0; m < 4; ++m) {
+                float gk_ = 0.f, gks_ = 0.f;
+#pragma unroll
+                for (int cc = 0; cc < C; ++cc) {
+                  const float g = G_[(e0 + m) * C + cc], gb_ = g + rue[m] * gyv[cc];
+                  gks_ += g * vv[cc];
+                  gk_ += gb_ * vv[cc];
+                  gvg[gi * C + cc] += gb_ * ke[m];
+                }
+                gkp[e0 + m] = gk_;
+                gksp[e0 + m] = gks_;
+              }
             }
-            gkp[e0 + m] = gk_;
-            gksp[e0 + m] = gks_;
+            Tl::row_put(gkp, &s_row[gi % RG][0][0][0], tid);
+            Tl::row_put(gksp, &s_row[gi % RG][1][0][0], tid);
+          }
+          // G_{t-1} = diag(d_t) G_t + r_t gy_t^T.
+          Tl::decay_add_outer(G_, s_d[tt], s_r[tt], gyv, rb);
+          if (!LOCAL && gi == 0 && t % kSnap == 0) {  // beta_{t-1} = S_{t-1} . G_{t-1}
+            anchored = true;
+            float bp[R];
+            Tl::row_dots(snp + (int64_t)(t / kSnap) * N * N, G_, bp, rb);
+            Tl::row_put(bp, &s_anc[0][0], tid);
           }
         }
-        const float gvx = Tl::reduce_scatter(gvp, rb);
-        if (writer) put(gv, tok(t) + mycol, gvx);
-        Tl::row_put(gkp, rows(0), tid);
-        Tl::row_put(gksp, rows(1), tid);
+        if (!LOCAL && gi % RG == 0) {  // the row sums of tokens g0 + gi .. g0 + gi + RG - 1
+          __syncthreads();
+          for (int p = tid; p < RG * N; p += NT) {
+            const int tt = g0 + gi + p / N, i = p % N;
+            if (tt < cnt) {
+              float gkx = 0.f, gksx = 0.f;
+#pragma unroll
+              for (int w2 = 0; w2 < W; ++w2) {
+                gkx += s_row[p / N][0][w2][i];
+                gksx += s_row[p / N][1][w2][i];
+              }
+              const int64_t o = tok(t0 + tt) + i;
+              put(gk, o, gkx);
+              e[o] = s_k[tt][i] * gksx;
+            }
+          }
+          if (anchored && tid < N)
+            anchor[((int64_t)bh * NC + (t0 + g0) / kSnap) * N + tid] = Tl::row_sum(&s_anc[0][0], tid);
+          __syncthreads();  // the sums are read before the next tokens overwrite them
+        }
       }
-      // G_{t-1} = diag(d_t) G_t + r_t gy_t^T.
-      Tl::decay_add_outer(G, s_d[tt], s_r[tt], gyv, rb);
-      const bool anchored = !LOCAL && t % kSnap == 0;  // beta_{t-1} = S_{t-1} . G_{t-1}
       if constexpr (!LOCAL) {
-        if (anchored) {
-          float bp[R];
-          Tl::row_dots(snp + (int64_t)(t / kSnap) * N * N, G, bp, rb);
-          Tl::row_put(bp, &s_anc[0][0], tid);
-        }
-        __syncthreads();
-        if (tid < N) {
-          const int i = tid;
-          const float gkx = Tl::row_sum(rows(0), i), gksx = Tl::row_sum(rows(1), i);
-          const int64_t o = tok(t) + i;
-          put(gk, o, gkx);
-          e[o] = s_k[tt][i] * gksx;
-          if (anchored)
-            anchor[((int64_t)bh * NC + t / kSnap) * N + i] = Tl::row_sum(&s_anc[0][0], i);
-        }
-        if constexpr (PAR == 2) {
-          parity ^= 1;
-        } else {
-          __syncthreads();  // the sums are read before the next token overwrites them
+        Tl::reduce_scatter_n(gvg, rb);  // lane rb: entries Q rb .. of [token][column]
+#pragma unroll
+        for (int q = 0; q < Q; ++q) {
+          const int i = Q * rb + q, tt = g0 + i / C;
+          if (tt < cnt) put(gv, tok(t0 + tt) + c0 + i % C, gvg[q]);
         }
       }
     }
@@ -351,7 +372,7 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv6_bwd_b1_kernel(
 #pragma unroll
   for (int e2 = 0; e2 < R; ++e2)
 #pragma unroll
-    for (int cc = 0; cc < C; ++cc) op[(int64_t)Tl::row(rb, e2) * N + cc] = G[e2 * C + cc];
+    for (int cc = 0; cc < C; ++cc) op[(int64_t)Tl::row(rb, e2) * N + cc] = G_[e2 * C + cc];
 }
 
 // B2: one block per (batch*head, chunk), forwards in time inside the chunk.

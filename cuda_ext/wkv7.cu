@@ -31,10 +31,11 @@
 // beta_t = gw_t + e_t with e_t = b_t gb_t + k_t gk_t, re-anchored at every chunk start by
 // beta_{c*kSnap-1} = snap[c][i,:] . G_{c*kSnap-1}[i,:] (no inversion of the decay).
 //
-// Kernel B1 (backwards in time, one block per (batch, head)): lane group x holds row x and
-// column x of G; row sums (gk, gb, anchors) and column sums (gv, c_x) need only the group's
-// shuffles; the vector c_t is exchanged through shared memory (one barrier per token). Writes gk, gv, gb,
-// e_t and c_t (float32 scratch), the anchors and gS_{-1}.
+// Kernel B1 (backwards in time, one block per (batch, head)): R x C tiles of G (BwdTile in
+// wkv_common.h), tokens in groups of kGroup; column sums (c_t per token by a butterfly, gv once
+// per group) are shuffles, row sums (gk, gb, anchors) shuffles over the warp's column blocks and
+// then shared memory once per group. Writes gk, gv, gb, e_t and c_t (float32 scratch), the
+// anchors and gS_{-1}.
 // Kernel B2 (forwards in time, one block per (batch, head, chunk), chunks in parallel):
 // thread x holds row x of S from the chunk's snapshot; computes ga, gr and gw.
 #include "wkv_common.h"
@@ -219,14 +220,16 @@ __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv7_fwd_kernel(
   }
 }
 
-// B1: backwards in time over chunk blockIdx.y (as the forward kernel), on the forward's R x C
-// tiles of G. Column sums (gv, c_t) are shuffles in the column block; row sums (gk, gb and the
-// anchors) are per-thread partials over the tile's C columns, summed over the N / C column blocks
-// through shared memory after a barrier (one per token) by threads 0 .. N-1. LOCAL = false: from
-// G^{partial} at the chunk's last token, gend[b, h, c] (gS_final when not chunked), writes gk, gv,
-// gb, e, c_t, the anchors of the chunk and, for the first chunk, gS_{-1}. LOCAL = true (pass 1
-// of the chunked form): from G = 0, writes only G^{partial} at the token before the chunk,
-// `out[b, h, c]` (no row sums, no barrier per token).
+// B1: backwards in time over chunk blockIdx.y (as the forward kernel), on BwdTile's R x C tiles
+// of G, in groups of kGroup tokens. Column sums (c_t, which the recurrence waits on: a butterfly
+// per token; gv: one reduce-scatter per group) are shuffles in the column block. Row sums (gk,
+// gb and the anchors) are per-thread partials over the tile's C columns, summed over the warp's
+// column blocks by shuffles, then over the warps through shared memory once per RG tokens
+// (two barriers) by all threads, one (token, row) each. LOCAL = false: from G^{partial} at the
+// chunk's last token, gend[b, h, c] (gS_final when not chunked), writes gk, gv, gb, e, c_t, the
+// anchors of the chunk and, for the first chunk, gS_{-1}. LOCAL = true (pass 1 of the chunked
+// form): from G = 0, writes only G^{partial} at the token before the chunk, `out[b, h, c]` (no
+// row sums, no barriers but the stages').
 template <typename F, int N, bool LOCAL>
 __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv7_bwd_b1_kernel(
     int T, int H, int L, const F* __restrict__ r, const F* __restrict__ k, const F* __restrict__ v,
@@ -237,9 +240,10 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv7_bwd_b1_kernel(
     float* __restrict__ cvec /* [B,T,H,N] */, float* __restrict__ anchor /* [B,H,NC,N] */,
     float* __restrict__ out /* gS_{-1} [B,H,N,N]; LOCAL: [B,H,NCL,N,N] */) {
   using Tl = BwdTile<N>;
-  // N = 128: 4 tokens per stage (the staged vectors and the row sums share 48 KB).
-  constexpr int TT = N == 128 ? 4 : Stage<N>::TT, R = Tl::R, C = Tl::C, NT = Tl::THREADS;
-  constexpr int W = Tl::WARPS, PAR = N == 128 ? 1 : 2;
+  // 8 tokens per stage (4 for N = 128): the staged vectors and the row sums share 48 KB.
+  constexpr int TT = N == 128 ? 4 : 8, R = Tl::R, C = Tl::C, NT = Tl::THREADS, W = Tl::WARPS;
+  constexpr int G = kGroup, Q = G * C / Tl::RB;  // gv values per lane and group
+  constexpr int RG = N == 128 ? 1 : G;  // tokens per flush of the row sums
   __shared__ __align__(16) float s_r[TT][N];
   __shared__ __align__(16) float s_k[TT][N];
   __shared__ __align__(16) float s_v[TT][N];
@@ -248,51 +252,42 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv7_bwd_b1_kernel(
   __shared__ __align__(16) float s_b[TT][N];
   __shared__ __align__(16) float s_gy[TT][N];
   __shared__ __align__(16) float s_sa[TT][N];
-  // Row partial sums per warp (gk, gb), double-buffered by token (single-buffered, with a
-  // second barrier per token, for N = 128, to stay within 48 KB); the anchors' partials (every
-  // kSnap tokens: many barriers apart, so single-buffered).
-  __shared__ __align__(16) float s_row[LOCAL ? 1 : PAR][2][LOCAL ? 1 : W][N];
+  // Row partial sums per token of the flush, vector (gk, gb) and warp; the anchors' partials
+  // (every kSnap tokens, on a group's last token).
+  __shared__ __align__(16) float s_row[LOCAL ? 1 : RG][2][LOCAL ? 1 : W][N];
   __shared__ __align__(16) float s_anc[LOCAL ? 1 : W][N];
   const int bh = blockIdx.x, h = bh % H, b = bh / H, tid = threadIdx.x;
   const int ch = blockIdx.y, NCL = gridDim.y, tbeg = ch * L, tend = min(T, tbeg + L);
   const int rb = Tl::rb_of(tid), c0 = Tl::cb_of(tid) * C;
-  const int mycol = c0 + Tl::col(rb);
-  const bool writer = rb % (Tl::RB / C) == 0;
   const int NC = (T + kSnap - 1) / kSnap;
   const int64_t stride = (int64_t)H * N;
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
-  float G[R * C];  // G^{partial} (without the current token's r gy^T term), G[e * C + cc]
+  float G_[R * C];  // G^{partial} (without the current token's r gy^T term), G_[e * C + cc]
   const float* gp = gend + ((int64_t)bh * NCL + ch) * N * N + c0;
 #pragma unroll
   for (int e2 = 0; e2 < R; ++e2)
 #pragma unroll
     for (int cc = 0; cc < C; ++cc)
-      G[e2 * C + cc] = LOCAL ? 0.f : gp[(int64_t)Tl::row(rb, e2) * N + cc];
+      G_[e2 * C + cc] = LOCAL ? 0.f : gp[(int64_t)Tl::row(rb, e2) * N + cc];
   const float* snp = snap + (int64_t)bh * NC * N * N + c0;
   float* anp = anchor + (int64_t)bh * NC * N;
-  int parity = 0;
-  auto rows = [&](int slot) { return &s_row[LOCAL ? 0 : parity][slot][0][0]; };
-  // Stage loads are issued one stage ahead into registers (see the forward kernel).
+  // Stage loads (see wkv7_fwd_kernel): E consecutive elements per array and thread.
   constexpr int E = TT * N / NT;
-  F pr[E] = {}, pk[E] = {}, pv[E] = {}, pa[E] = {}, pb[E] = {}, pg[E] = {};
-  float pw[E] = {}, ps[E] = {};
+  const int sq = tid * E, stt = sq / N, sx = sq % N;
+  Raw<F, E> pr, pk, pv, pa, pb, pg;
+  Raw<float, E> pw, ps;
   auto fetch = [&](int t0) {
-    const int lim = min(TT, tend - t0) * N;
-#pragma unroll
-    for (int it = 0; it < E; ++it) {
-      const int q = tid + it * NT;
-      if (q < lim) {
-        const int64_t o = hbase + (int64_t)(t0 + q / N) * stride + q % N;
-        pr[it] = r[o];
-        pw[it] = w[o];
-        pa[it] = a[o];
-        pb[it] = bb[o];
-        pg[it] = gy[o];
-        if constexpr (!LOCAL) {
-          pk[it] = k[o];
-          pv[it] = v[o];
-          ps[it] = sa[o];
-        }
+    if (t0 + stt < tend) {
+      const int64_t o = hbase + (int64_t)(t0 + stt) * stride + sx;
+      pr.load(r + o);
+      pw.load(w + o);
+      pa.load(a + o);
+      pb.load(bb + o);
+      pg.load(gy + o);
+      if constexpr (!LOCAL) {
+        pk.load(k + o);
+        pv.load(v + o);
+        ps.load(sa + o);
       }
     }
   };
@@ -301,100 +296,131 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv7_bwd_b1_kernel(
   for (int t0 = tlast; t0 >= tbeg; t0 -= TT) {
     const int cnt = min(TT, tend - t0);
     __syncthreads();
+    {
+      float x[E];
 #pragma unroll
-    for (int it = 0; it < E; ++it) {
-      const int q = tid + it * NT, tt = q / N, xx = q % N;
-      s_r[tt][xx] = to_f(pr[it]);
-      s_d[tt][xx] = expf(pw[it]);
-      s_a[tt][xx] = to_f(pa[it]);
-      s_b[tt][xx] = to_f(pb[it]);
-      s_gy[tt][xx] = to_f(pg[it]);
+      for (int i = 0; i < E; ++i) x[i] = pr.get(i);
+      st_shared(&s_r[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = expf(pw.get(i));
+      st_shared(&s_d[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = pa.get(i);
+      st_shared(&s_a[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = pb.get(i);
+      st_shared(&s_b[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = pg.get(i);
+      st_shared(&s_gy[stt][sx], x);
       if constexpr (!LOCAL) {
-        s_k[tt][xx] = to_f(pk[it]);
-        s_v[tt][xx] = to_f(pv[it]);
-        s_sa[tt][xx] = ps[it];
+#pragma unroll
+        for (int i = 0; i < E; ++i) x[i] = pk.get(i);
+        st_shared(&s_k[stt][sx], x);
+#pragma unroll
+        for (int i = 0; i < E; ++i) x[i] = pv.get(i);
+        st_shared(&s_v[stt][sx], x);
+#pragma unroll
+        for (int i = 0; i < E; ++i) x[i] = ps.get(i);
+        st_shared(&s_sa[stt][sx], x);
       }
     }
     __syncthreads();
     if (t0 - TT >= tbeg) fetch(t0 - TT);
-    for (int tt = cnt - 1; tt >= 0; --tt) {
-      const int t = t0 + tt;
-      float gyv[C], vv[C], sav[C], cp[C], gvp[C];
+    for (int g0 = ((cnt - 1) / G) * G; g0 >= 0; g0 -= G) {
+      float gvg[G * C];  // gv's partial sums of the group's tokens, [token][column]
+      bool anchored = false;  // the group's last token t has beta_t = S_t . G_t anchored
 #pragma unroll
-      for (int cc = 0; cc < C; ++cc) {
-        gyv[cc] = s_gy[tt][c0 + cc];
-        vv[cc] = LOCAL ? 0.f : s_v[tt][c0 + cc];
-        sav[cc] = LOCAL ? 0.f : s_sa[tt][c0 + cc];
-        cp[cc] = 0.f;
-        gvp[cc] = 0.f;
-      }
-      float gkp[R], gbp[R];
-      // Complete G_t with the output's term r_t gy_t^T; the row and column sums of G_t.
+      for (int gi = G - 1; gi >= 0; --gi) {
+        const int tt = g0 + gi, t = t0 + tt;
 #pragma unroll
-      for (int e0 = 0; e0 < R; e0 += 4) {
-        const int row = Tl::row(rb, e0);
-        const float4 r4 = ld4(&s_r[tt][row]), b4 = ld4(&s_b[tt][row]);
-        const float re[4] = {r4.x, r4.y, r4.z, r4.w}, be[4] = {b4.x, b4.y, b4.z, b4.w};
-        float ke[4] = {0.f, 0.f, 0.f, 0.f};
-        if constexpr (!LOCAL) {
-          const float4 k4 = ld4(&s_k[tt][row]);
-          ke[0] = k4.x, ke[1] = k4.y, ke[2] = k4.z, ke[3] = k4.w;
-        }
-#pragma unroll
-        for (int m = 0; m < 4; ++m) {
-          float gk_ = 0.f, gb_ = 0.f;
+        for (int cc = 0; cc < C; ++cc) gvg[gi * C + cc] = 0.f;
+        if (tt < cnt) {
+          float gyv[C], vv[C], sav[C], cp[C];
 #pragma unroll
           for (int cc = 0; cc < C; ++cc) {
-            float& g = G[(e0 + m) * C + cc];
-            g += re[m] * gyv[cc];
-            cp[cc] += g * be[m];
+            gyv[cc] = s_gy[tt][c0 + cc];
+            vv[cc] = LOCAL ? 0.f : s_v[tt][c0 + cc];
+            sav[cc] = LOCAL ? 0.f : s_sa[tt][c0 + cc];
+            cp[cc] = 0.f;
+          }
+          float gkp[R], gbp[R];
+          // Complete G_t with the output's term r_t gy_t^T; the row and column sums of G_t.
+#pragma unroll
+          for (int e0 = 0; e0 < R; e0 += 4) {
+            const int row = Tl::row(rb, e0);
+            const float4 r4 = ld4(&s_r[tt][row]), b4 = ld4(&s_b[tt][row]);
+            const float re[4] = {r4.x, r4.y, r4.z, r4.w}, be[4] = {b4.x, b4.y, b4.z, b4.w};
+            float ke[4] = {0.f, 0.f, 0.f, 0.f};
             if constexpr (!LOCAL) {
-              gvp[cc] += g * ke[m];
-              gk_ += g * vv[cc];
-              gb_ += g * sav[cc];
+              const float4 k4 = ld4(&s_k[tt][row]);
+              ke[0] = k4.x, ke[1] = k4.y, ke[2] = k4.z, ke[3] = k4.w;
+            }
+#pragma unroll
+            for (int m = 0; m < 4; ++m) {
+              float gk_ = 0.f, gb_ = 0.f;
+#pragma unroll
+              for (int cc = 0; cc < C; ++cc) {
+                float& g = G_[(e0 + m) * C + cc];
+                g += re[m] * gyv[cc];
+                cp[cc] += g * be[m];
+                if constexpr (!LOCAL) {
+                  gvg[gi * C + cc] += g * ke[m];
+                  gk_ += g * vv[cc];
+                  gb_ += g * sav[cc];
+                }
+              }
+              gkp[e0 + m] = gk_;
+              gbp[e0 + m] = gb_;
             }
           }
-          gkp[e0 + m] = gk_;
-          gbp[e0 + m] = gb_;
-        }
-      }
-      Tl::all_reduce(cp);
-      const bool anchored = !LOCAL && (t + 1) % kSnap == 0 && t + 1 < T;  // beta_t = S_t . G_t
-      if constexpr (!LOCAL) {
-        const float gvx = Tl::reduce_scatter(gvp, rb);
-        if (writer) {
-          float cx = cp[0];
+          Tl::all_reduce(cp);
+          if constexpr (!LOCAL) {
+            if (rb == 0) {  // every lane holds the block's c_t
+              float* o = cvec + hbase + (int64_t)t * stride + c0;
 #pragma unroll
-          for (int cc = 1; cc < C; ++cc) cx = c0 + cc == mycol ? cp[cc] : cx;
-          const int64_t o = hbase + (int64_t)t * stride + mycol;
-          gv[o] = from_f<F>(gvx);
-          cvec[o] = cx;
+              for (int cc = 0; cc < C; ++cc) o[cc] = cp[cc];
+            }
+            Tl::row_put(gkp, &s_row[gi % RG][0][0][0], tid);
+            Tl::row_put(gbp, &s_row[gi % RG][1][0][0], tid);
+            if (gi == G - 1 && (t + 1) % kSnap == 0 && t + 1 < T) {  // beta_t = S_t . G_t
+              anchored = true;
+              float bp[R];
+              Tl::row_dots(snp + (int64_t)((t + 1) / kSnap) * N * N, G_, bp, rb);
+              Tl::row_put(bp, &s_anc[0][0], tid);
+            }
+          }
+          // G^{partial}_{t-1} = A_t^T G_t = diag(d_t) G_t + a_t c_t^T.
+          Tl::decay_add_outer(G_, s_d[tt], s_a[tt], cp, rb);
         }
-        Tl::row_put(gkp, rows(0), tid);
-        Tl::row_put(gbp, rows(1), tid);
-        if (anchored) {
-          float bp[R];
-          Tl::row_dots(snp + (int64_t)((t + 1) / kSnap) * N * N, G, bp, rb);
-          Tl::row_put(bp, &s_anc[0][0], tid);
+        if (!LOCAL && gi % RG == 0) {  // the row sums of tokens g0 + gi .. g0 + gi + RG - 1
+          __syncthreads();
+          for (int p = tid; p < RG * N; p += NT) {
+            const int tt = g0 + gi + p / N, i = p % N;
+            if (tt < cnt) {
+              float gkx = 0.f, gbx = 0.f;
+#pragma unroll
+              for (int w2 = 0; w2 < W; ++w2) {
+                gkx += s_row[p / N][0][w2][i];
+                gbx += s_row[p / N][1][w2][i];
+              }
+              const int64_t o = hbase + (int64_t)(t0 + tt) * stride + i;
+              gk[o] = from_f<F>(gkx);
+              gb[o] = from_f<F>(gbx);
+              e[o] = s_b[tt][i] * gbx + s_k[tt][i] * gkx;
+            }
+          }
+          if (anchored && gi == 0 && tid < N)
+            anp[(int64_t)((t0 + g0 + G) / kSnap) * N + tid] = Tl::row_sum(&s_anc[0][0], tid);
+          __syncthreads();  // the sums are read before the next tokens overwrite them
         }
       }
-      // G^{partial}_{t-1} = A_t^T G_t = diag(d_t) G_t + a_t c_t^T.
-      Tl::decay_add_outer(G, s_d[tt], s_a[tt], cp, rb);
       if constexpr (!LOCAL) {
-        __syncthreads();
-        if (tid < N) {
-          const int i = tid;
-          const float gkx = Tl::row_sum(rows(0), i), gbx = Tl::row_sum(rows(1), i);
-          const int64_t o = hbase + (int64_t)t * stride + i;
-          gk[o] = from_f<F>(gkx);
-          gb[o] = from_f<F>(gbx);
-          e[o] = s_b[tt][i] * gbx + s_k[tt][i] * gkx;
-          if (anchored) anp[(int64_t)((t + 1) / kSnap) * N + i] = Tl::row_sum(&s_anc[0][0], i);
-        }
-        if constexpr (PAR == 2) {
-          parity ^= 1;
-        } else {
-          __syncthreads();  // the sums are read before the next token overwrites them
+        Tl::reduce_scatter_n(gvg, rb);  // lane rb: entries Q rb .. of [token][column]
+#pragma unroll
+        for (int q = 0; q < Q; ++q) {
+          const int i = Q * rb + q, tt = g0 + i / C;
+          if (tt < cnt) gv[hbase + (int64_t)(t0 + tt) * stride + c0 + i % C] = from_f<F>(gvg[q]);
         }
       }
     }
@@ -404,13 +430,13 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv7_bwd_b1_kernel(
 #pragma unroll
     for (int e2 = 0; e2 < R; ++e2)
 #pragma unroll
-      for (int cc = 0; cc < C; ++cc) op[(int64_t)Tl::row(rb, e2) * N + cc] = G[e2 * C + cc];
+      for (int cc = 0; cc < C; ++cc) op[(int64_t)Tl::row(rb, e2) * N + cc] = G_[e2 * C + cc];
     return;
   } else {
     if (ch != 0) return;
     // G_{-1} = A_0^T G_0 is the gradient of the initial state; anchor beta_{-1} = S_{-1} . G_{-1}.
     float bp[R];
-    Tl::row_dots(snp, G, bp, rb);  // S_{-1} . G_{-1}
+    Tl::row_dots(snp, G_, bp, rb);  // S_{-1} . G_{-1}
     Tl::row_put(bp, &s_anc[0][0], tid);
     __syncthreads();
     if (tid < N) anp[tid] = Tl::row_sum(&s_anc[0][0], tid);
@@ -418,7 +444,7 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv7_bwd_b1_kernel(
 #pragma unroll
     for (int e2 = 0; e2 < R; ++e2)
 #pragma unroll
-      for (int cc = 0; cc < C; ++cc) op[(int64_t)Tl::row(rb, e2) * N + cc] = G[e2 * C + cc];
+      for (int cc = 0; cc < C; ++cc) op[(int64_t)Tl::row(rb, e2) * N + cc] = G_[e2 * C + cc];
   }
 }
 

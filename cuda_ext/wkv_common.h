@@ -189,7 +189,7 @@ struct Tile {
 // kernels' (8 x 4 from N = 64: half the threads of 4 x 4, so half the per-token reductions and
 // shared-memory reads of the column vectors, and fewer instructions per state entry).
 template <int N>
-using BwdTile = Tile<N, (N == 128 ? 8 : 4), (N == 16 ? 2 : 4)>;
+using BwdTile = Tile<N, (N >= 64 ? 8 : 4), (N == 16 ? 2 : 4)>;
 template <int N>
 using FwdTile = Tile<N, (N >= 64 ? 8 : 4), (N == 16 ? 2 : 4)>;
 
@@ -203,8 +203,8 @@ constexpr int kGroup = 4;
 template <typename F, int E>
 struct Raw {
   static constexpr int BYTES = E * (int)sizeof(F);
-  static_assert(BYTES % 4 == 0, "Raw: E elements must fill whole 4-byte words");
-  using Word = std::conditional_t<BYTES % 16 == 0, float4, float>;
+  using Word = std::conditional_t<BYTES % 16 == 0, float4,
+                                  std::conditional_t<BYTES % 4 == 0, float, F>>;
   static constexpr int W = BYTES / (int)sizeof(Word);
   Word w[W];
   __device__ __forceinline__ void load(const F* p) {

@@ -68,8 +68,9 @@ F* out_ptr(at::Tensor& x) {
 
 float* f32_or_null(at::Tensor& x, bool use) { return use ? x.data_ptr<float>() : nullptr; }
 
-// The forward kernels move each thread's share of a stage as 16-byte words: a per-token input
-// whose data does not start on a 16-byte boundary (a view at an odd offset) is copied.
+// The forward kernels and B1 move each thread's share of a stage as 16-byte (or 4-byte) words: a
+// per-token input whose data does not start on a 16-byte boundary (a view at an odd offset) is
+// copied.
 at::Tensor aligned16(const at::Tensor& x) {
   return reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 ? x : x.clone();
 }
@@ -326,6 +327,7 @@ std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
   TORCH_CHECK((int64_t)B * H * NC < (int64_t)1 << 31 && NCL < 65536, "rwkv_hf cuda wkv6: ",
               "input too large for one launch (B * H * T / 64 >= 2^31, or over 65535 chunks)");
   const at::cuda::OptionalCUDAGuard guard(r.device());
+  r = aligned16(r), k = aligned16(k), v = aligned16(v), w = aligned16(w), gy = aligned16(gy);
   auto f32 = r.options().dtype(at::kFloat);
   auto gr = new_out(r, out_f32), gk = new_out(r, out_f32), gv = new_out(v, out_f32);
   const auto gadd = addends(add, {gr, gk, gv});
@@ -407,6 +409,8 @@ std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
   TORCH_CHECK((int64_t)B * H * NC < (int64_t)1 << 31 && NCL < 65536, "rwkv_hf cuda wkv7: ",
               "input too large for one launch (B * H * T / 64 >= 2^31, or over 65535 chunks)");
   const at::cuda::OptionalCUDAGuard guard(r.device());
+  r = aligned16(r), k = aligned16(k), v = aligned16(v), w = aligned16(w), a = aligned16(a),
+  b = aligned16(b), sa = aligned16(sa), gy = aligned16(gy);
   auto f32 = r.options().dtype(at::kFloat);
   auto gr = at::empty_like(r), gk = at::empty_like(r), gv = at::empty_like(v);
   auto ga = at::empty_like(r), gb = at::empty_like(r);

@@ -136,9 +136,9 @@ def test_emulation_catches_a_missing_barrier(tmp_path, monkeypatch):
     for name in cuda_backend.SOURCES + cuda_backend.HEADERS:
         shutil.copy(f"{src}/{name}", tmp_path / name)
     text = (tmp_path / "wkv7.cu").read_text()
-    barrier = "        __syncthreads();\n        if (tid < N) {"
+    barrier = "          __syncthreads();\n          for (int p = tid; p < RG * N; p += NT) {"
     assert text.count(barrier) == 1
-    (tmp_path / "wkv7.cu").write_text(text.replace(barrier, "        if (tid < N) {"))
+    (tmp_path / "wkv7.cu").write_text(text.replace(barrier, "          for (int p = tid; p < RG * N; p += NT) {"))
     broken = build(str(tmp_path))
     monkeypatch.setattr(cuda_backend, "_ext", broken)
     monkeypatch.setattr(cuda_backend, "_act_dtype", lambda op, *xs: xs[0].dtype)
@@ -178,8 +178,8 @@ def test_sanitizer_catches_a_read_past_the_end_and_a_misaligned_load(tmp_path):
         shutil.copy(f"{src}/{name}", tmp_path / name)
     text = (tmp_path / "wkv7.cu").read_text()
     guard = "    if (t0 + stt < tend) {"
-    assert text.count(guard) == 1  # the forward's staging
-    (tmp_path / "wkv7.cu").write_text(text.replace(guard, "    if (t0 + stt < tend + 1) {"))
+    assert text.count(guard) == 2  # the forward's staging, then the backward's
+    (tmp_path / "wkv7.cu").write_text(text.replace(guard, "    if (t0 + stt < tend + 1) {", 1))
     text = (tmp_path / "wkv6.cuh").read_text()
     load = "ld4(&s_k[tt][row]), d4 ="
     assert text.count(load) == 1
