@@ -29,8 +29,8 @@
 // wkv_common.h), tokens in groups of kGroup: gv (column sums, shuffles once per group), gk and
 // gks (row sums: shuffles over the warp's column blocks, then shared memory once per group),
 // e_t = k_t gks_t (float32 scratch), the anchors beta, and gS_{-1}.
-// Kernel B2 (one block per (batch, head, chunk), forwards in time, chunks in parallel):
-// thread x holds row x of S from the chunk's snapshot; computes grs, gr, gw (beta chain), gu.
+// Kernel B2 (one block per (batch, head, chunk), forwards in time, chunks in parallel): R x C
+// tiles of S from the chunk's snapshot (RowTile); computes grs, gr, gw (beta chain), gu.
 //
 // `rev`: every kernel reads and writes token t of its scan at position T-1-t (the right-to-left
 // half of bi_wkv6 runs on the sequence as it is, no flipped copies); snapshots, chunks and
@@ -375,70 +375,140 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv6_bwd_b1_kernel(
     for (int cc = 0; cc < C; ++cc) op[(int64_t)Tl::row(rb, e2) * N + cc] = G_[e2 * C + cc];
 }
 
-// B2: one block per (batch*head, chunk), forwards in time inside the chunk.
+// B2: one block per (batch*head, snapshot chunk), forwards in time inside the chunk from its
+// snapshot, on RowTile's R x C tiles of S (see wkv7.cu). Per token: the partial row dots
+// S_{t-1} . gy_t (grs) and v_t . gy_t (every row's copy), then the row update
+// S_t = d S_{t-1} + k v_t^T; summed over the column blocks once per group of kGroup tokens, after
+// which the lane owning a row runs the chain gw_t = beta_{t-1} - r_t grs_t,
+// beta_t = gw_t + e_t, writes gr and gw, and sums its row's gu.
 template <typename F, int N, bool WC>
-__global__ void __launch_bounds__(N) wkv6_bwd_b2_kernel(
+__global__ void __launch_bounds__(RowTile<N>::THREADS) wkv6_bwd_b2_kernel(
     int T, int H, bool rev, const F* __restrict__ r, const F* __restrict__ k,
     const F* __restrict__ v, const float* __restrict__ w, const float* __restrict__ u,
     const float* __restrict__ snap, const F* __restrict__ gy, const float* __restrict__ e,
     const float* __restrict__ anchor, OutVec<F> gr, float* __restrict__ gw,
     float* __restrict__ gu_part /* [B,NC,H,N] */) {
-  constexpr int TT = Stage<N>::TT;
+  using Tl = RowTile<N>;
+  constexpr int TT = 8, R = Tl::R, C = Tl::C, NT = Tl::THREADS, G = kGroup;
   __shared__ __align__(16) float s_v[TT][N];
   __shared__ __align__(16) float s_gy[TT][N];
-  const int NC = (T + kSnap - 1) / kSnap;  // one block per (batch*head, snapshot chunk)
-  const int bh = blockIdx.x / NC, h = bh % H, b = bh / H, x = threadIdx.x, c = blockIdx.x % NC;
+  __shared__ __align__(16) float s_d[TT][N];
+  __shared__ __align__(16) float s_k[TT][N];
+  __shared__ __align__(16) float s_r[TT][N];
+  __shared__ __align__(16) float s_e[TT][N];
+  const int NC = (T + kSnap - 1) / kSnap;
+  const int bh = blockIdx.x / NC, h = bh % H, b = bh / H, c = blockIdx.x % NC, tid = threadIdx.x;
+  const int rb = Tl::rb_of(tid), cb = Tl::cb_of(tid), r0 = rb * R;
   const int64_t stride = (int64_t)H * N;
-  const int64_t base = (int64_t)b * T * stride + (int64_t)h * N + x;
-  auto tok = [&](int t) { return base + (int64_t)(rev ? T - 1 - t : t) * stride; };
-  const float ux = u[h * N + x];
-  float Sr[N];
-  const float* snp = snap + ((int64_t)bh * NC + c) * N * N + (int64_t)x * N;
+  const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
+  auto tok = [&](int t) { return hbase + (int64_t)(rev ? T - 1 - t : t) * stride; };
+  float S[R * C];  // S[e * C + j] = S[r0 + e][col(cb, j)]
+  const float* snp = snap + ((int64_t)bh * NC + c) * N * N;
 #pragma unroll
-  for (int j = 0; j < N; j += 4) {
-    const float4 s4 = ld4(snp + j);
-    Sr[j] = s4.x;
-    Sr[j + 1] = s4.y;
-    Sr[j + 2] = s4.z;
-    Sr[j + 3] = s4.w;
-  }
-  float beta = anchor[((int64_t)bh * NC + c) * N + x];
+  for (int e2 = 0; e2 < R; ++e2)
+#pragma unroll
+    for (int j = 0; j < C; j += 4) {
+      const float4 s4 = ld4(snp + (int64_t)(r0 + e2) * N + Tl::col(cb, j));
+      S[e2 * C + j] = s4.x, S[e2 * C + j + 1] = s4.y, S[e2 * C + j + 2] = s4.z, S[e2 * C + j + 3] = s4.w;
+    }
+  const int orow = r0 + Tl::own_row(cb);
+  const float uo = u[h * N + orow];
+  float beta = anchor[((int64_t)bh * NC + c) * N + orow];
   double gu_acc = 0.0;
   const int tbeg = c * kSnap, tend = min(T, tbeg + kSnap);
+  // Stage loads (see wkv7_fwd_kernel): E consecutive elements per array and thread.
+  constexpr int E = TT * N / NT;
+  const int sq = tid * E, stt = sq / N, sx = sq % N;
+  Raw<F, E> pr, pk, pv, pg;
+  Raw<float, E> pw, pe;
+  auto fetch = [&](int t0) {
+    if (t0 + stt < tend) {
+      const int64_t o = tok(t0 + stt) + sx;
+      pr.load(r + o), pk.load(k + o), pv.load(v + o), pg.load(gy + o), pe.load(e + o);
+      pw.load(w + (WC ? h * N + sx : o));
+    }
+  };
+  fetch(tbeg);
   for (int t0 = tbeg; t0 < tend; t0 += TT) {
     const int cnt = min(TT, tend - t0);
     __syncthreads();
-    for (int tt = 0; tt < cnt; ++tt) {
-      const int64_t o = tok(t0 + tt);
-      s_v[tt][x] = to_f(v[o]);
-      s_gy[tt][x] = to_f(gy[o]);
+    {
+      float x[E];
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = pv.get(i);
+      st_shared(&s_v[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = pg.get(i);
+      st_shared(&s_gy[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = expf(pw.get(i));
+      st_shared(&s_d[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = pk.get(i);
+      st_shared(&s_k[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = pr.get(i);
+      st_shared(&s_r[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = pe.get(i);
+      st_shared(&s_e[stt][sx], x);
     }
     __syncthreads();
-    for (int tt = 0; tt < cnt; ++tt) {
-      const int64_t o = tok(t0 + tt);
-      const float rx = to_f(r[o]), kx = to_f(k[o]), dx = expf(w[WC ? h * N + x : o]), ex = e[o];
-      float a0 = 0.f, a1 = 0.f, q0 = 0.f, q1 = 0.f;
+    if (t0 + TT < tend) fetch(t0 + TT);
+    for (int g0 = 0; g0 < cnt; g0 += G) {
+      float dots[R * 2 * G];  // [row][token][grs, v . gy] partial sums
 #pragma unroll
-      for (int j = 0; j < N; j += 4) {
-        const float4 v4 = ld4(&s_v[tt][j]), g4 = ld4(&s_gy[tt][j]);
-        a0 += Sr[j] * g4.x + Sr[j + 1] * g4.y;
-        a1 += Sr[j + 2] * g4.z + Sr[j + 3] * g4.w;
-        q0 += v4.x * g4.x + v4.y * g4.y;
-        q1 += v4.z * g4.z + v4.w * g4.w;
-        Sr[j] = Sr[j] * dx + kx * v4.x;
-        Sr[j + 1] = Sr[j + 1] * dx + kx * v4.y;
-        Sr[j + 2] = Sr[j + 2] * dx + kx * v4.z;
-        Sr[j + 3] = Sr[j + 3] * dx + kx * v4.w;
+      for (int g = 0; g < G; ++g) {
+        const int tt = g0 + g;
+        float grs[R], vgy = 0.f;
+#pragma unroll
+        for (int e2 = 0; e2 < R; ++e2) grs[e2] = 0.f;
+        if (tt < cnt) {
+          float de[R], ke[R];
+          ld_rows(&s_d[tt][r0], de), ld_rows(&s_k[tt][r0], ke);
+#pragma unroll
+          for (int j = 0; j < C; j += 4) {
+            const int col = Tl::col(cb, j);
+            const float4 v4 = ld4(&s_v[tt][col]), g4 = ld4(&s_gy[tt][col]);
+            const float vv[4] = {v4.x, v4.y, v4.z, v4.w}, gv[4] = {g4.x, g4.y, g4.z, g4.w};
+#pragma unroll
+            for (int m = 0; m < 4; ++m) {
+              vgy += vv[m] * gv[m];
+#pragma unroll
+              for (int e2 = 0; e2 < R; ++e2) {
+                float& x = S[e2 * C + j + m];
+                grs[e2] += x * gv[m];
+                x = x * de[e2] + ke[e2] * vv[m];
+              }
+            }
+          }
+        }
+#pragma unroll
+        for (int e2 = 0; e2 < R; ++e2) {
+          dots[e2 * 2 * G + 2 * g] = grs[e2];
+          dots[e2 * 2 * G + 2 * g + 1] = vgy;
+        }
       }
-      const float grs = a0 + a1, vgy = q0 + q1;
-      put(gr, o, grs + ux * kx * vgy);
-      gu_acc += (double)(rx * kx * vgy);
-      const float gwt = beta - rx * grs;
-      gw[o] = gwt;
-      beta = gwt + ex;
+      Tl::row_sums(dots, cb);  // dots[0 .. 2G-1]: row orow's [token][grs, v . gy]
+      if (Tl::owner(cb)) {
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          const int tt = g0 + g;
+          if (tt < cnt) {
+            const float grsx = dots[2 * g], vgyx = dots[2 * g + 1];
+            const float rx = s_r[tt][orow], kx = s_k[tt][orow];
+            const int64_t o = tok(t0 + tt) + orow;
+            put(gr, o, grsx + uo * kx * vgyx);
+            gu_acc += (double)(rx * kx * vgyx);
+            const float gwt = beta - rx * grsx;
+            gw[o] = gwt;
+            beta = gwt + s_e[tt][orow];
+          }
+        }
+      }
     }
   }
-  gu_part[(((int64_t)b * NC + c) * H + h) * N + x] = (float)gu_acc;
+  if (Tl::owner(cb)) gu_part[(((int64_t)b * NC + c) * H + h) * N + orow] = (float)gu_acc;
 }
 
 }  // namespace
@@ -482,7 +552,7 @@ cudaError_t wkv6_backward_launch(const V6Bwd<F>& p, cudaStream_t stream) {
     wkv6_bwd_b1_kernel<F, N, false, WC><<<grid, BwdTile<N>::THREADS, 0, stream>>>(
         s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, p.snap, p.gy, gend, p.gk, p.gv, p.e,
         p.anchor, p.gs0);
-    wkv6_bwd_b2_kernel<F, N, WC><<<dim3(s.B * s.H * NC), N, 0, stream>>>(
+    wkv6_bwd_b2_kernel<F, N, WC><<<dim3(s.B * s.H * NC), RowTile<N>::THREADS, 0, stream>>>(
         s.T, s.H, a.rev, a.r, a.k, a.v, a.w, a.u, p.snap, p.gy, p.e, p.anchor, p.gr, p.gw,
         p.gu_part);
   });

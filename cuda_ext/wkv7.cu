@@ -36,8 +36,8 @@
 // per group) are shuffles, row sums (gk, gb, anchors) shuffles over the warp's column blocks and
 // then shared memory once per group. Writes gk, gv, gb, e_t and c_t (float32 scratch), the
 // anchors and gS_{-1}.
-// Kernel B2 (forwards in time, one block per (batch, head, chunk), chunks in parallel):
-// thread x holds row x of S from the chunk's snapshot; computes ga, gr and gw.
+// Kernel B2 (forwards in time, one block per (batch, head, chunk), chunks in parallel): R x C
+// tiles of S from the chunk's snapshot (RowTile); computes ga, gr and gw.
 #include "wkv_common.h"
 
 namespace rwkv_hf {
@@ -448,83 +448,166 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv7_bwd_b1_kernel(
   }
 }
 
+// B2: one block per (batch*head, snapshot chunk), forwards in time inside the chunk from its
+// snapshot, on RowTile's R x C tiles of S (wkv_common.h). Per token: the partial row dots
+// S_{t-1} . c_t (ga) and, after the row update S_t = d S_{t-1} + b sa_t^T + k v_t^T, S_t . gy_t
+// (gr); summed over the column blocks once per group of kGroup tokens, after which the lane
+// owning a row runs that row's chain gw_t = beta_{t-1} - a_t ga_t - r_{t-1} gr_{t-1},
+// beta_t = gw_t + e_t over the group's tokens and writes ga, gw, gr.
 template <typename F, int N>
-__global__ void __launch_bounds__(N) wkv7_bwd_b2_kernel(
+__global__ void __launch_bounds__(RowTile<N>::THREADS) wkv7_bwd_b2_kernel(
     int T, int H, const F* __restrict__ r, const F* __restrict__ k, const F* __restrict__ v,
     const float* __restrict__ w, const F* __restrict__ a, const F* __restrict__ bb,
     const float* __restrict__ snap, const float* __restrict__ sa, const F* __restrict__ gy,
     const float* __restrict__ e, const float* __restrict__ cvec, const float* __restrict__ anchor,
     F* __restrict__ gr, float* __restrict__ gw, F* __restrict__ ga) {
-  constexpr int TT = Stage<N>::TT;
+  using Tl = RowTile<N>;
+  constexpr int TT = 8, R = Tl::R, C = Tl::C, NT = Tl::THREADS, G = kGroup;
+  // Per-token column vectors (c, sa, v, gy) and row vectors (d, b, k; a, r, e for the chains).
+  __shared__ __align__(16) float s_c[TT][N];
+  __shared__ __align__(16) float s_sa[TT][N];
   __shared__ __align__(16) float s_v[TT][N];
   __shared__ __align__(16) float s_gy[TT][N];
-  __shared__ __align__(16) float s_sa[TT][N];
-  __shared__ __align__(16) float s_c[TT][N];
-  const int NC = (T + kSnap - 1) / kSnap;  // one block per (batch*head, snapshot chunk)
-  const int bh = blockIdx.x / NC, h = bh % H, b = bh / H, x = threadIdx.x, c = blockIdx.x % NC;
+  __shared__ __align__(16) float s_d[TT][N];
+  __shared__ __align__(16) float s_b[TT][N];
+  __shared__ __align__(16) float s_k[TT][N];
+  __shared__ __align__(16) float s_a[TT][N];
+  __shared__ __align__(16) float s_r[TT][N];
+  __shared__ __align__(16) float s_e[TT][N];
+  const int NC = (T + kSnap - 1) / kSnap;
+  const int bh = blockIdx.x / NC, h = bh % H, b = bh / H, c = blockIdx.x % NC, tid = threadIdx.x;
+  const int rb = Tl::rb_of(tid), cb = Tl::cb_of(tid), r0 = rb * R;
   const int64_t stride = (int64_t)H * N;
-  const int64_t base = (int64_t)b * T * stride + (int64_t)h * N + x;
-  float Sr[N];
-  const float* snp = snap + ((int64_t)bh * NC + c) * N * N + (int64_t)x * N;
+  const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
+  float S[R * C];  // S[e * C + j] = S[r0 + e][col(cb, j)]
+  const float* snp = snap + ((int64_t)bh * NC + c) * N * N;
 #pragma unroll
-  for (int j = 0; j < N; j += 4) {
-    const float4 s4 = ld4(snp + j);
-    Sr[j] = s4.x;
-    Sr[j + 1] = s4.y;
-    Sr[j + 2] = s4.z;
-    Sr[j + 3] = s4.w;
-  }
-  float beta = anchor[((int64_t)bh * NC + c) * N + x];
+  for (int e2 = 0; e2 < R; ++e2)
+#pragma unroll
+    for (int j = 0; j < C; j += 4) {
+      const float4 s4 = ld4(snp + (int64_t)(r0 + e2) * N + Tl::col(cb, j));
+      S[e2 * C + j] = s4.x, S[e2 * C + j + 1] = s4.y, S[e2 * C + j + 2] = s4.z, S[e2 * C + j + 3] = s4.w;
+    }
   const int tbeg = c * kSnap, tend = min(T, tbeg + kSnap);
-  // r_{t-1} gr_{t-1} for the chunk's first token: S_{tbeg-1} is the snapshot.
-  float rgr_prev = 0.f;
+  // The owner lanes' row chain: beta from the anchor; r_{t-1} gr_{t-1} for the chunk's first
+  // token from S_{tbeg-1} (the snapshot) and gy_{tbeg-1}.
+  const int orow = r0 + Tl::own_row(cb);
+  float beta = anchor[((int64_t)bh * NC + c) * N + orow], rgr_prev = 0.f;
   if (tbeg > 0) {
-    const int64_t o = base + (int64_t)(tbeg - 1) * stride - x;  // row start of gy_{tbeg-1}
-    float g0 = 0.f;
-    for (int j = 0; j < N; ++j) g0 += Sr[j] * to_f(gy[o + j]);
-    rgr_prev = to_f(r[o + x]) * g0;
+    const int64_t o = hbase + (int64_t)(tbeg - 1) * stride;
+    float p[R];
+#pragma unroll
+    for (int e2 = 0; e2 < R; ++e2) {
+      p[e2] = 0.f;
+#pragma unroll
+      for (int j = 0; j < C; ++j) p[e2] += S[e2 * C + j] * to_f(gy[o + Tl::col(cb, j)]);
+    }
+    Tl::row_sums(p, cb);
+    rgr_prev = to_f(r[o + orow]) * p[0];
   }
+  // Stage loads (see wkv7_fwd_kernel): E consecutive elements per array and thread.
+  constexpr int E = TT * N / NT;
+  const int sq = tid * E, stt = sq / N, sx = sq % N;
+  Raw<F, E> pr, pk, pv, pa, pb, pg;
+  Raw<float, E> pw, pe, pc, ps;
+  auto fetch = [&](int t0) {
+    if (t0 + stt < tend) {
+      const int64_t o = hbase + (int64_t)(t0 + stt) * stride + sx;
+      pr.load(r + o), pk.load(k + o), pv.load(v + o), pa.load(a + o), pb.load(bb + o);
+      pg.load(gy + o), pw.load(w + o), pe.load(e + o), pc.load(cvec + o), ps.load(sa + o);
+    }
+  };
+  fetch(tbeg);
   for (int t0 = tbeg; t0 < tend; t0 += TT) {
     const int cnt = min(TT, tend - t0);
     __syncthreads();
-    for (int tt = 0; tt < cnt; ++tt) {
-      const int64_t o = base + (int64_t)(t0 + tt) * stride;
-      s_v[tt][x] = to_f(v[o]);
-      s_gy[tt][x] = to_f(gy[o]);
-      s_sa[tt][x] = sa[o];
-      s_c[tt][x] = cvec[o];
+    {
+      float x[E];
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = pc.get(i);
+      st_shared(&s_c[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = ps.get(i);
+      st_shared(&s_sa[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = pv.get(i);
+      st_shared(&s_v[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = pg.get(i);
+      st_shared(&s_gy[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = expf(pw.get(i));
+      st_shared(&s_d[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = pb.get(i);
+      st_shared(&s_b[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = pk.get(i);
+      st_shared(&s_k[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = pa.get(i);
+      st_shared(&s_a[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = pr.get(i);
+      st_shared(&s_r[stt][sx], x);
+#pragma unroll
+      for (int i = 0; i < E; ++i) x[i] = pe.get(i);
+      st_shared(&s_e[stt][sx], x);
     }
     __syncthreads();
-    for (int tt = 0; tt < cnt; ++tt) {
-      const int64_t o = base + (int64_t)(t0 + tt) * stride;
-      const float rx = to_f(r[o]), kx = to_f(k[o]), dx = expf(w[o]);
-      const float ax = to_f(a[o]), bx = to_f(bb[o]), ex = e[o];
-      float a0 = 0.f, a1 = 0.f;
+    if (t0 + TT < tend) fetch(t0 + TT);
+    for (int g0 = 0; g0 < cnt; g0 += G) {
+      float dots[R * 2 * G];  // [row][token][ga, gr] partial sums
 #pragma unroll
-      for (int j = 0; j < N; j += 4) {
-        const float4 c4 = ld4(&s_c[tt][j]);
-        a0 += Sr[j] * c4.x + Sr[j + 1] * c4.y;
-        a1 += Sr[j + 2] * c4.z + Sr[j + 3] * c4.w;
-      }
-      const float gax = a0 + a1;
-      const float gwt = beta - ax * gax - rgr_prev;
-      beta = gwt + ex;
-      float g0 = 0.f, g1 = 0.f;
+      for (int g = 0; g < G; ++g) {
+        const int tt = g0 + g;
+        float ga_[R], gr_[R];
 #pragma unroll
-      for (int j = 0; j < N; j += 4) {
-        const float4 sa4 = ld4(&s_sa[tt][j]), v4 = ld4(&s_v[tt][j]), g4 = ld4(&s_gy[tt][j]);
-        Sr[j] = Sr[j] * dx + (bx * sa4.x + kx * v4.x);
-        Sr[j + 1] = Sr[j + 1] * dx + (bx * sa4.y + kx * v4.y);
-        Sr[j + 2] = Sr[j + 2] * dx + (bx * sa4.z + kx * v4.z);
-        Sr[j + 3] = Sr[j + 3] * dx + (bx * sa4.w + kx * v4.w);
-        g0 += Sr[j] * g4.x + Sr[j + 1] * g4.y;
-        g1 += Sr[j + 2] * g4.z + Sr[j + 3] * g4.w;
+        for (int e2 = 0; e2 < R; ++e2) ga_[e2] = gr_[e2] = 0.f;
+        if (tt < cnt) {
+          float de[R], be[R], ke[R];
+          ld_rows(&s_d[tt][r0], de), ld_rows(&s_b[tt][r0], be), ld_rows(&s_k[tt][r0], ke);
+#pragma unroll
+          for (int j = 0; j < C; j += 4) {
+            const int col = Tl::col(cb, j);
+            const float4 c4 = ld4(&s_c[tt][col]), sa4 = ld4(&s_sa[tt][col]);
+            const float4 v4 = ld4(&s_v[tt][col]), g4 = ld4(&s_gy[tt][col]);
+            const float cv[4] = {c4.x, c4.y, c4.z, c4.w}, sv[4] = {sa4.x, sa4.y, sa4.z, sa4.w};
+            const float vv[4] = {v4.x, v4.y, v4.z, v4.w}, gv[4] = {g4.x, g4.y, g4.z, g4.w};
+#pragma unroll
+            for (int e2 = 0; e2 < R; ++e2)
+#pragma unroll
+              for (int m = 0; m < 4; ++m) {
+                float& x = S[e2 * C + j + m];
+                ga_[e2] += x * cv[m];
+                x = x * de[e2] + (be[e2] * sv[m] + ke[e2] * vv[m]);
+                gr_[e2] += x * gv[m];
+              }
+          }
+        }
+#pragma unroll
+        for (int e2 = 0; e2 < R; ++e2) {
+          dots[e2 * 2 * G + 2 * g] = ga_[e2];
+          dots[e2 * 2 * G + 2 * g + 1] = gr_[e2];
+        }
       }
-      const float grx = g0 + g1;
-      ga[o] = from_f<F>(gax);
-      gw[o] = gwt;
-      gr[o] = from_f<F>(grx);
-      rgr_prev = rx * grx;
+      Tl::row_sums(dots, cb);  // dots[0 .. 2G-1]: row orow's [token][ga, gr]
+      if (Tl::owner(cb)) {
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          const int tt = g0 + g;
+          if (tt < cnt) {
+            const float gax = dots[2 * g], grx = dots[2 * g + 1];
+            const float gwt = beta - s_a[tt][orow] * gax - rgr_prev;
+            beta = gwt + s_e[tt][orow];
+            const int64_t o = hbase + (int64_t)(t0 + tt) * stride + orow;
+            ga[o] = from_f<F>(gax);
+            gw[o] = gwt;
+            gr[o] = from_f<F>(grx);
+            rgr_prev = s_r[tt][orow] * grx;
+          }
+        }
+      }
     }
   }
 }
@@ -570,7 +653,7 @@ cudaError_t wkv7_backward_launch(const V7Bwd<F>& p, cudaStream_t stream) {
     wkv7_bwd_b1_kernel<F, N, false><<<grid, BwdTile<N>::THREADS, 0, stream>>>(
         s.T, s.H, s.L, a.r, a.k, a.v, a.w, a.a, a.b, p.snap, p.sa, p.gy, gend, p.gk, p.gv, p.gb,
         p.e, p.cvec, p.anchor, p.gs0);
-    wkv7_bwd_b2_kernel<F, N><<<dim3(s.B * s.H * NC), N, 0, stream>>>(
+    wkv7_bwd_b2_kernel<F, N><<<dim3(s.B * s.H * NC), RowTile<N>::THREADS, 0, stream>>>(
         s.T, s.H, a.r, a.k, a.v, a.w, a.a, a.b, p.snap, p.sa, p.gy, p.e, p.cvec, p.anchor, p.gr,
         p.gw, p.ga);
   });

@@ -193,6 +193,58 @@ using BwdTile = Tile<N, (N >= 64 ? 8 : 4), (N == 16 ? 2 : 4)>;
 template <int N>
 using FwdTile = Tile<N, (N >= 64 ? 8 : 4), (N == 16 ? 2 : 4)>;
 
+// The tiles of the backward's B2 kernels (forwards over one kSnap-token chunk from its
+// snapshot): each thread holds R rows x C columns of S. Their outputs are row dots (S . c_t,
+// S . gy_t), summed over the CB = N / C column blocks of a row by shuffles once per group of
+// tokens, and the per-token column vectors (4 of them for RWKV-7) reach every row: C floats per
+// thread and vector instead of N when a thread held a whole row (which made B2 bound by its
+// shared-memory reads, ~4x its arithmetic).
+// Lanes: tid = (rb / 2) 2CB + 2 cb + rb % 2: lanes 2i and 2i+1 read the same columns; the CB
+// column blocks of a row lie within 2 CB lanes of one warp (lane distance 2 m for block
+// distance m). Column block cb holds float4 groups i of the columns at i 4CB + 4cb (so that the
+// blocks' 16-byte reads of a column vector are side by side); row block rb holds rows
+// rb R .. rb R + R - 1.
+template <int N>
+struct RowTile {
+  static constexpr int R = N == 16 ? 2 : 4;
+  static constexpr int C = N == 16 ? 4 : N == 32 ? 8 : 16;
+  static constexpr int CB = N / C, RB = N / R, THREADS = RB * CB;
+  static_assert(THREADS % 32 == 0 && R <= CB && C % 4 == 0, "unsupported row tile");
+  static __device__ __forceinline__ int rb_of(int tid) { return (tid / (2 * CB)) * 2 + (tid & 1); }
+  static __device__ __forceinline__ int cb_of(int tid) { return (tid >> 1) % CB; }
+  static __device__ __forceinline__ int col(int cb, int j) {  // the tile's column j
+    return (j >> 2) * (4 * CB) + cb * 4 + (j & 3);
+  }
+  static __device__ __forceinline__ float shfl(float x, int m) {  // the lane m column blocks away
+    return __shfl_xor_sync(0xffffffffu, x, 2 * m);
+  }
+  // x [R][V / R] (row-major: per tile row, that row's V / R values) summed over the column
+  // blocks: afterwards x[0 .. V/R - 1] hold the sums of row own_row(cb) (column blocks
+  // cb with cb % (CB / R) == 0 own a row; the others hold a copy).
+  template <int V>
+  static __device__ __forceinline__ void row_sums(float (&x)[V], int cb) {
+    reduce_rows<V, CB / 2, V / 2>(x, cb);
+  }
+  template <int V, int M, int HALF>
+  static __device__ __forceinline__ void reduce_rows(float (&x)[V], int cb) {
+    if constexpr (M >= CB / R) {  // scatter: keep the half of the rows the bit selects
+      const bool hi = cb & M;
+#pragma unroll
+      for (int i = 0; i < HALF; ++i) {
+        const float send = hi ? x[i] : x[i + HALF], keep = hi ? x[i + HALF] : x[i];
+        x[i] = keep + shfl(send, M);
+      }
+      if constexpr (M > 1) reduce_rows<V, M / 2, HALF / 2>(x, cb);
+    } else {  // butterfly over the remaining bits (more column blocks than rows)
+#pragma unroll
+      for (int i = 0; i < V / R; ++i) x[i] += shfl(x[i], M);
+      if constexpr (M > 1) reduce_rows<V, M / 2, HALF>(x, cb);
+    }
+  }
+  static __device__ __forceinline__ int own_row(int cb) { return cb / (CB / R); }
+  static __device__ __forceinline__ bool owner(int cb) { return cb % (CB / R) == 0; }
+};
+
 // Tokens per group of the forward kernels: their outputs' column sums are reduced and stored
 // once per group (reduce_scatter_n over G x C values), and a group's shared-memory reads have
 // fixed offsets.
@@ -214,6 +266,21 @@ struct Raw {
   }
   __device__ __forceinline__ float get(int i) const { return to_f(reinterpret_cast<const F*>(w)[i]); }
 };
+
+// x[0 .. R-1] from shared memory at p (16-byte aligned when R % 4 == 0).
+template <int R>
+__device__ __forceinline__ void ld_rows(const float* p, float (&x)[R]) {
+  if constexpr (R % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < R; i += 4) {
+      const float4 q = ld4(p + i);
+      x[i] = q.x, x[i + 1] = q.y, x[i + 2] = q.z, x[i + 3] = q.w;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < R; ++i) x[i] = p[i];
+  }
+}
 
 // x[0 .. E-1] into shared memory at p (16-byte aligned when E % 4 == 0).
 template <int E>

@@ -178,7 +178,7 @@ def test_sanitizer_catches_a_read_past_the_end_and_a_misaligned_load(tmp_path):
         shutil.copy(f"{src}/{name}", tmp_path / name)
     text = (tmp_path / "wkv7.cu").read_text()
     guard = "    if (t0 + stt < tend) {"
-    assert text.count(guard) == 2  # the forward's staging, then the backward's
+    assert text.count(guard) == 3  # the forward's staging, then the backward's (B1, B2)
     (tmp_path / "wkv7.cu").write_text(text.replace(guard, "    if (t0 + stt < tend + 1) {", 1))
     text = (tmp_path / "wkv6.cuh").read_text()
     load = "ld4(&s_k[tt][row]), d4 ="
