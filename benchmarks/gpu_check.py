@@ -420,7 +420,8 @@ def target_rows(bench):
 
 def kernel_breakdown(fn):
     """{kernel: ms} of the extension's kernels in one call of fn(), from torch.profiler (which
-    kernel of a forward+backward dominates: the forward, B1, B2, the chunk passes); {} if the
+    kernel of a forward+backward dominates: the forward, B1, B2, the chunk passes), plus the
+    count and time of all other kernels and the host time of one call; {"error": ...} if the
     profiler fails."""
     import re
 
@@ -432,13 +433,27 @@ def kernel_breakdown(fn):
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             fn()
             torch.cuda.synchronize()
-        out = {}
+        out, other = {}, {"count": 0, "ms": 0.0}
         for ev in prof.key_averages():
-            m = re.search(r"(wkv\d?_\w*kernel|chunk_combine_kernel)(<[^>]*>)?", ev.key)
+            us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+            m = re.search(r"(wkv\d?_\w*kernel|chunk_combine_\w*kernel)(<[^>]*>)?", ev.key)
             if m:
-                us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
                 key = m.group(0)
                 out[key] = round(out.get(key, 0.0) + us / 1e3, 4)
+            elif us and getattr(ev, "device_type", None) is not None and "CUDA" in str(ev.device_type):
+                # every other kernel (casts, copies, fills): the op's cost beyond its own kernels
+                other["count"] += ev.count
+                other["ms"] = round(other["ms"] + us / 1e3, 4)
+        out["other kernels"] = other
+        # Host time of one call (no synchronisation): when it exceeds the kernels' time, the GPU
+        # waits for Python and launches, and that is what the timing measures.
+        host = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            fn()
+            host.append((time.perf_counter() - t0) * 1e3)
+            torch.cuda.synchronize()
+        out["host ms"] = round(statistics.median(host), 4)
         return out
     except Exception as e:  # the breakdown is a diagnostic: never fail the timing for it
         return {"error": f"{type(e).__name__}: {str(e)[:200]}"}

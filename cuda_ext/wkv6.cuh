@@ -525,7 +525,7 @@ cudaError_t wkv6_forward_launch(const V6Fwd<F>& p, cudaStream_t stream) {
       wkv6_fwd_kernel<F, N, true, WC><<<grid, FwdTile<N>::THREADS, 0, stream>>>(
           s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, nullptr, OutVec<F>(), p.local, nullptr,
           p.trans);
-      combine_chunks<N>(s.B * s.H, s.NCL, false, p.trans, p.local, p.s0, p.starts, stream);
+      combine_chunks_diag<N>(s.B * s.H, s.NCL, false, p.trans, p.local, p.s0, p.starts, stream);
       starts = p.starts;
     }
     wkv6_fwd_kernel<F, N, false, WC><<<grid, FwdTile<N>::THREADS, 0, stream>>>(
@@ -546,7 +546,7 @@ cudaError_t wkv6_backward_launch(const V6Bwd<F>& p, cudaStream_t stream) {
       wkv6_bwd_b1_kernel<F, N, true, WC><<<grid, BwdTile<N>::THREADS, 0, stream>>>(
           s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, p.snap, p.gy, nullptr, OutVec<F>(),
           OutVec<F>(), nullptr, nullptr, p.local);
-      combine_chunks<N>(s.B * s.H, s.NCL, true, p.trans, p.local, p.gsT, p.gend, stream);
+      combine_chunks_diag<N>(s.B * s.H, s.NCL, true, p.trans, p.local, p.gsT, p.gend, stream);
       gend = p.gend;
     }
     wkv6_bwd_b1_kernel<F, N, false, WC><<<grid, BwdTile<N>::THREADS, 0, stream>>>(

@@ -47,11 +47,11 @@ HEADERS = ("wkv_common.h", "wkv_launch.h", "wkv_host.h", "wkv6.cuh")
 CACHE_ENV = "RWKV_HF_CUDA_CACHE"
 CHUNK_ENV = "RWKV_HF_CUDA_CHUNK"
 SNAP = 64  # tokens per state snapshot: kSnap of wkv_launch.h
-# Blocks of the matrix-state kernels one multiprocessor holds at once for N = 64: ptxas gives
-# the forward kernels 99 registers per thread, 256 threads per block, so 2 fit in 64K
-# registers. The chunk-parallel form is sized for one such wave (gpu_check.py times both forms
-# and chunk lengths around the choice, to confirm it on a GPU).
-_RESIDENT_PER_SM = 2
+# Blocks of the matrix-state kernels one multiprocessor holds at once for N = 64: the forward
+# kernels and B1 run 128 threads per block at up to 162 registers per thread (ptxas, sm_90), so
+# 3 fit in 64K registers. The chunk-parallel form is sized for one such wave (gpu_check.py times
+# both forms and chunk lengths around the choice, to confirm it on a GPU).
+_RESIDENT_PER_SM = 3
 # Per-channel kernels (wkv4, bi_wkv4): threads to aim for per multiprocessor, and the shortest
 # chunk (see v4_chunk_length).
 _V4_THREADS_PER_SM = 4096
@@ -419,8 +419,8 @@ def chunk_length(B, H, T, device):
     """Tokens per chunk of the matrix-state kernels' chunk-parallel form (wkv6, wkv7), 0 for
     the sequential form (one pass over T per (batch, head)).
 
-    The sequential form runs B * H blocks, each bound by its multiprocessor's shared-memory
-    pipe. When B * H is well under what the GPU holds at once (about _RESIDENT_PER_SM blocks
+    The sequential form runs B * H blocks, each bound by its multiprocessor's instruction issue
+    and shared-memory traffic. When B * H is well under what the GPU holds at once (about _RESIDENT_PER_SM blocks
     per multiprocessor), most multiprocessors idle, and the chunk-parallel form (chunks from a
     zero state in parallel, a short pass over the chunks for their start states, the chunks
     again from those: about 2.4x the work per token, in B * H * T / chunk blocks) finishes
