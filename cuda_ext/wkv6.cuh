@@ -324,8 +324,10 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv6_bwd_b1_kernel(
                 gksp[e0 + m] = gks_;
               }
             }
-            Tl::row_put(gkp, &s_row[gi % RG][0][0][0], tid);
-            Tl::row_put(gksp, &s_row[gi % RG][1][0][0], tid);
+            float q[2 * R];  // [gk, gks][row]
+#pragma unroll
+            for (int e2 = 0; e2 < R; ++e2) q[e2] = gkp[e2], q[R + e2] = gksp[e2];
+            Tl::row_put(q, &s_row[gi % RG][0][0][0], tid);
           }
           // G_{t-1} = diag(d_t) G_t + r_t gy_t^T.
           Tl::decay_add_outer(G_, s_d[tt], s_r[tt], gyv, rb);

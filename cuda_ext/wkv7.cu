@@ -381,8 +381,10 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv7_bwd_b1_kernel(
 #pragma unroll
               for (int cc = 0; cc < C; ++cc) o[cc] = cp[cc];
             }
-            Tl::row_put(gkp, &s_row[gi % RG][0][0][0], tid);
-            Tl::row_put(gbp, &s_row[gi % RG][1][0][0], tid);
+            float q[2 * R];  // [gk, gb][row]
+#pragma unroll
+            for (int e2 = 0; e2 < R; ++e2) q[e2] = gkp[e2], q[R + e2] = gbp[e2];
+            Tl::row_put(q, &s_row[gi % RG][0][0][0], tid);
             if (gi == G - 1 && (t + 1) % kSnap == 0 && t + 1 < T) {  // beta_t = S_t . G_t
               anchored = true;
               float bp[R];

@@ -122,17 +122,54 @@ struct Tile {
 #pragma unroll
       for (int cc = 0; cc < C; ++cc) x[cc] += shfl(x[cc], m);
   }
-  // Row partial sums q[0 .. Q-1] summed over the column blocks of this warp (lane xor 1 and
-  // xor 2 RB, 4 RB, ...); every lane gets the warp's sums. Even lanes tid % 32 < 2 RB then hold
-  // one per row block.
-  template <int Q>
-  static __device__ __forceinline__ void warp_rows(float (&q)[Q]) {
+  // Row partial sums: x [V / R][R] (V / R vectors of the tile's R rows), summed over the column
+  // blocks of this warp (lane bit 0, then lane bits 2 RB, 4 RB, ... : CBW = 32 / RB blocks) by a
+  // reduce-scatter (each round keeps the half of the values its lane bit selects; a butterfly
+  // once one value is left), then stored into dst [V / R][WARPS][N] (this warp's partials), one
+  // store per value left on a lane, instead of every lane summing every value.
+  static constexpr int CBW = 32 / RB;
+  template <int V, int J = 0, int LEN = V>
+  static __device__ __forceinline__ void warp_scatter(float (&x)[V], int lane) {
+    constexpr int M = J == 0 ? 1 : (2 * RB) << (J - 1);  // this round's lane bit
+    if constexpr (M < 32) {
+      if constexpr (LEN > 1) {
+        const bool hi = lane & M;
 #pragma unroll
-    for (int e = 0; e < Q; ++e) q[e] += __shfl_xor_sync(0xffffffffu, q[e], 1);
+        for (int i = 0; i < LEN / 2; ++i) {
+          const float send = hi ? x[i] : x[i + LEN / 2], keep = hi ? x[i + LEN / 2] : x[i];
+          x[i] = keep + __shfl_xor_sync(0xffffffffu, send, M);
+        }
+        warp_scatter<V, J + 1, LEN / 2>(x, lane);
+      } else {
+        x[0] += __shfl_xor_sync(0xffffffffu, x[0], M);
+        warp_scatter<V, J + 1, 1>(x, lane);
+      }
+    }
+  }
+  template <int V>
+  static __device__ __forceinline__ void row_put(float (&x)[V], float* dst, int tid) {
+    const int lane = tid % 32, rb = rb_of(tid);
+    warp_scatter<V>(x, lane);
+    int off = 0, len = V;  // the lane's first value, as an index into [V / R][R]
+    bool writer = true;   // one lane of those a butterfly left with the same values
 #pragma unroll
-    for (int m = 2 * RB; m < 32; m <<= 1)
+    for (int j = 0; j < 5; ++j) {
+      const int m = j == 0 ? 1 : (2 * RB) << (j - 1);
+      if (m >= 32) break;
+      if (len > 1) {
+        if (lane & m) off += len / 2;
+        len /= 2;
+      } else if (lane & m) {
+        writer = false;
+      }
+    }
+    if (writer) {
 #pragma unroll
-      for (int e = 0; e < Q; ++e) q[e] += __shfl_xor_sync(0xffffffffu, q[e], m);
+      for (int q = 0; q < (V >= CBW ? V / CBW : 1); ++q) {
+        const int i = off + q;
+        dst[(i / R) * WARPS * N + (tid / 32) * N + row(rb, i % R)] = x[q];
+      }
+    }
   }
   // X = diag(d) X + x y^T on the tile: d, x the per-row vectors (shared memory, N floats), y the
   // tile's C column values.
@@ -166,17 +203,7 @@ struct Tile {
       out[e] = acc;
     }
   }
-  // Row sums of the backward sweeps: row_put stores q[0 .. R-1], summed over the warp's column
-  // blocks, into dst [WARPS][N] (one row block's lanes per warp); after a barrier row_sum adds
-  // the WARPS partials of row i.
-  static __device__ __forceinline__ void row_put(float (&q)[R], float* dst, int tid) {
-    warp_rows(q);
-    const int lane = tid % 32;
-    if ((lane & 1) == 0 && lane < 2 * RB) {
-#pragma unroll
-      for (int e = 0; e < R; ++e) dst[(tid / 32) * N + row(lane / 2, e)] = q[e];
-    }
-  }
+  // After a barrier, row_sum adds the WARPS partials of row i that row_put stored.
   static __device__ __forceinline__ float row_sum(const float* src, int i) {
     float acc = 0.f;
 #pragma unroll
