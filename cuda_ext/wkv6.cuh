@@ -111,26 +111,16 @@ __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv6_fwd_kernel(
   for (int t0 = tbeg; t0 < tend; t0 += TT) {
     const int cnt = min(TT, tend - t0);
     __syncthreads();
-    {
-      float x[E];
-      if constexpr (!LOCAL) {
+    if constexpr (!LOCAL) {
+      pr.to_shared(&s_r[stt][sx]);
+      float uk[E];
 #pragma unroll
-        for (int i = 0; i < E; ++i) x[i] = pr.get(i);
-        st_shared(&s_r[stt][sx], x);
-#pragma unroll
-        for (int i = 0; i < E; ++i) x[i] = u[h * N + sx + i] * pk.get(i);
-        st_shared(&s_uk[stt][sx], x);
-      }
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pk.get(i);
-      st_shared(&s_k[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = expf(pw.get(i));
-      st_shared(&s_d[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pv.get(i);
-      st_shared(&s_v[stt][sx], x);
+      for (int i = 0; i < E; ++i) uk[i] = u[h * N + sx + i] * pk.get(i);
+      st_shared(&s_uk[stt][sx], uk);
     }
+    pk.to_shared(&s_k[stt][sx]);
+    pw.to_shared(&s_d[stt][sx], true);
+    pv.to_shared(&s_v[stt][sx]);
     __syncthreads();
     if (t0 + TT < tend) fetch(t0 + TT);
     for (int g0 = 0; g0 < cnt; g0 += G) {
@@ -263,29 +253,17 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv6_bwd_b1_kernel(
   for (int t0 = tlast; t0 >= tbeg; t0 -= TT) {
     const int cnt = min(TT, tend - t0);
     __syncthreads();
-    {
-      float x[E];
+    pr.to_shared(&s_r[stt][sx]);
+    if constexpr (!LOCAL) {
+      float ru[E];
 #pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pr.get(i);
-      st_shared(&s_r[stt][sx], x);
-      if constexpr (!LOCAL) {
-#pragma unroll
-        for (int i = 0; i < E; ++i) x[i] *= u[h * N + sx + i];
-        st_shared(&s_ru[stt][sx], x);
-#pragma unroll
-        for (int i = 0; i < E; ++i) x[i] = pk.get(i);
-        st_shared(&s_k[stt][sx], x);
-#pragma unroll
-        for (int i = 0; i < E; ++i) x[i] = pv.get(i);
-        st_shared(&s_v[stt][sx], x);
-      }
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = expf(pw.get(i));
-      st_shared(&s_d[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pg.get(i);
-      st_shared(&s_gy[stt][sx], x);
+      for (int i = 0; i < E; ++i) ru[i] = pr.get(i) * u[h * N + sx + i];
+      st_shared(&s_ru[stt][sx], ru);
+      pk.to_shared(&s_k[stt][sx]);
+      pv.to_shared(&s_v[stt][sx]);
     }
+    pw.to_shared(&s_d[stt][sx], true);
+    pg.to_shared(&s_gy[stt][sx]);
     __syncthreads();
     if (t0 - TT >= tbeg) fetch(t0 - TT);
     for (int g0 = ((cnt - 1) / G) * G; g0 >= 0; g0 -= G) {
@@ -343,12 +321,8 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv6_bwd_b1_kernel(
           for (int p = tid; p < RG * N; p += NT) {
             const int tt = g0 + gi + p / N, i = p % N;
             if (tt < cnt) {
-              float gkx = 0.f, gksx = 0.f;
-#pragma unroll
-              for (int w2 = 0; w2 < W; ++w2) {
-                gkx += s_row[p / N][0][w2][i];
-                gksx += s_row[p / N][1][w2][i];
-              }
+              const float gkx = Tl::row_sum(&s_row[p / N][0][0][0], i);
+              const float gksx = Tl::row_sum(&s_row[p / N][1][0][0], i);
               const int64_t o = tok(t0 + tt) + i;
               put(gk, o, gkx);
               e[o] = s_k[tt][i] * gksx;
@@ -405,14 +379,7 @@ __global__ void __launch_bounds__(RowTile<N>::THREADS) wkv6_bwd_b2_kernel(
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
   auto tok = [&](int t) { return hbase + (int64_t)(rev ? T - 1 - t : t) * stride; };
   float S[R * C];  // S[e * C + j] = S[r0 + e][col(cb, j)]
-  const float* snp = snap + ((int64_t)bh * NC + c) * N * N;
-#pragma unroll
-  for (int e2 = 0; e2 < R; ++e2)
-#pragma unroll
-    for (int j = 0; j < C; j += 4) {
-      const float4 s4 = ld4(snp + (int64_t)(r0 + e2) * N + Tl::col(cb, j));
-      S[e2 * C + j] = s4.x, S[e2 * C + j + 1] = s4.y, S[e2 * C + j + 2] = s4.z, S[e2 * C + j + 3] = s4.w;
-    }
+  Tl::load(snap + ((int64_t)bh * NC + c) * N * N, S, r0, cb);  // from the chunk's snapshot
   const int orow = r0 + Tl::own_row(cb);
   const float uo = u[h * N + orow];
   float beta = anchor[((int64_t)bh * NC + c) * N + orow];
@@ -434,27 +401,12 @@ __global__ void __launch_bounds__(RowTile<N>::THREADS) wkv6_bwd_b2_kernel(
   for (int t0 = tbeg; t0 < tend; t0 += TT) {
     const int cnt = min(TT, tend - t0);
     __syncthreads();
-    {
-      float x[E];
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pv.get(i);
-      st_shared(&s_v[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pg.get(i);
-      st_shared(&s_gy[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = expf(pw.get(i));
-      st_shared(&s_d[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pk.get(i);
-      st_shared(&s_k[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pr.get(i);
-      st_shared(&s_r[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pe.get(i);
-      st_shared(&s_e[stt][sx], x);
-    }
+    pv.to_shared(&s_v[stt][sx]);
+    pg.to_shared(&s_gy[stt][sx]);
+    pw.to_shared(&s_d[stt][sx], true);
+    pk.to_shared(&s_k[stt][sx]);
+    pr.to_shared(&s_r[stt][sx]);
+    pe.to_shared(&s_e[stt][sx]);
     __syncthreads();
     if (t0 + TT < tend) fetch(t0 + TT);
     for (int g0 = 0; g0 < cnt; g0 += G) {

@@ -113,29 +113,12 @@ __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv7_fwd_kernel(
   for (int t0 = tbeg; t0 < tend; t0 += TT) {
     const int cnt = min(TT, tend - t0);
     __syncthreads();
-    {
-      float x[E];
-      if constexpr (!LOCAL) {
-#pragma unroll
-        for (int i = 0; i < E; ++i) x[i] = pr.get(i);
-        st_shared(&s_r[stt][sx], x);
-      }
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pk.get(i);
-      st_shared(&s_k[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = expf(pw.get(i));
-      st_shared(&s_d[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pa.get(i);
-      st_shared(&s_a[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pb.get(i);
-      st_shared(&s_b[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pv.get(i);
-      st_shared(&s_v[stt][sx], x);
-    }
+    if constexpr (!LOCAL) pr.to_shared(&s_r[stt][sx]);
+    pk.to_shared(&s_k[stt][sx]);
+    pw.to_shared(&s_d[stt][sx], true);
+    pa.to_shared(&s_a[stt][sx]);
+    pb.to_shared(&s_b[stt][sx]);
+    pv.to_shared(&s_v[stt][sx]);
     __syncthreads();
     if (t0 + TT < tend) fetch(t0 + TT);
     for (int g0 = 0; g0 < cnt; g0 += G) {
@@ -296,34 +279,15 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv7_bwd_b1_kernel(
   for (int t0 = tlast; t0 >= tbeg; t0 -= TT) {
     const int cnt = min(TT, tend - t0);
     __syncthreads();
-    {
-      float x[E];
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pr.get(i);
-      st_shared(&s_r[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = expf(pw.get(i));
-      st_shared(&s_d[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pa.get(i);
-      st_shared(&s_a[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pb.get(i);
-      st_shared(&s_b[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pg.get(i);
-      st_shared(&s_gy[stt][sx], x);
-      if constexpr (!LOCAL) {
-#pragma unroll
-        for (int i = 0; i < E; ++i) x[i] = pk.get(i);
-        st_shared(&s_k[stt][sx], x);
-#pragma unroll
-        for (int i = 0; i < E; ++i) x[i] = pv.get(i);
-        st_shared(&s_v[stt][sx], x);
-#pragma unroll
-        for (int i = 0; i < E; ++i) x[i] = ps.get(i);
-        st_shared(&s_sa[stt][sx], x);
-      }
+    pr.to_shared(&s_r[stt][sx]);
+    pw.to_shared(&s_d[stt][sx], true);
+    pa.to_shared(&s_a[stt][sx]);
+    pb.to_shared(&s_b[stt][sx]);
+    pg.to_shared(&s_gy[stt][sx]);
+    if constexpr (!LOCAL) {
+      pk.to_shared(&s_k[stt][sx]);
+      pv.to_shared(&s_v[stt][sx]);
+      ps.to_shared(&s_sa[stt][sx]);
     }
     __syncthreads();
     if (t0 - TT >= tbeg) fetch(t0 - TT);
@@ -400,12 +364,8 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv7_bwd_b1_kernel(
           for (int p = tid; p < RG * N; p += NT) {
             const int tt = g0 + gi + p / N, i = p % N;
             if (tt < cnt) {
-              float gkx = 0.f, gbx = 0.f;
-#pragma unroll
-              for (int w2 = 0; w2 < W; ++w2) {
-                gkx += s_row[p / N][0][w2][i];
-                gbx += s_row[p / N][1][w2][i];
-              }
+              const float gkx = Tl::row_sum(&s_row[p / N][0][0][0], i);
+              const float gbx = Tl::row_sum(&s_row[p / N][1][0][0], i);
               const int64_t o = hbase + (int64_t)(t0 + tt) * stride + i;
               gk[o] = from_f<F>(gkx);
               gb[o] = from_f<F>(gbx);
@@ -482,14 +442,7 @@ __global__ void __launch_bounds__(RowTile<N>::THREADS) wkv7_bwd_b2_kernel(
   const int64_t stride = (int64_t)H * N;
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
   float S[R * C];  // S[e * C + j] = S[r0 + e][col(cb, j)]
-  const float* snp = snap + ((int64_t)bh * NC + c) * N * N;
-#pragma unroll
-  for (int e2 = 0; e2 < R; ++e2)
-#pragma unroll
-    for (int j = 0; j < C; j += 4) {
-      const float4 s4 = ld4(snp + (int64_t)(r0 + e2) * N + Tl::col(cb, j));
-      S[e2 * C + j] = s4.x, S[e2 * C + j + 1] = s4.y, S[e2 * C + j + 2] = s4.z, S[e2 * C + j + 3] = s4.w;
-    }
+  Tl::load(snap + ((int64_t)bh * NC + c) * N * N, S, r0, cb);  // from the chunk's snapshot
   const int tbeg = c * kSnap, tend = min(T, tbeg + kSnap);
   // The owner lanes' row chain: beta from the anchor; r_{t-1} gr_{t-1} for the chunk's first
   // token from S_{tbeg-1} (the snapshot) and gy_{tbeg-1}.
@@ -523,39 +476,16 @@ __global__ void __launch_bounds__(RowTile<N>::THREADS) wkv7_bwd_b2_kernel(
   for (int t0 = tbeg; t0 < tend; t0 += TT) {
     const int cnt = min(TT, tend - t0);
     __syncthreads();
-    {
-      float x[E];
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pc.get(i);
-      st_shared(&s_c[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = ps.get(i);
-      st_shared(&s_sa[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pv.get(i);
-      st_shared(&s_v[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pg.get(i);
-      st_shared(&s_gy[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = expf(pw.get(i));
-      st_shared(&s_d[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pb.get(i);
-      st_shared(&s_b[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pk.get(i);
-      st_shared(&s_k[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pa.get(i);
-      st_shared(&s_a[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pr.get(i);
-      st_shared(&s_r[stt][sx], x);
-#pragma unroll
-      for (int i = 0; i < E; ++i) x[i] = pe.get(i);
-      st_shared(&s_e[stt][sx], x);
-    }
+    pc.to_shared(&s_c[stt][sx]);
+    ps.to_shared(&s_sa[stt][sx]);
+    pv.to_shared(&s_v[stt][sx]);
+    pg.to_shared(&s_gy[stt][sx]);
+    pw.to_shared(&s_d[stt][sx], true);
+    pb.to_shared(&s_b[stt][sx]);
+    pk.to_shared(&s_k[stt][sx]);
+    pa.to_shared(&s_a[stt][sx]);
+    pr.to_shared(&s_r[stt][sx]);
+    pe.to_shared(&s_e[stt][sx]);
     __syncthreads();
     if (t0 + TT < tend) fetch(t0 + TT);
     for (int g0 = 0; g0 < cnt; g0 += G) {

@@ -268,6 +268,16 @@ struct RowTile {
       if constexpr (M > 1) reduce_rows<V, M / 2, HALF>(x, cb);
     }
   }
+  // The tile of the [N, N] matrix M (rows r0 .., the block's columns) into X[e * C + j].
+  static __device__ __forceinline__ void load(const float* M, float (&X)[R * C], int r0, int cb) {
+#pragma unroll
+    for (int e = 0; e < R; ++e)
+#pragma unroll
+      for (int j = 0; j < C; j += 4) {
+        const float4 m4 = ld4(M + (int64_t)(r0 + e) * N + col(cb, j));
+        X[e * C + j] = m4.x, X[e * C + j + 1] = m4.y, X[e * C + j + 2] = m4.z, X[e * C + j + 3] = m4.w;
+      }
+  }
   static __device__ __forceinline__ int own_row(int cb) { return cb / (CB / R); }
   static __device__ __forceinline__ bool owner(int cb) { return cb % (CB / R) == 0; }
 };
@@ -276,6 +286,19 @@ struct RowTile {
 // once per group (reduce_scatter_n over G x C values), and a group's shared-memory reads have
 // fixed offsets.
 constexpr int kGroup = 4;
+
+// x[0 .. E-1] into shared memory at p (16-byte aligned when E % 4 == 0).
+template <int E>
+__device__ __forceinline__ void st_shared(float* p, const float (&x)[E]) {
+  if constexpr (E % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < E; i += 4)
+      *reinterpret_cast<float4*>(p + i) = float4{x[i], x[i + 1], x[i + 2], x[i + 3]};
+  } else {
+#pragma unroll
+    for (int i = 0; i < E; ++i) p[i] = x[i];
+  }
+}
 
 // E consecutive elements of F (a stage load of one thread), moved as 16-byte (or 4-byte) words:
 // one vector load instead of E (the host keeps the per-token inputs 16-byte aligned).
@@ -292,6 +315,14 @@ struct Raw {
     for (int i = 0; i < W; ++i) w[i] = q[i];
   }
   __device__ __forceinline__ float get(int i) const { return to_f(reinterpret_cast<const F*>(w)[i]); }
+  // The E values in float32 into shared memory at p; `decay`: their exponentials (the factors
+  // of log-decays).
+  __device__ __forceinline__ void to_shared(float* p, bool decay = false) const {
+    float x[E];
+#pragma unroll
+    for (int i = 0; i < E; ++i) x[i] = decay ? expf(get(i)) : get(i);
+    st_shared(p, x);
+  }
 };
 
 // x[0 .. R-1] from shared memory at p (16-byte aligned when R % 4 == 0).
@@ -309,18 +340,6 @@ __device__ __forceinline__ void ld_rows(const float* p, float (&x)[R]) {
   }
 }
 
-// x[0 .. E-1] into shared memory at p (16-byte aligned when E % 4 == 0).
-template <int E>
-__device__ __forceinline__ void st_shared(float* p, const float (&x)[E]) {
-  if constexpr (E % 4 == 0) {
-#pragma unroll
-    for (int i = 0; i < E; i += 4)
-      *reinterpret_cast<float4*>(p + i) = float4{x[i], x[i + 1], x[i + 2], x[i + 3]};
-  } else {
-#pragma unroll
-    for (int i = 0; i < E; ++i) p[i] = x[i];
-  }
-}
 
 namespace {
 // The sequential step of the chunk-parallel form of wkv6 / wkv7, per (batch, head) over its NCL
