@@ -131,10 +131,12 @@ def build(src=None, verbose=False, sanitize=False):
 
 
 def run_sanitized(cases, src=None):
-    """Runs each (op, B, T, H, N, dtype name, chunk[, misaligned]) forward and backward through the cuda
-    backend on the emulated extension of ``src`` built with sanitizer.FLAGS (AddressSanitizer
-    and the alignment check), in a fresh process (tests/sanitizer.py). Returns the CompletedProcess (returncode 0: no out-of-bounds
-    or misaligned access, every output and gradient finite; otherwise its report in stderr)."""
+    """Runs each (op, B, T, H, N, dtype name, chunk[, misaligned]) forward and backward
+    through the cuda backend on the emulated extension of ``src`` built with sanitizer.FLAGS
+    (AddressSanitizer and the alignment check), in a fresh process (tests/sanitizer.py);
+    ``misaligned``: every per-token input starts one element into its storage. Returns the
+    CompletedProcess (returncode 0: no out-of-bounds or misaligned access, every output and
+    gradient finite; otherwise its report in stderr)."""
     import sanitizer
 
     return sanitizer.run("import cuda_emulation; cuda_emulation._sanitized_main()",

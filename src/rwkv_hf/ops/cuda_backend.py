@@ -420,8 +420,8 @@ def chunk_length(B, H, T, device):
     the sequential form (one pass over T per (batch, head)).
 
     The sequential form runs B * H blocks, each bound by its multiprocessor's instruction issue
-    and shared-memory traffic. When B * H is well under what the GPU holds at once (about _RESIDENT_PER_SM blocks
-    per multiprocessor), most multiprocessors idle, and the chunk-parallel form (chunks from a
+    and shared-memory traffic. When B * H is well under what the GPU holds at once (about
+    _RESIDENT_PER_SM blocks per multiprocessor), most multiprocessors idle, and the chunk-parallel form (chunks from a
     zero state in parallel, a short pass over the chunks for their start states, the chunks
     again from those: about 2.4x the work per token, in B * H * T / chunk blocks) finishes
     sooner. Chunks are sized for one wave of resident blocks, in multiples of 64 tokens; below
