@@ -421,13 +421,14 @@ def chunk_length(B, H, T, device):
 
     The sequential form runs B * H blocks, each bound by its multiprocessor's instruction issue
     and shared-memory traffic. When B * H is well under what the GPU holds at once (about
-    _RESIDENT_PER_SM blocks per multiprocessor), most multiprocessors idle, and the chunk-parallel form (chunks from a
-    zero state in parallel, a short pass over the chunks for their start states, the chunks
-    again from those: about 2.4x the work per token, in B * H * T / chunk blocks) finishes
-    sooner. Chunks are sized for one wave of resident blocks, in multiples of 64 tokens; below
-    3 chunks per sequence, or 1024 tokens, the sequential form is kept. A model of the
-    kernels' traffic, not yet a GPU measurement, sets these thresholds (gpu_check.py times
-    both forms). ``$RWKV_HF_CUDA_CHUNK`` overrides the choice (0: always sequential).
+    _RESIDENT_PER_SM blocks per multiprocessor), most multiprocessors idle, and the
+    chunk-parallel form (chunks from a zero state in parallel, a short pass over the chunks for
+    their start states, the chunks again from those: about 2.4x the work per token, in
+    B * H * T / chunk blocks) finishes sooner. Chunks are sized for one wave of resident blocks,
+    in multiples of 64 tokens; below 3 chunks per sequence, or 1024 tokens, the sequential form
+    is kept. A model of the kernels, not yet a GPU measurement, sets these thresholds
+    (gpu_check.py times both forms). ``$RWKV_HF_CUDA_CHUNK`` overrides the choice (0: always
+    sequential).
     """
     chunk = _chunk_override()
     if chunk is not None:
