@@ -27,7 +27,9 @@ Needs only torch (and optionally flash-linear-attention for the side-by-side tim
 
 Each group of cases runs in its own subprocess with a time limit (a kernel fault or a hang
 costs that group only); the whole script stops itself before ~295 s. Results: a table on
-stdout and JSON in $OUT/gpu_check.json (or ./gpu_check.json).
+stdout and JSON in $OUT/gpu_check.json (or ./gpu_check.json). ``--compare`` earlier JSON files
+(``benchmarks/gpu/*.json``, same card kind) prints the default forms' times and kernel times
+now against then.
 """
 import argparse
 import json
@@ -416,6 +418,39 @@ def target_rows(bench):
                      "fwd": got.get("fwd"), "fwd+bwd": got.get("fwd+bwd"), "target": (tf, tb),
                      "status": status})
     return rows
+
+
+def _bench_key(r):
+    return (r["op"], r["dtype"], r["mode"], r.get("B"), r.get("T"), r.get("H"), r.get("C"))
+
+
+def print_comparison(bench, paths):
+    """This run's default-form rows against the same rows of earlier runs' JSON (same card
+    kind only means something): total ms and each kernel's ms, as now / then."""
+    then = {}
+    for path in paths:
+        try:
+            with open(path) as f:
+                rows = json.load(f).get("results", [])
+        except (OSError, ValueError) as e:
+            print(f"[gpu_check] --compare: cannot read {path}: {e}")
+            continue
+        for r in rows:
+            if r.get("kind") == "bench" and r.get("default") and r.get("status") == "OK":
+                then[_bench_key(r)] = r
+    print(f"\n== against {', '.join(paths)}: ms now / then (ratio) ==")
+    for r in bench:
+        old = then.get(_bench_key(r))
+        if not (r.get("default") and r.get("status") == "OK" and old):
+            continue
+        shape = " ".join(f"{k}={r[k]}" for k in ("B", "T", "H", "C") if k in r)
+        line = f"{r['op']:8s} {shape:26s} {r['dtype']:8s} {r['mode']:7s} {r['ms']} / {old['ms']} " \
+               f"({r['ms'] / old['ms']:.2f})"
+        kn, ko = r.get("kernels_ms") or {}, old.get("kernels_ms") or {}
+        ks = [f"{k.replace('c10::BFloat16', 'bf16').replace('c10::Half', 'f16')} {kn[k]}/{ko[k]}"
+              for k in kn if isinstance(kn[k], float)
+              and isinstance(ko.get(k), float) and ko[k] > 0]
+        print(line + ("  kernels: " + ", ".join(ks) if ks else ""))
 
 
 def kernel_breakdown(fn):
@@ -811,6 +846,8 @@ def main():
     ap.add_argument("--results", help=argparse.SUPPRESS)
     ap.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     ap.add_argument("--only", help="comma-separated sections to run (default: all)")
+    ap.add_argument("--compare", help="comma-separated JSON files of earlier runs: print this run's "
+                                      "default-form timings and kernel times against theirs")
     args = ap.parse_args()
     if args.section:
         run_section(args.section, args.results, args.deadline)
@@ -935,6 +972,8 @@ def main():
         print(f"{r['op']:8s} {shape:26s} {r['dtype']:8s} {r['mode']:7s} {r['impl']:26s} "
               f"{(str(r['ms']) + ' ms') if 'ms' in r else r['status'] + ' ' + r.get('why', '')}"
               + (f"  kernels: {r['kernels_ms']}" if r.get("kernels_ms") else ""))
+    if args.compare:
+        print_comparison(bench, args.compare.split(","))
     targets = target_rows(bench)
     report["targets"] = targets
     print("\n== issue 5 targets: the extension's default form against the faster peer (LM rows, "
