@@ -26,7 +26,7 @@ __device__ __forceinline__ F from_f(float x) { return static_cast<F>(x); }
 template <>
 __device__ __forceinline__ float from_f<float>(float x) { return x; }
 
-// Tokens staged in shared memory per barrier by the matrix-state kernels.
+// Tokens staged in shared memory per barrier by the matrix-state forward kernels.
 template <int N>
 struct Stage {
   static constexpr int TT = N <= 64 ? 16 : 8;
@@ -50,11 +50,12 @@ __device__ __forceinline__ float4 ld4(const float* p) {
 
 // Tiled layout of the matrix-state kernels: each thread holds an R x C tile of the [N, N] state.
 // The per-token vectors of the rows (decay, key, ... : R values each) and of the columns (value:
-// C values) are read from shared memory once per tile instead of once per entry. Those reads
-// bound the kernels: shared memory returns one 32-bit register per lane per cycle and
-// multiprocessor (an LDS.128 of a warp takes 4 cycles, whatever it broadcasts), halved when lanes
-// 2i and 2i+1 read the same address. So a tile reads (5 R + C) / (R C) registers per entry (a
-// column split over 4 lanes read 5), and the two lanes of a pair hold the same rows.
+// C values) are read from shared memory once per tile instead of once per entry. Those reads,
+// with the instructions issued, bound the kernels: shared memory returns one 32-bit register per
+// lane per cycle and multiprocessor (an LDS.128 of a warp takes 4 cycles, whatever it
+// broadcasts), halved when lanes 2i and 2i+1 read the same address (documented for CC 7.x). So a
+// tile reads (5 R + C) / (R C) registers per entry (a column split over 4 lanes read 5), and the
+// two lanes of a pair hold the same rows.
 // Lanes: thread tid is row block rb = (tid / 2) % RB of column block cb = tid % 2 + 2 (tid / 2RB);
 // the RB lanes of a column block are every other lane of 2 RB adjacent lanes of one warp (so
 // column sums over the rows are warp shuffles, lane distance 2 m for row-block distance m).
