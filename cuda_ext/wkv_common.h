@@ -48,6 +48,18 @@ __device__ __forceinline__ float4 ld4(const float* p) {
   return *reinterpret_cast<const float4*>(p);
 }
 
+// One round of a reduce-scatter over lanes: the lanes `lane_mask` apart exchange halves of
+// x[0 .. 2 HALF - 1], each keeping the half `hi` selects (upper if set) summed with its
+// partner's, in x[0 .. HALF - 1].
+template <int HALF, int V>
+__device__ __forceinline__ void halve(float (&x)[V], bool hi, int lane_mask) {
+#pragma unroll
+  for (int i = 0; i < HALF; ++i) {
+    const float send = hi ? x[i] : x[i + HALF], keep = hi ? x[i + HALF] : x[i];
+    x[i] = keep + __shfl_xor_sync(0xffffffffu, send, lane_mask);
+  }
+}
+
 // Tiled layout of the matrix-state kernels: each thread holds an R x C tile of the [N, N] state.
 // The per-token vectors of the rows (decay, key, ... : R values each) and of the columns (value:
 // C values) are read from shared memory once per tile instead of once per entry. Those reads,
@@ -79,40 +91,13 @@ struct Tile {
   static __device__ __forceinline__ float shfl(float x, int m) {  // the lane m row blocks away
     return __shfl_xor_sync(0xffffffffu, x, 2 * m);
   }
-  // Sums of x[0 .. C-1] over the RB lanes of a column block, scattered: the result is the sum
-  // for column col(rb) of the tile (C + log2(RB) - 2 shuffles instead of C log2(RB)).
-  static __device__ __forceinline__ int col(int rb) {
-    return C == 4 ? ((rb & (RB / 2)) ? 2 : 0) + ((rb & (RB / 4)) ? 1 : 0) : ((rb & (RB / 2)) ? 1 : 0);
-  }
-  static __device__ __forceinline__ float reduce_scatter(const float (&x)[C], int rb) {
-    const bool hi = rb & (RB / 2);
-    float keep;
-    int m;
-    if constexpr (C == 4) {
-      const float k0 = (hi ? x[2] : x[0]) + shfl(hi ? x[0] : x[2], RB / 2);
-      const float k1 = (hi ? x[3] : x[1]) + shfl(hi ? x[1] : x[3], RB / 2);
-      const bool lo = rb & (RB / 4);
-      keep = (lo ? k1 : k0) + shfl(lo ? k0 : k1, RB / 4);
-      m = RB / 8;
-    } else {
-      keep = (hi ? x[1] : x[0]) + shfl(hi ? x[0] : x[1], RB / 2);
-      m = RB / 4;
-    }
-    for (; m >= 1; m >>= 1) keep += shfl(keep, m);
-    return keep;
-  }
-  // The same for V values (V >= RB, both powers of 2; V = tokens x C for a group of tokens):
-  // lane rb ends with the sums of entries Q rb .. Q rb + Q - 1 in x[0 .. Q-1], Q = V / RB
-  // (each round keeps the half of the entries its row-block bit selects).
+  // Sums of x[0 .. V-1] over the RB lanes of a column block, scattered (V >= RB, both powers of
+  // 2; V = tokens x C for a group of tokens): lane rb ends with the sums of entries Q rb ..
+  // Q rb + Q - 1 in x[0 .. Q-1], Q = V / RB (each round keeps the half its row-block bit selects).
   template <int V, int M = RB / 2, int HALF = V / 2>
   static __device__ __forceinline__ void reduce_scatter_n(float (&x)[V], int rb) {
     static_assert(V >= RB && V % RB == 0, "reduce_scatter_n: V must be a multiple of RB");
-    const bool hi = rb & M;  // round for row-block bit M: HALF entries stay
-#pragma unroll
-    for (int i = 0; i < HALF; ++i) {
-      const float send = hi ? x[i] : x[i + HALF], keep = hi ? x[i + HALF] : x[i];
-      x[i] = keep + shfl(send, M);
-    }
+    halve<HALF>(x, rb & M, 2 * M);  // round for row-block bit M: HALF entries stay
     if constexpr (M > 1) reduce_scatter_n<V, M / 2, HALF / 2>(x, rb);
   }
   // All C column sums on every lane of the column block: a butterfly, log2(RB) rounds of C
@@ -134,12 +119,7 @@ struct Tile {
     constexpr int M = J == 0 ? 1 : (2 * RB) << (J - 1);  // this round's lane bit
     if constexpr (M < 32) {
       if constexpr (LEN > 1) {
-        const bool hi = lane & M;
-#pragma unroll
-        for (int i = 0; i < LEN / 2; ++i) {
-          const float send = hi ? x[i] : x[i + LEN / 2], keep = hi ? x[i + LEN / 2] : x[i];
-          x[i] = keep + __shfl_xor_sync(0xffffffffu, send, M);
-        }
+        halve<LEN / 2>(x, lane & M, M);
         warp_scatter<V, J + 1, LEN / 2>(x, lane);
       } else {
         x[0] += __shfl_xor_sync(0xffffffffu, x[0], M);
@@ -256,12 +236,7 @@ struct RowTile {
   template <int V, int M, int HALF>
   static __device__ __forceinline__ void reduce_rows(float (&x)[V], int cb) {
     if constexpr (M >= CB / R) {  // scatter: keep the half of the rows the bit selects
-      const bool hi = cb & M;
-#pragma unroll
-      for (int i = 0; i < HALF; ++i) {
-        const float send = hi ? x[i] : x[i + HALF], keep = hi ? x[i + HALF] : x[i];
-        x[i] = keep + shfl(send, M);
-      }
+      halve<HALF>(x, cb & M, 2 * M);
       if constexpr (M > 1) reduce_rows<V, M / 2, HALF / 2>(x, cb);
     } else {  // butterfly over the remaining bits (more column blocks than rows)
 #pragma unroll
