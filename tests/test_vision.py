@@ -122,7 +122,10 @@ def test_auto_classes_pipeline_backbone_and_timm_agree(tmp_path, version):
     clf = AutoModelForImageClassification.from_pretrained(folder).eval()
     with torch.no_grad():
         logits = clf(pixels).logits
-        assert torch.equal(logits, ours(pixels).logits)
+        # Same weights, equal values, not bit for bit: the loaded parameters sit at addresses that
+        # are not 64-byte aligned (offsets into the loaded file; transformers 5.24, safetensors
+        # 0.8), and the BLAS kernels then sum in another order (last-bit differences).
+        torch.testing.assert_close(logits, ours(pixels).logits, rtol=1e-5, atol=1e-6)
     probs = logits.softmax(-1)[0]
 
     classify = pipeline("image-classification", model=str(folder), device="cpu")
