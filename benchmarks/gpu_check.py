@@ -34,6 +34,7 @@ now against then.
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -177,6 +178,16 @@ def with_chunk(chunk, fn):
             os.environ.pop(env, None)
         else:
             os.environ[env] = old
+
+
+def with_halves(cb, concurrent, fn):
+    """fn() with bi_wkv6's two scans forced at once (True) or one after the other (False)."""
+    real = cb.halves_concurrent
+    cb.halves_concurrent = lambda *args: concurrent
+    try:
+        return fn()
+    finally:
+        cb.halves_concurrent = real
 
 
 def chunk_forms(cb, op, B, T, H, N):
@@ -424,6 +435,12 @@ def _bench_key(r):
     return (r["op"], r["dtype"], r["mode"], r.get("B"), r.get("T"), r.get("H"), r.get("C"))
 
 
+def _kernel_key(name):
+    """A kernel's name without its type arguments (the dtypes a row's kernels run in follow from
+    the row; the kernels took w's type as a second argument from 2026-11-27 evening on)."""
+    return re.sub(r"(?:float|c10::BFloat16|c10::Half),\s*", "", name)
+
+
 def print_comparison(bench, paths):
     """This run's default-form rows against the same rows of earlier runs' JSON (same card
     kind only means something): total ms and each kernel's ms, as now / then."""
@@ -446,9 +463,9 @@ def print_comparison(bench, paths):
         shape = " ".join(f"{k}={r[k]}" for k in ("B", "T", "H", "C") if k in r)
         line = f"{r['op']:8s} {shape:26s} {r['dtype']:8s} {r['mode']:7s} {r['ms']} / {old['ms']} " \
                f"({r['ms'] / old['ms']:.2f})"
-        kn, ko = r.get("kernels_ms") or {}, old.get("kernels_ms") or {}
-        ks = [f"{k.replace('c10::BFloat16', 'bf16').replace('c10::Half', 'f16')} {kn[k]}/{ko[k]}"
-              for k in kn if isinstance(kn[k], float)
+        kn = {_kernel_key(k): t for k, t in (r.get("kernels_ms") or {}).items()}
+        ko = {_kernel_key(k): t for k, t in (old.get("kernels_ms") or {}).items()}
+        ks = [f"{k} {kn[k]}/{ko[k]}" for k in kn if isinstance(kn[k], float)
               and isinstance(ko.get(k), float) and ko[k] > 0]
         print(line + ("  kernels: " + ", ".join(ks) if ks else ""))
 
@@ -552,6 +569,15 @@ def bench_one(ctx, op, dt_name, B, T, H, N, emit, deadline, peers=False, phase="
                 if c * 3 <= T and c >= (8 if per_channel else 64):
                     ours.append((f"rwkv_hf cuda (chunk {c})",
                                  lambda x, c=c: with_chunk(c, lambda: run_op(cb, op, x)), False))
+    if op == "bi_wkv6" and hasattr(cb, "halves_concurrent"):  # its two scans at once, or not
+        auto = cb.halves_concurrent(B, H, T, forms[-1][1] or 0, DEVICE)
+        i = next(j for j, o in enumerate(ours) if o[2])
+        name, fn, _ = ours[i]
+        base = name[:-1] + ", " if name.endswith(")") else name + " ("
+        ours[i] = (base + ("at once)" if auto else "one at a time)"), fn, True)
+        if tune:
+            ours.append((base + ("one at a time)" if auto else "at once)"),
+                         lambda x, f=fn, c=not auto: with_halves(cb, c, lambda: f(x)), False))
     if tune and len(ours) == 1 and op in ("wkv6", "wkv7", "bi_wkv6") and T >= 1024:
         c = max(64, T // 4 // 64 * 64)  # where the extension keeps one pass: would chunks win?
         ours.append((f"rwkv_hf cuda (chunk {c})",

@@ -41,6 +41,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("snapshots"), py::arg("transitions"), py::arg("gy"), py::arg("gstate"),
         py::arg("chunk") = 0, py::arg("reverse") = false, py::arg("out_f32") = false,
         py::arg("add") = std::vector<at::Tensor>());
+  m.def("bi_wkv6_forward", &rwkv_hf::bi_wkv6_forward,
+        "bi_wkv6 forward, both halves -> (y, final_state [B, 2, H, K, V], snapshots and chunk "
+        "transitions of the left-to-right half, then of the right-to-left half); concurrent: "
+        "the halves at once, on two streams",
+        py::arg("r"), py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"), py::arg("state"),
+        py::arg("save"), py::arg("chunk") = 0, py::arg("concurrent") = false);
+  m.def("bi_wkv6_backward", &rwkv_hf::bi_wkv6_backward,
+        "bi_wkv6 backward -> (gr, gk, gv, gw float32, gu partials float32 [B, T/64, H, K], "
+        "gstate [B, 2, H, K, V])",
+        py::arg("r"), py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"),
+        py::arg("snapshots_f"), py::arg("transitions_f"), py::arg("snapshots_b"),
+        py::arg("transitions_b"), py::arg("gy"), py::arg("gstate"), py::arg("chunk") = 0,
+        py::arg("concurrent") = false);
   m.def("wkv7_forward", &rwkv_hf::wkv7_forward,
         "wkv7 forward -> (y, final_state, snapshots, sa, chunk transitions); chunk: tokens per "
         "chunk of the chunk-parallel form, 0 for one sequential pass",

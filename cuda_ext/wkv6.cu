@@ -3,11 +3,14 @@
 
 namespace rwkv_hf {
 
-#define RWKV_HF_WKV6(F)                                                                  \
-  template cudaError_t wkv6_forward_launch<F, false>(const V6Fwd<F>&, cudaStream_t);      \
-  template cudaError_t wkv6_backward_launch<F, false>(const V6Bwd<F>&, cudaStream_t);
-RWKV_HF_WKV6(float)
-RWKV_HF_WKV6(c10::BFloat16)
-RWKV_HF_WKV6(c10::Half)
+// w in float32, or in the activations' dtype (read as it is: no float32 copy of it).
+#define RWKV_HF_WKV6(F, FW)                                                                  \
+  template cudaError_t wkv6_forward_launch<F, FW, false>(const V6Fwd<F, FW>&, cudaStream_t);  \
+  template cudaError_t wkv6_backward_launch<F, FW, false>(const V6Bwd<F, FW>&, cudaStream_t);
+RWKV_HF_WKV6(float, float)
+RWKV_HF_WKV6(c10::BFloat16, float)
+RWKV_HF_WKV6(c10::BFloat16, c10::BFloat16)
+RWKV_HF_WKV6(c10::Half, float)
+RWKV_HF_WKV6(c10::Half, c10::Half)
 
 }  // namespace rwkv_hf

@@ -38,7 +38,8 @@
 // place (a template parameter: a runtime choice of the address costs the kernels registers).
 // The launchers are instantiated with WC = false in wkv6.cu and WC = true in wkv5.cu: two
 // units that compile in parallel (together they took twice as long as either).
-// The per-token outputs y, gk, gv, gr are OutVec (wkv_launch.h): rounded once, or float32.
+// The per-token outputs y, gk, gv, gr are OutVec (wkv_launch.h): rounded once, or float32; gw
+// (in w's type FW, float or F) is one too, so that bi_wkv6's second half adds the first's.
 #pragma once
 
 #include "wkv_common.h"
@@ -52,10 +53,10 @@ namespace {
 // chunk, the final state. LOCAL = true (pass 1 of the chunked form): from S = 0, writes only the
 // chunk's end state `out[b, h, c]` and its transition `trans[b, h, c]` = diag(prod_t d_t).
 // Tokens go in groups of kGroup (y's column sums reduced and stored once per group).
-template <typename F, int N, bool LOCAL, bool WC>
+template <typename F, typename FW, int N, bool LOCAL, bool WC>
 __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv6_fwd_kernel(
     int T, int H, int L, bool rev, const F* __restrict__ r, const F* __restrict__ k,
-    const F* __restrict__ v, const float* __restrict__ w, const float* __restrict__ u,
+    const F* __restrict__ v, const FW* __restrict__ w, const float* __restrict__ u,
     const float* __restrict__ s0 /* [B,H,NCL,N,N] */, OutVec<F> y,
     float* __restrict__ out /* final state [B,H,N,N]; LOCAL: [B,H,NCL,N,N] */,
     float* __restrict__ snap /* [B,H,NC,N,N] | null */,
@@ -97,7 +98,7 @@ __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv6_fwd_kernel(
   constexpr int E = TT * N / NT;
   const int sq = tid * E, stt = sq / N, sx = sq % N;
   Raw<F, E> pr, pk, pv;
-  Raw<float, E> pw;
+  Raw<FW, E> pw;
   auto fetch = [&](int t0) {
     if (t0 + stt < tend) {
       const int64_t o = tok(t0 + stt) + sx;
@@ -193,10 +194,10 @@ __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv6_fwd_kernel(
 // form): from G = 0, writes only G at the token before the chunk, `out[b, h, c]`. The bonus terms
 // enter the sums through G + diag(r u) 1 gy^T:
 // gk_i = sum_j (G_ij + r_i u_i gy_j) v_j, gv_j = sum_i (G_ij + r_i u_i gy_j) k_i.
-template <typename F, int N, bool LOCAL, bool WC>
+template <typename F, typename FW, int N, bool LOCAL, bool WC>
 __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv6_bwd_b1_kernel(
     int T, int H, int L, bool rev, const F* __restrict__ r, const F* __restrict__ k,
-    const F* __restrict__ v, const float* __restrict__ w, const float* __restrict__ u,
+    const F* __restrict__ v, const FW* __restrict__ w, const float* __restrict__ u,
     const float* __restrict__ snap, const F* __restrict__ gy,
     const float* __restrict__ gend /* [B,H,NCL,N,N] */, OutVec<F> gk, OutVec<F> gv,
     float* __restrict__ e /* [B,T,H,N] */, float* __restrict__ anchor /* [B,H,NC,N] */,
@@ -235,7 +236,7 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv6_bwd_b1_kernel(
   constexpr int E = TT * N / NT;
   const int sq = tid * E, stt = sq / N, sx = sq % N;
   Raw<F, E> pr, pk, pv, pg;
-  Raw<float, E> pw;
+  Raw<FW, E> pw;
   auto fetch = [&](int t0) {
     if (t0 + stt < tend) {
       const int64_t o = tok(t0 + stt) + sx;
@@ -357,13 +358,13 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv6_bwd_b1_kernel(
 // S_t = d S_{t-1} + k v_t^T; summed over the column blocks once per group of kGroup tokens, after
 // which the lane owning a row runs the chain gw_t = beta_{t-1} - r_t grs_t,
 // beta_t = gw_t + e_t, writes gr and gw, and sums its row's gu.
-template <typename F, int N, bool WC>
+template <typename F, typename FW, int N, bool WC>
 __global__ void __launch_bounds__(RowTile<N>::THREADS) wkv6_bwd_b2_kernel(
     int T, int H, bool rev, const F* __restrict__ r, const F* __restrict__ k,
-    const F* __restrict__ v, const float* __restrict__ w, const float* __restrict__ u,
+    const F* __restrict__ v, const FW* __restrict__ w, const float* __restrict__ u,
     const float* __restrict__ snap, const F* __restrict__ gy, const float* __restrict__ e,
-    const float* __restrict__ anchor, OutVec<F> gr, float* __restrict__ gw,
-    float* __restrict__ gu_part /* [B,NC,H,N] */) {
+    const float* __restrict__ anchor, OutVec<F> gr, OutVec<FW> gw,
+    float* __restrict__ gu_part /* [B,NC,H,N] | null */) {
   using Tl = RowTile<N>;
   constexpr int TT = 8, R = Tl::R, C = Tl::C, NT = Tl::THREADS, G = kGroup;
   __shared__ __align__(16) float s_v[TT][N];
@@ -389,7 +390,8 @@ __global__ void __launch_bounds__(RowTile<N>::THREADS) wkv6_bwd_b2_kernel(
   constexpr int E = TT * N / NT;
   const int sq = tid * E, stt = sq / N, sx = sq % N;
   Raw<F, E> pr, pk, pv, pg;
-  Raw<float, E> pw, pe;
+  Raw<FW, E> pw;
+  Raw<float, E> pe;
   auto fetch = [&](int t0) {
     if (t0 + stt < tend) {
       const int64_t o = tok(t0 + stt) + sx;
@@ -455,41 +457,42 @@ __global__ void __launch_bounds__(RowTile<N>::THREADS) wkv6_bwd_b2_kernel(
             put(gr, o, grsx + uo * kx * vgyx);
             gu_acc += (double)(rx * kx * vgyx);
             const float gwt = beta - rx * grsx;
-            gw[o] = gwt;
+            put(gw, o, gwt);
             beta = gwt + s_e[tt][orow];
           }
         }
       }
     }
   }
-  if (Tl::owner(cb)) gu_part[(((int64_t)b * NC + c) * H + h) * N + orow] = (float)gu_acc;
+  if (Tl::owner(cb) && gu_part != nullptr)  // null: a half without the bonus (bi_wkv6)
+    gu_part[(((int64_t)b * NC + c) * H + h) * N + orow] = (float)gu_acc;
 }
 
 }  // namespace
 
-template <typename F, bool WC>
-cudaError_t wkv6_forward_launch(const V6Fwd<F>& p, cudaStream_t stream) {
-  const V6In<F>& a = p.in;
+template <typename F, typename FW, bool WC>
+cudaError_t wkv6_forward_launch(const V6Fwd<F, FW>& p, cudaStream_t stream) {
+  const V6In<F, FW>& a = p.in;
   const MatSizes& s = a.s;
   const dim3 grid(s.B * s.H, s.NCL);
   return dispatch_n(s.N, [&](auto nc) {
     constexpr int N = decltype(nc)::value;
     const float* starts = p.s0;
     if (s.NCL > 1) {  // pass 1: chunks from zero in parallel; then the chunk start states
-      wkv6_fwd_kernel<F, N, true, WC><<<grid, FwdTile<N>::THREADS, 0, stream>>>(
+      wkv6_fwd_kernel<F, FW, N, true, WC><<<grid, FwdTile<N>::THREADS, 0, stream>>>(
           s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, nullptr, OutVec<F>(), p.local, nullptr,
           p.trans);
       combine_chunks_diag<N>(s.B * s.H, s.NCL, false, p.trans, p.local, p.s0, p.starts, stream);
       starts = p.starts;
     }
-    wkv6_fwd_kernel<F, N, false, WC><<<grid, FwdTile<N>::THREADS, 0, stream>>>(
+    wkv6_fwd_kernel<F, FW, N, false, WC><<<grid, FwdTile<N>::THREADS, 0, stream>>>(
         s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, starts, p.y, p.sT, p.snap, nullptr);
   });
 }
 
-template <typename F, bool WC>
-cudaError_t wkv6_backward_launch(const V6Bwd<F>& p, cudaStream_t stream) {
-  const V6In<F>& a = p.in;
+template <typename F, typename FW, bool WC>
+cudaError_t wkv6_backward_launch(const V6Bwd<F, FW>& p, cudaStream_t stream) {
+  const V6In<F, FW>& a = p.in;
   const MatSizes& s = a.s;
   const dim3 grid(s.B * s.H, s.NCL);
   const int NC = (s.T + kSnap - 1) / kSnap;
@@ -497,16 +500,16 @@ cudaError_t wkv6_backward_launch(const V6Bwd<F>& p, cudaStream_t stream) {
     constexpr int N = decltype(nc)::value;
     const float* gend = p.gsT;
     if (s.NCL > 1) {  // pass 1: chunks from G = 0 in parallel; then G at every chunk's end
-      wkv6_bwd_b1_kernel<F, N, true, WC><<<grid, BwdTile<N>::THREADS, 0, stream>>>(
+      wkv6_bwd_b1_kernel<F, FW, N, true, WC><<<grid, BwdTile<N>::THREADS, 0, stream>>>(
           s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, p.snap, p.gy, nullptr, OutVec<F>(),
           OutVec<F>(), nullptr, nullptr, p.local);
       combine_chunks_diag<N>(s.B * s.H, s.NCL, true, p.trans, p.local, p.gsT, p.gend, stream);
       gend = p.gend;
     }
-    wkv6_bwd_b1_kernel<F, N, false, WC><<<grid, BwdTile<N>::THREADS, 0, stream>>>(
+    wkv6_bwd_b1_kernel<F, FW, N, false, WC><<<grid, BwdTile<N>::THREADS, 0, stream>>>(
         s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, p.snap, p.gy, gend, p.gk, p.gv, p.e,
         p.anchor, p.gs0);
-    wkv6_bwd_b2_kernel<F, N, WC><<<dim3(s.B * s.H * NC), RowTile<N>::THREADS, 0, stream>>>(
+    wkv6_bwd_b2_kernel<F, FW, N, WC><<<dim3(s.B * s.H * NC), RowTile<N>::THREADS, 0, stream>>>(
         s.T, s.H, a.rev, a.r, a.k, a.v, a.w, a.u, p.snap, p.gy, p.e, p.anchor, p.gr, p.gw,
         p.gu_part);
   });

@@ -51,10 +51,10 @@ namespace {
 // A_{end} ... A_{start} (each column of P = I runs through the state recurrence without input).
 // Tokens go in groups of kGroup: y's column sums are reduced and stored once per group; sa, which
 // the recurrence waits on, is summed per token by a butterfly (the shortest chain of shuffles).
-template <typename F, int N, bool LOCAL>
+template <typename F, typename FW, int N, bool LOCAL>
 __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv7_fwd_kernel(
     int T, int H, int L, const F* __restrict__ r, const F* __restrict__ k, const F* __restrict__ v,
-    const float* __restrict__ w, const F* __restrict__ a, const F* __restrict__ bb,
+    const FW* __restrict__ w, const F* __restrict__ a, const F* __restrict__ bb,
     const float* __restrict__ s0 /* [B,H,NCL,N,N] */, F* __restrict__ y,
     float* __restrict__ out /* final state [B,H,N,N]; LOCAL: [B,H,NCL,N,N] */,
     float* __restrict__ snap /* [B,H,NC,N,N] | null */, float* __restrict__ sa_out /* | null */,
@@ -97,7 +97,7 @@ __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv7_fwd_kernel(
   constexpr int E = TT * N / NT;
   const int sq = tid * E, stt = sq / N, sx = sq % N;
   Raw<F, E> pr, pk, pa, pb, pv;
-  Raw<float, E> pw;
+  Raw<FW, E> pw;
   auto fetch = [&](int t0) {
     if (t0 + stt < tend) {
       const int64_t o = hbase + (int64_t)(t0 + stt) * stride + sx;
@@ -213,10 +213,10 @@ __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv7_fwd_kernel(
 // anchors of the chunk and, for the first chunk, gS_{-1}. LOCAL = true (pass 1 of the chunked
 // form): from G = 0, writes only G^{partial} at the token before the chunk, `out[b, h, c]` (no
 // row sums, no barriers but the stages').
-template <typename F, int N, bool LOCAL>
+template <typename F, typename FW, int N, bool LOCAL>
 __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv7_bwd_b1_kernel(
     int T, int H, int L, const F* __restrict__ r, const F* __restrict__ k, const F* __restrict__ v,
-    const float* __restrict__ w, const F* __restrict__ a, const F* __restrict__ bb,
+    const FW* __restrict__ w, const F* __restrict__ a, const F* __restrict__ bb,
     const float* __restrict__ snap, const float* __restrict__ sa, const F* __restrict__ gy,
     const float* __restrict__ gend /* [B,H,NCL,N,N] */, F* __restrict__ gk, F* __restrict__ gv,
     F* __restrict__ gb, float* __restrict__ e /* [B,T,H,N] */,
@@ -258,7 +258,8 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv7_bwd_b1_kernel(
   constexpr int E = TT * N / NT;
   const int sq = tid * E, stt = sq / N, sx = sq % N;
   Raw<F, E> pr, pk, pv, pa, pb, pg;
-  Raw<float, E> pw, ps;
+  Raw<FW, E> pw;
+  Raw<float, E> ps;
   auto fetch = [&](int t0) {
     if (t0 + stt < tend) {
       const int64_t o = hbase + (int64_t)(t0 + stt) * stride + sx;
@@ -416,13 +417,13 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv7_bwd_b1_kernel(
 // (gr); summed over the column blocks once per group of kGroup tokens, after which the lane
 // owning a row runs that row's chain gw_t = beta_{t-1} - a_t ga_t - r_{t-1} gr_{t-1},
 // beta_t = gw_t + e_t over the group's tokens and writes ga, gw, gr.
-template <typename F, int N>
+template <typename F, typename FW, int N>
 __global__ void __launch_bounds__(RowTile<N>::THREADS) wkv7_bwd_b2_kernel(
     int T, int H, const F* __restrict__ r, const F* __restrict__ k, const F* __restrict__ v,
-    const float* __restrict__ w, const F* __restrict__ a, const F* __restrict__ bb,
+    const FW* __restrict__ w, const F* __restrict__ a, const F* __restrict__ bb,
     const float* __restrict__ snap, const float* __restrict__ sa, const F* __restrict__ gy,
     const float* __restrict__ e, const float* __restrict__ cvec, const float* __restrict__ anchor,
-    F* __restrict__ gr, float* __restrict__ gw, F* __restrict__ ga) {
+    F* __restrict__ gr, FW* __restrict__ gw, F* __restrict__ ga) {
   using Tl = RowTile<N>;
   constexpr int TT = 8, R = Tl::R, C = Tl::C, NT = Tl::THREADS, G = kGroup;
   // Per-token column vectors (c, sa, v, gy) and row vectors (d, b, k; a, r, e for the chains).
@@ -464,7 +465,8 @@ __global__ void __launch_bounds__(RowTile<N>::THREADS) wkv7_bwd_b2_kernel(
   constexpr int E = TT * N / NT;
   const int sq = tid * E, stt = sq / N, sx = sq % N;
   Raw<F, E> pr, pk, pv, pa, pb, pg;
-  Raw<float, E> pw, pe, pc, ps;
+  Raw<FW, E> pw;
+  Raw<float, E> pe, pc, ps;
   auto fetch = [&](int t0) {
     if (t0 + stt < tend) {
       const int64_t o = hbase + (int64_t)(t0 + stt) * stride + sx;
@@ -534,7 +536,7 @@ __global__ void __launch_bounds__(RowTile<N>::THREADS) wkv7_bwd_b2_kernel(
             beta = gwt + s_e[tt][orow];
             const int64_t o = hbase + (int64_t)(t0 + tt) * stride + orow;
             ga[o] = from_f<F>(gax);
-            gw[o] = gwt;
+            gw[o] = from_f<FW>(gwt);
             gr[o] = from_f<F>(grx);
             rgr_prev = s_r[tt][orow] * grx;
           }
@@ -546,29 +548,29 @@ __global__ void __launch_bounds__(RowTile<N>::THREADS) wkv7_bwd_b2_kernel(
 
 }  // namespace
 
-template <typename F>
-cudaError_t wkv7_forward_launch(const V7Fwd<F>& p, cudaStream_t stream) {
-  const V7In<F>& a = p.in;
+template <typename F, typename FW>
+cudaError_t wkv7_forward_launch(const V7Fwd<F, FW>& p, cudaStream_t stream) {
+  const V7In<F, FW>& a = p.in;
   const MatSizes& s = a.s;
   const dim3 grid(s.B * s.H, s.NCL);
   return dispatch_n(s.N, [&](auto nc) {
     constexpr int N = decltype(nc)::value;
     const float* starts = p.s0;
     if (s.NCL > 1) {  // pass 1: chunks from zero in parallel; then the chunk start states
-      wkv7_fwd_kernel<F, N, true><<<grid, FwdTile<N>::THREADS, 0, stream>>>(
+      wkv7_fwd_kernel<F, FW, N, true><<<grid, FwdTile<N>::THREADS, 0, stream>>>(
           s.T, s.H, s.L, a.r, a.k, a.v, a.w, a.a, a.b, nullptr, nullptr, p.local, nullptr,
           nullptr, p.trans);
       combine_chunks<N>(s.B * s.H, s.NCL, false, p.trans, p.local, p.s0, p.starts, stream);
       starts = p.starts;
     }
-    wkv7_fwd_kernel<F, N, false><<<grid, FwdTile<N>::THREADS, 0, stream>>>(
+    wkv7_fwd_kernel<F, FW, N, false><<<grid, FwdTile<N>::THREADS, 0, stream>>>(
         s.T, s.H, s.L, a.r, a.k, a.v, a.w, a.a, a.b, starts, p.y, p.sT, p.snap, p.sa, nullptr);
   });
 }
 
-template <typename F>
-cudaError_t wkv7_backward_launch(const V7Bwd<F>& p, cudaStream_t stream) {
-  const V7In<F>& a = p.in;
+template <typename F, typename FW>
+cudaError_t wkv7_backward_launch(const V7Bwd<F, FW>& p, cudaStream_t stream) {
+  const V7In<F, FW>& a = p.in;
   const MatSizes& s = a.s;
   const dim3 grid(s.B * s.H, s.NCL);
   const int NC = (s.T + kSnap - 1) / kSnap;
@@ -576,26 +578,29 @@ cudaError_t wkv7_backward_launch(const V7Bwd<F>& p, cudaStream_t stream) {
     constexpr int N = decltype(nc)::value;
     const float* gend = p.gsT;
     if (s.NCL > 1) {  // pass 1: chunks from G = 0 in parallel; then G at every chunk's end
-      wkv7_bwd_b1_kernel<F, N, true><<<grid, BwdTile<N>::THREADS, 0, stream>>>(
+      wkv7_bwd_b1_kernel<F, FW, N, true><<<grid, BwdTile<N>::THREADS, 0, stream>>>(
           s.T, s.H, s.L, a.r, a.k, a.v, a.w, a.a, a.b, p.snap, p.sa, p.gy, nullptr, nullptr,
           nullptr, nullptr, nullptr, nullptr, nullptr, p.local);
       combine_chunks<N>(s.B * s.H, s.NCL, true, p.trans, p.local, p.gsT, p.gend, stream);
       gend = p.gend;
     }
-    wkv7_bwd_b1_kernel<F, N, false><<<grid, BwdTile<N>::THREADS, 0, stream>>>(
+    wkv7_bwd_b1_kernel<F, FW, N, false><<<grid, BwdTile<N>::THREADS, 0, stream>>>(
         s.T, s.H, s.L, a.r, a.k, a.v, a.w, a.a, a.b, p.snap, p.sa, p.gy, gend, p.gk, p.gv, p.gb,
         p.e, p.cvec, p.anchor, p.gs0);
-    wkv7_bwd_b2_kernel<F, N><<<dim3(s.B * s.H * NC), RowTile<N>::THREADS, 0, stream>>>(
+    wkv7_bwd_b2_kernel<F, FW, N><<<dim3(s.B * s.H * NC), RowTile<N>::THREADS, 0, stream>>>(
         s.T, s.H, a.r, a.k, a.v, a.w, a.a, a.b, p.snap, p.sa, p.gy, p.e, p.cvec, p.anchor, p.gr,
         p.gw, p.ga);
   });
 }
 
-#define RWKV_HF_WKV7(F)                                                              \
-  template cudaError_t wkv7_forward_launch<F>(const V7Fwd<F>&, cudaStream_t);       \
-  template cudaError_t wkv7_backward_launch<F>(const V7Bwd<F>&, cudaStream_t);
-RWKV_HF_WKV7(float)
-RWKV_HF_WKV7(c10::BFloat16)
-RWKV_HF_WKV7(c10::Half)
+// w in float32, or in the activations' dtype (read as it is: no float32 copy of it).
+#define RWKV_HF_WKV7(F, FW)                                                                \
+  template cudaError_t wkv7_forward_launch<F, FW>(const V7Fwd<F, FW>&, cudaStream_t);      \
+  template cudaError_t wkv7_backward_launch<F, FW>(const V7Bwd<F, FW>&, cudaStream_t);
+RWKV_HF_WKV7(float, float)
+RWKV_HF_WKV7(c10::BFloat16, float)
+RWKV_HF_WKV7(c10::BFloat16, c10::BFloat16)
+RWKV_HF_WKV7(c10::Half, float)
+RWKV_HF_WKV7(c10::Half, c10::Half)
 
 }  // namespace rwkv_hf

@@ -3,7 +3,8 @@
 // Conventions (the package's operator layer, rwkv_hf/ops/__init__.py):
 //   * decays are LOG-decays w: the per-step factor is exp(w);
 //   * per-token tensors are [B, T, H, N] (matrix-state ops) or [B, T, C] (per-channel ops),
-//     contiguous, in F = float / bfloat16 / half; w and u always reach the kernels in float32;
+//     contiguous, in F = float / bfloat16 / half; u and the per-channel ops' w in float32, the
+//     matrix-state ops' per-token w in FW = float or F (read as it comes, no float32 copy);
 //   * states, snapshots and every accumulation are float32 (a few long sums in float64).
 // No ATen here (see wkv_launch.h); the host side is wkv_host.cpp.
 #pragma once

@@ -66,6 +66,59 @@ F* out_ptr(at::Tensor& x) {
   return reinterpret_cast<F*>(x.data_ptr());
 }
 
+// The log-decay w of the matrix-state ops: float32, or the activations' dtype (read as it is,
+// no float32 copy; its gradient comes back in its dtype).
+void check_decay(const at::Tensor& w, const at::Tensor& r) {
+  check_cuda_tensor(w, "w");
+  TORCH_CHECK(w.scalar_type() == at::kFloat || w.scalar_type() == r.scalar_type(),
+              "rwkv_hf cuda: w must be float32 or the activations' dtype (", r.scalar_type(),
+              "), got ", w.scalar_type());
+  TORCH_CHECK(w.device() == r.device(), "rwkv_hf cuda: w is on another device");
+}
+
+// Calls run(FW()) with FW the C++ type of w: float, or F (the activations' type).
+template <typename F, typename Run>
+void dispatch_w(const at::Tensor& w, Run&& run) {
+  if (w.scalar_type() == at::kFloat) {
+    run(float());
+  } else {
+    run(F());
+  }
+}
+
+// Runs first(stream) and second(stream): one after the other on the current stream, or
+// (`concurrent`) second on a stream of the pool alongside first, the current stream then
+// waiting for both. For the two scans of bi_wkv6 when their blocks fit in one wave: either alone
+// would leave multiprocessors idle, its blocks bound by latency. Whatever they read must be
+// queued on the current stream before the call (the side stream starts after it). The second
+// half allocates from the side stream's pool: memory the first half frees meanwhile (its
+// scratch, in use by its kernels still queued) goes back to the current stream's pool, so the
+// caching allocator cannot hand it to the second half's kernels.
+template <typename A, typename B>
+void run_halves(bool concurrent, A&& first, B&& second) {
+  const cudaStream_t cur = c10::cuda::getCurrentCUDAStream();
+  if (!concurrent) {
+    first(cur);
+    second(cur);
+    return;
+  }
+  const auto side = c10::cuda::getStreamFromPool();
+  cudaEvent_t fork, join;
+  C10_CUDA_CHECK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+  C10_CUDA_CHECK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
+  C10_CUDA_CHECK(cudaEventRecord(fork, cur));
+  C10_CUDA_CHECK(cudaStreamWaitEvent(side.stream(), fork, 0));
+  first(cur);
+  {
+    const c10::cuda::CUDAStreamGuard on_side(side);
+    second(side.stream());
+  }
+  C10_CUDA_CHECK(cudaEventRecord(join, side.stream()));
+  C10_CUDA_CHECK(cudaStreamWaitEvent(cur, join, 0));
+  C10_CUDA_CHECK(cudaEventDestroy(fork));  // released once complete
+  C10_CUDA_CHECK(cudaEventDestroy(join));
+}
+
 float* f32_or_null(at::Tensor& x, bool use) { return use ? x.data_ptr<float>() : nullptr; }
 
 // The forward kernels and B1 move each thread's share of a stage as 16-byte (or 4-byte) words: a
@@ -173,13 +226,15 @@ void check_v6(const at::Tensor& r, const at::Tensor& k, const at::Tensor& v, con
   TORCH_CHECK(r.dim() == 4, "rwkv_hf cuda wkv6: r must be [B, T, H, K]");
   check_act(k, r, "k");
   check_act(v, r, "v");
-  check_float(w, "w");
+  check_decay(w, r);
   check_float(u, "u");
   TORCH_CHECK(k.sizes() == r.sizes(), "rwkv_hf cuda wkv6: r and k must share one shape [B, T, H, K]");
   TORCH_CHECK(w.sizes() == r.sizes() || (w.dim() == 2 && w.size(0) == r.size(2) && w.size(1) == r.size(3)),
               "rwkv_hf cuda wkv6: w must be [B, T, H, K] like r, or [H, K], got ", w.sizes());
   TORCH_CHECK(v.sizes() == r.sizes(), "rwkv_hf cuda wkv6: needs V == K (v of r's shape), got v ",
               v.sizes(), " and r ", r.sizes());
+  TORCH_CHECK(w.dim() != 2 || w.scalar_type() == at::kFloat,
+              "rwkv_hf cuda wkv5: the decay [H, K] must be float32");
   TORCH_CHECK(u.numel() == r.size(2) * r.size(3), "rwkv_hf cuda wkv6: u must be [H, K]");
   check_head_size(r.size(3), "wkv6");
 }
@@ -216,11 +271,107 @@ OutVec<F> out_vec(at::Tensor& out, const float* add) {
   return o;
 }
 
-template <typename F>
-V6In<F> v6_in(const MatSizes& s, bool reverse, const at::Tensor& r, const at::Tensor& k,
-              const at::Tensor& v, const at::Tensor& w, const at::Tensor& u) {
-  return {s, reverse, in_ptr<F>(r), in_ptr<F>(k), in_ptr<F>(v), w.data_ptr<float>(),
+template <typename F, typename FW>
+V6In<F, FW> v6_in(const MatSizes& s, bool reverse, const at::Tensor& r, const at::Tensor& k,
+                  const at::Tensor& v, const at::Tensor& w, const at::Tensor& u) {
+  return {s, reverse, in_ptr<F>(r), in_ptr<F>(k), in_ptr<F>(v), in_ptr<FW>(w),
           u.data_ptr<float>()};
+}
+
+// What a forward scan keeps: the final state, the snapshots and the chunk transitions.
+struct V6Saved {
+  at::Tensor sT, snap, trans;
+};
+
+// One scan of wkv6 (left to right, or right to left: `reverse`) from the state s0 (float32
+// [B, H, K, V], contiguous) into y (the inputs' dtype or float32, `yadd` added before the
+// rounding), its kernels on `stream`; the inputs checked and 16-byte aligned. Its other tensor
+// work only allocates (no kernel: see run_halves).
+V6Saved v6_forward_scan(const at::Tensor& r, const at::Tensor& k, const at::Tensor& v,
+                        const at::Tensor& w, const at::Tensor& u, const at::Tensor& s0, bool save,
+                        int64_t chunk, bool reverse, at::Tensor& y, const float* yadd,
+                        cudaStream_t stream) {
+  const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
+  TORCH_CHECK(s0.numel() == (int64_t)B * H * n * n, "rwkv_hf cuda wkv6: state must be [B, H, K, V]");
+  const int L = chunk_length(chunk, T, kSnap), NCL = (T + L - 1) / L;
+  TORCH_CHECK(NCL < 65536, "rwkv_hf cuda wkv6: over 65535 chunks (chunk length ", L, ")");
+  const auto opt = s0.options();
+  auto sT = at::empty({B, H, n, n}, opt);
+  const int NC = (T + kSnap - 1) / kSnap;
+  auto snap = save ? at::empty({B, H, NC, n, n}, opt) : at::empty({0}, opt);
+  auto trans = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, opt);
+  if (B * H == 0) return {sT, snap, trans};
+  auto local = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, opt);
+  auto starts = at::empty_like(local);
+  RWKV_HF_DISPATCH_F(r.scalar_type(), "wkv6", [&] {
+    dispatch_w<F>(w, [&](auto fw) {
+      using FW = decltype(fw);
+      const V6Fwd<F, FW> p{v6_in<F, FW>({B, T, H, n, L, NCL}, reverse, r, k, v, w, u),
+                           s0.data_ptr<float>(), f32_or_null(local, NCL > 1),
+                           f32_or_null(starts, NCL > 1), f32_or_null(trans, NCL > 1),
+                           out_vec<F>(y, yadd), sT.data_ptr<float>(), f32_or_null(snap, save)};
+      if constexpr (std::is_same_v<FW, float>) {
+        // RWKV-5's decay [H, K] (wkv5.cu, float32) or a decay per token (wkv6.cu).
+        C10_CUDA_CHECK((w.dim() == 2 ? wkv6_forward_launch<F, float, true>(p, stream)
+                                     : wkv6_forward_launch<F, float, false>(p, stream)));
+      } else {
+        C10_CUDA_CHECK((wkv6_forward_launch<F, FW, false>(p, stream)));
+      }
+    });
+  });
+  if (!save) trans = at::empty({0, H, NCL, n, n}, opt);
+  return {sT, snap, trans};
+}
+
+// The backward of one scan: gr, gk, gv into g (`gadd` added before the rounding), gw into gw
+// ([B, T, H, K], w's dtype or float32; `gwadd` added first), gu's partial sums into gu_part
+// (float32 [B, T / kSnap, H, K], or null: none), its kernels on `stream` (gsT contiguous; no
+// other kernel); -> the gradient of the initial state.
+at::Tensor v6_backward_scan(const at::Tensor& r, const at::Tensor& k, const at::Tensor& v,
+                            const at::Tensor& w, const at::Tensor& u, const at::Tensor& snap,
+                            const at::Tensor& trans, const at::Tensor& gy, const at::Tensor& gsT,
+                            int64_t chunk, bool reverse, std::vector<at::Tensor>& g,
+                            const std::vector<const float*>& gadd, at::Tensor& gw,
+                            const float* gwadd, float* gu_part, cudaStream_t stream) {
+  check_float(snap, "snapshots");
+  const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
+  const int NC = (T + kSnap - 1) / kSnap;
+  const int L = chunk_length(chunk, T, kSnap), NCL = (T + L - 1) / L;
+  TORCH_CHECK(snap.numel() == (int64_t)B * H * NC * n * n, "rwkv_hf cuda wkv6: bad snapshots");
+  TORCH_CHECK(gsT.numel() == (int64_t)B * H * n * n, "rwkv_hf cuda wkv6: gsT must be [B, H, K, V]");
+  TORCH_CHECK(NCL == 1 || trans.numel() == (int64_t)B * H * NCL * n * n,
+              "rwkv_hf cuda wkv6: the chunk transitions of the forward are missing (chunk ", chunk,
+              ")");
+  if (NCL > 1) check_float(trans, "transitions");
+  TORCH_CHECK((int64_t)B * H * NC < (int64_t)1 << 31 && NCL < 65536, "rwkv_hf cuda wkv6: ",
+              "input too large for one launch (B * H * T / 64 >= 2^31, or over 65535 chunks)");
+  const auto f32 = r.options().dtype(at::kFloat);
+  auto gs0 = at::empty({B, H, n, n}, f32);
+  if (B * H == 0) return gs0;
+  auto e = at::empty({B, T, H, n}, f32);
+  auto anchor = at::empty({B, H, NC, n}, f32);
+  auto local = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, f32);
+  auto gend = at::empty_like(local);
+  RWKV_HF_DISPATCH_F(r.scalar_type(), "wkv6", [&] {
+    dispatch_w<F>(w, [&](auto fw) {
+      using FW = decltype(fw);
+      const V6Bwd<F, FW> p{v6_in<F, FW>({B, T, H, n, L, NCL}, reverse, r, k, v, w, u),
+                           snap.data_ptr<float>(), NCL > 1 ? trans.data_ptr<float>() : nullptr,
+                           gsT.data_ptr<float>(), in_ptr<F>(gy), f32_or_null(local, NCL > 1),
+                           f32_or_null(gend, NCL > 1), e.data_ptr<float>(),
+                           anchor.data_ptr<float>(), out_vec<F>(g[0], gadd[0]),
+                           out_vec<F>(g[1], gadd[1]), out_vec<F>(g[2], gadd[2]),
+                           out_vec<FW>(gw, gwadd), gu_part, gs0.data_ptr<float>()};
+      if constexpr (std::is_same_v<FW, float>) {
+        // RWKV-5's decay [H, K] (wkv5.cu, float32) or a decay per token (wkv6.cu).
+        C10_CUDA_CHECK((w.dim() == 2 ? wkv6_backward_launch<F, float, true>(p, stream)
+                                     : wkv6_backward_launch<F, float, false>(p, stream)));
+      } else {
+        C10_CUDA_CHECK((wkv6_backward_launch<F, FW, false>(p, stream)));
+      }
+    });
+  });
+  return gs0;
 }
 
 // ---------------------------------------------------------------------------- wkv7
@@ -233,7 +384,7 @@ void check_v7(const at::Tensor& r, const at::Tensor& k, const at::Tensor& v, con
   check_act(v, r, "v");
   check_act(a, r, "a");
   check_act(b, r, "b");
-  check_float(w, "w");
+  check_decay(w, r);
   TORCH_CHECK(k.sizes() == r.sizes() && w.sizes() == r.sizes() && a.sizes() == r.sizes() &&
                   b.sizes() == r.sizes(),
               "rwkv_hf cuda wkv7: r, k, w, a, b must share one shape [B, T, H, K]");
@@ -242,11 +393,11 @@ void check_v7(const at::Tensor& r, const at::Tensor& k, const at::Tensor& v, con
   check_head_size(r.size(3), "wkv7");
 }
 
-template <typename F>
-V7In<F> v7_in(const MatSizes& s, const at::Tensor& r, const at::Tensor& k, const at::Tensor& v,
-              const at::Tensor& w, const at::Tensor& a, const at::Tensor& b) {
-  return {s, in_ptr<F>(r), in_ptr<F>(k), in_ptr<F>(v), in_ptr<F>(a), in_ptr<F>(b),
-          w.data_ptr<float>()};
+template <typename F, typename FW>
+V7In<F, FW> v7_in(const MatSizes& s, const at::Tensor& r, const at::Tensor& k,
+                  const at::Tensor& v, const at::Tensor& w, const at::Tensor& a,
+                  const at::Tensor& b) {
+  return {s, in_ptr<F>(r), in_ptr<F>(k), in_ptr<F>(v), in_ptr<F>(a), in_ptr<F>(b), in_ptr<FW>(w)};
 }
 
 }  // namespace
@@ -278,34 +429,43 @@ std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
                                      bool reverse, bool out_f32, std::vector<at::Tensor> add) {
   check_v6(r, k, v, w, u);
   check_float(s0, "state");
-  const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
-  TORCH_CHECK(s0.numel() == (int64_t)B * H * n * n, "rwkv_hf cuda wkv6: state must be [B, H, K, V]");
-  const int L = chunk_length(chunk, T, kSnap), NCL = (T + L - 1) / L;
-  TORCH_CHECK(NCL < 65536, "rwkv_hf cuda wkv6: over 65535 chunks (chunk length ", L, ")");
   const at::cuda::OptionalCUDAGuard guard(r.device());
   r = aligned16(r), k = aligned16(k), v = aligned16(v), w = aligned16(w);
   auto y = new_out(v, out_f32);
   const auto yadd = addends(add, {y});
-  auto sT = at::empty({B, H, n, n}, s0.options());
-  const int NC = (T + kSnap - 1) / kSnap;
-  auto snap = save ? at::empty({B, H, NC, n, n}, s0.options()) : at::empty({0}, s0.options());
-  auto trans = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, s0.options());
-  if (B * H == 0) return {y, sT, snap, trans};
-  const auto s0c = s0.contiguous();
-  auto local = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, s0.options());
-  auto starts = at::empty_like(local);
-  RWKV_HF_DISPATCH_F(r.scalar_type(), "wkv6", [&] {
-    const V6Fwd<F> p{v6_in<F>({B, T, H, n, L, NCL}, reverse, r, k, v, w, u),
-                     s0c.data_ptr<float>(), f32_or_null(local, NCL > 1),
-                     f32_or_null(starts, NCL > 1), f32_or_null(trans, NCL > 1),
-                     out_vec<F>(y, yadd[0]), sT.data_ptr<float>(), f32_or_null(snap, save)};
-    const auto stream = c10::cuda::getCurrentCUDAStream();
-    // RWKV-5's decay [H, K] (wkv5.cu) or a decay per token (wkv6.cu).
-    C10_CUDA_CHECK((w.dim() == 2 ? wkv6_forward_launch<F, true>(p, stream)
-                                 : wkv6_forward_launch<F, false>(p, stream)));
-  });
-  if (!save) trans = at::empty({0, H, NCL, n, n}, s0.options());
-  return {y, sT, snap, trans};
+  auto o = v6_forward_scan(r, k, v, w, u, s0.contiguous(), save, chunk, reverse, y, yadd[0],
+                           c10::cuda::getCurrentCUDAStream());
+  return {y, o.sT, o.snap, o.trans};
+}
+
+std::vector<at::Tensor> bi_wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
+                                        at::Tensor u, at::Tensor s0, bool save, int64_t chunk,
+                                        bool concurrent) {
+  check_v6(r, k, v, w, u);
+  check_float(s0, "state");
+  TORCH_CHECK(s0.dim() == 5 && s0.size(1) == 2, "rwkv_hf cuda bi_wkv6: state must be [B, 2, H, K, V]");
+  const at::cuda::OptionalCUDAGuard guard(r.device());
+  r = aligned16(r), k = aligned16(k), v = aligned16(v), w = aligned16(w);
+  auto y = at::empty_like(v);
+  // The left-to-right half (with the bonus) writes float32 y1: y itself for float32 inputs, else
+  // a buffer. One after the other, the right-to-left half adds y1 and rounds once into y; at
+  // once, it writes float32 y2 and one pass sums them (the same float32 sum, rounded once).
+  auto y1 = v.scalar_type() == at::kFloat ? y : new_out(v, true);
+  auto y2 = concurrent ? new_out(v, true) : y;
+  const auto s0f = s0.select(1, 0).contiguous(), s0b = s0.select(1, 1).contiguous();
+  const auto u0 = at::zeros_like(u);
+  V6Saved f, b;
+  run_halves(
+      concurrent,
+      [&](cudaStream_t st) {
+        f = v6_forward_scan(r, k, v, w, u, s0f, save, chunk, false, y1, nullptr, st);
+      },
+      [&](cudaStream_t st) {
+        b = v6_forward_scan(r, k, v, w, u0, s0b, save, chunk, true, y2,
+                            concurrent ? nullptr : y1.data_ptr<float>(), st);
+      });
+  if (concurrent) at::add_out(y, y1, y2);
+  return {y, at::stack({f.sT, b.sT}, 1), f.snap, f.trans, b.snap, b.trans};
 }
 
 std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
@@ -314,45 +474,69 @@ std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
                                       bool reverse, bool out_f32, std::vector<at::Tensor> add) {
   check_v6(r, k, v, w, u);
   check_act(gy, r, "gy");
-  check_float(snap, "snapshots");
   check_float(gsT, "gsT");
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
-  const int NC = (T + kSnap - 1) / kSnap;
-  const int L = chunk_length(chunk, T, kSnap), NCL = (T + L - 1) / L;
-  TORCH_CHECK(snap.numel() == (int64_t)B * H * NC * n * n, "rwkv_hf cuda wkv6: bad snapshots");
-  TORCH_CHECK(NCL == 1 || trans.numel() == (int64_t)B * H * NCL * n * n,
-              "rwkv_hf cuda wkv6: the chunk transitions of the forward are missing (chunk ", chunk,
-              ")");
-  if (NCL > 1) check_float(trans, "transitions");
-  TORCH_CHECK((int64_t)B * H * NC < (int64_t)1 << 31 && NCL < 65536, "rwkv_hf cuda wkv6: ",
-              "input too large for one launch (B * H * T / 64 >= 2^31, or over 65535 chunks)");
   const at::cuda::OptionalCUDAGuard guard(r.device());
   r = aligned16(r), k = aligned16(k), v = aligned16(v), w = aligned16(w), gy = aligned16(gy);
   auto f32 = r.options().dtype(at::kFloat);
-  auto gr = new_out(r, out_f32), gk = new_out(r, out_f32), gv = new_out(v, out_f32);
-  const auto gadd = addends(add, {gr, gk, gv});
-  auto gw = at::empty({B, T, H, n}, f32);
-  auto gu_part = at::empty({B, NC, H, n}, f32);
-  auto gs0 = at::empty({B, H, n, n}, f32);
-  if (B * H == 0) return {gr, gk, gv, gw, gu_part, gs0};
-  auto e = at::empty({B, T, H, n}, f32);
-  auto anchor = at::empty({B, H, NC, n}, f32);
-  const auto gsTc = gsT.contiguous();
-  auto local = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, f32);
-  auto gend = at::empty_like(local);
-  RWKV_HF_DISPATCH_F(r.scalar_type(), "wkv6", [&] {
-    const V6Bwd<F> p{v6_in<F>({B, T, H, n, L, NCL}, reverse, r, k, v, w, u),
-                     snap.data_ptr<float>(), NCL > 1 ? trans.data_ptr<float>() : nullptr,
-                     gsTc.data_ptr<float>(), in_ptr<F>(gy), f32_or_null(local, NCL > 1),
-                     f32_or_null(gend, NCL > 1), e.data_ptr<float>(), anchor.data_ptr<float>(),
-                     out_vec<F>(gr, gadd[0]), out_vec<F>(gk, gadd[1]), out_vec<F>(gv, gadd[2]),
-                     gw.data_ptr<float>(), gu_part.data_ptr<float>(), gs0.data_ptr<float>()};
-    const auto stream = c10::cuda::getCurrentCUDAStream();
-    // RWKV-5's decay [H, K] (wkv5.cu) or a decay per token (wkv6.cu).
-    C10_CUDA_CHECK((w.dim() == 2 ? wkv6_backward_launch<F, true>(p, stream)
-                                 : wkv6_backward_launch<F, false>(p, stream)));
-  });
-  return {gr, gk, gv, gw, gu_part, gs0};
+  std::vector<at::Tensor> g = {new_out(r, out_f32), new_out(r, out_f32), new_out(v, out_f32)};
+  const auto gadd = addends(add, g);
+  auto gw = at::empty({B, T, H, n}, f32.dtype(w.scalar_type()));
+  auto gu_part = at::empty({B, (T + kSnap - 1) / kSnap, H, n}, f32);
+  auto gs0 = v6_backward_scan(r, k, v, w, u, snap, trans, gy, gsT.contiguous(), chunk, reverse, g,
+                              gadd, gw, nullptr, gu_part.data_ptr<float>(),
+                              c10::cuda::getCurrentCUDAStream());
+  return {g[0], g[1], g[2], gw, gu_part, gs0};
+}
+
+std::vector<at::Tensor> bi_wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
+                                         at::Tensor u, at::Tensor snap_f, at::Tensor trans_f,
+                                         at::Tensor snap_b, at::Tensor trans_b, at::Tensor gy,
+                                         at::Tensor gsT, int64_t chunk, bool concurrent) {
+  check_v6(r, k, v, w, u);
+  check_act(gy, r, "gy");
+  check_float(gsT, "gsT");
+  const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
+  TORCH_CHECK(gsT.dim() == 5 && gsT.size(1) == 2, "rwkv_hf cuda bi_wkv6: gsT must be [B, 2, H, K, V]");
+  const at::cuda::OptionalCUDAGuard guard(r.device());
+  r = aligned16(r), k = aligned16(k), v = aligned16(v), w = aligned16(w), gy = aligned16(gy);
+  auto f32 = r.options().dtype(at::kFloat);
+  // As in the forward: gr, gk, gv and gw of the first half in float32 (in place for float32
+  // ones); the second half adds them before its rounding, or (at once) writes its own in
+  // float32 and one pass per gradient sums them.
+  auto f32_like = [&](const at::Tensor& x) { return at::empty(x.sizes(), f32); };
+  std::vector<at::Tensor> g = {at::empty_like(r), at::empty_like(r), at::empty_like(v)};
+  auto gw = at::empty({B, T, H, n}, f32.dtype(w.scalar_type()));
+  const bool f32_in = r.scalar_type() == at::kFloat;
+  std::vector<at::Tensor> g1 = f32_in ? g : std::vector<at::Tensor>{f32_like(r), f32_like(r), f32_like(v)};
+  auto gw1 = w.scalar_type() == at::kFloat ? gw : f32_like(gw);
+  std::vector<at::Tensor> g2 = concurrent ? std::vector<at::Tensor>{f32_like(r), f32_like(r), f32_like(v)} : g;
+  auto gw2 = concurrent ? f32_like(gw) : gw;
+  const std::vector<const float*> none = {nullptr, nullptr, nullptr};
+  const std::vector<const float*> add1 =
+      concurrent ? none
+                 : std::vector<const float*>{g1[0].data_ptr<float>(), g1[1].data_ptr<float>(),
+                                             g1[2].data_ptr<float>()};
+  const int NC = (T + kSnap - 1) / kSnap;
+  auto gu_part = at::empty({B, NC, H, n}, f32);  // the left-to-right half's (the bonus's)
+  const auto gsf = gsT.select(1, 0).contiguous(), gsb = gsT.select(1, 1).contiguous();
+  const auto u0 = at::zeros_like(u);
+  at::Tensor gs_f, gs_b;
+  run_halves(
+      concurrent,
+      [&](cudaStream_t st) {
+        gs_f = v6_backward_scan(r, k, v, w, u, snap_f, trans_f, gy, gsf, chunk, false, g1, none,
+                                gw1, nullptr, gu_part.data_ptr<float>(), st);
+      },
+      [&](cudaStream_t st) {
+        gs_b = v6_backward_scan(r, k, v, w, u0, snap_b, trans_b, gy, gsb, chunk, true, g2, add1,
+                                gw2, concurrent ? nullptr : gw1.data_ptr<float>(), nullptr, st);
+      });
+  if (concurrent) {
+    for (int i = 0; i < 3; ++i) at::add_out(g[i], g1[i], g2[i]);
+    at::add_out(gw, gw1, gw2);
+  }
+  return {g[0], g[1], g[2], gw, gu_part, at::stack({gs_f, gs_b}, 1)};
 }
 
 std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
@@ -378,11 +562,15 @@ std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
   auto local = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, s0.options());
   auto starts = at::empty_like(local);
   RWKV_HF_DISPATCH_F(r.scalar_type(), "wkv7", [&] {
-    const V7Fwd<F> p{v7_in<F>({B, T, H, n, L, NCL}, r, k, v, w, a, b), s0c.data_ptr<float>(),
-                     f32_or_null(local, NCL > 1), f32_or_null(starts, NCL > 1),
-                     f32_or_null(trans, NCL > 1), out_ptr<F>(y), sT.data_ptr<float>(),
-                     f32_or_null(snap, save), f32_or_null(sa, save)};
-    C10_CUDA_CHECK(wkv7_forward_launch<F>(p, c10::cuda::getCurrentCUDAStream()));
+    dispatch_w<F>(w, [&](auto fw) {
+      using FW = decltype(fw);
+      const V7Fwd<F, FW> p{v7_in<F, FW>({B, T, H, n, L, NCL}, r, k, v, w, a, b),
+                           s0c.data_ptr<float>(), f32_or_null(local, NCL > 1),
+                           f32_or_null(starts, NCL > 1), f32_or_null(trans, NCL > 1),
+                           out_ptr<F>(y), sT.data_ptr<float>(), f32_or_null(snap, save),
+                           f32_or_null(sa, save)};
+      C10_CUDA_CHECK((wkv7_forward_launch<F, FW>(p, c10::cuda::getCurrentCUDAStream())));
+    });
   });
   if (!save) trans = at::empty({0, H, NCL, n, n}, s0.options());
   return {y, sT, snap, sa, trans};
@@ -414,7 +602,7 @@ std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
   auto f32 = r.options().dtype(at::kFloat);
   auto gr = at::empty_like(r), gk = at::empty_like(r), gv = at::empty_like(v);
   auto ga = at::empty_like(r), gb = at::empty_like(r);
-  auto gw = at::empty({B, T, H, n}, f32);
+  auto gw = at::empty({B, T, H, n}, f32.dtype(w.scalar_type()));
   auto gs0 = at::empty({B, H, n, n}, f32);
   if (B * H == 0) return {gr, gk, gv, gw, ga, gb, gs0};
   auto e = at::empty({B, T, H, n}, f32), cvec = at::empty({B, T, H, n}, f32);
@@ -423,13 +611,17 @@ std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
   auto local = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, f32);
   auto gend = at::empty_like(local);
   RWKV_HF_DISPATCH_F(r.scalar_type(), "wkv7", [&] {
-    const V7Bwd<F> p{v7_in<F>({B, T, H, n, L, NCL}, r, k, v, w, a, b), snap.data_ptr<float>(),
-                     sa.data_ptr<float>(), NCL > 1 ? trans.data_ptr<float>() : nullptr,
-                     gsTc.data_ptr<float>(), in_ptr<F>(gy), f32_or_null(local, NCL > 1),
-                     f32_or_null(gend, NCL > 1), e.data_ptr<float>(), cvec.data_ptr<float>(),
-                     anchor.data_ptr<float>(), out_ptr<F>(gr), out_ptr<F>(gk), out_ptr<F>(gv),
-                     out_ptr<F>(ga), out_ptr<F>(gb), gw.data_ptr<float>(), gs0.data_ptr<float>()};
-    C10_CUDA_CHECK(wkv7_backward_launch<F>(p, c10::cuda::getCurrentCUDAStream()));
+    dispatch_w<F>(w, [&](auto fw) {
+      using FW = decltype(fw);
+      const V7Bwd<F, FW> p{v7_in<F, FW>({B, T, H, n, L, NCL}, r, k, v, w, a, b),
+                           snap.data_ptr<float>(), sa.data_ptr<float>(),
+                           NCL > 1 ? trans.data_ptr<float>() : nullptr, gsTc.data_ptr<float>(),
+                           in_ptr<F>(gy), f32_or_null(local, NCL > 1), f32_or_null(gend, NCL > 1),
+                           e.data_ptr<float>(), cvec.data_ptr<float>(), anchor.data_ptr<float>(),
+                           out_ptr<F>(gr), out_ptr<F>(gk), out_ptr<F>(gv), out_ptr<F>(ga),
+                           out_ptr<F>(gb), out_ptr<FW>(gw), gs0.data_ptr<float>()};
+      C10_CUDA_CHECK((wkv7_backward_launch<F, FW>(p, c10::cuda::getCurrentCUDAStream())));
+    });
   });
   return {gr, gk, gv, gw, ga, gb, gs0};
 }

@@ -41,6 +41,19 @@ std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
                                       at::Tensor gy, at::Tensor gsT, int64_t chunk, bool reverse,
                                       bool out_f32, std::vector<at::Tensor> add);
 
+// Bidirectional v6: the left-to-right scan with the bonus u plus the right-to-left scan without
+// it, in one call; state and gsT [B, 2, H, K, V] (left-to-right, right-to-left). y, gr, gk, gv
+// and gw are the float32 sums of the halves rounded once; gu (the first half's) comes back as
+// partial sums [B, T / kSnap, H, K]. `concurrent`: the halves run at once, the second on
+// another stream (for grids under one wave of the GPU).
+std::vector<at::Tensor> bi_wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
+                                        at::Tensor u, at::Tensor s0, bool save, int64_t chunk,
+                                        bool concurrent);
+std::vector<at::Tensor> bi_wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
+                                         at::Tensor u, at::Tensor snap_f, at::Tensor trans_f,
+                                         at::Tensor snap_b, at::Tensor trans_b, at::Tensor gy,
+                                         at::Tensor gsT, int64_t chunk, bool concurrent);
+
 // RWKV-7.
 std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
                                      at::Tensor a, at::Tensor b, at::Tensor s0, bool save,

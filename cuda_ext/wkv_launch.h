@@ -20,9 +20,10 @@ namespace rwkv_hf {
 // gradient of the decay every kSnap tokens (backward), see wkv6.cuh.
 constexpr int kSnap = 64;
 
-// A per-token output of the matrix-state kernels (y, gr, gk, gv): rounded once to F into `out`,
-// or kept in float32 in `out32` for a sum still to come; `add` (float32, optional) is added
-// first. The two halves of bi_wkv6 run as (out32) then (add, out), so their sum is rounded once.
+// A per-token output of the matrix-state kernels (y, gr, gk, gv; RWKV-5/6's gw): rounded once to
+// F into `out`, or kept in float32 in `out32` for a sum still to come; `add` (float32, optional)
+// is added first. The two halves of bi_wkv6 run as (out32) then (add, out), so their sum is
+// rounded once (or, run at once, both as out32, summed by the host).
 template <typename F>
 struct OutVec {
   F* out = nullptr;
@@ -74,70 +75,74 @@ struct MatSizes {
   int B, T, H, N, L, NCL;
 };
 
-// RWKV-5/6. rev: the scan runs from the last token to the first.
-template <typename F>
+// RWKV-5/6. rev: the scan runs from the last token to the first. FW: w's type, float or F
+// (its gradient comes back in it).
+template <typename F, typename FW>
 struct V6In {
   MatSizes s;
   bool rev;
   const F *r, *k, *v;
-  const float *w, *u;
+  const FW* w;
+  const float* u;
 };
 
-template <typename F>
+template <typename F, typename FW>
 struct V6Fwd {
-  V6In<F> in;
+  V6In<F, FW> in;
   const float* s0;
   float *local, *starts, *trans;
   OutVec<F> y;
   float *sT, *snap;  // snap: null without gradients
 };
 
-template <typename F>
+template <typename F, typename FW>
 struct V6Bwd {
-  V6In<F> in;
+  V6In<F, FW> in;
   const float *snap, *trans, *gsT;
   const F* gy;
   float *local, *gend, *e, *anchor;  // scratch
   OutVec<F> gr, gk, gv;
-  float *gw, *gu_part, *gs0;
+  OutVec<FW> gw;
+  float *gu_part, *gs0;
 };
 
 // WC: w is [H, N], one decay for every token (RWKV-5, wkv5.cu); else [B, T, H, N] (wkv6.cu).
-template <typename F, bool WC>
-cudaError_t wkv6_forward_launch(const V6Fwd<F>& p, cudaStream_t stream);
-template <typename F, bool WC>
-cudaError_t wkv6_backward_launch(const V6Bwd<F>& p, cudaStream_t stream);
+template <typename F, typename FW, bool WC>
+cudaError_t wkv6_forward_launch(const V6Fwd<F, FW>& p, cudaStream_t stream);
+template <typename F, typename FW, bool WC>
+cudaError_t wkv6_backward_launch(const V6Bwd<F, FW>& p, cudaStream_t stream);
 
-// RWKV-7.
-template <typename F>
+// RWKV-7. FW: w's type, float or F (gw comes back in it).
+template <typename F, typename FW>
 struct V7In {
   MatSizes s;
   const F *r, *k, *v, *a, *b;
-  const float* w;
+  const FW* w;
 };
 
-template <typename F>
+template <typename F, typename FW>
 struct V7Fwd {
-  V7In<F> in;
+  V7In<F, FW> in;
   const float* s0;
   float *local, *starts, *trans;
   F* y;
   float *sT, *snap, *sa;  // snap, sa: null without gradients
 };
 
-template <typename F>
+template <typename F, typename FW>
 struct V7Bwd {
-  V7In<F> in;
+  V7In<F, FW> in;
   const float *snap, *sa, *trans, *gsT;
   const F* gy;
   float *local, *gend, *e, *cvec, *anchor;  // scratch
   F *gr, *gk, *gv, *ga, *gb;
-  float *gw, *gs0;
+  FW* gw;
+  float* gs0;
 };
 
-template <typename F>
-cudaError_t wkv7_forward_launch(const V7Fwd<F>& p, cudaStream_t stream);
-template <typename F>
-cudaError_t wkv7_backward_launch(const V7Bwd<F>& p, cudaStream_t stream);
+template <typename F, typename FW>
+cudaError_t wkv7_forward_launch(const V7Fwd<F, FW>& p, cudaStream_t stream);
+template <typename F, typename FW>
+cudaError_t wkv7_backward_launch(const V7Bwd<F, FW>& p, cudaStream_t stream);
 
 }  // namespace rwkv_hf

@@ -255,6 +255,80 @@ def test_bi_wkv6_rounds_once(on_emulated_cuda, monkeypatch, dtype, chunk):
         assert torch.equal(low, full.to(low.dtype)), name
 
 
+@pytest.mark.parametrize("op", ["wkv6", "bi_wkv6", "wkv7"])
+@pytest.mark.parametrize("chunk", [0, 64])
+def test_decay_in_the_activations_dtype_is_read_as_it_is(on_emulated_cuda, monkeypatch, op, chunk):
+    """A bfloat16 log-decay w reaches the kernels as it is (no float32 copy), forwards and
+    backwards: y, the final state and every gradient equal, bit for bit, those of the same w in
+    float32, and w's gradient comes back in bfloat16 (the float32 one rounded once)."""
+    monkeypatch.setenv(cuda_backend.CHUNK_ENV, str(chunk))
+    x16 = make_inputs(op, 2, 150, 2, 16, dtype=torch.bfloat16, state=True, seed=11)
+    names = list(x16)
+    seen = []
+
+    class Spy:  # records the dtype of w (the fourth argument) at every call of the extension
+        def __getattr__(self, name):
+            def call(*args, **kwargs):
+                seen.append((name, args[3].dtype))
+                return getattr(on_emulated_cuda, name)(*args, **kwargs)
+            return call
+
+    monkeypatch.setattr(cuda_backend, "_ext", Spy())
+    g = torch.Generator().manual_seed(12)
+    gy = torch.randn(x16["v"].shape, generator=g).to(torch.bfloat16)
+    out = {}
+    for w_dtype in (torch.bfloat16, torch.float32):
+        x = {n: (t.float() if n == "state" or (n == "w" and w_dtype == torch.float32) else t)
+             .detach().requires_grad_() for n, t in x16.items()}
+        y, s = getattr(ops, op)(**x, output_final_state=True)
+        gs = torch.randn(s.shape, generator=torch.Generator().manual_seed(13))
+        out[w_dtype] = (y, s, torch.autograd.grad([y, s], [x[n] for n in names], [gy, gs]))
+    assert seen[:2] == [(f"{op}_forward", torch.bfloat16), (f"{op}_backward", torch.bfloat16)]
+    assert seen[2:] == [(f"{op}_forward", torch.float32), (f"{op}_backward", torch.float32)]
+    (y1, s1, g1), (y2, s2, g2) = out[torch.bfloat16], out[torch.float32]
+    assert torch.equal(y1, y2) and torch.equal(s1, s2)
+    for n, a, b in zip(names, g1, g2):
+        if n == "w":
+            assert a.dtype == torch.bfloat16 and b.dtype == torch.float32
+            assert torch.equal(a, b.to(torch.bfloat16)), n
+        else:
+            assert torch.equal(a, b), n
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk", [0, 64])
+def test_bi_wkv6_halves_at_once_equal_one_after_the_other(on_emulated_cuda, monkeypatch, dtype, chunk):
+    """Where both scans of bi_wkv6 fit in one wave of the GPU they run at once (two streams) and
+    one pass sums their float32 outputs; one after the other, the second adds the first's as it
+    writes. The results are the same, bit for bit: y, the final states and every gradient."""
+    monkeypatch.setenv(cuda_backend.CHUNK_ENV, str(chunk))
+    x16 = make_inputs("bi_wkv6", 2, 150, 2, 16, dtype=dtype, state=True, seed=chunk + 21)
+    names = list(x16)
+    calls = []
+    real = {n: getattr(on_emulated_cuda, n) for n in ("bi_wkv6_forward", "bi_wkv6_backward")}
+
+    class Spy:  # records the `concurrent` argument of bi_wkv6's calls
+        def __getattr__(self, name):
+            def call(*args):
+                calls.append(args[-1])
+                return real[name](*args)
+            return call
+
+    monkeypatch.setattr(cuda_backend, "_ext", Spy())
+    g = torch.Generator().manual_seed(22)
+    gy = torch.randn(x16["v"].shape, generator=g).to(dtype)
+    gs = torch.randn(2, 2, 2, 16, 16, generator=g)
+    out = []
+    for concurrent in (True, False):
+        monkeypatch.setattr(cuda_backend, "halves_concurrent", lambda *a, c=concurrent: c)
+        x = {n: t.detach().requires_grad_() for n, t in x16.items()}
+        y, s = ops.bi_wkv6(**x, output_final_state=True)
+        out.append([y, s, *torch.autograd.grad([y, s], [x[n] for n in names], [gy, gs])])
+    assert calls == [True, True, False, False]
+    for name, a, b in zip(["y", "state'"] + names, *out):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+
+
 def test_wkv5_decay_is_read_in_place(on_emulated_cuda, monkeypatch):
     """RWKV-5's decay [H, K] reaches the kernels as it is (not expanded to [B, T, H, K] and
     copied), in the forward and the backward, and its gradient comes back summed over batch
@@ -343,6 +417,12 @@ def test_chunk_length_choice(monkeypatch):
     L = cuda_backend.chunk_length(1, 32, 16384, "cuda")  # 32 blocks: chunks for ~3 per SM
     assert L % 64 == 0 and 2 * 132 < 32 * -(-16384 // L) <= 3 * 132
     assert cuda_backend.chunk_length(1, 32, 300, "cuda") == 0  # too short for 3 chunks
+    # bi_wkv6's two scans at once when both fit in one wave (~3 blocks per SM)
+    assert not cuda_backend.halves_concurrent(64, 3, 196, 0, "cpu")
+    assert cuda_backend.halves_concurrent(64, 3, 196, 0, "cuda")  # VRWKV6-T: 2 x 192 blocks
+    assert not cuda_backend.halves_concurrent(64, 12, 196, 0, "cuda")  # VRWKV6-B: 2 x 768
+    assert cuda_backend.halves_concurrent(1, 3, 16384, 4096, "cuda")  # 2 x 12 blocks
+    assert not cuda_backend.halves_concurrent(1, 3, 16384, 128, "cuda")  # 2 x 384 blocks
     # per-channel ops: ~4096 threads per SM over (batch, chunk, channel), chunks of >= 32 tokens
     assert cuda_backend.v4_chunk_length(1, 192, 16384, "cpu") == 0
     assert cuda_backend.v4_chunk_length(1, 192, 16384, "cuda") == 32

@@ -51,6 +51,13 @@ struct dim3 {
   dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
 using cudaStream_t = int;
+// Streams and events: launches run at once, in program order, so there is nothing to order.
+using cudaEvent_t = int;
+constexpr unsigned cudaEventDisableTiming = 2;
+inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { *e = 0; return cudaSuccess; }
+inline cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
+inline cudaError_t cudaEventDestroy(cudaEvent_t) { return cudaSuccess; }
 
 // The device's integer and mixed min / max (CUDA overloads them in the global namespace).
 template <typename A, typename B>
@@ -65,6 +72,14 @@ struct OptionalCUDAGuard {  // the emulated device is the host: nothing to switc
 }}  // namespace at::cuda
 namespace c10 { namespace cuda {
 inline cudaStream_t getCurrentCUDAStream() { return 0; }
+struct CUDAStream {
+  cudaStream_t s;
+  cudaStream_t stream() const { return s; }
+};
+inline CUDAStream getStreamFromPool() { return {1}; }
+struct CUDAStreamGuard {
+  explicit CUDAStreamGuard(const CUDAStream&) {}
+};
 }}  // namespace c10::cuda
 
 namespace emu {

@@ -9,9 +9,11 @@ ahead of time, without a GPU, for a list of architectures; :func:`load` then fin
 Backend functions (same signatures and results as ``reference.py``; inputs validated by the
 dispatcher): :func:`wkv4`, :func:`bi_wkv4`, :func:`wkv5` (its decay [H, K] read in place),
 :func:`wkv6`, :func:`bi_wkv6` (both directions, one rounding) and :func:`wkv7`. Per-token inputs
-may be float32, bfloat16 or float16 (``y`` comes back in that dtype, rounded once); decays ``w``
-and ``u`` are used in float32, states are float32, accumulation is float32 (float64 for the
-running sums of the per-channel ops). Gradients reach every tensor input, the initial state
+may be float32, bfloat16 or float16 (``y`` comes back in that dtype, rounded once). The
+matrix-state ops' log-decay ``w`` is read as it is in float32 or in the activations' dtype (its
+gradient comes back in it; no float32 copy); the other decays and ``u`` are used in float32.
+States are float32, accumulation is float32 (float64 for the running sums of the per-channel
+ops). Gradients reach every tensor input, the initial state
 included, from both outputs. Head sizes K = V in {16, 32, 64, 128}; any C for the per-channel
 ops. :func:`unsupported_reason` tells the dispatcher when to fall back. Each kernel entry point
 is also a ``torch.library`` custom operator (``torch.ops.rwkv_hf.cuda_*``, with a fake
@@ -321,7 +323,7 @@ def load(verbose=False):
             if mod is None:
                 # Tens of seconds with no output otherwise; once per sources, torch and arch.
                 logger.warning("rwkv_hf: compiling the WKV CUDA extension for %s (first use; "
-                               "about 10 s with 6+ CPU cores, 30 s with 2; cached under %s)",
+                               "about 30 s with 16 CPU cores, 1-2 min with 2; cached under %s)",
                                _arch_tag(needed), cache_root())
                 start = time.time()
                 mod, _ = _compile(needed, verbose=verbose)
@@ -397,8 +399,18 @@ def _act_dtype(op, *xs):
     return dt
 
 
+_SM_COUNTS = {}
+
+
 def _sm_count(device):
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    # Cached: get_device_properties costs microseconds, and the chunk choice runs on every call
+    # (every layer of every generation step).
+    device = torch.device(device)
+    index = torch.cuda.current_device() if device.index is None else device.index
+    n = _SM_COUNTS.get(index)
+    if n is None:
+        n = _SM_COUNTS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return n
 
 
 def _chunk_override():
@@ -443,6 +455,19 @@ def chunk_length(B, H, T, device):
     return 0 if chunk * 3 > T else chunk
 
 
+def halves_concurrent(B, H, T, chunk, device):
+    """Whether bi_wkv6 runs its two scans at once (the right-to-left one on a second CUDA
+    stream): when the blocks of both fit in one wave of resident blocks (2 B H chunks <=
+    _RESIDENT_PER_SM per multiprocessor), either alone would leave multiprocessors idle and its
+    blocks bound by latency (VRWKV6-T at 224 px, B = 64 images, H = 3, 196 tokens: 192 blocks per
+    scan on an H200's 132 multiprocessors). Their outputs are then summed by one more
+    elementwise pass, instead of the second scan adding the first's as it writes."""
+    if torch.device(device).type != "cuda":
+        return False
+    _, ncl = _chunks(chunk, T, SNAP)
+    return 2 * B * H * ncl <= _RESIDENT_PER_SM * _sm_count(device)
+
+
 def v4_chunk_length(B, C, T, device):
     """Tokens per chunk of the per-channel kernels' scans over time (wkv4, bi_wkv4), 0 for one
     chunk (one thread per (batch, channel) over the whole sequence).
@@ -467,11 +492,18 @@ def v4_chunk_length(B, C, T, device):
 
 
 def _c(x, dtype):
-    return x.to(dtype).contiguous()
+    # The common case (nothing to do) without the calls: these run on every step of generation.
+    return x if x.dtype == dtype and x.is_contiguous() else x.to(dtype).contiguous()
 
 
 def _f32(x):
-    return x.to(torch.float32).contiguous()
+    return _c(x, torch.float32)
+
+
+def _decay_dtype(w, act_dtype):
+    """The dtype the matrix-state kernels read a per-token log-decay in: its own when float32
+    or the activations' dtype (no copy), else float32."""
+    return w.dtype if w.dtype == act_dtype else torch.float32
 
 
 def _sum_to(x, dims):
@@ -519,10 +551,12 @@ def _v4_backward(k: Tensor, v: Tensor, w: Tensor, u: Tensor, enter: Tensor, sT: 
 
 
 def _v6_inputs(r, k, v, w, u):
-    """What the wkv6 kernels take: r, k, v in one dtype, w and u in float32."""
+    """What the wkv6 kernels take: r, k, v in one dtype, u in float32, w per token in float32
+    or r's dtype (RWKV-5's [H, K] in float32)."""
     dt = _act_dtype("wkv6", r, k, v)
     _head_size("wkv6", r, v)
-    return _c(r, dt), _c(k, dt), _c(v, dt), _f32(w), _f32(u)
+    w_dtype = torch.float32 if w.dim() == 2 else _decay_dtype(w, dt)
+    return _c(r, dt), _c(k, dt), _c(v, dt), _c(w, w_dtype), _f32(u)
 
 
 def _wkv6_forward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tensor, save: bool,
@@ -535,7 +569,7 @@ def _wkv6_forward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: 
 
 def _wkv6_backward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, snap: Tensor, trans: Tensor,
                    gy: Tensor, gS: Tensor, chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> gr, gk, gv (the activations' dtype), gw, gu, g_state (float32)."""
+    """-> gr, gk, gv (the activations' dtype), gw (the kernels' w dtype), gu, g_state (float32)."""
     rr, kk, vv, ww, uu = _v6_inputs(r, k, v, w, u)
     gr, gk, gv, gw, gu, gs0 = load().wkv6_backward(rr, kk, vv, ww, uu, snap, trans, _c(gy, rr.dtype),
                                                    _f32(gS), chunk)
@@ -548,37 +582,35 @@ def _bi_wkv6_forward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, stat
                      chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Bidirectional v6: the left-to-right scan with the bonus, plus the right-to-left scan
     without it (the token counted once), the kernels reading the sequence in place in both
-    directions. The first half's y (and gr, gk, gv) stay in float32 and the second half adds
-    them before its rounding: one rounding to bfloat16 / float16, as in a float32 accumulation.
+    directions, in one call of the extension. The first half's y (and gr, gk, gv) stay in
+    float32 and the second half adds them before its rounding: one rounding to bfloat16 /
+    float16, as in a float32 accumulation.
+    The two scans run at once where that fills the GPU better (``halves_concurrent``).
     -> y, final states [B, 2, H, K, V], snapshots and transitions of each direction."""
     rr, kk, vv, ww, uu = _v6_inputs(r, k, v, w, u)
-    ext, s0 = load(), _f32(state)
-    y32, s_f, snap_f, trans_f = ext.wkv6_forward(rr, kk, vv, ww, uu, s0[:, 0].contiguous(), save, chunk,
-                                                 False, True)
-    y, s_b, snap_b, trans_b = ext.wkv6_forward(rr, kk, vv, ww, torch.zeros_like(uu), s0[:, 1].contiguous(),
-                                               save, chunk, True, False, [y32])
-    return y, torch.stack([s_f, s_b], 1), snap_f, trans_f, snap_b, trans_b
+    B, T, H, _ = rr.shape
+    return tuple(load().bi_wkv6_forward(rr, kk, vv, ww, uu, _f32(state), save, chunk,
+                                        halves_concurrent(B, H, T, chunk, rr.device)))
 
 
 def _bi_wkv6_backward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, snap_f: Tensor, trans_f: Tensor,
                       snap_b: Tensor, trans_b: Tensor, gy: Tensor, gS: Tensor,
                       chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> gr, gk, gv (the activations' dtype, rounded once), gw, gu, g_state (float32)."""
+    """-> gr, gk, gv (the activations' dtype, rounded once), gw (the kernels' w dtype, rounded
+    once), gu, g_state (float32)."""
     rr, kk, vv, ww, uu = _v6_inputs(r, k, v, w, u)
-    ext, g, gs = load(), _c(gy, rr.dtype), _f32(gS)
-    gr32, gk32, gv32, gw, gu, gs_f = ext.wkv6_backward(
-        rr, kk, vv, ww, uu, snap_f, trans_f, g, gs[:, 0].contiguous(), chunk, False, True)
-    gr, gk, gv, gw_b, _, gs_b = ext.wkv6_backward(
-        rr, kk, vv, ww, torch.zeros_like(uu), snap_b, trans_b, g, gs[:, 1].contiguous(),
-        chunk, True, False, [gr32, gk32, gv32])
-    return gr, gk, gv, gw.add_(gw_b), _sum_to(gu, (0, 1)), torch.stack([gs_f, gs_b], 1)
+    B, T, H, _ = rr.shape
+    gr, gk, gv, gw, gu, gs = load().bi_wkv6_backward(rr, kk, vv, ww, uu, snap_f, trans_f, snap_b, trans_b,
+                                                     _c(gy, rr.dtype), _f32(gS), chunk,
+                                                     halves_concurrent(B, H, T, chunk, rr.device))
+    return gr, gk, gv, gw, _sum_to(gu, (0, 1)), gs
 
 
 def _wkv7_inputs(r, k, v, w, a, b):
-    """What the wkv7 kernels take: r, k, v, a, b in one dtype, w in float32."""
+    """What the wkv7 kernels take: r, k, v, a, b in one dtype, w in float32 or that dtype."""
     dt = _act_dtype("wkv7", r, k, v, a, b)
     _head_size("wkv7", r, v)
-    return _c(r, dt), _c(k, dt), _c(v, dt), _f32(w), _c(a, dt), _c(b, dt)
+    return _c(r, dt), _c(k, dt), _c(v, dt), _c(w, _decay_dtype(w, dt)), _c(a, dt), _c(b, dt)
 
 
 def _wkv7_forward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, a: Tensor, b: Tensor, state: Tensor, save: bool,
@@ -592,7 +624,7 @@ def _wkv7_forward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, a: Tensor, b: Tens
 def _wkv7_backward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, a: Tensor, b: Tensor, snap: Tensor, sa: Tensor,
                    trans: Tensor, gy: Tensor, gS: Tensor,
                    chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """-> gr, gk, gv, gw (float32), ga, gb, g_state (float32)."""
+    """-> gr, gk, gv, gw (the kernels' w dtype), ga, gb, g_state (float32)."""
     rr, kk, vv, ww, aa, bb = _wkv7_inputs(r, k, v, w, a, b)
     gr, gk, gv, gw, ga, gb, gs0 = load().wkv7_backward(rr, kk, vv, ww, aa, bb, snap, sa, trans,
                                                        _c(gy, rr.dtype), _f32(gS), chunk)
@@ -631,8 +663,9 @@ def _wkv6_forward_fake(r, k, v, w, u, state, save, chunk):
 
 
 def _wkv6_backward_fake(r, k, v, w, u, snap, trans, gy, gS, chunk):
-    return (r.new_empty(r.shape), r.new_empty(r.shape), r.new_empty(v.shape), _f32_empty(r, *w.shape),
-            _f32_empty(r, *u.shape), _f32_empty(r, *gS.shape))
+    gw_dtype = torch.float32 if w.dim() == 2 else _decay_dtype(w, r.dtype)
+    return (r.new_empty(r.shape), r.new_empty(r.shape), r.new_empty(v.shape),
+            w.new_empty(w.shape, dtype=gw_dtype), _f32_empty(r, *u.shape), _f32_empty(r, *gS.shape))
 
 
 def _bi_wkv6_forward_fake(r, k, v, w, u, state, save, chunk):
@@ -653,8 +686,9 @@ def _wkv7_forward_fake(r, k, v, w, a, b, state, save, chunk):
 
 
 def _wkv7_backward_fake(r, k, v, w, a, b, snap, sa, trans, gy, gS, chunk):
-    return (r.new_empty(r.shape), r.new_empty(r.shape), r.new_empty(v.shape), _f32_empty(r, *r.shape),
-            r.new_empty(r.shape), r.new_empty(r.shape), _f32_empty(r, *gS.shape))
+    return (r.new_empty(r.shape), r.new_empty(r.shape), r.new_empty(v.shape),
+            w.new_empty(w.shape, dtype=_decay_dtype(w, r.dtype)), r.new_empty(r.shape), r.new_empty(r.shape),
+            _f32_empty(r, *gS.shape))
 
 
 def _register(fn, fake):
