@@ -25,14 +25,13 @@ std::vector<at::Tensor> bi_wkv4_backward(at::Tensor k, at::Tensor v, at::Tensor 
                                          at::Tensor enter, at::Tensor sT, at::Tensor gy,
                                          at::Tensor gsT, int64_t chunk);
 
-// RWKV-5/6.
-// `chunk`: tokens per chunk of the chunk-parallel form (see chunk_length); the forward returns
-// the chunks' transitions, which the backward of the same chunking takes. `reverse`: the scan
-// runs from the last token to the first (the right-to-left half of bi_wkv6), without copies.
-// `out_f32`: y (forward) or gr, gk, gv (backward) come back in float32 instead of
-// the inputs' dtype; `add`: float32 tensors of their shapes added before the rounding (none,
-// or y / gr, gk, gv). bi_wkv6 runs its left-to-right half with out_f32 and its right-to-left
-// half adding that, so its outputs and gradients are rounded once.
+// RWKV-5/6. w: [B, T, H, K] in float32 or r's dtype (gw comes back in it), or RWKV-5's [H, K]
+// in float32. `chunk`: tokens per chunk of the chunk-parallel form (see chunk_length); the
+// forward returns the chunks' transitions, which the backward of the same chunking takes.
+// `reverse`: the scan runs from the last token to the first (as the right-to-left half of
+// bi_wkv6), without copies. `out_f32`: y (forward) or gr, gk, gv (backward) come back in
+// float32 instead of the inputs' dtype; `add`: float32 tensors of their shapes added before the
+// rounding (none, or y / gr, gk, gv): a sum of scans rounded once.
 std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
                                      at::Tensor u, at::Tensor s0, bool save, int64_t chunk,
                                      bool reverse, bool out_f32, std::vector<at::Tensor> add);
