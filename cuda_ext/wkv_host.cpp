@@ -504,14 +504,15 @@ std::vector<at::Tensor> bi_wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor 
   // As in the forward: gr, gk, gv and gw of the first half in float32 (in place for float32
   // ones); the second half adds them before its rounding, or (at once) writes its own in
   // float32 and one pass per gradient sums them.
-  auto f32_like = [&](const at::Tensor& x) { return at::empty(x.sizes(), f32); };
+  auto f32_like = [](const std::vector<at::Tensor>& xs) {
+    return std::vector<at::Tensor>{new_out(xs[0], true), new_out(xs[1], true), new_out(xs[2], true)};
+  };
   std::vector<at::Tensor> g = {at::empty_like(r), at::empty_like(r), at::empty_like(v)};
   auto gw = at::empty({B, T, H, n}, f32.dtype(w.scalar_type()));
-  const bool f32_in = r.scalar_type() == at::kFloat;
-  std::vector<at::Tensor> g1 = f32_in ? g : std::vector<at::Tensor>{f32_like(r), f32_like(r), f32_like(v)};
-  auto gw1 = w.scalar_type() == at::kFloat ? gw : f32_like(gw);
-  std::vector<at::Tensor> g2 = concurrent ? std::vector<at::Tensor>{f32_like(r), f32_like(r), f32_like(v)} : g;
-  auto gw2 = concurrent ? f32_like(gw) : gw;
+  auto g1 = r.scalar_type() == at::kFloat ? g : f32_like(g);
+  auto gw1 = w.scalar_type() == at::kFloat ? gw : new_out(gw, true);
+  auto g2 = concurrent ? f32_like(g) : g;
+  auto gw2 = concurrent ? new_out(gw, true) : gw;
   const std::vector<const float*> none = {nullptr, nullptr, nullptr};
   const std::vector<const float*> add1 =
       concurrent ? none
