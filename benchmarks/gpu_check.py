@@ -566,7 +566,8 @@ def bench_one(ctx, op, dt_name, B, T, H, N, emit, deadline, peers=False, phase="
         if chunk and tune:  # 1/2 and 2x the chunk length (per-channel ops: 4x too)
             half = chunk // 2 if per_channel else chunk // 2 // 64 * 64
             for c in (half, chunk * 2, chunk * 4) if per_channel else (half, chunk * 2):
-                if c * 3 <= T and c >= (8 if per_channel else 64):
+                # at least 3 chunks: includes 66 at T=196 (the choice with _V4_MIN_CHUNK = 64)
+                if -(-T // c) >= 3 and c >= (8 if per_channel else 64):
                     ours.append((f"rwkv_hf cuda (chunk {c})",
                                  lambda x, c=c: with_chunk(c, lambda: run_op(cb, op, x)), False))
     if op == "bi_wkv6" and hasattr(cb, "halves_concurrent"):  # its two scans at once, or not

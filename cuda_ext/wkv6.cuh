@@ -48,17 +48,19 @@ namespace rwkv_hf {
 namespace {
 
 // Forward over chunk blockIdx.y ([c*L, min(T, (c+1)*L)), L a multiple of kSnap; one chunk of
-// L >= T when not chunked). LOCAL = false: from the chunk's start state s0[b, h, c] (the initial
-// state when not chunked), writes y, the snapshots the chunk starts or contains and, for the last
-// chunk, the final state. LOCAL = true (pass 1 of the chunked form): from S = 0, writes only the
+// L >= T when not chunked). LOCAL = false: from the chunk's start state (at s0 + b s0b +
+// (h NCL + c) N N: the chunk starts, or the initial state when not chunked), writes y, the
+// snapshots the chunk starts or contains and, for the last chunk, the final state (at out + b outb
+// + h N N: the batch strides let bi_wkv6's halves read and write their slices of
+// [B, 2, H, N, N] in place). LOCAL = true (pass 1 of the chunked form): from S = 0, writes only the
 // chunk's end state `out[b, h, c]` and its transition `trans[b, h, c]` = diag(prod_t d_t).
 // Tokens go in groups of kGroup (y's column sums reduced and stored once per group).
 template <typename F, typename FW, int N, bool LOCAL, bool WC>
 __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv6_fwd_kernel(
     int T, int H, int L, bool rev, const F* __restrict__ r, const F* __restrict__ k,
     const F* __restrict__ v, const FW* __restrict__ w, const float* __restrict__ u,
-    const float* __restrict__ s0 /* [B,H,NCL,N,N] */, OutVec<F> y,
-    float* __restrict__ out /* final state [B,H,N,N]; LOCAL: [B,H,NCL,N,N] */,
+    const float* __restrict__ s0, int64_t s0b, OutVec<F> y,
+    float* __restrict__ out /* final state; LOCAL: [B,H,NCL,N,N] */, int64_t outb,
     float* __restrict__ snap /* [B,H,NC,N,N] | null */,
     float* __restrict__ trans /* LOCAL: [B,H,NCL,N,N] */) {
   using Tl = FwdTile<N>;
@@ -77,12 +79,13 @@ __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv6_fwd_kernel(
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
   auto tok = [&](int t) { return hbase + (int64_t)(rev ? T - 1 - t : t) * stride; };
   const int64_t cell = ((int64_t)bh * NCL + c) * N * N + c0;  // column c0 of chunk c
+  const float* sp = LOCAL ? nullptr : s0 + b * s0b + ((int64_t)h * NCL + c) * N * N + c0;
   float S[R * C], P[LOCAL ? R : 1];  // S[e * C + cc] = S[row(rb, e)][c0 + cc]; P: decay products
 #pragma unroll
   for (int e = 0; e < R; ++e) {
 #pragma unroll
     for (int cc = 0; cc < C; ++cc)
-      S[e * C + cc] = LOCAL ? 0.f : s0[cell + (int64_t)Tl::row(rb, e) * N + cc];
+      S[e * C + cc] = LOCAL ? 0.f : sp[(int64_t)Tl::row(rb, e) * N + cc];
     if constexpr (LOCAL) P[e] = 1.f;
   }
   float* snp = LOCAL || snap == nullptr ? nullptr : snap + (int64_t)bh * NC * N * N + c0;
@@ -116,7 +119,7 @@ __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv6_fwd_kernel(
       pr.to_shared(&s_r[stt][sx]);
       float uk[E];
 #pragma unroll
-      for (int i = 0; i < E; ++i) uk[i] = u[h * N + sx + i] * pk.get(i);
+      for (int i = 0; i < E; ++i) uk[i] = u == nullptr ? 0.f : u[h * N + sx + i] * pk.get(i);
       st_shared(&s_uk[stt][sx], uk);
     }
     pk.to_shared(&s_k[stt][sx]);
@@ -181,7 +184,7 @@ __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv6_fwd_kernel(
         trans[cell + (int64_t)row * N + cc] = row == c0 + cc ? P[e] : 0.f;
       }
   } else if (c == NCL - 1) {
-    store(out + (int64_t)bh * N * N + c0);
+    store(out + b * outb + (int64_t)h * N * N + c0);
   }
 }
 
@@ -189,8 +192,9 @@ __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv6_fwd_kernel(
 // of G, in groups of kGroup tokens (see wkv7.cu: gv's column sums reduced once per group; the row
 // sums gk, gks (= G v) and the anchors summed over the warp's column blocks by shuffles, then over
 // the warps through shared memory once per RG tokens by all threads). LOCAL = false: from G at
-// the chunk's last token, gend[b, h, c] (gS_final when not chunked), writes gk, gv, e, the
-// anchors of the chunk and, for the first chunk, gS_{-1}. LOCAL = true (pass 1 of the chunked
+// the chunk's last token (at gend + b gendb + (h NCL + ch) N N: gS_final when not chunked),
+// writes gk, gv, e, the anchors of the chunk and, for the first chunk, gS_{-1} (at out + b outb
+// + h N N). LOCAL = true (pass 1 of the chunked
 // form): from G = 0, writes only G at the token before the chunk, `out[b, h, c]`. The bonus terms
 // enter the sums through G + diag(r u) 1 gy^T:
 // gk_i = sum_j (G_ij + r_i u_i gy_j) v_j, gv_j = sum_i (G_ij + r_i u_i gy_j) k_i.
@@ -199,9 +203,9 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv6_bwd_b1_kernel(
     int T, int H, int L, bool rev, const F* __restrict__ r, const F* __restrict__ k,
     const F* __restrict__ v, const FW* __restrict__ w, const float* __restrict__ u,
     const float* __restrict__ snap, const F* __restrict__ gy,
-    const float* __restrict__ gend /* [B,H,NCL,N,N] */, OutVec<F> gk, OutVec<F> gv,
+    const float* __restrict__ gend, int64_t gendb, OutVec<F> gk, OutVec<F> gv,
     float* __restrict__ e /* [B,T,H,N] */, float* __restrict__ anchor /* [B,H,NC,N] */,
-    float* __restrict__ out /* gS_{-1} [B,H,N,N]; LOCAL: [B,H,NCL,N,N] */) {
+    float* __restrict__ out /* gS_{-1}; LOCAL: [B,H,NCL,N,N] */, int64_t outb) {
   using Tl = BwdTile<N>;
   // 8 tokens per stage (4 for N = 128): the staged vectors and the row sums share 48 KB.
   constexpr int TT = N == 128 ? 4 : 8, R = Tl::R, C = Tl::C, NT = Tl::THREADS, W = Tl::WARPS;
@@ -225,7 +229,7 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv6_bwd_b1_kernel(
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
   auto tok = [&](int t) { return hbase + (int64_t)(rev ? T - 1 - t : t) * stride; };
   float G_[R * C];  // G_[e * C + cc] = G[row(rb, e)][c0 + cc]
-  const float* gp = gend + ((int64_t)bh * NCL + ch) * N * N + c0;
+  const float* gp = LOCAL ? nullptr : gend + b * gendb + ((int64_t)h * NCL + ch) * N * N + c0;
 #pragma unroll
   for (int e2 = 0; e2 < R; ++e2)
 #pragma unroll
@@ -258,7 +262,7 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv6_bwd_b1_kernel(
     if constexpr (!LOCAL) {
       float ru[E];
 #pragma unroll
-      for (int i = 0; i < E; ++i) ru[i] = pr.get(i) * u[h * N + sx + i];
+      for (int i = 0; i < E; ++i) ru[i] = u == nullptr ? 0.f : pr.get(i) * u[h * N + sx + i];
       st_shared(&s_ru[stt][sx], ru);
       pk.to_shared(&s_k[stt][sx]);
       pv.to_shared(&s_v[stt][sx]);
@@ -345,7 +349,7 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv6_bwd_b1_kernel(
     }
   }
   if (!LOCAL && ch != 0) return;
-  float* op = out + (LOCAL ? ((int64_t)bh * NCL + ch) * N * N : (int64_t)bh * N * N) + c0;
+  float* op = out + (LOCAL ? ((int64_t)bh * NCL + ch) * N * N : b * outb + (int64_t)h * N * N) + c0;
 #pragma unroll
   for (int e2 = 0; e2 < R; ++e2)
 #pragma unroll
@@ -382,7 +386,7 @@ __global__ void __launch_bounds__(RowTile<N>::THREADS) wkv6_bwd_b2_kernel(
   float S[R * C];  // S[e * C + j] = S[r0 + e][col(cb, j)]
   Tl::load(snap + ((int64_t)bh * NC + c) * N * N, S, r0, cb);  // from the chunk's snapshot
   const int orow = r0 + Tl::own_row(cb);
-  const float uo = u[h * N + orow];
+  const float uo = u == nullptr ? 0.f : u[h * N + orow];
   float beta = anchor[((int64_t)bh * NC + c) * N + orow];
   double gu_acc = 0.0;
   const int tbeg = c * kSnap, tend = min(T, tbeg + kSnap);
@@ -478,15 +482,18 @@ cudaError_t wkv6_forward_launch(const V6Fwd<F, FW>& p, cudaStream_t stream) {
   return dispatch_n(s.N, [&](auto nc) {
     constexpr int N = decltype(nc)::value;
     const float* starts = p.s0;
+    int64_t starts_b = a.sb;
     if (s.NCL > 1) {  // pass 1: chunks from zero in parallel; then the chunk start states
       wkv6_fwd_kernel<F, FW, N, true, WC><<<grid, FwdTile<N>::THREADS, 0, stream>>>(
-          s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, nullptr, OutVec<F>(), p.local, nullptr,
-          p.trans);
-      combine_chunks_diag<N>(s.B * s.H, s.NCL, false, p.trans, p.local, p.s0, p.starts, stream);
-      starts = p.starts;
+          s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, nullptr, 0, OutVec<F>(), p.local, 0,
+          nullptr, p.trans);
+      combine_chunks_diag<N>(s.B, s.H, s.NCL, false, p.trans, p.local, p.s0, a.sb, p.starts,
+                             stream);
+      starts = p.starts, starts_b = (int64_t)s.H * s.NCL * N * N;
     }
     wkv6_fwd_kernel<F, FW, N, false, WC><<<grid, FwdTile<N>::THREADS, 0, stream>>>(
-        s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, starts, p.y, p.sT, p.snap, nullptr);
+        s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, starts, starts_b, p.y, p.sT, a.sb, p.snap,
+        nullptr);
   });
 }
 
@@ -499,16 +506,18 @@ cudaError_t wkv6_backward_launch(const V6Bwd<F, FW>& p, cudaStream_t stream) {
   return dispatch_n(s.N, [&](auto nc) {
     constexpr int N = decltype(nc)::value;
     const float* gend = p.gsT;
+    int64_t gend_b = a.sb;
     if (s.NCL > 1) {  // pass 1: chunks from G = 0 in parallel; then G at every chunk's end
       wkv6_bwd_b1_kernel<F, FW, N, true, WC><<<grid, BwdTile<N>::THREADS, 0, stream>>>(
-          s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, p.snap, p.gy, nullptr, OutVec<F>(),
-          OutVec<F>(), nullptr, nullptr, p.local);
-      combine_chunks_diag<N>(s.B * s.H, s.NCL, true, p.trans, p.local, p.gsT, p.gend, stream);
-      gend = p.gend;
+          s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, p.snap, p.gy, nullptr, 0, OutVec<F>(),
+          OutVec<F>(), nullptr, nullptr, p.local, 0);
+      combine_chunks_diag<N>(s.B, s.H, s.NCL, true, p.trans, p.local, p.gsT, a.sb, p.gend,
+                             stream);
+      gend = p.gend, gend_b = (int64_t)s.H * s.NCL * N * N;
     }
     wkv6_bwd_b1_kernel<F, FW, N, false, WC><<<grid, BwdTile<N>::THREADS, 0, stream>>>(
-        s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, p.snap, p.gy, gend, p.gk, p.gv, p.e,
-        p.anchor, p.gs0);
+        s.T, s.H, s.L, a.rev, a.r, a.k, a.v, a.w, a.u, p.snap, p.gy, gend, gend_b, p.gk, p.gv,
+        p.e, p.anchor, p.gs0, a.sb);
     wkv6_bwd_b2_kernel<F, FW, N, WC><<<dim3(s.B * s.H * NC), RowTile<N>::THREADS, 0, stream>>>(
         s.T, s.H, a.rev, a.r, a.k, a.v, a.w, a.u, p.snap, p.gy, p.e, p.anchor, p.gr, p.gw,
         p.gu_part);

@@ -392,20 +392,22 @@ void combine_chunks(int BH, int NCL, bool backward, const float* trans, const fl
 // The same for a diagonal transition (RWKV-5/6: M_c = diag(p_c), stored as the matrix with p_c
 // on its diagonal): X[c+1] = diag(p_c) X[c] + Lc_c (or X[c-1], backwards), entry by entry, one
 // thread per (batch*head, entry) walking the chunks. The matrix form would multiply by the
-// zeros: N times the work, in a walk of N / 16 blocks per (batch, head).
+// zeros: N times the work, in a walk of N / 16 blocks per (batch, head). x0 of (b, h) at
+// x0 + b x0b + h N N (bi_wkv6's halves: their slices of [B, 2, H, N, N]).
 template <int N>
-__global__ void chunk_combine_diag_kernel(int BH, int NCL, bool backward,
+__global__ void chunk_combine_diag_kernel(int B, int H, int NCL, bool backward,
                                           const float* __restrict__ M,
                                           const float* __restrict__ Lc,
-                                          const float* __restrict__ x0, float* __restrict__ X) {
+                                          const float* __restrict__ x0, int64_t x0b,
+                                          float* __restrict__ X) {
   const int64_t q = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;  // (bh, i, j)
-  if (q >= (int64_t)BH * N * N) return;
+  if (q >= (int64_t)B * H * N * N) return;
   const int64_t bh = q / (N * N), ij = q % (N * N), ii = (ij / N) * (N + 1);
   const float* m = M + bh * NCL * N * N;
   const float* l = Lc + bh * NCL * N * N;
   float* xs = X + bh * NCL * N * N;
   int c = backward ? NCL - 1 : 0;
-  float x = x0[bh * N * N + ij];
+  float x = x0[(bh / H) * x0b + (bh % H) * N * N + ij];
   xs[(int64_t)c * N * N + ij] = x;
   for (int step = 0; step + 1 < NCL; ++step) {
     x = m[(int64_t)c * N * N + ii] * x + l[(int64_t)c * N * N + ij];
@@ -415,11 +417,12 @@ __global__ void chunk_combine_diag_kernel(int BH, int NCL, bool backward,
 }
 
 template <int N>
-void combine_chunks_diag(int BH, int NCL, bool backward, const float* trans, const float* local,
-                         const float* x0, float* X, cudaStream_t stream) {
-  const int64_t n = (int64_t)BH * N * N;
+void combine_chunks_diag(int B, int H, int NCL, bool backward, const float* trans,
+                         const float* local, const float* x0, int64_t x0b, float* X,
+                         cudaStream_t stream) {
+  const int64_t n = (int64_t)B * H * N * N;
   chunk_combine_diag_kernel<N><<<(unsigned)((n + 255) / 256), 256, 0, stream>>>(
-      BH, NCL, backward, trans, local, x0, X);
+      B, H, NCL, backward, trans, local, x0, x0b, X);
 }
 
 // body(std::integral_constant<int, N>()) for the head size n (the host checks n first), then

@@ -271,45 +271,49 @@ OutVec<F> out_vec(at::Tensor& out, const float* add) {
   return o;
 }
 
-template <typename F, typename FW>
-V6In<F, FW> v6_in(const MatSizes& s, bool reverse, const at::Tensor& r, const at::Tensor& k,
-                  const at::Tensor& v, const at::Tensor& w, const at::Tensor& u) {
-  return {s, reverse, in_ptr<F>(r), in_ptr<F>(k), in_ptr<F>(v), in_ptr<FW>(w),
-          u.data_ptr<float>()};
-}
-
-// What a forward scan keeps: the final state, the snapshots and the chunk transitions.
-struct V6Saved {
-  at::Tensor sT, snap, trans;
+// The boundary states of one scan: the initial state (or gS_final) it reads and the final state
+// (or gS_{-1}) it writes, float32, (b, h) at b sb + h N N (see V6In).
+struct Bounds {
+  const float* in;
+  float* out;
+  int64_t sb;
 };
 
-// One scan of wkv6 (left to right, or right to left: `reverse`) from the state s0 (float32
-// [B, H, K, V], contiguous) into y (the inputs' dtype or float32, `yadd` added before the
-// rounding), its kernels on `stream`; the inputs checked and 16-byte aligned. Its other tensor
-// work only allocates (no kernel: see run_halves).
+template <typename F, typename FW>
+V6In<F, FW> v6_in(const MatSizes& s, bool reverse, const at::Tensor& r, const at::Tensor& k,
+                  const at::Tensor& v, const at::Tensor& w, const float* u, int64_t sb) {
+  return {s, reverse, in_ptr<F>(r), in_ptr<F>(k), in_ptr<F>(v), in_ptr<FW>(w), u, sb};
+}
+
+// What a forward scan keeps for the backward: the snapshots and the chunk transitions.
+struct V6Saved {
+  at::Tensor snap, trans;
+};
+
+// One scan of wkv6 (left to right, or right to left: `reverse`; u null: no bonus) from the
+// state at st.in to the one at st.out, into y (the inputs' dtype or float32, `yadd` added before
+// the rounding), its kernels on `stream`; the inputs checked and 16-byte aligned. Its other
+// tensor work only allocates (no kernel: see run_halves).
 V6Saved v6_forward_scan(const at::Tensor& r, const at::Tensor& k, const at::Tensor& v,
-                        const at::Tensor& w, const at::Tensor& u, const at::Tensor& s0, bool save,
-                        int64_t chunk, bool reverse, at::Tensor& y, const float* yadd,
-                        cudaStream_t stream) {
+                        const at::Tensor& w, const float* u, Bounds st, bool save, int64_t chunk,
+                        bool reverse, at::Tensor& y, const float* yadd, cudaStream_t stream) {
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
-  TORCH_CHECK(s0.numel() == (int64_t)B * H * n * n, "rwkv_hf cuda wkv6: state must be [B, H, K, V]");
   const int L = chunk_length(chunk, T, kSnap), NCL = (T + L - 1) / L;
   TORCH_CHECK(NCL < 65536, "rwkv_hf cuda wkv6: over 65535 chunks (chunk length ", L, ")");
-  const auto opt = s0.options();
-  auto sT = at::empty({B, H, n, n}, opt);
+  const auto opt = r.options().dtype(at::kFloat);
   const int NC = (T + kSnap - 1) / kSnap;
   auto snap = save ? at::empty({B, H, NC, n, n}, opt) : at::empty({0}, opt);
   auto trans = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, opt);
-  if (B * H == 0) return {sT, snap, trans};
-  auto local = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, opt);
-  auto starts = at::empty_like(local);
+  if (B * H == 0) return {snap, trans};
+  at::Tensor local, starts;  // scratch of the chunked form
+  if (NCL > 1) local = at::empty({B, H, NCL, n, n}, opt), starts = at::empty_like(local);
   RWKV_HF_DISPATCH_F(r.scalar_type(), "wkv6", [&] {
     dispatch_w<F>(w, [&](auto fw) {
       using FW = decltype(fw);
-      const V6Fwd<F, FW> p{v6_in<F, FW>({B, T, H, n, L, NCL}, reverse, r, k, v, w, u),
-                           s0.data_ptr<float>(), f32_or_null(local, NCL > 1),
-                           f32_or_null(starts, NCL > 1), f32_or_null(trans, NCL > 1),
-                           out_vec<F>(y, yadd), sT.data_ptr<float>(), f32_or_null(snap, save)};
+      const V6Fwd<F, FW> p{v6_in<F, FW>({B, T, H, n, L, NCL}, reverse, r, k, v, w, u, st.sb),
+                           st.in, f32_or_null(local, NCL > 1), f32_or_null(starts, NCL > 1),
+                           f32_or_null(trans, NCL > 1), out_vec<F>(y, yadd), st.out,
+                           f32_or_null(snap, save)};
       if constexpr (std::is_same_v<FW, float>) {
         // RWKV-5's decay [H, K] (wkv5.cu, float32) or a decay per token (wkv6.cu).
         C10_CUDA_CHECK((w.dim() == 2 ? wkv6_forward_launch<F, float, true>(p, stream)
@@ -320,25 +324,24 @@ V6Saved v6_forward_scan(const at::Tensor& r, const at::Tensor& k, const at::Tens
     });
   });
   if (!save) trans = at::empty({0, H, NCL, n, n}, opt);
-  return {sT, snap, trans};
+  return {snap, trans};
 }
 
-// The backward of one scan: gr, gk, gv into g (`gadd` added before the rounding), gw into gw
-// ([B, T, H, K], w's dtype or float32; `gwadd` added first), gu's partial sums into gu_part
-// (float32 [B, T / kSnap, H, K], or null: none), its kernels on `stream` (gsT contiguous; no
-// other kernel); -> the gradient of the initial state.
-at::Tensor v6_backward_scan(const at::Tensor& r, const at::Tensor& k, const at::Tensor& v,
-                            const at::Tensor& w, const at::Tensor& u, const at::Tensor& snap,
-                            const at::Tensor& trans, const at::Tensor& gy, const at::Tensor& gsT,
-                            int64_t chunk, bool reverse, std::vector<at::Tensor>& g,
-                            const std::vector<const float*>& gadd, at::Tensor& gw,
-                            const float* gwadd, float* gu_part, cudaStream_t stream) {
+// The backward of one scan: from gS_final at st.in, gr, gk, gv into g (`gadd` added before the
+// rounding), gw into gw ([B, T, H, K], w's dtype or float32; `gwadd` added first), gu's partial
+// sums into gu_part (float32 [B, T / kSnap, H, K], or null: none) and gS_{-1} at st.out, its
+// kernels on `stream` (no other kernel).
+void v6_backward_scan(const at::Tensor& r, const at::Tensor& k, const at::Tensor& v,
+                      const at::Tensor& w, const float* u, const at::Tensor& snap,
+                      const at::Tensor& trans, const at::Tensor& gy, Bounds st, int64_t chunk,
+                      bool reverse, std::vector<at::Tensor>& g,
+                      const std::vector<const float*>& gadd, at::Tensor& gw, const float* gwadd,
+                      float* gu_part, cudaStream_t stream) {
   check_float(snap, "snapshots");
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
   const int NC = (T + kSnap - 1) / kSnap;
   const int L = chunk_length(chunk, T, kSnap), NCL = (T + L - 1) / L;
   TORCH_CHECK(snap.numel() == (int64_t)B * H * NC * n * n, "rwkv_hf cuda wkv6: bad snapshots");
-  TORCH_CHECK(gsT.numel() == (int64_t)B * H * n * n, "rwkv_hf cuda wkv6: gsT must be [B, H, K, V]");
   TORCH_CHECK(NCL == 1 || trans.numel() == (int64_t)B * H * NCL * n * n,
               "rwkv_hf cuda wkv6: the chunk transitions of the forward are missing (chunk ", chunk,
               ")");
@@ -346,22 +349,21 @@ at::Tensor v6_backward_scan(const at::Tensor& r, const at::Tensor& k, const at::
   TORCH_CHECK((int64_t)B * H * NC < (int64_t)1 << 31 && NCL < 65536, "rwkv_hf cuda wkv6: ",
               "input too large for one launch (B * H * T / 64 >= 2^31, or over 65535 chunks)");
   const auto f32 = r.options().dtype(at::kFloat);
-  auto gs0 = at::empty({B, H, n, n}, f32);
-  if (B * H == 0) return gs0;
+  if (B * H == 0) return;
   auto e = at::empty({B, T, H, n}, f32);
   auto anchor = at::empty({B, H, NC, n}, f32);
-  auto local = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, f32);
-  auto gend = at::empty_like(local);
+  at::Tensor local, gend;  // scratch of the chunked form
+  if (NCL > 1) local = at::empty({B, H, NCL, n, n}, f32), gend = at::empty_like(local);
   RWKV_HF_DISPATCH_F(r.scalar_type(), "wkv6", [&] {
     dispatch_w<F>(w, [&](auto fw) {
       using FW = decltype(fw);
-      const V6Bwd<F, FW> p{v6_in<F, FW>({B, T, H, n, L, NCL}, reverse, r, k, v, w, u),
+      const V6Bwd<F, FW> p{v6_in<F, FW>({B, T, H, n, L, NCL}, reverse, r, k, v, w, u, st.sb),
                            snap.data_ptr<float>(), NCL > 1 ? trans.data_ptr<float>() : nullptr,
-                           gsT.data_ptr<float>(), in_ptr<F>(gy), f32_or_null(local, NCL > 1),
+                           st.in, in_ptr<F>(gy), f32_or_null(local, NCL > 1),
                            f32_or_null(gend, NCL > 1), e.data_ptr<float>(),
                            anchor.data_ptr<float>(), out_vec<F>(g[0], gadd[0]),
                            out_vec<F>(g[1], gadd[1]), out_vec<F>(g[2], gadd[2]),
-                           out_vec<FW>(gw, gwadd), gu_part, gs0.data_ptr<float>()};
+                           out_vec<FW>(gw, gwadd), gu_part, st.out};
       if constexpr (std::is_same_v<FW, float>) {
         // RWKV-5's decay [H, K] (wkv5.cu, float32) or a decay per token (wkv6.cu).
         C10_CUDA_CHECK((w.dim() == 2 ? wkv6_backward_launch<F, float, true>(p, stream)
@@ -371,7 +373,6 @@ at::Tensor v6_backward_scan(const at::Tensor& r, const at::Tensor& k, const at::
       }
     });
   });
-  return gs0;
 }
 
 // ---------------------------------------------------------------------------- wkv7
@@ -429,13 +430,18 @@ std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
                                      bool reverse, bool out_f32, std::vector<at::Tensor> add) {
   check_v6(r, k, v, w, u);
   check_float(s0, "state");
+  const int B = r.size(0), H = r.size(2), n = r.size(3);
+  TORCH_CHECK(s0.numel() == (int64_t)B * H * n * n, "rwkv_hf cuda wkv6: state must be [B, H, K, V]");
   const at::cuda::OptionalCUDAGuard guard(r.device());
   r = aligned16(r), k = aligned16(k), v = aligned16(v), w = aligned16(w);
   auto y = new_out(v, out_f32);
   const auto yadd = addends(add, {y});
-  auto o = v6_forward_scan(r, k, v, w, u, s0.contiguous(), save, chunk, reverse, y, yadd[0],
-                           c10::cuda::getCurrentCUDAStream());
-  return {y, o.sT, o.snap, o.trans};
+  s0 = s0.contiguous();
+  auto sT = at::empty({B, H, n, n}, s0.options());
+  auto o = v6_forward_scan(r, k, v, w, u.data_ptr<float>(),
+                           {s0.data_ptr<float>(), sT.data_ptr<float>(), (int64_t)H * n * n}, save,
+                           chunk, reverse, y, yadd[0], c10::cuda::getCurrentCUDAStream());
+  return {y, sT, o.snap, o.trans};
 }
 
 std::vector<at::Tensor> bi_wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
@@ -443,7 +449,9 @@ std::vector<at::Tensor> bi_wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v
                                         bool concurrent) {
   check_v6(r, k, v, w, u);
   check_float(s0, "state");
-  TORCH_CHECK(s0.dim() == 5 && s0.size(1) == 2, "rwkv_hf cuda bi_wkv6: state must be [B, 2, H, K, V]");
+  const int B = r.size(0), H = r.size(2), n = r.size(3);
+  TORCH_CHECK(s0.dim() == 5 && s0.numel() == (int64_t)B * 2 * H * n * n && s0.size(1) == 2,
+              "rwkv_hf cuda bi_wkv6: state must be [B, 2, H, K, V]");
   const at::cuda::OptionalCUDAGuard guard(r.device());
   r = aligned16(r), k = aligned16(k), v = aligned16(v), w = aligned16(w);
   auto y = at::empty_like(v);
@@ -452,20 +460,26 @@ std::vector<at::Tensor> bi_wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v
   // once, it writes float32 y2 and one pass sums them (the same float32 sum, rounded once).
   auto y1 = v.scalar_type() == at::kFloat ? y : new_out(v, true);
   auto y2 = concurrent ? new_out(v, true) : y;
-  const auto s0f = s0.select(1, 0).contiguous(), s0b = s0.select(1, 1).contiguous();
-  const auto u0 = at::zeros_like(u);
+  // Each half reads and writes its slice of the [B, 2, H, K, V] states in place (batch stride
+  // 2 H K V); the right-to-left half has no bonus (u null).
+  s0 = s0.contiguous();
+  auto sT = at::empty_like(s0);
+  const int64_t sb = (int64_t)2 * H * n * n, half = B * H == 0 ? 0 : sb / 2;
+  const float* s0p = s0.data_ptr<float>();
+  float* sTp = sT.data_ptr<float>();
   V6Saved f, b;
   run_halves(
       concurrent,
       [&](cudaStream_t st) {
-        f = v6_forward_scan(r, k, v, w, u, s0f, save, chunk, false, y1, nullptr, st);
+        f = v6_forward_scan(r, k, v, w, u.data_ptr<float>(), {s0p, sTp, sb}, save, chunk, false,
+                            y1, nullptr, st);
       },
       [&](cudaStream_t st) {
-        b = v6_forward_scan(r, k, v, w, u0, s0b, save, chunk, true, y2,
-                            concurrent ? nullptr : y1.data_ptr<float>(), st);
+        b = v6_forward_scan(r, k, v, w, nullptr, {s0p + half, sTp + half, sb}, save, chunk, true,
+                            y2, concurrent ? nullptr : y1.data_ptr<float>(), st);
       });
   if (concurrent) at::add_out(y, y1, y2);
-  return {y, at::stack({f.sT, b.sT}, 1), f.snap, f.trans, b.snap, b.trans};
+  return {y, sT, f.snap, f.trans, b.snap, b.trans};
 }
 
 std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
@@ -476,6 +490,7 @@ std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
   check_act(gy, r, "gy");
   check_float(gsT, "gsT");
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
+  TORCH_CHECK(gsT.numel() == (int64_t)B * H * n * n, "rwkv_hf cuda wkv6: gsT must be [B, H, K, V]");
   const at::cuda::OptionalCUDAGuard guard(r.device());
   r = aligned16(r), k = aligned16(k), v = aligned16(v), w = aligned16(w), gy = aligned16(gy);
   auto f32 = r.options().dtype(at::kFloat);
@@ -483,9 +498,12 @@ std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
   const auto gadd = addends(add, g);
   auto gw = at::empty({B, T, H, n}, f32.dtype(w.scalar_type()));
   auto gu_part = at::empty({B, (T + kSnap - 1) / kSnap, H, n}, f32);
-  auto gs0 = v6_backward_scan(r, k, v, w, u, snap, trans, gy, gsT.contiguous(), chunk, reverse, g,
-                              gadd, gw, nullptr, gu_part.data_ptr<float>(),
-                              c10::cuda::getCurrentCUDAStream());
+  gsT = gsT.contiguous();
+  auto gs0 = at::empty({B, H, n, n}, f32);
+  v6_backward_scan(r, k, v, w, u.data_ptr<float>(), snap, trans, gy,
+                   {gsT.data_ptr<float>(), gs0.data_ptr<float>(), (int64_t)H * n * n}, chunk,
+                   reverse, g, gadd, gw, nullptr, gu_part.data_ptr<float>(),
+                   c10::cuda::getCurrentCUDAStream());
   return {g[0], g[1], g[2], gw, gu_part, gs0};
 }
 
@@ -497,7 +515,8 @@ std::vector<at::Tensor> bi_wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor 
   check_act(gy, r, "gy");
   check_float(gsT, "gsT");
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
-  TORCH_CHECK(gsT.dim() == 5 && gsT.size(1) == 2, "rwkv_hf cuda bi_wkv6: gsT must be [B, 2, H, K, V]");
+  TORCH_CHECK(gsT.dim() == 5 && gsT.numel() == (int64_t)B * 2 * H * n * n && gsT.size(1) == 2,
+              "rwkv_hf cuda bi_wkv6: gsT must be [B, 2, H, K, V]");
   const at::cuda::OptionalCUDAGuard guard(r.device());
   r = aligned16(r), k = aligned16(k), v = aligned16(v), w = aligned16(w), gy = aligned16(gy);
   auto f32 = r.options().dtype(at::kFloat);
@@ -520,24 +539,27 @@ std::vector<at::Tensor> bi_wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor 
                                              g1[2].data_ptr<float>()};
   const int NC = (T + kSnap - 1) / kSnap;
   auto gu_part = at::empty({B, NC, H, n}, f32);  // the left-to-right half's (the bonus's)
-  const auto gsf = gsT.select(1, 0).contiguous(), gsb = gsT.select(1, 1).contiguous();
-  const auto u0 = at::zeros_like(u);
-  at::Tensor gs_f, gs_b;
+  gsT = gsT.contiguous();  // each half reads and writes its slice in place, as in the forward
+  auto gs = at::empty_like(gsT);
+  const int64_t sb = (int64_t)2 * H * n * n, half = B * H == 0 ? 0 : sb / 2;
+  const float* gsTp = gsT.data_ptr<float>();
+  float* gsp = gs.data_ptr<float>();
   run_halves(
       concurrent,
       [&](cudaStream_t st) {
-        gs_f = v6_backward_scan(r, k, v, w, u, snap_f, trans_f, gy, gsf, chunk, false, g1, none,
-                                gw1, nullptr, gu_part.data_ptr<float>(), st);
+        v6_backward_scan(r, k, v, w, u.data_ptr<float>(), snap_f, trans_f, gy, {gsTp, gsp, sb},
+                         chunk, false, g1, none, gw1, nullptr, gu_part.data_ptr<float>(), st);
       },
       [&](cudaStream_t st) {
-        gs_b = v6_backward_scan(r, k, v, w, u0, snap_b, trans_b, gy, gsb, chunk, true, g2, add1,
-                                gw2, concurrent ? nullptr : gw1.data_ptr<float>(), nullptr, st);
+        v6_backward_scan(r, k, v, w, nullptr, snap_b, trans_b, gy, {gsTp + half, gsp + half, sb},
+                         chunk, true, g2, add1, gw2, concurrent ? nullptr : gw1.data_ptr<float>(),
+                         nullptr, st);
       });
   if (concurrent) {
     for (int i = 0; i < 3; ++i) at::add_out(g[i], g1[i], g2[i]);
     at::add_out(gw, gw1, gw2);
   }
-  return {g[0], g[1], g[2], gw, gu_part, at::stack({gs_f, gs_b}, 1)};
+  return {g[0], g[1], g[2], gw, gu_part, gs};
 }
 
 std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
@@ -560,8 +582,8 @@ std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
   auto trans = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, s0.options());
   if (B * H == 0) return {y, sT, snap, sa, trans};
   const auto s0c = s0.contiguous();
-  auto local = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, s0.options());
-  auto starts = at::empty_like(local);
+  at::Tensor local, starts;  // scratch of the chunked form
+  if (NCL > 1) local = at::empty({B, H, NCL, n, n}, s0.options()), starts = at::empty_like(local);
   RWKV_HF_DISPATCH_F(r.scalar_type(), "wkv7", [&] {
     dispatch_w<F>(w, [&](auto fw) {
       using FW = decltype(fw);
@@ -609,8 +631,8 @@ std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
   auto e = at::empty({B, T, H, n}, f32), cvec = at::empty({B, T, H, n}, f32);
   auto anchor = at::empty({B, H, NC, n}, f32);
   const auto gsTc = gsT.contiguous();
-  auto local = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, f32);
-  auto gend = at::empty_like(local);
+  at::Tensor local, gend;  // scratch of the chunked form
+  if (NCL > 1) local = at::empty({B, H, NCL, n, n}, f32), gend = at::empty_like(local);
   RWKV_HF_DISPATCH_F(r.scalar_type(), "wkv7", [&] {
     dispatch_w<F>(w, [&](auto fw) {
       using FW = decltype(fw);

@@ -41,7 +41,8 @@ std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
                                       bool out_f32, std::vector<at::Tensor> add);
 
 // Bidirectional v6: the left-to-right scan with the bonus u plus the right-to-left scan without
-// it, in one call; state and gsT [B, 2, H, K, V] (left-to-right, right-to-left). y, gr, gk, gv
+// it, in one call; state and gsT [B, 2, H, K, V] (left-to-right, right-to-left), each half
+// reading and writing its slice of them and of the results in place (no copies). y, gr, gk, gv
 // and gw are the float32 sums of the halves rounded once; gu (the first half's) comes back as
 // partial sums [B, T / kSnap, H, K]. `concurrent`: the halves run at once, the second on
 // another stream (for grids under one wave of the GPU).

@@ -76,7 +76,9 @@ struct MatSizes {
 };
 
 // RWKV-5/6. rev: the scan runs from the last token to the first. FW: w's type, float or F
-// (its gradient comes back in it).
+// (its gradient comes back in it). u null: no bonus (bi_wkv6's right-to-left half). sb: the batch
+// stride, in floats, of the boundary states s0, sT, gsT, gs0 (each (b, h) at b sb + h N N): H N N,
+// or 2 H N N for bi_wkv6's halves, which read and write their slices of [B, 2, H, N, N].
 template <typename F, typename FW>
 struct V6In {
   MatSizes s;
@@ -84,6 +86,7 @@ struct V6In {
   const F *r, *k, *v;
   const FW* w;
   const float* u;
+  int64_t sb;
 };
 
 template <typename F, typename FW>
