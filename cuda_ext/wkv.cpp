@@ -36,7 +36,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("out_f32") = false, py::arg("add") = std::vector<at::Tensor>());
   m.def("wkv6_backward", &rwkv_hf::wkv6_backward,
         "wkv6 backward -> (gr, gk, gv, gw [B, T, H, K] in w's dtype, gu partials float32, gstate); "
-        "out_f32: gr, gk, gv in float32; add: [] or [gr, gk, gv] float32 added before the rounding",
+        "out_f32: gr, gk, gv in float32; add: [] or [gr, gk, gv] float32 added before the "
+        "rounding; gstate (the final state's gradient) empty: zero",
         py::arg("r"), py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"),
         py::arg("snapshots"), py::arg("transitions"), py::arg("gy"), py::arg("gstate"),
         py::arg("chunk") = 0, py::arg("reverse") = false, py::arg("out_f32") = false,
@@ -49,7 +50,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("save"), py::arg("chunk") = 0, py::arg("concurrent") = false);
   m.def("bi_wkv6_backward", &rwkv_hf::bi_wkv6_backward,
         "bi_wkv6 backward -> (gr, gk, gv, gw in w's dtype, gu partials float32 [B, T/64, H, K], "
-        "gstate [B, 2, H, K, V])",
+        "gstate [B, 2, H, K, V]); gstate in: [B, 2, H, K, V], or empty: zero",
         py::arg("r"), py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"),
         py::arg("snapshots_f"), py::arg("transitions_f"), py::arg("snapshots_b"),
         py::arg("transitions_b"), py::arg("gy"), py::arg("gstate"), py::arg("chunk") = 0,
@@ -60,7 +61,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("r"), py::arg("k"), py::arg("v"), py::arg("w"), py::arg("a"), py::arg("b"),
         py::arg("state"), py::arg("save"), py::arg("chunk") = 0);
   m.def("wkv7_backward", &rwkv_hf::wkv7_backward,
-        "wkv7 backward -> (gr, gk, gv, gw in w's dtype, ga, gb, gstate)",
+        "wkv7 backward -> (gr, gk, gv, gw in w's dtype, ga, gb, gstate); gstate in empty: zero",
         py::arg("r"), py::arg("k"), py::arg("v"), py::arg("w"), py::arg("a"), py::arg("b"),
         py::arg("snapshots"), py::arg("sa"), py::arg("transitions"), py::arg("gy"),
         py::arg("gstate"), py::arg("chunk") = 0);

@@ -192,7 +192,8 @@ __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv6_fwd_kernel(
 // of G, in groups of kGroup tokens (see wkv7.cu: gv's column sums reduced once per group; the row
 // sums gk, gks (= G v) and the anchors summed over the warp's column blocks by shuffles, then over
 // the warps through shared memory once per RG tokens by all threads). LOCAL = false: from G at
-// the chunk's last token (at gend + b gendb + (h NCL + ch) N N: gS_final when not chunked),
+// the chunk's last token (at gend + b gendb + (h NCL + ch) N N: gS_final when not chunked;
+// null: zero),
 // writes gk, gv, e, the anchors of the chunk and, for the first chunk, gS_{-1} (at out + b outb
 // + h N N). LOCAL = true (pass 1 of the chunked
 // form): from G = 0, writes only G at the token before the chunk, `out[b, h, c]`. The bonus terms
@@ -229,12 +230,13 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv6_bwd_b1_kernel(
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
   auto tok = [&](int t) { return hbase + (int64_t)(rev ? T - 1 - t : t) * stride; };
   float G_[R * C];  // G_[e * C + cc] = G[row(rb, e)][c0 + cc]
-  const float* gp = LOCAL ? nullptr : gend + b * gendb + ((int64_t)h * NCL + ch) * N * N + c0;
+  const float* gp =
+      LOCAL || gend == nullptr ? nullptr : gend + b * gendb + ((int64_t)h * NCL + ch) * N * N + c0;
 #pragma unroll
   for (int e2 = 0; e2 < R; ++e2)
 #pragma unroll
     for (int cc = 0; cc < C; ++cc)
-      G_[e2 * C + cc] = LOCAL ? 0.f : gp[(int64_t)Tl::row(rb, e2) * N + cc];
+      G_[e2 * C + cc] = gp == nullptr ? 0.f : gp[(int64_t)Tl::row(rb, e2) * N + cc];
   const float* snp = snap + (int64_t)bh * NC * N * N + c0;
   // Stage loads (see wkv7_fwd_kernel): E consecutive elements per array and thread.
   constexpr int E = TT * N / NT;

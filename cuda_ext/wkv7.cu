@@ -209,7 +209,7 @@ __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv7_fwd_kernel(
 // gb and the anchors) are per-thread partials over the tile's C columns, summed over the warp's
 // column blocks by shuffles, then over the warps through shared memory once per RG tokens
 // (two barriers) by all threads, one (token, row) each. LOCAL = false: from G^{partial} at the
-// chunk's last token, gend[b, h, c] (gS_final when not chunked), writes gk, gv, gb, e, c_t, the
+// chunk's last token, gend[b, h, c] (gS_final when not chunked; null: zero), writes gk, gv, gb, e, c_t, the
 // anchors of the chunk and, for the first chunk, gS_{-1}. LOCAL = true (pass 1 of the chunked
 // form): from G = 0, writes only G^{partial} at the token before the chunk, `out[b, h, c]` (no
 // row sums, no barriers but the stages').
@@ -247,11 +247,12 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv7_bwd_b1_kernel(
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
   float G_[R * C];  // G^{partial} (without the current token's r gy^T term), G_[e * C + cc]
   const float* gp = gend + ((int64_t)bh * NCL + ch) * N * N + c0;
+  const bool zero = LOCAL || gend == nullptr;
 #pragma unroll
   for (int e2 = 0; e2 < R; ++e2)
 #pragma unroll
     for (int cc = 0; cc < C; ++cc)
-      G_[e2 * C + cc] = LOCAL ? 0.f : gp[(int64_t)Tl::row(rb, e2) * N + cc];
+      G_[e2 * C + cc] = zero ? 0.f : gp[(int64_t)Tl::row(rb, e2) * N + cc];
   const float* snp = snap + (int64_t)bh * NC * N * N + c0;
   float* anp = anchor + (int64_t)bh * NC * N;
   // Stage loads (see wkv7_fwd_kernel): E consecutive elements per array and thread.

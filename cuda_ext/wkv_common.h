@@ -323,7 +323,8 @@ namespace {
 // chunks:
 //   forwards:  X[c+1] = M_c X[c] + Lc_c      (chunk start states from the chunks' transitions)
 //   backwards: X[c-1] = M_c^T X[c] + Lc_c    (the same for the gradient G of the state)
-// from X[0] = x0 (forwards) or X[NCL-1] = x0 (backwards), x0 [B*H, N, N]. Block (b*H + h, group
+// from X[0] = x0 (forwards) or X[NCL-1] = x0 (backwards), x0 [B*H, N, N] (null: zero).
+// Block (b*H + h, group
 // of CJ columns); thread i computes row i; M_c is staged through shared memory in tiles of MT
 // columns.
 template <int N>
@@ -340,7 +341,7 @@ __global__ void __launch_bounds__(N) chunk_combine_kernel(int NCL, bool backward
   int c = backward ? NCL - 1 : 0;
   for (int q = i; q < N * CJ; q += N) {
     const int64_t o = (int64_t)(q / CJ) * N + j0 + q % CJ;
-    const float x = x0[(int64_t)blockIdx.x * N * N + o];
+    const float x = x0 == nullptr ? 0.f : x0[(int64_t)blockIdx.x * N * N + o];
     xs[q / CJ][q % CJ] = x;
     X[base + (int64_t)c * N * N + o] = x;
   }
@@ -393,7 +394,7 @@ void combine_chunks(int BH, int NCL, bool backward, const float* trans, const fl
 // on its diagonal): X[c+1] = diag(p_c) X[c] + Lc_c (or X[c-1], backwards), entry by entry, one
 // thread per (batch*head, entry) walking the chunks. The matrix form would multiply by the
 // zeros: N times the work, in a walk of N / 16 blocks per (batch, head). x0 of (b, h) at
-// x0 + b x0b + h N N (bi_wkv6's halves: their slices of [B, 2, H, N, N]).
+// x0 + b x0b + h N N (bi_wkv6's halves: their slices of [B, 2, H, N, N]); null: zero.
 template <int N>
 __global__ void chunk_combine_diag_kernel(int B, int H, int NCL, bool backward,
                                           const float* __restrict__ M,
@@ -407,7 +408,7 @@ __global__ void chunk_combine_diag_kernel(int B, int H, int NCL, bool backward,
   const float* l = Lc + bh * NCL * N * N;
   float* xs = X + bh * NCL * N * N;
   int c = backward ? NCL - 1 : 0;
-  float x = x0[(bh / H) * x0b + (bh % H) * N * N + ij];
+  float x = x0 == nullptr ? 0.f : x0[(bh / H) * x0b + (bh % H) * N * N + ij];
   xs[(int64_t)c * N * N + ij] = x;
   for (int step = 0; step + 1 < NCL; ++step) {
     x = m[(int64_t)c * N * N + ii] * x + l[(int64_t)c * N * N + ij];

@@ -121,6 +121,15 @@ void run_halves(bool concurrent, A&& first, B&& second) {
 
 float* f32_or_null(at::Tensor& x, bool use) { return use ? x.data_ptr<float>() : nullptr; }
 
+// The gradient of the final state, float32 with `numel` elements, or empty: zero (the final state
+// did not reach the loss; the kernels start from G = 0 and read nothing) -> null.
+const float* final_grad(at::Tensor& gsT, int64_t numel, const char* op, const char* shape) {
+  check_float(gsT, "gsT");
+  if (gsT.numel() == 0) return nullptr;
+  TORCH_CHECK(gsT.numel() == numel, "rwkv_hf cuda ", op, ": gsT must be ", shape, " or empty");
+  return gsT.data_ptr<float>();
+}
+
 // The forward kernels and B1 move each thread's share of a stage as 16-byte (or 4-byte) words: a
 // per-token input whose data does not start on a 16-byte boundary (a view at an odd offset) is
 // copied.
@@ -488,9 +497,8 @@ std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
                                       bool reverse, bool out_f32, std::vector<at::Tensor> add) {
   check_v6(r, k, v, w, u);
   check_act(gy, r, "gy");
-  check_float(gsT, "gsT");
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
-  TORCH_CHECK(gsT.numel() == (int64_t)B * H * n * n, "rwkv_hf cuda wkv6: gsT must be [B, H, K, V]");
+  const float* gsTp = final_grad(gsT, (int64_t)B * H * n * n, "wkv6", "[B, H, K, V]");
   const at::cuda::OptionalCUDAGuard guard(r.device());
   r = aligned16(r), k = aligned16(k), v = aligned16(v), w = aligned16(w), gy = aligned16(gy);
   auto f32 = r.options().dtype(at::kFloat);
@@ -498,10 +506,9 @@ std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
   const auto gadd = addends(add, g);
   auto gw = at::empty({B, T, H, n}, f32.dtype(w.scalar_type()));
   auto gu_part = at::empty({B, (T + kSnap - 1) / kSnap, H, n}, f32);
-  gsT = gsT.contiguous();
   auto gs0 = at::empty({B, H, n, n}, f32);
   v6_backward_scan(r, k, v, w, u.data_ptr<float>(), snap, trans, gy,
-                   {gsT.data_ptr<float>(), gs0.data_ptr<float>(), (int64_t)H * n * n}, chunk,
+                   {gsTp, gs0.data_ptr<float>(), (int64_t)H * n * n}, chunk,
                    reverse, g, gadd, gw, nullptr, gu_part.data_ptr<float>(),
                    c10::cuda::getCurrentCUDAStream());
   return {g[0], g[1], g[2], gw, gu_part, gs0};
@@ -513,10 +520,10 @@ std::vector<at::Tensor> bi_wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor 
                                          at::Tensor gsT, int64_t chunk, bool concurrent) {
   check_v6(r, k, v, w, u);
   check_act(gy, r, "gy");
-  check_float(gsT, "gsT");
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
-  TORCH_CHECK(gsT.dim() == 5 && gsT.numel() == (int64_t)B * 2 * H * n * n && gsT.size(1) == 2,
-              "rwkv_hf cuda bi_wkv6: gsT must be [B, 2, H, K, V]");
+  const float* gsTp = final_grad(gsT, (int64_t)B * 2 * H * n * n, "bi_wkv6", "[B, 2, H, K, V]");
+  TORCH_CHECK(gsTp == nullptr || (gsT.dim() == 5 && gsT.size(1) == 2),
+              "rwkv_hf cuda bi_wkv6: gsT must be [B, 2, H, K, V] or empty");
   const at::cuda::OptionalCUDAGuard guard(r.device());
   r = aligned16(r), k = aligned16(k), v = aligned16(v), w = aligned16(w), gy = aligned16(gy);
   auto f32 = r.options().dtype(at::kFloat);
@@ -539,10 +546,9 @@ std::vector<at::Tensor> bi_wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor 
                                              g1[2].data_ptr<float>()};
   const int NC = (T + kSnap - 1) / kSnap;
   auto gu_part = at::empty({B, NC, H, n}, f32);  // the left-to-right half's (the bonus's)
-  gsT = gsT.contiguous();  // each half reads and writes its slice in place, as in the forward
-  auto gs = at::empty_like(gsT);
+  // Each half reads and writes its slice in place, as in the forward.
+  auto gs = at::empty({B, 2, H, n, n}, f32);
   const int64_t sb = (int64_t)2 * H * n * n, half = B * H == 0 ? 0 : sb / 2;
-  const float* gsTp = gsT.data_ptr<float>();
   float* gsp = gs.data_ptr<float>();
   run_halves(
       concurrent,
@@ -551,7 +557,8 @@ std::vector<at::Tensor> bi_wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor 
                          chunk, false, g1, none, gw1, nullptr, gu_part.data_ptr<float>(), st);
       },
       [&](cudaStream_t st) {
-        v6_backward_scan(r, k, v, w, nullptr, snap_b, trans_b, gy, {gsTp + half, gsp + half, sb},
+        v6_backward_scan(r, k, v, w, nullptr, snap_b, trans_b, gy,
+                         {gsTp == nullptr ? nullptr : gsTp + half, gsp + half, sb},
                          chunk, true, g2, add1, gw2, concurrent ? nullptr : gw1.data_ptr<float>(),
                          nullptr, st);
       });
@@ -607,8 +614,8 @@ std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
   check_act(gy, r, "gy");
   check_float(snap, "snapshots");
   check_float(sa, "sa");
-  check_float(gsT, "gsT");
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
+  const float* gsTp = final_grad(gsT, (int64_t)B * H * n * n, "wkv7", "[B, H, K, V]");
   const int NC = (T + kSnap - 1) / kSnap;
   const int L = chunk_length(chunk, T, kSnap), NCL = (T + L - 1) / L;
   TORCH_CHECK(snap.numel() == (int64_t)B * H * NC * n * n && sa.numel() == r.numel(),
@@ -630,7 +637,6 @@ std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
   if (B * H == 0) return {gr, gk, gv, gw, ga, gb, gs0};
   auto e = at::empty({B, T, H, n}, f32), cvec = at::empty({B, T, H, n}, f32);
   auto anchor = at::empty({B, H, NC, n}, f32);
-  const auto gsTc = gsT.contiguous();
   at::Tensor local, gend;  // scratch of the chunked form
   if (NCL > 1) local = at::empty({B, H, NCL, n, n}, f32), gend = at::empty_like(local);
   RWKV_HF_DISPATCH_F(r.scalar_type(), "wkv7", [&] {
@@ -638,7 +644,7 @@ std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
       using FW = decltype(fw);
       const V7Bwd<F, FW> p{v7_in<F, FW>({B, T, H, n, L, NCL}, r, k, v, w, a, b),
                            snap.data_ptr<float>(), sa.data_ptr<float>(),
-                           NCL > 1 ? trans.data_ptr<float>() : nullptr, gsTc.data_ptr<float>(),
+                           NCL > 1 ? trans.data_ptr<float>() : nullptr, gsTp,
                            in_ptr<F>(gy), f32_or_null(local, NCL > 1), f32_or_null(gend, NCL > 1),
                            e.data_ptr<float>(), cvec.data_ptr<float>(), anchor.data_ptr<float>(),
                            out_ptr<F>(gr), out_ptr<F>(gk), out_ptr<F>(gv), out_ptr<F>(ga),

@@ -329,6 +329,43 @@ def test_bi_wkv6_halves_at_once_equal_one_after_the_other(on_emulated_cuda, monk
         assert a.dtype == b.dtype and torch.equal(a, b), name
 
 
+@pytest.mark.parametrize("op", ["wkv5", "wkv6", "bi_wkv6", "wkv7"])
+@pytest.mark.parametrize("chunk", [0, 64])
+def test_final_state_off_the_loss_is_a_zero_gradient_without_a_tensor(on_emulated_cuda, monkeypatch,
+                                                                     op, chunk):
+    """When the final state does not reach the loss (a training step), the backward passes the
+    extension an empty gsT and the kernels start from a zero gradient without reading one: every
+    gradient equals, bit for bit, the one from an explicit zero gsT (bi_wkv6 with its halves one
+    after the other and at once)."""
+    monkeypatch.setenv(cuda_backend.CHUNK_ENV, str(chunk))
+    x0 = {n: t.float() for n, t in make_inputs(op, 2, 150, 2, 16, state=True, seed=chunk + 41).items()}
+    names = list(x0)
+    kind = {"wkv5": "wkv6", "wkv6": "wkv6", "bi_wkv6": "bi_wkv6", "wkv7": "wkv7"}[op]
+    at = {"wkv6": 8, "bi_wkv6": 10, "wkv7": 10}[kind]  # gstate's position in the backward's call
+    seen = []
+
+    class Spy:  # records the size of the gsT each backward gets
+        def __getattr__(self, name):
+            def call(*args):
+                if name.endswith("_backward"):
+                    seen.append(args[at].numel())
+                return getattr(on_emulated_cuda, name)(*args)
+            return call
+
+    monkeypatch.setattr(cuda_backend, "_ext", Spy())
+    gy = torch.randn(x0["v"].shape, generator=torch.Generator().manual_seed(42))
+    for concurrent in ((False, True) if op == "bi_wkv6" else (False,)):
+        monkeypatch.setattr(cuda_backend, "halves_concurrent", lambda *a, c=concurrent: c)
+        seen.clear()
+        x = {n: t.detach().requires_grad_() for n, t in x0.items()}
+        y, s = getattr(ops, op)(**x, output_final_state=True)
+        off = torch.autograd.grad(y, [x[n] for n in names], gy, retain_graph=True)
+        zero = torch.autograd.grad([y, s], [x[n] for n in names], [gy, torch.zeros_like(s)])
+        assert seen == [0, s.numel()]
+        for n, a, b in zip(names, off, zero):
+            assert torch.equal(a, b), (n, concurrent)
+
+
 def test_wkv5_decay_is_read_in_place(on_emulated_cuda, monkeypatch):
     """RWKV-5's decay [H, K] reaches the kernels as it is (not expanded to [B, T, H, K] and
     copied), in the forward and the backward, and its gradient comes back summed over batch

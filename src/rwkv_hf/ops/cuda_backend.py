@@ -662,10 +662,12 @@ def _wkv6_forward_fake(r, k, v, w, u, state, save, chunk):
     return (r.new_empty(v.shape), _f32_empty(r, B, H, n, n), *_saved_fake(r, save, chunk))
 
 
-def _wkv6_backward_fake(r, k, v, w, u, snap, trans, gy, gS, chunk):
+def _wkv6_backward_fake(r, k, v, w, u, snap, trans, gy, gS, chunk, halves=1):
+    B, _, H, n = r.shape
     gw_dtype = torch.float32 if w.dim() == 2 else _decay_dtype(w, r.dtype)
+    gs0 = _f32_empty(r, B, H, n, n) if halves == 1 else _f32_empty(r, B, halves, H, n, n)
     return (r.new_empty(r.shape), r.new_empty(r.shape), r.new_empty(v.shape),
-            w.new_empty(w.shape, dtype=gw_dtype), _f32_empty(r, *u.shape), _f32_empty(r, *gS.shape))
+            w.new_empty(w.shape, dtype=gw_dtype), _f32_empty(r, *u.shape), gs0)
 
 
 def _bi_wkv6_forward_fake(r, k, v, w, u, state, save, chunk):
@@ -675,7 +677,7 @@ def _bi_wkv6_forward_fake(r, k, v, w, u, state, save, chunk):
 
 
 def _bi_wkv6_backward_fake(r, k, v, w, u, snap_f, trans_f, snap_b, trans_b, gy, gS, chunk):
-    return _wkv6_backward_fake(r, k, v, w, u, snap_f, trans_f, gy, gS, chunk)
+    return _wkv6_backward_fake(r, k, v, w, u, snap_f, trans_f, gy, gS, chunk, halves=2)
 
 
 def _wkv7_forward_fake(r, k, v, w, a, b, state, save, chunk):
@@ -686,9 +688,10 @@ def _wkv7_forward_fake(r, k, v, w, a, b, state, save, chunk):
 
 
 def _wkv7_backward_fake(r, k, v, w, a, b, snap, sa, trans, gy, gS, chunk):
+    B, _, H, n = r.shape
     return (r.new_empty(r.shape), r.new_empty(r.shape), r.new_empty(v.shape),
             w.new_empty(w.shape, dtype=_decay_dtype(w, r.dtype)), r.new_empty(r.shape), r.new_empty(r.shape),
-            _f32_empty(r, *gS.shape))
+            _f32_empty(r, B, H, n, n))
 
 
 def _register(fn, fake):
@@ -749,15 +752,17 @@ class _Matrix(torch.autograd.Function):
         xs = _MATRIX_OPS[kind][2](*xs)
         y, sT, *saved = _traced(*_MATRIX_OPS[kind][0])(*xs, True, chunk)
         ctx.save_for_backward(*xs[:-1], *saved)  # the inputs but the state, the forward's records
-        ctx.args = (kind, chunk, sT.shape, dtypes)
+        ctx.args = (kind, chunk, dtypes)
+        ctx.set_materialize_grads(False)  # an output off the loss: None, not a tensor of zeros
         return y, sT
 
     @staticmethod
     def backward(ctx, gy, gsT):
-        kind, chunk, s_shape, dtypes = ctx.args
+        kind, chunk, dtypes = ctx.args
         xs = ctx.saved_tensors
         gy = _zeros_if_none(gy, xs[2].shape, xs[2])  # v's shape
-        gsT = _zeros_if_none(gsT, s_shape, xs[0], torch.float32)
+        if gsT is None:  # the final state did not reach the loss: the kernels start from zero
+            gsT = xs[0].new_empty(0, dtype=torch.float32)
         grads = _traced(*_MATRIX_OPS[kind][1])(*xs, gy, gsT, chunk)
         return (None, None, *_cast(grads, dtypes))
 
