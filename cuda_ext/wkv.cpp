@@ -30,7 +30,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("wkv6_forward", &rwkv_hf::wkv6_forward,
         "wkv6 forward -> (y, final_state, snapshots, chunk transitions); chunk: tokens per chunk "
         "of the chunk-parallel form, 0 for one sequential pass; reverse: scan from the last token; "
-        "out_f32: y in float32; add: [] or [float32 tensor added to y before the rounding]",
+        "out_f32: y in float32; add: [] or [float32 tensor added to y before the rounding]; "
+        "state empty: zero",
         py::arg("r"), py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"), py::arg("state"),
         py::arg("save"), py::arg("chunk") = 0, py::arg("reverse") = false,
         py::arg("out_f32") = false, py::arg("add") = std::vector<at::Tensor>());
@@ -45,7 +46,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("bi_wkv6_forward", &rwkv_hf::bi_wkv6_forward,
         "bi_wkv6 forward, both halves -> (y, final_state [B, 2, H, K, V], snapshots and chunk "
         "transitions of the left-to-right half, then of the right-to-left half); concurrent: "
-        "the halves at once, on two streams",
+        "the halves at once, on two streams; state empty: zero",
         py::arg("r"), py::arg("k"), py::arg("v"), py::arg("w"), py::arg("u"), py::arg("state"),
         py::arg("save"), py::arg("chunk") = 0, py::arg("concurrent") = false);
   m.def("bi_wkv6_backward", &rwkv_hf::bi_wkv6_backward,
@@ -57,7 +58,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("concurrent") = false);
   m.def("wkv7_forward", &rwkv_hf::wkv7_forward,
         "wkv7 forward -> (y, final_state, snapshots, sa, chunk transitions); chunk: tokens per "
-        "chunk of the chunk-parallel form, 0 for one sequential pass",
+        "chunk of the chunk-parallel form, 0 for one sequential pass; state empty: zero",
         py::arg("r"), py::arg("k"), py::arg("v"), py::arg("w"), py::arg("a"), py::arg("b"),
         py::arg("state"), py::arg("save"), py::arg("chunk") = 0);
   m.def("wkv7_backward", &rwkv_hf::wkv7_backward,

@@ -49,10 +49,10 @@ namespace {
 
 // Forward over chunk blockIdx.y ([c*L, min(T, (c+1)*L)), L a multiple of kSnap; one chunk of
 // L >= T when not chunked). LOCAL = false: from the chunk's start state (at s0 + b s0b +
-// (h NCL + c) N N: the chunk starts, or the initial state when not chunked), writes y, the
-// snapshots the chunk starts or contains and, for the last chunk, the final state (at out + b outb
-// + h N N: the batch strides let bi_wkv6's halves read and write their slices of
-// [B, 2, H, N, N] in place). LOCAL = true (pass 1 of the chunked form): from S = 0, writes only the
+// (h NCL + c) N N: the chunk starts, or the initial state when not chunked; null: zero),
+// writes y, the snapshots the chunk starts or contains and, for the last chunk, the final state
+// (at out + b outb + h N N: the batch strides let bi_wkv6's halves read and write their slices
+// of [B, 2, H, N, N] in place). LOCAL = true (pass 1 of the chunked form): from S = 0, writes only the
 // chunk's end state `out[b, h, c]` and its transition `trans[b, h, c]` = diag(prod_t d_t).
 // Tokens go in groups of kGroup (y's column sums reduced and stored once per group).
 template <typename F, typename FW, int N, bool LOCAL, bool WC>
@@ -79,13 +79,14 @@ __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv6_fwd_kernel(
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
   auto tok = [&](int t) { return hbase + (int64_t)(rev ? T - 1 - t : t) * stride; };
   const int64_t cell = ((int64_t)bh * NCL + c) * N * N + c0;  // column c0 of chunk c
-  const float* sp = LOCAL ? nullptr : s0 + b * s0b + ((int64_t)h * NCL + c) * N * N + c0;
+  const float* sp = s0 + b * s0b + ((int64_t)h * NCL + c) * N * N + c0;
+  const bool zero = LOCAL || s0 == nullptr;
   float S[R * C], P[LOCAL ? R : 1];  // S[e * C + cc] = S[row(rb, e)][c0 + cc]; P: decay products
 #pragma unroll
   for (int e = 0; e < R; ++e) {
 #pragma unroll
     for (int cc = 0; cc < C; ++cc)
-      S[e * C + cc] = LOCAL ? 0.f : sp[(int64_t)Tl::row(rb, e) * N + cc];
+      S[e * C + cc] = zero ? 0.f : sp[(int64_t)Tl::row(rb, e) * N + cc];
     if constexpr (LOCAL) P[e] = 1.f;
   }
   float* snp = LOCAL || snap == nullptr ? nullptr : snap + (int64_t)bh * NC * N * N + c0;

@@ -45,7 +45,7 @@ namespace {
 
 // Forward over chunk blockIdx.y ([c*L, min(T, (c+1)*L)), L a multiple of kSnap; one chunk of
 // L >= T when not chunked). LOCAL = false: from the chunk's start state s0[b, h, c] (the initial
-// state when not chunked), writes y, sa, the snapshots the chunk starts or contains and, for the
+// state when not chunked; null: zero), writes y, sa, the snapshots the chunk starts or contains and, for the
 // last chunk, the final state. LOCAL = true (pass 1 of the chunked form): from S = 0, writes only
 // the chunk's end state `out[b, h, c]` and its transition `trans[b, h, c]` =
 // A_{end} ... A_{start} (each column of P = I runs through the state recurrence without input).
@@ -75,12 +75,13 @@ __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv7_fwd_kernel(
   const int64_t stride = (int64_t)H * N;
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
   const int64_t cell = ((int64_t)bh * NCL + c) * N * N + c0;  // column c0 of chunk c
+  const bool zero = LOCAL || s0 == nullptr;
   float S[R * C], P[LOCAL ? R * C : 1];  // S[e * C + cc] = S[row(rb, e)][c0 + cc]
 #pragma unroll
   for (int e = 0; e < R; ++e)
 #pragma unroll
     for (int cc = 0; cc < C; ++cc) {
-      S[e * C + cc] = LOCAL ? 0.f : s0[cell + (int64_t)Tl::row(rb, e) * N + cc];
+      S[e * C + cc] = zero ? 0.f : s0[cell + (int64_t)Tl::row(rb, e) * N + cc];
       if constexpr (LOCAL) P[e * C + cc] = Tl::row(rb, e) == c0 + cc ? 1.f : 0.f;
     }
   float* snp = LOCAL || snap == nullptr ? nullptr : snap + (int64_t)bh * NC * N * N + c0;

@@ -121,13 +121,16 @@ void run_halves(bool concurrent, A&& first, B&& second) {
 
 float* f32_or_null(at::Tensor& x, bool use) { return use ? x.data_ptr<float>() : nullptr; }
 
-// The gradient of the final state, float32 with `numel` elements, or empty: zero (the final state
-// did not reach the loss; the kernels start from G = 0 and read nothing) -> null.
-const float* final_grad(at::Tensor& gsT, int64_t numel, const char* op, const char* shape) {
-  check_float(gsT, "gsT");
-  if (gsT.numel() == 0) return nullptr;
-  TORCH_CHECK(gsT.numel() == numel, "rwkv_hf cuda ", op, ": gsT must be ", shape, " or empty");
-  return gsT.data_ptr<float>();
+// A boundary state the matrix-state kernels read: the initial state (forward) or the final
+// state's gradient (backward), float32 with `numel` elements, or empty: zero (no initial state,
+// or a final state off the loss; the kernels then start from zero and read nothing) -> null.
+const float* state_in(at::Tensor& x, int64_t numel, const char* op, const char* name,
+                      const char* shape) {
+  check_float(x, name);
+  if (x.numel() == 0) return nullptr;
+  TORCH_CHECK(x.numel() == numel, "rwkv_hf cuda ", op, ": ", name, " must be ", shape,
+              " or empty (zero)");
+  return x.data_ptr<float>();
 }
 
 // The forward kernels and B1 move each thread's share of a stage as 16-byte (or 4-byte) words: a
@@ -438,18 +441,16 @@ std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
                                      at::Tensor u, at::Tensor s0, bool save, int64_t chunk,
                                      bool reverse, bool out_f32, std::vector<at::Tensor> add) {
   check_v6(r, k, v, w, u);
-  check_float(s0, "state");
   const int B = r.size(0), H = r.size(2), n = r.size(3);
-  TORCH_CHECK(s0.numel() == (int64_t)B * H * n * n, "rwkv_hf cuda wkv6: state must be [B, H, K, V]");
+  const float* s0p = state_in(s0, (int64_t)B * H * n * n, "wkv6", "state", "[B, H, K, V]");
   const at::cuda::OptionalCUDAGuard guard(r.device());
   r = aligned16(r), k = aligned16(k), v = aligned16(v), w = aligned16(w);
   auto y = new_out(v, out_f32);
   const auto yadd = addends(add, {y});
-  s0 = s0.contiguous();
-  auto sT = at::empty({B, H, n, n}, s0.options());
+  auto sT = at::empty({B, H, n, n}, r.options().dtype(at::kFloat));
   auto o = v6_forward_scan(r, k, v, w, u.data_ptr<float>(),
-                           {s0.data_ptr<float>(), sT.data_ptr<float>(), (int64_t)H * n * n}, save,
-                           chunk, reverse, y, yadd[0], c10::cuda::getCurrentCUDAStream());
+                           {s0p, sT.data_ptr<float>(), (int64_t)H * n * n}, save, chunk, reverse,
+                           y, yadd[0], c10::cuda::getCurrentCUDAStream());
   return {y, sT, o.snap, o.trans};
 }
 
@@ -457,10 +458,11 @@ std::vector<at::Tensor> bi_wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v
                                         at::Tensor u, at::Tensor s0, bool save, int64_t chunk,
                                         bool concurrent) {
   check_v6(r, k, v, w, u);
-  check_float(s0, "state");
   const int B = r.size(0), H = r.size(2), n = r.size(3);
-  TORCH_CHECK(s0.dim() == 5 && s0.numel() == (int64_t)B * 2 * H * n * n && s0.size(1) == 2,
-              "rwkv_hf cuda bi_wkv6: state must be [B, 2, H, K, V]");
+  const float* s0p =
+      state_in(s0, (int64_t)B * 2 * H * n * n, "bi_wkv6", "state", "[B, 2, H, K, V]");
+  TORCH_CHECK(s0p == nullptr || (s0.dim() == 5 && s0.size(1) == 2),
+              "rwkv_hf cuda bi_wkv6: state must be [B, 2, H, K, V] or empty (zero)");
   const at::cuda::OptionalCUDAGuard guard(r.device());
   r = aligned16(r), k = aligned16(k), v = aligned16(v), w = aligned16(w);
   auto y = at::empty_like(v);
@@ -471,10 +473,8 @@ std::vector<at::Tensor> bi_wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v
   auto y2 = concurrent ? new_out(v, true) : y;
   // Each half reads and writes its slice of the [B, 2, H, K, V] states in place (batch stride
   // 2 H K V); the right-to-left half has no bonus (u null).
-  s0 = s0.contiguous();
-  auto sT = at::empty_like(s0);
+  auto sT = at::empty({B, 2, H, n, n}, r.options().dtype(at::kFloat));
   const int64_t sb = (int64_t)2 * H * n * n, half = B * H == 0 ? 0 : sb / 2;
-  const float* s0p = s0.data_ptr<float>();
   float* sTp = sT.data_ptr<float>();
   V6Saved f, b;
   run_halves(
@@ -484,8 +484,9 @@ std::vector<at::Tensor> bi_wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v
                             y1, nullptr, st);
       },
       [&](cudaStream_t st) {
-        b = v6_forward_scan(r, k, v, w, nullptr, {s0p + half, sTp + half, sb}, save, chunk, true,
-                            y2, concurrent ? nullptr : y1.data_ptr<float>(), st);
+        b = v6_forward_scan(r, k, v, w, nullptr,
+                            {s0p == nullptr ? nullptr : s0p + half, sTp + half, sb}, save, chunk,
+                            true, y2, concurrent ? nullptr : y1.data_ptr<float>(), st);
       });
   if (concurrent) at::add_out(y, y1, y2);
   return {y, sT, f.snap, f.trans, b.snap, b.trans};
@@ -498,7 +499,7 @@ std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
   check_v6(r, k, v, w, u);
   check_act(gy, r, "gy");
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
-  const float* gsTp = final_grad(gsT, (int64_t)B * H * n * n, "wkv6", "[B, H, K, V]");
+  const float* gsTp = state_in(gsT, (int64_t)B * H * n * n, "wkv6", "gsT", "[B, H, K, V]");
   const at::cuda::OptionalCUDAGuard guard(r.device());
   r = aligned16(r), k = aligned16(k), v = aligned16(v), w = aligned16(w), gy = aligned16(gy);
   auto f32 = r.options().dtype(at::kFloat);
@@ -521,9 +522,10 @@ std::vector<at::Tensor> bi_wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor 
   check_v6(r, k, v, w, u);
   check_act(gy, r, "gy");
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
-  const float* gsTp = final_grad(gsT, (int64_t)B * 2 * H * n * n, "bi_wkv6", "[B, 2, H, K, V]");
+  const float* gsTp =
+      state_in(gsT, (int64_t)B * 2 * H * n * n, "bi_wkv6", "gsT", "[B, 2, H, K, V]");
   TORCH_CHECK(gsTp == nullptr || (gsT.dim() == 5 && gsT.size(1) == 2),
-              "rwkv_hf cuda bi_wkv6: gsT must be [B, 2, H, K, V] or empty");
+              "rwkv_hf cuda bi_wkv6: gsT must be [B, 2, H, K, V] or empty (zero)");
   const at::cuda::OptionalCUDAGuard guard(r.device());
   r = aligned16(r), k = aligned16(k), v = aligned16(v), w = aligned16(w), gy = aligned16(gy);
   auto f32 = r.options().dtype(at::kFloat);
@@ -573,36 +575,35 @@ std::vector<at::Tensor> wkv7_forward(at::Tensor r, at::Tensor k, at::Tensor v, a
                                      at::Tensor a, at::Tensor b, at::Tensor s0, bool save,
                                      int64_t chunk) {
   check_v7(r, k, v, w, a, b);
-  check_float(s0, "state");
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
-  TORCH_CHECK(s0.numel() == (int64_t)B * H * n * n, "rwkv_hf cuda wkv7: state must be [B, H, K, V]");
+  const float* s0p = state_in(s0, (int64_t)B * H * n * n, "wkv7", "state", "[B, H, K, V]");
   const int L = chunk_length(chunk, T, kSnap), NCL = (T + L - 1) / L;
   TORCH_CHECK(NCL < 65536, "rwkv_hf cuda wkv7: over 65535 chunks (chunk length ", L, ")");
   const at::cuda::OptionalCUDAGuard guard(r.device());
   r = aligned16(r), k = aligned16(k), v = aligned16(v), w = aligned16(w), a = aligned16(a),
   b = aligned16(b);
   auto y = at::empty_like(v);
-  auto sT = at::empty({B, H, n, n}, s0.options());
+  const auto f32 = r.options().dtype(at::kFloat);
+  auto sT = at::empty({B, H, n, n}, f32);
   const int NC = (T + kSnap - 1) / kSnap;
-  auto snap = save ? at::empty({B, H, NC, n, n}, s0.options()) : at::empty({0}, s0.options());
-  auto sa = save ? at::empty({B, T, H, n}, s0.options()) : at::empty({0}, s0.options());
-  auto trans = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, s0.options());
+  auto snap = save ? at::empty({B, H, NC, n, n}, f32) : at::empty({0}, f32);
+  auto sa = save ? at::empty({B, T, H, n}, f32) : at::empty({0}, f32);
+  auto trans = at::empty({NCL > 1 ? B : 0, H, NCL, n, n}, f32);
   if (B * H == 0) return {y, sT, snap, sa, trans};
-  const auto s0c = s0.contiguous();
   at::Tensor local, starts;  // scratch of the chunked form
-  if (NCL > 1) local = at::empty({B, H, NCL, n, n}, s0.options()), starts = at::empty_like(local);
+  if (NCL > 1) local = at::empty({B, H, NCL, n, n}, f32), starts = at::empty_like(local);
   RWKV_HF_DISPATCH_F(r.scalar_type(), "wkv7", [&] {
     dispatch_w<F>(w, [&](auto fw) {
       using FW = decltype(fw);
       const V7Fwd<F, FW> p{v7_in<F, FW>({B, T, H, n, L, NCL}, r, k, v, w, a, b),
-                           s0c.data_ptr<float>(), f32_or_null(local, NCL > 1),
+                           s0p, f32_or_null(local, NCL > 1),
                            f32_or_null(starts, NCL > 1), f32_or_null(trans, NCL > 1),
                            out_ptr<F>(y), sT.data_ptr<float>(), f32_or_null(snap, save),
                            f32_or_null(sa, save)};
       C10_CUDA_CHECK((wkv7_forward_launch<F, FW>(p, c10::cuda::getCurrentCUDAStream())));
     });
   });
-  if (!save) trans = at::empty({0, H, NCL, n, n}, s0.options());
+  if (!save) trans = at::empty({0, H, NCL, n, n}, f32);
   return {y, sT, snap, sa, trans};
 }
 
@@ -615,7 +616,7 @@ std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
   check_float(snap, "snapshots");
   check_float(sa, "sa");
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
-  const float* gsTp = final_grad(gsT, (int64_t)B * H * n * n, "wkv7", "[B, H, K, V]");
+  const float* gsTp = state_in(gsT, (int64_t)B * H * n * n, "wkv7", "gsT", "[B, H, K, V]");
   const int NC = (T + kSnap - 1) / kSnap;
   const int L = chunk_length(chunk, T, kSnap), NCL = (T + L - 1) / L;
   TORCH_CHECK(snap.numel() == (int64_t)B * H * NC * n * n && sa.numel() == r.numel(),

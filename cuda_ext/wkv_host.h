@@ -31,9 +31,10 @@ std::vector<at::Tensor> bi_wkv4_backward(at::Tensor k, at::Tensor v, at::Tensor 
 // `reverse`: the scan runs from the last token to the first (as the right-to-left half of
 // bi_wkv6), without copies. `out_f32`: y (forward) or gr, gk, gv (backward) come back in
 // float32 instead of the inputs' dtype; `add`: float32 tensors of their shapes added before the
-// rounding (none, or y / gr, gk, gv): a sum of scans rounded once. The backwards of the
-// matrix-state ops (wkv6, bi_wkv6, wkv7) take an empty gsT for a final state that did not reach
-// the loss (a zero gradient, which the kernels then neither read nor need in memory).
+// rounding (none, or y / gr, gk, gv): a sum of scans rounded once. The matrix-state ops (wkv6,
+// bi_wkv6, wkv7) take an empty state for no initial state, and their backwards an empty gsT for a
+// final state that did not reach the loss: zero, which the kernels then neither read nor need in
+// memory.
 std::vector<at::Tensor> wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
                                      at::Tensor u, at::Tensor s0, bool save, int64_t chunk,
                                      bool reverse, bool out_f32, std::vector<at::Tensor> add);

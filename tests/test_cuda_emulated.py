@@ -57,6 +57,17 @@ def on_emulated_cuda(emulated, monkeypatch):
     return emulated
 
 
+def spy_on(ext, record):
+    """``ext`` with record(name, args) called before each call of its functions."""
+    class Spy:
+        def __getattr__(self, name):
+            def call(*args):
+                record(name, args)
+                return getattr(ext, name)(*args)
+            return call
+    return Spy()
+
+
 def rel(a, b):
     a, b = a.double(), b.double()
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
@@ -342,17 +353,13 @@ def test_final_state_off_the_loss_is_a_zero_gradient_without_a_tensor(on_emulate
     names = list(x0)
     kind = {"wkv5": "wkv6", "wkv6": "wkv6", "bi_wkv6": "bi_wkv6", "wkv7": "wkv7"}[op]
     at = {"wkv6": 8, "bi_wkv6": 10, "wkv7": 10}[kind]  # gstate's position in the backward's call
-    seen = []
+    seen = []  # the size of the gsT each backward gets
 
-    class Spy:  # records the size of the gsT each backward gets
-        def __getattr__(self, name):
-            def call(*args):
-                if name.endswith("_backward"):
-                    seen.append(args[at].numel())
-                return getattr(on_emulated_cuda, name)(*args)
-            return call
+    def record(name, args):
+        if name.endswith("_backward"):
+            seen.append(args[at].numel())
 
-    monkeypatch.setattr(cuda_backend, "_ext", Spy())
+    monkeypatch.setattr(cuda_backend, "_ext", spy_on(on_emulated_cuda, record))
     gy = torch.randn(x0["v"].shape, generator=torch.Generator().manual_seed(42))
     for concurrent in ((False, True) if op == "bi_wkv6" else (False,)):
         monkeypatch.setattr(cuda_backend, "halves_concurrent", lambda *a, c=concurrent: c)
@@ -364,6 +371,36 @@ def test_final_state_off_the_loss_is_a_zero_gradient_without_a_tensor(on_emulate
         assert seen == [0, s.numel()]
         for n, a, b in zip(names, off, zero):
             assert torch.equal(a, b), (n, concurrent)
+
+
+@pytest.mark.parametrize("op", ["wkv5", "wkv6", "bi_wkv6", "wkv7"])
+@pytest.mark.parametrize("chunk", [0, 64])
+def test_no_initial_state_is_a_zero_state_without_a_tensor(on_emulated_cuda, monkeypatch, op, chunk):
+    """Without an initial state, rwkv_hf.ops passes the cuda backend None and the extension an
+    empty state: the kernels start from zero without a tensor of zeros to fill and read. y, the
+    final state and every gradient equal, bit for bit, those from an explicit zero state."""
+    monkeypatch.setenv(cuda_backend.CHUNK_ENV, str(chunk))
+    x0 = {n: t.float() for n, t in make_inputs(op, 2, 150, 2, 16, state=True, seed=chunk + 51).items()}
+    names = [n for n in x0 if n != "state"]
+    at = 6 if op == "wkv7" else 5  # the state's position in the forward's call
+    seen = []  # the size of the state each forward gets
+
+    def record(name, args):
+        if name.endswith("_forward"):
+            seen.append(args[at].numel())
+
+    monkeypatch.setattr(cuda_backend, "_ext", spy_on(on_emulated_cuda, record))
+    g = torch.Generator().manual_seed(52)
+    gy = torch.randn(x0["v"].shape, generator=g)
+    gs = torch.randn(x0["state"].shape, generator=g)
+    out = []
+    for state in (None, torch.zeros_like(x0["state"])):
+        x = {n: x0[n].detach().requires_grad_() for n in names}
+        y, s = getattr(ops, op)(**x, state=state, output_final_state=True)
+        out.append([y, s, *torch.autograd.grad([y, s], [x[n] for n in names], [gy, gs])])
+    assert seen == [0, x0["state"].numel()]
+    for n, a, b in zip(["y", "state"] + names, *out):
+        assert torch.equal(a, b), n
 
 
 def test_wkv5_decay_is_read_in_place(on_emulated_cuda, monkeypatch):

@@ -115,11 +115,14 @@ def _expanding_decay(wkv6):
     return run
 
 
-def _backend(wkv4, bi_wkv4, wkv6, wkv7, wkv6_reversed=None, wkv5=None, bi_wkv6=None):
-    """A backend's ops; ``wkv5`` and ``bi_wkv6`` are composed from wkv6 unless it has its own."""
+def _backend(wkv4, bi_wkv4, wkv6, wkv7, wkv6_reversed=None, wkv5=None, bi_wkv6=None,
+             takes_no_state=False):
+    """A backend's ops; ``wkv5`` and ``bi_wkv6`` are composed from wkv6 unless it has its own.
+    ``takes_no_state``: its matrix-state ops take state=None for no initial state (zero)."""
     return SimpleNamespace(
         wkv4=wkv4, bi_wkv4=bi_wkv4, wkv6=wkv6, wkv7=wkv7, wkv5=wkv5 or _expanding_decay(wkv6),
-        bi_wkv6=bi_wkv6 or _bi_from_halves(wkv6, wkv6_reversed or _reversed_by_flipping(wkv6)))
+        bi_wkv6=bi_wkv6 or _bi_from_halves(wkv6, wkv6_reversed or _reversed_by_flipping(wkv6)),
+        takes_no_state=takes_no_state)
 
 
 _BACKENDS = {
@@ -127,8 +130,9 @@ _BACKENDS = {
     "torch": _backend(_torch_wkv4.wkv4, _torch_wkv4.bi_wkv4, _torch_wkv6.wkv6, _torch_wkv7.wkv7),
     "cpu": _backend(_cpu.wkv4, _cpu.bi_wkv4, _cpu.wkv6, _cpu.wkv7, wkv6_reversed=_cpu.wkv6_reversed),
     # Its per-token inputs stay in bfloat16 / float16: its own bi_wkv6 keeps the sum in float32.
+    # Its kernels start from a zero state without a tensor of zeros to fill and read.
     "cuda": _backend(_cuda.wkv4, _cuda.bi_wkv4, _cuda.wkv6, _cuda.wkv7, wkv5=_cuda.wkv5,
-                     bi_wkv6=_cuda.bi_wkv6),
+                     bi_wkv6=_cuda.bi_wkv6, takes_no_state=True),
 }
 _COMPILED = {"cpu": _cpu, "cuda": _cuda}
 _warned = set()
@@ -261,9 +265,11 @@ def _prepare(op, specs, activations, decay, causal, backend):
     return _BACKENDS[name], compute, out_dtype, ready
 
 
-def _initial_state(state, shape, device, dtype, per_channel):
+def _initial_state(state, shape, device, dtype, per_channel, impl=None):
     if state is not None:
         return state
+    if not per_channel and impl is not None and impl.takes_no_state:
+        return None  # the backend starts from zero without a tensor of zeros to read
     s = torch.zeros(shape, device=device, dtype=dtype)
     if per_channel:  # (num, den, logscale): an empty accumulator has logscale -> -inf
         s.select(-2, 2).fill_(V4_EMPTY_LOGSCALE)
@@ -335,7 +341,7 @@ def _wkv6(op, r, k, v, w, u, state, output_final_state, backend, w_dims):
              ("state", state, "BHKV")],
         activations=("r", "k", "v"), decay="w", causal=True, backend=backend)
     B, _, H, K = r.shape
-    s0 = _initial_state(t.get("state"), (B, H, K, v.shape[-1]), r.device, compute, per_channel=False)
+    s0 = _initial_state(t.get("state"), (B, H, K, v.shape[-1]), r.device, compute, False, impl)
     run = impl.wkv6 if w.dim() == 4 else impl.wkv5
     y, final = run(t["r"], t["k"], t["v"], t["w"], t["u"], s0)
     return _finish(y, final, out_dtype, output_final_state)
@@ -350,7 +356,7 @@ def bi_wkv6(r, k, v, w, u, state=None, *, output_final_state=False, backend=None
                     ("state", state, ("B", 2, "H", "K", "V"))],
         activations=("r", "k", "v"), decay="w", causal=True, backend=backend)
     B, T, H, K = r.shape
-    s0 = _initial_state(t.get("state"), (B, 2, H, K, v.shape[-1]), r.device, compute, per_channel=False)
+    s0 = _initial_state(t.get("state"), (B, 2, H, K, v.shape[-1]), r.device, compute, False, impl)
     y, final = impl.bi_wkv6(t["r"], t["k"], t["v"], t["w"], t["u"], s0)
     return _finish(y, final, out_dtype, output_final_state)
 
@@ -364,6 +370,6 @@ def wkv7(r, k, v, w, a, b, state=None, *, output_final_state=False, backend=None
                  ("b", b, "BTHK"), ("state", state, "BHKV")],
         activations=("r", "k", "v", "a", "b"), decay="w", causal=True, backend=backend)
     B, T, H, K = r.shape
-    s0 = _initial_state(t.get("state"), (B, H, K, v.shape[-1]), r.device, compute, per_channel=False)
+    s0 = _initial_state(t.get("state"), (B, H, K, v.shape[-1]), r.device, compute, False, impl)
     y, final = impl.wkv7(t["r"], t["k"], t["v"], t["w"], t["a"], t["b"], s0)
     return _finish(y, final, out_dtype, output_final_state)

@@ -763,8 +763,10 @@ class _Matrix(torch.autograd.Function):
         gy = _zeros_if_none(gy, xs[2].shape, xs[2])  # v's shape
         if gsT is None:  # the final state did not reach the loss: the kernels start from zero
             gsT = xs[0].new_empty(0, dtype=torch.float32)
-        grads = _traced(*_MATRIX_OPS[kind][1])(*xs, gy, gsT, chunk)
-        return (None, None, *_cast(grads, dtypes))
+        grads = _cast(_traced(*_MATRIX_OPS[kind][1])(*xs, gy, gsT, chunk), dtypes)
+        if not ctx.needs_input_grad[-1]:  # e.g. no initial state (an empty tensor)
+            grads = (*grads[:-1], None)
+        return (None, None, *grads)
 
 
 def _v6_all_inputs(r, k, v, w, u, state):
@@ -809,6 +811,8 @@ def bi_wkv4(k, v, w, u, state):
 
 
 def _matrix(kind, *xs):
+    if xs[-1] is None:  # no initial state: an empty one, which the extension reads as zero
+        xs = (*xs[:-1], xs[0].new_empty(0, dtype=torch.float32))
     B, T, H, _ = xs[0].shape
     chunk = chunk_length(B, H, T, xs[0].device)
     if _needs_grad(xs):
@@ -817,7 +821,8 @@ def _matrix(kind, *xs):
 
 
 def wkv6(r, k, v, w, u, state):
-    """RWKV-6: r, k, w [B, T, H, K]; v [B, T, H, V]; u [H, K]; state [B, H, K, V]."""
+    """RWKV-6: r, k, w [B, T, H, K]; v [B, T, H, V]; u [H, K]; state [B, H, K, V] or None
+    (zero)."""
     return _matrix("wkv6", r, k, v, w, u, state)
 
 
@@ -829,10 +834,11 @@ def wkv5(r, k, v, w, u, state):
 
 def bi_wkv6(r, k, v, w, u, state):
     """Bidirectional v6: shapes as :func:`wkv6`, state [B, 2, H, K, V] (left-to-right,
-    right-to-left) -> (y, final state [B, 2, H, K, V]); rounded once (see _bi_wkv6_forward)."""
+    right-to-left) or None -> (y, final state [B, 2, H, K, V]); rounded once (see
+    _bi_wkv6_forward)."""
     return _matrix("bi_wkv6", r, k, v, w, u, state)
 
 
 def wkv7(r, k, v, w, a, b, state):
-    """RWKV-7: r, k, w, a, b [B, T, H, K]; v [B, T, H, V]; state [B, H, K, V]."""
+    """RWKV-7: r, k, w, a, b [B, T, H, K]; v [B, T, H, V]; state [B, H, K, V] or None (zero)."""
     return _matrix("wkv7", r, k, v, w, a, b, state)
