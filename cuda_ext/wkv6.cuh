@@ -52,8 +52,9 @@ namespace {
 // (h NCL + c) N N: the chunk starts, or the initial state when not chunked; null: zero),
 // writes y, the snapshots the chunk starts or contains and, for the last chunk, the final state
 // (at out + b outb + h N N: the batch strides let bi_wkv6's halves read and write their slices
-// of [B, 2, H, N, N] in place). LOCAL = true (pass 1 of the chunked form): from S = 0, writes only the
-// chunk's end state `out[b, h, c]` and its transition `trans[b, h, c]` = diag(prod_t d_t).
+// of [B, 2, H, N, N] in place). LOCAL = true (pass 1 of the chunked form): from S = 0, writes
+// only the chunk's end state `out[b, h, c]` and its transition `trans[b, h, c]` =
+// diag(prod_t d_t).
 // Tokens go in groups of kGroup (y's column sums reduced and stored once per group).
 template <typename F, typename FW, int N, bool LOCAL, bool WC>
 __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv6_fwd_kernel(
@@ -79,14 +80,14 @@ __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv6_fwd_kernel(
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
   auto tok = [&](int t) { return hbase + (int64_t)(rev ? T - 1 - t : t) * stride; };
   const int64_t cell = ((int64_t)bh * NCL + c) * N * N + c0;  // column c0 of chunk c
-  const float* sp = s0 + b * s0b + ((int64_t)h * NCL + c) * N * N + c0;
+  const int64_t start = b * s0b + ((int64_t)h * NCL + c) * N * N + c0;  // s0's column c0
   const bool zero = LOCAL || s0 == nullptr;
   float S[R * C], P[LOCAL ? R : 1];  // S[e * C + cc] = S[row(rb, e)][c0 + cc]; P: decay products
 #pragma unroll
   for (int e = 0; e < R; ++e) {
 #pragma unroll
     for (int cc = 0; cc < C; ++cc)
-      S[e * C + cc] = zero ? 0.f : sp[(int64_t)Tl::row(rb, e) * N + cc];
+      S[e * C + cc] = zero ? 0.f : s0[start + (int64_t)Tl::row(rb, e) * N + cc];
     if constexpr (LOCAL) P[e] = 1.f;
   }
   float* snp = LOCAL || snap == nullptr ? nullptr : snap + (int64_t)bh * NC * N * N + c0;
@@ -194,11 +195,10 @@ __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv6_fwd_kernel(
 // sums gk, gks (= G v) and the anchors summed over the warp's column blocks by shuffles, then over
 // the warps through shared memory once per RG tokens by all threads). LOCAL = false: from G at
 // the chunk's last token (at gend + b gendb + (h NCL + ch) N N: gS_final when not chunked;
-// null: zero),
-// writes gk, gv, e, the anchors of the chunk and, for the first chunk, gS_{-1} (at out + b outb
-// + h N N). LOCAL = true (pass 1 of the chunked
-// form): from G = 0, writes only G at the token before the chunk, `out[b, h, c]`. The bonus terms
-// enter the sums through G + diag(r u) 1 gy^T:
+// null: zero), writes gk, gv, e, the anchors of the chunk and, for the first chunk, gS_{-1} (at
+// out + b outb + h N N). LOCAL = true (pass 1 of the chunked form): from G = 0, writes only G at
+// the token before the chunk, `out[b, h, c]`. The bonus terms enter the sums through
+// G + diag(r u) 1 gy^T:
 // gk_i = sum_j (G_ij + r_i u_i gy_j) v_j, gv_j = sum_i (G_ij + r_i u_i gy_j) k_i.
 template <typename F, typename FW, int N, bool LOCAL, bool WC>
 __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv6_bwd_b1_kernel(
@@ -352,7 +352,8 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv6_bwd_b1_kernel(
     }
   }
   if (!LOCAL && ch != 0) return;
-  float* op = out + (LOCAL ? ((int64_t)bh * NCL + ch) * N * N : b * outb + (int64_t)h * N * N) + c0;
+  float* op =
+      out + (LOCAL ? ((int64_t)bh * NCL + ch) * N * N : b * outb + (int64_t)h * N * N) + c0;
 #pragma unroll
   for (int e2 = 0; e2 < R; ++e2)
 #pragma unroll

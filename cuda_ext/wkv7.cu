@@ -45,9 +45,9 @@ namespace {
 
 // Forward over chunk blockIdx.y ([c*L, min(T, (c+1)*L)), L a multiple of kSnap; one chunk of
 // L >= T when not chunked). LOCAL = false: from the chunk's start state s0[b, h, c] (the initial
-// state when not chunked; null: zero), writes y, sa, the snapshots the chunk starts or contains and, for the
-// last chunk, the final state. LOCAL = true (pass 1 of the chunked form): from S = 0, writes only
-// the chunk's end state `out[b, h, c]` and its transition `trans[b, h, c]` =
+// state when not chunked; null: zero), writes y, sa, the snapshots the chunk starts or contains
+// and, for the last chunk, the final state. LOCAL = true (pass 1 of the chunked form): from
+// S = 0, writes only the chunk's end state `out[b, h, c]` and its transition `trans[b, h, c]` =
 // A_{end} ... A_{start} (each column of P = I runs through the state recurrence without input).
 // Tokens go in groups of kGroup: y's column sums are reduced and stored once per group; sa, which
 // the recurrence waits on, is summed per token by a butterfly (the shortest chain of shuffles).
@@ -210,10 +210,10 @@ __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv7_fwd_kernel(
 // gb and the anchors) are per-thread partials over the tile's C columns, summed over the warp's
 // column blocks by shuffles, then over the warps through shared memory once per RG tokens
 // (two barriers) by all threads, one (token, row) each. LOCAL = false: from G^{partial} at the
-// chunk's last token, gend[b, h, c] (gS_final when not chunked; null: zero), writes gk, gv, gb, e, c_t, the
-// anchors of the chunk and, for the first chunk, gS_{-1}. LOCAL = true (pass 1 of the chunked
-// form): from G = 0, writes only G^{partial} at the token before the chunk, `out[b, h, c]` (no
-// row sums, no barriers but the stages').
+// chunk's last token, gend[b, h, c] (gS_final when not chunked; null: zero), writes gk, gv, gb,
+// e, c_t, the anchors of the chunk and, for the first chunk, gS_{-1}. LOCAL = true (pass 1 of the
+// chunked form): from G = 0, writes only G^{partial} at the token before the chunk,
+// `out[b, h, c]` (no row sums, no barriers but the stages').
 template <typename F, typename FW, int N, bool LOCAL>
 __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv7_bwd_b1_kernel(
     int T, int H, int L, const F* __restrict__ r, const F* __restrict__ k, const F* __restrict__ v,
@@ -247,13 +247,13 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv7_bwd_b1_kernel(
   const int64_t stride = (int64_t)H * N;
   const int64_t hbase = (int64_t)b * T * stride + (int64_t)h * N;
   float G_[R * C];  // G^{partial} (without the current token's r gy^T term), G_[e * C + cc]
-  const float* gp = gend + ((int64_t)bh * NCL + ch) * N * N + c0;
+  const int64_t end = ((int64_t)bh * NCL + ch) * N * N + c0;  // gend's column c0
   const bool zero = LOCAL || gend == nullptr;
 #pragma unroll
   for (int e2 = 0; e2 < R; ++e2)
 #pragma unroll
     for (int cc = 0; cc < C; ++cc)
-      G_[e2 * C + cc] = zero ? 0.f : gp[(int64_t)Tl::row(rb, e2) * N + cc];
+      G_[e2 * C + cc] = zero ? 0.f : gend[end + (int64_t)Tl::row(rb, e2) * N + cc];
   const float* snp = snap + (int64_t)bh * NC * N * N + c0;
   float* anp = anchor + (int64_t)bh * NC * N;
   // Stage loads (see wkv7_fwd_kernel): E consecutive elements per array and thread.

@@ -323,10 +323,9 @@ namespace {
 // chunks:
 //   forwards:  X[c+1] = M_c X[c] + Lc_c      (chunk start states from the chunks' transitions)
 //   backwards: X[c-1] = M_c^T X[c] + Lc_c    (the same for the gradient G of the state)
-// from X[0] = x0 (forwards) or X[NCL-1] = x0 (backwards), x0 [B*H, N, N] (null: zero).
-// Block (b*H + h, group
-// of CJ columns); thread i computes row i; M_c is staged through shared memory in tiles of MT
-// columns.
+// from X[0] = x0 (forwards) or X[NCL-1] = x0 (backwards), x0 [B*H, N, N] (null: zero). Block
+// (b*H + h, group of CJ columns); thread i computes row i; M_c is staged through shared memory in
+// tiles of MT columns.
 template <int N>
 __global__ void __launch_bounds__(N) chunk_combine_kernel(int NCL, bool backward,
                                                           const float* __restrict__ M,
