@@ -600,6 +600,14 @@ def _cuda_op_samples(chunk):
     samples += [(c._wkv7_forward_op, (*a7, True, chunk)),
                 (c._wkv7_backward_op, (*a7[:6], *saved, gy, gS, chunk)),
                 (c._wkv7_forward_op, (*a7, False, chunk))]  # inference: nothing kept
+    # no initial state, and a final state off the loss: empty tensors (zero)
+    none = torch.empty(0)
+    samples += [(c._wkv6_forward_op, (*a6[:5], none, True, chunk)),
+                (c._wkv6_backward_op, (*a6[:5], snap, trans, gy, none, chunk)),
+                (c._bi_wkv6_forward_op, (*ab[:5], none, False, chunk)),
+                (c._bi_wkv6_backward_op, (*ab[:5], *c._bi_wkv6_forward(*ab, True, chunk)[2:], gy, none, chunk)),
+                (c._wkv7_forward_op, (*a7[:6], none, False, chunk)),
+                (c._wkv7_backward_op, (*a7[:6], *saved, gy, none, chunk))]
     return samples
 
 
