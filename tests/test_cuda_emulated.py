@@ -378,7 +378,8 @@ def test_final_state_off_the_loss_is_a_zero_gradient_without_a_tensor(on_emulate
 def test_no_initial_state_is_a_zero_state_without_a_tensor(on_emulated_cuda, monkeypatch, op, chunk):
     """Without an initial state, rwkv_hf.ops passes the cuda backend None and the extension an
     empty state: the kernels start from zero without a tensor of zeros to fill and read. y, the
-    final state and every gradient equal, bit for bit, those from an explicit zero state."""
+    final state and every gradient equal, bit for bit, those from an explicit zero state
+    (bi_wkv6 with its halves one after the other and at once)."""
     monkeypatch.setenv(cuda_backend.CHUNK_ENV, str(chunk))
     x0 = {n: t.float() for n, t in make_inputs(op, 2, 150, 2, 16, state=True, seed=chunk + 51).items()}
     names = [n for n in x0 if n != "state"]
@@ -393,14 +394,17 @@ def test_no_initial_state_is_a_zero_state_without_a_tensor(on_emulated_cuda, mon
     g = torch.Generator().manual_seed(52)
     gy = torch.randn(x0["v"].shape, generator=g)
     gs = torch.randn(x0["state"].shape, generator=g)
-    out = []
-    for state in (None, torch.zeros_like(x0["state"])):
-        x = {n: x0[n].detach().requires_grad_() for n in names}
-        y, s = getattr(ops, op)(**x, state=state, output_final_state=True)
-        out.append([y, s, *torch.autograd.grad([y, s], [x[n] for n in names], [gy, gs])])
-    assert seen == [0, x0["state"].numel()]
-    for n, a, b in zip(["y", "state"] + names, *out):
-        assert torch.equal(a, b), n
+    for concurrent in ((False, True) if op == "bi_wkv6" else (False,)):
+        monkeypatch.setattr(cuda_backend, "halves_concurrent", lambda *a, c=concurrent: c)
+        seen.clear()
+        out = []
+        for state in (None, torch.zeros_like(x0["state"])):
+            x = {n: x0[n].detach().requires_grad_() for n in names}
+            y, s = getattr(ops, op)(**x, state=state, output_final_state=True)
+            out.append([y, s, *torch.autograd.grad([y, s], [x[n] for n in names], [gy, gs])])
+        assert seen == [0, x0["state"].numel()]
+        for n, a, b in zip(["y", "state"] + names, *out):
+            assert torch.equal(a, b), (n, concurrent)
 
 
 def test_wkv5_decay_is_read_in_place(on_emulated_cuda, monkeypatch):
