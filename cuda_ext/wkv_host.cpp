@@ -297,6 +297,16 @@ V6In<F, FW> v6_in(const MatSizes& s, bool reverse, const at::Tensor& r, const at
   return {s, reverse, in_ptr<F>(r), in_ptr<F>(k), in_ptr<F>(v), in_ptr<FW>(w), u, sb};
 }
 
+// launch(std::bool_constant<WC>) for RWKV-5's decay [H, K] (WC, float32 only: wkv5.cu) or a
+// decay per token (wkv6.cu) -> the launch's status.
+template <typename FW, typename Launch>
+cudaError_t launch_wc(const at::Tensor& w, Launch&& launch) {
+  if constexpr (std::is_same_v<FW, float>) {
+    if (w.dim() == 2) return launch(std::true_type());
+  }
+  return launch(std::false_type());
+}
+
 // What a forward scan keeps for the backward: the snapshots and the chunk transitions.
 struct V6Saved {
   at::Tensor snap, trans;
@@ -326,13 +336,9 @@ V6Saved v6_forward_scan(const at::Tensor& r, const at::Tensor& k, const at::Tens
                            st.in, f32_or_null(local, NCL > 1), f32_or_null(starts, NCL > 1),
                            f32_or_null(trans, NCL > 1), out_vec<F>(y, yadd), st.out,
                            f32_or_null(snap, save)};
-      if constexpr (std::is_same_v<FW, float>) {
-        // RWKV-5's decay [H, K] (wkv5.cu, float32) or a decay per token (wkv6.cu).
-        C10_CUDA_CHECK((w.dim() == 2 ? wkv6_forward_launch<F, float, true>(p, stream)
-                                     : wkv6_forward_launch<F, float, false>(p, stream)));
-      } else {
-        C10_CUDA_CHECK((wkv6_forward_launch<F, FW, false>(p, stream)));
-      }
+      C10_CUDA_CHECK(launch_wc<FW>(w, [&](auto wc) {
+        return wkv6_forward_launch<F, FW, decltype(wc)::value>(p, stream);
+      }));
     });
   });
   if (!save) trans = at::empty({0, H, NCL, n, n}, opt);
@@ -376,13 +382,9 @@ void v6_backward_scan(const at::Tensor& r, const at::Tensor& k, const at::Tensor
                            anchor.data_ptr<float>(), out_vec<F>(g[0], gadd[0]),
                            out_vec<F>(g[1], gadd[1]), out_vec<F>(g[2], gadd[2]),
                            out_vec<FW>(gw, gwadd), gu_part, st.out};
-      if constexpr (std::is_same_v<FW, float>) {
-        // RWKV-5's decay [H, K] (wkv5.cu, float32) or a decay per token (wkv6.cu).
-        C10_CUDA_CHECK((w.dim() == 2 ? wkv6_backward_launch<F, float, true>(p, stream)
-                                     : wkv6_backward_launch<F, float, false>(p, stream)));
-      } else {
-        C10_CUDA_CHECK((wkv6_backward_launch<F, FW, false>(p, stream)));
-      }
+      C10_CUDA_CHECK(launch_wc<FW>(w, [&](auto wc) {
+        return wkv6_backward_launch<F, FW, decltype(wc)::value>(p, stream);
+      }));
     });
   });
 }
