@@ -55,7 +55,8 @@ namespace {
 // of [B, 2, H, N, N] in place). LOCAL = true (pass 1 of the chunked form): from S = 0, writes
 // only the chunk's end state `out[b, h, c]` and its transition `trans[b, h, c]` =
 // diag(prod_t d_t).
-// Tokens go in groups of kGroup (y's column sums reduced and stored once per group).
+// Tokens go in groups of kGroup (y's column sums reduced and stored once per group). The bonus
+// is rank one, y_j = sum_i r_i S_ij + v_j (r . (u (.) k)): one multiply per entry for y.
 template <typename F, typename FW, int N, bool LOCAL, bool WC>
 __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv6_fwd_kernel(
     int T, int H, int L, bool rev, const F* __restrict__ r, const F* __restrict__ k,
@@ -140,27 +141,32 @@ __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv6_fwd_kernel(
         float vv[C];
 #pragma unroll
         for (int cc = 0; cc < C; ++cc) vv[cc] = s_v[tt][c0 + cc];  // (one vector load)
+        float ruk = 0.f;  // the tile rows' part of r . (u (.) k): the bonus, once per column
 #pragma unroll
         for (int e = 0; e < R; e += 4) {
           const int row = Tl::row(rb, e);
           const float4 k4 = ld4(&s_k[tt][row]), d4 = ld4(&s_d[tt][row]);
           const float ke[4] = {k4.x, k4.y, k4.z, k4.w}, de[4] = {d4.x, d4.y, d4.z, d4.w};
-          float re[4] = {0.f, 0.f, 0.f, 0.f}, uke[4] = {0.f, 0.f, 0.f, 0.f};
+          float re[4] = {0.f, 0.f, 0.f, 0.f};
           if constexpr (!LOCAL) {
             const float4 r4 = ld4(&s_r[tt][row]), uk4 = ld4(&s_uk[tt][row]);
             re[0] = r4.x, re[1] = r4.y, re[2] = r4.z, re[3] = r4.w;
-            uke[0] = uk4.x, uke[1] = uk4.y, uke[2] = uk4.z, uke[3] = uk4.w;
+            ruk += r4.x * uk4.x + r4.y * uk4.y + r4.z * uk4.z + r4.w * uk4.w;
           }
 #pragma unroll
           for (int m = 0; m < 4; ++m) {
 #pragma unroll
             for (int cc = 0; cc < C; ++cc) {
               float& x = S[(e + m) * C + cc];
-              if constexpr (!LOCAL) yg[g * C + cc] += re[m] * (x + uke[m] * vv[cc]);
+              if constexpr (!LOCAL) yg[g * C + cc] += re[m] * x;
               x = x * de[m] + ke[m] * vv[cc];
             }
             if constexpr (LOCAL) P[e + m] *= de[m];
           }
+        }
+        if constexpr (!LOCAL) {
+#pragma unroll
+          for (int cc = 0; cc < C; ++cc) yg[g * C + cc] += ruk * vv[cc];
         }
       }
       if constexpr (!LOCAL) {
@@ -198,8 +204,9 @@ __global__ void __launch_bounds__(FwdTile<N>::THREADS) wkv6_fwd_kernel(
 // null: zero), writes gk, gv, e, the anchors of the chunk and, for the first chunk, gS_{-1} (at
 // out + b outb + h N N). LOCAL = true (pass 1 of the chunked form): from G = 0, writes only G at
 // the token before the chunk, `out[b, h, c]`. The bonus terms enter the sums through
-// G + diag(r u) 1 gy^T:
-// gk_i = sum_j (G_ij + r_i u_i gy_j) v_j, gv_j = sum_i (G_ij + r_i u_i gy_j) k_i.
+// G + diag(r u) 1 gy^T, as rank-one parts of the sums (one multiply per row or column, not per
+// entry): gk_i = sum_j (G_ij + r_i u_i gy_j) v_j = gks_i + r_i u_i (v . gy),
+// gv_j = sum_i (G_ij + r_i u_i gy_j) k_i = (G^T k)_j + gy_j ((r u) . k).
 template <typename F, typename FW, int N, bool LOCAL, bool WC>
 __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv6_bwd_b1_kernel(
     int T, int H, int L, bool rev, const F* __restrict__ r, const F* __restrict__ k,
@@ -290,7 +297,9 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv6_bwd_b1_kernel(
             vv[cc] = LOCAL ? 0.f : s_v[tt][c0 + cc];
           }
           if constexpr (!LOCAL) {  // the sums of G_t (the bonus folded in, see above)
-            float gkp[R], gksp[R];
+            float gkp[R], gksp[R], vgy = 0.f, ruk = 0.f;  // the tile's parts of v . gy, (r u) . k
+#pragma unroll
+            for (int cc = 0; cc < C; ++cc) vgy += gyv[cc] * vv[cc];
 #pragma unroll
             for (int e0 = 0; e0 < R; e0 += 4) {
               const int row = Tl::row(rb, e0);
@@ -298,18 +307,20 @@ __global__ void __launch_bounds__(BwdTile<N>::THREADS) wkv6_bwd_b1_kernel(
               const float ke[4] = {k4.x, k4.y, k4.z, k4.w}, rue[4] = {ru4.x, ru4.y, ru4.z, ru4.w};
 #pragma unroll
               for (int m = 0; m < 4; ++m) {
-                float gk_ = 0.f, gks_ = 0.f;
+                float gks_ = 0.f;
 #pragma unroll
                 for (int cc = 0; cc < C; ++cc) {
-                  const float g = G_[(e0 + m) * C + cc], gb_ = g + rue[m] * gyv[cc];
+                  const float g = G_[(e0 + m) * C + cc];
                   gks_ += g * vv[cc];
-                  gk_ += gb_ * vv[cc];
-                  gvg[gi * C + cc] += gb_ * ke[m];
+                  gvg[gi * C + cc] += g * ke[m];
                 }
-                gkp[e0 + m] = gk_;
+                gkp[e0 + m] = gks_ + rue[m] * vgy;
                 gksp[e0 + m] = gks_;
+                ruk += rue[m] * ke[m];
               }
             }
+#pragma unroll
+            for (int cc = 0; cc < C; ++cc) gvg[gi * C + cc] += ruk * gyv[cc];
             float q[2 * R];  // [gk, gks][row]
 #pragma unroll
             for (int e2 = 0; e2 < R; ++e2) q[e2] = gkp[e2], q[R + e2] = gksp[e2];
