@@ -15,7 +15,8 @@ Needs only torch (and optionally flash-linear-attention for the side-by-side tim
    max|a-b|/max|b| <= 1e-5 (float32) or 1e-2 (bfloat16); outputs are poisoned with NaN first;
 3. timings with CUDA events (bfloat16, N = 64; bi-WKV v4 also float32), forward and
    forward+backward, next to flash-linear-attention's chunk_rwkv7 / fused_recurrent_rwkv7 /
-   chunk_rwkv6 when importable;
+   chunk_rwkv6 when importable; the causal ops from an initial state (fla's too) and with its
+   gradient, the bidirectional ops from none (as Vision-RWKV and the official kernels run);
 4. bfloat16 accuracy of the extension and of fla's kernels against float64 on the same inputs
    (wkv7, wkv6; max-relative and RMS-relative error of y and every gradient);
 5. models (needs the package's dependencies, transformers and safetensors): every family in the
@@ -161,6 +162,15 @@ def run_op(be, op, x):
     if op == "wkv7":
         return be.wkv7(x["r"], x["k"], x["v"], x["w"], x["a"], x["b"], x["state"])
     raise ValueError(op)
+
+
+def empty_v4_state(like):
+    """The per-channel state rwkv_hf.ops passes for no initial state: an empty accumulator
+    (logscale rwkv_hf.ops.V4_EMPTY_LOGSCALE, written out: this script also runs where the
+    package's dependencies are missing and rwkv_hf.ops does not import)."""
+    s = like.new_zeros(like.shape)
+    s.select(-2, 2).fill_(-1e38)
+    return s
 
 
 def with_chunk(chunk, fn):
@@ -467,6 +477,8 @@ def print_comparison(bench, paths):
         ko = {_kernel_key(k): t for k, t in (old.get("kernels_ms") or {}).items()}
         ks = [f"{k} {kn[k]}/{ko[k]}" for k in kn if isinstance(kn[k], float)
               and isinstance(ko.get(k), float) and ko[k] > 0]
+        if r.get("initial_state", True) != old.get("initial_state", True):  # earlier runs: with one
+            line += " [initial state: " + ("yes" if r.get("initial_state", True) else "none") + " now]"
         print(line + ("  kernels: " + ", ".join(ks) if ks else ""))
 
 
@@ -591,10 +603,16 @@ def bench_one(ctx, op, dt_name, B, T, H, N, emit, deadline, peers=False, phase="
     if not impls:
         return
     x = make_inputs(op, B, T, H, N, dtype=dt, device=DEVICE, state=True, seed=5)
+    # The bidirectional ops run as Vision-RWKV runs them, and as the official kernels they are
+    # compared with work: from no initial state (what rwkv_hf.ops passes the backend then).
+    stateless = op in ("bi_wkv4", "bi_wkv6")
+    if stateless:
+        x["state"] = None if op == "bi_wkv6" else empty_v4_state(x["state"])
     shape = {"B": B, "T": T, "H": H, "N": N} if op not in ("bi_wkv4",) else {"B": B, "T": T, "C": H * N}
     for name, f, default in impls:
         for mode in ("fwd", "fwd+bwd"):
-            rec = {"kind": "bench", "op": op, "impl": name, "dtype": dt_name, "mode": mode, **shape}
+            rec = {"kind": "bench", "op": op, "impl": name, "dtype": dt_name, "mode": mode, **shape,
+                   "initial_state": not stateless}
             if default:
                 rec["default"] = True
             left = deadline - time.time()
@@ -604,14 +622,16 @@ def bench_one(ctx, op, dt_name, B, T, H, N, emit, deadline, peers=False, phase="
                 continue
             try:
                 if mode == "fwd":
-                    xs = {n: t.detach() for n, t in x.items()}
+                    xs = {n: t if t is None else t.detach() for n, t in x.items()}
 
                     def fn():
                         with torch.no_grad():
                             f(xs)
                 else:
-                    xs = {n: t.detach().requires_grad_() for n, t in x.items()}
-                    inputs = [t for n, t in xs.items() if n != "state" or name.startswith("rwkv_hf")]
+                    grad_state = name.startswith("rwkv_hf") and not stateless
+                    xs = {n: t if t is None else t.detach().requires_grad_(n != "state" or grad_state)
+                          for n, t in x.items()}
+                    inputs = [t for n, t in xs.items() if n != "state" or grad_state]
 
                     def fn():
                         y = f(xs)[0]
