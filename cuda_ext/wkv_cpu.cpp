@@ -1,6 +1,6 @@
 // CPU kernels of the rwkv_hf WKV extension: the matrix-state recurrences (RWKV-5/6, their
-// right-to-left half for the bidirectional v6 op, RWKV-7), forward and backward, and the
-// per-channel ones (RWKV-4, bidirectional v4), forward; float32 and float64. Plain C++17 with a
+// right-to-left half for the bidirectional v6 op, RWKV-7) and the per-channel ones (RWKV-4,
+// bidirectional v4), forward and backward; float32 and float64. Plain C++17 with a
 // C ABI (no torch headers): rwkv_hf/ops/cpu_backend.py compiles this file with the system
 // compiler in a few seconds and calls it through ctypes on tensors' data pointers. The autograd
 // Functions, dtype handling and validation live there.
@@ -36,6 +36,7 @@
 #include <initializer_list>
 #include <memory>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_common.h"
@@ -514,10 +515,17 @@ void wkv7_backward(const Geo g, const T* r, const T* k, const T* v, const T* ew,
 //   y_t  = (e^{pp-p} aa + e^{u+k_t-p} v_t) / (e^{pp-p} bb + e^{u+k_t-p}),   p = max(pp, u + k_t)
 //   next: q = max(pp + w, k_t); aa = e^{pp+w-q} aa + e^{k_t-q} v_t; bb likewise; pp = q
 // bi_wkv4 runs that scan left to right (keeping the state before each token) and right to left,
-// and combines both states with the bonus term under one max. Forward only: the autograd path
-// of these ops is the torch backend's chunked form. Vectorised over channels; float32 uses
-// xexp (cpu_common.h: std::exp does not vectorise without -ffast-math).
-
+// and combines both states with the bonus term under one max. Vectorised over channels (xexp,
+// cpu_common.h: std::exp does not vectorise without -ffast-math).
+//
+// Precision: a scan runs on float64 triples whatever the inputs' type. Vision-RWKV's decays are
+// of order 1/T, so a state sums about T terms of similar size while its logscale moves by about
+// 1/T per token, and in float32 the roundings of both compound along the scan: bidirectional v4
+// at T = 8000 came out 3.5e-4 off float64 (the torch backend's chunked form: 2.3e-6). The
+// exponentials stay in the inputs' type (v4exp): each is a term's weight, rounded once, or a
+// rescale of a running sum, which happens only when a token's k beats the decayed maximum. A
+// triple kept in memory in the inputs' type (the final state, bi_wkv4's left states) rounds p
+// first and lets a, b absorb that rounding (store_tri), so it still stands for the same sums.
 
 constexpr int64_t kChannelBlock = 128;  // channels per work item
 
@@ -526,24 +534,51 @@ struct Geo4 {
   int64_t blocks() const { return (C + kChannelBlock - 1) / kChannelBlock; }
 };
 
+// e^x, x <= 0 a float64 difference of exponents, in float32 for float32 inputs (see above).
+template <typename T>
+inline double v4exp(double x) {
+  if constexpr (std::is_same_v<T, float>) return xexp(static_cast<float>(x));
+  else return xexp(x);
+}
+
+// A block's (num, den, logscale) triples in float64.
+struct Tri {
+  double a[kChannelBlock], b[kChannelBlock], p[kChannelBlock];
+};
+
+// n channels of a triple of T's whose rows are `stride` apart.
+template <typename T>
+inline void load_tri(int64_t n, const T* src, int64_t stride, Tri& s) {
+  for (int64_t c = 0; c < n; ++c) s.a[c] = src[c], s.b[c] = src[stride + c], s.p[c] = src[2 * stride + c];
+}
+
+template <typename T>
+inline void store_tri(int64_t n, const Tri& s, T* dst, int64_t stride) {
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) {
+    const T pt = static_cast<T>(s.p[c]);
+    const double f = v4exp<T>(s.p[c] - static_cast<double>(pt));  // 1 up to p's rounding
+    dst[c] = static_cast<T>(s.a[c] * f), dst[stride + c] = static_cast<T>(s.b[c] * f), dst[2 * stride + c] = pt;
+  }
+}
+
 // One token of the causal scan for channels [0, n) of a block: y (WithY) then the update.
 template <bool WithY, typename T>
 inline void wkv4_token(int64_t n, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ w,
-                       const T* __restrict__ u, T* __restrict__ aa, T* __restrict__ bb, T* __restrict__ pp,
-                       T* __restrict__ y) {
+                       const T* __restrict__ u, Tri& s, T* __restrict__ y) {
 #pragma omp simd
   for (int64_t c = 0; c < n; ++c) {
-    const T kc = k[c], vc = v[c], a = aa[c], b = bb[c], q0 = pp[c];
+    const double kc = k[c], vc = v[c], a = s.a[c], b = s.b[c], q0 = s.p[c];
     if constexpr (WithY) {
-      const T ww = u[c] + kc, p = std::max(q0, ww);
-      const T e1 = xexp(q0 - p), e2 = xexp(ww - p);
-      y[c] = (e1 * a + e2 * vc) / (e1 * b + e2);
+      const double ww = u[c] + kc, p = std::max(q0, ww);
+      const double e1 = v4exp<T>(q0 - p), e2 = v4exp<T>(ww - p);
+      y[c] = static_cast<T>((e1 * a + e2 * vc) / (e1 * b + e2));
     }
-    const T ww = w[c] + q0, p = std::max(ww, kc);
-    const T e1 = xexp(ww - p), e2 = xexp(kc - p);
-    aa[c] = e1 * a + e2 * vc;
-    bb[c] = e1 * b + e2;
-    pp[c] = p;
+    const double ww = w[c] + q0, p = std::max(ww, kc);
+    const double e1 = v4exp<T>(ww - p), e2 = v4exp<T>(kc - p);
+    s.a[c] = e1 * a + e2 * vc;
+    s.b[c] = e1 * b + e2;
+    s.p[c] = p;
   }
 }
 
@@ -552,36 +587,40 @@ void wkv4_forward(const Geo4 g, const T* k, const T* v, const T* w, const T* u, 
   const int64_t nb = g.blocks();
   parallel_items<T>(g.B * nb, threads, 0, [&](int64_t item, T*) {
     const int64_t b = item / nb, c0 = (item % nb) * kChannelBlock, n = std::min(kChannelBlock, g.C - c0);
-    T* s = state + b * 3 * g.C + c0;  // (num, den, logscale) rows of this batch entry
+    T* st = state + b * 3 * g.C + c0;  // (num, den, logscale) rows of this batch entry
+    Tri s;
+    load_tri(n, st, g.C, s);
     for (int64_t t = 0; t < g.T; ++t) {
       const int64_t o = (b * g.T + t) * g.C + c0;
       if (t + kPrefetch < g.T) {
         const int64_t op = o + kPrefetch * g.C;
         prefetch(k + op, n), prefetch(v + op, n), prefetch(y + op, n);
       }
-      wkv4_token<true>(n, k + o, v + o, w + c0, u + c0, s, s + g.C, s + 2 * g.C, y + o);
+      wkv4_token<true>(n, k + o, v + o, w + c0, u + c0, s, y + o);
     }
+    store_tri(n, s, st, g.C);
   });
 }
 
 template <typename T>
 void bi_wkv4_forward(const Geo4 g, const T* k, const T* v, const T* w, const T* u, T* state, T* y,
                      int threads) {
-  const int64_t nb = g.blocks();
+  const int64_t nb = g.blocks(), CB = kChannelBlock;
   // Scratch: the left-to-right state before every token of the block (3 rows per token).
-  parallel_items<T>(g.B * nb, threads, 3 * g.T * kChannelBlock, [&](int64_t item, T* left) {
-    const int64_t b = item / nb, c0 = (item % nb) * kChannelBlock, n = std::min(kChannelBlock, g.C - c0);
-    T* sl = state + (b * 2 + 0) * 3 * g.C + c0;  // enters from the left, leaves after the last token
-    T* sr = state + (b * 2 + 1) * 3 * g.C + c0;  // enters from the right, leaves before the first
+  parallel_items<T>(g.B * nb, threads, 3 * g.T * CB, [&](int64_t item, T* left) {
+    const int64_t b = item / nb, c0 = (item % nb) * CB, n = std::min(CB, g.C - c0);
+    T* stl = state + (b * 2 + 0) * 3 * g.C + c0;  // enters from the left, leaves after the last token
+    T* str = state + (b * 2 + 1) * 3 * g.C + c0;  // enters from the right, leaves before the first
+    Tri s;
+    load_tri(n, stl, g.C, s);
     for (int64_t t = 0; t < g.T; ++t) {
       const int64_t o = (b * g.T + t) * g.C + c0;
       if (t + kPrefetch < g.T) prefetch(k + o + kPrefetch * g.C, n), prefetch(v + o + kPrefetch * g.C, n);
-      T* L = left + 3 * t * kChannelBlock;
-      std::memcpy(L, sl, n * sizeof(T));
-      std::memcpy(L + kChannelBlock, sl + g.C, n * sizeof(T));
-      std::memcpy(L + 2 * kChannelBlock, sl + 2 * g.C, n * sizeof(T));
-      wkv4_token<false>(n, k + o, v + o, w + c0, u + c0, sl, sl + g.C, sl + 2 * g.C, (T*)nullptr);
+      store_tri(n, s, left + 3 * t * CB, CB);
+      wkv4_token<false>(n, k + o, v + o, w + c0, u + c0, s, (T*)nullptr);
     }
+    store_tri(n, s, stl, g.C);
+    load_tri(n, str, g.C, s);
     for (int64_t t = g.T - 1; t >= 0; --t) {
       const int64_t o = (b * g.T + t) * g.C + c0;
       if (t - kPrefetch >= 0) {
@@ -589,16 +628,218 @@ void bi_wkv4_forward(const Geo4 g, const T* k, const T* v, const T* w, const T* 
         prefetch(k + op, n), prefetch(v + op, n), prefetch(y + op, n);
       }
       const T *kt = k + o, *vt = v + o, *uc = u + c0;
-      const T *la = left + 3 * t * kChannelBlock, *lb = la + kChannelBlock, *lp = lb + kChannelBlock;
-      T *ra = sr, *rb = sr + g.C, *rp = sr + 2 * g.C, *yt = y + o;
+      const T *la = left + 3 * t * CB, *lb = la + CB, *lp = lb + CB;
+      T* yt = y + o;
 #pragma omp simd
       for (int64_t c = 0; c < n; ++c) {
-        const T cur = uc[c] + kt[c], lpc = lp[c], rpc = rp[c];  // values: std::max of loads is a branch
-        const T m = std::max(std::max(lpc, rpc), cur);
-        const T el = xexp(lpc - m), er = xexp(rpc - m), ec = xexp(cur - m);
-        yt[c] = (el * la[c] + er * ra[c] + ec * vt[c]) / (el * lb[c] + er * rb[c] + ec);
+        const double cur = uc[c] + static_cast<double>(kt[c]), lpc = lp[c], rpc = s.p[c];
+        const double m = std::max(std::max(lpc, rpc), cur);
+        const double el = v4exp<T>(lpc - m), er = v4exp<T>(rpc - m), ec = v4exp<T>(cur - m);
+        yt[c] = static_cast<T>((el * la[c] + er * s.a[c] + ec * vt[c]) / (el * lb[c] + er * s.b[c] + ec));
       }
-      wkv4_token<false>(n, kt, vt, w + c0, uc, ra, rb, rp, (T*)nullptr);
+      wkv4_token<false>(n, kt, vt, w + c0, uc, s, (T*)nullptr);
+    }
+    store_tri(n, s, str, g.C);
+  });
+}
+
+// Backward of the per-channel ops: the reverse mode of the token loop above, so its gradients
+// are the reference backend's (autograd through the same loop). In the log-scaled frame every
+// factor is an e^x <= 1 and each denominator is >= 1 after the first token, so the adjoints
+// stay bounded like the states; they are float64 too. The scan is recomputed from the initial
+// state: the state before every kChunk-th token is kept, and each chunk's states are recomputed
+// into a buffer while the adjoint runs backwards through it (bi_wkv4: both scans', as y reads
+// both). Nothing of size [B, T, C] is kept from the forward.
+// A step s' = step(s, k, v): w2 = w + p, q = max(w2, k), f1 = e^{w2-q}, f2 = e^{k-q},
+// s' = (f1 a + f2 v, f1 b + f2, q). With (ga, gb, gq) the adjoint of s' (gq: its logscale's):
+//   gf1 = ga a + gb b, gf2 = ga v + gb, the max gets gq - gf1 f1 - gf2 f2 (split on a tie, as
+//   torch.maximum does), w2 gets gf1 f1 (+ its share), k gets gf2 f2 (+ its share), v ga f2;
+//   the adjoint of s is (ga f1, gb f1, w2's) and w's gradient gets w2's.
+// y = (e1 a + e2 v) / (e1 b + e2) with e1 = e^{p-m}, e2 = e^{u+k-m}: m cancels, so no gradient
+// reaches it (nor the max that chose it); with gn = gy / den, gd = -gy y / den, the state gets
+// (gn e1, gd e1, (gn a + gd b) e1) and u + k gets (gn v + gd) e2.
+
+// Adjoint of one step for channels [0, n): s the state before it; G the adjoint of the state
+// after it on entry, of the state before it (the step's part) on return.
+template <typename T>
+inline void wkv4_step_back(int64_t n, const T* __restrict__ k, const T* __restrict__ v,
+                           const T* __restrict__ w, const Tri& s, Tri& G, T* __restrict__ gk,
+                           T* __restrict__ gv, double* __restrict__ gw) {
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) {
+    const double kc = k[c], vc = v[c], w2 = w[c] + s.p[c], q = std::max(w2, kc);
+    const double f1 = v4exp<T>(w2 - q), f2 = v4exp<T>(kc - q);
+    const double ga = G.a[c], gb = G.b[c];
+    const double gf1 = (ga * s.a[c] + gb * s.b[c]) * f1, gf2 = (ga * vc + gb) * f2;
+    const double gq = G.p[c] - gf1 - gf2;
+    const double share = w2 > kc ? 1.0 : (w2 < kc ? 0.0 : 0.5);  // of the max, to w2
+    const double gw2 = gf1 + share * gq;
+    gk[c] += gf2 + (1.0 - share) * gq;
+    gv[c] += ga * f2;
+    gw[c] += gw2;
+    G.a[c] = ga * f1, G.b[c] = gb * f1, G.p[c] = gw2;
+  }
+}
+
+// Adjoint of wkv4's y_t = num / den of the state s plus the bonus e^{u+k} (v, 1): adds to G (the
+// state's adjoint), gk, gv and gu.
+template <typename T>
+inline void wkv4_out_back(int64_t n, const T* __restrict__ k, const T* __restrict__ v,
+                          const T* __restrict__ u, const T* __restrict__ gy, const Tri& s, Tri& G,
+                          T* __restrict__ gk, T* __restrict__ gv, double* __restrict__ gu) {
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) {
+    const double vc = v[c], ww = u[c] + static_cast<double>(k[c]), pc = s.p[c], m = std::max(pc, ww);
+    const double e1 = v4exp<T>(pc - m), e2 = v4exp<T>(ww - m);
+    const double den = e1 * s.b[c] + e2, y = (e1 * s.a[c] + e2 * vc) / den;
+    const double gn = gy[c] / den, gd = -gn * y;
+    G.a[c] += gn * e1, G.b[c] += gd * e1, G.p[c] += (gn * s.a[c] + gd * s.b[c]) * e1;
+    const double gww = (gn * vc + gd) * e2;
+    gk[c] += gww, gu[c] += gww, gv[c] += gn * e2;
+  }
+}
+
+// Adjoint of bi_wkv4's y_t = num / den of P + F + e^{u+k} (v, 1) (P the state from the left, F
+// from the right). SIDE 0: adds F's adjoint to G and the bonus's gradients to gk, gv, gu; SIDE 1:
+// adds P's adjoint to G.
+template <int SIDE, typename T>
+inline void bi_wkv4_out_back(int64_t n, const T* __restrict__ k, const T* __restrict__ v,
+                             const T* __restrict__ u, const T* __restrict__ gy, const Tri& P,
+                             const Tri& F, Tri& G, T* __restrict__ gk, T* __restrict__ gv,
+                             double* __restrict__ gu) {
+#pragma omp simd
+  for (int64_t c = 0; c < n; ++c) {
+    const double vc = v[c], cur = u[c] + static_cast<double>(k[c]), lp = P.p[c], rp = F.p[c];
+    const double m = std::max(std::max(lp, rp), cur);
+    const double el = v4exp<T>(lp - m), er = v4exp<T>(rp - m), ec = v4exp<T>(cur - m);
+    const double den = el * P.b[c] + er * F.b[c] + ec;
+    const double y = (el * P.a[c] + er * F.a[c] + ec * vc) / den;
+    const double gn = gy[c] / den, gd = -gn * y;
+    if constexpr (SIDE == 0) {
+      G.a[c] += gn * er, G.b[c] += gd * er, G.p[c] += (gn * F.a[c] + gd * F.b[c]) * er;
+      const double gcur = (gn * vc + gd) * ec;
+      gk[c] += gcur, gu[c] += gcur, gv[c] += gn * ec;
+    } else {
+      G.a[c] += gn * el, G.b[c] += gd * el, G.p[c] += (gn * P.a[c] + gd * P.b[c]) * el;
+    }
+  }
+}
+
+// Scratch triples of one work item of the per-channel backward, per scan: a checkpoint per
+// chunk of kChunk tokens, then one chunk's states.
+inline int64_t v4_checkpoints(int64_t Tn) { return (Tn + kChunk - 1) / kChunk; }
+inline size_t v4_scratch(int64_t Tn, int scans) { return scans * (v4_checkpoints(Tn) + kChunk); }
+
+template <typename T>
+void wkv4_backward(const Geo4 g, const T* k, const T* v, const T* w, const T* u, const T* state_in,
+                   const T* gy, const T* gstate, T* gk, T* gv, T* gw_part, T* gu_part, T* gs0,
+                   int threads) {
+  const int64_t nb = g.blocks(), CB = kChannelBlock, nck = v4_checkpoints(g.T);
+  parallel_items<Tri>(g.B * nb, threads, v4_scratch(g.T, 1), [&](int64_t item, Tri* ck) {
+    const int64_t b = item / nb, c0 = (item % nb) * CB, n = std::min(CB, g.C - c0);
+    Tri* buf = ck + nck;  // the states before each token of a chunk
+    auto tok = [&](int64_t t) { return (b * g.T + t) * g.C + c0; };
+    Tri s, G;
+    load_tri(n, state_in + b * 3 * g.C + c0, g.C, s);
+    for (int64_t t = 0; t < g.T; ++t) {  // the checkpoints
+      if (t % kChunk == 0) ck[t / kChunk] = s;
+      wkv4_token<false>(n, k + tok(t), v + tok(t), w + c0, u + c0, s, (T*)nullptr);
+    }
+    // The adjoint of the state after the current token: from the final state's gradient.
+    if (gstate != nullptr) load_tri(n, gstate + b * 3 * g.C + c0, g.C, G);
+    else std::fill(G.a, G.a + CB, 0.0), std::fill(G.b, G.b + CB, 0.0), std::fill(G.p, G.p + CB, 0.0);
+    double gw[kChannelBlock] = {}, gu[kChannelBlock] = {};
+    for (int64_t j = nck - 1; j >= 0; --j) {
+      const int64_t t0 = j * kChunk, t1 = std::min(g.T, t0 + kChunk);
+      s = ck[j];
+      for (int64_t t = t0; t < t1; ++t) {
+        buf[t - t0] = s;
+        wkv4_token<false>(n, k + tok(t), v + tok(t), w + c0, u + c0, s, (T*)nullptr);
+      }
+      for (int64_t t = t1 - 1; t >= t0; --t) {
+        const int64_t o = tok(t);
+        std::fill(gk + o, gk + o + n, T(0)), std::fill(gv + o, gv + o + n, T(0));
+        wkv4_step_back(n, k + o, v + o, w + c0, buf[t - t0], G, gk + o, gv + o, gw);
+        wkv4_out_back(n, k + o, v + o, u + c0, gy + o, buf[t - t0], G, gk + o, gv + o, gu);
+      }
+    }
+    for (int64_t c = 0; c < n; ++c) {  // the initial state's gradient is the adjoint as it is
+      T* o = gs0 + b * 3 * g.C + c0 + c;
+      o[0] = static_cast<T>(G.a[c]), o[g.C] = static_cast<T>(G.b[c]), o[2 * g.C] = static_cast<T>(G.p[c]);
+      gw_part[b * g.C + c0 + c] = static_cast<T>(gw[c]), gu_part[b * g.C + c0 + c] = static_cast<T>(gu[c]);
+    }
+  });
+}
+
+template <typename T>
+void bi_wkv4_backward(const Geo4 g, const T* k, const T* v, const T* w, const T* u, const T* state_in,
+                      const T* gy, const T* gstate, T* gk, T* gv, T* gw_part, T* gu_part, T* gs0,
+                      int threads) {
+  const int64_t nb = g.blocks(), CB = kChannelBlock, nck = v4_checkpoints(g.T);
+  parallel_items<Tri>(g.B * nb, threads, v4_scratch(g.T, 2), [&](int64_t item, Tri* ckl) {
+    const int64_t b = item / nb, c0 = (item % nb) * CB, n = std::min(CB, g.C - c0);
+    // Checkpoints and a chunk's states of the left-to-right scan (P: before each token) and of
+    // the right-to-left one (F: before each token, in its order).
+    Tri *bufl = ckl + nck, *ckr = bufl + kChunk, *bufr = ckr + nck;
+    auto tok = [&](int64_t t) { return (b * g.T + t) * g.C + c0; };
+    auto step = [&](Tri& s, int64_t t) {
+      wkv4_token<false>(n, k + tok(t), v + tok(t), w + c0, u + c0, s, (T*)nullptr);
+    };
+    const T* sin = state_in + b * 2 * 3 * g.C + c0;  // [2, 3, C]: from the left, from the right
+    Tri s;
+    load_tri(n, sin, g.C, s);
+    for (int64_t t = 0; t < g.T; ++t) {  // left checkpoints: the state before token j kChunk
+      if (t % kChunk == 0) ckl[t / kChunk] = s;
+      step(s, t);
+    }
+    load_tri(n, sin + 3 * g.C, g.C, s);
+    for (int64_t t = g.T - 1; t >= 0; --t) {  // right ones: the state before a chunk's last token
+      if (t == g.T - 1 || (t + 1) % kChunk == 0) ckr[t / kChunk] = s;
+      step(s, t);
+    }
+    auto chunk_states = [&](int64_t j, int64_t t0, int64_t t1) {
+      s = ckl[j];
+      for (int64_t t = t0; t < t1; ++t) bufl[t - t0] = s, step(s, t);
+      s = ckr[j];
+      for (int64_t t = t1 - 1; t >= t0; --t) bufr[t - t0] = s, step(s, t);
+    };
+    // The adjoints start from the final states' gradients (the right scan's ends after token 0).
+    Tri GP, GF;
+    const T* gsb = gstate == nullptr ? nullptr : gstate + b * 2 * 3 * g.C + c0;
+    for (Tri* G : {&GP, &GF}) {
+      if (gsb != nullptr) load_tri(n, gsb + (G == &GF ? 3 * g.C : 0), g.C, *G);
+      else std::fill(G->a, G->a + CB, 0.0), std::fill(G->b, G->b + CB, 0.0), std::fill(G->p, G->p + CB, 0.0);
+    }
+    double gw[kChannelBlock] = {}, gu[kChannelBlock] = {};
+    // The right-to-left scan's adjoint runs left to right; it writes gk, gv (with the bonus's).
+    for (int64_t j = 0; j < nck; ++j) {
+      const int64_t t0 = j * kChunk, t1 = std::min(g.T, t0 + kChunk);
+      chunk_states(j, t0, t1);
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t o = tok(t);
+        std::fill(gk + o, gk + o + n, T(0)), std::fill(gv + o, gv + o + n, T(0));
+        wkv4_step_back(n, k + o, v + o, w + c0, bufr[t - t0], GF, gk + o, gv + o, gw);
+        bi_wkv4_out_back<0>(n, k + o, v + o, u + c0, gy + o, bufl[t - t0], bufr[t - t0], GF, gk + o,
+                            gv + o, gu);
+      }
+    }
+    // The left-to-right scan's adjoint runs right to left; it adds to gk, gv.
+    for (int64_t j = nck - 1; j >= 0; --j) {
+      const int64_t t0 = j * kChunk, t1 = std::min(g.T, t0 + kChunk);
+      chunk_states(j, t0, t1);
+      for (int64_t t = t1 - 1; t >= t0; --t) {
+        const int64_t o = tok(t);
+        wkv4_step_back(n, k + o, v + o, w + c0, bufl[t - t0], GP, gk + o, gv + o, gw);
+        bi_wkv4_out_back<1>(n, k + o, v + o, u + c0, gy + o, bufl[t - t0], bufr[t - t0], GP, gk + o,
+                            gv + o, gu);
+      }
+    }
+    for (int64_t c = 0; c < n; ++c) {
+      T* o = gs0 + b * 2 * 3 * g.C + c0 + c;
+      o[0] = static_cast<T>(GP.a[c]), o[g.C] = static_cast<T>(GP.b[c]), o[2 * g.C] = static_cast<T>(GP.p[c]);
+      o += 3 * g.C;
+      o[0] = static_cast<T>(GF.a[c]), o[g.C] = static_cast<T>(GF.b[c]), o[2 * g.C] = static_cast<T>(GF.p[c]);
+      gw_part[b * g.C + c0 + c] = static_cast<T>(gw[c]), gu_part[b * g.C + c0 + c] = static_cast<T>(gu[c]);
     }
   });
 }
@@ -611,7 +852,9 @@ int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
 // Returns 0 on success, 1 on failure (allocation). Forwards read the initial state from
 // `state_in` and write the final one to `state`. V == 64 (the RWKV head size) runs a copy
 // compiled for that size (unrolled, accumulators in registers). Pointers: see the kernels above;
-// `u`, `snaps` and `gu` may be null (no bonus / no snapshots / no bonus gradient).
+// `u`, `snaps` and `gu` may be null (no bonus / no snapshots / no bonus gradient). The
+// per-channel forwards update `state` in place; their backwards take the initial state and
+// gstate (null: zero) and write gw, gu per batch entry ([B, C], summed by the caller).
 
 #define RWKV_HF_API(T, SUFFIX)                                                                       \
   extern "C" int rwkv_hf_wkv6_forward_##SUFFIX(                                                      \
@@ -691,6 +934,23 @@ int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
     return guarded(err);                                                                             \
   }
 
+#define RWKV_HF_API4_BACKWARD(NAME, T, SUFFIX)                                                       \
+  extern "C" int rwkv_hf_##NAME##_backward_##SUFFIX(                                                 \
+      int64_t B, int64_t Tn, int64_t C, const T* k, const T* v, const T* w, const T* u,             \
+      const T* state_in, const T* gy, const T* gstate, T* gk, T* gv, T* gw_part, T* gu_part,        \
+      T* gs0, int threads) {                                                                         \
+    std::exception_ptr err;                                                                          \
+    try {                                                                                            \
+      NAME##_backward<T>(Geo4{B, Tn, C}, k, v, w, u, state_in, gy, gstate, gk, gv, gw_part,          \
+                         gu_part, gs0, threads);                                                     \
+    } catch (...) { err = std::current_exception(); }                                                \
+    return guarded(err);                                                                             \
+  }
+
+RWKV_HF_API4_BACKWARD(wkv4, float, f32)
+RWKV_HF_API4_BACKWARD(wkv4, double, f64)
+RWKV_HF_API4_BACKWARD(bi_wkv4, float, f32)
+RWKV_HF_API4_BACKWARD(bi_wkv4, double, f64)
 RWKV_HF_API4(float, f32)
 RWKV_HF_API4(double, f64)
 RWKV_HF_API(float, f32)

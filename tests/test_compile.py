@@ -3,10 +3,8 @@
 The compiled kernels are registered as torch.library custom operators with shape-only
 ("fake") implementations, which the ops' autograd Functions call while torch.compile traces,
 so it traces the ops, and the models, in one graph (``fullgraph=True`` raises at any graph
-break), forward and backward, with the same results as eager mode. One exception: the
-per-channel ops (RWKV-4, Vision-RWKV v4) have no backward kernel on the CPU; with gradients
-they run the torch backend's form, which picks its precision from the values, eagerly between
-compiled graphs (one graph break per call). Most tests use the ``aot_eager`` backend (the
+break), forward and backward, with the same results as eager mode. Most tests use the
+``aot_eager`` backend (the
 whole trace: dynamo, fake tensors, the autograd graph; no code generation); one runs
 inductor. torch.export of every family for inference, too. The CUDA extension's operators get
 the same checks on its emulation (tests/test_cuda_emulated.py).
@@ -42,32 +40,29 @@ def run_op(fn, op, x, grad):
     return (y, s, *torch.autograd.grad(loss, list(inputs.values()))) if grad else (y, s)
 
 
-PER_CHANNEL = ("wkv4", "bi_wkv4")
-
-
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("op", OPS)
 def test_every_op_compiles_in_one_graph_and_matches_eager(op, grad):
-    """One graph (per-channel ops with gradients: the documented graph break, compiled without
-    fullgraph), the eager results."""
+    """One graph, the eager results."""
     x = make_inputs(op, B=2, T=70, H=2, N=16, state=True, seed=3)
     want = run_op(forward, op, x, grad)
-    got = run_op(compiled(forward, fullgraph=not (grad and op in PER_CHANNEL)), op, x, grad)
+    got = run_op(compiled(forward), op, x, grad)
     assert len(got) == len(want)
     for a, b in zip(got, want):
         assert a.shape == b.shape and a.dtype == b.dtype
         assert rel_err(a, b) < 1e-6
 
 
-def test_compiled_ops_run_the_registered_kernels(monkeypatch):
+@pytest.mark.parametrize("op", ["wkv7", "bi_wkv4"])
+def test_compiled_ops_run_the_registered_kernels(monkeypatch, op):
     """What the compiled graph calls: the cpu backend's operators (not a traced-through
     fallback), counted at the kernels' C entry points."""
     calls = []
     real = cpu_backend._call
     monkeypatch.setattr(cpu_backend, "_call", lambda name, *a: calls.append(name) or real(name, *a))
-    x = make_inputs("wkv7", B=1, T=20, H=2, N=16, state=True)
-    run_op(compiled(forward), "wkv7", x, True)
-    assert calls == ["wkv7_forward", "wkv7_backward"]
+    x = make_inputs(op, B=1, T=20, H=2, N=16, state=True)
+    run_op(compiled(forward), op, x, True)
+    assert calls == [op + "_forward", op + "_backward"]
 
 
 def _cpu_op_samples():
@@ -82,6 +77,7 @@ def _cpu_op_samples():
     _, _, snaps6 = c._wkv6_forward(*a6, False, True)
     _, _, snaps7 = c._wkv7_forward(*a7, True)
     gy, gS = torch.randn(2, 70, 2, 16), torch.randn(2, 2, 16, 16)
+    gy4, gS4, gS4b = torch.randn(2, 33, 16), torch.randn(2, 3, 16), torch.randn(2, 2, 3, 16)
     return [
         (c._wkv6_forward_op, (*a6, False, True)),
         (c._wkv6_forward_op, (*a6[:4], None, a6[5], True, False)),
@@ -90,10 +86,12 @@ def _cpu_op_samples():
         (c._wkv7_backward_op, (*a7[:6], snaps7, gy, gS)),
         (c._wkv4_forward_op, (*x4.values(), False)),
         (c._wkv4_forward_op, (*x4b.values(), True)),
+        (c._wkv4_backward_op, (*x4.values(), gy4, gS4, False)),
+        (c._wkv4_backward_op, (*x4b.values(), gy4, gS4b, True)),
     ]
 
 
-@pytest.mark.parametrize("i", range(7))
+@pytest.mark.parametrize("i", range(9))
 def test_cpu_operators_pass_opcheck(i):
     """torch.library.opcheck: the schema, the fake implementation against the real one (shapes,
     dtypes, strides) and tracing with dynamic shapes. (Their gradients are the autograd
@@ -158,11 +156,10 @@ def _loss_and_grads(model, loss_fn):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_model_family_compiles_in_one_graph(family):
     """A training step (loss and every parameter's gradient) of each family, compiled with
-    fullgraph=True (RWKV-4 families: without, see above), against eager mode; inference (no
-    gradients) with fullgraph=True for every family."""
+    fullgraph=True, against eager mode; inference (no gradients) too."""
     model, loss_fn = FAMILIES[family]()
     want_loss, want_grads = _loss_and_grads(model, loss_fn)
-    step = compiled(loss_fn, fullgraph=not family.endswith("4"))
+    step = compiled(loss_fn)
     got_loss, got_grads = _loss_and_grads(model, step)
     assert rel_err(got_loss, want_loss) < 1e-5
     assert got_grads.keys() == want_grads.keys()

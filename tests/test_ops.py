@@ -14,8 +14,7 @@ from rwkv_hf.ops.random_inputs import OPS, make_inputs
 
 PER_CHANNEL = ("wkv4", "bi_wkv4")
 BIDIRECTIONAL = ("bi_wkv4", "bi_wkv6")
-# The fast backends of each op: chunked torch and the compiled cpu kernels (whose per-channel ops
-# hand calls that need gradients to torch).
+# The fast backends of each op: chunked torch and the compiled cpu kernels.
 FAST = [(op, b) for op in OPS for b in ("torch", "cpu")]
 FAST_IDS = [f"{op}-{b}" for op, b in FAST]
 
@@ -287,6 +286,25 @@ def test_gradients_match_reference(op, backend, N):
     for n in x:
         assert rel(grads[fast[0]][n], grads["reference"][n]) <= 1e-9, n
         assert rel(grads[fast[1]][n], grads["reference"][n]) <= 1e-4, n
+
+
+@pytest.mark.parametrize("op", PER_CHANNEL)
+def test_long_float32_per_channel_scans_keep_float32_accuracy(op):
+    """Vision-RWKV's decays are of order 1/T, so a state sums about T terms of similar size: the
+    cpu kernels run the scans on float64 triples for float32 inputs too (their float32 scan was
+    3.5e-4 off at T = 8000). Outputs, final state and every gradient, against float64."""
+    x = make_inputs(op, 1, 8192, 1, 32, dtype=torch.float64, state=True, seed=5)
+    got = {}
+    for backend, dtype in (("torch", torch.float64), ("cpu", torch.float32)):
+        leaves = {n: v.detach().to(dtype).requires_grad_(True) for n, v in x.items()}
+        y, s = run(op, leaves, backend=backend, output_final_state=True)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        (y * gy.to(dtype)).sum().backward()
+        got[backend] = {"y": y, "state": s, **{"d" + n: t.grad for n, t in leaves.items()}}
+    want, fast = got["torch"], got["cpu"]
+    assert state_rel(op, fast.pop("state"), want.pop("state")) <= 2e-6
+    for n in want:
+        assert rel(fast[n], want[n]) <= 2e-6, n
 
 
 def test_empty_initial_state_gives_finite_gradients():

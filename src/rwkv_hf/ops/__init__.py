@@ -44,8 +44,7 @@ Backends
 ``reference`` (token loops, the oracle, float64-capable), ``torch`` (chunked
 parallel pure PyTorch, correct on any device), ``cpu`` (compiled C++ kernels,
 ``cuda_ext/wkv_cpu.cpp``, built with the system compiler on first use; the default
-for CPU tensors; wkv4 and bi_wkv4 have forward kernels and run on ``torch`` when
-gradients are needed) and ``cuda`` (the compiled extension in ``cuda_ext/``,
+for CPU tensors) and ``cuda`` (the compiled extension in ``cuda_ext/``,
 built on first use; the default for CUDA tensors). Choose per call with ``backend=`` or for the process with the
 environment variable ``RWKV_HF_WKV_BACKEND``. A backend that cannot run a call
 (no GPU, no compiler, float64, an unsupported head size) says why once, as a
@@ -61,8 +60,8 @@ torch.compile: the ``cpu`` and ``cuda`` kernels are also ``torch.library`` custo
 (``torch.ops.rwkv_hf.*``, :mod:`rwkv_hf.ops.custom_ops`) with fake implementations, which the
 backends' autograd Functions call while compiling, so compiled models trace through them in one
 graph. Under compilation the decay's value checks run as asserts in the graph
-(``RuntimeError``); the ``torch`` backend's per-channel form (RWKV-4 and bidirectional v4 with
-gradients on the CPU) runs eagerly between graphs.
+(``RuntimeError``); the ``torch`` backend's per-channel form picks its precision from the values
+and runs eagerly between graphs.
 """
 import functools
 import math

@@ -2,8 +2,8 @@
 
 ``cuda_ext/wkv_cpu.cpp`` (shipped with the CUDA sources as ``rwkv_hf.cuda_ext``) holds the
 forward and backward of RWKV-5/6 (``wkv6``, also run right to left for ``bi_wkv6``) and RWKV-7
-(``wkv7``), and the forward of the per-channel ops (``wkv4``, ``bi_wkv4``), in float32 and
-float64, behind a C ABI. It has no torch headers, so the system C++ compiler (``$CXX``, else
+(``wkv7``), and of the per-channel ops (``wkv4``, ``bi_wkv4``), in float32 and float64, behind
+a C ABI. It has no torch headers, so the system C++ compiler (``$CXX``, else
 ``c++``, ``g++`` or ``clang++``) builds it in a few seconds on the first CPU call, for this
 machine's instruction set (``-march=native``), together with ``lm_cpu.cpp`` (the language
 models' fused CPU blocks, :mod:`rwkv_hf.lm.cpu_fused`); the library is cached under
@@ -12,8 +12,7 @@ the CPU. It is called through ctypes (which releases the GIL) and splits its wor
 ``torch.get_num_threads()`` threads by (batch, head), or (batch, channel block): on torch's own
 OpenMP runtime when torch runs on GNU OpenMP, else on threads of its own.
 
-The per-channel ops have forward kernels only: a call that needs gradients runs the torch
-backend's chunked form, which has the backward. Each kernel entry point is also a
+Each kernel entry point is also a
 ``torch.library`` custom operator (``torch.ops.rwkv_hf.cpu_*``, with a fake implementation),
 which torch.compile traces in place of the ctypes call. Importing this module never raises
 and never compiles; :func:`available` says whether the backend can run here, and why not.
@@ -33,7 +32,6 @@ from torch import Tensor
 
 from . import cuda_backend as _cuda
 from . import custom_ops as _custom_ops
-from . import torch_wkv4 as _torch_wkv4
 
 __all__ = ["wkv4", "bi_wkv4", "wkv6", "wkv6_reversed", "wkv7", "available", "load", "unsupported_reason",
            "OPS"]
@@ -52,7 +50,10 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _PARALLEL_WORK = 1 << 18
 _CHUNK = 64  # tokens per state snapshot: kChunk of wkv_cpu.cpp
 _NATIVE_FLAGS = ("-march=native", "-mprefer-vector-width=512")
-_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fopenmp-simd")
+# -fno-trapping-math: GCC does not vectorise a loop with a floating-point select (xexp's clamp,
+# std::max) unless it may assume comparisons do not trap, except with AVX-512's masks; it
+# changes no result.
+_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fopenmp-simd", "-fno-trapping-math")
 
 _lock = threading.RLock()
 _lib = None
@@ -176,6 +177,8 @@ def _declare(lib):
     for sfx in ("f32", "f64"):
         getattr(lib, f"rwkv_hf_wkv4_forward_{sfx}").argtypes = [i64] * 3 + [p] * 6 + [i32]
         getattr(lib, f"rwkv_hf_bi_wkv4_forward_{sfx}").argtypes = [i64] * 3 + [p] * 6 + [i32]
+        getattr(lib, f"rwkv_hf_wkv4_backward_{sfx}").argtypes = [i64] * 3 + [p] * 12 + [i32]
+        getattr(lib, f"rwkv_hf_bi_wkv4_backward_{sfx}").argtypes = [i64] * 3 + [p] * 12 + [i32]
         getattr(lib, f"rwkv_hf_wkv6_forward_{sfx}").argtypes = geo + [i32] + [p] * 9 + [i32]
         getattr(lib, f"rwkv_hf_wkv6_backward_{sfx}").argtypes = geo + [i32] + [p] * 14 + [i32]
         getattr(lib, f"rwkv_hf_wkv7_forward_{sfx}").argtypes = geo + [p] * 10 + [i32]
@@ -410,8 +413,23 @@ def _wkv7_backward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, a: Tensor, b: Ten
 
 def _wkv4_forward(k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tensor,
                   bidirectional: bool) -> tuple[Tensor, Tensor]:
-    """RWKV-4 / bidirectional v4 forward (no backward kernel) -> y, final state."""
+    """RWKV-4 / bidirectional v4 forward -> y, final state."""
     return _per_channel("bi_wkv4_forward" if bidirectional else "wkv4_forward", k, v, w, u, state)
+
+
+def _wkv4_backward(k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tensor, gy: Tensor, gS: Tensor,
+                   bidirectional: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> gk, gv, gw, gu, g_state, in k's dtype. The kernel runs the scan again from the initial
+    ``state`` (nothing of size [B, T, C] is kept from the forward)."""
+    dt = k.dtype
+    k, v, w, u, gy = _contig((k, v, w, u, gy), dt)
+    state, gS = _as(state, dt), _as(gS, dt)
+    B, T, C = k.shape
+    gk, gv, gs0 = torch.empty_like(k), torch.empty_like(v), torch.empty_like(state)
+    gw, gu = torch.empty(B, C, dtype=dt), torch.empty(B, C, dtype=dt)  # a row per batch: summed here
+    _call("bi_wkv4_backward" if bidirectional else "wkv4_backward", dt, B, T, C,
+          *map(_ptr, (k, v, w, u, state, gy, gS, gk, gv, gw, gu, gs0)), _threads(B * T * C * 64))
+    return gk, gv, gw.sum(0, dtype=torch.float64).to(dt), gu.sum(0, dtype=torch.float64).to(dt), gs0
 
 
 # Fakes: the shapes and dtypes (the kernels' dtype, r's or k's) the implementations return.
@@ -439,11 +457,17 @@ def _wkv4_forward_fake(k, v, w, u, state, bidirectional):
     return k.new_empty(k.shape), k.new_empty(state.shape)
 
 
+def _wkv4_backward_fake(k, v, w, u, state, gy, gS, bidirectional):
+    return (k.new_empty(k.shape), k.new_empty(v.shape), k.new_empty(w.shape), k.new_empty(u.shape),
+            k.new_empty(state.shape))
+
+
 _wkv6_forward_op = _custom_ops.register("cpu", _wkv6_forward, _matrix_fake)
 _wkv6_backward_op = _custom_ops.register("cpu", _wkv6_backward, _wkv6_backward_fake)
 _wkv7_forward_op = _custom_ops.register("cpu", _wkv7_forward, _matrix_fake)
 _wkv7_backward_op = _custom_ops.register("cpu", _wkv7_backward, _wkv7_backward_fake)
 _wkv4_forward_op = _custom_ops.register("cpu", _wkv4_forward, _wkv4_forward_fake)
+_wkv4_backward_op = _custom_ops.register("cpu", _wkv4_backward, _wkv4_backward_fake)
 _traced = _custom_ops.traced
 
 
@@ -467,6 +491,22 @@ class _Wkv6(torch.autograd.Function):
         gy, gS = _incoming(gy, gS, v, s_shape, r)
         gr, gk, gv, gw, gu, gs0 = _traced(_wkv6_backward_op, _wkv6_backward)(r, k, v, w, u, snaps, gy, gS, reverse)
         return gr, gk, gv, gw.to(w_dtype), (gu if u is not None else None), gs0.to(s_dtype), None
+
+
+class _PerChannel(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, k, v, w, u, state, bidirectional):
+        y, S = _traced(_wkv4_forward_op, _wkv4_forward)(k, v, w, u, state, bidirectional)
+        ctx.save_for_backward(k, v, w, u, state)  # the backward runs the scan again from state
+        ctx.bidirectional = bidirectional
+        return y, S
+
+    @staticmethod
+    def backward(ctx, gy, gS):
+        k, v, w, u, state = ctx.saved_tensors
+        gy, gS = _incoming(gy, gS, v, state.shape, k)
+        grads = _traced(_wkv4_backward_op, _wkv4_backward)(k, v, w, u, state, gy, gS, ctx.bidirectional)
+        return (*(g.to(x.dtype) for g, x in zip(grads, (k, v, w, u, state))), None)
 
 
 class _Wkv7(torch.autograd.Function):
@@ -493,20 +533,18 @@ def _needs_grad(*xs):
 # ---------------------------------------------------------------------------- backend API
 
 def wkv4(k, v, w, u, state):
-    """RWKV-4: k, v [B, T, C]; w, u [C]; state [B, 3, C] -> (y [B, T, C], final state). With
-    gradients required, the torch backend's chunked form (it has the backward)."""
+    """RWKV-4: k, v [B, T, C]; w, u [C]; state [B, 3, C] -> (y [B, T, C], final state)."""
     return _per_channel_op(False, k, v, w, u, state)
 
 
 def bi_wkv4(k, v, w, u, state):
-    """Bidirectional v4: k, v [B, T, C]; w, u [C]; state [B, 2, 3, C] -> (y, final state). With
-    gradients required, the torch backend's chunked form."""
+    """Bidirectional v4: k, v [B, T, C]; w, u [C]; state [B, 2, 3, C] -> (y, final state)."""
     return _per_channel_op(True, k, v, w, u, state)
 
 
 def _per_channel_op(bidirectional, k, v, w, u, state):
     if _needs_grad(k, v, w, u, state):
-        return (_torch_wkv4.bi_wkv4 if bidirectional else _torch_wkv4.wkv4)(k, v, w, u, state)
+        return _PerChannel.apply(k, v, w, u, state, bidirectional)
     return _traced(_wkv4_forward_op, _wkv4_forward)(k, v, w, u, state, bidirectional)
 
 
