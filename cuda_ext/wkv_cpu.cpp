@@ -94,6 +94,16 @@ inline void prefetch(const T* p, int64_t n) {
 // 64-byte vector; the compiler splits them where vectors are narrower). The steps for V = 64 keep
 // their accumulators in registers across the loop over i: written with plain arrays, the
 // compiler keeps them in memory and each i waits on a store-to-load round trip.
+// They are used where a 64-byte vector is one register (AVX-512, 32 of them). With AVX2's
+// sixteen 32-byte registers a row of S and the accumulators do not fit, and on an EPYC (znver3)
+// the V = 64 copies ran 4-7x slower than the plain loops; there V = 64 runs the generic copy.
+// -DRWKV_HF_ROW64 forces them (their tests on machines without AVX-512).
+#if defined(__AVX512F__) || defined(RWKV_HF_ROW64)
+constexpr bool kRow64 = true;
+#else
+constexpr bool kRow64 = false;
+#endif
+
 template <typename T>
 struct Row64 {
   typedef T vec __attribute__((vector_size(64), aligned(alignof(T))));
@@ -851,7 +861,7 @@ int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
 // ------------------------------------------------------------------------------------ C API
 // Returns 0 on success, 1 on failure (allocation). Forwards read the initial state from
 // `state_in` and write the final one to `state`. V == 64 (the RWKV head size) runs a copy
-// compiled for that size (unrolled, accumulators in registers). Pointers: see the kernels above;
+// compiled for that size (unrolled, accumulators in registers) where that pays (kRow64). Pointers: see the kernels above;
 // `u`, `snaps` and `gu` may be null (no bonus / no snapshots / no bonus gradient). The
 // per-channel forwards update `state` in place; their backwards take the initial state and
 // gstate (null: zero) and write gw, gu per batch entry ([B, C], summed by the caller).
@@ -864,7 +874,7 @@ int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
     std::exception_ptr err;                                                                          \
     try {                                                                                            \
       const Geo g{B, Tn, H, K, V, ew_sb, ew_st, ew_sh, reverse};                                     \
-      if (V == 64) wkv6_forward<T, 64>(g, r, k, v, ew, u, state_in, state, y, snaps, threads);       \
+      if (kRow64 && V == 64) wkv6_forward<T, 64>(g, r, k, v, ew, u, state_in, state, y, snaps, threads);       \
       else wkv6_forward<T, 0>(g, r, k, v, ew, u, state_in, state, y, snaps, threads);                \
     } catch (...) { err = std::current_exception(); }                                                \
     return guarded(err);                                                                             \
@@ -877,7 +887,7 @@ int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
     std::exception_ptr err;                                                                          \
     try {                                                                                            \
       const Geo g{B, Tn, H, K, V, ew_sb, ew_st, ew_sh, reverse};                                     \
-      if (V == 64)                                                                                   \
+      if (kRow64 && V == 64)                                                                                   \
         wkv6_backward<T, 64>(g, r, k, v, ew, u, snaps, gy, gstate, gr, gk, gv, gw, gu, gs0, threads);\
       else                                                                                           \
         wkv6_backward<T, 0>(g, r, k, v, ew, u, snaps, gy, gstate, gr, gk, gv, gw, gu, gs0, threads); \
@@ -891,7 +901,7 @@ int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
     std::exception_ptr err;                                                                          \
     try {                                                                                            \
       const Geo g{B, Tn, H, K, V, ew_sb, ew_st, ew_sh, 0};                                           \
-      if (V == 64) wkv7_forward<T, 64>(g, r, k, v, ew, a, bb, state_in, state, y, snaps, threads);   \
+      if (kRow64 && V == 64) wkv7_forward<T, 64>(g, r, k, v, ew, a, bb, state_in, state, y, snaps, threads);   \
       else wkv7_forward<T, 0>(g, r, k, v, ew, a, bb, state_in, state, y, snaps, threads);            \
     } catch (...) { err = std::current_exception(); }                                                \
     return guarded(err);                                                                             \
@@ -904,7 +914,7 @@ int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
     std::exception_ptr err;                                                                          \
     try {                                                                                            \
       const Geo g{B, Tn, H, K, V, ew_sb, ew_st, ew_sh, 0};                                           \
-      if (V == 64)                                                                                   \
+      if (kRow64 && V == 64)                                                                                   \
         wkv7_backward<T, 64>(g, r, k, v, ew, a, bb, snaps, gy, gstate, gr, gk, gv, gw, ga, gb, gs0,  \
                              threads);                                                               \
       else                                                                                           \
@@ -957,3 +967,4 @@ RWKV_HF_API(float, f32)
 RWKV_HF_API(double, f64)
 
 extern "C" int rwkv_hf_wkv_cpu_chunk() { return static_cast<int>(kChunk); }
+extern "C" int rwkv_hf_wkv_cpu_row64() { return kRow64 ? 1 : 0; }
