@@ -735,6 +735,19 @@ inline void bi_wkv4_out_back(int64_t n, const T* __restrict__ k, const T* __rest
   }
 }
 
+// An adjoint from a gradient triple at src (rows `stride` apart; null: zero), and back.
+template <typename T>
+inline void load_adjoint(int64_t n, const T* src, int64_t stride, Tri& G) {
+  if (src != nullptr) load_tri(n, src, stride, G);
+  else G = Tri{};
+}
+
+template <typename T>
+inline void store_adjoint(int64_t n, const Tri& G, T* dst, int64_t stride) {
+  for (int64_t c = 0; c < n; ++c)
+    dst[c] = static_cast<T>(G.a[c]), dst[stride + c] = static_cast<T>(G.b[c]), dst[2 * stride + c] = static_cast<T>(G.p[c]);
+}
+
 // Scratch triples of one work item of the per-channel backward, per scan: a checkpoint per
 // chunk of kChunk tokens, then one chunk's states.
 inline int64_t v4_checkpoints(int64_t Tn) { return (Tn + kChunk - 1) / kChunk; }
@@ -756,8 +769,7 @@ void wkv4_backward(const Geo4 g, const T* k, const T* v, const T* w, const T* u,
       wkv4_token<false>(n, k + tok(t), v + tok(t), w + c0, u + c0, s, (T*)nullptr);
     }
     // The adjoint of the state after the current token: from the final state's gradient.
-    if (gstate != nullptr) load_tri(n, gstate + b * 3 * g.C + c0, g.C, G);
-    else std::fill(G.a, G.a + CB, 0.0), std::fill(G.b, G.b + CB, 0.0), std::fill(G.p, G.p + CB, 0.0);
+    load_adjoint(n, gstate == nullptr ? nullptr : gstate + b * 3 * g.C + c0, g.C, G);
     double gw[kChannelBlock] = {}, gu[kChannelBlock] = {};
     for (int64_t j = nck - 1; j >= 0; --j) {
       const int64_t t0 = j * kChunk, t1 = std::min(g.T, t0 + kChunk);
@@ -773,11 +785,9 @@ void wkv4_backward(const Geo4 g, const T* k, const T* v, const T* w, const T* u,
         wkv4_out_back(n, k + o, v + o, u + c0, gy + o, buf[t - t0], G, gk + o, gv + o, gu);
       }
     }
-    for (int64_t c = 0; c < n; ++c) {  // the initial state's gradient is the adjoint as it is
-      T* o = gs0 + b * 3 * g.C + c0 + c;
-      o[0] = static_cast<T>(G.a[c]), o[g.C] = static_cast<T>(G.b[c]), o[2 * g.C] = static_cast<T>(G.p[c]);
+    store_adjoint(n, G, gs0 + b * 3 * g.C + c0, g.C);  // the initial state's gradient
+    for (int64_t c = 0; c < n; ++c)
       gw_part[b * g.C + c0 + c] = static_cast<T>(gw[c]), gu_part[b * g.C + c0 + c] = static_cast<T>(gu[c]);
-    }
   });
 }
 
@@ -816,10 +826,8 @@ void bi_wkv4_backward(const Geo4 g, const T* k, const T* v, const T* w, const T*
     // The adjoints start from the final states' gradients (the right scan's ends after token 0).
     Tri GP, GF;
     const T* gsb = gstate == nullptr ? nullptr : gstate + b * 2 * 3 * g.C + c0;
-    for (Tri* G : {&GP, &GF}) {
-      if (gsb != nullptr) load_tri(n, gsb + (G == &GF ? 3 * g.C : 0), g.C, *G);
-      else std::fill(G->a, G->a + CB, 0.0), std::fill(G->b, G->b + CB, 0.0), std::fill(G->p, G->p + CB, 0.0);
-    }
+    load_adjoint(n, gsb, g.C, GP);
+    load_adjoint(n, gsb == nullptr ? nullptr : gsb + 3 * g.C, g.C, GF);
     double gw[kChannelBlock] = {}, gu[kChannelBlock] = {};
     // The right-to-left scan's adjoint runs left to right; it writes gk, gv (with the bonus's).
     for (int64_t j = 0; j < nck; ++j) {
@@ -844,13 +852,10 @@ void bi_wkv4_backward(const Geo4 g, const T* k, const T* v, const T* w, const T*
                             gv + o, gu);
       }
     }
-    for (int64_t c = 0; c < n; ++c) {
-      T* o = gs0 + b * 2 * 3 * g.C + c0 + c;
-      o[0] = static_cast<T>(GP.a[c]), o[g.C] = static_cast<T>(GP.b[c]), o[2 * g.C] = static_cast<T>(GP.p[c]);
-      o += 3 * g.C;
-      o[0] = static_cast<T>(GF.a[c]), o[g.C] = static_cast<T>(GF.b[c]), o[2 * g.C] = static_cast<T>(GF.p[c]);
+    store_adjoint(n, GP, gs0 + b * 2 * 3 * g.C + c0, g.C);
+    store_adjoint(n, GF, gs0 + (b * 2 + 1) * 3 * g.C + c0, g.C);
+    for (int64_t c = 0; c < n; ++c)
       gw_part[b * g.C + c0 + c] = static_cast<T>(gw[c]), gu_part[b * g.C + c0 + c] = static_cast<T>(gu[c]);
-    }
   });
 }
 
