@@ -735,13 +735,7 @@ inline void bi_wkv4_out_back(int64_t n, const T* __restrict__ k, const T* __rest
   }
 }
 
-// An adjoint from a gradient triple at src (rows `stride` apart; null: zero), and back.
-template <typename T>
-inline void load_adjoint(int64_t n, const T* src, int64_t stride, Tri& G) {
-  if (src != nullptr) load_tri(n, src, stride, G);
-  else G = Tri{};
-}
-
+// An adjoint stored as a gradient triple (rows `stride` apart), as it is: no rescaling.
 template <typename T>
 inline void store_adjoint(int64_t n, const Tri& G, T* dst, int64_t stride) {
   for (int64_t c = 0; c < n; ++c)
@@ -769,7 +763,7 @@ void wkv4_backward(const Geo4 g, const T* k, const T* v, const T* w, const T* u,
       wkv4_token<false>(n, k + tok(t), v + tok(t), w + c0, u + c0, s, (T*)nullptr);
     }
     // The adjoint of the state after the current token: from the final state's gradient.
-    load_adjoint(n, gstate == nullptr ? nullptr : gstate + b * 3 * g.C + c0, g.C, G);
+    load_tri(n, gstate + b * 3 * g.C + c0, g.C, G);
     double gw[kChannelBlock] = {}, gu[kChannelBlock] = {};
     for (int64_t j = nck - 1; j >= 0; --j) {
       const int64_t t0 = j * kChunk, t1 = std::min(g.T, t0 + kChunk);
@@ -825,9 +819,8 @@ void bi_wkv4_backward(const Geo4 g, const T* k, const T* v, const T* w, const T*
     };
     // The adjoints start from the final states' gradients (the right scan's ends after token 0).
     Tri GP, GF;
-    const T* gsb = gstate == nullptr ? nullptr : gstate + b * 2 * 3 * g.C + c0;
-    load_adjoint(n, gsb, g.C, GP);
-    load_adjoint(n, gsb == nullptr ? nullptr : gsb + 3 * g.C, g.C, GF);
+    load_tri(n, gstate + b * 2 * 3 * g.C + c0, g.C, GP);
+    load_tri(n, gstate + (b * 2 + 1) * 3 * g.C + c0, g.C, GF);
     double gw[kChannelBlock] = {}, gu[kChannelBlock] = {};
     // The right-to-left scan's adjoint runs left to right; it writes gk, gv (with the bonus's).
     for (int64_t j = 0; j < nck; ++j) {
@@ -869,7 +862,7 @@ int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
 // compiled for that size (unrolled, accumulators in registers) where that pays (kRow64). Pointers: see the kernels above;
 // `u`, `snaps` and `gu` may be null (no bonus / no snapshots / no bonus gradient). The
 // per-channel forwards update `state` in place; their backwards take the initial state and
-// gstate (null: zero) and write gw, gu per batch entry ([B, C], summed by the caller).
+// gstate and write gw, gu per batch entry ([B, C], summed by the caller).
 
 #define RWKV_HF_API(T, SUFFIX)                                                                       \
   extern "C" int rwkv_hf_wkv6_forward_##SUFFIX(                                                      \

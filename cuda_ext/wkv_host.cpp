@@ -122,14 +122,15 @@ void run_halves(bool concurrent, A&& first, B&& second) {
 float* f32_or_null(at::Tensor& x, bool use) { return use ? x.data_ptr<float>() : nullptr; }
 
 // A boundary state the matrix-state kernels read: the initial state (forward) or the final
-// state's gradient (backward), float32 with `numel` elements, or empty: zero (no initial state,
-// or a final state off the loss; the kernels then start from zero and read nothing) -> null.
-const float* state_in(at::Tensor& x, int64_t numel, const char* op, const char* name,
-                      const char* shape) {
+// state's gradient (backward), float32 with `numel` elements (`halves`: bi_wkv6's
+// [B, 2, H, K, V]), or empty: zero (no initial state, or a final state off the loss; the
+// kernels then start from zero and read nothing) -> null.
+const float* state_in(const at::Tensor& x, int64_t numel, const char* op, const char* name,
+                      const char* shape, bool halves = false) {
   check_float(x, name);
   if (x.numel() == 0) return nullptr;
-  TORCH_CHECK(x.numel() == numel, "rwkv_hf cuda ", op, ": ", name, " must be ", shape,
-              " or empty (zero)");
+  TORCH_CHECK(x.numel() == numel && (!halves || (x.dim() == 5 && x.size(1) == 2)), "rwkv_hf cuda ",
+              op, ": ", name, " must be ", shape, " or empty (zero)");
   return x.data_ptr<float>();
 }
 
@@ -462,9 +463,7 @@ std::vector<at::Tensor> bi_wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v
   check_v6(r, k, v, w, u);
   const int B = r.size(0), H = r.size(2), n = r.size(3);
   const float* s0p =
-      state_in(s0, (int64_t)B * 2 * H * n * n, "bi_wkv6", "state", "[B, 2, H, K, V]");
-  TORCH_CHECK(s0p == nullptr || (s0.dim() == 5 && s0.size(1) == 2),
-              "rwkv_hf cuda bi_wkv6: state must be [B, 2, H, K, V] or empty (zero)");
+      state_in(s0, (int64_t)B * 2 * H * n * n, "bi_wkv6", "state", "[B, 2, H, K, V]", true);
   const at::cuda::OptionalCUDAGuard guard(r.device());
   r = aligned16(r), k = aligned16(k), v = aligned16(v), w = aligned16(w);
   auto y = at::empty_like(v);
@@ -525,9 +524,7 @@ std::vector<at::Tensor> bi_wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor 
   check_act(gy, r, "gy");
   const int B = r.size(0), T = r.size(1), H = r.size(2), n = r.size(3);
   const float* gsTp =
-      state_in(gsT, (int64_t)B * 2 * H * n * n, "bi_wkv6", "gsT", "[B, 2, H, K, V]");
-  TORCH_CHECK(gsTp == nullptr || (gsT.dim() == 5 && gsT.size(1) == 2),
-              "rwkv_hf cuda bi_wkv6: gsT must be [B, 2, H, K, V] or empty (zero)");
+      state_in(gsT, (int64_t)B * 2 * H * n * n, "bi_wkv6", "gsT", "[B, 2, H, K, V]", true);
   const at::cuda::OptionalCUDAGuard guard(r.device());
   r = aligned16(r), k = aligned16(k), v = aligned16(v), w = aligned16(w), gy = aligned16(gy);
   auto f32 = r.options().dtype(at::kFloat);
