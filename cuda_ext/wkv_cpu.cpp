@@ -37,6 +37,7 @@
 #include <memory>
 #include <thread>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "cpu_common.h"
@@ -90,33 +91,35 @@ inline void prefetch(const T* p, int64_t n) {
     __builtin_prefetch(reinterpret_cast<const char*>(p) + off);
 }
 
-// Whole rows of 64 values as GCC/clang vector-extension registers (16 floats or 8 doubles per
-// 64-byte vector; the compiler splits them where vectors are narrower). The steps for V = 64 keep
-// their accumulators in registers across the loop over i: written with plain arrays, the
-// compiler keeps them in memory and each i waits on a store-to-load round trip.
-// They are used where a 64-byte vector is one register (AVX-512, 32 of them). With AVX2's
-// sixteen 32-byte registers a row of S and the accumulators do not fit, and on an EPYC (znver3)
-// the V = 64 copies ran 4-7x slower than the plain loops; there V = 64 runs the generic copy.
-// -DRWKV_HF_ROW64 forces them (their tests on machines without AVX-512).
+// The steps for V = 64 (the RWKV head size) work on blocks of columns held in GCC/clang
+// vector-extension registers, and keep their accumulators there across the loop over i: written
+// with plain arrays, the compiler keeps them in memory and each i waits on a store-to-load round
+// trip. With AVX-512 (32 registers of 64 bytes) a block is a whole row: 64 values in 64-byte
+// vectors. Elsewhere it is 4 vectors of 32 bytes (32 floats or 16 doubles), so that a block of
+// the rows a step reads and its accumulators fit AVX2's sixteen 32-byte registers: whole rows
+// spilled there, and on an EPYC (znver3) they ran 4-7x slower than plain loops.
+// -DRWKV_HF_ROW64 forces whole rows (their tests on machines without AVX-512).
 #if defined(__AVX512F__) || defined(RWKV_HF_ROW64)
-constexpr bool kRow64 = true;
+constexpr bool kWholeRows = true;
 #else
-constexpr bool kRow64 = false;
+constexpr bool kWholeRows = false;
 #endif
 
 template <typename T>
-struct Row64 {
-  typedef T vec __attribute__((vector_size(64), aligned(alignof(T))));
-  static constexpr int kLanes = 64 / sizeof(T), kVecs = 64 / kLanes;
+struct Cols {
+  static constexpr int kBytes = kWholeRows ? 64 : 32;  // per vector
+  typedef T vec __attribute__((vector_size(kBytes), aligned(alignof(T))));
+  static constexpr int kLanes = kBytes / sizeof(T), kVecs = kWholeRows ? 64 / kLanes : 4;
+  static constexpr int kWidth = kLanes * kVecs;  // columns per block; divides 64
   vec x[kVecs];
-  static Row64 load(const T* p) {
-    Row64 r;
+  static Cols load(const T* p) {
+    Cols r;
 #pragma GCC unroll 8
     for (int n = 0; n < kVecs; ++n) r.x[n] = *reinterpret_cast<const vec*>(p + n * kLanes);
     return r;
   }
-  static Row64 fill(T value) {
-    Row64 r;
+  static Cols fill(T value) {
+    Cols r;
 #pragma GCC unroll 8
     for (int n = 0; n < kVecs; ++n) r.x[n] = vec{} + value;
     return r;
@@ -128,7 +131,37 @@ struct Row64 {
   static vec& at(T* p, int n) { return *reinterpret_cast<vec*>(p + n * kLanes); }
   static const vec& at(const T* p, int n) { return *reinterpret_cast<const vec*>(p + n * kLanes); }
   // Sum of the lanes as a tree of half-width adds (a lane-by-lane sum is a serial chain).
-  static T hsum(vec a) { return fold<64>(&a); }
+  static T hsum(vec a) { return fold<kBytes>(&a); }
+  // out[i] = hsum(x[i]) for i < n. Whole groups of kLanes vectors are summed together: lane l of
+  // the result gathers x[l]'s sum through log2(kLanes) levels of pairwise shuffles and adds, about
+  // 3 instructions per vector instead of the 6-8 of a lone hsum (AVX2, AVX-512).
+  static void hsums(const vec* x, int64_t n, T* out) {
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes) {
+      vec level[kLanes];
+      for (int l = 0; l < kLanes; ++l) level[l] = x[i + l];
+      const vec sums = fold_rows<kLanes>(level);
+      std::memcpy(out + i, &sums, sizeof(vec));
+    }
+    for (; i < n; ++i) out[i] = hsum(x[i]);
+  }
+  // M vectors holding kLanes / M rows each, in segments of M lanes (one row per segment), halved
+  // into M / 2 vectors of half-length segments: segment q of a pair's output is the sum of the
+  // two halves of segment q of the pair (a b). Ends with lane l = the sum of row l.
+  template <int M>
+  static vec fold_rows(vec* v) {
+    if constexpr (M == 1) {
+      return v[0];
+    } else {
+      for (int p = 0; p < M / 2; ++p) v[p] = pair_halves<M>(v[2 * p], v[2 * p + 1], std::make_index_sequence<kLanes>());
+      return fold_rows<M / 2>(v);
+    }
+  }
+  template <int Seg, size_t... O>
+  static vec pair_halves(vec a, vec b, std::index_sequence<O...>) {
+    return __builtin_shufflevector(a, b, static_cast<int>((O / (Seg / 2)) * Seg + O % (Seg / 2))...) +
+           __builtin_shufflevector(a, b, static_cast<int>((O / (Seg / 2)) * Seg + O % (Seg / 2) + Seg / 2)...);
+  }
   template <int Bytes>
   static T fold(const void* p) {
     if constexpr (Bytes == 2 * sizeof(T)) {
@@ -147,6 +180,13 @@ struct Row64 {
   }
 };
 
+// The backwards run column blocks only when a row is at most two of them: with 16-column blocks
+// (float64 without AVX-512) each block's round trips of the rows' partial dot products and
+// reloads of the token's rows cost more than the registers save, and the plain loops were 1.15x
+// faster on an EPYC (znver3).
+template <typename T>
+constexpr bool kBlockedBackward = Cols<T>::kWidth >= 32;
+
 // ------------------------------------------------------------------------------------ wkv6
 
 // One step of wkv6 for one head: y (if not null) from S_{t-1} = Sin, then S <- S_t (Sin may be S).
@@ -155,28 +195,30 @@ inline void wkv6_step(const Geo& g, const T* Sin, T* S, const T* r, const T* k, 
                       const T* e, const T* u, T* __restrict__ y, T* __restrict__ acc_mem) {
   const int64_t K = g.K, V = VN ? VN : g.V;
   if constexpr (VN == 64) {
-    using R = Row64<T>;
+    using R = Cols<T>;
     using vec = typename R::vec;
-    const R vr = R::load(v);
     T bonus = 0;
     if (u && y) {
 #pragma omp simd reduction(+ : bonus)
       for (int64_t i = 0; i < K; ++i) bonus += r[i] * u[i] * k[i];
     }
-    R acc = R::fill(0);
-    for (int64_t i = 0; i < K; ++i) {
-      const T ri = r[i], ki = k[i], ei = e[i];
+    for (int j0 = 0; j0 < 64; j0 += R::kWidth) {
+      const R vr = R::load(v + j0);
+      R acc = R::fill(0);
+      for (int64_t i = 0; i < K; ++i) {
+        const T ri = r[i], ki = k[i], ei = e[i];
 #pragma GCC unroll 8
-      for (int n = 0; n < R::kVecs; ++n) {
-        const vec s = R::at(Sin + i * 64, n);
-        acc.x[n] += ri * s;
-        R::at(S + i * 64, n) = s * ei + ki * vr.x[n];
+        for (int n = 0; n < R::kVecs; ++n) {
+          const vec s = R::at(Sin + i * 64 + j0, n);
+          acc.x[n] += ri * s;
+          R::at(S + i * 64 + j0, n) = s * ei + ki * vr.x[n];
+        }
       }
-    }
-    if (y) {
+      if (y) {
 #pragma GCC unroll 8
-      for (int n = 0; n < R::kVecs; ++n) acc.x[n] += bonus * vr.x[n];
-      acc.store(y);
+        for (int n = 0; n < R::kVecs; ++n) acc.x[n] += bonus * vr.x[n];
+        acc.store(y + j0);
+      }
     }
     return;
   }
@@ -237,7 +279,8 @@ void wkv6_backward(const Geo g, const T* r, const T* k, const T* v, const T* ew,
                    const T* snaps, const T* gy, const T* gstate, T* gr, T* gk, T* gv, T* gw,
                    T* gu, T* gs0, int threads) {
   const int64_t K = g.K, V = VN ? VN : g.V, KV = K * V, nch = g.chunks();
-  parallel_items<T>(g.B * g.H, threads, kChunk * KV, [&](int64_t bh, T* buf) {
+  // Scratch: the chunk's states, then (V = 64) the rows' partial dot products.
+  parallel_items<T>(g.B * g.H, threads, kChunk * KV + 3 * K * Cols<T>::kLanes, [&](int64_t bh, T* buf) {
     const int64_t b = bh / g.H, h = bh % g.H;
     const T* uh = u ? u + h * K : nullptr;
     T* G = gs0 + bh * KV;  // the running dL/dS; ends as the initial state's gradient
@@ -271,32 +314,42 @@ void wkv6_backward(const Geo g, const T* r, const T* k, const T* v, const T* ew,
           for (int64_t i = 0; i < K; ++i) ruk += rt[i] * uh[i] * kt[i];
         }
         if constexpr (VN == 64) {
-          using R = Row64<T>;
+          using R = Cols<T>;
           using vec = typename R::vec;
-          const R gyv = R::load(gyt), vv = R::load(vt);
-          R dvv = R::fill(0);
-          for (int64_t i = 0; i < K; ++i) {
-            T* Gi = G + i * 64;
-            const T* Si = Sp + i * 64;
-            const T ri = rt[i], ki = kt[i], ei = et[i];
-            vec sg{}, gvv{}, gs{};
+          // The rows' dot products S_{t-1}[i].gy, G[i].v, G[i].S_{t-1}[i] add up over the column
+          // blocks as vectors (part: 3 x K of them), summed across lanes once at the end.
+          vec* part = reinterpret_cast<vec*>(buf + kChunk * KV);
+          for (int j0 = 0; j0 < 64; j0 += R::kWidth) {
+            const R gyv = R::load(gyt + j0), vv = R::load(vt + j0);
+            R dvv = R::fill(0);
+            for (int64_t i = 0; i < K; ++i) {
+              T* Gi = G + i * 64 + j0;
+              const T* Si = Sp + i * 64 + j0;
+              const T ri = rt[i], ki = kt[i], ei = et[i];
+              vec sg{}, gvv{}, gs{};
 #pragma GCC unroll 8
-            for (int n = 0; n < R::kVecs; ++n) {
-              const vec Gv = R::at(Gi, n), Sv = R::at(Si, n);
-              sg += Sv * gyv.x[n];
-              gvv += Gv * vv.x[n];
-              gs += Gv * Sv;
-              dvv.x[n] += ki * Gv;
-              R::at(Gi, n) = ei * Gv + ri * gyv.x[n];
+              for (int n = 0; n < R::kVecs; ++n) {
+                const vec Gv = R::at(Gi, n), Sv = R::at(Si, n);
+                sg += Sv * gyv.x[n];
+                gvv += Gv * vv.x[n];
+                gs += Gv * Sv;
+                dvv.x[n] += ki * Gv;
+                R::at(Gi, n) = ei * Gv + ri * gyv.x[n];
+              }
+              if (j0 == 0) part[i] = sg, part[K + i] = gvv, part[2 * K + i] = gs;
+              else part[i] += sg, part[K + i] += gvv, part[2 * K + i] += gs;
             }
-            const T ui = uh ? uh[i] : T(0);
-            gr[o + i] = R::hsum(sg) + ui * ki * vg;
-            gk[o + i] = R::hsum(gvv) + ri * ui * vg;
-            gw[o + i] = ei * R::hsum(gs);
+#pragma GCC unroll 8
+            for (int n = 0; n < R::kVecs; ++n) R::at(dv + j0, n) = dvv.x[n] + ruk * gyv.x[n];
+          }
+          R::hsums(part, K, gr + o), R::hsums(part + K, K, gk + o), R::hsums(part + 2 * K, K, gw + o);
+          for (int64_t i = 0; i < K; ++i) {
+            const T ui = uh ? uh[i] : T(0), ri = rt[i], ki = kt[i];
+            gr[o + i] += ui * ki * vg;
+            gk[o + i] += ri * ui * vg;
+            gw[o + i] *= et[i];
             if (du) du[i] += ri * ki * vg;
           }
-#pragma GCC unroll 8
-          for (int n = 0; n < R::kVecs; ++n) R::at(dv, n) = dvv.x[n] + ruk * gyv.x[n];
           continue;
         }
         for (int64_t j = 0; j < V; ++j) dv[j] = gyt[j] * ruk;
@@ -334,27 +387,28 @@ inline void wkv7_step(const Geo& g, const T* Sin, T* S, const T* r, const T* k, 
                       const T* e, const T* a, const T* bb, T* __restrict__ y, T* __restrict__ sa) {
   const int64_t K = g.K, V = VN ? VN : g.V;
   if constexpr (VN == 64) {
-    using R = Row64<T>;
+    using R = Cols<T>;
     using vec = typename R::vec;
-    const R vr = R::load(v);
-    R sav = R::fill(0), acc = R::fill(0);
-    for (int64_t i = 0; i < K; ++i) {
-      const R si = R::load(Sin + i * 64);
-      const T ai = a[i];
+    for (int j0 = 0; j0 < 64; j0 += R::kWidth) {  // every column of the step is independent
+      const R vr = R::load(v + j0);
+      R sav = R::fill(0), acc = R::fill(0);
+      for (int64_t i = 0; i < K; ++i) {
+        const T ai = a[i];
 #pragma GCC unroll 8
-      for (int n = 0; n < R::kVecs; ++n) sav.x[n] += ai * si.x[n];
-    }
-    for (int64_t i = 0; i < K; ++i) {
-      const T ei = e[i], bi = bb[i], ki = k[i], ri = r[i];
-#pragma GCC unroll 8
-      for (int n = 0; n < R::kVecs; ++n) {
-        const vec s = R::at(Sin + i * 64, n) * ei + bi * sav.x[n] + ki * vr.x[n];
-        R::at(S + i * 64, n) = s;
-        acc.x[n] += ri * s;
+        for (int n = 0; n < R::kVecs; ++n) sav.x[n] += ai * R::at(Sin + i * 64 + j0, n);
       }
+      for (int64_t i = 0; i < K; ++i) {
+        const T ei = e[i], bi = bb[i], ki = k[i], ri = r[i];
+#pragma GCC unroll 8
+        for (int n = 0; n < R::kVecs; ++n) {
+          const vec s = R::at(Sin + i * 64 + j0, n) * ei + bi * sav.x[n] + ki * vr.x[n];
+          R::at(S + i * 64 + j0, n) = s;
+          acc.x[n] += ri * s;
+        }
+      }
+      sav.store(sa + j0);
+      if (y) acc.store(y + j0);
     }
-    sav.store(sa);
-    if (y) acc.store(y);
     return;
   }
   for (int64_t j = 0; j < V; ++j) sa[j] = 0;
@@ -412,7 +466,8 @@ void wkv7_backward(const Geo g, const T* r, const T* k, const T* v, const T* ew,
   const int64_t K = g.K, V = VN ? VN : g.V, KV = K * V, nch = g.chunks();
   // Scratch: kChunk + 1 states (before each step of the chunk and after its last), the chunk's
   // sa_t rows, and dsa.
-  const size_t scratch = (kChunk + 1) * KV + kChunk * V + V;
+  // sa_t rows, dsa, and (V = 64) the rows' partial dot products.
+  const size_t scratch = (kChunk + 1) * KV + kChunk * V + V + 5 * K * Cols<T>::kLanes;
   parallel_items<T>(g.B * g.H, threads, scratch, [&](int64_t bh, T* buf) {
     const int64_t b = bh / g.H, h = bh % g.H;
     T* sab = buf + (kChunk + 1) * KV;
@@ -442,42 +497,50 @@ void wkv7_backward(const Geo g, const T* r, const T* k, const T* v, const T* ew,
         const T* Sn = Sp + KV;              // S_t
         T* dv = gv + ov;
         if constexpr (VN == 64) {
-          using R = Row64<T>;
+          using R = Cols<T>;
           using vec = typename R::vec;
-          const R gyv = R::load(gyt), vv = R::load(vt), sav = R::load(sa);
-          R dvv = R::fill(0), dsav = R::fill(0);
-          for (int64_t i = 0; i < K; ++i) {
-            T* Gi = G + i * 64;
-            const T ri = rt[i], ki = kt[i], bi = bt[i];
-            vec sg{}, gvv{}, gsa{}, gs{};
+          // A column's dsa needs only that column of G, so each block runs both loops over i.
+          // The rows' dot products (dr, dk, db, dw, da) add up over the blocks as vectors
+          // (part: 5 x K of them), summed across lanes once at the end.
+          vec* part = reinterpret_cast<vec*>(dsa + V);
+          for (int j0 = 0; j0 < 64; j0 += R::kWidth) {
+            const R gyv = R::load(gyt + j0), vv = R::load(vt + j0), sav = R::load(sa + j0);
+            R dvv = R::fill(0), dsav = R::fill(0);
+            for (int64_t i = 0; i < K; ++i) {
+              T* Gi = G + i * 64 + j0;
+              const T ri = rt[i], ki = kt[i], bi = bt[i];
+              vec sg{}, gvv{}, gsa{}, gs{};
 #pragma GCC unroll 8
-            for (int n = 0; n < R::kVecs; ++n) {
-              const vec Gv = R::at(Gi, n) + ri * gyv.x[n];
-              R::at(Gi, n) = Gv;
-              sg += R::at(Sn + i * 64, n) * gyv.x[n];
-              gvv += Gv * vv.x[n];
-              gsa += Gv * sav.x[n];
-              gs += Gv * R::at(Sp + i * 64, n);
-              dvv.x[n] += ki * Gv;
-              dsav.x[n] += bi * Gv;
+              for (int n = 0; n < R::kVecs; ++n) {
+                const vec Gv = R::at(Gi, n) + ri * gyv.x[n];
+                R::at(Gi, n) = Gv;
+                sg += R::at(Sn + i * 64 + j0, n) * gyv.x[n];
+                gvv += Gv * vv.x[n];
+                gsa += Gv * sav.x[n];
+                gs += Gv * R::at(Sp + i * 64 + j0, n);
+                dvv.x[n] += ki * Gv;
+                dsav.x[n] += bi * Gv;
+              }
+              if (j0 == 0) part[i] = sg, part[K + i] = gvv, part[2 * K + i] = gsa, part[3 * K + i] = gs;
+              else part[i] += sg, part[K + i] += gvv, part[2 * K + i] += gsa, part[3 * K + i] += gs;
             }
-            gr[o + i] = R::hsum(sg);
-            gk[o + i] = R::hsum(gvv);
-            gb[o + i] = R::hsum(gsa);
-            gw[o + i] = et[i] * R::hsum(gs);
-          }
-          dvv.store(dv);
-          for (int64_t i = 0; i < K; ++i) {
-            T* Gi = G + i * 64;
-            const T ei = et[i], ai = at[i];
-            vec da{};
+            dvv.store(dv + j0);
+            for (int64_t i = 0; i < K; ++i) {
+              T* Gi = G + i * 64 + j0;
+              const T ei = et[i], ai = at[i];
+              vec da{};
 #pragma GCC unroll 8
-            for (int n = 0; n < R::kVecs; ++n) {
-              da += R::at(Sp + i * 64, n) * dsav.x[n];
-              R::at(Gi, n) = ei * R::at(Gi, n) + ai * dsav.x[n];
+              for (int n = 0; n < R::kVecs; ++n) {
+                da += R::at(Sp + i * 64 + j0, n) * dsav.x[n];
+                R::at(Gi, n) = ei * R::at(Gi, n) + ai * dsav.x[n];
+              }
+              if (j0 == 0) part[4 * K + i] = da;
+              else part[4 * K + i] += da;
             }
-            ga[o + i] = R::hsum(da);
           }
+          R::hsums(part, K, gr + o), R::hsums(part + K, K, gk + o), R::hsums(part + 2 * K, K, gb + o);
+          R::hsums(part + 3 * K, K, gw + o), R::hsums(part + 4 * K, K, ga + o);
+          for (int64_t i = 0; i < K; ++i) gw[o + i] *= et[i];
           continue;
         }
         for (int64_t j = 0; j < V; ++j) dv[j] = 0, dsa[j] = 0;
@@ -859,7 +922,7 @@ int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
 // ------------------------------------------------------------------------------------ C API
 // Returns 0 on success, 1 on failure (allocation). Forwards read the initial state from
 // `state_in` and write the final one to `state`. V == 64 (the RWKV head size) runs a copy
-// compiled for that size (unrolled, accumulators in registers) where that pays (kRow64). Pointers: see the kernels above;
+// compiled for that size (column blocks, accumulators in registers; see Cols). Pointers: see the kernels above;
 // `u`, `snaps` and `gu` may be null (no bonus / no snapshots / no bonus gradient). The
 // per-channel forwards update `state` in place; their backwards take the initial state and
 // gstate and write gw, gu per batch entry ([B, C], summed by the caller).
@@ -872,7 +935,7 @@ int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
     std::exception_ptr err;                                                                          \
     try {                                                                                            \
       const Geo g{B, Tn, H, K, V, ew_sb, ew_st, ew_sh, reverse};                                     \
-      if (kRow64 && V == 64) wkv6_forward<T, 64>(g, r, k, v, ew, u, state_in, state, y, snaps, threads);       \
+      if (V == 64) wkv6_forward<T, 64>(g, r, k, v, ew, u, state_in, state, y, snaps, threads);       \
       else wkv6_forward<T, 0>(g, r, k, v, ew, u, state_in, state, y, snaps, threads);                \
     } catch (...) { err = std::current_exception(); }                                                \
     return guarded(err);                                                                             \
@@ -885,7 +948,7 @@ int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
     std::exception_ptr err;                                                                          \
     try {                                                                                            \
       const Geo g{B, Tn, H, K, V, ew_sb, ew_st, ew_sh, reverse};                                     \
-      if (kRow64 && V == 64)                                                                                   \
+      if (V == 64 && kBlockedBackward<T>)                                                            \
         wkv6_backward<T, 64>(g, r, k, v, ew, u, snaps, gy, gstate, gr, gk, gv, gw, gu, gs0, threads);\
       else                                                                                           \
         wkv6_backward<T, 0>(g, r, k, v, ew, u, snaps, gy, gstate, gr, gk, gv, gw, gu, gs0, threads); \
@@ -899,7 +962,7 @@ int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
     std::exception_ptr err;                                                                          \
     try {                                                                                            \
       const Geo g{B, Tn, H, K, V, ew_sb, ew_st, ew_sh, 0};                                           \
-      if (kRow64 && V == 64) wkv7_forward<T, 64>(g, r, k, v, ew, a, bb, state_in, state, y, snaps, threads);   \
+      if (V == 64) wkv7_forward<T, 64>(g, r, k, v, ew, a, bb, state_in, state, y, snaps, threads);   \
       else wkv7_forward<T, 0>(g, r, k, v, ew, a, bb, state_in, state, y, snaps, threads);            \
     } catch (...) { err = std::current_exception(); }                                                \
     return guarded(err);                                                                             \
@@ -912,7 +975,7 @@ int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
     std::exception_ptr err;                                                                          \
     try {                                                                                            \
       const Geo g{B, Tn, H, K, V, ew_sb, ew_st, ew_sh, 0};                                           \
-      if (kRow64 && V == 64)                                                                                   \
+      if (V == 64 && kBlockedBackward<T>)                                                            \
         wkv7_backward<T, 64>(g, r, k, v, ew, a, bb, snaps, gy, gstate, gr, gk, gv, gw, ga, gb, gs0,  \
                              threads);                                                               \
       else                                                                                           \
@@ -965,4 +1028,4 @@ RWKV_HF_API(float, f32)
 RWKV_HF_API(double, f64)
 
 extern "C" int rwkv_hf_wkv_cpu_chunk() { return static_cast<int>(kChunk); }
-extern "C" int rwkv_hf_wkv_cpu_row64() { return kRow64 ? 1 : 0; }
+extern "C" int rwkv_hf_wkv_cpu_whole_rows() { return kWholeRows ? 1 : 0; }

@@ -3,8 +3,9 @@ inference blocks of the language and vision models (cuda_ext/wkv_cpu.cpp, lm_cpu
 vision_cpu.cpp) read and write only inside the tensors they are given. The suite's tests of
 that code run again in a process that builds it with ``-fsanitize=address`` (tests/sanitizer.py);
 they keep comparing against the eager models and float64, so the run checks results too.
-The build also forces the matrix-state kernels' copies for head size 64 (-DRWKV_HF_ROW64, the
-default only with AVX-512), which the suite's own run does not reach on other CPUs."""
+The build also forces the whole-row column blocks of the matrix-state kernels for head size 64
+(-DRWKV_HF_ROW64, the default only with AVX-512), which the suite's own run does not reach on other
+CPUs."""
 import pytest
 
 import sanitizer
@@ -14,7 +15,7 @@ _SETUP = """
 import os
 from rwkv_hf.ops import cpu_backend
 cpu_backend._FLAGS = cpu_backend._FLAGS + sanitizer.FLAGS + ("-DRWKV_HF_ROW64",)
-assert cpu_backend.load().rwkv_hf_wkv_cpu_row64() == 1
+assert cpu_backend.load().rwkv_hf_wkv_cpu_whole_rows() == 1
 """
 
 # Every test of the compiled CPU code (the rebuild-in-a-temp-dir test aside: it would compile

@@ -104,15 +104,24 @@ def test_property_random_shapes(op, B, T, H, N, with_state, seed, backend):
 
 @pytest.mark.parametrize("backend", ["torch", "cpu"])
 def test_value_dim_may_differ_from_key_dim(backend):
+    """Outputs, final state and every gradient. V = 64 is the cpu kernels' compiled head size
+    with other K: K = 6 leaves rows outside the backward's whole groups of vector lanes."""
     for op in ("wkv5", "wkv6", "bi_wkv6", "wkv7"):
-        for V in (5, 64):  # 64 with K=8: the cpu kernels' V=64 path with another K
-            x = make_inputs(op, 2, 19, 2, 8, dtype=torch.float64, state=True, seed=1)
+        for K, V in ((8, 5), (8, 64), (6, 64)):
+            x = make_inputs(op, 2, 19, 2, K, dtype=torch.float64, state=True, seed=1)
             x["v"] = torch.randn(2, 19, 2, V, dtype=torch.float64)
             x["state"] = torch.randn(*x["state"].shape[:-1], V, dtype=torch.float64)
-            y_ref, s_ref = run(op, x, backend="reference", output_final_state=True)
-            y, s = run(op, x, backend=backend, output_final_state=True)
-            assert y.shape == (2, 19, 2, V)
-            assert rel(y, y_ref) <= 1e-10 and rel(s, s_ref) <= 1e-10
+            got = {}
+            for b in ("reference", backend):
+                leaves = {n: t.clone().requires_grad_(True) for n, t in x.items()}
+                y, s = run(op, leaves, backend=b, output_final_state=True)
+                assert y.shape == (2, 19, 2, V)
+                g = torch.Generator().manual_seed(3)
+                ((y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum()
+                 + (s * torch.randn(s.shape, generator=g, dtype=s.dtype)).sum()).backward()
+                got[b] = [y, s] + [leaves[n].grad for n in x]
+            for name, a, ref in zip(["y", "state", *x], got[backend], got["reference"]):
+                assert rel(a, ref) <= 1e-10, (op, K, V, name)
 
 
 def test_ops_against_independent_formulas():
