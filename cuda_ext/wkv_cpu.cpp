@@ -342,13 +342,17 @@ void wkv6_backward(const Geo g, const T* r, const T* k, const T* v, const T* ew,
 #pragma GCC unroll 8
             for (int n = 0; n < R::kVecs; ++n) R::at(dv + j0, n) = dvv.x[n] + ruk * gyv.x[n];
           }
-          R::hsums(part, K, gr + o), R::hsums(part + K, K, gk + o), R::hsums(part + 2 * K, K, gw + o);
-          for (int64_t i = 0; i < K; ++i) {
-            const T ui = uh ? uh[i] : T(0), ri = rt[i], ki = kt[i];
-            gr[o + i] += ui * ki * vg;
-            gk[o + i] += ri * ui * vg;
-            gw[o + i] *= et[i];
-            if (du) du[i] += ri * ki * vg;
+          T *__restrict__ dr = gr + o, *__restrict__ dk = gk + o, *__restrict__ dw = gw + o;
+          R::hsums(part, K, dr), R::hsums(part + K, K, dk), R::hsums(part + 2 * K, K, dw);
+#pragma omp simd
+          for (int64_t i = 0; i < K; ++i) dw[i] *= et[i];
+          if (uh) {
+#pragma omp simd
+            for (int64_t i = 0; i < K; ++i) dr[i] += uh[i] * kt[i] * vg, dk[i] += rt[i] * uh[i] * vg;
+          }
+          if (du) {
+#pragma omp simd
+            for (int64_t i = 0; i < K; ++i) du[i] += rt[i] * kt[i] * vg;
           }
           continue;
         }
@@ -540,6 +544,7 @@ void wkv7_backward(const Geo g, const T* r, const T* k, const T* v, const T* ew,
           }
           R::hsums(part, K, gr + o), R::hsums(part + K, K, gk + o), R::hsums(part + 2 * K, K, gb + o);
           R::hsums(part + 3 * K, K, gw + o), R::hsums(part + 4 * K, K, ga + o);
+#pragma omp simd
           for (int64_t i = 0; i < K; ++i) gw[o + i] *= et[i];
           continue;
         }
