@@ -13,7 +13,8 @@
 // std::threads; the token loop is sequential and the K x V state stays in L1/L2. Every inner
 // loop runs over the value index j, which is contiguous in the state, the inputs and the
 // outputs, so the compiler vectorises it without reassociating anything except the explicit
-// `omp simd reduction` dot products.
+// `omp simd reduction` dot products. At V = 64 the steps are written on vector registers
+// (Cols), their dot products summed across lanes in trees.
 //
 // Math per head (S the state, e = exp(w_t), x^T a row vector):
 //   wkv6: y_t = r_t^T (S_{t-1} + diag(u) k_t v_t^T),  S_t = diag(e) S_{t-1} + k_t v_t^T
@@ -469,7 +470,6 @@ void wkv7_backward(const Geo g, const T* r, const T* k, const T* v, const T* ew,
                    T* gw, T* ga, T* gb, T* gs0, int threads) {
   const int64_t K = g.K, V = VN ? VN : g.V, KV = K * V, nch = g.chunks();
   // Scratch: kChunk + 1 states (before each step of the chunk and after its last), the chunk's
-  // sa_t rows, and dsa.
   // sa_t rows, dsa, and (V = 64) the rows' partial dot products.
   const size_t scratch = (kChunk + 1) * KV + kChunk * V + V + 5 * K * Cols<T>::kLanes;
   parallel_items<T>(g.B * g.H, threads, scratch, [&](int64_t bh, T* buf) {
@@ -927,10 +927,10 @@ int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
 // ------------------------------------------------------------------------------------ C API
 // Returns 0 on success, 1 on failure (allocation). Forwards read the initial state from
 // `state_in` and write the final one to `state`. V == 64 (the RWKV head size) runs a copy
-// compiled for that size (column blocks, accumulators in registers; see Cols). Pointers: see the kernels above;
-// `u`, `snaps` and `gu` may be null (no bonus / no snapshots / no bonus gradient). The
-// per-channel forwards update `state` in place; their backwards take the initial state and
-// gstate and write gw, gu per batch entry ([B, C], summed by the caller).
+// compiled for that size (column blocks, accumulators in registers; see Cols). Pointers: see the
+// kernels above; `u`, `snaps` and `gu` may be null (no bonus / no snapshots / no bonus
+// gradient). The per-channel forwards update `state` in place; their backwards take the initial
+// state and gstate and write gw, gu per batch entry ([B, C], summed by the caller).
 
 #define RWKV_HF_API(T, SUFFIX)                                                                       \
   extern "C" int rwkv_hf_wkv6_forward_##SUFFIX(                                                      \
