@@ -18,6 +18,10 @@ beyond barrier ordering, and launch limits of a real GPU.
 tensor a kernel is given, and every ``__shared__`` array (a static here), has redzones, so a
 kernel that reads or writes one element outside them is stopped with a report (on a GPU such
 a read returns a neighbour's data or faults).
+
+``MUTANTS``: bugs planted in every build, each dormant unless ``$RWKV_HF_EMU_MUTANT`` names it,
+so the tests that show these checks can fail need no build of their own (an instrumented
+build takes minutes).
 """
 import hashlib
 import json
@@ -33,6 +37,22 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 EMU_DIR = os.path.join(HERE, "cuda_emu")
 KERNELS = ("wkv4.cu", "wkv5.cu", "wkv6.cu", "wkv7.cu")
 CACHE_ENV = "RWKV_HF_CUDA_EMU_CACHE"
+
+MUTANT_ENV = "RWKV_HF_EMU_MUTANT"
+# id: (file, exact text, its mutant, occurrences expected of the text; the first is replaced).
+MUTANTS = {
+    # RWKV-7's backward sweep without the barrier between the threads' row partial sums and
+    # their reduction.
+    "missing_barrier": (1, "wkv7.cu", "          __syncthreads();\n          for (int p = tid; p < RG * N; p += NT) {",
+                        "          if (!::emu::mutant(1)) __syncthreads();\n"
+                        "          for (int p = tid; p < RG * N; p += NT) {", 1),
+    # RWKV-7's forward staging one token too many: past the end of the sequence in its last,
+    # partial stage (the forward's staging comes first; then the backward's B1 and B2).
+    "read_past_the_end": (2, "wkv7.cu", "    if (t0 + stt < tend) {", "    if (t0 + stt < tend + ::emu::mutant(2)) {", 3),
+    # RWKV-6's forward reading its keys from shared memory one float off: a 16-byte load from a
+    # 4-byte-aligned address (a GPU refuses it with "misaligned address"; x86 would do it).
+    "misaligned_load": (3, "wkv6.cuh", "ld4(&s_k[tt][row]), d4 =", "ld4(&s_k[tt][row] + (::emu::mutant(3) && tt == 1)), d4 =", 1),
+}
 
 _LAUNCH = re.compile(r"([A-Za-z_]\w*\s*(?:<[^<>;()]*>)?)\s*<<<(.*?)>>>\s*\(", re.S)
 
@@ -69,14 +89,21 @@ def rewrite_kernels(text):
     return _sub(_LAUNCH, r"::emu::launcher(&\1, \2)(", text, "kernel launches", literal=False)
 
 
-def sources(src=None):
-    """{file name: rewritten text} of the extension in ``src`` (default: the package's
-    ``cuda_ext``), kernels as .cpp files."""
-    src = src or cuda_backend.sources_dir()
+def sources():
+    """{file name: rewritten text} of the package's ``cuda_ext``, kernels as .cpp files, with
+    the MUTANTS planted."""
+    src = cuda_backend.sources_dir()
 
     def read(name):
         with open(os.path.join(src, name)) as f:
-            return f.read()
+            text = f.read()
+        for what, (_, file, original, mutant, occurrences) in MUTANTS.items():
+            if file == name:
+                if text.count(original) != occurrences:
+                    raise RuntimeError(f"cuda emulation: mutant {what!r}: its text occurs "
+                                       f"{text.count(original)} times in {name}, not {occurrences}")
+                text = text.replace(original, mutant, 1)
+        return text
 
     out = {
         "wkv_launch.h": rewrite_launch_header(read("wkv_launch.h")),
@@ -94,15 +121,15 @@ def sources(src=None):
     return out
 
 
-def build(src=None, verbose=False, sanitize=False):
-    """Compile (or reuse, cached by the rewritten sources) the emulated extension of the
-    sources in ``src`` (default: the package's); return its module. ``sanitize``: built with
-    sanitizer.FLAGS, for a process that preloads the ASan runtime (``run_sanitized``)."""
+def build(verbose=False, sanitize=False):
+    """Compile (or reuse, cached by the rewritten sources) the emulated extension; return its
+    module. ``sanitize``: built with sanitizer.FLAGS, for a process that preloads the ASan
+    runtime (``run_sanitized``)."""
     from torch.utils import cpp_extension
 
     import sanitizer
 
-    files = sources(src)
+    files = sources()
     asan = list(sanitizer.FLAGS) if sanitize else []
     h = hashlib.sha256(f"py{sys.version_info[:2]}-torch{torch.__version__}-{asan}".encode())
     for name in sorted(files):
@@ -130,17 +157,18 @@ def build(src=None, verbose=False, sanitize=False):
     )
 
 
-def run_sanitized(cases, src=None):
+def run_sanitized(cases, mutant=None):
     """Runs each (op, B, T, H, N, dtype name, chunk[, misaligned]) forward and backward
-    through the cuda backend on the emulated extension of ``src`` built with sanitizer.FLAGS
+    through the cuda backend on the emulated extension built with sanitizer.FLAGS
     (AddressSanitizer and the alignment check), in a fresh process (tests/sanitizer.py);
-    ``misaligned``: every per-token input starts one element into its storage. Returns the
-    CompletedProcess (returncode 0: no out-of-bounds or misaligned access, every output and
-    gradient finite; otherwise its report in stderr)."""
+    ``misaligned``: every per-token input starts one element into its storage; ``mutant``: a
+    key of MUTANTS to switch on. Returns the CompletedProcess (returncode 0: no out-of-bounds
+    or misaligned access, every output and gradient finite; otherwise its report in stderr)."""
     import sanitizer
 
+    env = {MUTANT_ENV: str(MUTANTS[mutant][0])} if mutant else {}
     return sanitizer.run("import cuda_emulation; cuda_emulation._sanitized_main()",
-                         json.dumps({"cases": cases, "src": src}))
+                         json.dumps({"cases": cases}), env=env)
 
 
 def _off_grid(t):
@@ -155,7 +183,7 @@ def _sanitized_main():
     from rwkv_hf.ops.random_inputs import make_inputs
 
     job = json.loads(sys.argv[1])
-    cuda_backend._ext = build(job["src"], sanitize=True)
+    cuda_backend._ext = build(sanitize=True)
     cuda_backend._act_dtype = lambda op, *xs: xs[0].dtype
     ops._choose = lambda op, requested, tensors: requested or "cuda"
     for op, B, T, H, N, dtype, chunk, *misaligned in job["cases"]:

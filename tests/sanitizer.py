@@ -9,7 +9,10 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FLAGS = ("-fsanitize=address,alignment", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer")
+# Without use-after-scope (a stack variable touched after its block ends, which none of these
+# checks is about): it made the instrumented emulated kernels compile 1.6x slower.
+FLAGS = ("-fsanitize=address,alignment", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
+         "-fno-sanitize-address-use-after-scope")
 
 
 def runtime():

@@ -3,8 +3,9 @@
 backend's autograd Functions, against the float64 reference, in float32, bfloat16 and
 float16, outputs, final states and every gradient; the registered operators' fake
 implementations (opcheck) and torch.compile through them. One build of the emulated
-extension (~40 s), and two more with sanitizers (out-of-bounds and misaligned accesses; a
-process each).
+extension (~50 s), and one more with sanitizers (out-of-bounds and misaligned accesses, ~2 min;
+run in processes of their own). The checks that these can fail switch on bugs planted in both
+builds (cuda_emulation.MUTANTS) instead of building broken copies.
 
 A GPU is still needed for what the emulation cannot show (speed, the device's float
 arithmetic, real launches): ``benchmarks/gpu_check.py``.
@@ -12,7 +13,7 @@ arithmetic, real launches): ``benchmarks/gpu_check.py``.
 import pytest
 import torch
 
-from cuda_emulation import build, run_sanitized
+from cuda_emulation import MUTANT_ENV, MUTANTS, build, run_sanitized
 from rwkv_hf import ops
 from rwkv_hf.ops import cuda_backend
 from rwkv_hf.ops.random_inputs import make_inputs
@@ -137,28 +138,22 @@ def test_entry_points_reject_bad_input(emulated):
                               *[a.double() for a in args[4:6]], args[6], False)
 
 
-def test_emulation_catches_a_missing_barrier(tmp_path, monkeypatch):
+def test_emulation_catches_a_missing_barrier(on_emulated_cuda, monkeypatch):
     """The emulation runs a block's threads in random order between barriers, so a kernel
     missing a __syncthreads computes wrong values here (as it may on a GPU): RWKV-7's backward
-    sweep without the barrier between the threads' row partial sums and their reduction."""
-    import shutil
-
-    src = cuda_backend.sources_dir()
-    for name in cuda_backend.SOURCES + cuda_backend.HEADERS:
-        shutil.copy(f"{src}/{name}", tmp_path / name)
-    text = (tmp_path / "wkv7.cu").read_text()
-    barrier = "          __syncthreads();\n          for (int p = tid; p < RG * N; p += NT) {"
-    assert text.count(barrier) == 1
-    (tmp_path / "wkv7.cu").write_text(text.replace(barrier, "          for (int p = tid; p < RG * N; p += NT) {"))
-    broken = build(str(tmp_path))
-    monkeypatch.setattr(cuda_backend, "_ext", broken)
-    monkeypatch.setattr(cuda_backend, "_act_dtype", lambda op, *xs: xs[0].dtype)
-    monkeypatch.setattr(ops, "_choose", lambda op, requested, tensors: requested or "cuda")
-    x = {n: t.requires_grad_() for n, t in make_inputs("wkv7", 2, 150, 2, 16, seed=3).items()}
-    ops.wkv7(**x)[0].sum().backward()
+    sweep without the barrier between the threads' row partial sums and their reduction (the
+    mutant planted in the build; the same call with it dormant matches)."""
+    x = make_inputs("wkv7", 2, 150, 2, 16, seed=3)
     x64 = {n: t.detach().double().requires_grad_() for n, t in x.items()}
     ops.wkv7(**x64, backend="reference")[0].sum().backward()
-    assert max(rel(x[n].grad, x64[n].grad) for n in x) > 1e-2
+    errors = []
+    for mutant in (None, "missing_barrier"):
+        if mutant:
+            monkeypatch.setenv(MUTANT_ENV, str(MUTANTS[mutant][0]))
+        leaves = {n: t.clone().requires_grad_() for n, t in x.items()}
+        ops.wkv7(**leaves)[0].sum().backward()
+        errors.append(max(rel(leaves[n].grad, x64[n].grad) for n in x))
+    assert errors[0] < 1e-4 and errors[1] > 1e-2, errors
 
 
 def test_kernels_stay_inside_their_memory():
@@ -176,30 +171,16 @@ def test_kernels_stay_inside_their_memory():
     assert run.stdout.count(" ok\n") == len(cases)
 
 
-def test_sanitizer_catches_a_read_past_the_end_and_a_misaligned_load(tmp_path):
-    """The check above can fail, on either of two bugs (one build, a process each): RWKV-7's
-    forward staging one token too many (past the end of the sequence in its last, partial
-    stage) is reported as a heap-buffer-overflow; RWKV-6's forward reading its keys from
-    shared memory one float off (a 16-byte load from a 4-byte-aligned address, which a GPU
-    refuses with "misaligned address" and x86 would do silently) as a misaligned load."""
-    import shutil
-
-    src = cuda_backend.sources_dir()
-    for name in cuda_backend.SOURCES + cuda_backend.HEADERS:
-        shutil.copy(f"{src}/{name}", tmp_path / name)
-    text = (tmp_path / "wkv7.cu").read_text()
-    guard = "    if (t0 + stt < tend) {"
-    assert text.count(guard) == 3  # the forward's staging, then the backward's (B1, B2)
-    (tmp_path / "wkv7.cu").write_text(text.replace(guard, "    if (t0 + stt < tend + 1) {", 1))
-    text = (tmp_path / "wkv6.cuh").read_text()
-    load = "ld4(&s_k[tt][row]), d4 ="
-    assert text.count(load) == 1
-    (tmp_path / "wkv6.cuh").write_text(text.replace(load, "ld4(&s_k[tt][row] + (tt == 1)), d4 ="))
-
-    run = run_sanitized([("wkv7", 2, 17, 2, 16, "float32", 0)], src=str(tmp_path))
+def test_sanitizer_catches_a_read_past_the_end_and_a_misaligned_load():
+    """The check above can fail, on either of two bugs (mutants planted in its build, a process
+    each): RWKV-7's forward staging one token too many (past the end of the sequence in its
+    last, partial stage) is reported as a heap-buffer-overflow; RWKV-6's forward reading its
+    keys from shared memory one float off (a 16-byte load from a 4-byte-aligned address, which
+    a GPU refuses with "misaligned address" and x86 would do silently) as a misaligned load."""
+    run = run_sanitized([("wkv7", 2, 17, 2, 16, "float32", 0)], mutant="read_past_the_end")
     assert run.returncode != 0
     assert "AddressSanitizer: heap-buffer-overflow" in run.stderr and "wkv7_fwd_kernel" in run.stderr
-    run = run_sanitized([("wkv6", 2, 17, 2, 16, "float32", 0)], src=str(tmp_path))
+    run = run_sanitized([("wkv6", 2, 17, 2, 16, "float32", 0)], mutant="misaligned_load")
     assert run.returncode != 0
     assert "misaligned address" in run.stderr and "requires 16 byte alignment" in run.stderr
 

@@ -110,6 +110,14 @@ inline Block& block() {
 }
 inline dim3 threadIdx, blockIdx, blockDim, gridDim;
 
+// Planted by tests/cuda_emulation.py's MUTANTS at a few places of the kernels: true only while
+// $RWKV_HF_EMU_MUTANT names that id (read at every call), so that a test breaks a kernel on
+// purpose (drops a barrier, reads past the end) in the build every other test uses.
+inline bool mutant(int id) {
+  const char* chosen = std::getenv("RWKV_HF_EMU_MUTANT");
+  return chosen && std::atoi(chosen) == id;
+}
+
 inline void fail(const std::string& what) {
   if (block().error.empty()) block().error = what;
 }
