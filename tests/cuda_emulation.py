@@ -39,19 +39,23 @@ KERNELS = ("wkv4.cu", "wkv5.cu", "wkv6.cu", "wkv7.cu")
 CACHE_ENV = "RWKV_HF_CUDA_EMU_CACHE"
 
 MUTANT_ENV = "RWKV_HF_EMU_MUTANT"
-# id: (file, exact text, its mutant, occurrences expected of the text; the first is replaced).
+# name: (id, file, exact text, its mutant, how often the text occurs there; the first is
+# replaced). The mutant's ::emu::mutant(id) repeats the id.
 MUTANTS = {
     # RWKV-7's backward sweep without the barrier between the threads' row partial sums and
     # their reduction.
-    "missing_barrier": (1, "wkv7.cu", "          __syncthreads();\n          for (int p = tid; p < RG * N; p += NT) {",
+    "missing_barrier": (1, "wkv7.cu",
+                        "          __syncthreads();\n          for (int p = tid; p < RG * N; p += NT) {",
                         "          if (!::emu::mutant(1)) __syncthreads();\n"
                         "          for (int p = tid; p < RG * N; p += NT) {", 1),
     # RWKV-7's forward staging one token too many: past the end of the sequence in its last,
     # partial stage (the forward's staging comes first; then the backward's B1 and B2).
-    "read_past_the_end": (2, "wkv7.cu", "    if (t0 + stt < tend) {", "    if (t0 + stt < tend + ::emu::mutant(2)) {", 3),
+    "read_past_the_end": (2, "wkv7.cu", "    if (t0 + stt < tend) {",
+                          "    if (t0 + stt < tend + ::emu::mutant(2)) {", 3),
     # RWKV-6's forward reading its keys from shared memory one float off: a 16-byte load from a
     # 4-byte-aligned address (a GPU refuses it with "misaligned address"; x86 would do it).
-    "misaligned_load": (3, "wkv6.cuh", "ld4(&s_k[tt][row]), d4 =", "ld4(&s_k[tt][row] + (::emu::mutant(3) && tt == 1)), d4 =", 1),
+    "misaligned_load": (3, "wkv6.cuh", "ld4(&s_k[tt][row]), d4 =",
+                        "ld4(&s_k[tt][row] + (::emu::mutant(3) && tt == 1)), d4 =", 1),
 }
 
 _LAUNCH = re.compile(r"([A-Za-z_]\w*\s*(?:<[^<>;()]*>)?)\s*<<<(.*?)>>>\s*\(", re.S)
