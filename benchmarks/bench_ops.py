@@ -210,8 +210,8 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.memory:
-        lines = ["Forward+backward of the default CPU backend (cpu) at T=16384 (B=1, H=12, N=64, fp32; fresh process "
-                 "per op, peak resident memory reset once the inputs exist):", "",
+        lines = ["Forward+backward of the default CPU backend (cpu) at T=16384 (B=1, H=12, N=64, fp32; "
+                 "fresh process per op, peak resident memory reset once the inputs exist):", "",
                  "| op | RSS before the op (MiB) | peak RSS during fwd+bwd (MiB) | growth (MiB) |",
                  "|---|---:|---:|---:|"]
         for op in OPS:

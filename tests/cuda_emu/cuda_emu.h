@@ -111,12 +111,10 @@ inline Block& block() {
 inline dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 // Planted by tests/cuda_emulation.py's MUTANTS at a few places of the kernels: true only while
-// $RWKV_HF_EMU_MUTANT names that id (read at every call), so that a test breaks a kernel on
+// $RWKV_HF_EMU_MUTANT names that id (read at each launch), so that a test breaks a kernel on
 // purpose (drops a barrier, reads past the end) in the build every other test uses.
-inline bool mutant(int id) {
-  const char* chosen = std::getenv("RWKV_HF_EMU_MUTANT");
-  return chosen && std::atoi(chosen) == id;
-}
+inline int active_mutant = 0;
+inline bool mutant(int id) { return active_mutant == id; }
 
 inline void fail(const std::string& what) {
   if (block().error.empty()) block().error = what;
@@ -227,6 +225,8 @@ struct Launch {
     gridDim = grid;
     Block& b = block();
     b.error.clear();
+    const char* chosen = std::getenv("RWKV_HF_EMU_MUTANT");
+    active_mutant = chosen ? std::atoi(chosen) : 0;
     for (unsigned z = 0; z < grid.z; ++z)
       for (unsigned y = 0; y < grid.y; ++y)
         for (unsigned x = 0; x < grid.x; ++x) {
