@@ -5,6 +5,9 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <mutex>
+#include <unordered_map>
+
 #include "wkv_host.h"
 #include "wkv_launch.h"
 
@@ -86,14 +89,35 @@ void dispatch_w(const at::Tensor& w, Run&& run) {
   }
 }
 
+// The second stream of run_halves: one per device for the process (created on first use, never
+// destroyed), used by nothing else. c10's pool hands out its 32 streams in turn, and the caching
+// allocator reuses freed memory on the stream it was allocated on only: a pool stream per call
+// would allocate the second half's memory anew (cudaMalloc) until every pool stream had its own
+// cache of it. Non-blocking: no implicit ordering with the legacy default stream, which would
+// serialise the halves; run_halves' events order it.
+c10::cuda::CUDAStream side_stream() {
+  static std::mutex mutex;
+  static std::unordered_map<int, cudaStream_t> streams;
+  const c10::DeviceIndex device = c10::cuda::current_device();
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto it = streams.find(device);
+  if (it == streams.end()) {
+    cudaStream_t stream;
+    C10_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    it = streams.emplace(device, stream).first;
+  }
+  return c10::cuda::getStreamFromExternal(it->second, device);
+}
+
 // Runs first(stream) and second(stream): one after the other on the current stream, or
-// (`concurrent`) second on a stream of the pool alongside first, the current stream then
-// waiting for both. For the two scans of bi_wkv6 when their blocks fit in one wave: either alone
-// would leave multiprocessors idle, its blocks bound by latency. Whatever they read must be
-// queued on the current stream before the call (the side stream starts after it). The second
-// half allocates from the side stream's pool: memory the first half frees meanwhile (its
-// scratch, in use by its kernels still queued) goes back to the current stream's pool, so the
-// caching allocator cannot hand it to the second half's kernels.
+// (`concurrent`) second on side_stream() alongside first, the current stream then waiting for
+// both. For the two scans of bi_wkv6: the blocks of both share the multiprocessors (either
+// alone leaves some idle in its last wave, or all of them when it is under one wave, its blocks
+// bound by latency). Whatever they read must be queued on the current stream before the call
+// (the side stream starts after it). The second half allocates from the side stream's pool:
+// memory the first half frees meanwhile (its scratch, in use by its kernels still queued) goes
+// back to the current stream's pool, so the caching allocator cannot hand it to the second
+// half's kernels.
 template <typename A, typename B>
 void run_halves(bool concurrent, A&& first, B&& second) {
   const cudaStream_t cur = c10::cuda::getCurrentCUDAStream();
@@ -102,7 +126,7 @@ void run_halves(bool concurrent, A&& first, B&& second) {
     second(cur);
     return;
   }
-  const auto side = c10::cuda::getStreamFromPool();
+  const auto side = side_stream();
   cudaEvent_t fork, join;
   C10_CUDA_CHECK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
   C10_CUDA_CHECK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));

@@ -48,7 +48,7 @@ std::vector<at::Tensor> wkv6_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
 // reading and writing its slice of them and of the results in place (no copies). y, gr, gk, gv
 // and gw are the float32 sums of the halves rounded once; gu (the first half's) comes back as
 // partial sums [B, T / kSnap, H, K]. `concurrent`: the halves run at once, the second on
-// another stream (for grids under one wave of the GPU).
+// another stream.
 std::vector<at::Tensor> bi_wkv6_forward(at::Tensor r, at::Tensor k, at::Tensor v, at::Tensor w,
                                         at::Tensor u, at::Tensor s0, bool save, int64_t chunk,
                                         bool concurrent);

@@ -58,6 +58,8 @@ inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { *e = 0; 
 inline cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
 inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
 inline cudaError_t cudaEventDestroy(cudaEvent_t) { return cudaSuccess; }
+constexpr unsigned cudaStreamNonBlocking = 1;
+inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { *s = 1; return cudaSuccess; }
 
 // The device's integer and mixed min / max (CUDA overloads them in the global namespace).
 template <typename A, typename B>
@@ -76,7 +78,8 @@ struct CUDAStream {
   cudaStream_t s;
   cudaStream_t stream() const { return s; }
 };
-inline CUDAStream getStreamFromPool() { return {1}; }
+inline CUDAStream getStreamFromExternal(cudaStream_t s, int) { return {s}; }
+inline signed char current_device() { return 0; }
 struct CUDAStreamGuard {
   explicit CUDAStreamGuard(const CUDAStream&) {}
 };

@@ -455,17 +455,17 @@ def chunk_length(B, H, T, device):
     return 0 if chunk * 3 > T else chunk
 
 
-def halves_concurrent(B, H, T, chunk, device):
+def halves_concurrent(backward, device):
     """Whether bi_wkv6 runs its two scans at once (the right-to-left one on a second CUDA
-    stream): when the blocks of both fit in one wave of resident blocks (2 B H chunks <=
-    _RESIDENT_PER_SM per multiprocessor), either alone would leave multiprocessors idle and its
-    blocks bound by latency (VRWKV6-T at 224 px, B = 64 images, H = 3, 196 tokens: 192 blocks per
-    scan on an H200's 132 multiprocessors). Their outputs are then summed by one more
-    elementwise pass, instead of the second scan adding the first's as it writes."""
-    if torch.device(device).type != "cuda":
-        return False
-    _, ncl = _chunks(chunk, T, SNAP)
-    return 2 * B * H * ncl <= _RESIDENT_PER_SM * _sm_count(device)
+    stream, the outputs then summed by one more elementwise pass) or one after the other (the
+    second adding the first's as it writes): at once in the forward, one after the other in the
+    backward. On the H200 (2026-11-28, fp32, (B, T, C) = (64, 196, 192), (64, 196, 768),
+    (4, 4096, 768), (1, 16384, 192)), the forward at once took 1.04, 0.82, 0.91 and 0.90 of the
+    time one after the other; the backward (forward+backward less forward) took 1.39, 1.03, 0.98
+    and 1.20. That run's second stream was a new one of c10's pool per call, whose memory the
+    caching allocator could not reuse from call to call (now one stream, ``side_stream`` in
+    wkv_host.cpp), which may explain the backward's numbers: gpu_check.py times both."""
+    return not backward and torch.device(device).type == "cuda"
 
 
 def v4_chunk_length(B, C, T, device):
@@ -582,15 +582,13 @@ def _bi_wkv6_forward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, stat
                      chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Bidirectional v6: the left-to-right scan with the bonus, plus the right-to-left scan
     without it (the token counted once), the kernels reading the sequence in place in both
-    directions, in one call of the extension. The first half's y (and gr, gk, gv) stay in
-    float32 and the second half adds them before its rounding: one rounding to bfloat16 /
-    float16, as in a float32 accumulation.
-    The two scans run at once where that fills the GPU better (``halves_concurrent``).
+    directions, in one call of the extension. The halves' y (and gr, gk, gv) are summed in
+    float32 and rounded once to bfloat16 / float16, as in a float32 accumulation. The two scans
+    run at once in the forward, one after the other in the backward (``halves_concurrent``).
     -> y, final states [B, 2, H, K, V], snapshots and transitions of each direction."""
     rr, kk, vv, ww, uu = _v6_inputs(r, k, v, w, u)
-    B, T, H, _ = rr.shape
     return tuple(load().bi_wkv6_forward(rr, kk, vv, ww, uu, _f32(state), save, chunk,
-                                        halves_concurrent(B, H, T, chunk, rr.device)))
+                                        halves_concurrent(False, rr.device)))
 
 
 def _bi_wkv6_backward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, snap_f: Tensor, trans_f: Tensor,
@@ -599,10 +597,9 @@ def _bi_wkv6_backward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, u: Tensor, sna
     """-> gr, gk, gv (the activations' dtype, rounded once), gw (the kernels' w dtype, rounded
     once), gu, g_state (float32)."""
     rr, kk, vv, ww, uu = _v6_inputs(r, k, v, w, u)
-    B, T, H, _ = rr.shape
     gr, gk, gv, gw, gu, gs = load().bi_wkv6_backward(rr, kk, vv, ww, uu, snap_f, trans_f, snap_b, trans_b,
                                                      _c(gy, rr.dtype), _f32(gS), chunk,
-                                                     halves_concurrent(B, H, T, chunk, rr.device))
+                                                     halves_concurrent(True, rr.device))
     return gr, gk, gv, gw, _sum_to(gu, (0, 1)), gs
 
 
