@@ -500,6 +500,15 @@ def kernel_breakdown(fn):
     try:
         from torch.profiler import ProfilerActivity, profile
 
+        # Host time of one call (no synchronisation), before the profiler (which slows launches
+        # while attached): when it exceeds the kernels' time, the GPU waits for Python and
+        # launches, and that is what the timing measures.
+        host = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            fn()
+            host.append((time.perf_counter() - t0) * 1e3)
+            torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             fn()
             torch.cuda.synchronize()
@@ -515,14 +524,6 @@ def kernel_breakdown(fn):
                 other["count"] += ev.count
                 other["ms"] = round(other["ms"] + us / 1e3, 4)
         out["other kernels"] = other
-        # Host time of one call (no synchronisation): when it exceeds the kernels' time, the GPU
-        # waits for Python and launches, and that is what the timing measures.
-        host = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            fn()
-            host.append((time.perf_counter() - t0) * 1e3)
-            torch.cuda.synchronize()
         out["host ms"] = round(statistics.median(host), 4)
         return out
     except Exception as e:  # the breakdown is a diagnostic: never fail the timing for it
@@ -584,7 +585,7 @@ def bench_one(ctx, op, dt_name, B, T, H, N, emit, deadline, peers=False, phase="
         if chunk and tune:  # 1/2 and 2x the chunk length (per-channel ops: 4x too)
             half = chunk // 2 if per_channel else chunk // 2 // 64 * 64
             for c in (half, chunk * 2, chunk * 4) if per_channel else (half, chunk * 2):
-                # at least 3 chunks: includes 66 at T=196 (the choice with _V4_MIN_CHUNK = 64)
+                # at least 3 chunks (66 tokens at T=196 among them)
                 if -(-T // c) >= 3 and c >= (8 if per_channel else 64):
                     ours.append((f"rwkv_hf cuda (chunk {c})",
                                  lambda x, c=c: with_chunk(c, lambda: run_op(cb, op, x)), False))

@@ -480,12 +480,15 @@ def test_chunk_length_choice(monkeypatch):
     assert not cuda_backend.halves_concurrent(False, "cpu")
     assert cuda_backend.halves_concurrent(False, "cuda")
     assert not cuda_backend.halves_concurrent(True, "cuda")
-    # per-channel ops: ~4096 threads per SM over (batch, chunk, channel), chunks of >= 32 tokens
+    # per-channel ops: ~4096 threads per SM over (batch, chunk, channel), chunks of >= 64
+    # tokens, or up to 6 of >= 32 in a short sequence
     assert cuda_backend.v4_chunk_length(1, 192, 16384, "cpu") == 0
-    assert cuda_backend.v4_chunk_length(1, 192, 16384, "cuda") == 32
-    L = cuda_backend.v4_chunk_length(4, 768, 4096, "cuda")
-    assert 32 <= L <= 64 and 4 * 768 * -(-4096 // L) >= 4096 * 132 // 2
+    assert cuda_backend.v4_chunk_length(1, 192, 16384, "cuda") == 64
+    assert cuda_backend.v4_chunk_length(4, 768, 4096, "cuda") == 64
     assert cuda_backend.v4_chunk_length(64, 192, 196, "cuda") == 33  # 6 chunks
+    assert cuda_backend.v4_chunk_length(1, 192, 100, "cuda") == 34  # 3 chunks
+    assert cuda_backend.v4_chunk_length(1, 192, 60, "cuda") == 0  # one
+    assert cuda_backend.v4_chunk_length(256, 4096, 4096, "cuda") == 0  # 1M threads already
     assert cuda_backend.v4_chunk_length(512, 4096, 1024, "cuda") == 0  # the GPU is full already
     assert cuda_backend.v4_chunk_length(1, 192, 40, "cuda") == 0  # too short for two chunks
     monkeypatch.setenv(cuda_backend.CHUNK_ENV, "256")
