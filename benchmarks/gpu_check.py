@@ -491,8 +491,8 @@ def print_comparison(bench, paths):
 def kernel_breakdown(fn):
     """{kernel: ms} of the extension's kernels in one call of fn(), from torch.profiler (which
     kernel of a forward+backward dominates: the forward, B1, B2, the chunk passes), plus the
-    count and time of all other kernels and the host time of one call; {"error": ...} if the
-    profiler fails."""
+    count and time of all other kernels, the host time of one call and (under "host top") the
+    host ops with the most self CPU time; {"error": ...} if the profiler fails."""
     import re
 
     import torch
@@ -509,11 +509,17 @@ def kernel_breakdown(fn):
             fn()
             host.append((time.perf_counter() - t0) * 1e3)
             torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             fn()
             torch.cuda.synchronize()
         out, other = {}, {"count": 0, "ms": 0.0}
-        for ev in prof.key_averages():
+        events = prof.key_averages()
+        # Where the host time goes (self CPU time, inflated by the profiler; the ranking is the
+        # point): the ops and calls to look at when the GPU waits for the host.
+        top = sorted((ev for ev in events if ev.self_cpu_time_total > 0),
+                     key=lambda ev: -ev.self_cpu_time_total)[:8]
+        out["host top"] = [[ev.key[:60], ev.count, round(ev.self_cpu_time_total / 1e3, 4)] for ev in top]
+        for ev in events:
             us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
             m = re.search(r"(wkv\d?_\w*kernel|chunk_combine_\w*kernel)(<[^>]*>)?", ev.key)
             if m:
@@ -647,6 +653,7 @@ def bench_one(ctx, op, dt_name, B, T, H, N, emit, deadline, peers=False, phase="
                            Mtok_per_s=round(B * T / ms / 1e3, 2))
                 if default and deadline - time.time() > 5:
                     rec["kernels_ms"] = kernel_breakdown(fn)
+                    rec["host_top"] = rec["kernels_ms"].pop("host top", None)
             except Exception as e:
                 rec.update(status="ERROR", why=f"{type(e).__name__}: {str(e)[:300]}")
                 emit(rec)
