@@ -290,9 +290,10 @@ def test_decay_in_the_activations_dtype_is_read_as_it_is(on_emulated_cuda, monke
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("chunk", [0, 64])
 def test_bi_wkv6_halves_at_once_equal_one_after_the_other(on_emulated_cuda, monkeypatch, dtype, chunk):
-    """Where both scans of bi_wkv6 fit in one wave of the GPU they run at once (two streams) and
-    one pass sums their float32 outputs; one after the other, the second adds the first's as it
-    writes. The results are the same, bit for bit: y, the final states and every gradient."""
+    """bi_wkv6's two scans at once (two streams; one pass sums their float32 outputs), one after
+    the other (the second adds the first's as it writes), and as the backend runs them (the
+    forward's at once, the backward's in turn) give the same results, bit for bit: y, the final
+    states and every gradient."""
     monkeypatch.setenv(cuda_backend.CHUNK_ENV, str(chunk))
     x16 = make_inputs("bi_wkv6", 2, 150, 2, 16, dtype=dtype, state=True, seed=chunk + 21)
     names = list(x16)
@@ -311,14 +312,16 @@ def test_bi_wkv6_halves_at_once_equal_one_after_the_other(on_emulated_cuda, monk
     gy = torch.randn(x16["v"].shape, generator=g).to(dtype)
     gs = torch.randn(2, 2, 2, 16, 16, generator=g)
     out = []
-    for concurrent in (True, False):
-        monkeypatch.setattr(cuda_backend, "halves_concurrent", lambda *a, c=concurrent: c)
+    for rule in (lambda backward, device: True, lambda backward, device: False,
+                 lambda backward, device: not backward):  # the last: halves_concurrent on a GPU
+        monkeypatch.setattr(cuda_backend, "halves_concurrent", rule)
         x = {n: t.detach().requires_grad_() for n, t in x16.items()}
         y, s = ops.bi_wkv6(**x, output_final_state=True)
         out.append([y, s, *torch.autograd.grad([y, s], [x[n] for n in names], [gy, gs])])
-    assert calls == [True, True, False, False]
-    for name, a, b in zip(["y", "state'"] + names, *out):
-        assert a.dtype == b.dtype and torch.equal(a, b), name
+    assert calls == [True, True, False, False, True, False]
+    for other in out[1:]:
+        for name, a, b in zip(["y", "state'"] + names, out[0], other):
+            assert a.dtype == b.dtype and torch.equal(a, b), name
 
 
 @pytest.mark.parametrize("op", ["wkv5", "wkv6", "bi_wkv6", "wkv7"])
