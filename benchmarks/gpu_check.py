@@ -590,9 +590,13 @@ def bench_one(ctx, op, dt_name, B, T, H, N, emit, deadline, peers=False, phase="
             continue
         ours.append(("rwkv_hf cuda" + (f" ({form})" if form else ""),
                      lambda x, chunk=chunk: with_chunk(chunk, lambda: run_op(cb, op, x)), default))
-        if chunk and tune:  # 1/2 and 2x the chunk length (per-channel ops: 4x too)
-            half = chunk // 2 if per_channel else chunk // 2 // 64 * 64
-            for c in (half, chunk * 2, chunk * 4) if per_channel else (half, chunk * 2):
+        if chunk and tune:  # 1/2 and 2x the chunk length; per-channel ops 4x too, matrix-state
+            # ops 3/4 too (about the length for 4 resident blocks per SM instead of 3)
+            if per_channel:
+                around = (chunk // 2, chunk * 2, chunk * 4)
+            else:
+                around = (chunk // 2 // 64 * 64, chunk * 3 // 4 // 64 * 64, chunk * 2)
+            for c in dict.fromkeys(around):  # each once
                 # at least 3 chunks (66 tokens at T=196 among them)
                 if -(-T // c) >= 3 and c >= (8 if per_channel else 64):
                     ours.append((f"rwkv_hf cuda (chunk {c})",
