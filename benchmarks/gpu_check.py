@@ -688,18 +688,21 @@ def check_accuracy(ctx, emit, deadline):
     oracle = torch_ns if torch_ns is not None else reference
     # The extension's errors first: fla's first calls compile and autotune (minutes). Then fla's
     # chunk_rwkv6, which no run has reached yet, before its three RWKV-7 kernels.
+    B, T, H, N = 2, 1024, 4, 64
+    cases = {}  # op -> (bf16 inputs, float64 y, upstream gradient, float64 gradients)
     for op, peers in (("wkv7", False), ("wkv6", False), ("wkv6", True), ("wkv7", True)):
         impls = fla_impls(op) if peers else [("rwkv_hf cuda", lambda x, op=op: run_op(cb, op, x))]
         if not impls:
             continue
-        B, T, H, N = 2, 1024, 4, 64
-        x16 = make_inputs(op, B, T, H, N, dtype=torch.bfloat16, device=DEVICE, state=True, seed=11)
+        if op not in cases:
+            x16 = make_inputs(op, B, T, H, N, dtype=torch.bfloat16, device=DEVICE, state=True, seed=11)
+            x64 = {n: t.double().requires_grad_() for n, t in x16.items()}
+            y64 = run_op(oracle, op, x64)[0]
+            g = torch.Generator(device=DEVICE).manual_seed(12)
+            gy = torch.randn(y64.shape, generator=g, device=DEVICE, dtype=torch.float64).to(torch.bfloat16).double()
+            cases[op] = x16, y64.detach(), gy, torch.autograd.grad(y64, list(x64.values()), gy)
+        x16, y64, gy, want = cases[op]
         names = list(x16)
-        x64 = {n: t.double().requires_grad_() for n, t in x16.items()}
-        y64 = run_op(oracle, op, x64)[0]
-        g = torch.Generator(device=DEVICE).manual_seed(12)
-        gy = torch.randn(y64.shape, generator=g, device=DEVICE, dtype=torch.float64).to(torch.bfloat16).double()
-        want = torch.autograd.grad(y64, [x64[n] for n in names], gy)
         for name, f in impls:
             rec = {"kind": "accuracy", "op": op, "impl": name, "dtype": "bfloat16", "B": B, "T": T,
                    "H": H, "N": N}
@@ -721,8 +724,6 @@ def check_accuracy(ctx, emit, deadline):
             except Exception as e:
                 rec.update(status="ERROR", why=f"{type(e).__name__}: {str(e)[:300]}")
             emit(rec)
-        del x16, x64, y64, want
-        torch.cuda.empty_cache()
 
 
 # ---------------------------------------------------------------------------- models
