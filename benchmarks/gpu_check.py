@@ -123,8 +123,16 @@ def import_package():
         cuda_backend.unsupported_reason = lambda op, **t: (
             lambda why: None if why == "the CUDA backend needs CUDA tensors" else why)(needs(op, **t))
     elif SELFTEST:
+        def as_backend(fn):
+            # As a backend is called: activations in any dtype, the state in float32; the loop
+            # computes in float32 and y comes back in the activations' dtype.
+            def call(*xs):
+                y, s = fn(*(x if x is None else x.float() for x in xs))
+                return y.to(xs[0].dtype), s
+            return call
+
         cuda_backend = types.SimpleNamespace(
-            wkv4=reference.wkv4, bi_wkv4=reference.bi_wkv4, wkv6=reference.wkv6, wkv7=reference.wkv7,
+            **{op: as_backend(getattr(reference, op)) for op in ("wkv4", "bi_wkv4", "wkv6", "wkv7")},
             load=lambda verbose=False: types.SimpleNamespace(__file__="(selftest)"),
             find_cuda_home=cuda_backend.find_cuda_home)
     torch_ns = None
