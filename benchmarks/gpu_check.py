@@ -24,7 +24,11 @@ Needs only torch (and optionally flash-linear-attention for the side-by-side tim
    (``RWKV_HF_WKV_BACKEND=torch``): the shipped tiny RWKV-7 and Vision-RWKV v4/v6 models (real
    weights) and random RWKV-4/5/6 language models; logits, every parameter's gradient, greedy
    generation and held-out digit accuracy; and the first model's training step compiled
-   through the extension's operators (torch.compile, fullgraph, aot_eager) against eager mode.
+   through the extension's operators (torch.compile, fullgraph, aot_eager) against eager mode;
+6. CUDA graphs (what ``torch.compile(mode="reduce-overhead")`` and serving stacks capture): each
+   op's forward captured with ``torch.cuda.graph`` and its forward+backward with
+   ``torch.cuda.make_graphed_callables`` (a decoding step, the chunk-parallel forms, bi_wkv6's
+   second stream), replayed on new inputs against eager mode, and both timed.
 
 Each group of cases runs in its own subprocess with a time limit (a kernel fault or a hang
 costs that group only); the whole script stops itself before ~295 s ($GPU_CHECK_BUDGET_S,
@@ -65,7 +69,8 @@ DEVICE = "cpu" if SELFTEST else "cuda"
 # and autotune on the first call of each shape (one row took most of 156 s there): the accuracy
 # section (the extension's errors first) and fla's timings come last and get what is left.
 SECTIONS = [("correct_v7", 0.14), ("correct_v6", 0.14), ("correct_v4", 0.12), ("bench_lm", 0.18),
-            ("bench_bi", 0.14), ("models", 0.14), ("accuracy", 0.07), ("bench_fla", 0.07)]
+            ("bench_bi", 0.14), ("models", 0.10), ("graphs", 0.04), ("accuracy", 0.07),
+            ("bench_fla", 0.07)]
 # flash-linear-attention is not on every GPU image: wheels unpacked into this (git-ignored)
 # folder travel with the working tree and are importable when no installed fla is (see
 # PEERS_HELP).
@@ -869,7 +874,115 @@ def check_models(emit, deadline):
             torch.cuda.empty_cache()
 
 
+# ---------------------------------------------------------------------------- CUDA graphs
+
+# (op, dtype, B, T, H, N, from an initial state): a decoding step of each causal op, the
+# chunk-parallel forms (several launches and scratch buffers), the bidirectional ops as
+# Vision-RWKV-T at 224 runs them (bi_wkv6's forward: its second scan on a second stream).
+GRAPH_CASES = [("wkv7", "bfloat16", 4, 1, 32, 64, True), ("wkv7", "bfloat16", 1, 2048, 32, 64, True),
+               ("wkv6", "bfloat16", 4, 1, 32, 64, True), ("wkv6", "bfloat16", 1, 2048, 32, 64, True),
+               ("wkv4", "float32", 4, 1, 12, 64, True), ("bi_wkv4", "float32", 64, 196, 3, 64, False),
+               ("bi_wkv6", "float32", 64, 196, 3, 64, False)]
+GRAPH_TOL = 1e-6  # the same kernels on the same inputs: equal but for atomics' order, if any
+
+
+def check_graphs(ctx, emit, deadline):
+    """Each GRAPH_CASES op captured in CUDA graphs, forward (``torch.cuda.graph``) and
+    forward+backward (``torch.cuda.make_graphed_callables``), replayed on new inputs copied
+    into the captured ones: y, the final state and every gradient against eager mode on those
+    inputs; and the replays timed against eager mode (the host time a graph saves)."""
+    import torch
+
+    _, make_inputs, cb, _ = ctx
+    for op, dt_name, B, T, H, N, from_state in GRAPH_CASES:
+        rec = {"kind": "graph", "op": op, "dtype": dt_name, "B": B, "T": T,
+               **({"C": H * N} if op in ("wkv4", "bi_wkv4") else {"H": H, "N": N})}
+        if SELFTEST:
+            emit({**rec, "status": "SKIP", "why": "CUDA graphs need a GPU"})
+            continue
+        if time.time() > deadline - 5:
+            emit({**rec, "status": "SKIP", "why": "time budget"})
+            continue
+        try:
+            dt = getattr(torch, dt_name)
+
+            def inputs(seed):
+                x = make_inputs(op, B, T, H, N, dtype=dt, device=DEVICE, state=True, seed=seed)
+                if not from_state:
+                    x["state"] = None if op == "bi_wkv6" else empty_v4_state(x["state"])
+                return x
+
+            x0, x1 = inputs(21), inputs(22)
+            # forward: captured on x0, replayed after x1 is copied in
+            static = {n: t if t is None else t.clone() for n, t in x0.items()}
+            warm = torch.cuda.Stream()
+            warm.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(warm), torch.no_grad():
+                for _ in range(3):
+                    run_op(cb, op, static)
+            torch.cuda.current_stream().wait_stream(warm)
+            graph = torch.cuda.CUDAGraph()
+            with torch.no_grad(), torch.cuda.graph(graph):
+                y_g, s_g = run_op(cb, op, static)
+            for n, t in x1.items():
+                if t is not None:
+                    static[n].copy_(t)
+            graph.replay()
+            with torch.no_grad():
+                y_e, s_e = run_op(cb, op, x1)
+            errs = {"y": rel(y_g, y_e), "state": rel(s_g, s_e)}
+
+            # forward+backward: the inputs that take a gradient as the graphed function's
+            # arguments (the others, the same for x0 and x1, closed over)
+            names = [n for n, t in x0.items() if t is not None and (n != "state" or from_state)]
+            fixed = {n: t for n, t in x0.items() if n not in names}
+
+            def f(*ts):  # -> (y, final state): the loss reads both
+                return tuple(run_op(cb, op, {**fixed, **dict(zip(names, ts))}))
+
+            def leaves(x):
+                return tuple(x[n].detach().clone().requires_grad_() for n in names)
+
+            graphed = torch.cuda.make_graphed_callables(f, leaves(x0))
+            gen = torch.Generator(device=DEVICE).manual_seed(23)
+            gy = torch.randn(y_e.shape, generator=gen, device=DEVICE).to(y_e.dtype)
+            gs = torch.randn(s_e.shape, generator=gen, device=DEVICE)
+            if op in ("wkv4", "bi_wkv4"):
+                gs.select(-2, 2).zero_()  # the logscale is bookkeeping, not a value to differentiate
+            a_g, a_e = leaves(x1), leaves(x1)
+            got = torch.autograd.grad(graphed(*a_g), a_g, (gy, gs))
+            want = torch.autograd.grad(f(*a_e), a_e, (gy, gs))
+            errs.update({"d" + n: rel(a, b) for n, a, b in zip(names, got, want)})
+            worst = max(errs, key=lambda k: errs[k] if errs[k] == errs[k] else float("inf"))
+            ok = all(e <= GRAPH_TOL for e in errs.values())  # NaN fails
+
+            def eager_fwd():
+                with torch.no_grad():
+                    run_op(cb, op, static)
+
+            budget = max(0.05, min(0.3, (deadline - time.time()) / 20))
+            ms = {"fwd eager": cuda_time(eager_fwd, budget),
+                  "fwd graph": cuda_time(graph.replay, budget),
+                  "fwd+bwd eager": cuda_time(lambda: torch.autograd.grad(f(*a_e), a_e, (gy, gs)), budget),
+                  "fwd+bwd graph": cuda_time(lambda: torch.autograd.grad(graphed(*a_g), a_g, (gy, gs)),
+                                             budget)}
+            emit({**rec, "status": "PASS" if ok else "FAIL", "worst": worst,
+                  "max_err": float(f"{errs[worst]:.3g}"), "ms": {k: round(v, 4) for k, v in ms.items()}})
+        except Exception as e:
+            emit({**rec, "status": "ERROR", "why": f"{type(e).__name__}: {e}"[:400]})
+            traceback.print_exc()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
 # ---------------------------------------------------------------------------- sections
+
+def graph_line(r):
+    shape = " ".join(f"{k}={r[k]}" for k in ("B", "T", "H", "C") if k in r)
+    return (f"{r['op']:8s} {r['dtype']:8s} {shape:22s} {r['status']:5s} "
+            f"{(r['worst'] + '=' + str(r['max_err'])) if 'worst' in r else '':>16s} "
+            f"{r.get('ms', '')} {r.get('why', '')}")
+
 
 def run_section(section, results_path, deadline):
     import torch
@@ -880,6 +993,8 @@ def run_section(section, results_path, deadline):
         if rec["kind"] == "model":
             print(f"  {rec['model']:34s} {rec['status']:5s} {rec.get('detail', '')} {rec.get('why', '')}",
                   flush=True)
+        elif rec["kind"] == "graph":
+            print(f"  {graph_line(rec)}", flush=True)
         elif rec["kind"] == "accuracy":
             print(f"  {rec['op']:8s} {rec['impl']:26s} bf16 {rec['status']:5s} worst max-rel "
                   f"{rec.get('worst_max', '-')} worst rms-rel {rec.get('worst_rms', '-')} "
@@ -899,6 +1014,8 @@ def run_section(section, results_path, deadline):
     torch.manual_seed(0)
     if section == "models":
         check_models(emit, deadline)
+    elif section == "graphs":
+        check_graphs(ctx, emit, deadline)
     elif section == "accuracy":
         check_accuracy(ctx, emit, deadline)
     elif section.startswith("correct"):
@@ -1068,9 +1185,17 @@ def main():
     for r in models:
         print(f"{r['model']:34s} {r['status']:5s} {r.get('detail', '')} {r.get('why', '')}")
     n_fail += sum(r["status"] in ("FAIL", "ERROR") for r in models)
+    graphs = [r for r in report["results"] if r["kind"] == "graph"]
+    if graphs:
+        print(f"\n== CUDA graphs: replays on new inputs against eager mode (tol {GRAPH_TOL:g}); "
+              "ms eager / graph ==")
+        for r in graphs:
+            print(graph_line(r))
+        n_fail += sum(r["status"] in ("FAIL", "ERROR") for r in graphs)
     for e in report["errors"]:
         print("error:", e)
-    report["summary"] = {"pass": n_pass + sum(r["status"] == "PASS" for r in models), "fail": n_fail,
+    report["summary"] = {"pass": n_pass + sum(r["status"] == "PASS" for r in models + graphs),
+                         "fail": n_fail,
                          "seconds": round(time.time() - start, 1)}
     save()
     print(f"\n[gpu_check] done in {time.time() - start:.0f} s; JSON: {out_json}")
