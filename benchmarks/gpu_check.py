@@ -691,6 +691,28 @@ def rms_rel(a, b):
     return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-300)).item()
 
 
+def first_config_autotune():
+    """Makes Triton's autotuners (in this process: the accuracy section's) run each kernel's
+    first config instead of compiling and timing every one: on a fresh machine fla's autotuning
+    took minutes per shape, and the 2026-11-28 run's accuracy section ran out of time in it. The
+    configs differ in tile sizes and warps, not in the precision of what they store. True if
+    applied."""
+    try:
+        from triton.runtime import autotuner
+    except Exception:
+        return False
+    prune = autotuner.Autotuner.prune_configs
+    if getattr(prune, "first_only", False):
+        return True
+
+    def first(self, kwargs):
+        return prune(self, kwargs)[:1]
+
+    first.first_only = True
+    autotuner.Autotuner.prune_configs = first
+    return True
+
+
 def check_accuracy(ctx, emit, deadline):
     """bfloat16 error against float64 of the extension and of fla's kernels, on the same inputs
     and upstream gradient: y and the gradient of every input (initial state included), as
@@ -699,8 +721,9 @@ def check_accuracy(ctx, emit, deadline):
 
     reference, make_inputs, cb, torch_ns = ctx
     oracle = torch_ns if torch_ns is not None else reference
-    # The extension's errors first: fla's first calls compile and autotune (minutes). Then fla's
+    # The extension's errors first: fla's first calls compile (and autotune, below). Then fla's
     # chunk_rwkv6, which no run has reached yet, before its three RWKV-7 kernels.
+    untuned = first_config_autotune()
     B, T, H, N = 2, 1024, 4, 64
     cases = {}  # op -> (bf16 inputs, float64 y, upstream gradient, float64 gradients)
     for op, peers in (("wkv7", False), ("wkv6", False), ("wkv6", True), ("wkv7", True)):
@@ -719,6 +742,8 @@ def check_accuracy(ctx, emit, deadline):
         for name, f in impls:
             rec = {"kind": "accuracy", "op": op, "impl": name, "dtype": "bfloat16", "B": B, "T": T,
                    "H": H, "N": N}
+            if peers and untuned:
+                rec["autotune"] = "first config"
             if time.time() > deadline:
                 rec.update(status="SKIP", why="time budget")
                 emit(rec)
