@@ -77,6 +77,13 @@ SECTIONS = [("correct_v7", 0.14), ("correct_v6", 0.14), ("correct_v4", 0.12), ("
 PEERS_DIR = os.path.join(REPO, ".gpu_peers")
 PEERS_HELP = ("pip download --no-deps flash-linear-attention==0.6.0 fla-core==0.6.0 einops -d /tmp/w && "
               "for f in /tmp/w/*.whl; do python -m zipfile -e $f .gpu_peers; done")
+# fla's kernels choose their launch configs by compiling and timing every candidate on the
+# first call of each shape (minutes per shape on a fresh machine), and have Triton keep the
+# choices on disk (fla's FLA_CACHE_RESULTS, on by default) in its cache directory. That
+# directory is put in the carried folder, and the choices (*.autotune.json) are handed back
+# under $OUT/triton_autotune: copied into .gpu_peers/triton_cache, they let a later run on the
+# same software compile only the chosen config of each kernel.
+TRITON_CACHE = os.path.join(PEERS_DIR, "triton_cache")
 if os.path.isdir(PEERS_DIR) and PEERS_DIR not in sys.path:
     sys.path.append(PEERS_DIR)
 MODEL_TOL = {"logits": 1e-4, "grads": 1e-3}  # float32 models: cuda backend against torch backend
@@ -1061,6 +1068,27 @@ def run_section(section, results_path, deadline):
 
 # ---------------------------------------------------------------------------- driver
 
+def export_autotune(out_dir):
+    """Copies Triton's autotuning choices (``<cache key>/<kernel>.autotune.json``) from
+    $TRITON_CACHE_DIR to ``out_dir/triton_autotune`` (see TRITON_CACHE)."""
+    import shutil
+
+    src = os.environ.get("TRITON_CACHE_DIR")
+    if not src or not os.path.isdir(src):
+        return
+    n = 0
+    for root, _, files in os.walk(src):
+        for name in files:
+            if name.endswith(".autotune.json"):
+                rel_dir = os.path.relpath(root, src)
+                os.makedirs(os.path.join(out_dir, "triton_autotune", rel_dir), exist_ok=True)
+                shutil.copy2(os.path.join(root, name), os.path.join(out_dir, "triton_autotune", rel_dir, name))
+                n += 1
+    if n:
+        print(f"[gpu_check] {n} Triton autotuning choices in {os.path.join(out_dir, 'triton_autotune')} "
+              f"(copy into {TRITON_CACHE} for the next run)", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--section", help=argparse.SUPPRESS)
@@ -1133,6 +1161,8 @@ def main():
         keep = set(args.only.split(","))
         sections = [(s, w) for s, w in SECTIONS if s in keep]
     tmp = tempfile.mkdtemp(prefix="gpu_check_")
+    if os.path.isdir(PEERS_DIR):
+        os.environ.setdefault("TRITON_CACHE_DIR", TRITON_CACHE)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
     for i, (section, weight) in enumerate(sections):
@@ -1156,6 +1186,8 @@ def main():
             with open(results_path) as f:
                 report["results"] += [json.loads(line) for line in f if line.strip()]
         save()
+
+    export_autotune(out_dir)
 
     # summary
     corr = [r for r in report["results"] if r["kind"] == "correct"]
