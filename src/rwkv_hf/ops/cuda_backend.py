@@ -718,8 +718,9 @@ def _zeros_if_none(g, shape, like, dtype=None):
 
 
 def _cast(grads, dtypes):
-    """The kernels' gradients in their inputs' dtypes."""
-    return tuple(g.to(d) for g, d in zip(grads, dtypes))
+    """The kernels' gradients in their inputs' dtypes (no call where they already are: a
+    no-op ``.to`` still costs microseconds, on every backward)."""
+    return tuple(g if g is None or g.dtype == d else g.to(d) for g, d in zip(grads, dtypes))
 
 
 # The Functions cast their inputs to what the kernels take once, and keep the cast tensors for
