@@ -324,17 +324,42 @@ namespace {
 //   forwards:  X[c+1] = M_c X[c] + Lc_c      (chunk start states from the chunks' transitions)
 //   backwards: X[c-1] = M_c^T X[c] + Lc_c    (the same for the gradient G of the state)
 // from X[0] = x0 (forwards) or X[NCL-1] = x0 (backwards), x0 [B*H, N, N] (null: zero). Block
-// (b*H + h, group of CJ columns); thread i computes row i; M_c is staged through shared memory in
-// tiles of MT columns.
+// (b*H + h, group of CJ columns); thread i computes row i, from row i of M_c (forwards) or its
+// column i (backwards) read straight into registers. Only X depends on the walk: for N <= 64
+// (two rows of N registers), each step's M_c and Lc_c are loaded during the step before, so a
+// step waits on the one before it, not on memory (the walk is ~1/16 of RWKV-7's B=1 forward).
+constexpr int kCombineCols = 16;  // columns of X per block
+
+template <int N>
+__device__ __forceinline__ void combine_operands(const float* __restrict__ Mc,
+                                                 const float* __restrict__ Lc, bool backward,
+                                                 int i, float (&m)[N], float (&l)[kCombineCols]) {
+  if (backward) {  // column i of M_c: a coalesced load per element
+#pragma unroll
+    for (int k = 0; k < N; ++k) m[k] = Mc[k * N + i];
+  } else {  // row i of M_c: 16-byte words
+#pragma unroll
+    for (int k = 0; k < N; k += 4) {
+      const float4 q = ld4(Mc + i * N + k);
+      m[k] = q.x, m[k + 1] = q.y, m[k + 2] = q.z, m[k + 3] = q.w;
+    }
+  }
+#pragma unroll
+  for (int jj = 0; jj < kCombineCols; jj += 4) {
+    const float4 q = ld4(Lc + jj);
+    l[jj] = q.x, l[jj + 1] = q.y, l[jj + 2] = q.z, l[jj + 3] = q.w;
+  }
+}
+
 template <int N>
 __global__ void __launch_bounds__(N) chunk_combine_kernel(int NCL, bool backward,
                                                           const float* __restrict__ M,
                                                           const float* __restrict__ Lc,
                                                           const float* __restrict__ x0,
                                                           float* __restrict__ X) {
-  constexpr int CJ = 16, MT = N < 32 ? N : 32;
-  __shared__ float tile[MT][N + 1];
-  __shared__ float xs[N][CJ];
+  constexpr int CJ = kCombineCols;
+  constexpr bool kAhead = N <= 64;  // the next step's operands loaded during this one
+  __shared__ __align__(16) float xs[N][CJ];
   const int i = threadIdx.x, j0 = blockIdx.y * CJ;
   const int64_t base = (int64_t)blockIdx.x * NCL * N * N;
   int c = backward ? NCL - 1 : 0;
@@ -344,39 +369,46 @@ __global__ void __launch_bounds__(N) chunk_combine_kernel(int NCL, bool backward
     xs[q / CJ][q % CJ] = x;
     X[base + (int64_t)c * N * N + o] = x;
   }
+  auto operands = [&](int cc, float(&m)[N], float(&l)[CJ]) {
+    const int64_t at = base + (int64_t)cc * N * N;
+    combine_operands<N>(M + at, Lc + at + (int64_t)i * N + j0, backward, i, m, l);
+  };
+  float m_next[N], l_next[CJ];
+  if (kAhead && NCL > 1) operands(c, m_next, l_next);
+  __syncthreads();  // xs written
   for (int step = 0; step + 1 < NCL; ++step) {
-    const float* Mc = M + base + (int64_t)c * N * N;
+    const int cn = backward ? c - 1 : c + 1;
+    float m[N], l[CJ];
+    if constexpr (kAhead) {
+#pragma unroll
+      for (int k = 0; k < N; ++k) m[k] = m_next[k];
+#pragma unroll
+      for (int jj = 0; jj < CJ; ++jj) l[jj] = l_next[jj];
+      if (step + 2 < NCL) operands(cn, m_next, l_next);
+    } else {
+      operands(c, m, l);
+    }
     float acc[CJ];
 #pragma unroll
     for (int jj = 0; jj < CJ; ++jj) acc[jj] = 0.f;
-    for (int m0 = 0; m0 < N; m0 += MT) {
-      __syncthreads();  // xs written / the previous tile consumed
-      for (int q = i; q < MT * N; q += N) {
-        if (backward) {  // (M^T)[ii][m0 + mm] = M[m0 + mm][ii]
-          const int mm = q / N, ii = q % N;
-          tile[mm][ii] = Mc[(m0 + mm) * N + ii];
-        } else {
-          const int ii = q / MT, mm = q % MT;
-          tile[mm][ii] = Mc[ii * N + m0 + mm];
-        }
-      }
-      __syncthreads();
-      for (int mm = 0; mm < MT; ++mm) {
-        const float p = tile[mm][i];
 #pragma unroll
-        for (int jj = 0; jj < CJ; ++jj) acc[jj] += p * xs[m0 + mm][jj];
+    for (int k = 0; k < N; ++k) {
+#pragma unroll
+      for (int jj = 0; jj < CJ; jj += 4) {
+        const float4 x = ld4(&xs[k][jj]);
+        acc[jj] += m[k] * x.x, acc[jj + 1] += m[k] * x.y;
+        acc[jj + 2] += m[k] * x.z, acc[jj + 3] += m[k] * x.w;
       }
     }
-    const int cn = backward ? c - 1 : c + 1;
-    const float* lp = Lc + base + (int64_t)c * N * N + (int64_t)i * N + j0;
     float* xp = X + base + (int64_t)cn * N * N + (int64_t)i * N + j0;
     __syncthreads();  // every thread is done reading xs
 #pragma unroll
     for (int jj = 0; jj < CJ; ++jj) {
-      acc[jj] += lp[jj];
+      acc[jj] += l[jj];
       xp[jj] = acc[jj];
       xs[i][jj] = acc[jj];
     }
+    __syncthreads();  // xs complete
     c = cn;
   }
 }
@@ -386,7 +418,8 @@ __global__ void __launch_bounds__(N) chunk_combine_kernel(int NCL, bool backward
 template <int N>
 void combine_chunks(int BH, int NCL, bool backward, const float* trans, const float* local,
                     const float* x0, float* X, cudaStream_t stream) {
-  chunk_combine_kernel<N><<<dim3(BH, N / 16), N, 0, stream>>>(NCL, backward, trans, local, x0, X);
+  chunk_combine_kernel<N><<<dim3(BH, N / kCombineCols), N, 0, stream>>>(NCL, backward, trans, local,
+                                                                         x0, X);
 }
 
 // The same for a diagonal transition (RWKV-5/6: M_c = diag(p_c), stored as the matrix with p_c
