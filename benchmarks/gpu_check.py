@@ -701,8 +701,9 @@ def rms_rel(a, b):
 def first_config_autotune():
     """Makes Triton's autotuners (in this process: the accuracy section's) run each kernel's
     first config instead of compiling and timing every one: on a fresh machine fla's autotuning
-    took minutes per shape, and the 2026-11-28 run's accuracy section ran out of time in it. The
-    configs differ in tile sizes and warps, not in the precision of what they store. True if
+    took minutes per shape, and the 2026-11-28 run's accuracy section ran out of time in it.
+    fla's configs set tile sizes, warps and pipeline stages; which one runs can change the order
+    of float32 sums, not what is stored in bf16 (the rows say "first config"). True if
     applied."""
     try:
         from triton.runtime import autotuner
