@@ -50,8 +50,8 @@ CACHE_ENV = "RWKV_HF_CUDA_CACHE"
 CHUNK_ENV = "RWKV_HF_CUDA_CHUNK"
 SNAP = 64  # tokens per state snapshot: kSnap of wkv_launch.h
 # Blocks of the matrix-state kernels one multiprocessor holds at once for N = 64: the forward
-# kernels and B1 run 128 threads per block at up to 162 registers per thread (ptxas, sm_90:
-# RWKV-7 with a float32 decay), so 3 fit in 64K registers. (With the decay in bf16, as the
+# kernels and B1 run 128 threads per block at up to 167 registers per thread (ptxas, sm_90:
+# RWKV-7 in float32, or with a float32 decay), so 3 fit in 64K registers. (With the decay in bf16, as the
 # benchmarks pass it, RWKV-7's forward and B1 stay at 128 registers or fewer: 4 would fit.) The
 # chunk-parallel form is sized for one such wave (gpu_check.py times both forms and chunk
 # lengths around the choice, 3/4 of it among them, to confirm it on a GPU).
