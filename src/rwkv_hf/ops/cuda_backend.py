@@ -51,10 +51,10 @@ CHUNK_ENV = "RWKV_HF_CUDA_CHUNK"
 SNAP = 64  # tokens per state snapshot: kSnap of wkv_launch.h
 # Blocks of the matrix-state kernels one multiprocessor holds at once for N = 64: the forward
 # kernels and B1 run 128 threads per block at up to 167 registers per thread (ptxas, sm_90:
-# RWKV-7 in float32, or with a float32 decay), so 3 fit in 64K registers. (With the decay in bf16, as the
-# benchmarks pass it, RWKV-7's forward and B1 stay at 128 registers or fewer: 4 would fit.) The
-# chunk-parallel form is sized for one such wave (gpu_check.py times both forms and chunk
-# lengths around the choice, 3/4 of it among them, to confirm it on a GPU).
+# RWKV-7 in float32, or with a float32 decay), so 3 fit in 64K registers. (With the decay in
+# bf16, as the benchmarks pass it, RWKV-7's forward and B1 stay at 128 registers or fewer: 4
+# would fit.) The chunk-parallel form is sized for one such wave (gpu_check.py times both forms
+# and chunk lengths around the choice, 3/4 of it among them, to confirm it on a GPU).
 _RESIDENT_PER_SM = 3
 # Per-channel kernels (wkv4, bi_wkv4): threads to aim for per multiprocessor, the shortest
 # chunk, and the chunks a short sequence may have at up to half that length (see
@@ -722,7 +722,7 @@ def _zeros_if_none(g, shape, like, dtype=None):
 def _cast(grads, dtypes):
     """The kernels' gradients in their inputs' dtypes (no call where they already are: a
     no-op ``.to`` still costs microseconds, on every backward)."""
-    return tuple(g if g is None or g.dtype == d else g.to(d) for g, d in zip(grads, dtypes))
+    return tuple(g if g.dtype == d else g.to(d) for g, d in zip(grads, dtypes))
 
 
 # The Functions cast their inputs to what the kernels take once, and keep the cast tensors for
