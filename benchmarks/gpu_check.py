@@ -832,9 +832,20 @@ def _model_cases():
             return model, "vision", (pixels, data["labels"])
         return build
 
+    def restore():
+        from rwkv_hf.restore import RestoreRwkvConfig, RestoreRwkvForImageRestoration
+
+        torch.manual_seed(0)
+        model = RestoreRwkvForImageRestoration(RestoreRwkvConfig(hidden_size=16, num_blocks=[1, 2, 2, 2],
+                                                                 num_refinement_blocks=1))
+        g = torch.Generator().manual_seed(0)
+        clean = torch.rand(2, 1, 60, 76, generator=g)  # not multiples of 8: padded inside
+        return model, "restore", (clean + 0.1 * torch.randn(clean.shape, generator=g), clean)
+
     return [("RWKV-7 tiny-rwkv7-pydoc", lm_pretrained)] + \
         [(f"RWKV-{v} random 2x128", lm_random(v)) for v in (4, 5, 6)] + \
-        [(f"VRWKV{'6' if v == 6 else ''} tiny digits", vision(v)) for v in (4, 6)]
+        [(f"VRWKV{'6' if v == 6 else ''} tiny digits", vision(v)) for v in (4, 6)] + \
+        [("Restore-RWKV random 16 wide", restore)]
 
 
 def check_models(emit, deadline):
@@ -861,7 +872,7 @@ def check_models(emit, deadline):
                     out = model(inputs.to(DEVICE), labels=inputs.to(DEVICE), use_cache=False)
                 else:
                     out = model(pixel_values=inputs[0].to(DEVICE), labels=inputs[1].to(DEVICE))
-                return out.loss, out.logits
+                return out.loss, out.reconstruction if kind == "restore" else out.logits
 
             def run(fwd=forward):
                 model.zero_grad(set_to_none=True)
@@ -890,6 +901,8 @@ def check_models(emit, deadline):
                                               pad_token_id=0).tolist()
                     same = _with_backend(fast, gen) == _with_backend("torch", gen)
                     detail["generate_equal"] = same
+                elif kind == "restore":  # the restored images are the "logits" compared above
+                    same = True
                 else:
                     def acc():
                         pred = model(pixel_values=inputs[0].to(DEVICE)).logits.argmax(-1).cpu()

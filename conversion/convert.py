@@ -1,5 +1,6 @@
 """``convert(src, dst)``: any supported RWKV checkpoint -> an rwkv_hf folder, or an rwkv_hf
-folder -> BlinkDL ``.pth`` (when ``dst`` ends in ``.pth``). ``rwkv-hf convert SRC DST`` runs it.
+folder -> BlinkDL ``.pth`` (language models) or the official state dict (Restore-RWKV) when
+``dst`` ends in ``.pth``. ``rwkv-hf convert SRC DST`` runs it.
 
 Sources (layout and version detected from the key names, sizes from the shapes):
 
@@ -7,6 +8,7 @@ Sources (layout and version detected from the key names, sizes from the shapes):
 - transformers' ``RwkvForCausalLM`` (v4) folders or weight files;
 - the Hub remote-code ``Rwkv5ForCausalLM`` / ``Rwkv6ForCausalLM`` folders;
 - flash-linear-attention's ``RWKV7ForCausalLM`` (fla-hub) folders or weight files;
+- the official Vision-RWKV and Restore-RWKV checkpoints (``vision.py``, ``restore.py``);
 - rwkv_hf's own layout (re-saving).
 
 The output folder holds config.json, model.safetensors, generation_config.json, the tokenizer
@@ -24,9 +26,10 @@ import torch
 from ..lm import RWKV_LM_CLASSES, RWKV_LM_CONFIGS
 from ..model_card import CODENAMES, model_card  # noqa: F401  (CODENAMES: re-exported)
 from ..model_card import human_size as _human
+from ..restore import RestoreRwkvConfig
 from ..vision import VRWKV_MODEL_TYPES
 from ..vision.image_processing_vrwkv import default_image_processor
-from . import blinkdl, vision
+from . import blinkdl, restore, vision
 from .layouts import from_fla, from_hf, hf_version
 from .loading import ConversionError, load_pickle_with_metadata, load_safetensors, load_source
 from .safetensors_io import save_streaming
@@ -203,6 +206,8 @@ def _to_folder(src, out, trust_pickle, overrides):
     state_dict, config_json, extras = _load_with_extras(src, trust_pickle)
     if vision.is_vision_checkpoint(state_dict):
         return _vision_to_folder(src, out, state_dict, config_json, extras, overrides)
+    if restore.is_restore_checkpoint(state_dict):
+        return _restore_to_folder(src, out, state_dict, config_json, extras, overrides)
     try:
         layout, version = detect_layout(state_dict)
         names, original, notes = to_blinkdl_names(state_dict, layout)
@@ -261,6 +266,30 @@ def _vision_to_folder(src, out, state_dict, config_json, extras, overrides):
     return report
 
 
+def _restore_to_folder(src, out, state_dict, config_json, extras, overrides):
+    weights, discarded = restore.normalize(state_dict)
+    try:
+        config, notes = restore.config_from_state_dict(weights, config_json, **overrides)
+        model = restore.build_model(weights, config)
+    except ConversionError as e:
+        raise ConversionError(f"{src}: {e}") from None
+    _save_model(model, out, desc=f"writing {os.path.basename(src)}")
+    official = config_json is None or config_json.get("model_type") != config.model_type
+    if discarded:
+        notes = notes + [f"{len(discarded)} Omni-Shift conv5x5_reparam weights discarded: the fold of each "
+                         "Omni-Shift's branches, which rwkv_hf recomputes on every forward"]
+    report = dict(direction="to rwkv_hf", family="restore", source=os.path.abspath(src),
+                  layout="restore", layout_name=("official Restore-RWKV (state dict)" if official
+                                                 else f"rwkv_hf ({config.model_type})"),
+                  config=config, architecture=type(model).__name__,
+                  num_parameters=sum(t.numel() for t in weights.values()),
+                  dtypes=sorted({str(t.dtype).replace("torch.", "") for t in weights.values()}),
+                  notes=notes, discarded_tensors=discarded, discarded_entries=list(getattr(extras, "discarded", ())),
+                  license=_source_license(src))
+    render_model_card(report, src, model).save(os.path.join(out, "README.md"))
+    return report
+
+
 def _source_license(src):
     readme = os.path.join(src, "README.md") if os.path.isdir(src) else None
     if not readme or not os.path.isfile(readme):
@@ -276,7 +305,7 @@ def _source_license(src):
 def render_model_card(report, src, model):
     """The README.md model card of a converted folder (``rwkv_hf.model_card``: the family's template
     in ``model_cards/``, with the source's name, layout, discarded tensors and notes)."""
-    if report["family"] == "vision":
+    if report["family"] in ("vision", "restore"):
         discarded = list(report["discarded_entries"]) + list(report["discarded_tensors"])
         source = dict(discarded=[f"`{k}`" for k in discarded], notes=report["notes"])
         extra = {}
@@ -292,10 +321,12 @@ def _to_pth(src, out, trust_pickle):
         raise ConversionError(f"{src}: converting to .pth needs an rwkv_hf model folder as the source")
     state_dict, config_json = load_source(src, trust_pickle)
     model_type = config_json.get("model_type")
+    if model_type == RestoreRwkvConfig.model_type:
+        return _restore_to_pth(src, out, state_dict, config_json)
     versions = {cls.model_type: v for v, cls in RWKV_LM_CONFIGS.items()}
     if model_type not in versions:
         raise ConversionError(f"{src}: model_type {model_type!r} is not an rwkv_hf language model "
-                              f"({', '.join(versions)}); convert it to an rwkv_hf folder first")
+                              f"({', '.join(versions)}) or Restore-RWKV; convert it to an rwkv_hf folder first")
     version = versions[model_type]
     config = RWKV_LM_CONFIGS[version].from_pretrained(src)
     with torch.device("meta"):
@@ -340,29 +371,58 @@ def _to_pth(src, out, trust_pickle):
                 ignored_by_math=[], has_tokenizer=None, license=None)
 
 
-def _print_vision_summary(report):
-    config = report["config"]
+def _restore_to_pth(src, out, state_dict, config_json):
+    """An rwkv_hf Restore-RWKV folder -> the official state dict (``torch.save``), with the
+    Omni-Shift folds the official model would compute (``restore.to_official``)."""
+    weights, _ = restore.normalize(state_dict)
+    try:
+        config, _ = restore.config_from_state_dict(weights, config_json)
+        model = restore.build_model(weights, config)
+    except ConversionError as e:
+        raise ConversionError(f"{src}: {e}") from None
+    official = restore.to_official(model)
+    torch.save(official, out)
+    folds = sum(k.endswith("conv5x5_reparam.weight") for k in official)
+    return dict(direction="to the official Restore-RWKV .pth", family="restore", source=os.path.abspath(src),
+                layout="rwkv_hf", layout_name=f"rwkv_hf ({config.model_type})", config=config,
+                architecture=type(model).__name__, num_parameters=sum(t.numel() for t in weights.values()),
+                dtypes=sorted({str(t.dtype).replace("torch.", "") for t in weights.values()}),
+                notes=[f"wrote {folds} Omni-Shift conv5x5_reparam weights: the folds of their branches, as the "
+                       "official model computes them in evaluation mode"],
+                discarded_tensors={}, discarded_entries=[])
+
+
+def _print_image_model_summary(report, model_line):
+    """The summary of a Vision-RWKV or Restore-RWKV conversion (``model_line``: the model in words)."""
     lines = [f"rwkv-hf convert: {report['direction']}",
              f"  source:     {report['source']}",
              f"  layout:     {report['layout_name']}",
-             f"  model:      {report['architecture']}, {config.num_hidden_layers} blocks, width {config.hidden_size}, "
-             f"patch {config.patch_size}, post_norm={config.post_norm}, "
-             f"layer scale={config.layer_scale_init_value is not None}, key_norm={config.key_norm}",
+             f"  model:      {model_line}",
              f"  parameters: {report['num_parameters']:,} ({_human(report['num_parameters'])}), "
              f"{'/'.join(report['dtypes'])}"]
     entries, tensors = report["discarded_entries"], report["discarded_tensors"]
+    where = "outside backbone./head. " if report["family"] == "vision" else ""
     lines.append("  discarded:  none" if not (entries or tensors) else
                  f"  discarded:  {len(entries)} checkpoint entries {entries[:8]}, {len(tensors)} tensors "
-                 f"outside backbone./head. {list(tensors)[:8]}")
+                 f"{where}{list(tensors)[:8]}{' ...' if len(tensors) > 8 else ''}")
     lines += [f"  note:       {n}" for n in report["notes"]]
     lines.append(f"  written:    {report['written']}")
     print("\n".join(lines))
 
 
 def print_summary(report):
+    config = report["config"]
     if report.get("family") == "vision":
-        return _print_vision_summary(report)
-    config, version = report["config"], report["version"]
+        return _print_image_model_summary(
+            report, f"{report['architecture']}, {config.num_hidden_layers} blocks, width {config.hidden_size}, "
+                    f"patch {config.patch_size}, post_norm={config.post_norm}, "
+                    f"layer scale={config.layer_scale_init_value is not None}, key_norm={config.key_norm}")
+    if report.get("family") == "restore":
+        return _print_image_model_summary(
+            report, f"{report['architecture']}, width {config.hidden_size}, blocks {config.num_blocks} + "
+                    f"{config.num_refinement_blocks} refinement, channels {config.num_channels} -> "
+                    f"{config.out_channels}")
+    version = report["version"]
     heads = "" if version == 4 else f", {config.num_heads} heads of {config.head_size}"
     lines = [f"rwkv-hf convert: {report['direction']}",
              f"  source:     {report['source']}",

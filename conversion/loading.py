@@ -27,6 +27,14 @@ class ConversionError(ValueError):
     """A checkpoint that cannot be read or mapped; the message names the file and the key."""
 
 
+def strip_wrapper_prefixes(key):
+    """A state-dict key without the prefixes of DDP (``module.``) and torch.compile (``_orig_mod.``)."""
+    for prefix in ("module.", "_orig_mod."):
+        while key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
 # Globals torch's weights-only unpickler does not allow by default but that real RWKV
 # checkpoints need. BlinkDL's .pth files and transformers' pytorch_model.bin files hold only
 # tensors in (ordered) dicts, which torch already allows, so the list is empty; add to it

@@ -19,21 +19,14 @@ import re
 
 import torch
 
-from .loading import ConversionError, load_pickle_with_metadata, load_source
+from .loading import ConversionError, load_pickle_with_metadata, load_source, strip_wrapper_prefixes
 
 _LAYER = re.compile(r"^backbone\.layers\.(\d+)\.")
 
 
-def _strip(key):
-    for prefix in ("module.", "_orig_mod."):
-        while key.startswith(prefix):
-            key = key[len(prefix):]
-    return key
-
-
 def is_vision_checkpoint(state_dict):
     """True for Vision-RWKV weights in the official (or rwkv_hf) key layout."""
-    keys = [_strip(k) for k in state_dict]
+    keys = [strip_wrapper_prefixes(k) for k in state_dict]
     return any(re.search(r"(^|\.)layers\.\d+\.att\.(spatial_decay|time_maa_x)$", k) for k in keys) \
         and any(k.endswith("patch_embed.projection.weight") for k in keys)
 
@@ -41,7 +34,7 @@ def is_vision_checkpoint(state_dict):
 def normalize(state_dict):
     """(weights with ``backbone.`` / ``head.`` keys, {discarded key: shape})."""
     out, discarded = {}, {}
-    keys = {_strip(k): k for k in state_dict}
+    keys = {strip_wrapper_prefixes(k): k for k in state_dict}
     bare = not any(k.startswith("backbone.") for k in keys)  # a backbone-only state dict
     for key, original in keys.items():
         name = "backbone." + key if bare and not key.startswith("head.") else key

@@ -17,6 +17,7 @@ from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoModelForI
 
 import rwkv_hf  # noqa: E402,F401
 from rwkv_hf.lm import RWKV_LM_CLASSES  # noqa: E402
+from rwkv_hf.restore import RestoreRwkvConfig, RestoreRwkvForImageRestoration  # noqa: E402
 from rwkv_hf.remote_code import flatten_source  # noqa: E402
 from rwkv_hf.vision import VRWKV_CLASSES, Vrwkv6Config, VrwkvConfig, VrwkvImageProcessor  # noqa: E402
 from hub_server import NO_RWKV_HF  # noqa: E402
@@ -28,7 +29,7 @@ LOADER = NO_RWKV_HF + textwrap.dedent("""
     import torch
     from PIL import Image
     from transformers import (AutoImageProcessor, AutoModelForCausalLM, AutoModelForImageClassification,
-                              AutoTokenizer)
+                              AutoModelForImageToImage, AutoTokenizer)
     results = {}
     for kind, folder in json.loads(sys.argv[1]):
         ref = torch.load(folder + "/ref.pt")
@@ -42,6 +43,10 @@ LOADER = NO_RWKV_HF + textwrap.dedent("""
                 for _ in range(4):
                     ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], 1)
                 assert torch.equal(gen, ids), (folder, gen, ids)
+        elif kind == "restore":
+            model = AutoModelForImageToImage.from_pretrained(folder, trust_remote_code=True).eval()
+            with torch.no_grad():
+                out = model(ref["input"]).reconstruction
         else:
             model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
             processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
@@ -89,6 +94,16 @@ def _save_vision(version, folder):
     return model
 
 
+def _save_restore(folder):
+    config = RestoreRwkvConfig(hidden_size=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1)
+    model = RestoreRwkvForImageRestoration(config).eval()
+    model.save_pretrained(folder)
+    x = torch.rand(1, 1, 13, 20, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.save({"input": x, "logits": model(x).reconstruction}, os.path.join(folder, "ref.pt"))
+    return model
+
+
 def test_saved_folders_load_as_remote_code_without_rwkv_hf(tmp_path):
     folders = []
     for version in RWKV_LM_CLASSES:
@@ -97,6 +112,8 @@ def test_saved_folders_load_as_remote_code_without_rwkv_hf(tmp_path):
     for version in VRWKV_CLASSES:
         folders.append(("vision", str(tmp_path / f"vrwkv{version}")))
         _save_vision(version, folders[-1][1])
+    folders.append(("restore", str(tmp_path / "restore")))
+    _save_restore(folders[-1][1])
     world = tmp_path / "world"
     tiny_model(7, vocab_size=65536).save_pretrained(world)  # writes the World tokenizer (+ its code)
 
@@ -105,6 +122,8 @@ def test_saved_folders_load_as_remote_code_without_rwkv_hf(tmp_path):
     assert config["auto_map"]["AutoConfig"] == "configuration_rwkv_lm.RwkvV7Config"
     vision = json.loads((tmp_path / "vrwkv6" / "config.json").read_text())["auto_map"]
     assert vision["AutoBackbone"] == "modeling_vrwkv.Vrwkv6Backbone"
+    restore = json.loads((tmp_path / "restore" / "config.json").read_text())["auto_map"]
+    assert restore["AutoModelForImageToImage"] == "modeling_restore_rwkv.RestoreRwkvForImageRestoration"
     assert {"modeling_rwkv_lm.py", "configuration_rwkv_lm.py", "wkv_ops.py"} <= set(os.listdir(tmp_path / "lm4"))
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

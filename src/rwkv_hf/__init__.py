@@ -2,11 +2,12 @@
 
 Importing the package registers the RWKV language models (v4, v5.2, v6, v7; model types
 ``rwkv_hf_v4`` ... ``rwkv_hf_v7``) with transformers' Auto classes, and the RWKV World
-tokenizer with AutoTokenizer, and Vision-RWKV (``rwkv_hf_vrwkv``, ``rwkv_hf_vrwkv6``) with the
+tokenizer with AutoTokenizer, Vision-RWKV (``rwkv_hf_vrwkv``, ``rwkv_hf_vrwkv6``) with the
 image Auto classes, AutoBackbone, AutoImageProcessor and timm (``vrwkv_tiny_patch16_224``
-...). The WKV operator layer is ``rwkv_hf.ops``.
+...), and Restore-RWKV (``rwkv_hf_restore_rwkv``) with AutoModel and AutoModelForImageToImage.
+The WKV operator layer is ``rwkv_hf.ops``.
 """
-from . import lm, ops, peft_support, vision
+from . import lm, ops, peft_support, restore, vision
 from .tokenization_rwkv_world import RwkvWorldTokenizer, register_tokenizers
 from .lm import (
     RwkvV4Config, RwkvV4ForCausalLM, RwkvV4ForSequenceClassification, RwkvV4Model,
@@ -14,6 +15,7 @@ from .lm import (
     RwkvV6Config, RwkvV6ForCausalLM, RwkvV6ForSequenceClassification, RwkvV6Model,
     RwkvV7Config, RwkvV7ForCausalLM, RwkvV7ForSequenceClassification, RwkvV7Model,
 )
+from .restore import RestoreRwkvConfig, RestoreRwkvForImageRestoration, RestoreRwkvModel
 from .vision import (
     Vrwkv6Backbone, Vrwkv6Config, Vrwkv6ForImageClassification, Vrwkv6Model,
     VrwkvBackbone, VrwkvConfig, VrwkvForImageClassification, VrwkvImageProcessor, VrwkvModel,
@@ -23,6 +25,7 @@ __version__ = "0.1.0.dev0"
 
 lm.register()
 vision.register()
+restore.register()
 register_tokenizers(lm.RWKV_LM_CONFIGS)
 peft_support.register_peft()  # default LoRA targets (a no-op without peft)
 
@@ -34,4 +37,5 @@ __all__ = [
     "RwkvV7Config", "RwkvV7Model", "RwkvV7ForCausalLM", "RwkvV7ForSequenceClassification",
     "VrwkvConfig", "VrwkvModel", "VrwkvForImageClassification", "VrwkvBackbone", "VrwkvImageProcessor",
     "Vrwkv6Config", "Vrwkv6Model", "Vrwkv6ForImageClassification", "Vrwkv6Backbone",
+    "RestoreRwkvConfig", "RestoreRwkvModel", "RestoreRwkvForImageRestoration",
 ]

@@ -112,11 +112,12 @@ def main(argv=None):
     build.set_defaults(func=_build_cuda)
     conv = sub.add_parser(
         "convert", help="convert an RWKV checkpoint (BlinkDL .pth, transformers, Hub v5/v6, fla RWKV-7, official "
-                        "Vision-RWKV mmcls/InternImage .pth) into an "
+                        "Vision-RWKV mmcls/InternImage .pth, official Restore-RWKV .pth) into an "
                         "rwkv_hf folder, or an rwkv_hf folder into a BlinkDL .pth (DST ending in .pth)",
         description="SRC: a .pth/.bin/.safetensors file or a Hugging Face folder; layout and version are "
-                    "detected from the tensor names. DST ending in .pth: SRC must be an rwkv_hf folder and is "
-                    "written in BlinkDL's layout; otherwise DST is a new rwkv_hf folder (config, "
+                    "detected from the tensor names. DST ending in .pth: SRC must be an rwkv_hf folder of a "
+                    "language model (written in BlinkDL's layout) or of Restore-RWKV (the official state dict); "
+                    "otherwise DST is a new rwkv_hf folder (config, "
                     "model.safetensors, generation config, tokenizer for known vocabularies, model card).")
     conv.add_argument("src", metavar="SRC", help="checkpoint file or model folder")
     conv.add_argument("dst", metavar="DST", help="output folder, or output .pth file")

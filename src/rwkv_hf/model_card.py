@@ -1,6 +1,6 @@
 """Model cards (``README.md``) for rwkv_hf models, rendered with huggingface_hub's ``ModelCard``
 from the family templates in ``model_cards/`` (``rwkv_lm.md``: RWKV-4 ... RWKV-7 language
-models; ``vrwkv.md``: Vision-RWKV / VRWKV6).
+models; ``vrwkv.md``: Vision-RWKV / VRWKV6; ``restore_rwkv.md``: Restore-RWKV).
 
     from rwkv_hf.model_card import model_card, write_model_card
     card = model_card(model, repo_id="me/tiny", license="apache-2.0",
@@ -43,8 +43,10 @@ def human_size(n):
 
 
 def _family(config):
-    """('lm' | 'vision', version, the family's classes) of an rwkv_hf config."""
+    """('lm' | 'vision' | 'restore', version (None for Restore-RWKV), the family's classes) of an
+    rwkv_hf config."""
     from .lm import RWKV_LM_CLASSES, RWKV_LM_CONFIGS
+    from .restore import RESTORE_RWKV_CLASSES
     from .vision import VRWKV_CLASSES, VRWKV_MODEL_TYPES
 
     lm_types = {cfg.model_type: v for v, cfg in RWKV_LM_CONFIGS.items()}
@@ -53,18 +55,21 @@ def _family(config):
         return "lm", lm_types[model_type], RWKV_LM_CLASSES[lm_types[model_type]]
     if model_type in VRWKV_MODEL_TYPES:
         return "vision", VRWKV_MODEL_TYPES[model_type], VRWKV_CLASSES[VRWKV_MODEL_TYPES[model_type]]
+    restore_type = RESTORE_RWKV_CLASSES[0].model_type
+    if model_type == restore_type:
+        return "restore", None, RESTORE_RWKV_CLASSES
     raise ValueError(f"no model card template for model_type {model_type!r} "
-                     f"(known: {', '.join(list(lm_types) + list(VRWKV_MODEL_TYPES))})")
+                     f"(known: {', '.join(list(lm_types) + list(VRWKV_MODEL_TYPES) + [restore_type])})")
 
 
 def _model_class(config, classes):
     """The model class a bare config stands for: its ``architectures`` entry, else the causal LM /
-    image classifier of the family."""
+    image classifier / restorer of the family."""
     names = {cls.__name__: cls for cls in classes[1:]}
     for name in getattr(config, "architectures", None) or ():
         if name in names:
             return names[name]
-    return classes[2]  # ForCausalLM / ForImageClassification
+    return classes[2]  # ForCausalLM / ForImageClassification / ForImageRestoration
 
 
 def _pipeline_tag(family, architecture):
@@ -73,6 +78,8 @@ def _pipeline_tag(family, architecture):
             if architecture.endswith(suffix):
                 return tag
         return "feature-extraction"
+    if family == "restore":
+        return "image-to-image" if architecture.endswith("ForImageRestoration") else "image-feature-extraction"
     return "image-classification" if architecture.endswith("ForImageClassification") else "image-feature-extraction"
 
 
@@ -176,6 +183,9 @@ def model_card(model_or_config, *, eval_results=None, base_model=None, license=N
     if family == "lm":
         base_title = f"RWKV-{version} {human_size(num_parameters)}"
         family_tags = ["rwkv", f"rwkv-v{version}", "rwkv_hf"]
+    elif family == "restore":
+        base_title = f"Restore-RWKV {human_size(num_parameters)}"
+        family_tags = ["rwkv", "restore-rwkv", "image-restoration", "rwkv_hf"]
     else:
         base_title = f"Vision-RWKV{'6' if version == 6 else ''} {human_size(num_parameters)}"
         family_tags = ["rwkv", "vision-rwkv", f"vrwkv{'6' if version == 6 else ''}", "rwkv_hf", "timm"]
@@ -195,18 +205,26 @@ def model_card(model_or_config, *, eval_results=None, base_model=None, license=N
     if source:
         source = dict(source, discarded=list(source.get("discarded") or ()), notes=list(source.get("notes") or ()))
     kw = dict(model_name=title, version=version, model_type=config.model_type, architecture=architecture,
-              pipeline_tag=pipeline_tag, num_layers=config.num_hidden_layers, hidden_size=config.hidden_size,
-              intermediate_size=config.intermediate_size, num_parameters=f"{num_parameters:,}",
+              pipeline_tag=pipeline_tag, hidden_size=config.hidden_size, num_parameters=f"{num_parameters:,}",
               num_parameters_human=human_size(num_parameters), dtypes=", ".join(dtypes),
               repo_path=repo_id or "path/to/this/folder", rwkv_hf_version=rwkv_hf.__version__,
               license=license, base_models=[base_model] if isinstance(base_model, str) else list(base_model or ()),
               datasets=data.datasets, source=source,
               eval_rows=rows, notes=[notes] if isinstance(notes, str) else list(notes or ()))
+    if family != "restore":
+        kw.update(num_layers=config.num_hidden_layers, intermediate_size=config.intermediate_size)
     if family == "lm":
         kw.update(codename=CODENAMES[version], vocab_size=config.vocab_size, tokenizer=tokenizer,
                   heads="n/a (RWKV-4 has per-channel state)" if version == 4
                   else f"{config.num_heads} x {config.head_size}")
         template = "rwkv_lm.md"
+    elif family == "restore":
+        kw.update(num_channels=config.num_channels, out_channels=config.out_channels, residual=config.residual,
+                  widths=" / ".join(str(config.level_width(i)) for i in range(1, 5)),
+                  num_blocks=" / ".join(map(str, config.num_blocks)),
+                  num_refinement_blocks=config.num_refinement_blocks, hidden_rate=config.hidden_rate,
+                  recurrence=config.recurrence)
+        template = "restore_rwkv.md"
     else:
         kw.update(family="VRWKV6" if version == 6 else "VRWKV", patch_size=config.patch_size,
                   image_size="x".join(map(str, config.image_hw)), grid="x".join(map(str, config.patch_grid)),

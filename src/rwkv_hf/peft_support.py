@@ -1,9 +1,9 @@
-"""PEFT (LoRA) support for the RWKV language models and Vision-RWKV.
+"""PEFT (LoRA) support for the RWKV language models, Vision-RWKV and Restore-RWKV.
 
 Importing :mod:`rwkv_hf` calls :func:`register_peft`, which (when ``peft`` is installed)
 
 * registers default LoRA targets for the model types ``rwkv_hf_v4`` ... ``rwkv_hf_v7``,
-  ``rwkv_hf_vrwkv`` and ``rwkv_hf_vrwkv6`` in
+  ``rwkv_hf_vrwkv``, ``rwkv_hf_vrwkv6`` and ``rwkv_hf_restore_rwkv`` in
   PEFT's ``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`` (and in the tables PEFT
   copies from it: LoHa, LoKr, OFT, BOFT, ...), so
   ``get_peft_model(model, LoraConfig(task_type="CAUSAL_LM"))`` works without naming modules;
@@ -22,6 +22,11 @@ Vision-RWKV: the same linears of the spatial mix (``att``: ``key``, ``value``,
 classification head is not a LoRA target: for a new label set pass
 ``LoraConfig(modules_to_save=["head"])`` so the fresh head is trained and saved with the
 adapter.
+
+Restore-RWKV: the linears of every block's spatial and channel mix (``att.key`` ...
+``ffn.value``); named with their mixer, so that the last convolution (``output``) is not a
+target. The Omni-Shift kernels, convolutions of the U-Net and the layer scales are not
+targeted.
 
 Per-channel vectors. The token-shift mixing vectors (``time_mix_*`` v4/v5, ``time_maa_*``
 v6, ``x_*`` v7) are 1-D parameters, which PEFT cannot wrap (``modules_to_save`` takes
@@ -54,6 +59,8 @@ DEFAULT_LORA_TARGETS = {
     "rwkv_hf_v7": ["receptance", "key", "value", "output"],
     "rwkv_hf_vrwkv": ["receptance", "key", "value", "output"],
     "rwkv_hf_vrwkv6": ["receptance", "key", "value", "output", "gate"],
+    "rwkv_hf_restore_rwkv": ["att.receptance", "att.key", "att.value", "att.output", "ffn.key", "ffn.value",
+                             "ffn.receptance"],
 }
 
 # Token-shift mixing vectors (one value per channel), by version.
@@ -110,9 +117,11 @@ def check_adapter(model, adapter_dir, subfolder=None):
     (the base ``config.json``, then the LoRA weight shapes). Non-RWKV models and adapters that
     are not local folders are left to PEFT."""
     version = _rwkv_version(model)
+    from .restore import RestoreRwkvConfig
     from .vision import VRWKV_MODEL_TYPES
 
-    vision = getattr(getattr(model, "config", None), "model_type", None) in VRWKV_MODEL_TYPES
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    vision = model_type in VRWKV_MODEL_TYPES or model_type == RestoreRwkvConfig.model_type
     if (version is None and not vision) or not isinstance(adapter_dir, (str, os.PathLike)):
         return
     folder = os.path.join(adapter_dir, subfolder) if subfolder else adapter_dir

@@ -20,11 +20,13 @@ class PublishError(Exception):
 
 
 def model_types():
-    """The ``model_type`` strings of every rwkv_hf config class (language and vision models)."""
+    """The ``model_type`` strings of every rwkv_hf config class (language, vision and restoration
+    models)."""
     from .lm import RWKV_LM_CONFIGS
+    from .restore import RestoreRwkvConfig
     from .vision import VRWKV_MODEL_TYPES
 
-    return {c.model_type for c in RWKV_LM_CONFIGS.values()} | set(VRWKV_MODEL_TYPES)
+    return {c.model_type for c in RWKV_LM_CONFIGS.values()} | set(VRWKV_MODEL_TYPES) | {RestoreRwkvConfig.model_type}
 
 
 def _check_safetensors(path, name):

@@ -44,6 +44,11 @@ FAMILIES = {
                "vision/modeling_vrwkv.py": "modeling_vrwkv.py"},
         config_module="configuration_vrwkv", modeling_module="modeling_vrwkv",
         auto=("AutoModel", "AutoModelForImageClassification", "AutoBackbone")),
+    "restore": dict(
+        files={"restore/configuration_restore_rwkv.py": "configuration_restore_rwkv.py",
+               "restore/modeling_restore_rwkv.py": "modeling_restore_rwkv.py"},
+        config_module="configuration_restore_rwkv", modeling_module="modeling_restore_rwkv",
+        auto=("AutoModel", "AutoModelForImageToImage")),
 }
 
 # Package-level modules bundled for every family: package module -> file name in the folder.

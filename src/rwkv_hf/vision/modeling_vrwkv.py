@@ -31,7 +31,7 @@ from transformers.modeling_outputs import (BackboneOutput, BaseModelOutputWithPo
 
 from .. import ops
 from ..hub_mixin import RwkvHubMixin
-from ..modeling_utils import layer_ratios, ramp, sqrelu
+from ..modeling_utils import check_pixel_values, layer_ratios, ramp, sqrelu
 from .configuration_vrwkv import Vrwkv6Config, VrwkvConfig
 from .image_processing_vrwkv import default_image_processor
 
@@ -406,22 +406,10 @@ class VrwkvModelBase:
 
     def _check_pixels(self, pixel_values):
         cfg = self.config
-        if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 4:
-            shape = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values)
-            raise ValueError(f"pixel_values must be a [batch, {cfg.num_channels}, height, width] tensor, got {shape}")
-        b, c, h, w = pixel_values.shape
-        if c != cfg.num_channels:
-            raise ValueError(f"pixel_values has {c} channels but this model takes {cfg.num_channels} "
-                             f"(config.num_channels); shape {tuple(pixel_values.shape)}")
+        check_pixel_values(pixel_values, cfg.num_channels)
+        h, w = pixel_values.shape[-2:]
         if h < cfg.patch_size or w < cfg.patch_size:
             raise ValueError(f"the image ({h}x{w} pixels) is smaller than one {cfg.patch_size}x{cfg.patch_size} patch")
-        if not pixel_values.is_floating_point():
-            raise ValueError(f"pixel_values must be floating point, got {pixel_values.dtype}")
-        if torch.compiler.is_compiling():  # a traced graph cannot read values: an assert in it
-            torch._assert_async(torch.isfinite(pixel_values).all(), "pixel_values contains NaN or infinite values")
-        # the sum is NaN/inf when any pixel is (no image-sized temporary); confirm before raising
-        elif not torch.isfinite(pixel_values.sum()) and not torch.isfinite(pixel_values).all():
-            raise ValueError("pixel_values contains NaN or infinite values")
 
     def embed(self, pixel_values):
         """Tokens [B, N, C] with position embeddings, and the patch grid (rows, cols)."""

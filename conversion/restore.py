@@ -1,0 +1,159 @@
+"""Restore-RWKV checkpoints (Yaziwel/Restore-RWKV) -> rwkv_hf.
+
+Sources: the official ``torch.save(model.state_dict())`` files (``patch_embed.*``,
+``encoder_level1.N.*`` ... ``refinement.N.*``, ``output.*``), the same wrapped in a dict
+(``state_dict`` / ``model`` entries, DDP ``module.`` and ``torch.compile`` ``_orig_mod.``
+prefixes), a bare trunk (no ``output.*``), and rwkv_hf's own layout (re-saving).
+
+rwkv_hf's models use the official names, under ``restore_rwkv.`` for the trunk. The one
+official tensor not kept is each Omni-Shift's ``conv5x5_reparam.weight``: the official model
+overwrites it with the fold of the four branches on its first forward in evaluation mode, and
+rwkv_hf computes that fold on every forward, so it is derived (or, saved before any evaluation,
+an unused random initialisation); it is reported as discarded. Any other tensor the model has
+no place for is an error that names it.
+"""
+import re
+
+import torch
+
+from .loading import ConversionError, strip_wrapper_prefixes
+
+TRUNK = ("patch_embed", "encoder_level1", "down1_2", "encoder_level2", "down2_3", "encoder_level3", "down3_4",
+         "latent", "up4_3", "reduce_chan_level3", "decoder_level3", "up3_2", "reduce_chan_level2",
+         "decoder_level2", "up2_1", "decoder_level1", "refinement")
+PREFIX = "restore_rwkv."
+_DERIVED = re.compile(r"\.omni_shift\.conv5x5_reparam\.weight$")
+
+
+def is_restore_checkpoint(state_dict):
+    """True for Restore-RWKV weights in the official (or rwkv_hf) key layout."""
+    keys = {strip_wrapper_prefixes(k) for k in state_dict}
+    return any(re.fullmatch(r"(restore_rwkv\.)?encoder_level1\.\d+\.att\.spatial_decay", k) for k in keys) \
+        and bool(keys & {"patch_embed.weight", PREFIX + "patch_embed.weight"})
+
+
+def normalize(state_dict):
+    """(weights in rwkv_hf's layout: ``restore_rwkv.*`` and ``output.*``, {discarded key: shape})."""
+    weights, discarded = {}, {}
+    for original in state_dict:
+        key = strip_wrapper_prefixes(original)
+        if _DERIVED.search(key):
+            discarded[original] = tuple(state_dict[original].shape)
+        elif key.split(".", 1)[0] in TRUNK:
+            weights[PREFIX + key] = state_dict[original]
+        else:  # output.*, rwkv_hf's restore_rwkv.*, or unknown (build_model names it)
+            weights[key] = state_dict[original]
+    return weights, discarded
+
+
+def _need(weights, key):
+    if key not in weights:
+        raise ConversionError(f"not a complete Restore-RWKV checkpoint: {key!r} is missing")
+    return weights[key]
+
+
+def _count(weights, stage):
+    pattern = re.compile(rf"^{re.escape(PREFIX + stage)}\.(\d+)\.")
+    found = sorted({int(m.group(1)) for k in weights for m in [pattern.match(k)] if m})
+    if found != list(range(len(found))):
+        raise ConversionError(f"the checkpoint's {stage} blocks are not numbered 0..N-1: {found[:10]}")
+    return len(found)
+
+
+def config_from_state_dict(weights, config_json=None, **overrides):
+    """(config, notes): the rwkv_hf config of Restore-RWKV weights, sizes from the shapes.
+    ``residual`` (the official models always add the input) comes from rwkv_hf's config.json
+    when the source is an rwkv_hf folder."""
+    from ..restore import RestoreRwkvConfig
+
+    notes = []
+    embed = _need(weights, PREFIX + "patch_embed.weight")
+    hidden, channels = embed.shape[0], embed.shape[1]
+    blocks = [_count(weights, s) for s in ("encoder_level1", "encoder_level2", "encoder_level3", "latent")]
+    decoder = [_count(weights, s) for s in ("decoder_level1", "decoder_level2", "decoder_level3")]
+    if decoder != blocks[:3]:
+        raise ConversionError(f"decoder levels 1-3 have {decoder} blocks but encoder levels 1-3 {blocks[:3]}: "
+                              "Restore-RWKV repeats the encoder's counts")
+    kw = dict(num_channels=channels, hidden_size=hidden, num_blocks=blocks,
+              num_refinement_blocks=_count(weights, "refinement"))
+    probe = next((k for k in weights if re.match(rf"^{re.escape(PREFIX)}\w+\.\d+\.att\.spatial_decay$", k)), None)
+    if probe is None:
+        raise ConversionError("the checkpoint has no Restore-RWKV block (no *.att.spatial_decay)")
+    kw["recurrence"] = weights[probe].shape[0]
+    width = weights[probe].shape[1]
+    ffn_key = weights.get(probe.replace("att.spatial_decay", "ffn.key.weight"))
+    if ffn_key is not None:
+        kw["hidden_rate"] = ffn_key.shape[0] // width
+    if "output.weight" in weights:
+        kw["out_channels"] = weights["output.weight"].shape[0]
+    if isinstance(config_json, dict) and "residual" in config_json:
+        kw["residual"] = bool(config_json["residual"])
+    elif kw.get("out_channels", channels) != channels:
+        kw["residual"] = False
+        notes.append(f"{channels} input and {kw['out_channels']} output channels: the model is built without the "
+                     "global residual (residual=False)")
+    kw.update(overrides)
+    try:
+        config = RestoreRwkvConfig(**kw)
+    except (TypeError, ValueError) as e:
+        raise ConversionError(f"cannot build a RestoreRwkvConfig from this checkpoint: {e}") from None
+    return config, notes
+
+
+def build_model(weights, config):
+    """The rwkv_hf model holding ``weights`` (the restorer when there is an ``output``
+    convolution, else the trunk); the tensors are placed as they are (no copies). Unknown or
+    missing keys raise, named as in the official layout."""
+    from ..restore import RestoreRwkvForImageRestoration, RestoreRwkvModel
+
+    has_head = "output.weight" in weights
+    cls = RestoreRwkvForImageRestoration if has_head else RestoreRwkvModel
+    placed = dict(weights) if has_head else {k[len(PREFIX):] if k.startswith(PREFIX) else k: v
+                                             for k, v in weights.items()}
+    with torch.device("meta"):
+        model = cls(config)
+    expected = model.state_dict()
+    official = (lambda k: k[len(PREFIX):] if k.startswith(PREFIX) else k) if has_head else (lambda k: k)
+    unexpected = sorted(official(k) for k in set(placed) - set(expected))
+    missing = sorted(official(k) for k in set(expected) - set(placed))
+    if unexpected or missing:
+        raise ConversionError(f"the weights do not fit {cls.__name__}: unknown tensors {unexpected[:10]}, "
+                              f"missing {missing[:10]}")
+    for key, tensor in placed.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise ConversionError(f"{official(key)} has shape {tuple(tensor.shape)}, expected "
+                                  f"{tuple(expected[key].shape)}")
+    model.load_state_dict(placed, strict=True, assign=True)
+    return model.eval()
+
+
+def official_fold(omni_shift):
+    """The ``conv5x5_reparam.weight`` the official model computes on its first forward in
+    evaluation mode, in its order of operations (the same bits)."""
+    import torch.nn.functional as F
+
+    w1, w3, w5 = omni_shift.conv1x1.weight, omni_shift.conv3x3.weight, omni_shift.conv5x5.weight
+    a = omni_shift.alpha
+    identity = F.pad(torch.ones_like(w1), (2, 2, 2, 2))
+    return a[0] * identity + a[1] * F.pad(w1, (2, 2, 2, 2)) + a[2] * F.pad(w3, (1, 1, 1, 1)) + a[3] * w5
+
+
+def to_official(model):
+    """The official state dict of an rwkv_hf Restore-RWKV model (``RestoreRwkvForImageRestoration``
+    or the trunk): the official names in the official order, each Omni-Shift's
+    ``conv5x5_reparam.weight`` the fold the official model would compute (it refolds on its
+    first forward in evaluation mode anyway). Tensors are the model's own (no copies) except
+    the folds."""
+    from ..restore.modeling_restore_rwkv import OmniShift
+
+    trunk = getattr(model, "restore_rwkv", model)
+    folds = {name: official_fold(m).detach() for name, m in trunk.named_modules() if isinstance(m, OmniShift)}
+    out = {}
+    for key, tensor in trunk.state_dict().items():
+        out[key] = tensor
+        owner = key.rsplit(".", 2)[0]  # "<...>.omni_shift" for "<...>.omni_shift.conv5x5.weight"
+        if owner in folds and key.endswith(".conv5x5.weight"):
+            out[owner + ".conv5x5_reparam.weight"] = folds[owner]
+    if trunk is not model:
+        out.update({k: v for k, v in model.state_dict().items() if not k.startswith(PREFIX)})
+    return out
