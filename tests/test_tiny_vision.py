@@ -1,6 +1,7 @@
-"""The shipped tiny Vision-RWKVs (VRWKV, VRWKV6): load through the image-classification
-pipeline and reproduce their recorded held-out accuracy; the held-out set is scikit-learn's
-digits."""
+"""The shipped tiny image models: the Vision-RWKVs (VRWKV, VRWKV6) load through the
+image-classification pipeline and reproduce their recorded held-out accuracy on scikit-learn's
+digits; the Restore-RWKV denoiser reproduces its recorded held-out PSNR on a crop of
+scikit-learn's flower.jpg, well above the best Gaussian blur."""
 import json
 import os
 
@@ -11,12 +12,16 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from transformers import AutoModelForImageClassification, pipeline
+from transformers import AutoModelForImageClassification, AutoModelForImageToImage, pipeline
 
 import rwkv_hf  # noqa: F401
 from rwkv_hf.cli import main
-from rwkv_hf.pretrained import tiny_vision_model_path
+from rwkv_hf.pretrained import tiny_restore_model_path, tiny_vision_model_path
+from rwkv_hf.pretrained.denoise import denoise_baselines, gaussian_blur, psnr
 
+
+
+MIN_GAIN_OVER_BLUR_DB = 1.0  # the shipped denoiser's margin over the best Gaussian blur
 
 
 def _heldout(version=4):
@@ -58,3 +63,50 @@ def test_demo_vision(capsys):
     assert main(["demo", "--vision"]) == 0
     out = capsys.readouterr().out
     assert "pipeline('image-classification')" in out and "accuracy 99.16%" in out and "accuracy 98.61%" in out
+    with open(os.path.join(tiny_restore_model_path(), "eval.json")) as f:
+        recorded = json.load(f)["heldout_psnr_db"]
+    assert "AutoModelForImageToImage" in out and f"PSNR {recorded:.2f} dB" in out
+
+
+def _restore_heldout():
+    data = load_file(os.path.join(tiny_restore_model_path(), "heldout.safetensors"))
+    return data["clean"].float() / 255, data["noisy"]
+
+
+def test_tiny_denoiser_reproduces_its_recorded_psnr_and_beats_the_best_blur():
+    path = tiny_restore_model_path()
+    with open(os.path.join(path, "eval.json")) as f:
+        recorded = json.load(f)
+    model = AutoModelForImageToImage.from_pretrained(path).eval()
+    assert model.config.model_type == "rwkv_hf_restore_rwkv"
+    clean, noisy = _restore_heldout()
+    with torch.no_grad():
+        score = psnr(model(noisy).reconstruction, clean)
+    base = denoise_baselines(noisy, clean)
+    assert abs(score - recorded["heldout_psnr_db"]) < 2e-3, (score, recorded)
+    assert abs(base["best_blur_psnr_db"] - recorded["best_blur_psnr_db"]) < 2e-3
+    assert score > base["best_blur_psnr_db"] + MIN_GAIN_OVER_BLUR_DB > base["noisy_psnr_db"], (score, base)
+
+
+def test_denoiser_heldout_is_the_flower_crop_with_seeded_noise():
+    from sklearn.datasets import load_sample_images
+
+    clean, noisy = _restore_heldout()
+    data = load_sample_images()
+    flower = data.images[[os.path.basename(f) for f in data.filenames].index("flower.jpg")]
+    luma = torch.from_numpy(flower.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255)
+    s = clean.shape[-1]
+    top, left = (luma.shape[0] - s) // 2, (luma.shape[1] - s) // 2
+    assert torch.equal(clean[0, 0], (luma[top:top + s, left:left + s] * 255).round() / 255)
+    noise = (25 / 255) * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(noisy, clean + noise)
+
+
+def test_gaussian_blur_baseline_matches_torchvision():
+    from torchvision.transforms.functional import gaussian_blur as tv_blur
+
+    image = torch.rand(1, 1, 40, 50, generator=torch.Generator().manual_seed(0))
+    for sigma in (0.5, 1.3, 2.0):
+        radius = max(1, int(np.ceil(3 * sigma)))
+        want = tv_blur(image, [2 * radius + 1] * 2, [sigma, sigma])
+        assert (gaussian_blur(image, sigma) - want).abs().max() < 1e-6

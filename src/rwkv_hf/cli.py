@@ -93,12 +93,13 @@ def _publish(args):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="rwkv-hf", description="RWKV models for Hugging Face transformers")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="load the shipped tiny RWKV-7 (perplexity, generated text) and the tiny "
-                                       "Vision-RWKV (held-out digit accuracy through the image-classification "
-                                       "pipeline); --ops: tour the WKV operators instead")
+    demo = sub.add_parser("demo", help="load the shipped tiny RWKV-7 (perplexity, generated text), the tiny "
+                                       "Vision-RWKVs (held-out digit accuracy through the image-classification "
+                                       "pipeline) and the tiny Restore-RWKV (held-out denoising PSNR); --ops: "
+                                       "tour the WKV operators instead")
     part = demo.add_mutually_exclusive_group()
     part.add_argument("--lm", action="store_true", help="only the language model")
-    part.add_argument("--vision", action="store_true", help="only the vision model")
+    part.add_argument("--vision", action="store_true", help="only the image models")
     demo.add_argument("--max-new-tokens", type=int, default=40, help="tokens per generated continuation (default 40)")
     demo.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     demo.add_argument("--ops", action="store_true",

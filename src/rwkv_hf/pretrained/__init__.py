@@ -19,11 +19,21 @@ digits; they carry their held-out images (``heldout.safetensors``). Load one wit
 
     from transformers import pipeline
     classify = pipeline("image-classification", model=tiny_vision_model_path())
+
+``tiny-restore-rwkv-denoise/`` is a tiny Restore-RWKV grey-level denoiser (Gaussian noise of
+sigma 25/255) trained by ``examples/train_tiny_restore_rwkv.py`` on one of scikit-learn's
+sample photographs and measured on the other (its held-out crop ships with it,
+``heldout.safetensors``; :mod:`rwkv_hf.pretrained.denoise` computes the PSNR and the blur
+baseline). Load it with :func:`tiny_restore_model_path`::
+
+    from transformers import AutoModelForImageToImage
+    model = AutoModelForImageToImage.from_pretrained(tiny_restore_model_path())
 """
 import os
 
 TINY_MODEL_NAME = "tiny-rwkv7-pydoc"
 TINY_VISION_NAMES = {4: "tiny-vrwkv-digits", 6: "tiny-vrwkv6-digits"}
+TINY_RESTORE_NAME = "tiny-restore-rwkv-denoise"
 
 
 def tiny_model_path():
@@ -35,3 +45,9 @@ def tiny_vision_model_path(version=4):
     """Folder of the shipped tiny Vision-RWKV digit classifier, VRWKV (4) or VRWKV6 (6):
     config, weights, image processor, eval.json, heldout.safetensors."""
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), TINY_VISION_NAMES[version])
+
+
+def tiny_restore_model_path():
+    """Folder of the shipped tiny Restore-RWKV denoiser: config, weights, eval.json,
+    heldout.safetensors (the clean crop as uint8 and its noisy version)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), TINY_RESTORE_NAME)

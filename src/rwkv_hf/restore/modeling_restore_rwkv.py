@@ -68,18 +68,23 @@ class OmniShift(nn.Module):
         return F.conv2d(x, self.folded_kernel(), padding=2, groups=x.shape[1])
 
 
+# The maps between blocks are channels-last in memory: tokens [B, H*W, C] (row-major) and
+# maps [B, C, H, W] are then views of each other, and the depthwise convolutions read and
+# write that layout, so no block copies its input or output to change layout.
+
 def _map_to_tokens(x):
-    return x.flatten(2).transpose(1, 2)  # [B, C, H, W] -> [B, H*W, C], row-major
+    b, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view when x is channels-last
 
 
 def _tokens_to_map(x, hw):
-    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *hw)
+    return x.reshape(x.shape[0], *hw, x.shape[2]).permute(0, 3, 1, 2)  # a channels-last view
 
 
 def _transpose_grid(x, hw):
     """Tokens [B, H*W, C] in row-major order of an (H, W) grid -> column-major order."""
     b, _, c = x.shape
-    return x.view(b, hw[0], hw[1], c).transpose(1, 2).reshape(b, -1, c)
+    return x.reshape(b, hw[0], hw[1], c).transpose(1, 2).reshape(b, -1, c)
 
 
 def _linear(c_in, c_out):
@@ -144,7 +149,7 @@ class RestoreRwkvBlock(GradientCheckpointingLayer):
 
     def forward(self, x):
         hw = x.shape[2:]
-        t = _map_to_tokens(x)
+        t = _map_to_tokens(x.contiguous(memory_format=torch.channels_last))  # no copy after the first block
         t = t + self.gamma1 * self.att(self.ln1(t), hw)
         t = t + self.gamma2 * self.ffn(self.ln2(t), hw)
         return _tokens_to_map(t, hw)
