@@ -833,19 +833,23 @@ def _model_cases():
         return build
 
     def restore():
-        from rwkv_hf.restore import RestoreRwkvConfig, RestoreRwkvForImageRestoration
+        from safetensors.torch import load_file
+        from transformers import AutoModelForImageToImage
 
-        torch.manual_seed(0)
-        model = RestoreRwkvForImageRestoration(RestoreRwkvConfig(hidden_size=16, num_blocks=[1, 2, 2, 2],
-                                                                 num_refinement_blocks=1))
-        g = torch.Generator().manual_seed(0)
-        clean = torch.rand(2, 1, 60, 76, generator=g)  # not multiples of 8: padded inside
-        return model, "restore", (clean + 0.1 * torch.randn(clean.shape, generator=g), clean)
+        from rwkv_hf.pretrained import tiny_restore_model_path
+
+        path = tiny_restore_model_path()
+        data = load_file(os.path.join(path, "heldout.safetensors"))
+        noisy, clean = data["noisy"], data["clean"].float() / 255
+        # the batch of two: the crop and its mirror image, cropped to sides that are not
+        # multiples of 8 (padded inside)
+        noisy, clean = (torch.cat([x, x.flip(-1)])[..., :190, :187] for x in (noisy, clean))
+        return AutoModelForImageToImage.from_pretrained(path), "restore", (noisy, clean)
 
     return [("RWKV-7 tiny-rwkv7-pydoc", lm_pretrained)] + \
         [(f"RWKV-{v} random 2x128", lm_random(v)) for v in (4, 5, 6)] + \
         [(f"VRWKV{'6' if v == 6 else ''} tiny digits", vision(v)) for v in (4, 6)] + \
-        [("Restore-RWKV random 16 wide", restore)]
+        [("Restore-RWKV tiny denoiser", restore)]
 
 
 def check_models(emit, deadline):
@@ -901,8 +905,14 @@ def check_models(emit, deadline):
                                               pad_token_id=0).tolist()
                     same = _with_backend(fast, gen) == _with_backend("torch", gen)
                     detail["generate_equal"] = same
-                elif kind == "restore":  # the restored images are the "logits" compared above
-                    same = True
+                elif kind == "restore":
+                    from rwkv_hf.pretrained.denoise import psnr
+
+                    def score():
+                        return psnr(model(pixel_values=inputs[0].to(DEVICE)).reconstruction.cpu(), inputs[1])
+                    a, b = _with_backend(fast, score), _with_backend("torch", score)
+                    detail["psnr_db"] = (round(a, 3), round(b, 3))
+                    same = abs(a - b) < 1e-3
                 else:
                     def acc():
                         pred = model(pixel_values=inputs[0].to(DEVICE)).logits.argmax(-1).cpu()
