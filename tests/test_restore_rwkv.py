@@ -8,6 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 from transformers import AutoConfig, AutoModel, AutoModelForImageToImage  # noqa: E402
 
 import rwkv_hf  # noqa: E402,F401
@@ -241,6 +243,8 @@ def test_bad_input_and_config_are_refused_clearly():
         RestoreRwkvConfig(num_blocks=[1, 2, 3])
     with pytest.raises(ValueError, match="hidden_size must be an integer >= 1"):
         RestoreRwkvConfig(hidden_size=0)
+    with pytest.raises(ValueError, match="hidden_size must be even"):
+        RestoreRwkvConfig(hidden_size=7)
 
 
 def test_lora_with_default_targets_trains_saves_and_reloads(tmp_path):
@@ -275,3 +279,34 @@ def test_a_saved_folder_is_publishable(tmp_path):
     model_type, files = check_model_folder(tmp_path / "m")
     assert model_type == "rwkv_hf_restore_rwkv"
     assert {"config.json", "model.safetensors", "README.md", "modeling_restore_rwkv.py", "wkv_ops.py"} <= set(files)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dim=st.sampled_from([2, 4, 6]), blocks=st.lists(st.integers(0, 2), min_size=4, max_size=4),
+       refinement=st.integers(0, 2), channels=st.integers(1, 3), h=st.integers(1, 20), w=st.integers(1, 20),
+       seed=st.integers(0, 2**16))
+def test_random_configs_match_the_official_forward_and_survive_save_and_load(dim, blocks, refinement, channels,
+                                                                               h, w, seed):
+    import tempfile
+
+    off = official.randomize(official.OfficialRestoreRWKV(inp_channels=channels, out_channels=channels, dim=dim,
+                                                          num_blocks=blocks, num_refinement_blocks=refinement),
+                             seed).double()
+    official.set_reparam(off, seed % 2 == 0)
+    cfg = RestoreRwkvConfig(num_channels=channels, hidden_size=dim, num_blocks=blocks,
+                            num_refinement_blocks=refinement)
+    ours = RestoreRwkvForImageRestoration(cfg).double()
+    placed = {k if k.startswith("output.") else "restore_rwkv." + k: v
+              for k, v in off.state_dict().items() if "conv5x5_reparam" not in k}
+    ours.load_state_dict(placed, strict=True)
+    x = torch.randn(2, channels, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    out = ours(x, labels=torch.zeros_like(x))
+    want = off(pad_to_multiple(x))[..., :h, :w]
+    assert rel_err(out.reconstruction, want) < 1e-10
+    out.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in ours.parameters())
+    with tempfile.TemporaryDirectory() as folder:
+        ours.save_pretrained(folder, remote_code=False)
+        again = AutoModelForImageToImage.from_pretrained(folder, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(again(x).reconstruction, out.reconstruction.detach())

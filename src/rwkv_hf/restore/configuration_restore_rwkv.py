@@ -15,7 +15,7 @@ class RestoreRwkvConfig(PreTrainedConfig):
     Args:
         num_channels: channels of the input image (1 for the official CT / MRI / PET models).
         out_channels: channels of the restored image (``num_channels`` when None).
-        hidden_size: width of level 1 (the official ``dim``); level ``i`` (1 to 4) has
+        hidden_size: width of level 1 (the official ``dim``; even); level ``i`` (1 to 4) has
             ``hidden_size * 2**(i-1)`` channels, the last decoder level and the refinement
             ``2 * hidden_size``.
         num_blocks: blocks at levels 1, 2, 3 and 4 (the latent); the decoder levels repeat
@@ -50,6 +50,9 @@ class RestoreRwkvConfig(PreTrainedConfig):
         for name in ("num_channels", "out_channels", "hidden_size", "hidden_rate", "recurrence"):
             _check_int(self, name, getattr(self, name), 1)
         _check_int(self, "num_refinement_blocks", self.num_refinement_blocks, 0)
+        if self.hidden_size % 2:
+            raise ValueError(f"RestoreRwkvConfig: hidden_size must be even (the first downsampling halves the "
+                             f"channels before a 2x2 pixel unshuffle), got {self.hidden_size}")
         blocks = self.num_blocks
         if not isinstance(blocks, (list, tuple)) or len(blocks) != 4:
             raise ValueError(f"RestoreRwkvConfig: num_blocks must list the blocks of the 4 levels, got {blocks!r}")
