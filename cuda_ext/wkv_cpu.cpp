@@ -605,12 +605,24 @@ void wkv7_backward(const Geo g, const T* r, const T* k, const T* v, const T* ew,
 // triple kept in memory in the inputs' type (the final state, bi_wkv4's left states) rounds p
 // first and lets a, b absorb that rounding (store_tri), so it still stands for the same sums.
 
-constexpr int64_t kChannelBlock = 128;  // channels per work item
+constexpr int64_t kChannelBlock = 128;  // the most channels of one work item
 
 struct Geo4 {
   int64_t B, T, C;
-  int64_t blocks() const { return (C + kChannelBlock - 1) / kChannelBlock; }
+  int64_t cb;  // channels per work item
+  int64_t blocks() const { return (C + cb - 1) / cb; }
 };
+
+// Work items are (batch entry, block of channels). Blocks of kChannelBlock channels would leave
+// threads idle when B is small (one image through Restore-RWKV or Vision-RWKV: B = 1, C <= 128:
+// one item); the channels are then split into blocks of whole 64-byte lines of float32 (16
+// channels), about one per thread. Channels are independent: the results are the same.
+inline Geo4 make_geo4(int64_t B, int64_t T, int64_t C, int threads) {
+  int64_t cb = kChannelBlock;
+  const int64_t per_batch = (threads + B - 1) / B;  // items wanted per batch entry
+  if (per_batch > 1) cb = std::min(cb, std::max<int64_t>(16, ((C + per_batch - 1) / per_batch + 15) / 16 * 16));
+  return Geo4{B, T, C, cb};
+}
 
 // e^x, x <= 0 a float64 difference of exponents, in float32 for float32 inputs (see above).
 template <typename T>
@@ -664,7 +676,7 @@ template <typename T>
 void wkv4_forward(const Geo4 g, const T* k, const T* v, const T* w, const T* u, T* state, T* y, int threads) {
   const int64_t nb = g.blocks();
   parallel_items<T>(g.B * nb, threads, 0, [&](int64_t item, T*) {
-    const int64_t b = item / nb, c0 = (item % nb) * kChannelBlock, n = std::min(kChannelBlock, g.C - c0);
+    const int64_t b = item / nb, c0 = (item % nb) * g.cb, n = std::min(g.cb, g.C - c0);
     T* st = state + b * 3 * g.C + c0;  // (num, den, logscale) rows of this batch entry
     Tri s;
     load_tri(n, st, g.C, s);
@@ -684,9 +696,13 @@ template <typename T>
 void bi_wkv4_forward(const Geo4 g, const T* k, const T* v, const T* w, const T* u, T* state, T* y,
                      int threads) {
   const int64_t nb = g.blocks(), CB = kChannelBlock;
-  // Scratch: the left-to-right state before every token of the block (3 rows per token).
+  // Scratch: the left-to-right state before every token of the block (3 rows per token, of the
+  // block's channels rounded up to a 64-byte line: with fewer than CB channels, rows of CB would
+  // spread each token over more lines and pages than it fills, and the scratch of a long
+  // sequence, written then read backwards, outgrows the caches sooner).
   parallel_items<T>(g.B * nb, threads, 3 * g.T * CB, [&](int64_t item, T* left) {
-    const int64_t b = item / nb, c0 = (item % nb) * CB, n = std::min(CB, g.C - c0);
+    const int64_t b = item / nb, c0 = (item % nb) * g.cb, n = std::min(g.cb, g.C - c0);
+    const int64_t L = std::min(CB, (n + 15) / 16 * 16);  // row stride of the scratch
     T* stl = state + (b * 2 + 0) * 3 * g.C + c0;  // enters from the left, leaves after the last token
     T* str = state + (b * 2 + 1) * 3 * g.C + c0;  // enters from the right, leaves before the first
     Tri s;
@@ -694,7 +710,7 @@ void bi_wkv4_forward(const Geo4 g, const T* k, const T* v, const T* w, const T* 
     for (int64_t t = 0; t < g.T; ++t) {
       const int64_t o = (b * g.T + t) * g.C + c0;
       if (t + kPrefetch < g.T) prefetch(k + o + kPrefetch * g.C, n), prefetch(v + o + kPrefetch * g.C, n);
-      store_tri(n, s, left + 3 * t * CB, CB);
+      store_tri(n, s, left + 3 * t * L, L);
       wkv4_token<false>(n, k + o, v + o, w + c0, u + c0, s, (T*)nullptr);
     }
     store_tri(n, s, stl, g.C);
@@ -706,7 +722,7 @@ void bi_wkv4_forward(const Geo4 g, const T* k, const T* v, const T* w, const T* 
         prefetch(k + op, n), prefetch(v + op, n), prefetch(y + op, n);
       }
       const T *kt = k + o, *vt = v + o, *uc = u + c0;
-      const T *la = left + 3 * t * CB, *lb = la + CB, *lp = lb + CB;
+      const T *la = left + 3 * t * L, *lb = la + L, *lp = lb + L;
       T* yt = y + o;
 #pragma omp simd
       for (int64_t c = 0; c < n; ++c) {
@@ -819,9 +835,9 @@ template <typename T>
 void wkv4_backward(const Geo4 g, const T* k, const T* v, const T* w, const T* u, const T* state_in,
                    const T* gy, const T* gstate, T* gk, T* gv, T* gw_part, T* gu_part, T* gs0,
                    int threads) {
-  const int64_t nb = g.blocks(), CB = kChannelBlock, nck = v4_checkpoints(g.T);
+  const int64_t nb = g.blocks(), nck = v4_checkpoints(g.T);
   parallel_items<Tri>(g.B * nb, threads, v4_scratch(g.T, 1), [&](int64_t item, Tri* ck) {
-    const int64_t b = item / nb, c0 = (item % nb) * CB, n = std::min(CB, g.C - c0);
+    const int64_t b = item / nb, c0 = (item % nb) * g.cb, n = std::min(g.cb, g.C - c0);
     Tri* buf = ck + nck;  // the states before each token of a chunk
     auto tok = [&](int64_t t) { return (b * g.T + t) * g.C + c0; };
     Tri s, G;
@@ -857,9 +873,9 @@ template <typename T>
 void bi_wkv4_backward(const Geo4 g, const T* k, const T* v, const T* w, const T* u, const T* state_in,
                       const T* gy, const T* gstate, T* gk, T* gv, T* gw_part, T* gu_part, T* gs0,
                       int threads) {
-  const int64_t nb = g.blocks(), CB = kChannelBlock, nck = v4_checkpoints(g.T);
+  const int64_t nb = g.blocks(), nck = v4_checkpoints(g.T);
   parallel_items<Tri>(g.B * nb, threads, v4_scratch(g.T, 2), [&](int64_t item, Tri* ckl) {
-    const int64_t b = item / nb, c0 = (item % nb) * CB, n = std::min(CB, g.C - c0);
+    const int64_t b = item / nb, c0 = (item % nb) * g.cb, n = std::min(g.cb, g.C - c0);
     // Checkpoints and a chunk's states of the left-to-right scan (P: before each token) and of
     // the right-to-left one (F: before each token, in its order).
     Tri *bufl = ckl + nck, *ckr = bufl + kChunk, *bufr = ckr + nck;
@@ -996,7 +1012,7 @@ int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
                                                int threads) {                                        \
     std::exception_ptr err;                                                                          \
     try {                                                                                            \
-      wkv4_forward<T>(Geo4{B, Tn, C}, k, v, w, u, state, y, threads);                                \
+      wkv4_forward<T>(make_geo4(B, Tn, C, threads), k, v, w, u, state, y, threads);                  \
     } catch (...) { err = std::current_exception(); }                                                \
     return guarded(err);                                                                             \
   }                                                                                                  \
@@ -1005,7 +1021,7 @@ int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
                                                   T* y, int threads) {                               \
     std::exception_ptr err;                                                                          \
     try {                                                                                            \
-      bi_wkv4_forward<T>(Geo4{B, Tn, C}, k, v, w, u, state, y, threads);                             \
+      bi_wkv4_forward<T>(make_geo4(B, Tn, C, threads), k, v, w, u, state, y, threads);               \
     } catch (...) { err = std::current_exception(); }                                                \
     return guarded(err);                                                                             \
   }
@@ -1017,8 +1033,8 @@ int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
       T* gs0, int threads) {                                                                         \
     std::exception_ptr err;                                                                          \
     try {                                                                                            \
-      NAME##_backward<T>(Geo4{B, Tn, C}, k, v, w, u, state_in, gy, gstate, gk, gv, gw_part,          \
-                         gu_part, gs0, threads);                                                     \
+      NAME##_backward<T>(make_geo4(B, Tn, C, threads), k, v, w, u, state_in, gy, gstate, gk, gv,     \
+                         gw_part, gu_part, gs0, threads);                                            \
     } catch (...) { err = std::current_exception(); }                                                \
     return guarded(err);                                                                             \
   }

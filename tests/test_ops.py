@@ -102,6 +102,33 @@ def test_property_random_shapes(op, B, T, H, N, with_state, seed, backend):
     assert rel(y, y_ref) <= 1e-10 and state_rel(op, s, s_ref) <= 1e-10
 
 
+@pytest.mark.parametrize("op", ["wkv4", "bi_wkv4"])
+def test_cpu_per_channel_kernels_split_channels_across_threads_with_the_same_results(op):
+    """With one batch entry the cpu kernels split the channels into blocks (whole 64-byte lines:
+    here 32 + 18 channels on 2 threads): y, the final state and every gradient are those of one
+    thread, bit for bit, and the reference's to 1e-10."""
+    x = make_inputs(op, 1, 150, 1, 50, dtype=torch.float64, state=True, seed=4)
+    threads = torch.get_num_threads()
+    got = {}
+    try:
+        for n in (1, 2, "reference"):
+            torch.set_num_threads(threads if n == "reference" else n)
+            leaves = {k: t.clone().requires_grad_(True) for k, t in x.items()}
+            y, s = run(op, leaves, backend="reference" if n == "reference" else "cpu", output_final_state=True)
+            g = torch.Generator().manual_seed(3)
+            ((y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum()
+             + (s * torch.randn(s.shape, generator=g, dtype=s.dtype)).sum()).backward()
+            got[n] = [y, s] + [leaves[k].grad for k in x]
+    finally:
+        torch.set_num_threads(threads)
+    for name, one, two, ref in zip(["y", "state", *x], got[1], got[2], got["reference"]):
+        assert torch.equal(one, two), name
+        if name == "state":
+            assert state_rel(op, two, ref) <= 1e-10
+        else:
+            assert rel(two, ref) <= 1e-10, name
+
+
 @pytest.mark.parametrize("backend", ["torch", "cpu"])
 def test_value_dim_may_differ_from_key_dim(backend):
     """Outputs, final state and every gradient. V = 64 is the cpu kernels' compiled head size

@@ -308,5 +308,5 @@ def test_random_configs_match_the_official_forward_and_survive_save_and_load(dim
     with tempfile.TemporaryDirectory() as folder:
         ours.save_pretrained(folder, remote_code=False)
         again = AutoModelForImageToImage.from_pretrained(folder, dtype=torch.float64)
-    with torch.no_grad():
-        assert torch.equal(again(x).reconstruction, out.reconstruction.detach())
+    with torch.no_grad():  # the same path on both sides (with gradients, another rounding is allowed)
+        assert torch.equal(again(x).reconstruction, ours(x).reconstruction)
