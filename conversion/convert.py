@@ -305,9 +305,15 @@ def _source_license(src):
 def render_model_card(report, src, model):
     """The README.md model card of a converted folder (``rwkv_hf.model_card``: the family's template
     in ``model_cards/``, with the source's name, layout, discarded tensors and notes)."""
-    if report["family"] in ("vision", "restore"):
+    if report["family"] == "vision":
         discarded = list(report["discarded_entries"]) + list(report["discarded_tensors"])
         source = dict(discarded=[f"`{k}`" for k in discarded], notes=report["notes"])
+        extra = {}
+    elif report["family"] == "restore":  # the derived folds: one line, not one per Omni-Shift
+        folds = len(report["discarded_tensors"])
+        discarded = [f"`{k}`" for k in report["discarded_entries"]]
+        discarded += [f"{folds} `*.omni_shift.conv5x5_reparam.weight` (derived)"] if folds else []
+        source = dict(discarded=discarded, notes=report["notes"])
         extra = {}
     else:
         source = dict(discarded=report["ignored_by_math"])

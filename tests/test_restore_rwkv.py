@@ -144,7 +144,9 @@ def test_converting_back_reproduces_the_official_state_dict_bit_for_bit(tmp_path
     for key, tensor in src.items():
         assert back[key].dtype == tensor.dtype and torch.equal(back[key], tensor), key
     card = (tmp_path / "folder" / "README.md").read_text()
-    assert "pipeline_tag: image-to-image" in card and "Discarded from the source" in card
+    assert "pipeline_tag: image-to-image" in card
+    folds = sum(isinstance(m, official.OmniShift) for m in off.modules())  # 20: 10 blocks, 2 each
+    assert f"Discarded from the source (not part of the model): {folds} `*.omni_shift.conv5x5_reparam.weight`" in card
     # an rwkv_hf folder converts again without loss
     convert(tmp_path / "folder", tmp_path / "again", verbose=False)
     again = AutoModelForImageToImage.from_pretrained(tmp_path / "again", dtype=torch.float64)
