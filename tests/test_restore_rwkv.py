@@ -180,8 +180,8 @@ def test_auto_classes_save_and_load(tmp_path):
     assert type(AutoConfig.from_pretrained(tmp_path / "m")) is RestoreRwkvConfig
     loaded = AutoModelForImageToImage.from_pretrained(tmp_path / "m").eval()
     x = torch.rand(2, 3, 16, 16)
-    with torch.no_grad():
-        assert torch.equal(loaded(x).reconstruction, model(x).reconstruction)
+    with torch.no_grad():  # last-bit differences allowed (see the property test)
+        assert rel_err(loaded(x).reconstruction, model(x).reconstruction) < 1e-6
     # the published configuration, built on the meta device: the official parameter count less
     # the 374,400 derived conv5x5_reparam weights
     with torch.device("meta"):
@@ -310,5 +310,7 @@ def test_random_configs_match_the_official_forward_and_survive_save_and_load(dim
     with tempfile.TemporaryDirectory() as folder:
         ours.save_pretrained(folder, remote_code=False)
         again = AutoModelForImageToImage.from_pretrained(folder, dtype=torch.float64)
-    with torch.no_grad():  # the same path on both sides (with gradients, another rounding is allowed)
-        assert torch.equal(again(x).reconstruction, ours(x).reconstruction)
+    # the same weights; the loaded ones sit at other addresses (alignment), which lets the
+    # vectorised kernels round differently in the last bit
+    with torch.no_grad():
+        assert rel_err(again(x).reconstruction, ours(x).reconstruction) < 1e-12
