@@ -27,6 +27,26 @@ class ConversionError(ValueError):
     """A checkpoint that cannot be read or mapped; the message names the file and the key."""
 
 
+def place_weights(cls, config, weights, shown=lambda key: key):
+    """``cls(config)`` holding ``weights`` as they are (built on the meta device, the tensors
+    assigned, no copies), in eval mode. Unknown or missing keys and wrong shapes raise a
+    ConversionError naming them as ``shown(key)`` (the source's own names)."""
+    with torch.device("meta"):
+        model = cls(config)
+    expected = model.state_dict()
+    unexpected = sorted(shown(k) for k in set(weights) - set(expected))
+    missing = sorted(shown(k) for k in set(expected) - set(weights))
+    if unexpected or missing:
+        raise ConversionError(f"the weights do not fit {cls.__name__}: unknown tensors {unexpected[:10]}, "
+                              f"missing {missing[:10]}")
+    for key, tensor in weights.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise ConversionError(f"{shown(key)} has shape {tuple(tensor.shape)}, expected "
+                                  f"{tuple(expected[key].shape)}")
+    model.load_state_dict(weights, strict=True, assign=True)
+    return model.eval()
+
+
 def strip_wrapper_prefixes(key):
     """A state-dict key without the prefixes of DDP (``module.``) and torch.compile (``_orig_mod.``)."""
     for prefix in ("module.", "_orig_mod."):

@@ -14,9 +14,7 @@ no place for is an error that names it.
 """
 import re
 
-import torch
-
-from .loading import ConversionError, strip_wrapper_prefixes
+from .loading import ConversionError, place_weights, strip_wrapper_prefixes
 
 TRUNK = ("patch_embed", "encoder_level1", "down1_2", "encoder_level2", "down2_3", "encoder_level3", "down3_4",
          "latent", "up4_3", "reduce_chan_level3", "decoder_level3", "up3_2", "reduce_chan_level2",
@@ -106,48 +104,24 @@ def build_model(weights, config):
     missing keys raise, named as in the official layout."""
     from ..restore import RestoreRwkvForImageRestoration, RestoreRwkvModel
 
-    has_head = "output.weight" in weights
-    cls = RestoreRwkvForImageRestoration if has_head else RestoreRwkvModel
-    placed = dict(weights) if has_head else {k[len(PREFIX):] if k.startswith(PREFIX) else k: v
-                                             for k, v in weights.items()}
-    with torch.device("meta"):
-        model = cls(config)
-    expected = model.state_dict()
-    official = (lambda k: k[len(PREFIX):] if k.startswith(PREFIX) else k) if has_head else (lambda k: k)
-    unexpected = sorted(official(k) for k in set(placed) - set(expected))
-    missing = sorted(official(k) for k in set(expected) - set(placed))
-    if unexpected or missing:
-        raise ConversionError(f"the weights do not fit {cls.__name__}: unknown tensors {unexpected[:10]}, "
-                              f"missing {missing[:10]}")
-    for key, tensor in placed.items():
-        if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise ConversionError(f"{official(key)} has shape {tuple(tensor.shape)}, expected "
-                                  f"{tuple(expected[key].shape)}")
-    model.load_state_dict(placed, strict=True, assign=True)
-    return model.eval()
-
-
-def official_fold(omni_shift):
-    """The ``conv5x5_reparam.weight`` the official model computes on its first forward in
-    evaluation mode, in its order of operations (the same bits)."""
-    import torch.nn.functional as F
-
-    w1, w3, w5 = omni_shift.conv1x1.weight, omni_shift.conv3x3.weight, omni_shift.conv5x5.weight
-    a = omni_shift.alpha
-    identity = F.pad(torch.ones_like(w1), (2, 2, 2, 2))
-    return a[0] * identity + a[1] * F.pad(w1, (2, 2, 2, 2)) + a[2] * F.pad(w3, (1, 1, 1, 1)) + a[3] * w5
+    if "output.weight" in weights:
+        return place_weights(RestoreRwkvForImageRestoration, config, dict(weights),
+                             shown=lambda k: k[len(PREFIX):] if k.startswith(PREFIX) else k)
+    return place_weights(RestoreRwkvModel, config,
+                         {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in weights.items()})
 
 
 def to_official(model):
     """The official state dict of an rwkv_hf Restore-RWKV model (``RestoreRwkvForImageRestoration``
     or the trunk): the official names in the official order, each Omni-Shift's
-    ``conv5x5_reparam.weight`` the fold the official model would compute (it refolds on its
-    first forward in evaluation mode anyway). Tensors are the model's own (no copies) except
+    ``conv5x5_reparam.weight`` the fold the official model would compute (``OmniShift.folded_kernel``,
+    in the official order of operations: the same bits; it refolds on its first forward in
+    evaluation mode anyway). Tensors are the model's own (no copies) except
     the folds."""
     from ..restore.modeling_restore_rwkv import OmniShift
 
     trunk = getattr(model, "restore_rwkv", model)
-    folds = {name: official_fold(m).detach() for name, m in trunk.named_modules() if isinstance(m, OmniShift)}
+    folds = {name: m.folded_kernel().detach() for name, m in trunk.named_modules() if isinstance(m, OmniShift)}
     out = {}
     for key, tensor in trunk.state_dict().items():
         out[key] = tensor

@@ -17,9 +17,8 @@ error that names it.
 import os
 import re
 
-import torch
-
-from .loading import ConversionError, load_pickle_with_metadata, load_source, strip_wrapper_prefixes
+from .loading import (ConversionError, load_pickle_with_metadata, load_source, place_weights,
+                      strip_wrapper_prefixes)
 
 _LAYER = re.compile(r"^backbone\.layers\.(\d+)\.")
 
@@ -162,20 +161,7 @@ def build_model(weights, config, version):
 
     classes = VRWKV_CLASSES[version]
     has_head = any(k.startswith("head.") for k in weights)
-    cls = classes[2] if has_head else classes[1]
-    placed = dict(weights) if has_head else {k[len("backbone."):]: v for k, v in weights.items()}
-    with torch.device("meta"):
-        model = cls(config)
-    expected = model.state_dict()
-    unexpected = sorted(set(placed) - set(expected))
-    missing = sorted(set(expected) - set(placed))
-    if unexpected or missing:
-        prefix = "" if has_head else "backbone."
-        raise ConversionError(f"the weights do not fit {cls.__name__}: unknown tensors "
-                              f"{[prefix + k for k in unexpected][:10]}, missing {[prefix + k for k in missing][:10]}")
-    for key, tensor in placed.items():
-        if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise ConversionError(f"{key} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)}")
-    model.load_state_dict(placed, strict=True, assign=True)
-    return model.eval()
-
+    if has_head:
+        return place_weights(classes[2], config, dict(weights))
+    return place_weights(classes[1], config, {k[len("backbone."):]: v for k, v in weights.items()},
+                         shown=lambda k: "backbone." + k)

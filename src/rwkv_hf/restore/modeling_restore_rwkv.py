@@ -58,11 +58,13 @@ class OmniShift(nn.Module):
         self.alpha = nn.Parameter(torch.empty(4))
 
     def folded_kernel(self):
-        """The 5x5 depthwise kernel equal to the four branches (the official ``reparam_5x5``)."""
-        a = self.alpha.to(self.conv5x5.weight.dtype)
-        kernel = a[3] * self.conv5x5.weight + F.pad(a[2] * self.conv3x3.weight, (1, 1, 1, 1))
-        centre = a[0] + a[1] * self.conv1x1.weight[:, :, 0, 0]  # identity and 1x1: the centre tap
-        return kernel + F.pad(centre[:, :, None, None], (2, 2, 2, 2))
+        """The 5x5 depthwise kernel equal to the four branches: the official ``reparam_5x5``, in
+        its order of operations (the same bits; the converter writes it back as
+        ``conv5x5_reparam.weight``)."""
+        w1, w3, w5 = self.conv1x1.weight, self.conv3x3.weight, self.conv5x5.weight
+        a = self.alpha.to(w5.dtype)
+        identity = F.pad(torch.ones_like(w1), (2, 2, 2, 2))
+        return a[0] * identity + a[1] * F.pad(w1, (2, 2, 2, 2)) + a[2] * F.pad(w3, (1, 1, 1, 1)) + a[3] * w5
 
     def forward(self, x):
         return F.conv2d(x, self.folded_kernel(), padding=2, groups=x.shape[1])
