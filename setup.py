@@ -49,8 +49,10 @@ setup(
     package_data={
         "rwkv_hf.cuda_ext": ["*.cu", "*.cuh", "*.cpp", "*.h", "README.md"],
         "rwkv_hf.model_cards": ["*.md"],
-        # Vendored tokenizer vocabularies (World + GPT-NeoX-20B, Apache-2.0, see NOTICE).
-        "rwkv_hf": ["tokenizer_files/*.txt", "tokenizer_files/*.json", "tokenizer_files/NOTICE"],
+        # Vendored tokenizer vocabularies (World + GPT-NeoX-20B, Apache-2.0; the open_clip /
+        # OpenAI CLIP BPE of RWKV-CLIP, MIT; see NOTICE).
+        "rwkv_hf": ["tokenizer_files/*.txt", "tokenizer_files/*.json", "tokenizer_files/*.txt.gz",
+                    "tokenizer_files/NOTICE"],
         # The tiny RWKV-7 that `rwkv-hf demo` runs (written by examples/train_tiny_lm.py).
         "rwkv_hf.pretrained": ["tiny-rwkv7-pydoc/*.json", "tiny-rwkv7-pydoc/*.safetensors",
                                "tiny-rwkv7-pydoc/README.md", "tiny-vrwkv-digits/*.json",
@@ -80,7 +82,9 @@ setup(
                  # BlinkDL's runtime: the oracle for converted models and for the World tokenizer.
                  "rwkv>=0.8.30,<0.9",
                  # load_digits: the tiny Vision-RWKV's data (its provenance test)
-                 "scikit-learn>=1.3"],
+                 "scikit-learn>=1.3",
+                 # open_clip's tokenizer and image transform: the oracle of RWKV-CLIP's processor
+                 "open_clip_torch>=2.20,<4", "ftfy>=6"],
         "cuda": ["ninja"],
         "bench": ["matplotlib>=3.8"],
     },

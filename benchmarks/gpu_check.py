@@ -846,10 +846,27 @@ def _model_cases():
         noisy, clean = (torch.cat([x, x.flip(-1)])[..., :190, :187] for x in (noisy, clean))
         return AutoModelForImageToImage.from_pretrained(path), "restore", (noisy, clean)
 
+    def clip():
+        from rwkv_hf.clip import RwkvClipConfig, RwkvClipModel
+
+        torch.manual_seed(0)
+        config = RwkvClipConfig(
+            vision_config=dict(image_size=224, patch_size=32, hidden_size=128, num_hidden_layers=2, head_size=64),
+            text_config=dict(vocab_size=1000, hidden_size=128, num_hidden_layers=2, intermediate_size=448,
+                             head_size=64))
+        model = RwkvClipModel(config)
+        with torch.no_grad():  # the official text init zeroes some projections; give every weight a value
+            for p in model.parameters():
+                if p.dim() == 2 and not p.any():
+                    p.normal_(0, 0.02)
+        g = torch.Generator().manual_seed(0)
+        ids, pixels = torch.randint(1, 1000, (4, 30), generator=g), torch.randn(4, 3, 224, 224, generator=g)
+        return model, "clip", (ids, pixels)
+
     return [("RWKV-7 tiny-rwkv7-pydoc", lm_pretrained)] + \
         [(f"RWKV-{v} random 2x128", lm_random(v)) for v in (4, 5, 6)] + \
         [(f"VRWKV{'6' if v == 6 else ''} tiny digits", vision(v)) for v in (4, 6)] + \
-        [("Restore-RWKV tiny denoiser", restore)]
+        [("Restore-RWKV tiny denoiser", restore), ("RWKV-CLIP random 2x128", clip)]
 
 
 def check_models(emit, deadline):
@@ -874,6 +891,9 @@ def check_models(emit, deadline):
             def forward():
                 if kind == "lm":
                     out = model(inputs.to(DEVICE), labels=inputs.to(DEVICE), use_cache=False)
+                elif kind == "clip":
+                    out = model(input_ids=inputs[0].to(DEVICE), pixel_values=inputs[1].to(DEVICE), return_loss=True)
+                    return out.loss, out.logits_per_image
                 else:
                     out = model(pixel_values=inputs[0].to(DEVICE), labels=inputs[1].to(DEVICE))
                 return out.loss, out.reconstruction if kind == "restore" else out.logits
@@ -913,6 +933,12 @@ def check_models(emit, deadline):
                     a, b = _with_backend(fast, score), _with_backend("torch", score)
                     detail["psnr_db"] = (round(a, 3), round(b, 3))
                     same = abs(a - b) < 1e-3
+                elif kind == "clip":
+                    def ranking():  # each image's texts, most similar first
+                        logits = model(input_ids=inputs[0].to(DEVICE), pixel_values=inputs[1].to(DEVICE))
+                        return logits.logits_per_image.argsort(-1, descending=True).tolist()
+                    same = _with_backend(fast, ranking) == _with_backend("torch", ranking)
+                    detail["ranking_equal"] = same
                 else:
                     def acc():
                         pred = model(pixel_values=inputs[0].to(DEVICE)).logits.argmax(-1).cpu()

@@ -8,7 +8,8 @@ Sources (layout and version detected from the key names, sizes from the shapes):
 - transformers' ``RwkvForCausalLM`` (v4) folders or weight files;
 - the Hub remote-code ``Rwkv5ForCausalLM`` / ``Rwkv6ForCausalLM`` folders;
 - flash-linear-attention's ``RWKV7ForCausalLM`` (fla-hub) folders or weight files;
-- the official Vision-RWKV and Restore-RWKV checkpoints (``vision.py``, ``restore.py``);
+- the official Vision-RWKV, Restore-RWKV and RWKV-CLIP checkpoints (``vision.py``,
+  ``restore.py``, ``clip.py``);
 - rwkv_hf's own layout (re-saving).
 
 The output folder holds config.json, model.safetensors, generation_config.json, the tokenizer
@@ -29,7 +30,7 @@ from ..model_card import human_size as _human
 from ..restore import RestoreRwkvConfig
 from ..vision import VRWKV_MODEL_TYPES
 from ..vision.image_processing_vrwkv import default_image_processor
-from . import blinkdl, restore, vision
+from . import blinkdl, clip, restore, vision
 from .layouts import from_fla, from_hf, hf_version
 from .loading import ConversionError, load_pickle_with_metadata, load_safetensors, load_source
 from .safetensors_io import save_streaming
@@ -204,6 +205,8 @@ def _load_with_extras(src, trust_pickle):
 
 def _to_folder(src, out, trust_pickle, overrides):
     state_dict, config_json, extras = _load_with_extras(src, trust_pickle)
+    if clip.is_clip_checkpoint(state_dict):  # before vision: its image tower is a VRWKV6
+        return _clip_to_folder(src, out, state_dict, config_json, extras, overrides)
     if vision.is_vision_checkpoint(state_dict):
         return _vision_to_folder(src, out, state_dict, config_json, extras, overrides)
     if restore.is_restore_checkpoint(state_dict):
@@ -268,24 +271,46 @@ def _vision_to_folder(src, out, state_dict, config_json, extras, overrides):
 
 def _restore_to_folder(src, out, state_dict, config_json, extras, overrides):
     weights, discarded = restore.normalize(state_dict)
-    try:
+
+    def build():
         config, notes = restore.config_from_state_dict(weights, config_json, **overrides)
-        model = restore.build_model(weights, config)
+        return config, notes, restore.build_model(weights, config)
+    notes = [f"{len(discarded)} Omni-Shift conv5x5_reparam weights discarded: the fold of each Omni-Shift's "
+             "branches, which rwkv_hf recomputes on every forward"] if discarded else []
+    return _family_to_folder(src, out, "restore", "official Restore-RWKV (state dict)", build, weights,
+                             config_json, extras, discarded=discarded, extra_notes=notes)
+
+
+def _clip_to_folder(src, out, state_dict, config_json, extras, overrides):
+    weights, widened = clip.normalize(state_dict)
+
+    def build():
+        config, notes = clip.config_from_state_dict(weights, config_json, **overrides)
+        return config, notes, clip.build_model(weights, config)
+    notes = [f"{len(widened)} tensors widened to float32 (exactly): "
+             f"{', '.join(sorted({k.rsplit('.', 1)[-1] for k in widened}))}"] if widened else []
+    return _family_to_folder(src, out, "clip", "official RWKV-CLIP (state dict)", build, weights, config_json,
+                             extras, extra_notes=notes, dtypes=state_dict.values())
+
+
+def _family_to_folder(src, out, family, official_name, build, weights, config_json, extras, discarded=None,
+                      extra_notes=(), dtypes=None):
+    """The common part of the Restore-RWKV and RWKV-CLIP conversions: ``build()`` -> (config, notes,
+    model), the folder written, the report and the model card. ``dtypes``: the tensors whose dtypes
+    the report lists (the source's; ``weights`` by default)."""
+    try:
+        config, notes, model = build()
     except ConversionError as e:
         raise ConversionError(f"{src}: {e}") from None
     _save_model(model, out, desc=f"writing {os.path.basename(src)}")
     official = config_json is None or config_json.get("model_type") != config.model_type
-    if discarded:
-        notes = notes + [f"{len(discarded)} Omni-Shift conv5x5_reparam weights discarded: the fold of each "
-                         "Omni-Shift's branches, which rwkv_hf recomputes on every forward"]
-    report = dict(direction="to rwkv_hf", family="restore", source=os.path.abspath(src),
-                  layout="restore", layout_name=("official Restore-RWKV (state dict)" if official
-                                                 else f"rwkv_hf ({config.model_type})"),
+    report = dict(direction="to rwkv_hf", family=family, source=os.path.abspath(src), layout=family,
+                  layout_name=official_name if official else f"rwkv_hf ({config.model_type})",
                   config=config, architecture=type(model).__name__,
                   num_parameters=sum(t.numel() for t in weights.values()),
-                  dtypes=sorted({str(t.dtype).replace("torch.", "") for t in weights.values()}),
-                  notes=notes, discarded_tensors=discarded, discarded_entries=list(getattr(extras, "discarded", ())),
-                  license=_source_license(src))
+                  dtypes=sorted({str(t.dtype).replace("torch.", "") for t in (dtypes or weights.values())}),
+                  notes=notes + list(extra_notes), discarded_tensors=discarded or {},
+                  discarded_entries=list(getattr(extras, "discarded", ())), license=_source_license(src))
     render_model_card(report, src, model).save(os.path.join(out, "README.md"))
     return report
 
@@ -305,7 +330,7 @@ def _source_license(src):
 def render_model_card(report, src, model):
     """The README.md model card of a converted folder (``rwkv_hf.model_card``: the family's template
     in ``model_cards/``, with the source's name, layout, discarded tensors and notes)."""
-    if report["family"] == "vision":
+    if report["family"] in ("vision", "clip"):
         discarded = list(report["discarded_entries"]) + list(report["discarded_tensors"])
         source = dict(discarded=[f"`{k}`" for k in discarded], notes=report["notes"])
         extra = {}
@@ -423,6 +448,12 @@ def print_summary(report):
             report, f"{report['architecture']}, {config.num_hidden_layers} blocks, width {config.hidden_size}, "
                     f"patch {config.patch_size}, post_norm={config.post_norm}, "
                     f"layer scale={config.layer_scale_init_value is not None}, key_norm={config.key_norm}")
+    if report.get("family") == "clip":
+        v, t = config.vision_config, config.text_config
+        return _print_image_model_summary(
+            report, f"{report['architecture']}: image VRWKV6 {v.num_hidden_layers} blocks, width {v.hidden_size} "
+                    f"({v.num_heads} heads of {v.head_size}), patch {v.patch_size}, {v.image_hw[0]} px; text "
+                    f"{t.num_hidden_layers} blocks ({t.num_heads} heads of {t.head_size}), vocabulary {t.vocab_size}")
     if report.get("family") == "restore":
         return _print_image_model_summary(
             report, f"{report['architecture']}, width {config.hidden_size}, blocks {config.num_blocks} + "

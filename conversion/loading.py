@@ -47,6 +47,16 @@ def place_weights(cls, config, weights, shown=lambda key: key):
     return model.eval()
 
 
+def count_numbered(weights, prefix):
+    """How many blocks ``{prefix}0.``, ``{prefix}1.`` ... the keys of ``weights`` hold (0 when
+    none); a ConversionError when they are not numbered 0..N-1."""
+    pattern = re.compile(rf"^{re.escape(prefix)}(\d+)\.")
+    found = sorted({int(m.group(1)) for k in weights for m in [pattern.match(k)] if m})
+    if found != list(range(len(found))):
+        raise ConversionError(f"the checkpoint's {prefix}N blocks are not numbered 0..N-1: {found[:10]}")
+    return len(found)
+
+
 def strip_wrapper_prefixes(key):
     """A state-dict key without the prefixes of DDP (``module.``) and torch.compile (``_orig_mod.``)."""
     for prefix in ("module.", "_orig_mod."):

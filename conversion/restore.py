@@ -14,7 +14,7 @@ no place for is an error that names it.
 """
 import re
 
-from .loading import ConversionError, place_weights, strip_wrapper_prefixes
+from .loading import ConversionError, count_numbered, place_weights, strip_wrapper_prefixes
 
 TRUNK = ("patch_embed", "encoder_level1", "down1_2", "encoder_level2", "down2_3", "encoder_level3", "down3_4",
          "latent", "up4_3", "reduce_chan_level3", "decoder_level3", "up3_2", "reduce_chan_level2",
@@ -51,11 +51,7 @@ def _need(weights, key):
 
 
 def _count(weights, stage):
-    pattern = re.compile(rf"^{re.escape(PREFIX + stage)}\.(\d+)\.")
-    found = sorted({int(m.group(1)) for k in weights for m in [pattern.match(k)] if m})
-    if found != list(range(len(found))):
-        raise ConversionError(f"the checkpoint's {stage} blocks are not numbered 0..N-1: {found[:10]}")
-    return len(found)
+    return count_numbered(weights, f"{PREFIX}{stage}.")
 
 
 def config_from_state_dict(weights, config_json=None, **overrides):

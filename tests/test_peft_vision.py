@@ -82,6 +82,48 @@ def test_default_targets_registered():
         assert LORA_MAP[cfg.model_type] == DEFAULT_LORA_TARGETS[cfg.model_type]
 
 
+def test_rwkv_clip_lora_wraps_both_towers_and_trains(tmp_path):
+    """Default targets: every block linear of both towers, nothing else; a LoRA step on the
+    contrastive loss changes only the adapters; save / reload gives the same logits."""
+    from peft import PeftModel, get_peft_model
+    from rwkv_hf.clip import RwkvClipConfig, RwkvClipModel
+
+    config = RwkvClipConfig(
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, head_size=16),
+        text_config=dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, intermediate_size=64, head_size=16))
+    base = RwkvClipModel(config)
+    for name, p in base.named_parameters():  # the official text init zeroes some linears: no gradient
+        torch.nn.init.normal_(p, std=0.1) if name.endswith("weight") and p.dim() == 2 else None
+    linears = {n for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
+    base_state = {k: v.clone() for k, v in base.state_dict().items()}
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False))
+    wrapped = {n.split("base_model.model.", 1)[1].rsplit(".lora_A", 1)[0]
+               for n, _ in model.named_parameters() if "lora_A" in n}
+    assert wrapped == linears and len(linears) == 2 * (2 * 8)  # 2 towers x 2 blocks x (5 att + 3 ffn)
+    ids = torch.randint(1, 50, (3, 9), generator=torch.Generator().manual_seed(0))
+    px = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(5):
+        loss = model(input_ids=ids, pixel_values=px, return_loss=True).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(loss.detach()))
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    assert losses[-1] < losses[0]  # the adapters learn
+    model.eval()
+    with torch.no_grad():
+        want = model(input_ids=ids, pixel_values=px).logits_per_image
+    model.save_pretrained(tmp_path / "adapter")
+    fresh = RwkvClipModel(config)
+    fresh.load_state_dict(base_state)
+    reloaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids, pixel_values=px).logits_per_image, want)
+
+
 @pytest.mark.parametrize("version", [4, 6])
 def test_lora_adapts_to_inverted_digits_save_reload_merge(version, tmp_path):
     base_dir, model = _pretrained(version)

@@ -29,7 +29,8 @@ LOADER = NO_RWKV_HF + textwrap.dedent("""
     import torch
     from PIL import Image
     from transformers import (AutoImageProcessor, AutoModelForCausalLM, AutoModelForImageClassification,
-                              AutoModelForImageToImage, AutoTokenizer)
+                              AutoModelForImageToImage, AutoModelForZeroShotImageClassification, AutoProcessor,
+                              AutoTokenizer)
     results = {}
     for kind, folder in json.loads(sys.argv[1]):
         ref = torch.load(folder + "/ref.pt")
@@ -47,6 +48,13 @@ LOADER = NO_RWKV_HF + textwrap.dedent("""
             model = AutoModelForImageToImage.from_pretrained(folder, trust_remote_code=True).eval()
             with torch.no_grad():
                 out = model(ref["input"]).reconstruction
+        elif kind == "clip":
+            model = AutoModelForZeroShotImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
+            processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+            inputs = processor(text=["a cat", "two photos of dogs"], images=Image.fromarray(ref["image"].numpy()),
+                               return_tensors="pt", padding=True)
+            with torch.no_grad():
+                out = model(**inputs).logits_per_image
         else:
             model = AutoModelForImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
             processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
@@ -104,6 +112,24 @@ def _save_restore(folder):
     return model
 
 
+def _save_clip(folder):
+    from transformers import AutoProcessor
+
+    from rwkv_hf.clip import RwkvClipConfig, RwkvClipModel
+
+    config = RwkvClipConfig(
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, head_size=16),
+        text_config=dict(hidden_size=32, num_hidden_layers=2, intermediate_size=64, head_size=16))
+    model = RwkvClipModel(config).eval()
+    model.save_pretrained(folder)  # with its CLIPProcessor (the CLIP vocabulary)
+    inputs = AutoProcessor.from_pretrained(folder)(text=["a cat", "two photos of dogs"], images=_image(),
+                                                   return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = model(**inputs).logits_per_image
+    torch.save({"image": torch.from_numpy(np.array(_image())), "logits": logits}, os.path.join(folder, "ref.pt"))
+    return model
+
+
 def test_saved_folders_load_as_remote_code_without_rwkv_hf(tmp_path):
     folders = []
     for version in RWKV_LM_CLASSES:
@@ -114,6 +140,8 @@ def test_saved_folders_load_as_remote_code_without_rwkv_hf(tmp_path):
         _save_vision(version, folders[-1][1])
     folders.append(("restore", str(tmp_path / "restore")))
     _save_restore(folders[-1][1])
+    folders.append(("clip", str(tmp_path / "clip")))
+    _save_clip(folders[-1][1])
     world = tmp_path / "world"
     tiny_model(7, vocab_size=65536).save_pretrained(world)  # writes the World tokenizer (+ its code)
 
@@ -124,6 +152,8 @@ def test_saved_folders_load_as_remote_code_without_rwkv_hf(tmp_path):
     assert vision["AutoBackbone"] == "modeling_vrwkv.Vrwkv6Backbone"
     restore = json.loads((tmp_path / "restore" / "config.json").read_text())["auto_map"]
     assert restore["AutoModelForImageToImage"] == "modeling_restore_rwkv.RestoreRwkvForImageRestoration"
+    clip = json.loads((tmp_path / "clip" / "config.json").read_text())["auto_map"]
+    assert clip["AutoModelForZeroShotImageClassification"] == "modeling_rwkv_clip.RwkvClipModel"
     assert {"modeling_rwkv_lm.py", "configuration_rwkv_lm.py", "wkv_ops.py"} <= set(os.listdir(tmp_path / "lm4"))
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

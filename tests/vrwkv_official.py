@@ -49,8 +49,8 @@ def naive_bi_wkv6(r, k, v, w, u):
             future = Lprev[None, :, :] - L[:, None, :]  # [t, i, N] = L_{i-1} - L_t
             below = t_idx[None, :] < t_idx[:, None]
             expo = torch.where(below[:, :, None], past, future)
-            A = torch.exp(torch.where((t_idx[:, None] == t_idx[None, :])[:, :, None], torch.zeros_like(expo), expo))
-            A[t_idx, t_idx] = u[h].expand(T, N)
+            eye = (t_idx[:, None] == t_idx[None, :])[:, :, None]
+            A = torch.where(eye, u[h].view(1, 1, N), torch.exp(torch.where(eye, torch.zeros_like(expo), expo)))
             att = torch.einsum("tn,tin,in->ti", r[b, :, h], A, k[b, :, h])
             out[b, :, h] = att @ v[b, :, h]
     return out
@@ -133,7 +133,7 @@ class SpatialMixV6(nn.Module):
 
     def forward(self, x, res):
         B, T, C = x.shape
-        xx = q_shift_multihead(x, 1, res) - x
+        xx = q_shift_multihead(x, 1, res, C // self.H) - x
         xxx = x + xx * self.time_maa_x
         xxx = torch.tanh(xxx @ self.time_maa_w1).view(B * T, 5, -1).transpose(0, 1)
         xxx = torch.bmm(xxx, self.time_maa_w2).view(5, B, T, -1)
@@ -155,18 +155,18 @@ class SpatialMixV6(nn.Module):
 
 
 class ChannelMix(nn.Module):
-    def __init__(self, C, key_norm, v6):
+    def __init__(self, C, key_norm, v6, head_dim=64, hidden_rate=4):
         super().__init__()
-        self.v6 = v6
+        self.v6, self.head_dim = v6, head_dim
         self.spatial_mix_k = nn.Parameter(torch.zeros(1, 1, C))
         self.spatial_mix_r = nn.Parameter(torch.zeros(1, 1, C))
-        self.key = nn.Linear(C, 4 * C, bias=False)
-        self.key_norm = nn.LayerNorm(4 * C) if key_norm else None
+        self.key = nn.Linear(C, hidden_rate * C, bias=False)
+        self.key_norm = nn.LayerNorm(hidden_rate * C) if key_norm else None
         self.receptance = nn.Linear(C, C, bias=False)
-        self.value = nn.Linear(4 * C, C, bias=False)
+        self.value = nn.Linear(hidden_rate * C, C, bias=False)
 
     def forward(self, x, res):
-        xx = q_shift_multihead(x, 1, res) if self.v6 else q_shift(x, 1, 0.25, res)
+        xx = q_shift_multihead(x, 1, res, self.head_dim) if self.v6 else q_shift(x, 1, 0.25, res)
         xk = x * self.spatial_mix_k + xx * (1 - self.spatial_mix_k)
         xr = x * self.spatial_mix_r + xx * (1 - self.spatial_mix_r)
         k = torch.square(torch.relu(self.key(xk)))
@@ -176,14 +176,15 @@ class ChannelMix(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, C, layer_id, post_norm, init_values, key_norm, heads):
+    def __init__(self, C, layer_id, post_norm, init_values, key_norm, heads, hidden_rate=4):
         super().__init__()
         self.layer_id, self.post_norm = layer_id, post_norm
         self.ln1, self.ln2 = nn.LayerNorm(C), nn.LayerNorm(C)
         if layer_id == 0:
             self.ln0 = nn.LayerNorm(C)
         self.att = SpatialMixV6(C, heads, key_norm) if heads else SpatialMix(C, key_norm)
-        self.ffn = ChannelMix(C, key_norm, v6=bool(heads))
+        self.ffn = ChannelMix(C, key_norm, v6=bool(heads), head_dim=C // heads if heads else 64,
+                              hidden_rate=hidden_rate)
         self.layer_scale = init_values is not None
         if self.layer_scale:
             self.gamma1 = nn.Parameter(init_values * torch.ones(C))
@@ -218,12 +219,14 @@ class PatchEmbed(nn.Module):
 
 
 class Backbone(nn.Module):
-    def __init__(self, C, depth, img_size, patch, post_norm, init_values, key_norm, heads=0, out_indices=(-1,)):
+    def __init__(self, C, depth, img_size, patch, post_norm, init_values, key_norm, heads=0, out_indices=(-1,),
+                 hidden_rate=4):
         super().__init__()
         self.patch_embed = PatchEmbed(C, patch)
         self.grid = (img_size // patch, img_size // patch)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], C))
-        self.layers = nn.ModuleList(Block(C, i, post_norm, init_values, key_norm, heads) for i in range(depth))
+        self.layers = nn.ModuleList(Block(C, i, post_norm, init_values, key_norm, heads, hidden_rate)
+                                    for i in range(depth))
         self.ln1 = nn.LayerNorm(C)
         self.out_indices = [i % depth for i in out_indices]
 

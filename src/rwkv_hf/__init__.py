@@ -4,10 +4,12 @@ Importing the package registers the RWKV language models (v4, v5.2, v6, v7; mode
 ``rwkv_hf_v4`` ... ``rwkv_hf_v7``) with transformers' Auto classes, and the RWKV World
 tokenizer with AutoTokenizer, Vision-RWKV (``rwkv_hf_vrwkv``, ``rwkv_hf_vrwkv6``) with the
 image Auto classes, AutoBackbone, AutoImageProcessor and timm (``vrwkv_tiny_patch16_224``
-...), and Restore-RWKV (``rwkv_hf_restore_rwkv``) with AutoModel and AutoModelForImageToImage.
+...), Restore-RWKV (``rwkv_hf_restore_rwkv``) with AutoModel and AutoModelForImageToImage, and
+RWKV-CLIP (``rwkv_hf_rwkv_clip``, its text tower ``rwkv_hf_rwkv_clip_text``) with AutoModel and
+AutoModelForZeroShotImageClassification.
 The WKV operator layer is ``rwkv_hf.ops``.
 """
-from . import lm, ops, peft_support, restore, vision
+from . import clip, lm, ops, peft_support, restore, vision
 from .tokenization_rwkv_world import RwkvWorldTokenizer, register_tokenizers
 from .lm import (
     RwkvV4Config, RwkvV4ForCausalLM, RwkvV4ForSequenceClassification, RwkvV4Model,
@@ -15,6 +17,7 @@ from .lm import (
     RwkvV6Config, RwkvV6ForCausalLM, RwkvV6ForSequenceClassification, RwkvV6Model,
     RwkvV7Config, RwkvV7ForCausalLM, RwkvV7ForSequenceClassification, RwkvV7Model,
 )
+from .clip import RwkvClipConfig, RwkvClipModel, RwkvClipTextConfig, RwkvClipTextModel
 from .restore import RestoreRwkvConfig, RestoreRwkvForImageRestoration, RestoreRwkvModel
 from .vision import (
     Vrwkv6Backbone, Vrwkv6Config, Vrwkv6ForImageClassification, Vrwkv6Model,
@@ -26,6 +29,7 @@ __version__ = "0.1.0.dev0"
 lm.register()
 vision.register()
 restore.register()
+clip.register()
 register_tokenizers(lm.RWKV_LM_CONFIGS)
 peft_support.register_peft()  # default LoRA targets (a no-op without peft)
 
@@ -38,4 +42,5 @@ __all__ = [
     "VrwkvConfig", "VrwkvModel", "VrwkvForImageClassification", "VrwkvBackbone", "VrwkvImageProcessor",
     "Vrwkv6Config", "Vrwkv6Model", "Vrwkv6ForImageClassification", "Vrwkv6Backbone",
     "RestoreRwkvConfig", "RestoreRwkvModel", "RestoreRwkvForImageRestoration",
+    "RwkvClipConfig", "RwkvClipModel", "RwkvClipTextConfig", "RwkvClipTextModel",
 ]

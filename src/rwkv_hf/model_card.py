@@ -43,8 +43,8 @@ def human_size(n):
 
 
 def _family(config):
-    """('lm' | 'vision' | 'restore', version (None for Restore-RWKV), the family's classes) of an
-    rwkv_hf config."""
+    """('lm' | 'vision' | 'restore' | 'clip', version (None for Restore-RWKV and RWKV-CLIP), the
+    family's classes) of an rwkv_hf config."""
     from .lm import RWKV_LM_CLASSES, RWKV_LM_CONFIGS
     from .restore import RESTORE_RWKV_CLASSES
     from .vision import VRWKV_CLASSES, VRWKV_MODEL_TYPES
@@ -58,8 +58,14 @@ def _family(config):
     restore_type = RESTORE_RWKV_CLASSES[0].model_type
     if model_type == restore_type:
         return "restore", None, RESTORE_RWKV_CLASSES
-    raise ValueError(f"no model card template for model_type {model_type!r} "
-                     f"(known: {', '.join(list(lm_types) + list(VRWKV_MODEL_TYPES) + [restore_type])})")
+    from .clip import RwkvClipConfig, RwkvClipModel, RwkvClipTextConfig, RwkvClipTextModel
+    if model_type == RwkvClipConfig.model_type:
+        return "clip", None, (RwkvClipConfig, RwkvClipModel, RwkvClipModel)
+    if model_type == RwkvClipTextConfig.model_type:
+        return "clip", None, (RwkvClipTextConfig, RwkvClipTextModel, RwkvClipTextModel)
+    known = list(lm_types) + list(VRWKV_MODEL_TYPES) + [restore_type, RwkvClipConfig.model_type,
+                                                         RwkvClipTextConfig.model_type]
+    raise ValueError(f"no model card template for model_type {model_type!r} (known: {', '.join(known)})")
 
 
 def _model_class(config, classes):
@@ -80,6 +86,8 @@ def _pipeline_tag(family, architecture):
         return "feature-extraction"
     if family == "restore":
         return "image-to-image" if architecture.endswith("ForImageRestoration") else "image-feature-extraction"
+    if family == "clip":
+        return "feature-extraction" if architecture.endswith("TextModel") else "zero-shot-image-classification"
     return "image-classification" if architecture.endswith("ForImageClassification") else "image-feature-extraction"
 
 
@@ -183,6 +191,9 @@ def model_card(model_or_config, *, eval_results=None, base_model=None, license=N
     if family == "lm":
         base_title = f"RWKV-{version} {human_size(num_parameters)}"
         family_tags = ["rwkv", f"rwkv-v{version}", "rwkv_hf"]
+    elif family == "clip":
+        base_title = f"RWKV-CLIP {human_size(num_parameters)}"
+        family_tags = ["rwkv", "rwkv-clip", "clip", "zero-shot-image-classification", "rwkv_hf"]
     elif family == "restore":
         base_title = f"Restore-RWKV {human_size(num_parameters)}"
         family_tags = ["rwkv", "restore-rwkv", "image-restoration", "rwkv_hf"]
@@ -205,13 +216,14 @@ def model_card(model_or_config, *, eval_results=None, base_model=None, license=N
     if source:
         source = dict(source, discarded=list(source.get("discarded") or ()), notes=list(source.get("notes") or ()))
     kw = dict(model_name=title, version=version, model_type=config.model_type, architecture=architecture,
-              pipeline_tag=pipeline_tag, hidden_size=config.hidden_size, num_parameters=f"{num_parameters:,}",
+              pipeline_tag=pipeline_tag, num_parameters=f"{num_parameters:,}",
+              hidden_size=getattr(config, "projection_dim", None) or config.hidden_size,
               num_parameters_human=human_size(num_parameters), dtypes=", ".join(dtypes),
               repo_path=repo_id or "path/to/this/folder", rwkv_hf_version=rwkv_hf.__version__,
               license=license, base_models=[base_model] if isinstance(base_model, str) else list(base_model or ()),
               datasets=data.datasets, source=source,
               eval_rows=rows, notes=[notes] if isinstance(notes, str) else list(notes or ()))
-    if family != "restore":
+    if family in ("lm", "vision"):
         kw.update(num_layers=config.num_hidden_layers, intermediate_size=config.intermediate_size)
     if family == "lm":
         kw.update(codename=CODENAMES[version], vocab_size=config.vocab_size, tokenizer=tokenizer,
@@ -225,6 +237,12 @@ def model_card(model_or_config, *, eval_results=None, base_model=None, license=N
                   num_refinement_blocks=config.num_refinement_blocks, hidden_rate=config.hidden_rate,
                   recurrence=config.recurrence)
         template = "restore_rwkv.md"
+    elif family == "clip":
+        text = getattr(config, "text_config", config)
+        vision = getattr(config, "vision_config", None)
+        kw.update(text=text, vision=vision, text_only=vision is None,
+                  image_size=vision and "x".join(map(str, vision.image_hw)))
+        template = "rwkv_clip.md"
     else:
         kw.update(family="VRWKV6" if version == 6 else "VRWKV", patch_size=config.patch_size,
                   image_size="x".join(map(str, config.image_hw)), grid="x".join(map(str, config.patch_grid)),

@@ -1,9 +1,10 @@
-"""PEFT (LoRA) support for the RWKV language models, Vision-RWKV and Restore-RWKV.
+"""PEFT (LoRA) support for the RWKV language models, Vision-RWKV, Restore-RWKV and RWKV-CLIP.
 
 Importing :mod:`rwkv_hf` calls :func:`register_peft`, which (when ``peft`` is installed)
 
 * registers default LoRA targets for the model types ``rwkv_hf_v4`` ... ``rwkv_hf_v7``,
-  ``rwkv_hf_vrwkv``, ``rwkv_hf_vrwkv6`` and ``rwkv_hf_restore_rwkv`` in
+  ``rwkv_hf_vrwkv``, ``rwkv_hf_vrwkv6``, ``rwkv_hf_restore_rwkv``, ``rwkv_hf_rwkv_clip`` and
+  ``rwkv_hf_rwkv_clip_text`` in
   PEFT's ``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`` (and in the tables PEFT
   copies from it: LoHa, LoKr, OFT, BOFT, ...), so
   ``get_peft_model(model, LoraConfig(task_type="CAUSAL_LM"))`` works without naming modules;
@@ -27,6 +28,10 @@ Restore-RWKV: the linears of every block's spatial and channel mix (``att.key`` 
 ``ffn.value``); named with their mixer, so that the last convolution (``output``) is not a
 target. The Omni-Shift kernels, convolutions of the U-Net and the layer scales are not
 targeted.
+
+RWKV-CLIP: the linears of both towers' blocks (image ``layers.N`` and text ``blocks.N``:
+``att.key`` ... ``att.gate``, ``ffn.key`` / ``receptance`` / ``value``); the embeddings,
+norms and ``logit_scale`` are not targeted.
 
 Per-channel vectors. The token-shift mixing vectors (``time_mix_*`` v4/v5, ``time_maa_*``
 v6, ``x_*`` v7) are 1-D parameters, which PEFT cannot wrap (``modules_to_save`` takes
@@ -59,6 +64,8 @@ DEFAULT_LORA_TARGETS = {
     "rwkv_hf_v7": ["receptance", "key", "value", "output"],
     "rwkv_hf_vrwkv": ["receptance", "key", "value", "output"],
     "rwkv_hf_vrwkv6": ["receptance", "key", "value", "output", "gate"],
+    "rwkv_hf_rwkv_clip": ["receptance", "key", "value", "output", "gate"],
+    "rwkv_hf_rwkv_clip_text": ["receptance", "key", "value", "output", "gate"],
     "rwkv_hf_restore_rwkv": ["att.receptance", "att.key", "att.value", "att.output", "ffn.key", "ffn.value",
                              "ffn.receptance"],
 }
@@ -117,11 +124,13 @@ def check_adapter(model, adapter_dir, subfolder=None):
     (the base ``config.json``, then the LoRA weight shapes). Non-RWKV models and adapters that
     are not local folders are left to PEFT."""
     version = _rwkv_version(model)
+    from .clip import RwkvClipConfig, RwkvClipTextConfig
     from .restore import RestoreRwkvConfig
     from .vision import VRWKV_MODEL_TYPES
 
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    vision = model_type in VRWKV_MODEL_TYPES or model_type == RestoreRwkvConfig.model_type
+    vision = model_type in VRWKV_MODEL_TYPES or model_type in (
+        RestoreRwkvConfig.model_type, RwkvClipConfig.model_type, RwkvClipTextConfig.model_type)
     if (version is None and not vision) or not isinstance(adapter_dir, (str, os.PathLike)):
         return
     folder = os.path.join(adapter_dir, subfolder) if subfolder else adapter_dir

@@ -20,13 +20,15 @@ class PublishError(Exception):
 
 
 def model_types():
-    """The ``model_type`` strings of every rwkv_hf config class (language, vision and restoration
-    models)."""
+    """The ``model_type`` strings of every rwkv_hf config class (language, vision, restoration and
+    image-text models)."""
+    from .clip import RwkvClipConfig, RwkvClipTextConfig
     from .lm import RWKV_LM_CONFIGS
     from .restore import RestoreRwkvConfig
     from .vision import VRWKV_MODEL_TYPES
 
-    return {c.model_type for c in RWKV_LM_CONFIGS.values()} | set(VRWKV_MODEL_TYPES) | {RestoreRwkvConfig.model_type}
+    return {c.model_type for c in RWKV_LM_CONFIGS.values()} | set(VRWKV_MODEL_TYPES) | {
+        RestoreRwkvConfig.model_type, RwkvClipConfig.model_type, RwkvClipTextConfig.model_type}
 
 
 def _check_safetensors(path, name):

@@ -49,6 +49,14 @@ FAMILIES = {
                "restore/modeling_restore_rwkv.py": "modeling_restore_rwkv.py"},
         config_module="configuration_restore_rwkv", modeling_module="modeling_restore_rwkv",
         auto=("AutoModel", "AutoModelForImageToImage")),
+    "clip": dict(  # the image tower is a VRWKV6: the vision files come along
+        files={"vision/configuration_vrwkv.py": "configuration_vrwkv.py",
+               "vision/image_processing_vrwkv.py": "image_processing_vrwkv.py",
+               "vision/modeling_vrwkv.py": "modeling_vrwkv.py",
+               "clip/configuration_rwkv_clip.py": "configuration_rwkv_clip.py",
+               "clip/modeling_rwkv_clip.py": "modeling_rwkv_clip.py"},
+        config_module="configuration_rwkv_clip", modeling_module="modeling_rwkv_clip",
+        auto=("AutoModel", "AutoModelForZeroShotImageClassification")),
 }
 
 # Package-level modules bundled for every family: package module -> file name in the folder.
@@ -82,6 +90,8 @@ def flatten_source(text, in_ops=False, package_level=False):
         text = re.sub(r"^([ \t]*)from \. import (\w+)(?: as (\w+))?[ \t]*$",
                       lambda m: f"{m.group(1)}from .{_ops_flat_name(m.group(2))} import _module as "
                                 f"{m.group(3) or m.group(2)}", text, flags=re.M)
+    # another family's module (bundled with this family: RWKV-CLIP's VRWKV6 files)
+    text = re.sub(r"^([ \t]*)from \.\.\w+\.(\w+) import ", r"\1from .\2 import ", text, flags=re.M)
     # other package modules (used inside try blocks, optional without rwkv_hf)
     text = re.sub(r"^([ \t]*)from \.\.(\w+) import ", r"\1from rwkv_hf.\2 import ", text, flags=re.M)
     leftover = re.findall(r"^[ \t]*from \.\.+\S* import .*$|^[ \t]*from \. import .*$", text, flags=re.M)
@@ -97,6 +107,11 @@ def bundle_files(family):
     for src, dst in spec["files"].items():
         with open(os.path.join(_PACKAGE, src), encoding="utf-8") as f:
             out[dst] = flatten_source(f.read())
+        siblings = set(re.findall(r"^[ \t]*from \.(\w+) import ", out[dst], flags=re.M))
+        missing = {m for m in siblings if m + ".py" not in spec["files"].values()} - \
+            {f[:-3] for f in (*OPS_FILES.values(), *SHARED_FILES.values())}
+        if missing:
+            raise ValueError(f"{src} imports {sorted(missing)}, which the {family!r} bundle does not include")
     for src, dst in OPS_FILES.items():
         with open(os.path.join(_PACKAGE, src), encoding="utf-8") as f:
             out[dst] = flatten_source(f.read(), in_ops=True) + _MODULE_TAIL

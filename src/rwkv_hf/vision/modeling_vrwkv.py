@@ -154,7 +154,8 @@ class Vrwkv6SpatialMix(nn.Module):
         c, d_mix, d_decay = config.hidden_size, config.time_mix_extra_dim, config.time_decay_extra_dim
         self.layer_id, self.num_layers = layer_id, config.num_hidden_layers
         self.num_heads, self.head_size = config.num_heads, config.head_size
-        self.shift = (config.shift_pixel, 0.25, config.head_size)
+        # (RWKV-CLIP's text tower reuses this mixer: its config has no 2-D shift and no key norm)
+        self.shift = (getattr(config, "shift_pixel", 1), 0.25, config.head_size)
         for name in "xwkvrg":
             setattr(self, f"time_maa_{name}", nn.Parameter(torch.empty(1, 1, c)))
         self.time_maa_w1 = nn.Parameter(torch.empty(c, 5 * d_mix))
@@ -165,7 +166,7 @@ class Vrwkv6SpatialMix(nn.Module):
         self.time_faaaa = nn.Parameter(torch.empty(self.num_heads, self.head_size))
         self.key, self.value, self.receptance = _linear(c, c), _linear(c, c), _linear(c, c)
         self.gate = _linear(c, c)
-        self.key_norm = nn.LayerNorm(c, eps=config.layer_norm_eps) if config.key_norm else None
+        self.key_norm = nn.LayerNorm(c, eps=config.layer_norm_eps) if getattr(config, "key_norm", False) else None
         self.output = _linear(c, c)
         self.ln_x = nn.GroupNorm(self.num_heads, c, eps=config.group_norm_eps)
 
@@ -185,9 +186,13 @@ class Vrwkv6SpatialMix(nn.Module):
         init.ones_(self.ln_x.weight)
         init.zeros_(self.ln_x.bias)
 
+    def token_shift(self, x, grid):
+        """The shifted tokens the ddlerp mixes with ``x`` (here the per-head Q-Shift)."""
+        return q_shift_lerp(x, grid, *self.shift, (None,))[0]
+
     def forward(self, x, grid):
         b, t, c = x.shape
-        xx = q_shift_lerp(x, grid, *self.shift, (None,))[0] - x
+        xx = self.token_shift(x, grid) - x
         xxx = torch.tanh((x + xx * self.time_maa_x) @ self.time_maa_w1)
         xxx = torch.bmm(xxx.view(b * t, 5, -1).transpose(0, 1), self.time_maa_w2).view(5, b, t, c)
         mw, mk, mv, mr, mg = xxx.unbind(0)
