@@ -16,7 +16,7 @@ from transformers import AutoModelForImageClassification, AutoModelForImageToIma
 
 import rwkv_hf  # noqa: F401
 from rwkv_hf.cli import main
-from rwkv_hf.pretrained import tiny_restore_model_path, tiny_vision_model_path
+from rwkv_hf.pretrained import DIGIT_WORDS, tiny_clip_model_path, tiny_restore_model_path, tiny_vision_model_path
 from rwkv_hf.pretrained.denoise import denoise_baselines, gaussian_blur, psnr
 
 
@@ -59,10 +59,34 @@ def test_heldout_images_are_sklearn_digits_not_seen_in_training():
     assert counts.min() >= 35
 
 
+def test_tiny_clip_zero_shot_pipeline_reproduces_its_recorded_accuracy():
+    """The held-out digits through pipeline("zero-shot-image-classification") with the
+    captions of a training template and of one never seen in training: the accuracies
+    eval.json recorded (well above chance, 10 %)."""
+    path = tiny_clip_model_path()
+    with open(os.path.join(path, "eval.json")) as f:
+        recorded = json.load(f)
+    data = load_file(os.path.join(path, "heldout.safetensors"))
+    images, _, indices = _heldout()
+    assert torch.equal(data["indices"], indices) and torch.equal(data["images"], images)  # the same split
+    classify = pipeline("zero-shot-image-classification", model=path, device="cpu")
+    pil = [Image.fromarray(im.numpy()).convert("RGB") for im in data["images"]]
+    for kind, key, floor in (("seen", "zero_shot_accuracy", 0.95),
+                             ("unseen", "zero_shot_accuracy_unseen_template", 0.9)):
+        tops = classify(pil, candidate_labels=DIGIT_WORDS, hypothesis_template=recorded["templates"][kind],
+                        batch_size=64)
+        correct = sum(DIGIT_WORDS.index(t[0]["label"]) == y for t, y in zip(tops, data["labels"].tolist()))
+        n = len(pil)
+        assert correct == round(recorded[key] * n) and correct >= floor * n, (kind, correct, n)
+
+
 def test_demo_vision(capsys):
     assert main(["demo", "--vision"]) == 0
     out = capsys.readouterr().out
     assert "pipeline('image-classification')" in out and "accuracy 99.16%" in out and "accuracy 98.61%" in out
+    with open(os.path.join(tiny_clip_model_path(), "eval.json")) as f:
+        zero_shot = json.load(f)["zero_shot_accuracy"]
+    assert "pipeline('zero-shot-image-classification')" in out and f"accuracy {100 * zero_shot:.2f}%" in out
     with open(os.path.join(tiny_restore_model_path(), "eval.json")) as f:
         recorded = json.load(f)["heldout_psnr_db"]
     assert "AutoModelForImageToImage" in out and f"PSNR {recorded:.2f} dB" in out

@@ -7,7 +7,9 @@ on the CPython reference documentation) with ``AutoModelForCausalLM`` and
 of a few Python-documentation prompts, greedy and sampled. Then classifies the held-out
 handwritten digits of ``rwkv_hf/pretrained/tiny-vrwkv-digits`` (a tiny Vision-RWKV trained by
 ``examples/train_tiny_vrwkv.py``) through ``pipeline("image-classification")`` and reports
-the accuracy, and denoises the held-out photograph crop of
+the accuracy, classifies them zero-shot with ``rwkv_hf/pretrained/tiny-rwkv-clip-digits`` (a
+tiny RWKV-CLIP trained by ``examples/train_tiny_rwkv_clip.py``) through
+``pipeline("zero-shot-image-classification")``, and denoises the held-out photograph crop of
 ``rwkv_hf/pretrained/tiny-restore-rwkv-denoise`` (a tiny Restore-RWKV trained by
 ``examples/train_tiny_restore_rwkv.py``), reporting its PSNR next to the noisy input's and
 the best Gaussian blur's. ``--lm`` / ``--vision`` run one part only (the language model; the
@@ -105,16 +107,61 @@ def main(max_new_tokens=40, seed=0, threads=None):
 
 def vision_main(threads=None):
     """Classify every held-out digit with the two tiny Vision-RWKVs (VRWKV, VRWKV6) through the
-    image-classification pipeline and print the accuracy next to the one recorded at training
-    time; then denoise the tiny Restore-RWKV's held-out image."""
+    image-classification pipeline and with the tiny RWKV-CLIP through the zero-shot pipeline,
+    printing the accuracy next to the one recorded at training time; then denoise the tiny
+    Restore-RWKV's held-out image."""
     import rwkv_hf  # noqa: F401  (registers rwkv_hf_vrwkv / rwkv_hf_vrwkv6 and the image processor)
 
     _quiet(threads)
     for version in (4, 6):
         _classify_digits(version)
         print()
+    _zero_shot_digits()
+    print()
     _denoise()
     return 0
+
+
+def _digits_pipeline(task, path):
+    """(the ``task`` pipeline of the shipped digit model at ``path``, its eval.json, its held-out
+    images as PIL RGB images, their labels)."""
+    from PIL import Image
+    from safetensors.torch import load_file
+    from transformers import pipeline
+
+    classify = pipeline(task, model=path, device="cpu")
+    with open(os.path.join(path, "eval.json")) as f:
+        shipped = json.load(f)
+    data = load_file(os.path.join(path, "heldout.safetensors"))
+    images = [Image.fromarray(im.numpy()).convert("RGB") for im in data["images"]]
+    return classify, shipped, images, data["labels"].tolist()
+
+
+def _zero_shot_digits():
+    from .pretrained import DIGIT_WORDS, tiny_clip_model_path
+
+    path = tiny_clip_model_path()
+    t0 = time.perf_counter()
+    classify, shipped, images, labels = _digits_pipeline("zero-shot-image-classification", path)
+    cfg = classify.model.config
+    v, t = cfg.vision_config, cfg.text_config
+    n_params = sum(p.numel() for p in classify.model.parameters())
+    print(f"rwkv_hf tiny image-text model: {type(classify.model).__name__} from {path}")
+    print(f"  RWKV-CLIP: image tower VRWKV6 {v.num_hidden_layers} blocks x {v.hidden_size}, text tower "
+          f"{t.num_hidden_layers} bidirectional RWKV-6 blocks x {t.hidden_size} (CLIP BPE), {n_params:,} parameters "
+          f"(loaded in {time.perf_counter() - t0:.1f}s)")
+    print("  trained by examples/train_tiny_rwkv_clip.py on scikit-learn's digits paired with captions naming them")
+    for kind in ("seen", "unseen"):
+        template = shipped["templates"][kind]
+        t0 = time.perf_counter()
+        tops = classify(images, candidate_labels=DIGIT_WORDS, hypothesis_template=template, batch_size=64)
+        seconds = time.perf_counter() - t0
+        correct = sum(DIGIT_WORDS.index(top[0]["label"]) == y for top, y in zip(tops, labels))
+        recorded = shipped["zero_shot_accuracy" if kind == "seen" else "zero_shot_accuracy_unseen_template"]
+        print(f"held-out digits through pipeline('zero-shot-image-classification'), captions {template!r} "
+              f"({'a training' if kind == 'seen' else 'an unseen'} template): {correct}/{len(labels)} correct, "
+              f"accuracy {100 * correct / len(labels):.2f}% ({len(labels) / seconds:.0f} images/s; eval.json: "
+              f"{100 * recorded:.2f}%)")
 
 
 def _denoise():
@@ -151,20 +198,11 @@ def _denoise():
 
 
 def _classify_digits(version):
-    from PIL import Image
-    from safetensors.torch import load_file
-    from transformers import pipeline
-
     from .pretrained import tiny_vision_model_path
 
     path = tiny_vision_model_path(version)
     t0 = time.perf_counter()
-    classify = pipeline("image-classification", model=path, device="cpu")
-    with open(os.path.join(path, "eval.json")) as f:
-        shipped = json.load(f)
-    data = load_file(os.path.join(path, "heldout.safetensors"))
-    images = [Image.fromarray(im.numpy()).convert("RGB") for im in data["images"]]
-    labels = data["labels"].tolist()
+    classify, shipped, images, labels = _digits_pipeline("image-classification", path)
     cfg = classify.model.config
     n_params = sum(p.numel() for p in classify.model.parameters())
     name = "VRWKV6" if version == 6 else "VRWKV"

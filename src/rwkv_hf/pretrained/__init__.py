@@ -28,12 +28,22 @@ baseline). Load it with :func:`tiny_restore_model_path`::
 
     from transformers import AutoModelForImageToImage
     model = AutoModelForImageToImage.from_pretrained(tiny_restore_model_path())
+
+``tiny-rwkv-clip-digits/`` is a tiny RWKV-CLIP trained by ``examples/train_tiny_rwkv_clip.py``
+on the same digits, paired with captions naming them; it classifies the held-out digits
+zero-shot (:mod:`rwkv_hf.pretrained.zero_shot`). Load it with :func:`tiny_clip_model_path`::
+
+    classify = pipeline("zero-shot-image-classification", model=tiny_clip_model_path())
+    classify(image, candidate_labels=DIGIT_WORDS, hypothesis_template="a photo of the number {}.")
 """
 import os
+
+from .zero_shot import DIGIT_WORDS, zero_shot_accuracy  # noqa: F401
 
 TINY_MODEL_NAME = "tiny-rwkv7-pydoc"
 TINY_VISION_NAMES = {4: "tiny-vrwkv-digits", 6: "tiny-vrwkv6-digits"}
 TINY_RESTORE_NAME = "tiny-restore-rwkv-denoise"
+TINY_CLIP_NAME = "tiny-rwkv-clip-digits"
 
 
 def tiny_model_path():
@@ -51,3 +61,9 @@ def tiny_restore_model_path():
     """Folder of the shipped tiny Restore-RWKV denoiser: config, weights, eval.json,
     heldout.safetensors (the clean crop as uint8 and its noisy version)."""
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), TINY_RESTORE_NAME)
+
+
+def tiny_clip_model_path():
+    """Folder of the shipped tiny RWKV-CLIP: config, weights, processor, eval.json,
+    heldout.safetensors (the held-out digit images and labels)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), TINY_CLIP_NAME)
