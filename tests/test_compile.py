@@ -142,8 +142,24 @@ def _vision(version):
     return model, lambda: model(pixel_values=pixels, labels=torch.tensor([0, 2])).loss
 
 
+def _clip():
+    from rwkv_hf.clip import RwkvClipConfig, RwkvClipModel
+
+    torch.manual_seed(1)
+    model = RwkvClipModel(RwkvClipConfig(
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, head_size=16),
+        text_config=dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+                         head_size=16))).train()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    g = torch.Generator().manual_seed(0)
+    ids, pixels = torch.randint(1, 50, (2, 9), generator=g), torch.randn(2, 3, 32, 32, generator=g)
+    return model, lambda: model(input_ids=ids, pixel_values=pixels, return_loss=True).loss
+
+
 FAMILIES = {"lm4": lambda: _lm(4), "lm5": lambda: _lm(5), "lm6": lambda: _lm(6), "lm7": lambda: _lm(7),
-            "vision4": lambda: _vision(4), "vision6": lambda: _vision(6)}
+            "vision4": lambda: _vision(4), "vision6": lambda: _vision(6), "clip": _clip}
 
 
 def _loss_and_grads(model, loss_fn):
@@ -239,6 +255,12 @@ def test_every_model_family_exports_for_inference(family):
 
         def logits(m, ids):
             return m(input_ids=ids, use_cache=False).logits
+    elif family == "clip":
+        g = torch.Generator().manual_seed(1)
+        inputs = (torch.randint(1, 50, (2, 9), generator=g), torch.randn(2, 3, 32, 32, generator=g))
+
+        def logits(m, ids, pixels):
+            return m(input_ids=ids, pixel_values=pixels).logits_per_image
     else:
         inputs = (torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)),)
 
@@ -250,8 +272,8 @@ def test_every_model_family_exports_for_inference(family):
             super().__init__()
             self.model = model
 
-        def forward(self, x):
-            return logits(self.model, x)
+        def forward(self, *x):
+            return logits(self.model, *x)
 
     with torch.no_grad():
         program = torch.export.export(Logits(), inputs)
