@@ -85,6 +85,22 @@ def test_every_gradient_matches_the_official_model():
         assert (p.grad - theirs[name].grad).abs().max() / scale < 1e-9, name
 
 
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = _ours(_official(seed=15)).train()
+    ids, px = _texts(2, SIZES["vocab_size"], seed=16), _pixels(2, 64, seed=17)
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        model(input_ids=ids, pixel_values=px, return_loss=True).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+    want = grads()
+    model.activation_checkpointing_enable()
+    assert model.text_model.blocks[0].gradient_checkpointing and model.image_model.layers[0].gradient_checkpointing
+    got = grads()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-12, msg=name)
+
+
 def test_float32_is_close_to_the_float64_official_model():
     off = _official(seed=6)
     ours = _ours(off, dtype=torch.float32)

@@ -20,6 +20,7 @@ returns transformers' :class:`~transformers.models.clip.modeling_clip.CLIPOutput
 ``zero-shot-image-classification`` pipeline works as with CLIP.
 """
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -157,7 +158,6 @@ class RwkvClipPreTrainedModel(RwkvHubMixin, PreTrainedModel):
         """When the folder has none: the default processor (:func:`default_processor`: OpenAI-
         normalised images, the CLIP BPE tokenizer), or for the text tower the tokenizer. The
         tokenizer only for the CLIP vocabulary (49408 ids); other vocabularies bring their own."""
-        import os
         try:
             from rwkv_hf.clip import processing_rwkv_clip as processing
         except ImportError:  # remote code without rwkv_hf: no vocabulary file at hand
