@@ -228,6 +228,16 @@ def test_save_load_auto_classes_and_the_zero_shot_pipeline(tmp_path):
     assert "zero-shot-image-classification" in card and "RWKV-CLIP" in card
 
 
+def test_text_tower_loads_from_a_whole_rwkv_clip_folder(tmp_path):
+    model = RwkvClipModel(_config()).eval()
+    model.save_pretrained(tmp_path)
+    text = RwkvClipTextModel.from_pretrained(tmp_path).eval()
+    sizes = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "head_size", "group_norm_eps")
+    assert all(getattr(text.config, k) == getattr(model.config.text_config, k) for k in sizes)
+    ids = _texts(2, SIZES["vocab_size"], seed=18)
+    assert torch.equal(text(ids).pooler_output, model.text_model(ids).pooler_output)
+
+
 def test_text_tower_saves_with_its_tokenizer(tmp_path):
     from transformers import AutoModel, AutoTokenizer
 

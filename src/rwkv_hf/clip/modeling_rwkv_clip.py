@@ -206,10 +206,14 @@ class RwkvClipTextModel(RwkvClipPreTrainedModel):
     where ``attention_mask`` is 0 are replaced by ``config.pad_token_id`` and shorter inputs are
     right-padded with it (open_clip's padding), because padding enters the bidirectional
     recurrence and the mean. Pad on the right.
+
+    ``RwkvClipTextModel.from_pretrained(clip_folder)`` loads the text tower of a whole
+    RWKV-CLIP folder (its ``text_config`` and ``text_model.*`` weights).
     """
 
     config: RwkvClipTextConfig
     config_class = RwkvClipTextConfig
+    base_model_prefix = "text_model"  # the tower's prefix in RwkvClipModel checkpoints
     main_input_name = "input_ids"
     input_modalities = ("text",)
 
