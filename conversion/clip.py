@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from .loading import ConversionError, count_numbered, place_weights, strip_wrapper_prefixes
+from .loading import ConversionError, count_numbered, place_weights, require, strip_wrapper_prefixes
 
 _IMAGE, _TEXT = "image_model.", "text_model."
 
@@ -43,9 +43,7 @@ def normalize(state_dict):
 
 
 def _need(weights, key):
-    if key not in weights:
-        raise ConversionError(f"not a complete RWKV-CLIP checkpoint: {key!r} is missing")
-    return weights[key]
+    return require(weights, key, "RWKV-CLIP")
 
 
 def _rwkv6_sizes(weights, block):

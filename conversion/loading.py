@@ -47,6 +47,13 @@ def place_weights(cls, config, weights, shown=lambda key: key):
     return model.eval()
 
 
+def require(weights, key, family):
+    """``weights[key]``, or a ConversionError saying the ``family`` checkpoint is incomplete."""
+    if key not in weights:
+        raise ConversionError(f"not a complete {family} checkpoint: {key!r} is missing")
+    return weights[key]
+
+
 def count_numbered(weights, prefix):
     """How many blocks ``{prefix}0.``, ``{prefix}1.`` ... the keys of ``weights`` hold (0 when
     none); a ConversionError when they are not numbered 0..N-1."""

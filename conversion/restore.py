@@ -14,7 +14,7 @@ no place for is an error that names it.
 """
 import re
 
-from .loading import ConversionError, count_numbered, place_weights, strip_wrapper_prefixes
+from .loading import ConversionError, count_numbered, place_weights, require, strip_wrapper_prefixes
 
 TRUNK = ("patch_embed", "encoder_level1", "down1_2", "encoder_level2", "down2_3", "encoder_level3", "down3_4",
          "latent", "up4_3", "reduce_chan_level3", "decoder_level3", "up3_2", "reduce_chan_level2",
@@ -45,9 +45,7 @@ def normalize(state_dict):
 
 
 def _need(weights, key):
-    if key not in weights:
-        raise ConversionError(f"not a complete Restore-RWKV checkpoint: {key!r} is missing")
-    return weights[key]
+    return require(weights, key, "Restore-RWKV")
 
 
 def _count(weights, stage):

@@ -17,7 +17,7 @@ error that names it.
 import os
 import re
 
-from .loading import (ConversionError, load_pickle_with_metadata, load_source, place_weights,
+from .loading import (ConversionError, load_pickle_with_metadata, load_source, place_weights, require,
                       strip_wrapper_prefixes)
 
 _LAYER = re.compile(r"^backbone\.layers\.(\d+)\.")
@@ -93,9 +93,7 @@ def _settings_from_extras(extras):
 
 
 def _need(weights, key):
-    if key not in weights:
-        raise ConversionError(f"not a complete Vision-RWKV checkpoint: {key!r} is missing")
-    return weights[key]
+    return require(weights, key, "Vision-RWKV")
 
 
 def config_from_state_dict(weights, extras=None, **overrides):

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import vrwkv_official
-from vrwkv_official import naive_bi_wkv6
 
 
 def bidirectional_shift_multihead(x, head_dim, shift=1):
@@ -40,45 +39,19 @@ def bidirectional_shift_multihead(x, head_dim, shift=1):
     return out.reshape(B, C, T).transpose(1, 2)
 
 
-class RWKV_Tmix_V6(nn.Module):
+class RWKV_Tmix_V6(vrwkv_official.SpatialMixV6):
+    """The image tower's VRWKV6 spatial mix (the same official code) with the bidirectional 1-D
+    shift and the GroupNorm epsilon ``1e-5 * head_size_divisor**2``."""
+
     def __init__(self, n_embd, head_size, head_size_divisor=8):
-        super().__init__()
-        C = n_embd
-        self.head_size, self.n_head = head_size, C // head_size
-        for n in "xwkvrg":
-            setattr(self, f"time_maa_{n}", nn.Parameter(torch.zeros(1, 1, C)))
-        self.time_maa_w1 = nn.Parameter(torch.zeros(C, 32 * 5))
-        self.time_maa_w2 = nn.Parameter(torch.zeros(5, 32, C))
-        self.time_decay = nn.Parameter(torch.zeros(1, 1, C))
-        self.time_decay_w1 = nn.Parameter(torch.zeros(C, 64))
-        self.time_decay_w2 = nn.Parameter(torch.zeros(64, C))
-        self.time_faaaa = nn.Parameter(torch.zeros(self.n_head, head_size))
-        self.receptance = nn.Linear(C, C, bias=False)
-        self.key = nn.Linear(C, C, bias=False)
-        self.value = nn.Linear(C, C, bias=False)
-        self.output = nn.Linear(C, C, bias=False)
-        self.gate = nn.Linear(C, C, bias=False)
-        self.ln_x = nn.GroupNorm(self.n_head, C, eps=1e-5 * head_size_divisor ** 2)
+        super().__init__(n_embd, n_embd // head_size, key_norm=False, group_norm_eps=1e-5 * head_size_divisor ** 2)
+        self.head_size = head_size
+
+    def shift(self, x, res):
+        return bidirectional_shift_multihead(x, self.head_size)
 
     def forward(self, x):
-        B, T, C = x.shape
-        xx = bidirectional_shift_multihead(x, self.head_size) - x
-        xxx = x + xx * self.time_maa_x
-        xxx = torch.tanh(xxx @ self.time_maa_w1).view(B * T, 5, -1).transpose(0, 1)
-        xxx = torch.bmm(xxx, self.time_maa_w2).view(5, B, T, -1)
-        mw, mk, mv, mr, mg = xxx.unbind(dim=0)
-        xw = x + xx * (self.time_maa_w + mw)
-        xk = x + xx * (self.time_maa_k + mk)
-        xv = x + xx * (self.time_maa_v + mv)
-        xr = x + xx * (self.time_maa_r + mr)
-        xg = x + xx * (self.time_maa_g + mg)
-        r, k, v = self.receptance(xr), self.key(xk), self.value(xv)
-        g = F.silu(self.gate(xg))
-        w = self.time_decay + torch.tanh(xw @ self.time_decay_w1) @ self.time_decay_w2
-        shp = (B, T, self.n_head, self.head_size)
-        x = naive_bi_wkv6(r.view(shp), k.view(shp), v.view(shp), w.view(shp), self.time_faaaa).reshape(B, T, C)
-        x = self.ln_x(x.view(B * T, C)).view(B, T, C)
-        return self.output(x * g)
+        return super().forward(x, None)
 
 
 class RWKV_CMix_V6(nn.Module):

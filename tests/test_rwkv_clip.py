@@ -112,6 +112,32 @@ def test_float32_is_close_to_the_float64_official_model():
     assert (got_txt - txt).abs().max() / txt.abs().max() < 1e-4
 
 
+def test_fused_cpu_text_blocks_match_the_eager_form(monkeypatch):
+    """Float32 CPU inference runs each text block as one C call (VRWKV6's block with a one-row
+    grid); every block's output matches the eager form, padding masks included."""
+    from rwkv_hf.vision import cpu_fused
+
+    model = _ours(_official(seed=19), dtype=torch.float32)
+    ids = _texts(3, SIZES["vocab_size"], seed=20)
+    calls = []
+    run = cpu_fused.run_text_block
+    monkeypatch.setattr(cpu_fused, "run_text_block", lambda *a: calls.append(1) or run(*a))
+    with torch.no_grad():
+        fused = model.text_model(ids[:, :30], attention_mask=(ids[:, :30] != 0).long(), output_hidden_states=True)
+        assert len(calls) == SIZES["n_layer"] and fused.last_hidden_state.shape[1] == CTX
+        monkeypatch.setenv("RWKV_HF_VISION_FUSED", "0")
+        eager = model.text_model(ids[:, :30], attention_mask=(ids[:, :30] != 0).long(), output_hidden_states=True)
+    for got, want in zip(fused.hidden_states + (fused.last_hidden_state,),
+                         eager.hidden_states + (eager.last_hidden_state,)):
+        assert (got - want).abs().max() / want.abs().max() < 1e-5
+    x = torch.randn(2, 9, SIZES["n_embd"])
+    monkeypatch.delenv("RWKV_HF_VISION_FUSED")
+    with torch.no_grad():
+        assert run(model.text_model.blocks[1], x) is not None
+        model.train()  # training mode (or gradients) takes the eager path
+        assert run(model.text_model.blocks[1], x) is None
+
+
 def test_text_tower_pads_as_the_official_tokenizer():
     """Any padding (longest with any pad id and the mask, or none) gives the embeddings of the
     official 77-token zero-padded rows; bad inputs are refused clearly."""

@@ -112,7 +112,7 @@ class SpatialMix(nn.Module):
 
 
 class SpatialMixV6(nn.Module):
-    def __init__(self, C, H, key_norm):
+    def __init__(self, C, H, key_norm, group_norm_eps=1e-5):
         super().__init__()
         self.H = H
         for n in "xwkvrg":
@@ -129,11 +129,14 @@ class SpatialMixV6(nn.Module):
         self.gate = nn.Linear(C, C, bias=False)
         self.key_norm = nn.LayerNorm(C) if key_norm else None
         self.output = nn.Linear(C, C, bias=False)
-        self.ln_x = nn.GroupNorm(H, C, eps=1e-5)
+        self.ln_x = nn.GroupNorm(H, C, eps=group_norm_eps)
+
+    def shift(self, x, res):
+        return q_shift_multihead(x, 1, res, x.shape[-1] // self.H)
 
     def forward(self, x, res):
         B, T, C = x.shape
-        xx = q_shift_multihead(x, 1, res, C // self.H) - x
+        xx = self.shift(x, res) - x
         xxx = x + xx * self.time_maa_x
         xxx = torch.tanh(xxx @ self.time_maa_w1).view(B * T, 5, -1).transpose(0, 1)
         xxx = torch.bmm(xxx, self.time_maa_w2).view(5, B, T, -1)

@@ -19,10 +19,10 @@ _SCRATCH_KEEP = 64 << 20
 _scratch = threading.local()
 
 
-def plain(module, modeling):
+def plain(module, modeling, allow=()):
     """Whether ``module`` and everything under it is what a fused path reads: modules of the
     modeling file named ``modeling`` and plain torch ModuleList / Linear / LayerNorm / GroupNorm /
-    Identity, without hooks (nor accelerate's ``_hf_hook``, nor global module hooks), every
+    Identity (and the types in ``allow``), without hooks (nor accelerate's ``_hf_hook``, nor global module hooks), every
     parameter a contiguous float32 CPU tensor. A PEFT, parametrised or quantised wrapper is
     another type, so it sends the call to the eager path."""
     if _module._global_forward_hooks or _module._global_forward_pre_hooks:
@@ -30,7 +30,7 @@ def plain(module, modeling):
     stack = [module]
     while stack:
         m = stack.pop()
-        if not (type(m) in _PLAIN_TORCH or type(m).__module__ == modeling):
+        if not (type(m) in _PLAIN_TORCH or type(m) in allow or type(m).__module__ == modeling):
             return False
         if (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
                 or "_hf_hook" in m.__dict__):

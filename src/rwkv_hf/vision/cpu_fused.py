@@ -1,4 +1,5 @@
-"""Fused CPU inference of the Vision-RWKV models (float32, no gradients, eval mode).
+"""Fused CPU inference of the Vision-RWKV models and of RWKV-CLIP's text blocks (float32, no
+gradients, eval mode).
 
 ``modeling_vrwkv.py`` is the definition (and what training, other dtypes and devices run). At
 224 px a VRWKV block's eager ops around its small matmuls (the Q-Shift alone is a zero fill and
@@ -13,11 +14,12 @@ import ctypes
 import os
 
 import torch
+from torch import nn
 
 from ..fused_cpu import plain, ptr_array, scratch
 from ..ops import cpu_backend
 
-__all__ = ["ENV", "q_shift_lerp", "run_block"]
+__all__ = ["ENV", "q_shift_lerp", "run_block", "run_text_block"]
 
 ENV = "RWKV_HF_VISION_FUSED"
 
@@ -107,13 +109,66 @@ def _v4_params(block):
             *_ffn_params(block.ffn), block.gamma1, block.gamma2]
 
 
-def _v6_params(block):
+def _v6_params(block, ffn_params=None):
     att, akn = block.att, block.att.key_norm
     return [block.ln1.weight, block.ln1.bias, block.ln2.weight, block.ln2.bias, att.time_maa_x, att.time_maa_w1,
             att.time_maa_w2, att.time_maa_w, att.time_maa_k, att.time_maa_v, att.time_maa_r, att.time_maa_g,
             att.receptance.weight, att.key.weight, att.value.weight, att.gate.weight, att.time_decay,
             att.time_decay_w1, att.time_decay_w2, att.time_faaaa, akn and akn.weight, akn and akn.bias,
-            att.ln_x.weight, att.ln_x.bias, att.output.weight, *_ffn_params(block.ffn), block.gamma1, block.gamma2]
+            att.ln_x.weight, att.ln_x.bias, att.output.weight, *(ffn_params or _ffn_params(block.ffn)),
+            getattr(block, "gamma1", None), getattr(block, "gamma2", None)]
+
+
+def _applies(block, x):
+    """The conditions every fused block shares: inference (no gradients, not compiling, eval
+    mode), float32 on CPU, the switch on, the library loaded."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling() or block.training or \
+            os.environ.get(ENV, "1") == "0":
+        return False
+    return x.device.type == "cpu" and x.dtype == torch.float32 and _load() is not None and _load_blas()
+
+
+def _run_v6(block, x, grid, shift, post_norm, params):
+    """One VRWKV6-layout block (``v6_block``) over x [B, rows*cols, C], in place; block 0 first
+    applies ``ln0`` (which makes the block's own copy; the others copy x)."""
+    b, n, c = x.shape
+    att = block.att
+    x = block.ln0(x) if block.layer_id == 0 else x.clone(memory_format=torch.contiguous_format)
+    f = block.ffn.key.out_features
+    dm, dd = att.time_maa_w2.shape[1], att.time_decay_w1.shape[1]
+    buf = scratch(_lib.rwkv_hf_vision_v6_scratch_floats(b, n, c, f, att.head_size, dm, dd))
+    status = _lib.rwkv_hf_vision_v6_block(
+        b, grid[0], grid[1], c, (ctypes.c_int64 * 4)(f, att.head_size, dm, dd), (ctypes.c_int64 * 7)(*shift),
+        int(post_norm), ptr_array(params), block.ln1.eps, att.ln_x.eps, x.data_ptr(), buf.data_ptr(),
+        torch.get_num_threads())
+    _check(status)
+    return x
+
+
+def _check(status):
+    if status == 3:
+        raise MemoryError("rwkv_hf fused Vision-RWKV block: could not allocate the WKV kernel's buffers")
+    if status != 0:
+        raise RuntimeError(f"rwkv_hf fused Vision-RWKV block failed (status {status})")
+
+
+def run_text_block(block, x):
+    """RWKV-CLIP's text block (``RwkvClipTextBlock``) on x [B, T, C] as one C call (the VRWKV6
+    block's): its bidirectional shift is the Q-Shift of a one-row grid whose first half of each
+    head's channels comes from the left and second half from the right, and its channel-mix
+    ``x + (shift(x) - x) * time_maa`` the lerp with ``1 - time_maa``. None where that does not
+    apply (as :func:`run_block`)."""
+    # (its residual dropout is the identity here: eval mode)
+    if not _applies(block, x) or not plain(block, "rwkv_hf.clip.modeling_rwkv_clip", allow=(nn.Dropout,)):
+        return None
+    group = block.att.head_size
+    if x.shape[-1] % group or group % 2:
+        return None
+    ffn = block.ffn
+    ffn_params = [1 - ffn.time_maa_k, 1 - ffn.time_maa_r, ffn.key.weight, None, None, ffn.receptance.weight,
+                  ffn.value.weight]
+    shift = (group, 1, 0, group // 2, group, group, group)
+    return _run_v6(block, x, (1, x.shape[1]), shift, False, _v6_params(block, ffn_params))
 
 
 def run_block(block, x, grid):
@@ -121,12 +176,11 @@ def run_block(block, x, grid):
     returning a new tensor (x is left as it is); None where that does not apply (gradients,
     torch.compile, training mode, not float32 on CPU, hooks or wrapped modules, parameters not
     float32, no BLAS symbol in torch, the switch off): the caller then runs the block eagerly."""
-    if torch.is_grad_enabled() or torch.compiler.is_compiling() or block.training or \
-            os.environ.get(ENV, "1") == "0":
+    if not _applies(block, x):
         return None
     b, n, c = x.shape
     h, w = grid
-    if x.device.type != "cpu" or x.dtype != torch.float32 or h * w != n:
+    if h * w != n:
         return None
     att, ffn = block.att, block.ffn
     v6 = type(att).__name__ == "Vrwkv6SpatialMix"
@@ -136,27 +190,15 @@ def run_block(block, x, grid):
     bounds = _bounds(gamma, group)
     if bounds is None or c % group or not plain(block, "rwkv_hf.vision.modeling_vrwkv"):
         return None
-    if _load() is None or not _load_blas():
-        return None
+    if v6:
+        return _run_v6(block, x, grid, (group, shift_pixel, *bounds), block.post_norm, _v6_params(block))
     # The block's own copy (callers may keep x, e.g. as a collected hidden state); block 0
     # normalises first, which makes one.
     x = block.ln0(x) if block.layer_id == 0 else x.clone(memory_format=torch.contiguous_format)
     f = ffn.key.out_features
-    shift = (ctypes.c_int64 * 7)(group, shift_pixel, *bounds)
-    if v6:
-        dm, dd = att.time_maa_w2.shape[1], att.time_decay_w1.shape[1]
-        buf = scratch(_lib.rwkv_hf_vision_v6_scratch_floats(b, n, c, f, att.head_size, dm, dd))
-        status = _lib.rwkv_hf_vision_v6_block(
-            b, h, w, c, (ctypes.c_int64 * 4)(f, att.head_size, dm, dd), shift, int(block.post_norm),
-            ptr_array(_v6_params(block)), block.ln1.eps, att.ln_x.eps, x.data_ptr(), buf.data_ptr(),
-            torch.get_num_threads())
-    else:
-        buf = scratch(_lib.rwkv_hf_vision_v4_scratch_floats(b, n, c, f))
-        status = _lib.rwkv_hf_vision_v4_block(
-            b, h, w, c, f, shift, int(block.post_norm), ptr_array(_v4_params(block)), block.ln1.eps,
-            x.data_ptr(), buf.data_ptr(), torch.get_num_threads())
-    if status == 3:
-        raise MemoryError("rwkv_hf fused Vision-RWKV block: could not allocate the WKV kernel's buffers")
-    if status != 0:
-        raise RuntimeError(f"rwkv_hf fused Vision-RWKV block failed (status {status})")
+    buf = scratch(_lib.rwkv_hf_vision_v4_scratch_floats(b, n, c, f))
+    status = _lib.rwkv_hf_vision_v4_block(
+        b, h, w, c, f, (ctypes.c_int64 * 7)(group, shift_pixel, *bounds), int(block.post_norm),
+        ptr_array(_v4_params(block)), block.ln1.eps, x.data_ptr(), buf.data_ptr(), torch.get_num_threads())
+    _check(status)
     return x
