@@ -1,6 +1,6 @@
 """``convert(src, dst)``: any supported RWKV checkpoint -> an rwkv_hf folder, or an rwkv_hf
-folder -> BlinkDL ``.pth`` (language models) or the official state dict (Restore-RWKV) when
-``dst`` ends in ``.pth``. ``rwkv-hf convert SRC DST`` runs it.
+folder -> BlinkDL ``.pth`` (language models) or the official state dict (Restore-RWKV,
+RWKV-CLIP) when ``dst`` ends in ``.pth``. ``rwkv-hf convert SRC DST`` runs it.
 
 Sources (layout and version detected from the key names, sizes from the shapes):
 
@@ -27,6 +27,7 @@ import torch
 from ..lm import RWKV_LM_CLASSES, RWKV_LM_CONFIGS
 from ..model_card import CODENAMES, model_card  # noqa: F401  (CODENAMES: re-exported)
 from ..model_card import human_size as _human
+from ..clip import RwkvClipConfig
 from ..restore import RestoreRwkvConfig
 from ..vision import VRWKV_MODEL_TYPES
 from ..vision.image_processing_vrwkv import default_image_processor
@@ -354,10 +355,13 @@ def _to_pth(src, out, trust_pickle):
     model_type = config_json.get("model_type")
     if model_type == RestoreRwkvConfig.model_type:
         return _restore_to_pth(src, out, state_dict, config_json)
+    if model_type == RwkvClipConfig.model_type:
+        return _clip_to_pth(src, out, state_dict, config_json)
     versions = {cls.model_type: v for v, cls in RWKV_LM_CONFIGS.items()}
     if model_type not in versions:
         raise ConversionError(f"{src}: model_type {model_type!r} is not an rwkv_hf language model "
-                              f"({', '.join(versions)}) or Restore-RWKV; convert it to an rwkv_hf folder first")
+                              f"({', '.join(versions)}), Restore-RWKV or RWKV-CLIP; convert it to an rwkv_hf "
+                              "folder first")
     version = versions[model_type]
     config = RWKV_LM_CONFIGS[version].from_pretrained(src)
     with torch.device("meta"):
@@ -405,22 +409,39 @@ def _to_pth(src, out, trust_pickle):
 def _restore_to_pth(src, out, state_dict, config_json):
     """An rwkv_hf Restore-RWKV folder -> the official state dict (``torch.save``), with the
     Omni-Shift folds the official model would compute (``restore.to_official``)."""
-    weights, _ = restore.normalize(state_dict)
+    def notes(official):
+        folds = sum(k.endswith("conv5x5_reparam.weight") for k in official)
+        return [f"wrote {folds} Omni-Shift conv5x5_reparam weights: the folds of their branches, as the official "
+                "model computes them in evaluation mode"]
+    return _family_to_pth(src, out, state_dict, config_json, "restore", "Restore-RWKV", restore,
+                          restore.to_official, notes)
+
+
+def _clip_to_pth(src, out, state_dict, config_json):
+    """An rwkv_hf RWKV-CLIP folder -> the official state dict (``torch.save``; the official key
+    layout already, checked by building the model), loadable by the official ``load_model_weight``."""
+    return _family_to_pth(src, out, state_dict, config_json, "clip", "RWKV-CLIP", clip,
+                          lambda model: model.state_dict(),
+                          lambda _: ["the text tower's time_decay / time_faaaa are float32 (the official training "
+                                     "keeps them in bf16; the official model casts them on loading)"])
+
+
+def _family_to_pth(src, out, state_dict, config_json, family, official_name, converter, to_official, notes):
+    """The common part of the Restore-RWKV and RWKV-CLIP conversions back: the folder's model
+    rebuilt through ``converter`` (its checks included), ``to_official(model)`` saved, the report."""
+    weights, _ = converter.normalize(state_dict)
     try:
-        config, _ = restore.config_from_state_dict(weights, config_json)
-        model = restore.build_model(weights, config)
+        config, _ = converter.config_from_state_dict(weights, config_json)
+        model = converter.build_model(weights, config)
     except ConversionError as e:
         raise ConversionError(f"{src}: {e}") from None
-    official = restore.to_official(model)
+    official = to_official(model)
     torch.save(official, out)
-    folds = sum(k.endswith("conv5x5_reparam.weight") for k in official)
-    return dict(direction="to the official Restore-RWKV .pth", family="restore", source=os.path.abspath(src),
+    return dict(direction=f"to the official {official_name} .pth", family=family, source=os.path.abspath(src),
                 layout="rwkv_hf", layout_name=f"rwkv_hf ({config.model_type})", config=config,
                 architecture=type(model).__name__, num_parameters=sum(t.numel() for t in weights.values()),
                 dtypes=sorted({str(t.dtype).replace("torch.", "") for t in weights.values()}),
-                notes=[f"wrote {folds} Omni-Shift conv5x5_reparam weights: the folds of their branches, as the "
-                       "official model computes them in evaluation mode"],
-                discarded_tensors={}, discarded_entries=[])
+                notes=notes(official), discarded_tensors={}, discarded_entries=[])
 
 
 def _print_image_model_summary(report, model_line):

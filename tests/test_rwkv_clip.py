@@ -315,6 +315,14 @@ def test_convert_official_checkpoint(tmp_path):
     assert again["layout_name"].startswith("rwkv_hf")
     without_path = lambda c: {k: v for k, v in c.to_dict().items() if k != "_name_or_path"}  # noqa: E731
     assert without_path(AutoModel.from_pretrained(tmp_path / "again").config) == without_path(cfg)
+    # and back to the official state dict: the same keys and values (the bf16 decays now float32)
+    back = convert(str(tmp_path / "out"), str(tmp_path / "back.pth"), verbose=False)
+    assert back["direction"] == "to the official RWKV-CLIP .pth"
+    official_sd = torch.load(tmp_path / "back.pth", weights_only=True)
+    assert official_sd.keys() == {k[len("module."):] for k in sd}
+    for key, value in sd.items():
+        assert torch.equal(official_sd[key[len("module."):]], value.float()), key
+    ref.load_state_dict(official_sd)  # loads into the official model as it is
 
 
 def test_convert_refuses_unknown_and_missing_tensors(tmp_path):
