@@ -796,6 +796,15 @@ def _model_cases():
     """(name, builder) of one model per family: builder() -> (model on DEVICE, kind, inputs)."""
     import torch
 
+    def fill_zero_matrices(model):
+        """The official inits zero some projections: give every weight matrix a value, so that
+        every gradient is checked."""
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 2 and not p.any():
+                    p.normal_(0, 0.02)
+        return model
+
     from rwkv_hf.lm import RWKV_LM_CLASSES
     from rwkv_hf.pretrained import tiny_model_path, tiny_vision_model_path
     from transformers import AutoModelForCausalLM, AutoModelForImageClassification
@@ -809,11 +818,7 @@ def _model_cases():
         def build():
             config_cls, _, causal_cls, _ = RWKV_LM_CLASSES[version]
             torch.manual_seed(version)
-            model = causal_cls(config_cls(vocab_size=1000, hidden_size=128, num_hidden_layers=2))
-            with torch.no_grad():  # the init zeroes some projections; give every weight a value
-                for p in model.parameters():
-                    if p.dim() == 2 and not p.any():
-                        p.normal_(0, 0.02)
+            model = fill_zero_matrices(causal_cls(config_cls(vocab_size=1000, hidden_size=128, num_hidden_layers=2)))
             ids = torch.randint(1, 1000, (2, 300), generator=torch.Generator().manual_seed(0))
             return model, "lm", ids
         return build
@@ -854,11 +859,7 @@ def _model_cases():
             vision_config=dict(image_size=224, patch_size=32, hidden_size=128, num_hidden_layers=2, head_size=64),
             text_config=dict(vocab_size=1000, hidden_size=128, num_hidden_layers=2, intermediate_size=448,
                              head_size=64))
-        model = RwkvClipModel(config)
-        with torch.no_grad():  # the official text init zeroes some projections; give every weight a value
-            for p in model.parameters():
-                if p.dim() == 2 and not p.any():
-                    p.normal_(0, 0.02)
+        model = fill_zero_matrices(RwkvClipModel(config))
         g = torch.Generator().manual_seed(0)
         ids, pixels = torch.randint(1, 1000, (4, 30), generator=g), torch.randn(4, 3, 224, 224, generator=g)
         return model, "clip", (ids, pixels)

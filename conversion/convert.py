@@ -272,35 +272,29 @@ def _vision_to_folder(src, out, state_dict, config_json, extras, overrides):
 
 def _restore_to_folder(src, out, state_dict, config_json, extras, overrides):
     weights, discarded = restore.normalize(state_dict)
-
-    def build():
-        config, notes = restore.config_from_state_dict(weights, config_json, **overrides)
-        return config, notes, restore.build_model(weights, config)
     notes = [f"{len(discarded)} Omni-Shift conv5x5_reparam weights discarded: the fold of each Omni-Shift's "
              "branches, which rwkv_hf recomputes on every forward"] if discarded else []
-    return _family_to_folder(src, out, "restore", "official Restore-RWKV (state dict)", build, weights,
-                             config_json, extras, discarded=discarded, extra_notes=notes)
+    return _family_to_folder(src, out, "restore", "official Restore-RWKV (state dict)", restore, weights,
+                             config_json, extras, overrides, discarded=discarded, extra_notes=notes)
 
 
 def _clip_to_folder(src, out, state_dict, config_json, extras, overrides):
     weights, widened = clip.normalize(state_dict)
-
-    def build():
-        config, notes = clip.config_from_state_dict(weights, config_json, **overrides)
-        return config, notes, clip.build_model(weights, config)
     notes = [f"{len(widened)} tensors widened to float32 (exactly): "
              f"{', '.join(sorted({k.rsplit('.', 1)[-1] for k in widened}))}"] if widened else []
-    return _family_to_folder(src, out, "clip", "official RWKV-CLIP (state dict)", build, weights, config_json,
-                             extras, extra_notes=notes, dtypes=state_dict.values())
+    return _family_to_folder(src, out, "clip", "official RWKV-CLIP (state dict)", clip, weights, config_json,
+                             extras, overrides, extra_notes=notes, dtypes=state_dict.values())
 
 
-def _family_to_folder(src, out, family, official_name, build, weights, config_json, extras, discarded=None,
-                      extra_notes=(), dtypes=None):
-    """The common part of the Restore-RWKV and RWKV-CLIP conversions: ``build()`` -> (config, notes,
-    model), the folder written, the report and the model card. ``dtypes``: the tensors whose dtypes
-    the report lists (the source's; ``weights`` by default)."""
+def _family_to_folder(src, out, family, official_name, converter, weights, config_json, extras, overrides,
+                      discarded=None, extra_notes=(), dtypes=None):
+    """The common part of the Restore-RWKV and RWKV-CLIP conversions: the model built through
+    ``converter`` (its ``config_from_state_dict`` and ``build_model``), the folder written, the
+    report and the model card. ``dtypes``: the tensors whose dtypes the report lists (the
+    source's; ``weights`` by default)."""
     try:
-        config, notes, model = build()
+        config, notes = converter.config_from_state_dict(weights, config_json, **overrides)
+        model = converter.build_model(weights, config)
     except ConversionError as e:
         raise ConversionError(f"{src}: {e}") from None
     _save_model(model, out, desc=f"writing {os.path.basename(src)}")

@@ -22,8 +22,8 @@ _scratch = threading.local()
 def plain(module, modeling, allow=()):
     """Whether ``module`` and everything under it is what a fused path reads: modules of the
     modeling file named ``modeling`` and plain torch ModuleList / Linear / LayerNorm / GroupNorm /
-    Identity (and the types in ``allow``), without hooks (nor accelerate's ``_hf_hook``, nor global module hooks), every
-    parameter a contiguous float32 CPU tensor. A PEFT, parametrised or quantised wrapper is
+    Identity (and the types in ``allow``), without hooks (nor accelerate's ``_hf_hook``, nor
+    global module hooks), every parameter a contiguous float32 CPU tensor. A PEFT, parametrised or quantised wrapper is
     another type, so it sends the call to the eager path."""
     if _module._global_forward_hooks or _module._global_forward_pre_hooks:
         return False

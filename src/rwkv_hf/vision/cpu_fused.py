@@ -128,12 +128,18 @@ def _applies(block, x):
     return x.device.type == "cpu" and x.dtype == torch.float32 and _load() is not None and _load_blas()
 
 
+def _own_copy(block, x):
+    """The block's own copy of x, which the C block updates in place (callers may keep x, e.g. as a
+    collected hidden state); block 0 normalises first, which makes one."""
+    return block.ln0(x) if block.layer_id == 0 else x.clone(memory_format=torch.contiguous_format)
+
+
 def _run_v6(block, x, grid, shift, post_norm, params):
-    """One VRWKV6-layout block (``v6_block``) over x [B, rows*cols, C], in place; block 0 first
-    applies ``ln0`` (which makes the block's own copy; the others copy x)."""
+    """One VRWKV6-layout block (``v6_block``) over x [B, rows*cols, C]; returns the block's output
+    (:func:`_own_copy`, updated in place)."""
     b, n, c = x.shape
     att = block.att
-    x = block.ln0(x) if block.layer_id == 0 else x.clone(memory_format=torch.contiguous_format)
+    x = _own_copy(block, x)
     f = block.ffn.key.out_features
     dm, dd = att.time_maa_w2.shape[1], att.time_decay_w1.shape[1]
     buf = scratch(_lib.rwkv_hf_vision_v6_scratch_floats(b, n, c, f, att.head_size, dm, dd))
@@ -192,9 +198,7 @@ def run_block(block, x, grid):
         return None
     if v6:
         return _run_v6(block, x, grid, (group, shift_pixel, *bounds), block.post_norm, _v6_params(block))
-    # The block's own copy (callers may keep x, e.g. as a collected hidden state); block 0
-    # normalises first, which makes one.
-    x = block.ln0(x) if block.layer_id == 0 else x.clone(memory_format=torch.contiguous_format)
+    x = _own_copy(block, x)
     f = ffn.key.out_features
     buf = scratch(_lib.rwkv_hf_vision_v4_scratch_floats(b, n, c, f))
     status = _lib.rwkv_hf_vision_v4_block(
