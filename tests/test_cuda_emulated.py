@@ -478,6 +478,8 @@ def test_chunk_length_choice(monkeypatch):
     assert cuda_backend.chunk_length(8, 32, 4096, "cuda") == 0  # 256 blocks: about one wave
     L = cuda_backend.chunk_length(1, 32, 16384, "cuda")  # 32 blocks: chunks for ~3 per SM
     assert L % 64 == 0 and 2 * 132 < 32 * -(-16384 // L) <= 3 * 132
+    # 16-bit activations and decay: fewer registers, 4 blocks per SM (H200: 1024 beat 1408)
+    assert cuda_backend.chunk_length(1, 32, 16384, "cuda", narrow=True) == 1024
     assert cuda_backend.chunk_length(1, 32, 300, "cuda") == 0  # too short for 3 chunks
     # bi_wkv6's two scans: at once in the forward, one after the other in the backward
     assert not cuda_backend.halves_concurrent(False, "cpu")
@@ -502,18 +504,24 @@ def test_chunk_length_choice(monkeypatch):
         cuda_backend.chunk_length(1, 1, 100, "cuda")
 
 
+# Each case: (model, run), run() -> (loss, the model's main output).
+
+def _fill_zero_matrices(model):
+    with torch.no_grad():  # the inits zero some projections; give every weight a value
+        for p in model.parameters():
+            if p.dim() == 2 and not p.any():
+                p.normal_(0, 0.02)
+    return model.eval()
+
+
 def _lm_case(version):
     from rwkv_hf.lm import RWKV_LM_CLASSES
 
     config_cls, _, causal_cls, _ = RWKV_LM_CLASSES[version]
     torch.manual_seed(version)
-    model = causal_cls(config_cls(vocab_size=100, hidden_size=64, num_hidden_layers=2)).eval()
-    with torch.no_grad():  # the init zeroes some projections; give every weight a value
-        for p in model.parameters():
-            if p.dim() == 2 and not p.any():
-                p.normal_(0, 0.02)
+    model = _fill_zero_matrices(causal_cls(config_cls(vocab_size=100, hidden_size=64, num_hidden_layers=2)))
     ids = torch.randint(1, 100, (2, 40), generator=torch.Generator().manual_seed(0))
-    return model, lambda: model(ids, labels=ids, use_cache=False)
+    return model, lambda: (lambda out: (out.loss, out.logits))(model(ids, labels=ids, use_cache=False))
 
 
 def _vision_case(version):
@@ -524,10 +532,40 @@ def _vision_case(version):
     model = classifier_cls(config_cls(hidden_size=128 if version == 6 else 32, num_hidden_layers=2,
                                       image_size=32, patch_size=8, num_labels=3)).eval()
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    return model, lambda: model(pixel_values=x, labels=torch.tensor([0, 2]))
+    return model, lambda: (lambda out: (out.loss, out.logits))(model(pixel_values=x, labels=torch.tensor([0, 2])))
 
 
-@pytest.mark.parametrize("family", ["lm4", "lm5", "lm6", "lm7", "vision4", "vision6"])
+def _restore_case():
+    from rwkv_hf.restore import RestoreRwkvConfig, RestoreRwkvForImageRestoration
+
+    torch.manual_seed(0)
+    model = _fill_zero_matrices(RestoreRwkvForImageRestoration(
+        RestoreRwkvConfig(hidden_size=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1)))
+    g = torch.Generator().manual_seed(0)
+    x, clean = torch.rand(2, 1, 19, 21, generator=g), torch.rand(2, 1, 19, 21, generator=g)  # padded inside
+    return model, lambda: (lambda out: (out.loss, out.reconstruction))(model(pixel_values=x, labels=clean))
+
+
+def _clip_case():
+    from rwkv_hf.clip import RwkvClipConfig, RwkvClipModel
+
+    torch.manual_seed(0)
+    model = _fill_zero_matrices(RwkvClipModel(RwkvClipConfig(
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, head_size=32),
+        text_config=dict(vocab_size=100, hidden_size=64, num_hidden_layers=2, intermediate_size=128,
+                         head_size=32))))
+    g = torch.Generator().manual_seed(0)
+    ids, x = torch.randint(1, 100, (2, 12), generator=g), torch.randn(2, 3, 32, 32, generator=g)
+    return model, lambda: (lambda out: (out.loss, out.logits_per_image))(
+        model(input_ids=ids, pixel_values=x, return_loss=True))
+
+
+_MODEL_CASES = {**{f"lm{v}": lambda v=v: _lm_case(v) for v in (4, 5, 6, 7)},
+                **{f"vision{v}": lambda v=v: _vision_case(v) for v in (4, 6)},
+                "restore": _restore_case, "clip": _clip_case}
+
+
+@pytest.mark.parametrize("family", list(_MODEL_CASES))
 def test_models_through_the_extension_match_the_torch_backend(on_emulated_cuda, monkeypatch, family):
     """Every model family in the repository runs end to end through the extension's kernels
     (here emulated; on a GPU: gpu_check.py's models section) and matches the torch backend:
@@ -542,14 +580,14 @@ def test_models_through_the_extension_match_the_torch_backend(on_emulated_cuda, 
             return getattr(on_emulated_cuda, name)
 
     monkeypatch.setattr(cuda_backend, "_ext", Counting())
-    model, run = (_lm_case if family.startswith("lm") else _vision_case)(int(family[-1]))
+    model, run = _MODEL_CASES[family]()
     results = {}
     for backend in ("cuda", "torch"):
         monkeypatch.setattr(ops, "_choose", lambda op, requested, tensors, b=backend: b)
         model.zero_grad(set_to_none=True)
-        out = run()
-        out.loss.backward()
-        results[backend] = (out.logits.detach(), {n: p.grad for n, p in model.named_parameters()})
+        loss, out = run()
+        loss.backward()
+        results[backend] = (out.detach(), {n: p.grad for n, p in model.named_parameters()})
     (la, ga), (lb, gb) = results["cuda"], results["torch"]
     assert {n for n in calls if n.endswith("_forward")} and {n for n in calls if n.endswith("_backward")}
     assert rel(la, lb) < 1e-4
@@ -617,10 +655,10 @@ def test_models_compile_through_the_extension(on_emulated_cuda, monkeypatch, fam
     (emulated here) in one graph, RWKV-4's per-channel op included, and gives eager mode's loss
     and gradients."""
     monkeypatch.setenv(cuda_backend.CHUNK_ENV, "64")
-    model, run = (_lm_case if family.startswith("lm") else _vision_case)(int(family[-1]))
+    model, run = _MODEL_CASES[family]()
     model.train()
     results = []
-    for step in (lambda: run().loss, torch.compile(lambda: run().loss, fullgraph=True, backend="aot_eager")):
+    for step in (lambda: run()[0], torch.compile(lambda: run()[0], fullgraph=True, backend="aot_eager")):
         torch._dynamo.reset()
         model.zero_grad(set_to_none=True)
         loss = step()

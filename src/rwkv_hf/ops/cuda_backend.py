@@ -53,9 +53,12 @@ SNAP = 64  # tokens per state snapshot: kSnap of wkv_launch.h
 # kernels and B1 run 128 threads per block at up to 167 registers per thread (ptxas, sm_90:
 # RWKV-7 in float32, or with a float32 decay), so 3 fit in 64K registers. (With the decay in
 # bf16, as the benchmarks pass it, RWKV-7's forward and B1 stay at 128 registers or fewer: 4
-# would fit.) The chunk-parallel form is sized for one such wave (gpu_check.py times both forms
-# and chunk lengths around the choice, 3/4 of it among them, to confirm it on a GPU).
+# would fit.) The chunk-parallel form is sized for one such wave: 3 blocks, or 4 when the
+# activations and the decay are 16-bit. On the H200 (2026-11-28, evening; bf16, B=1 T=16384
+# H=32) the chunks for 4 (1024 tokens) beat those for 3 (1408): RWKV-7 1.639 / 4.340 ms against
+# 1.681 / 4.603 (fwd / fwd+bwd), RWKV-6 0.887 / 2.761 against 0.938 / 2.836.
 _RESIDENT_PER_SM = 3
+_RESIDENT_PER_SM_16BIT = 4
 # Per-channel kernels (wkv4, bi_wkv4): threads to aim for per multiprocessor, the shortest
 # chunk, and the chunks a short sequence may have at up to half that length (see
 # v4_chunk_length).
@@ -431,7 +434,7 @@ def _chunk_override():
     return chunk
 
 
-def chunk_length(B, H, T, device):
+def chunk_length(B, H, T, device, narrow=False):
     """Tokens per chunk of the matrix-state kernels' chunk-parallel form (wkv6, wkv7), 0 for
     the sequential form (one pass over T per (batch, head)).
 
@@ -440,7 +443,8 @@ def chunk_length(B, H, T, device):
     _RESIDENT_PER_SM blocks per multiprocessor), most multiprocessors idle, and the
     chunk-parallel form (chunks from a zero state in parallel, a short pass over the chunks for
     their start states, the chunks again from those: about 2.4x the work per token, in
-    B * H * T / chunk blocks) finishes sooner. Chunks are sized for one wave of resident blocks,
+    B * H * T / chunk blocks) finishes sooner. Chunks are sized for one wave of resident blocks
+    (more of them when ``narrow``: 16-bit activations and decay, fewer registers per thread),
     in multiples of 64 tokens; below 3 chunks per sequence, or 1024 tokens, the sequential form
     is kept. A model of the kernels, not yet a GPU measurement, sets these thresholds
     (gpu_check.py times both forms). ``$RWKV_HF_CUDA_CHUNK`` overrides the choice (0: always
@@ -451,7 +455,8 @@ def chunk_length(B, H, T, device):
         return chunk
     if torch.device(device).type != "cuda":
         return 0
-    chunks = _RESIDENT_PER_SM * _sm_count(device) // max(1, B * H)
+    resident = _RESIDENT_PER_SM_16BIT if narrow else _RESIDENT_PER_SM
+    chunks = resident * _sm_count(device) // max(1, B * H)
     if chunks < 3 or T < 16 * SNAP:  # short sequences: not worth three launches
         return 0
     chunk = -(-T // chunks)
@@ -820,7 +825,9 @@ def _matrix(kind, *xs):
     if xs[-1] is None:  # no initial state: an empty one, which the extension reads as zero
         xs = (*xs[:-1], xs[0].new_empty(0, dtype=torch.float32))
     B, T, H, _ = xs[0].shape
-    chunk = chunk_length(B, H, T, xs[0].device)
+    w = xs[3]  # wkv6 and wkv7 alike: (r, k, v, w, ...); RWKV-5's [H, K] decay runs in float32
+    narrow = xs[0].element_size() == 2 and w.dtype == xs[0].dtype and w.dim() == 4  # as _decay_dtype
+    chunk = chunk_length(B, H, T, xs[0].device, narrow)
     if _needs_grad(xs):
         return _Matrix.apply(kind, chunk, *xs)
     return _traced(*_MATRIX_OPS[kind][0])(*xs, False, chunk)[:2]
