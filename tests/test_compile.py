@@ -53,6 +53,19 @@ def test_every_op_compiles_in_one_graph_and_matches_eager(op, grad):
         assert rel_err(a, b) < 1e-6
 
 
+@pytest.mark.parametrize("op", OPS)
+def test_the_torch_backend_compiles_around_its_ops(monkeypatch, op):
+    """The torch backend (the fallback) branches on the decays' values, so it is not traced in
+    one graph; the default mode compiles around its ops, to eager mode's results, gradients
+    too."""
+    monkeypatch.setenv(ops.BACKEND_ENV, "torch")
+    x = make_inputs(op, B=2, T=70, H=2, N=16, state=True, seed=3)
+    want = run_op(forward, op, x, True)
+    got = run_op(compiled(forward, fullgraph=False), op, x, True)
+    for a, b in zip(got, want, strict=True):
+        assert rel_err(a, b) < 1e-6
+
+
 @pytest.mark.parametrize("op", ["wkv7", "bi_wkv4"])
 def test_compiled_ops_run_the_registered_kernels(monkeypatch, op):
     """What the compiled graph calls: the cpu backend's operators (not a traced-through
