@@ -184,7 +184,10 @@ def plot(scaling, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5), sharex=True)
+    cols = -(-len(OPS) // 2)
+    fig, axes = plt.subplots(2, cols, figsize=(5 * cols, 8.5), sharex=True)
+    for ax in axes.flat[len(OPS):]:
+        ax.set_visible(False)
     for ax, op in zip(axes.flat, OPS):
         for (name, backward), points in sorted(scaling[op].items()):
             ts = sorted(points)

@@ -23,6 +23,7 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 OPS_FILES = {
     "ops/__init__.py": "wkv_ops.py",
     "ops/reference.py": "wkv_ops_reference.py",
+    "ops/torch_point.py": "wkv_ops_torch_point.py",
     "ops/torch_wkv4.py": "wkv_ops_torch_wkv4.py",
     "ops/torch_wkv6.py": "wkv_ops_torch_wkv6.py",
     "ops/torch_wkv7.py": "wkv_ops_torch_wkv7.py",

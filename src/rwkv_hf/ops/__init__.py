@@ -38,6 +38,12 @@ Math (``S`` the state, per head; ``x^T`` a row vector)
   k_i v_i^T + sum_{i>t} prod_{t<j<i} diag(e^{w_j}) k_i v_i^T)``.
 * ``wkv7``: ``S_t = diag(e^{w_t}) S_{t-1} + b_t (a_t^T S_{t-1}) + k_t v_t^T``,
   ``y_t = S_t^T r_t``; RWKV-7 passes ``a = -kk``, ``b = kk * iclr``.
+* ``point_wkv`` (PointRWKV's, as released; ``K = V``): ``y_t = r_t * ((L_{t-1} + R_{t+1}) k_t
+  + u * k_t (1^T v_t))`` (``*`` elementwise), ``L_t = diag(e^{w_t}) L_{t-1} + k_t v_t^T`` from
+  the left, ``R_t = diag(e^{w_t}) R_{t+1} + k_t v_t^T`` from the right: the state is contracted
+  with the key over its *value* index, and the bonus scales ``k_t`` by the sum of ``v_t``.
+  PointRWKV averages two one-way scans that each count the token: it passes ``r = sigmoid(.)/2``
+  and ``u = 2 u``. Backends: ``reference`` and ``torch`` (no compiled kernel yet).
 
 Backends
 --------
@@ -74,12 +80,13 @@ import torch
 from . import cpu_backend as _cpu
 from . import cuda_backend as _cuda
 from . import reference as _reference
+from . import torch_point as _torch_point
 from . import torch_wkv4 as _torch_wkv4
 from . import torch_wkv6 as _torch_wkv6
 from . import torch_wkv7 as _torch_wkv7
 
-__all__ = ["wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7", "available_backends", "BACKEND_ENV",
-           "CHECK_VALUES_ENV"]
+__all__ = ["wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7", "point_wkv", "available_backends",
+           "BACKEND_ENV", "CHECK_VALUES_ENV"]
 
 BACKEND_ENV = "RWKV_HF_WKV_BACKEND"
 CHECK_VALUES_ENV = "RWKV_HF_CHECK_VALUES"
@@ -115,18 +122,21 @@ def _expanding_decay(wkv6):
 
 
 def _backend(wkv4, bi_wkv4, wkv6, wkv7, wkv6_reversed=None, wkv5=None, bi_wkv6=None,
-             takes_no_state=False):
+             takes_no_state=False, point_wkv=None):
     """A backend's ops; ``wkv5`` and ``bi_wkv6`` are composed from wkv6 unless it has its own.
-    ``takes_no_state``: its matrix-state ops take state=None for no initial state (zero)."""
+    ``takes_no_state``: its matrix-state ops take state=None for no initial state (zero).
+    ``point_wkv``: None where the backend has no kernel for it (the dispatcher picks torch)."""
     return SimpleNamespace(
         wkv4=wkv4, bi_wkv4=bi_wkv4, wkv6=wkv6, wkv7=wkv7, wkv5=wkv5 or _expanding_decay(wkv6),
         bi_wkv6=bi_wkv6 or _bi_from_halves(wkv6, wkv6_reversed or _reversed_by_flipping(wkv6)),
-        takes_no_state=takes_no_state)
+        takes_no_state=takes_no_state, point_wkv=point_wkv)
 
 
 _BACKENDS = {
-    "reference": _backend(_reference.wkv4, _reference.bi_wkv4, _reference.wkv6, _reference.wkv7),
-    "torch": _backend(_torch_wkv4.wkv4, _torch_wkv4.bi_wkv4, _torch_wkv6.wkv6, _torch_wkv7.wkv7),
+    "reference": _backend(_reference.wkv4, _reference.bi_wkv4, _reference.wkv6, _reference.wkv7,
+                          point_wkv=_reference.point_wkv),
+    "torch": _backend(_torch_wkv4.wkv4, _torch_wkv4.bi_wkv4, _torch_wkv6.wkv6, _torch_wkv7.wkv7,
+                      point_wkv=_torch_point.point_wkv),
     "cpu": _backend(_cpu.wkv4, _cpu.bi_wkv4, _cpu.wkv6, _cpu.wkv7, wkv6_reversed=_cpu.wkv6_reversed),
     # Its per-token inputs stay in bfloat16 / float16: its own bi_wkv6 keeps the sum in float32.
     # Its kernels start from a zero state without a tensor of zeros to fill and read.
@@ -173,11 +183,15 @@ def _choose(op, requested, tensors):
                          f"available: {', '.join(_BACKENDS)}")
     if name is None:
         name = "cuda" if next(iter(tensors.values())).is_cuda else "cpu"
+        if getattr(_BACKENDS[name], op) is None:
+            return "torch"  # no kernel for this op (yet): by design, silently
         if name == "cpu":
             if _cpu.unsupported_reason(op, **tensors) is not None or not _cpu_sources_present():
                 return "torch"  # an op or input it lacks, a remote-code copy without sources
             ok, why = _compiled_available(name)
             return name if ok else _fallback(why)
+    if getattr(_BACKENDS[name], op) is None:
+        return _fallback(f"the {name} backend has no {op} kernel")
     if name in _COMPILED:
         backend = _COMPILED[name]
         why = backend.unsupported_reason(op, **tensors)
@@ -371,4 +385,18 @@ def wkv7(r, k, v, w, a, b, state=None, *, output_final_state=False, backend=None
     B, T, H, K = r.shape
     s0 = _initial_state(t.get("state"), (B, H, K, v.shape[-1]), r.device, compute, False, impl)
     y, final = impl.wkv7(t["r"], t["k"], t["v"], t["w"], t["a"], t["b"], s0)
+    return _finish(y, final, out_dtype, output_final_state)
+
+
+@_outside_autocast
+def point_wkv(r, k, v, w, u, state=None, *, output_final_state=False, backend=None):
+    """PointRWKV's bidirectional WKV (see the module's math). r, k, v, w (log-decay, <= 0):
+    [B, T, H, K]; u: [H, K]; state: [B, 2, H, K, K] (left-entering, right-entering)."""
+    impl, compute, out_dtype, t = _prepare(
+        "point_wkv", [("r", r, "BTHK"), ("k", k, "BTHK"), ("v", v, "BTHK"), ("w", w, "BTHK"), ("u", u, "HK"),
+                      ("state", state, ("B", 2, "H", "K", "K"))],
+        activations=("r", "k", "v"), decay="w", causal=True, backend=backend)
+    B, T, H, K = r.shape
+    s0 = _initial_state(t.get("state"), (B, 2, H, K, K), r.device, compute, per_channel=False)
+    y, final = impl.point_wkv(t["r"], t["k"], t["v"], t["w"], t["u"], s0)
     return _finish(y, final, out_dtype, output_final_state)

@@ -7,7 +7,7 @@ parameterisation so that long sequences behave as they do in trained models.
 import torch
 import torch.nn.functional as F
 
-OPS = ("wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7")
+OPS = ("wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7", "point_wkv")
 
 
 def make_inputs(op, B=1, T=64, H=2, N=16, *, dtype=torch.float32, device="cpu", state=False,
@@ -46,6 +46,8 @@ def make_inputs(op, B=1, T=64, H=2, N=16, *, dtype=torch.float32, device="cpu", 
             w = -torch.exp(rand(H, N, shift=-1.0))
         elif op in ("wkv6", "bi_wkv6"):
             w = -torch.exp(rand(B, T, H, N, scale=0.7, shift=-1.5))
+        elif op == "point_wkv":  # PointRWKV: w = -exp(lambda + tanh(.) B), lambda and B near 0 at init
+            w = -torch.exp(rand(B, T, H, N, scale=0.7, shift=-0.5))
         else:
             w = -0.6065306597126334 * torch.sigmoid(rand(B, T, H, N, scale=2.0))
         if strong_decay:
@@ -59,7 +61,7 @@ def make_inputs(op, B=1, T=64, H=2, N=16, *, dtype=torch.float32, device="cpu", 
         else:
             out["u"] = rand(H, N, scale=0.5)
         if state:
-            shape = (B, H, N, N) if op != "bi_wkv6" else (B, 2, H, N, N)
+            shape = (B, 2, H, N, N) if op in ("bi_wkv6", "point_wkv") else (B, H, N, N)
             out["state"] = rand(*shape, scale=0.5)
     # States are kept in float32 (float64 for float64 runs), as models hold them.
     state_dtype = torch.float64 if dtype == torch.float64 else torch.float32

@@ -75,3 +75,18 @@ def wkv7(r, k, v, w, a, b, state):
         S = torch.exp(wt)[..., None] * S + bt[..., :, None] @ sa + kt[..., :, None] * vt[..., None, :]
         ys.append((rt.unsqueeze(-2) @ S).squeeze(-2))  # output reads the new state
     return torch.stack(ys, 1), S
+
+
+def point_wkv(r, k, v, w, u, state):
+    def scan(ks, vs, ws, S):  # A_t = S_{t-1} k_t: the state read before the token, over its value index
+        out = []
+        for kt, vt, wt in zip(ks, vs, ws):
+            out.append((S @ kt[..., None]).squeeze(-1))
+            S = torch.exp(wt)[..., None] * S + kt[..., :, None] * vt[..., None, :]
+        return out, S
+
+    ks, vs, ws = k.unbind(1), v.unbind(1), w.unbind(1)
+    fwd, s_fwd = scan(ks, vs, ws, state[:, 0])
+    bwd, s_bwd = scan(ks[::-1], vs[::-1], ws[::-1], state[:, 1])
+    bonus = u * k * v.sum(-1, keepdim=True)  # diag(u) k_t (1^T v_t)
+    return r * (torch.stack(fwd, 1) + torch.stack(bwd[::-1], 1) + bonus), torch.stack([s_fwd, s_bwd], 1)
