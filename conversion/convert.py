@@ -1,6 +1,6 @@
 """``convert(src, dst)``: any supported RWKV checkpoint -> an rwkv_hf folder, or an rwkv_hf
 folder -> BlinkDL ``.pth`` (language models) or the official state dict (Restore-RWKV,
-RWKV-CLIP) when ``dst`` ends in ``.pth``. ``rwkv-hf convert SRC DST`` runs it.
+RWKV-CLIP, PointRWKV) when ``dst`` ends in ``.pth``. ``rwkv-hf convert SRC DST`` runs it.
 
 Sources (layout and version detected from the key names, sizes from the shapes):
 
@@ -8,8 +8,8 @@ Sources (layout and version detected from the key names, sizes from the shapes):
 - transformers' ``RwkvForCausalLM`` (v4) folders or weight files;
 - the Hub remote-code ``Rwkv5ForCausalLM`` / ``Rwkv6ForCausalLM`` folders;
 - flash-linear-attention's ``RWKV7ForCausalLM`` (fla-hub) folders or weight files;
-- the official Vision-RWKV, Restore-RWKV and RWKV-CLIP checkpoints (``vision.py``,
-  ``restore.py``, ``clip.py``);
+- the official Vision-RWKV, Restore-RWKV, RWKV-CLIP and PointRWKV checkpoints (``vision.py``,
+  ``restore.py``, ``clip.py``, ``pointrwkv.py``);
 - rwkv_hf's own layout (re-saving).
 
 The output folder holds config.json, model.safetensors, generation_config.json, the tokenizer
@@ -28,10 +28,11 @@ from ..lm import RWKV_LM_CLASSES, RWKV_LM_CONFIGS
 from ..model_card import CODENAMES, model_card  # noqa: F401  (CODENAMES: re-exported)
 from ..model_card import human_size as _human
 from ..clip import RwkvClipConfig
+from ..point import PointRwkvConfig
 from ..restore import RestoreRwkvConfig
 from ..vision import VRWKV_MODEL_TYPES
 from ..vision.image_processing_vrwkv import default_image_processor
-from . import blinkdl, clip, restore, vision
+from . import blinkdl, clip, pointrwkv, restore, vision
 from .layouts import from_fla, from_hf, hf_version
 from .loading import ConversionError, load_pickle_with_metadata, load_safetensors, load_source
 from .safetensors_io import save_streaming
@@ -212,6 +213,10 @@ def _to_folder(src, out, trust_pickle, overrides):
         return _vision_to_folder(src, out, state_dict, config_json, extras, overrides)
     if restore.is_restore_checkpoint(state_dict):
         return _restore_to_folder(src, out, state_dict, config_json, extras, overrides)
+    if pointrwkv.is_pointrwkv_checkpoint(state_dict):
+        weights, _ = pointrwkv.normalize(state_dict)
+        return _family_to_folder(src, out, "point", "official PointRWKV (state dict)", pointrwkv, weights,
+                                 config_json, extras, overrides)
     try:
         layout, version = detect_layout(state_dict)
         names, original, notes = to_blinkdl_names(state_dict, layout)
@@ -325,7 +330,7 @@ def _source_license(src):
 def render_model_card(report, src, model):
     """The README.md model card of a converted folder (``rwkv_hf.model_card``: the family's template
     in ``model_cards/``, with the source's name, layout, discarded tensors and notes)."""
-    if report["family"] in ("vision", "clip"):
+    if report["family"] in ("vision", "clip", "point"):
         discarded = list(report["discarded_entries"]) + list(report["discarded_tensors"])
         source = dict(discarded=[f"`{k}`" for k in discarded], notes=report["notes"])
         extra = {}
@@ -351,11 +356,14 @@ def _to_pth(src, out, trust_pickle):
         return _restore_to_pth(src, out, state_dict, config_json)
     if model_type == RwkvClipConfig.model_type:
         return _clip_to_pth(src, out, state_dict, config_json)
+    if model_type == PointRwkvConfig.model_type:  # the official key layout already, checked by building the model
+        return _family_to_pth(src, out, state_dict, config_json, "point", "PointRWKV", pointrwkv,
+                              lambda model: model.state_dict(), lambda _: [])
     versions = {cls.model_type: v for v, cls in RWKV_LM_CONFIGS.items()}
     if model_type not in versions:
         raise ConversionError(f"{src}: model_type {model_type!r} is not an rwkv_hf language model "
-                              f"({', '.join(versions)}), Restore-RWKV or RWKV-CLIP; convert it to an rwkv_hf "
-                              "folder first")
+                              f"({', '.join(versions)}), Restore-RWKV, RWKV-CLIP or PointRWKV; convert it to an "
+                              "rwkv_hf folder first")
     version = versions[model_type]
     config = RWKV_LM_CONFIGS[version].from_pretrained(src)
     with torch.device("meta"):
@@ -469,6 +477,12 @@ def print_summary(report):
             report, f"{report['architecture']}: image VRWKV6 {v.num_hidden_layers} blocks, width {v.hidden_size} "
                     f"({v.num_heads} heads of {v.head_size}), patch {v.patch_size}, {v.image_hw[0]} px; text "
                     f"{t.num_hidden_layers} blocks ({t.num_heads} heads of {t.head_size}), vocabulary {t.vocab_size}")
+    if report.get("family") == "point":
+        return _print_image_model_summary(
+            report, f"{report['architecture']}, width {config.hidden_size} ({config.num_heads} heads), blocks "
+                    f"{config.depths}, centres {config.num_groups}, patches {config.group_sizes}, graph "
+                    f"neighbours {config.k_neighbors}" + (f", {config.num_labels} classes"
+                                                          if report["architecture"].endswith("Classification") else ""))
     if report.get("family") == "restore":
         return _print_image_model_summary(
             report, f"{report['architecture']}, width {config.hidden_size}, blocks {config.num_blocks} + "

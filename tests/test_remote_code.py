@@ -28,7 +28,7 @@ LOADER = NO_RWKV_HF + textwrap.dedent("""
     import json
     import torch
     from PIL import Image
-    from transformers import (AutoImageProcessor, AutoModelForCausalLM, AutoModelForImageClassification,
+    from transformers import (AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoModelForImageClassification,
                               AutoModelForImageToImage, AutoModelForZeroShotImageClassification, AutoProcessor,
                               AutoTokenizer)
     results = {}
@@ -48,6 +48,10 @@ LOADER = NO_RWKV_HF + textwrap.dedent("""
             model = AutoModelForImageToImage.from_pretrained(folder, trust_remote_code=True).eval()
             with torch.no_grad():
                 out = model(ref["input"]).reconstruction
+        elif kind == "point":
+            model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+            with torch.no_grad():
+                out = model(ref["input"]).last_hidden_state
         elif kind == "clip":
             model = AutoModelForZeroShotImageClassification.from_pretrained(folder, trust_remote_code=True).eval()
             processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
@@ -112,6 +116,19 @@ def _save_restore(folder):
     return model
 
 
+def _save_point(folder):
+    from rwkv_hf.point import PointRwkvConfig, PointRwkvModel
+
+    config = PointRwkvConfig(hidden_size=16, depths=[1, 1], num_heads=2, num_groups=[24, 12], group_sizes=[6, 6],
+                             k_neighbors=[4, 4], graph_iterations=1)
+    model = PointRwkvModel(config).eval()
+    model.save_pretrained(folder)
+    x = torch.randn(1, 50, 3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.save({"input": x, "logits": model(x).last_hidden_state}, os.path.join(folder, "ref.pt"))
+    return model
+
+
 def _save_clip(folder):
     from transformers import AutoProcessor
 
@@ -142,6 +159,8 @@ def test_saved_folders_load_as_remote_code_without_rwkv_hf(tmp_path):
     _save_restore(folders[-1][1])
     folders.append(("clip", str(tmp_path / "clip")))
     _save_clip(folders[-1][1])
+    folders.append(("point", str(tmp_path / "point")))
+    _save_point(folders[-1][1])
     world = tmp_path / "world"
     tiny_model(7, vocab_size=65536).save_pretrained(world)  # writes the World tokenizer (+ its code)
 
@@ -154,6 +173,8 @@ def test_saved_folders_load_as_remote_code_without_rwkv_hf(tmp_path):
     assert restore["AutoModelForImageToImage"] == "modeling_restore_rwkv.RestoreRwkvForImageRestoration"
     clip = json.loads((tmp_path / "clip" / "config.json").read_text())["auto_map"]
     assert clip["AutoModelForZeroShotImageClassification"] == "modeling_rwkv_clip.RwkvClipModel"
+    point = json.loads((tmp_path / "point" / "config.json").read_text())["auto_map"]
+    assert point["AutoModel"] == "modeling_pointrwkv.PointRwkvModel"
     assert {"modeling_rwkv_lm.py", "configuration_rwkv_lm.py", "wkv_ops.py"} <= set(os.listdir(tmp_path / "lm4"))
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -6,10 +6,10 @@ tokenizer with AutoTokenizer, Vision-RWKV (``rwkv_hf_vrwkv``, ``rwkv_hf_vrwkv6``
 image Auto classes, AutoBackbone, AutoImageProcessor and timm (``vrwkv_tiny_patch16_224``
 ...), Restore-RWKV (``rwkv_hf_restore_rwkv``) with AutoModel and AutoModelForImageToImage, and
 RWKV-CLIP (``rwkv_hf_rwkv_clip``, its text tower ``rwkv_hf_rwkv_clip_text``) with AutoModel and
-AutoModelForZeroShotImageClassification.
+AutoModelForZeroShotImageClassification, and PointRWKV (``rwkv_hf_pointrwkv``) with AutoModel.
 The WKV operator layer is ``rwkv_hf.ops``.
 """
-from . import clip, lm, ops, peft_support, restore, vision
+from . import clip, lm, ops, peft_support, point, restore, vision
 from .tokenization_rwkv_world import RwkvWorldTokenizer, register_tokenizers
 from .lm import (
     RwkvV4Config, RwkvV4ForCausalLM, RwkvV4ForSequenceClassification, RwkvV4Model,
@@ -18,6 +18,7 @@ from .lm import (
     RwkvV7Config, RwkvV7ForCausalLM, RwkvV7ForSequenceClassification, RwkvV7Model,
 )
 from .clip import RwkvClipConfig, RwkvClipModel, RwkvClipTextConfig, RwkvClipTextModel
+from .point import PointRwkvConfig, PointRwkvForPointCloudClassification, PointRwkvModel
 from .restore import RestoreRwkvConfig, RestoreRwkvForImageRestoration, RestoreRwkvModel
 from .vision import (
     Vrwkv6Backbone, Vrwkv6Config, Vrwkv6ForImageClassification, Vrwkv6Model,
@@ -30,6 +31,7 @@ lm.register()
 vision.register()
 restore.register()
 clip.register()
+point.register()
 register_tokenizers(lm.RWKV_LM_CONFIGS)
 peft_support.register_peft()  # default LoRA targets (a no-op without peft)
 
@@ -43,4 +45,5 @@ __all__ = [
     "Vrwkv6Config", "Vrwkv6Model", "Vrwkv6ForImageClassification", "Vrwkv6Backbone",
     "RestoreRwkvConfig", "RestoreRwkvModel", "RestoreRwkvForImageRestoration",
     "RwkvClipConfig", "RwkvClipModel", "RwkvClipTextConfig", "RwkvClipTextModel",
+    "PointRwkvConfig", "PointRwkvModel", "PointRwkvForPointCloudClassification",
 ]

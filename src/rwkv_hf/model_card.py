@@ -43,8 +43,8 @@ def human_size(n):
 
 
 def _family(config):
-    """('lm' | 'vision' | 'restore' | 'clip', version (None for Restore-RWKV and RWKV-CLIP), the
-    family's classes) of an rwkv_hf config."""
+    """('lm' | 'vision' | 'restore' | 'clip' | 'point', version (None but for the language models and
+    Vision-RWKV), the family's classes) of an rwkv_hf config."""
     from .lm import RWKV_LM_CLASSES, RWKV_LM_CONFIGS
     from .restore import RESTORE_RWKV_CLASSES
     from .vision import VRWKV_CLASSES, VRWKV_MODEL_TYPES
@@ -63,8 +63,11 @@ def _family(config):
         return "clip", None, (RwkvClipConfig, RwkvClipModel, RwkvClipModel)
     if model_type == RwkvClipTextConfig.model_type:
         return "clip", None, (RwkvClipTextConfig, RwkvClipTextModel, RwkvClipTextModel)
+    from .point import POINTRWKV_CLASSES
+    if model_type == POINTRWKV_CLASSES[0].model_type:
+        return "point", None, POINTRWKV_CLASSES
     known = list(lm_types) + list(VRWKV_MODEL_TYPES) + [restore_type, RwkvClipConfig.model_type,
-                                                         RwkvClipTextConfig.model_type]
+                                                         RwkvClipTextConfig.model_type, POINTRWKV_CLASSES[0].model_type]
     raise ValueError(f"no model card template for model_type {model_type!r} (known: {', '.join(known)})")
 
 
@@ -88,6 +91,8 @@ def _pipeline_tag(family, architecture):
         return "image-to-image" if architecture.endswith("ForImageRestoration") else "image-feature-extraction"
     if family == "clip":
         return "feature-extraction" if architecture.endswith("TextModel") else "zero-shot-image-classification"
+    if family == "point":  # the Hub has no point-cloud task
+        return None
     return "image-classification" if architecture.endswith("ForImageClassification") else "image-feature-extraction"
 
 
@@ -194,6 +199,9 @@ def model_card(model_or_config, *, eval_results=None, base_model=None, license=N
     elif family == "clip":
         base_title = f"RWKV-CLIP {human_size(num_parameters)}"
         family_tags = ["rwkv", "rwkv-clip", "clip", "zero-shot-image-classification", "rwkv_hf"]
+    elif family == "point":
+        base_title = f"PointRWKV {human_size(num_parameters)}"
+        family_tags = ["rwkv", "pointrwkv", "point-cloud", "rwkv_hf"]
     elif family == "restore":
         base_title = f"Restore-RWKV {human_size(num_parameters)}"
         family_tags = ["rwkv", "restore-rwkv", "image-restoration", "rwkv_hf"]
@@ -243,6 +251,14 @@ def model_card(model_or_config, *, eval_results=None, base_model=None, license=N
         kw.update(text=text, vision=vision, text_only=vision is None,
                   image_size=vision and "x".join(map(str, vision.image_hw)))
         template = "rwkv_clip.md"
+    elif family == "point":
+        classifier = architecture.endswith("ForPointCloudClassification")
+        kw.update(num_heads=config.num_heads, graph_iterations=config.graph_iterations, classifier=classifier,
+                  num_labels=config.num_labels if classifier else "none (backbone)",
+                  min_points=max(config.num_groups),
+                  scales="; ".join(f"{g} / {s} / {k} / {d}" for g, s, k, d in zip(
+                      config.num_groups, config.group_sizes, config.k_neighbors, config.depths)))
+        template = "pointrwkv.md"
     else:
         kw.update(family="VRWKV6" if version == 6 else "VRWKV", patch_size=config.patch_size,
                   image_size="x".join(map(str, config.image_hw)), grid="x".join(map(str, config.patch_grid)),

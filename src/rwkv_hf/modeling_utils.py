@@ -1,7 +1,8 @@
-"""Small helpers shared by the model families (the language models, Vision-RWKV and
-Restore-RWKV). This file is also part of the flat remote code of every family, so it imports
-only torch."""
+"""Small helpers shared by the model families (the language models, Vision-RWKV,
+Restore-RWKV, PointRWKV). This file is also part of the flat remote code of every family, so it
+imports only torch."""
 import torch
+from torch import nn
 
 V7_DECAY_SCALE = -0.6065306597126334  # -exp(-0.5): RWKV-7's log-decay is this * sigmoid(.)
 
@@ -40,3 +41,18 @@ def check_pixel_values(pixel_values, num_channels):
     # the sum is NaN/inf when any pixel is (no image-sized temporary); confirm before raising
     elif not torch.isfinite(pixel_values.sum()) and not torch.isfinite(pixel_values).all():
         raise ValueError("pixel_values contains NaN or infinite values")
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: in training, zero a sample's residual branch with probability ``p``
+    and scale the kept ones by 1 / (1 - p)."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)

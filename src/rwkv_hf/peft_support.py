@@ -1,10 +1,11 @@
-"""PEFT (LoRA) support for the RWKV language models, Vision-RWKV, Restore-RWKV and RWKV-CLIP.
+"""PEFT (LoRA) support for the RWKV language models, Vision-RWKV, Restore-RWKV, RWKV-CLIP and
+PointRWKV.
 
 Importing :mod:`rwkv_hf` calls :func:`register_peft`, which (when ``peft`` is installed)
 
 * registers default LoRA targets for the model types ``rwkv_hf_v4`` ... ``rwkv_hf_v7``,
-  ``rwkv_hf_vrwkv``, ``rwkv_hf_vrwkv6``, ``rwkv_hf_restore_rwkv``, ``rwkv_hf_rwkv_clip`` and
-  ``rwkv_hf_rwkv_clip_text`` in
+  ``rwkv_hf_vrwkv``, ``rwkv_hf_vrwkv6``, ``rwkv_hf_restore_rwkv``, ``rwkv_hf_rwkv_clip``,
+  ``rwkv_hf_rwkv_clip_text`` and ``rwkv_hf_pointrwkv`` in
   PEFT's ``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`` (and in the tables PEFT
   copies from it: LoHa, LoKr, OFT, BOFT, ...), so
   ``get_peft_model(model, LoraConfig(task_type="CAUSAL_LM"))`` works without naming modules;
@@ -32,6 +33,13 @@ targeted.
 RWKV-CLIP: the linears of both towers' blocks (image ``layers.N`` and text ``blocks.N``:
 ``att.key`` ... ``att.gate``, ``ffn.key`` / ``receptance`` / ``value``); the embeddings,
 norms and ``logit_scale`` are not targeted.
+
+PointRWKV: the linears of every block's spatial mix (``proj_r``, ``proj_k``, ``proj_v``,
+``proj_g``, ``w_proj``, ``out_proj``), channel mix (``key_proj``, ``receptance_proj``,
+``value_proj``) and the branch ``fusion``; not the patch encoders, the graph branch's MLPs or
+the classification head (``modules_to_save=["head"]`` for a new label set). The patch
+encoders' BatchNorm statistics are buffers that training mode updates and an adapter does not
+save: keep those BatchNorms in ``eval()`` while training the adapter.
 
 Per-channel vectors. The token-shift mixing vectors (``time_mix_*`` v4/v5, ``time_maa_*``
 v6, ``x_*`` v7) are 1-D parameters, which PEFT cannot wrap (``modules_to_save`` takes
@@ -68,6 +76,8 @@ DEFAULT_LORA_TARGETS = {
     "rwkv_hf_rwkv_clip_text": ["receptance", "key", "value", "output", "gate"],
     "rwkv_hf_restore_rwkv": ["att.receptance", "att.key", "att.value", "att.output", "ffn.key", "ffn.value",
                              "ffn.receptance"],
+    "rwkv_hf_pointrwkv": ["proj_r", "proj_k", "proj_v", "proj_g", "w_proj", "out_proj", "key_proj",
+                          "receptance_proj", "value_proj", "fusion"],
 }
 
 # Token-shift mixing vectors (one value per channel), by version.

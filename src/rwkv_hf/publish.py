@@ -20,15 +20,17 @@ class PublishError(Exception):
 
 
 def model_types():
-    """The ``model_type`` strings of every rwkv_hf config class (language, vision, restoration and
-    image-text models)."""
+    """The ``model_type`` strings of every rwkv_hf config class (language, vision, restoration,
+    image-text and point-cloud models)."""
     from .clip import RwkvClipConfig, RwkvClipTextConfig
     from .lm import RWKV_LM_CONFIGS
+    from .point import PointRwkvConfig
     from .restore import RestoreRwkvConfig
     from .vision import VRWKV_MODEL_TYPES
 
     return {c.model_type for c in RWKV_LM_CONFIGS.values()} | set(VRWKV_MODEL_TYPES) | {
-        RestoreRwkvConfig.model_type, RwkvClipConfig.model_type, RwkvClipTextConfig.model_type}
+        RestoreRwkvConfig.model_type, RwkvClipConfig.model_type, RwkvClipTextConfig.model_type,
+        PointRwkvConfig.model_type}
 
 
 def _check_safetensors(path, name):

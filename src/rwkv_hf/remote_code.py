@@ -58,6 +58,11 @@ FAMILIES = {
                "clip/modeling_rwkv_clip.py": "modeling_rwkv_clip.py"},
         config_module="configuration_rwkv_clip", modeling_module="modeling_rwkv_clip",
         auto=("AutoModel", "AutoModelForZeroShotImageClassification")),
+    "point": dict(
+        files={"point/configuration_pointrwkv.py": "configuration_pointrwkv.py",
+               "point/modeling_pointrwkv.py": "modeling_pointrwkv.py"},
+        config_module="configuration_pointrwkv", modeling_module="modeling_pointrwkv",
+        auto=("AutoModel",)),
 }
 
 # Package-level modules bundled for every family: package module -> file name in the folder.

@@ -31,7 +31,7 @@ from transformers.modeling_outputs import (BackboneOutput, BaseModelOutputWithPo
 
 from .. import ops
 from ..hub_mixin import RwkvHubMixin
-from ..modeling_utils import check_pixel_values, layer_ratios, ramp, sqrelu
+from ..modeling_utils import DropPath, check_pixel_values, layer_ratios, ramp, sqrelu
 from .configuration_vrwkv import Vrwkv6Config, VrwkvConfig
 from .image_processing_vrwkv import default_image_processor
 
@@ -245,21 +245,6 @@ class VrwkvChannelMix(nn.Module):
         if self.key_norm is not None:
             k = self.key_norm(k)
         return r * self.value(k)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: in training, zero a sample's residual branch with probability ``p``
-    and scale the kept ones by 1 / (1 - p)."""
-
-    def __init__(self, p):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x):
-        if not self.training or self.p == 0:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
 
 
 class VrwkvBlock(GradientCheckpointingLayer):

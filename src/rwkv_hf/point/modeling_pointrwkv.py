@@ -1,0 +1,381 @@
+"""PointRWKV as transformers models: the hierarchical point-cloud backbone and the classifier of
+hithqd/PointRWKV (``models/point_rwkv.py``, ``models/point_rwkv_cls.py``, ``models/pointnet2_utils.py``;
+arXiv 2405.15214), as released in March 2026 (pure PyTorch there).
+
+The module and parameter names are the official ones (``embed_modules``, ``pos_embed``,
+``blocks.{scale}.{block}.spatial_mixing.proj_r``, ``lgm.graph_stabilizer.edge_mlps``, ``norms``,
+``head``), so :class:`PointRwkvForPointCloudClassification`'s state dict is the official
+``PointRWKVCls`` one: ``backbone.*`` and ``head.*``.
+
+Per scale ``i``: farthest point sampling (:func:`farthest_point_sample`) picks ``num_groups[i]``
+centres of the raw cloud, each centre's ``group_sizes[i]`` nearest points (centred on it) form
+a patch, a mini-PointNet embeds each patch and an MLP of the centre's coordinates is added.
+The tokens, in sampling order, pass ``depths[i]`` PRWKV blocks and a LayerNorm:
+
+* ``x + fusion([IFM(ln1 x), LGM(centres, ln1 x)])``, then ``x + ChannelMix(ln2 x)``;
+* IFM, the spatial mix: ``r, k, v = W BQE(x)`` (BQE: ``x + (1 - sigmoid(mu)) x*``, ``x*`` the
+  channels in four groups rolled by 0, +1, -1 and +2 tokens, circularly), ``g = sigmoid(W_g x)``,
+  the log-decay ``-exp(lambda + tanh(W_w BQE(x) * A) * B)``; the WKV is
+  :func:`rwkv_hf.ops.point_wkv` (the mean of a left-to-right and a right-to-left scan, each
+  ``sigmoid(r) * (S k + u * k * sum(v))``); then a GroupNorm over each head's channels *and all
+  tokens*, ``* g`` and ``W_o``;
+* LGM: over each token's ``k_neighbors[i]`` nearest centres, ``graph_iterations`` rounds of
+  ``v_i += MLP([max_j MLP([x_j - (x_i + MLP(v_i)), v_j]), v_i])``, then Linear-GELU-Linear;
+* ChannelMix: ``sigmoid(W_r BQE(x)) * W_v silu(W_k BQE(x))`` (SiLU, as released).
+
+The classifier max-pools the first and the last scale's tokens and applies
+Linear-BN-ReLU-Dropout twice and a Linear.
+
+One difference from the release, by design: sampling starts from each cloud's first point
+(the official code draws the first point at random on every call, training and evaluation
+alike), so outputs are deterministic; since sampling is greedy from that start, the smaller
+scales' centres are the first ones of the largest scale's, which is sampled once. (The release
+also caps the running distance at 1e10, which changes its choices only for coordinates around
+1e5 and beyond.)
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput
+
+from .. import ops
+from ..hub_mixin import RwkvHubMixin
+from ..modeling_utils import DropPath
+from .configuration_pointrwkv import PointRwkvConfig
+
+
+# ---------------------------------------------------------------------------- geometry
+
+def farthest_point_sample(points, n):
+    """Indices [B, n] of ``n`` points of ``points`` [B, N, 3] by farthest point sampling from
+    the first point: each next point is the one farthest from those already taken."""
+    B, N, _ = points.shape
+    idx = points.new_zeros(B, n, dtype=torch.long)
+    nearest = points.new_full((B, N), float("inf"))  # squared distance to the nearest taken point
+    last = points[:, 0]
+    rows = torch.arange(B, device=points.device)
+    for i in range(1, n):
+        nearest = torch.minimum(nearest, (points - last[:, None]).pow(2).sum(-1))
+        idx[:, i] = nearest.argmax(-1)
+        last = points[rows, idx[:, i]]
+    return idx
+
+
+def square_distance(a, b):
+    """Squared distances [B, M, N] between a [B, M, 3] and b [B, N, 3]."""
+    return (a.pow(2).sum(-1)[:, :, None] + b.pow(2).sum(-1)[:, None, :]
+            - 2 * a @ b.transpose(1, 2))
+
+
+def knn(k, queries, points):
+    """Indices [B, M, k] of each query's k nearest points (itself included when it is one)."""
+    return square_distance(queries, points).topk(k, dim=-1, largest=False).indices
+
+
+def gather(x, idx):
+    """x [B, N, C] at idx [B, ...] -> [B, ..., C]."""
+    B = x.shape[0]
+    return x[torch.arange(B, device=x.device).view(B, *[1] * (idx.dim() - 1)), idx]
+
+
+# ---------------------------------------------------------------------------- layers
+
+class PatchEncoder(nn.Module):
+    """The mini-PointNet of each patch (official ``Encoder``): point-wise 3 -> 128 -> 256, the
+    patch's max concatenated to each point, 512 -> 512 -> hidden_size, max over the patch."""
+
+    def __init__(self, hidden_size):
+        super().__init__()
+        self.first_conv = nn.Sequential(nn.Conv1d(3, 128, 1), nn.BatchNorm1d(128), nn.ReLU(inplace=True),
+                                        nn.Conv1d(128, 256, 1))
+        self.second_conv = nn.Sequential(nn.Conv1d(512, 512, 1), nn.BatchNorm1d(512), nn.ReLU(inplace=True),
+                                         nn.Conv1d(512, hidden_size, 1))
+
+    def forward(self, patches):  # [B, G, K, 3] -> [B, G, C]
+        B, G, K, _ = patches.shape
+        x = self.first_conv(patches.reshape(B * G, K, 3).transpose(1, 2))
+        x = torch.cat([x.amax(2, keepdim=True).expand(-1, -1, K), x], 1)
+        return self.second_conv(x).amax(2).view(B, G, -1)
+
+
+class BQE(nn.Module):
+    """Bidirectional quadratic expansion: ``x + (1 - sigmoid(mu)) x*``, ``x*`` the channels in
+    four groups (the last takes the remainder) rolled along the tokens by 0, +1, -1 and +2,
+    circularly."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.mu = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x):  # [B, T, C]
+        q = x.shape[-1] // 4
+        shifted = torch.cat([x[..., :q], x[..., q:2 * q].roll(1, 1), x[..., 2 * q:3 * q].roll(-1, 1),
+                             x[..., 3 * q:].roll(2, 1)], -1)
+        return x + (1 - torch.sigmoid(self.mu)) * shifted
+
+
+class PointRwkvSpatialMix(nn.Module):
+    """The IFM branch (official ``WKVAttention``)."""
+
+    def __init__(self, config):
+        super().__init__()
+        C, H = config.hidden_size, config.num_heads
+        self.num_heads = H
+        self.bqe_r, self.bqe_k, self.bqe_v, self.bqe_w = (BQE(C) for _ in range(4))
+        self.proj_r, self.proj_k, self.proj_v, self.proj_g = (nn.Linear(C, C, bias=False) for _ in range(4))
+        self.decay_A = nn.Parameter(torch.zeros(C))
+        self.decay_B = nn.Parameter(torch.zeros(C))
+        self.decay_base = nn.Parameter(torch.zeros(C))
+        self.w_proj = nn.Linear(C, C, bias=False)
+        self.u = nn.Parameter(torch.zeros(H, C // H))
+        self.group_norm = nn.GroupNorm(H, C)
+        self.out_proj = nn.Linear(C, C, bias=False)
+
+    def forward(self, x):  # [B, T, C]
+        B, T, C = x.shape
+        heads = (B, T, self.num_heads, C // self.num_heads)
+        r = self.proj_r(self.bqe_r(x))
+        k = self.proj_k(self.bqe_k(x))
+        v = self.proj_v(self.bqe_v(x))
+        g = torch.sigmoid(self.proj_g(x))
+        nu = self.decay_base + torch.tanh(self.w_proj(self.bqe_w(x)) * self.decay_A) * self.decay_B
+        # The release averages two one-way scans that each count the token: r / 2 and 2 u here.
+        y, _ = ops.point_wkv((torch.sigmoid(r) / 2).view(heads), k.view(heads), v.view(heads),
+                             -torch.exp(nu).view(heads), 2 * self.u)
+        y = self.group_norm(y.reshape(B, T, C).transpose(1, 2)).transpose(1, 2)  # over heads' channels and tokens
+        return self.out_proj(y * g)
+
+
+class PointRwkvChannelMix(nn.Module):
+    """Official ``ChannelMixing``: ``sigmoid(W_r BQE(x)) * W_v silu(W_k BQE(x))``."""
+
+    def __init__(self, config):
+        super().__init__()
+        C, F_ = config.hidden_size, int(config.hidden_size * config.mlp_ratio)
+        self.bqe_k, self.bqe_r = BQE(C), BQE(C)
+        self.key_proj = nn.Linear(C, F_, bias=False)
+        self.receptance_proj = nn.Linear(C, C, bias=False)
+        self.value_proj = nn.Linear(F_, C, bias=False)
+
+    def forward(self, x):
+        v = self.value_proj(F.silu(self.key_proj(self.bqe_k(x))))
+        return torch.sigmoid(self.receptance_proj(self.bqe_r(x))) * v
+
+
+def _mlp(c_in, c_hidden, c_out, act=nn.ReLU):
+    return nn.Sequential(nn.Linear(c_in, c_hidden), act(), nn.Linear(c_hidden, c_out))
+
+
+class GraphStabilizer(nn.Module):
+    """Rounds of ``v_i += update([max_j edge([x_j - (x_i + offset(v_i)), v_j]), v_i])`` over
+    the k-nearest-neighbour graph of the centres."""
+
+    def __init__(self, config):
+        super().__init__()
+        C = config.hidden_size
+        self.offset_pred = _mlp(C, C, 3)
+        self.edge_mlps = nn.ModuleList(_mlp(3 + C, C, C) for _ in range(config.graph_iterations))
+        self.update_mlps = nn.ModuleList(_mlp(2 * C, C, C) for _ in range(config.graph_iterations))
+
+    def forward(self, centers, x, neighbours):
+        for edge, update in zip(self.edge_mlps, self.update_mlps):
+            moved = centers + self.offset_pred(x)                      # the stabilised centre
+            # edge's first Linear on [x_j - moved_i, v_j] is W_p x_j + W_v v_j - W_p moved_i + b:
+            # the parts of j computed once per token and gathered, not once per edge
+            first, second = edge[0], edge[2]
+            w_pos, w_feat = first.weight[:, :3], first.weight[:, 3:]
+            per_token = F.linear(centers, w_pos) + F.linear(x, w_feat)
+            h = gather(per_token, neighbours) - F.linear(moved, w_pos, -first.bias)[:, :, None]
+            e = second(torch.relu(h))                                  # [B, T, K, C]
+            x = x + update(torch.cat([e.amax(2), x], -1))
+        return x
+
+
+class PointRwkvGraphBranch(nn.Module):
+    """The LGM branch: the graph stabiliser, then Linear-GELU-Linear."""
+
+    def __init__(self, config, k):
+        super().__init__()
+        self.k = k
+        self.graph_stabilizer = GraphStabilizer(config)
+        self.proj = _mlp(config.hidden_size, config.hidden_size, config.hidden_size, act=nn.GELU)
+
+    def forward(self, centers, x):
+        return self.proj(self.graph_stabilizer(centers, x, knn(self.k, centers, centers)))
+
+
+class PointRwkvBlock(GradientCheckpointingLayer):
+    """A PRWKV block: ``x + fusion([IFM(ln1 x), LGM(ln1 x)])``, ``x + ChannelMix(ln2 x)``."""
+
+    def __init__(self, config, k, drop_path):
+        super().__init__()
+        C = config.hidden_size
+        self.norm1 = nn.LayerNorm(C, eps=config.layer_norm_eps)
+        self.norm2 = nn.LayerNorm(C, eps=config.layer_norm_eps)
+        self.spatial_mixing = PointRwkvSpatialMix(config)
+        self.lgm = PointRwkvGraphBranch(config, k)
+        self.fusion = nn.Linear(2 * C, C, bias=False)
+        self.channel_mixing = PointRwkvChannelMix(config)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x, centers):
+        h = self.norm1(x)
+        x = x + self.drop_path(self.fusion(torch.cat([self.spatial_mixing(h), self.lgm(centers, h)], -1)))
+        return x + self.drop_path(self.channel_mixing(self.norm2(x)))
+
+
+# ---------------------------------------------------------------------------- models
+
+@dataclass
+class PointRwkvModelOutput(ModelOutput):
+    """``last_hidden_state``: the last scale's tokens [B, num_groups[-1], C]; ``scale_features``
+    and ``centers``: per scale, the normed tokens [B, G_i, C] and their centres [B, G_i, 3]."""
+
+    last_hidden_state: torch.FloatTensor | None = None
+    scale_features: tuple[torch.FloatTensor, ...] | None = None
+    centers: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class PointRwkvClassifierOutput(ModelOutput):
+    """``logits`` [B, num_labels]; ``loss`` with ``labels`` (cross-entropy with the config's
+    label smoothing); the backbone's per-scale ``scale_features`` and ``centers``."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    scale_features: tuple[torch.FloatTensor, ...] | None = None
+    centers: tuple[torch.FloatTensor, ...] | None = None
+
+
+class PointRwkvPreTrainedModel(RwkvHubMixin, PreTrainedModel):
+    """Weight init (the official code's: every backbone Linear truncated normal 0.02 with zero
+    bias, the decay parameters and the bonus N(0, 0.01^2), the token-shift mixes zero; PyTorch's
+    defaults for the convolutions and the head) and transformers settings."""
+
+    config_class = PointRwkvConfig
+    config: PointRwkvConfig
+    base_model_prefix = "backbone"
+    main_input_name = "points"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["PointRwkvBlock"]
+    _keep_in_fp32_modules_strict = ["decay_base", "decay_A", "decay_B"]
+
+    hub_family = "point"
+
+    def hub_auto_classes(self):
+        return {"AutoModel": PointRwkvModel}
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            if getattr(module, "torch_default_init", False):
+                init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+                bound = 1 / math.sqrt(module.in_features)
+                init.uniform_(module.bias, -bound, bound)
+            else:
+                init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv1d):
+            init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+            bound = 1 / math.sqrt(module.weight[0].numel())
+            init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            if isinstance(module, nn.BatchNorm1d):
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, PointRwkvSpatialMix):
+            for p in (module.decay_A, module.decay_B, module.decay_base, module.u):
+                init.normal_(p, std=0.01)
+        elif isinstance(module, BQE):
+            init.zeros_(module.mu)
+
+
+def check_points(points, num_groups):
+    if not isinstance(points, torch.Tensor) or not points.is_floating_point():
+        raise ValueError(f"points must be a floating-point tensor [B, N, 3], got "
+                         f"{type(points).__name__ if not isinstance(points, torch.Tensor) else points.dtype}")
+    if points.dim() != 3 or points.shape[-1] != 3:
+        raise ValueError(f"points must have shape [B, N, 3] (xyz per point), got {list(points.shape)}")
+    if points.shape[1] < max(num_groups):
+        raise ValueError(f"a cloud needs at least {max(num_groups)} points (the most patch centres of a "
+                         f"scale, config.num_groups={num_groups}), got {points.shape[1]}")
+    if not torch.compiler.is_compiling() and points.device.type == "cpu" and not torch.isfinite(points).all():
+        raise ValueError("points contain NaN or inf")
+
+
+class PointRwkvModel(PointRwkvPreTrainedModel):
+    """The PointRWKV backbone: per scale, sampling and grouping, patch embedding, position
+    embedding, PRWKV blocks and a LayerNorm. ``points`` [B, N, 3] -> :class:`PointRwkvModelOutput`."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        C, S = config.hidden_size, config.num_scales
+        self.embed_modules = nn.ModuleList(PatchEncoder(C) for _ in range(S))
+        self.pos_embed = nn.ModuleList(_mlp(3, 128, C, act=nn.GELU) for _ in range(S))
+        n = sum(config.depths)
+        rates = iter([config.drop_path_rate * i / max(n - 1, 1) for i in range(n)])
+        self.blocks = nn.ModuleList(
+            nn.ModuleList(PointRwkvBlock(config, k, next(rates)) for _ in range(depth))
+            for depth, k in zip(config.depths, config.k_neighbors))
+        self.norms = nn.ModuleList(nn.LayerNorm(C, eps=config.layer_norm_eps) for _ in range(S))
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def forward(self, points=None, **kwargs):
+        config = self.config
+        check_points(points, config.num_groups)
+        points = points.to(self.norms[0].weight.dtype)
+        order = farthest_point_sample(points, max(config.num_groups))
+        features, centers = [], []
+        for i, (n, size) in enumerate(zip(config.num_groups, config.group_sizes)):
+            center = gather(points, order[:, :n])                               # [B, G, 3]
+            patches = gather(points, knn(size, center, points)) - center[:, :, None]
+            x = self.embed_modules[i](patches) + self.pos_embed[i](center)
+            for block in self.blocks[i]:
+                x = block(x, center)
+            features.append(self.norms[i](x))
+            centers.append(center)
+        return PointRwkvModelOutput(last_hidden_state=features[-1], scale_features=tuple(features),
+                                    centers=tuple(centers))
+
+
+class PointRwkvForPointCloudClassification(PointRwkvPreTrainedModel):
+    """PointRWKV classification (official ``PointRWKVCls``): the backbone, the max over the
+    first and the last scale's tokens concatenated, Linear(2C, 512)-BN-ReLU-Dropout,
+    Linear(512, 256)-BN-ReLU-Dropout, Linear(256, num_labels). ``labels`` [B] give the
+    cross-entropy with ``config.label_smoothing``."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.backbone = PointRwkvModel(config)
+        C, p = config.hidden_size, config.classifier_dropout
+        self.head = nn.Sequential(
+            nn.Linear(2 * C, 512), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Dropout(p),
+            nn.Linear(512, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(p),
+            nn.Linear(256, config.num_labels))
+        for m in self.head:  # created after the backbone's init in the official code: PyTorch's
+            if isinstance(m, nn.Linear):
+                m.torch_default_init = True
+        self.post_init()
+
+    def forward(self, points=None, labels=None, **kwargs):
+        out = self.backbone(points)
+        pooled = torch.cat([out.scale_features[0].amax(1), out.scale_features[-1].amax(1)], -1)
+        logits = self.head(pooled)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits, labels.to(logits.device), label_smoothing=self.config.label_smoothing)
+        return PointRwkvClassifierOutput(loss=loss, logits=logits, scale_features=out.scale_features,
+                                         centers=out.centers)
+
+
+POINTRWKV_CLASSES = (PointRwkvConfig, PointRwkvModel, PointRwkvForPointCloudClassification)
