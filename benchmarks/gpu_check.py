@@ -21,9 +21,10 @@ Needs only torch (and optionally flash-linear-attention for the side-by-side tim
    (wkv7, wkv6; max-relative and RMS-relative error of y and every gradient);
 5. models (needs the package's dependencies, transformers and safetensors): every family in the
    repository on the GPU, through the extension against the torch backend on the same GPU
-   (``RWKV_HF_WKV_BACKEND=torch``): the shipped tiny RWKV-7 and Vision-RWKV v4/v6 models (real
-   weights) and random RWKV-4/5/6 language models; logits, every parameter's gradient, greedy
-   generation and held-out digit accuracy; and the first model's training step compiled
+   (``RWKV_HF_WKV_BACKEND=torch``): the shipped tiny RWKV-7, Vision-RWKV v4/v6 and Restore-RWKV
+   models (real weights), random RWKV-4/5/6 language models, RWKV-CLIP and PointRWKV (its WKV
+   has no kernel: the same model on the CPU instead); logits, every parameter's gradient,
+   greedy generation, held-out digit accuracy, PSNR, rankings; and the first model's training step compiled
    through the extension's operators (torch.compile, fullgraph, aot_eager) against eager mode;
 6. CUDA graphs (what ``torch.compile(mode="reduce-overhead")`` and serving stacks capture): each
    op's forward captured with ``torch.cuda.graph`` and its forward+backward with
@@ -877,10 +878,22 @@ def _model_cases():
         ids, pixels = torch.randint(1, 1000, (4, 30), generator=g), torch.randn(4, 3, 224, 224, generator=g)
         return model, "clip", (ids, pixels)
 
+    def point():
+        # ops.point_wkv has no kernel in the extension: both dispatches run its torch form, so
+        # this case shows the whole model running on the GPU (sampling, grouping, graph branch)
+        from rwkv_hf.point import PointRwkvConfig, PointRwkvForPointCloudClassification
+
+        torch.manual_seed(0)
+        config = PointRwkvConfig(hidden_size=64, depths=[1, 1], num_heads=4, num_groups=[128, 64],
+                                 group_sizes=[16, 16], k_neighbors=[8, 8], graph_iterations=2, num_labels=5)
+        points = torch.randn(2, 512, 3, generator=torch.Generator().manual_seed(0))
+        return PointRwkvForPointCloudClassification(config), "point", (points, torch.tensor([1, 3]))
+
     return [("RWKV-7 tiny-rwkv7-pydoc", lm_pretrained)] + \
         [(f"RWKV-{v} random 2x128", lm_random(v)) for v in (4, 5, 6)] + \
         [(f"VRWKV{'6' if v == 6 else ''} tiny digits", vision(v)) for v in (4, 6)] + \
-        [("Restore-RWKV tiny denoiser", restore), ("RWKV-CLIP random 2x128", clip)]
+        [("Restore-RWKV tiny denoiser", restore), ("RWKV-CLIP random 2x128", clip),
+         ("PointRWKV random 2x64", point)]
 
 
 def check_models(emit, deadline):
@@ -915,6 +928,8 @@ def check_models(emit, deadline):
                 elif kind == "clip":
                     out = model(input_ids=inputs[0].to(DEVICE), pixel_values=inputs[1].to(DEVICE), return_loss=True)
                     return out.loss, out.logits_per_image
+                elif kind == "point":
+                    out = model(points=inputs[0].to(DEVICE), labels=inputs[1].to(DEVICE))
                 else:
                     out = model(pixel_values=inputs[0].to(DEVICE), labels=inputs[1].to(DEVICE))
                 return out.loss, out.reconstruction if kind == "restore" else out.logits
@@ -954,6 +969,13 @@ def check_models(emit, deadline):
                     a, b = _with_backend(fast, score), _with_backend("torch", score)
                     detail["psnr_db"] = (round(a, 3), round(b, 3))
                     same = abs(a - b) < 1e-3
+                elif kind == "point":  # the same model on the CPU (float32): the device changes nothing
+                    with torch.no_grad():
+                        cpu = type(model)(model.config).eval()
+                        cpu.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
+                        on_cpu = cpu(points=inputs[0]).logits
+                    detail["cpu_vs_gpu"] = rel(model(points=inputs[0].to(DEVICE)).logits.cpu(), on_cpu)
+                    same = detail["cpu_vs_gpu"] <= MODEL_TOL["logits"]
                 elif kind == "clip":
                     def ranking():  # each image's texts, most similar first
                         logits = model(input_ids=inputs[0].to(DEVICE), pixel_values=inputs[1].to(DEVICE))

@@ -171,8 +171,19 @@ def _clip():
     return model, lambda: model(input_ids=ids, pixel_values=pixels, return_loss=True).loss
 
 
+def _point():  # ops.point_wkv on the torch backend: its chunked form traces (no value branches)
+    from rwkv_hf.point import PointRwkvConfig, PointRwkvForPointCloudClassification
+
+    torch.manual_seed(2)
+    model = PointRwkvForPointCloudClassification(PointRwkvConfig(
+        hidden_size=32, depths=[1, 1], num_heads=4, num_groups=[24, 12], group_sizes=[6, 6], k_neighbors=[4, 4],
+        graph_iterations=1, num_labels=5, drop_path_rate=0.0, classifier_dropout=0.0)).train()
+    points = torch.randn(2, 60, 3, generator=torch.Generator().manual_seed(0))
+    return model, lambda: model(points=points, labels=torch.tensor([1, 3])).loss
+
+
 FAMILIES = {"lm4": lambda: _lm(4), "lm5": lambda: _lm(5), "lm6": lambda: _lm(6), "lm7": lambda: _lm(7),
-            "vision4": lambda: _vision(4), "vision6": lambda: _vision(6), "clip": _clip}
+            "vision4": lambda: _vision(4), "vision6": lambda: _vision(6), "clip": _clip, "point": _point}
 
 
 def _loss_and_grads(model, loss_fn):
@@ -274,6 +285,11 @@ def test_every_model_family_exports_for_inference(family):
 
         def logits(m, ids, pixels):
             return m(input_ids=ids, pixel_values=pixels).logits_per_image
+    elif family == "point":
+        inputs = (torch.randn(2, 60, 3, generator=torch.Generator().manual_seed(1)),)
+
+        def logits(m, points):
+            return m(points=points).logits
     else:
         inputs = (torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1)),)
 
@@ -292,5 +308,5 @@ def test_every_model_family_exports_for_inference(family):
         program = torch.export.export(Logits(), inputs)
         got, want = program.module()(*inputs), logits(model, *inputs)
     kernels = {str(n.target) for n in program.graph.nodes if str(n.target).startswith("rwkv_hf.")}
-    assert kernels, "the exported graph calls no rwkv_hf operator"
+    assert kernels or family == "point", "the exported graph calls no rwkv_hf operator"  # point_wkv: torch form
     assert rel_err(got, want) < 1e-5

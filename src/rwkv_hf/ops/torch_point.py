@@ -31,7 +31,7 @@ def _one_direction(k, v, w, state, L):
     if pad:  # padding tokens add nothing (k = v = 0) and do not decay (w = 0)
         k, v, w = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (k, v, w))
     # [B, H, n, L, .]
-    k, v, w = (x.view(B, n, L, H, x.shape[-1]).permute(0, 3, 1, 2, 4) for x in (k, v, w))
+    k, v, w = (x.reshape(B, n, L, H, x.shape[-1]).permute(0, 3, 1, 2, 4) for x in (k, v, w))
     c = w.cumsum(3)                                          # c_j, j = 1..L
     c_prev = c - w                                           # c_{j-1}
     # Pairwise factors e^{c_{j-1} - c_i} for i < j: [B, H, n, L(j), L(i), K]

@@ -101,7 +101,7 @@ class PatchEncoder(nn.Module):
         B, G, K, _ = patches.shape
         x = self.first_conv(patches.reshape(B * G, K, 3).transpose(1, 2))
         x = torch.cat([x.amax(2, keepdim=True).expand(-1, -1, K), x], 1)
-        return self.second_conv(x).amax(2).view(B, G, -1)
+        return self.second_conv(x).amax(2).reshape(B, G, -1)
 
 
 class BQE(nn.Module):
@@ -146,9 +146,14 @@ class PointRwkvSpatialMix(nn.Module):
         g = torch.sigmoid(self.proj_g(x))
         nu = self.decay_base + torch.tanh(self.w_proj(self.bqe_w(x)) * self.decay_A) * self.decay_B
         # The release averages two one-way scans that each count the token: r / 2 and 2 u here.
-        y, _ = ops.point_wkv((torch.sigmoid(r) / 2).view(heads), k.view(heads), v.view(heads),
-                             -torch.exp(nu).view(heads), 2 * self.u)
-        y = self.group_norm(y.reshape(B, T, C).transpose(1, 2)).transpose(1, 2)  # over heads' channels and tokens
+        y, _ = ops.point_wkv((torch.sigmoid(r) / 2).reshape(heads), k.reshape(heads), v.reshape(heads),
+                             -torch.exp(nu).reshape(heads), 2 * self.u)
+        # GroupNorm(num_heads) of [B, C, T]: each head's channels over all tokens (written out on
+        # [B, T, H, N]: no transposes, which torch.compile's backward mishandled)
+        mean = y.mean(dim=(1, 3), keepdim=True)
+        var = (y - mean).pow(2).mean(dim=(1, 3), keepdim=True)
+        y = ((y - mean) * torch.rsqrt(var + self.group_norm.eps)).reshape(B, T, C)
+        y = y * self.group_norm.weight + self.group_norm.bias
         return self.out_proj(y * g)
 
 
