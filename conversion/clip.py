@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from .loading import ConversionError, count_numbered, place_weights, require, strip_wrapper_prefixes
+from .loading import ConversionError, count_numbered, make_config, place_weights, require, strip_wrapper_prefixes
 
 _IMAGE, _TEXT = "image_model.", "text_model."
 
@@ -83,12 +83,7 @@ def config_from_state_dict(weights, config_json=None, **overrides):
     kw = dict(vision_config=vision, text_config=text)
     if isinstance(config_json, dict) and config_json.get("model_type") == RwkvClipConfig.model_type:
         kw = {k: v for k, v in config_json.items() if k not in ("architectures", "auto_map", "transformers_version")}
-    kw.update(overrides)
-    try:
-        config = RwkvClipConfig(**kw)
-    except (TypeError, ValueError) as e:
-        raise ConversionError(f"cannot build an RwkvClipConfig from this checkpoint: {e}") from None
-    return config, notes
+    return make_config(RwkvClipConfig, kw, overrides), notes
 
 
 def build_model(weights, config):

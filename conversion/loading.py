@@ -54,6 +54,15 @@ def require(weights, key, family):
     return weights[key]
 
 
+def make_config(cls, kw, overrides):
+    """``cls(**kw)`` with ``overrides`` (``--set``) applied last; a ConversionError saying why when
+    the values do not make a valid config."""
+    try:
+        return cls(**{**kw, **overrides})
+    except (TypeError, ValueError) as e:
+        raise ConversionError(f"cannot build a {cls.__name__} from this checkpoint: {e}") from None
+
+
 def count_numbered(weights, prefix):
     """How many blocks ``{prefix}0.``, ``{prefix}1.`` ... the keys of ``weights`` hold (0 when
     none); a ConversionError when they are not numbered 0..N-1."""

@@ -12,7 +12,7 @@ config.json when converting an rwkv_hf folder, else from the released configurat
 ``cfgs/*.yaml``: 2048 / 1024 / 512 centres, patches of 32, 16 / 8 / 8 graph neighbours) when
 the checkpoint has three scales, and ``--set`` overrides them (the report says which).
 """
-from .loading import ConversionError, count_numbered, place_weights, require, strip_wrapper_prefixes
+from .loading import ConversionError, count_numbered, make_config, place_weights, require, strip_wrapper_prefixes
 
 B = "backbone."
 _SAMPLING = ("num_groups", "group_sizes", "k_neighbors")
@@ -67,12 +67,7 @@ def config_from_state_dict(weights, config_json=None, **overrides):
         raise ConversionError(f"a {scales}-scale PointRWKV: the sampling sizes are in no tensor and the released "
                               f"configuration has 3 scales; give them with --set ({', '.join(missing)}), e.g. "
                               f"--set num_groups=[1024,512] --set group_sizes=[32,32] --set k_neighbors=[16,8]")
-    kw.update(overrides)
-    try:
-        config = PointRwkvConfig(**kw)
-    except (TypeError, ValueError) as e:
-        raise ConversionError(f"cannot build a PointRwkvConfig from this checkpoint: {e}") from None
-    return config, notes
+    return make_config(PointRwkvConfig, kw, overrides), notes
 
 
 def build_model(weights, config):

@@ -14,7 +14,7 @@ no place for is an error that names it.
 """
 import re
 
-from .loading import ConversionError, count_numbered, place_weights, require, strip_wrapper_prefixes
+from .loading import ConversionError, count_numbered, make_config, place_weights, require, strip_wrapper_prefixes
 
 TRUNK = ("patch_embed", "encoder_level1", "down1_2", "encoder_level2", "down2_3", "encoder_level3", "down3_4",
          "latent", "up4_3", "reduce_chan_level3", "decoder_level3", "up3_2", "reduce_chan_level2",
@@ -84,12 +84,7 @@ def config_from_state_dict(weights, config_json=None, **overrides):
         kw["residual"] = False
         notes.append(f"{channels} input and {kw['out_channels']} output channels: the model is built without the "
                      "global residual (residual=False)")
-    kw.update(overrides)
-    try:
-        config = RestoreRwkvConfig(**kw)
-    except (TypeError, ValueError) as e:
-        raise ConversionError(f"cannot build a RestoreRwkvConfig from this checkpoint: {e}") from None
-    return config, notes
+    return make_config(RestoreRwkvConfig, kw, overrides), notes
 
 
 def build_model(weights, config):

@@ -17,7 +17,7 @@ error that names it.
 import os
 import re
 
-from .loading import (ConversionError, load_pickle_with_metadata, load_source, place_weights, require,
+from .loading import (ConversionError, load_pickle_with_metadata, load_source, make_config, place_weights, require,
                       strip_wrapper_prefixes)
 
 _LAYER = re.compile(r"^backbone\.layers\.(\d+)\.")
@@ -143,12 +143,7 @@ def config_from_state_dict(weights, extras=None, **overrides):
         kw.update(head_size=faaaa.shape[1],
                   time_mix_extra_dim=_need(weights, "backbone.layers.0.att.time_maa_w1").shape[1] // 5,
                   time_decay_extra_dim=_need(weights, "backbone.layers.0.att.time_decay_w1").shape[1])
-    kw.update(overrides)
-    cls = Vrwkv6Config if version == 6 else VrwkvConfig
-    try:
-        config = cls(**kw)
-    except (TypeError, ValueError) as e:
-        raise ConversionError(f"cannot build a {cls.__name__} from this checkpoint: {e}") from None
+    config = make_config(Vrwkv6Config if version == 6 else VrwkvConfig, kw, overrides)
     return config, version, settings, notes
 
 

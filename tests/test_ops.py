@@ -152,6 +152,12 @@ def test_value_dim_may_differ_from_key_dim(backend):
                 assert rel(a, ref) <= 1e-10, (op, K, V, name)
 
 
+def decay_between(w, i, t):
+    """The product of the decay factors of the tokens strictly between i and t (w [T, ...])."""
+    lo, hi = min(i, t), max(i, t)
+    return torch.exp(w[lo + 1:hi].sum(0))  # an empty sum for neighbours: a factor of 1
+
+
 def test_ops_against_independent_formulas():
     """The reference loops against the closed-form sums written in the docs (float64)."""
     B, T, H, N = 1, 9, 2, 4
@@ -177,9 +183,7 @@ def test_ops_against_independent_formulas():
             if i == t:
                 M = u[..., None] * k[t][..., None] * v[t][:, None, :]
             else:
-                lo, hi = min(i, t), max(i, t)
-                decay = torch.exp(w[lo + 1:hi].sum(0)) if hi > lo + 1 else torch.ones(H, N, dtype=torch.float64)
-                M = decay[..., None] * k[i][..., None] * v[i][:, None, :]
+                M = decay_between(w, i, t)[..., None] * k[i][..., None] * v[i][:, None, :]
             y[t] += torch.einsum("hk,hkv->hv", r[t], M)
     assert rel(ops.bi_wkv6(**x, backend="reference")[0][0], y) <= 1e-12
     # point_wkv: explicit products of decays; the state is contracted with the key over V.
@@ -191,9 +195,7 @@ def test_ops_against_independent_formulas():
             if i == t:
                 y[t] += r[t] * u * k[t] * v[t].sum(-1, keepdim=True)
             else:
-                lo, hi = min(i, t), max(i, t)
-                decay = torch.exp(w[lo + 1:hi].sum(0)) if hi > lo + 1 else torch.ones(H, N, dtype=torch.float64)
-                y[t] += r[t] * decay * k[i] * (v[i] * k[t]).sum(-1, keepdim=True)
+                y[t] += r[t] * decay_between(w, i, t) * k[i] * (v[i] * k[t]).sum(-1, keepdim=True)
     assert rel(ops.point_wkv(**x, backend="reference")[0][0], y) <= 1e-12
 
 
