@@ -826,7 +826,7 @@ def _matrix(kind, *xs):
         xs = (*xs[:-1], xs[0].new_empty(0, dtype=torch.float32))
     B, T, H, _ = xs[0].shape
     w = xs[3]  # wkv6 and wkv7 alike: (r, k, v, w, ...); RWKV-5's [H, K] decay runs in float32
-    narrow = xs[0].element_size() == 2 and w.dtype == xs[0].dtype and w.dim() == 4  # as _decay_dtype
+    narrow = xs[0].element_size() == 2 and w.dim() == 4 and _decay_dtype(w, xs[0].dtype).itemsize == 2
     chunk = chunk_length(B, H, T, xs[0].device, narrow)
     if _needs_grad(xs):
         return _Matrix.apply(kind, chunk, *xs)
