@@ -1,8 +1,8 @@
 // CPU kernels of the rwkv_hf WKV extension: the matrix-state recurrences (RWKV-5/6, their
-// right-to-left half for the bidirectional v6 op, RWKV-7) and the per-channel ones (RWKV-4,
-// bidirectional v4), forward and backward; float32 and float64. Plain C++17 with a
-// C ABI (no torch headers): rwkv_hf/ops/cpu_backend.py compiles this file with the system
-// compiler in a few seconds and calls it through ctypes on tensors' data pointers. The autograd
+// right-to-left half for the bidirectional v6 op, RWKV-7, PointRWKV's two-way scan) and the
+// per-channel ones (RWKV-4, bidirectional v4), forward and backward; float32 and float64. Plain
+// C++17 with a C ABI (no torch headers): rwkv_hf/ops/cpu_backend.py compiles this file with the
+// system compiler in a few seconds and calls it through ctypes on tensors' data pointers. The autograd
 // Functions, dtype handling and validation live there.
 //
 // Layouts (rwkv_hf.ops): per-token tensors [B, T, H, K] (v, y: [B, T, H, V]) contiguous, except
@@ -588,6 +588,122 @@ void wkv7_backward(const Geo g, const T* r, const T* k, const T* v, const T* ew,
   });
 }
 
+// ------------------------------------------------------------------------------------ point
+// PointRWKV's scan (rwkv_hf.ops.point_wkv), one direction per work item (b, h, dir); dir 1 runs
+// from the last token to the first. The state is read before the token and contracted with the
+// key over its value index (the decay acts on the row, the output index):
+//   A_t[i] = S_{t-1}[i].k_t,   S_t = diag(e) S_{t-1} + k_t v_t^T
+// Backward (G = dL/dS_t from the end of the scan; q = dL/dA_t of this direction):
+//   dk_j = G[j].v + sum_i q_i S_{t-1}[i][j];  dv_j = sum_i k_i G[i][j];  dw_i = e_i G[i].S_{t-1}[i];
+//   G_{t-1} = diag(e) G + q k^T
+// Both directions' A, dk, dv, dw go to [2, B, T, H, K] (summed by the caller); the states are
+// [B, 2, H, K, K] (dir on dim 1, as the op's); snapshots [2, B, H, chunks, K, K]. The rows' loops
+// run over the contiguous column index j: the row dot products are `omp simd` reductions, the
+// column sums accumulate in K-long rows.
+
+struct PointGeo {
+  Geo g;  // K = V; ew strides unused (exp(w) is [B, T, H, K] contiguous)
+  int64_t dir_tok() const { return g.B * g.T * g.H * g.K; }        // one direction's [B, T, H, K]
+  int64_t state(int64_t b, int64_t dir, int64_t h) const { return ((b * 2 + dir) * g.H + h) * g.K * g.K; }
+  int64_t time(int64_t dir, int64_t s) const { return dir ? g.T - 1 - s : s; }
+};
+
+template <typename T>
+inline void point_step(int64_t K, const T* Sin, T* S, const T* k, const T* v, const T* e, T* A) {
+  for (int64_t i = 0; i < K; ++i) {
+    const T* __restrict__ Sii = Sin + i * K;
+    T* Si = S + i * K;
+    const T ki = k[i], ei = e[i];
+    T acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < K; ++j) {
+      const T s = Sii[j];
+      acc += s * k[j];
+      Si[j] = s * ei + ki * v[j];
+    }
+    if (A) A[i] = acc;
+  }
+}
+
+template <typename T>
+void point_forward(const PointGeo pg, const T* k, const T* v, const T* ew, const T* state_in, T* state,
+                   T* A, T* snaps, int threads) {
+  const Geo& g = pg.g;
+  const int64_t K = g.K, KK = K * K, nch = g.chunks();
+  parallel_items<T>(2 * g.B * g.H, threads, 1, [&](int64_t item, T*) {
+    const int64_t dir = item / (g.B * g.H), bh = item % (g.B * g.H), b = bh / g.H, h = bh % g.H;
+    T* S = state + pg.state(b, dir, h);
+    T* Ad = A + dir * pg.dir_tok();
+    for (int64_t s = 0; s < g.T; ++s) {
+      const int64_t t = pg.time(dir, s), o = g.tok(b, t, h, K);
+      const T* Sin = s == 0 ? state_in + pg.state(b, dir, h) : S;
+      if (snaps && s % kChunk == 0) std::memcpy(snaps + (item * nch + s / kChunk) * KK, Sin, KK * sizeof(T));
+      if (s + kPrefetch < g.T) {
+        const int64_t op = g.tok(b, pg.time(dir, s + kPrefetch), h, K);
+        prefetch(k + op, K), prefetch(v + op, K), prefetch(ew + op, K), prefetch(Ad + op, K);
+      }
+      point_step<T>(K, Sin, S, k + o, v + o, ew + o, Ad + o);
+    }
+  });
+}
+
+template <typename T>
+void point_backward(const PointGeo pg, const T* k, const T* v, const T* ew, const T* snaps, const T* gA,
+                    const T* gstate, T* gk, T* gv, T* gw, T* gs0, int threads) {
+  const Geo& g = pg.g;
+  const int64_t K = g.K, KK = K * K, nch = g.chunks();
+  // Scratch: the chunk's states, then the column sums of a step.
+  parallel_items<T>(2 * g.B * g.H, threads, kChunk * KK + 2 * K, [&](int64_t item, T* buf) {
+    const int64_t dir = item / (g.B * g.H), bh = item % (g.B * g.H), b = bh / g.H, h = bh % g.H;
+    T* col_k = buf + kChunk * KK;  // sum_i q_i S_{t-1}[i]
+    T* G = gs0 + pg.state(b, dir, h);
+    if (gstate) std::memcpy(G, gstate + pg.state(b, dir, h), KK * sizeof(T));
+    else std::fill(G, G + KK, T(0));
+    const int64_t off = dir * pg.dir_tok();
+    for (int64_t c = nch - 1; c >= 0; --c) {
+      const int64_t s0 = c * kChunk, s1 = std::min(g.T, s0 + kChunk);
+      std::memcpy(buf, snaps + (item * nch + c) * KK, KK * sizeof(T));
+      for (int64_t s = s0; s + 1 < s1; ++s) {  // buf[m] = the state before step s0 + m
+        const int64_t o = g.tok(b, pg.time(dir, s), h, K);
+        T* next = buf + (s - s0 + 1) * KK;
+        point_step<T>(K, next - KK, next, k + o, v + o, ew + o, (T*)nullptr);
+      }
+      for (int64_t s = s1 - 1; s >= s0; --s) {
+        const int64_t o = g.tok(b, pg.time(dir, s), h, K);
+        if (s - kPrefetch >= 0) {
+          const int64_t op = g.tok(b, pg.time(dir, s - kPrefetch), h, K);
+          for (const T* x : std::initializer_list<const T*>{k, v, ew}) prefetch(x + op, K);
+          for (const T* x : std::initializer_list<const T*>{gA, gk, gv, gw}) prefetch(x + off + op, K);
+        }
+        const T *__restrict__ kt = k + o, *__restrict__ vt = v + o, *__restrict__ et = ew + o,
+                *__restrict__ q = gA + off + o;
+        const T* Sp = buf + (s - s0) * KK;
+        T *__restrict__ dk = gk + off + o, *__restrict__ dv = gv + off + o, *__restrict__ dw = gw + off + o;
+        for (int64_t j = 0; j < K; ++j) dv[j] = 0, col_k[j] = 0;
+        for (int64_t i = 0; i < K; ++i) {
+          T* __restrict__ Gi = G + i * K;
+          const T* __restrict__ Si = Sp + i * K;
+          const T ki = kt[i], qi = q[i], ei = et[i];
+          T gv_ = 0, gs = 0;
+#pragma omp simd reduction(+ : gv_, gs)
+          for (int64_t j = 0; j < K; ++j) {
+            const T Gij = Gi[j], Sij = Si[j];
+            gv_ += Gij * vt[j];
+            gs += Gij * Sij;
+            dv[j] += ki * Gij;
+            col_k[j] += qi * Sij;
+            Gi[j] = ei * Gij + qi * kt[j];
+          }
+          dk[i] = gv_;
+          dw[i] = ei * gs;
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < K; ++j) dk[j] += col_k[j];
+      }
+    }
+  });
+}
+
 // ------------------------------------------------------------------------------------ wkv4
 // Per channel, the running (num, den, logscale) triple of the reference (BlinkDL's aa, bb, pp):
 //   y_t  = (e^{pp-p} aa + e^{u+k_t-p} v_t) / (e^{pp-p} bb + e^{u+k_t-p}),   p = max(pp, u + k_t)
@@ -945,7 +1061,7 @@ int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
 // `state_in` and write the final one to `state`. V == 64 (the RWKV head size) runs a copy
 // compiled for that size (column blocks, accumulators in registers; see Cols). Pointers: see the
 // kernels above; `u`, `snaps` and `gu` may be null (no bonus / no snapshots / no bonus
-// gradient). The per-channel forwards update `state` in place; their backwards take the initial
+// gradient), and point_backward's `gstate` (a final state off the loss: zero). The per-channel forwards update `state` in place; their backwards take the initial
 // state and gstate and write gw, gu per batch entry ([B, C], summed by the caller).
 
 #define RWKV_HF_API(T, SUFFIX)                                                                       \
@@ -1038,6 +1154,33 @@ int guarded(const std::exception_ptr& e) { return e ? 1 : 0; }
     } catch (...) { err = std::current_exception(); }                                                \
     return guarded(err);                                                                             \
   }
+
+#define RWKV_HF_API_POINT(T, SUFFIX)                                                                 \
+  extern "C" int rwkv_hf_point_forward_##SUFFIX(int64_t B, int64_t Tn, int64_t H, int64_t K,         \
+                                                const T* k, const T* v, const T* ew,                \
+                                                const T* state_in, T* state, T* A, T* snaps,        \
+                                                int threads) {                                      \
+    std::exception_ptr err;                                                                          \
+    try {                                                                                            \
+      point_forward<T>(PointGeo{Geo{B, Tn, H, K, K, 0, 0, 0, 0}}, k, v, ew, state_in, state, A,      \
+                       snaps, threads);                                                              \
+    } catch (...) { err = std::current_exception(); }                                                \
+    return guarded(err);                                                                             \
+  }                                                                                                  \
+  extern "C" int rwkv_hf_point_backward_##SUFFIX(int64_t B, int64_t Tn, int64_t H, int64_t K,        \
+                                                 const T* k, const T* v, const T* ew,               \
+                                                 const T* snaps, const T* gA, const T* gstate,      \
+                                                 T* gk, T* gv, T* gw, T* gs0, int threads) {        \
+    std::exception_ptr err;                                                                          \
+    try {                                                                                            \
+      point_backward<T>(PointGeo{Geo{B, Tn, H, K, K, 0, 0, 0, 0}}, k, v, ew, snaps, gA, gstate, gk,  \
+                        gv, gw, gs0, threads);                                                       \
+    } catch (...) { err = std::current_exception(); }                                                \
+    return guarded(err);                                                                             \
+  }
+
+RWKV_HF_API_POINT(float, f32)
+RWKV_HF_API_POINT(double, f64)
 
 RWKV_HF_API4_BACKWARD(wkv4, float, f32)
 RWKV_HF_API4_BACKWARD(wkv4, double, f64)

@@ -171,7 +171,7 @@ def _clip():
     return model, lambda: model(input_ids=ids, pixel_values=pixels, return_loss=True).loss
 
 
-def _point():  # ops.point_wkv on the torch backend: its chunked form traces (no value branches)
+def _point():
     from rwkv_hf.point import PointRwkvConfig, PointRwkvForPointCloudClassification
 
     torch.manual_seed(2)
@@ -308,5 +308,5 @@ def test_every_model_family_exports_for_inference(family):
         program = torch.export.export(Logits(), inputs)
         got, want = program.module()(*inputs), logits(model, *inputs)
     kernels = {str(n.target) for n in program.graph.nodes if str(n.target).startswith("rwkv_hf.")}
-    assert kernels or family == "point", "the exported graph calls no rwkv_hf operator"  # point_wkv: torch form
+    assert kernels, "the exported graph calls no rwkv_hf operator"
     assert rel_err(got, want) < 1e-5

@@ -199,7 +199,7 @@ def test_ops_against_independent_formulas():
     assert rel(ops.point_wkv(**x, backend="reference")[0][0], y) <= 1e-12
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("backend", ["reference", "torch", "cpu"])
 def test_point_wkv_is_pointrwkvs_averaged_one_way_loops(backend):
     """PointRWKV's WKVAttention as released (models/point_rwkv.py): a one-way loop over the
     tokens, o_t[d] = sigmoid(r_t[d]) (sum_e S[d, e] k_t[e] + u[d] k_t[d] sum_e v_t[e]), then

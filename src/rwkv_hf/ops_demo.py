@@ -2,8 +2,8 @@
 
 For every op, random inputs shaped like one layer of a small RWKV model run
 through the ``reference`` token loop, the ``torch`` chunked backend and (where a C++
-compiler is available) the compiled ``cpu`` kernels (an op without one, such as
-``point_wkv``, shows "-" there); the demo prints how closely they agree with the
+compiler is available) the compiled ``cpu`` kernels (an op without one would show "-"
+there); the demo prints how closely they agree with the
 reference and how fast each is.
 """
 import time

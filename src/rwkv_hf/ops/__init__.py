@@ -43,7 +43,8 @@ Math (``S`` the state, per head; ``x^T`` a row vector)
   the left, ``R_t = diag(e^{w_t}) R_{t+1} + k_t v_t^T`` from the right: the state is contracted
   with the key over its *value* index, and the bonus scales ``k_t`` by the sum of ``v_t``.
   PointRWKV averages two one-way scans that each count the token: it passes ``r = sigmoid(.)/2``
-  and ``u = 2 u``. Backends: ``reference`` and ``torch`` (no compiled kernel yet).
+  and ``u = 2 u``. The compiled backends run its two one-way scans (``A = L_{t-1} k_t`` and
+  ``R_{t+1} k_t``) as kernels; the bonus and the gate ``r`` are elementwise, in torch.
 
 Backends
 --------
@@ -121,6 +122,18 @@ def _expanding_decay(wkv6):
     return run
 
 
+def _point_from_scans(point_scan):
+    """``point_wkv`` for a backend with a kernel of its two one-way scans (``point_scan``: A [2, B,
+    T, H, K], the states' contractions with the key, in float32 or float64): the bonus and the
+    gate are elementwise, in A's dtype, and autograd differentiates them."""
+    def run(r, k, v, w, u, state):
+        A, final = point_scan(k, v, w, state)
+        dt = A.dtype
+        bonus = u.to(dt) * k.to(dt) * v.sum(-1, keepdim=True, dtype=dt)
+        return r.to(dt) * (A[0] + A[1] + bonus), final
+    return run
+
+
 def _backend(wkv4, bi_wkv4, wkv6, wkv7, wkv6_reversed=None, wkv5=None, bi_wkv6=None,
              takes_no_state=False, point_wkv=None):
     """A backend's ops; ``wkv5`` and ``bi_wkv6`` are composed from wkv6 unless it has its own.
@@ -137,7 +150,8 @@ _BACKENDS = {
                           point_wkv=_reference.point_wkv),
     "torch": _backend(_torch_wkv4.wkv4, _torch_wkv4.bi_wkv4, _torch_wkv6.wkv6, _torch_wkv7.wkv7,
                       point_wkv=_torch_point.point_wkv),
-    "cpu": _backend(_cpu.wkv4, _cpu.bi_wkv4, _cpu.wkv6, _cpu.wkv7, wkv6_reversed=_cpu.wkv6_reversed),
+    "cpu": _backend(_cpu.wkv4, _cpu.bi_wkv4, _cpu.wkv6, _cpu.wkv7, wkv6_reversed=_cpu.wkv6_reversed,
+                    point_wkv=_point_from_scans(_cpu.point_scan)),
     # Its per-token inputs stay in bfloat16 / float16: its own bi_wkv6 keeps the sum in float32.
     # Its kernels start from a zero state without a tensor of zeros to fill and read.
     "cuda": _backend(_cuda.wkv4, _cuda.bi_wkv4, _cuda.wkv6, _cuda.wkv7, wkv5=_cuda.wkv5,

@@ -1,9 +1,9 @@
 """CPU backend of ``rwkv_hf.ops``: compiled C++ kernels of the WKV recurrences.
 
 ``cuda_ext/wkv_cpu.cpp`` (shipped with the CUDA sources as ``rwkv_hf.cuda_ext``) holds the
-forward and backward of RWKV-5/6 (``wkv6``, also run right to left for ``bi_wkv6``) and RWKV-7
-(``wkv7``), and of the per-channel ops (``wkv4``, ``bi_wkv4``), in float32 and float64, behind
-a C ABI. It has no torch headers, so the system C++ compiler (``$CXX``, else
+forward and backward of RWKV-5/6 (``wkv6``, also run right to left for ``bi_wkv6``), RWKV-7
+(``wkv7``), PointRWKV's two-way scan (``point_scan``, for ``point_wkv``), and of the per-channel
+ops (``wkv4``, ``bi_wkv4``), in float32 and float64, behind a C ABI. It has no torch headers, so the system C++ compiler (``$CXX``, else
 ``c++``, ``g++`` or ``clang++``) builds it in a few seconds on the first CPU call, for this
 machine's instruction set (``-march=native``), together with ``lm_cpu.cpp`` (the language
 models' fused CPU blocks, :mod:`rwkv_hf.lm.cpu_fused`); the library is cached under
@@ -33,8 +33,8 @@ from torch import Tensor
 from . import cuda_backend as _cuda
 from . import custom_ops as _custom_ops
 
-__all__ = ["wkv4", "bi_wkv4", "wkv6", "wkv6_reversed", "wkv7", "available", "load", "unsupported_reason",
-           "OPS"]
+__all__ = ["wkv4", "bi_wkv4", "wkv6", "wkv6_reversed", "wkv7", "point_scan", "available", "load",
+           "unsupported_reason", "OPS"]
 
 SOURCE = "wkv_cpu.cpp"
 # Built into one library: the WKV kernels, the language models' fused blocks (rwkv_hf.lm.cpu_fused,
@@ -43,7 +43,7 @@ SOURCE = "wkv_cpu.cpp"
 SOURCES = (SOURCE, "lm_cpu.cpp", "vision_cpu.cpp")
 HEADERS = ("cpu_common.h",)
 CACHE_ENV = "RWKV_HF_CPU_CACHE"
-OPS = ("wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7")
+OPS = ("wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7", "point_wkv")
 # The dispatcher hands this backend float32 (bfloat16 and float16 inputs cast up) or float64.
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 # Below this much work (B*H*T*K*V) one thread is faster than starting more (generation steps).
@@ -183,6 +183,8 @@ def _declare(lib):
         getattr(lib, f"rwkv_hf_wkv6_backward_{sfx}").argtypes = geo + [i32] + [p] * 14 + [i32]
         getattr(lib, f"rwkv_hf_wkv7_forward_{sfx}").argtypes = geo + [p] * 10 + [i32]
         getattr(lib, f"rwkv_hf_wkv7_backward_{sfx}").argtypes = geo + [p] * 16 + [i32]
+        getattr(lib, f"rwkv_hf_point_forward_{sfx}").argtypes = [i64] * 4 + [p] * 7 + [i32]
+        getattr(lib, f"rwkv_hf_point_backward_{sfx}").argtypes = [i64] * 4 + [p] * 10 + [i32]
     if lib.rwkv_hf_wkv_cpu_chunk() != _CHUNK:
         raise RuntimeError(f"the kernels snapshot every {lib.rwkv_hf_wkv_cpu_chunk()} tokens, this "
                            f"module expects {_CHUNK}")
@@ -432,6 +434,40 @@ def _wkv4_backward(k: Tensor, v: Tensor, w: Tensor, u: Tensor, state: Tensor, gy
     return gk, gv, gw.sum(0, dtype=torch.float64).to(dt), gu.sum(0, dtype=torch.float64).to(dt), gs0
 
 
+def _point_forward(k: Tensor, v: Tensor, w: Tensor, state: Tensor, save: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """PointRWKV's scans, both directions -> A [2, B, T, H, K] (A[0] left to right, A[1] right to
+    left), final states [B, 2, H, K, K], snapshots [2, B, H, T/64, K, K] (empty unless ``save``)."""
+    dt = k.dtype
+    k, v = _contig((k, v), dt)
+    ew = torch.exp(w.to(dt)).contiguous()
+    B, T, H, K = k.shape
+    S0 = _as(state, dt)
+    S, A = torch.empty(B, 2, H, K, K, dtype=dt), torch.empty(2, B, T, H, K, dtype=dt)
+    snaps = torch.empty(2, B, H, -(-T // _CHUNK), K, K, dtype=dt) if save else torch.empty(0, dtype=dt)
+    _call("point_forward", dt, B, T, H, K, *map(_ptr, (k, v, ew, S0, S, A, snaps if save else None)),
+          _threads(2 * B * H * T * K * K))
+    return A, S, snaps
+
+
+def _point_backward(k: Tensor, v: Tensor, w: Tensor, snaps: Tensor, gA: Tensor,
+                    gS: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """-> gk, gv, gw (both directions' sums), g_state; ``gS`` None: the final states are off the
+    loss (zero)."""
+    dt = k.dtype
+    k, v, gA = _contig((k, v, gA), dt)
+    ew = torch.exp(w.to(dt)).contiguous()
+    B, T, H, K = k.shape
+    if tuple(snaps.shape) != (2, B, H, -(-T // _CHUNK), K, K) or snaps.dtype != dt:
+        raise ValueError(f"rwkv_hf cpu backend: point_backward needs the forward's snapshots "
+                         f"[2, B, H, T/{_CHUNK}, K, K] in {dt}, got {list(snaps.shape)} {snaps.dtype}")
+    gS = None if gS is None else _as(gS, dt)
+    gk, gv, gw = (torch.empty(2, B, T, H, K, dtype=dt) for _ in range(3))
+    gs0 = torch.empty(B, 2, H, K, K, dtype=dt)
+    _call("point_backward", dt, B, T, H, K, *map(_ptr, (k, v, ew, snaps, gA, gS, gk, gv, gw, gs0)),
+          _threads(2 * B * H * T * K * K))
+    return gk.sum(0), gv.sum(0), gw.sum(0), gs0
+
+
 # Fakes: the shapes and dtypes (the kernels' dtype, r's or k's) the implementations return.
 
 def _matrix_fake(r, k, v, w, *rest):
@@ -453,6 +489,17 @@ def _wkv7_backward_fake(r, k, v, w, a, b, snaps, gy, gS):
             r.new_empty(r.shape), r.new_empty(r.shape), r.new_empty(gS.shape))
 
 
+def _point_forward_fake(k, v, w, state, save):
+    B, T, H, K = k.shape
+    snaps = k.new_empty(2, B, H, -(-T // _CHUNK), K, K) if save else k.new_empty(0)
+    return k.new_empty(2, B, T, H, K), k.new_empty(B, 2, H, K, K), snaps
+
+
+def _point_backward_fake(k, v, w, snaps, gA, gS):
+    B, T, H, K = k.shape
+    return k.new_empty(k.shape), k.new_empty(k.shape), k.new_empty(k.shape), k.new_empty(B, 2, H, K, K)
+
+
 def _wkv4_forward_fake(k, v, w, u, state, bidirectional):
     return k.new_empty(k.shape), k.new_empty(state.shape)
 
@@ -466,6 +513,8 @@ _wkv6_forward_op = _custom_ops.register("cpu", _wkv6_forward, _matrix_fake)
 _wkv6_backward_op = _custom_ops.register("cpu", _wkv6_backward, _wkv6_backward_fake)
 _wkv7_forward_op = _custom_ops.register("cpu", _wkv7_forward, _matrix_fake)
 _wkv7_backward_op = _custom_ops.register("cpu", _wkv7_backward, _wkv7_backward_fake)
+_point_forward_op = _custom_ops.register("cpu", _point_forward, _point_forward_fake)
+_point_backward_op = _custom_ops.register("cpu", _point_backward, _point_backward_fake)
 _wkv4_forward_op = _custom_ops.register("cpu", _wkv4_forward, _wkv4_forward_fake)
 _wkv4_backward_op = _custom_ops.register("cpu", _wkv4_backward, _wkv4_backward_fake)
 _traced = _custom_ops.traced
@@ -526,6 +575,26 @@ class _Wkv7(torch.autograd.Function):
         return gr, gk, gv, gw.to(w_dtype), ga, gb, gs0.to(s_dtype)
 
 
+class _Point(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, k, v, w, state):
+        A, S, snaps = _traced(_point_forward_op, _point_forward)(k, v, w, state, True)
+        ctx.save_for_backward(k, v, w, snaps)
+        ctx.meta = (state.dtype, w.dtype)
+        ctx.set_materialize_grads(False)  # final states off the loss: the kernel starts from zero
+        return A, S
+
+    @staticmethod
+    def backward(ctx, gA, gS):
+        k, v, w, snaps = ctx.saved_tensors
+        s_dtype, w_dtype = ctx.meta
+        if gA is None:
+            B, T, H, K = k.shape
+            gA = k.new_zeros(2, B, T, H, K)
+        gk, gv, gw, gs0 = _traced(_point_backward_op, _point_backward)(k, v, w, snaps, gA, gS)
+        return gk, gv, gw.to(w_dtype), gs0.to(s_dtype)
+
+
 def _needs_grad(*xs):
     return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in xs)
 
@@ -570,3 +639,12 @@ def wkv7(r, k, v, w, a, b, state):
     if _needs_grad(r, k, v, w, a, b, state):
         return _Wkv7.apply(r, k, v, w, a, b, state)
     return _traced(_wkv7_forward_op, _wkv7_forward)(r, k, v, w, a, b, state, False)[:2]
+
+
+def point_scan(k, v, w, state):
+    """PointRWKV's two one-way scans (see ``rwkv_hf.ops.point_wkv``): k, v, w [B, T, H, K]; state
+    [B, 2, H, K, K] -> (A [2, B, T, H, K], final states [B, 2, H, K, K]), A[0]_t = L_{t-1} k_t
+    from the left, A[1]_t = R_{t+1} k_t from the right."""
+    if _needs_grad(k, v, w, state):
+        return _Point.apply(k, v, w, state)
+    return _traced(_point_forward_op, _point_forward)(k, v, w, state, False)[:2]
