@@ -8,8 +8,10 @@ Needs only torch (and optionally flash-linear-attention for the side-by-side tim
 
 1. build/load the extension for the visible GPU (JIT, cached), timed;
 2. correctness of every op (wkv4, bi_wkv4, wkv5 (wkv6 with one decay for all tokens), wkv6,
-   bidirectional v6 composed as the dispatcher does, wkv7) in float32 and bfloat16, T in
-   {1, 17, 130 (other head sizes / odd C), 4096, 65536}: outputs, final state and the gradient of
+   bidirectional v6 composed as the dispatcher does, wkv7; PointRWKV's point_wkv, its two scans
+   in the extension and the rest composed as the dispatcher does) in float32 and bfloat16, T in
+   {1, 17, 130 (other head sizes / odd C), 4096, 65536} (point_wkv: up to 4096): outputs, final
+   state and the gradient of
    every input (initial state included, from both outputs) against float64 (the ``torch``
    backend for long sequences when it exists, else the ``reference`` token loop);
    max|a-b|/max|b| <= 1e-5 (float32) or 1e-2 (bfloat16); outputs are poisoned with NaN first;
@@ -17,13 +19,15 @@ Needs only torch (and optionally flash-linear-attention for the side-by-side tim
    forward+backward, next to flash-linear-attention's chunk_rwkv7 / fused_recurrent_rwkv7 /
    chunk_rwkv6 when importable; the causal ops from an initial state (fla's too) and with its
    gradient, the bidirectional ops from none (as Vision-RWKV and the official kernels run);
+   point_wkv (bfloat16 and float32, as PointRWKV runs it: from no state) next to the torch
+   backend's chunked form, with the ratio;
 4. bfloat16 accuracy of the extension and of fla's kernels against float64 on the same inputs
    (wkv7, wkv6; max-relative and RMS-relative error of y and every gradient);
 5. models (needs the package's dependencies, transformers and safetensors): every family in the
    repository on the GPU, through the extension against the torch backend on the same GPU
    (``RWKV_HF_WKV_BACKEND=torch``): the shipped tiny RWKV-7, Vision-RWKV v4/v6 and Restore-RWKV
-   models (real weights), random RWKV-4/5/6 language models, RWKV-CLIP and PointRWKV (its WKV
-   has no kernel: the same model on the CPU instead); logits, every parameter's gradient,
+   models (real weights), random RWKV-4/5/6 language models, RWKV-CLIP and PointRWKV (and the
+   same PointRWKV model on the CPU); logits, every parameter's gradient,
    greedy generation, held-out digit accuracy, PSNR, rankings; and the first model's training step compiled
    through the extension's operators (torch.compile, fullgraph, aot_eager) against eager mode;
 6. CUDA graphs (what ``torch.compile(mode="reduce-overhead")`` and serving stacks capture): each
@@ -70,9 +74,11 @@ DEVICE = "cpu" if SELFTEST else "cuda"
 # models ~29 s; a section's unused time goes to the ones after it. fla's Triton kernels compile
 # and autotune on the first call of each shape (one row took most of 156 s there): the accuracy
 # section (the extension's errors first) and fla's timings come last and get what is left.
-SECTIONS = [("correct_v7", 0.14), ("correct_v6", 0.14), ("correct_v4", 0.12), ("bench_lm", 0.18),
-            ("bench_bi", 0.14), ("models", 0.10), ("graphs", 0.04), ("accuracy", 0.07),
-            ("bench_fla", 0.07)]
+# correct_point and bench_point (PointRWKV's point_wkv, added 2026-11-28 evening, not yet run on
+# a GPU) take a small share each: its cases are few and short.
+SECTIONS = [("correct_v7", 0.14), ("correct_v6", 0.14), ("correct_v4", 0.12), ("correct_point", 0.04),
+            ("bench_lm", 0.18), ("bench_bi", 0.14), ("bench_point", 0.04), ("models", 0.10),
+            ("graphs", 0.04), ("accuracy", 0.07), ("bench_fla", 0.07)]
 # flash-linear-attention is not on every GPU image: wheels unpacked into this (git-ignored)
 # folder travel with the working tree and are importable when no installed fla is (see
 # PEERS_HELP).
@@ -146,7 +152,8 @@ def import_package():
             return call
 
         cuda_backend = types.SimpleNamespace(
-            **{op: as_backend(getattr(reference, op)) for op in ("wkv4", "bi_wkv4", "wkv6", "wkv7")},
+            **{op: as_backend(getattr(reference, op))
+               for op in ("wkv4", "bi_wkv4", "wkv6", "wkv7", "point_wkv")},
             load=lambda verbose=False: types.SimpleNamespace(__file__="(selftest)"),
             find_cuda_home=cuda_backend.find_cuda_home)
     torch_ns = None
@@ -154,7 +161,9 @@ def import_package():
         t4 = importlib.import_module("rwkv_hf.ops.torch_wkv4")
         t6 = importlib.import_module("rwkv_hf.ops.torch_wkv6")
         t7 = importlib.import_module("rwkv_hf.ops.torch_wkv7")
-        torch_ns = types.SimpleNamespace(wkv4=t4.wkv4, bi_wkv4=t4.bi_wkv4, wkv6=t6.wkv6, wkv7=t7.wkv7)
+        tp = importlib.import_module("rwkv_hf.ops.torch_point")
+        torch_ns = types.SimpleNamespace(wkv4=t4.wkv4, bi_wkv4=t4.bi_wkv4, wkv6=t6.wkv6, wkv7=t7.wkv7,
+                                         point_wkv=tp.point_wkv)
     except Exception as e:
         print(f"[gpu_check] note: the torch backend is not importable ({type(e).__name__}: {e}); "
               "long sequences are checked only where the reference loop is affordable", flush=True)
@@ -163,10 +172,30 @@ def import_package():
 
 # ---------------------------------------------------------------------------- op plumbing
 
+def point_via_scans(cb):
+    """point_wkv on the extension, whose kernels run its two scans (``point_scan``), composed
+    by the dispatcher's own code (y = r (A_fwd + A_bwd + u k sum(v)) in float32, which the caller
+    rounds once to the activations' dtype)."""
+    from rwkv_hf import ops
+
+    return ops._point_from_scans(cb.point_scan)
+
+
 def run_op(be, op, x):
-    """(y, final_state) of ``op`` on backend namespace ``be`` (wkv4, bi_wkv4, wkv6, wkv7), composed
-    for wkv5 and bi_wkv6 exactly as the dispatcher composes them."""
+    """(y, final_state) of ``op`` on backend namespace ``be`` (wkv4, bi_wkv4, wkv6, wkv7,
+    point_wkv or the extension's point_scan), composed for wkv5, bi_wkv6 and the extension's
+    point_wkv exactly as the dispatcher composes them."""
     import torch
+
+    if op == "point_wkv":
+        r, k, v, w, u, s = (x[n] for n in ("r", "k", "v", "w", "u", "state"))
+        if hasattr(be, "point_scan"):  # the extension: the scans in its kernels, the rest in torch
+            y, final = point_via_scans(be)(r, k, v, w, u, s)
+            return y.to(r.dtype), final
+        if s is None:  # the torch and reference loops take a state: zero, as the dispatcher passes
+            B, _, H, K = k.shape
+            s = torch.zeros(B, 2, H, K, K, device=k.device, dtype=k.dtype)
+        return be.point_wkv(r, k, v, w, u, s)
 
     if op == "wkv4":
         return be.wkv4(x["k"], x["v"], x["w"], x["u"], x["state"])
@@ -233,7 +262,7 @@ def chunk_forms(cb, op, B, T, H, N):
     where the extension would split this shape into chunks over time, its choice."""
     per_channel = op in ("wkv4", "bi_wkv4")
     rule = getattr(cb, "v4_chunk_length" if per_channel else "chunk_length", None)
-    if rule is None:
+    if rule is None or op == "point_wkv":  # point_wkv: one pass over T (its only form)
         return [("", None)]
     auto = with_chunk(None, lambda: rule(B, H * N if per_channel else H, T, DEVICE))
     forms = [("seq", 0)]
@@ -287,7 +316,12 @@ def poison(nbytes_list):
 def correctness_cases(section):
     """(op, B, T, H, N, oracle-kind) per section; N is also C/H for per-channel ops."""
     ops = {"correct_v7": ["wkv7"], "correct_v6": ["wkv6", "wkv5", "bi_wkv6"],
-           "correct_v4": ["wkv4", "bi_wkv4"]}[section]
+           "correct_v4": ["wkv4", "bi_wkv4"], "correct_point": ["point_wkv"]}[section]
+    if ops == ["point_wkv"]:  # PointRWKV's sequences are short: up to 4096 tokens here
+        cases = [("point_wkv", 2, 1, 2, 64), ("point_wkv", 2, 17, 2, 64)]
+        cases += [("point_wkv", 1, 130, 2, n) for n in (16, 32, 96, 128)]
+        cases += [("point_wkv", 2, 2048, 8, 48), ("point_wkv", 1, 4096, 2, 64)]  # 48: as released
+        return [c for c in cases if c[2] <= 130] if SELFTEST else cases
     cases = []
     for op in ops:
         per_channel = op in ("wkv4", "bi_wkv4")
@@ -428,6 +462,8 @@ def bench_cases(section):
             for B, T, H in ((8, 4096, 32), (1, 16384, 32)):
                 cases.append((op, "bfloat16", B, T, H, 64))
         return cases
+    if section == "bench_point":  # PointRWKV as released (8 heads of 48), a training batch's shape
+        return [("point_wkv", dt, 8, 2048, 8, 48) for dt in ("bfloat16", "float32")]
     cases = []  # float32: the official kernels' dtype (the issue's comparison); bf16 as well
     for B, T, C in ((64, 196, 192), (64, 196, 768), (4, 4096, 768), (1, 16384, 192)):
         for op in ("bi_wkv4", "bi_wkv6"):
@@ -448,6 +484,18 @@ TARGETS = {
     ("bi_wkv6", 4, 4096, 768): (7.974, 38.96), ("bi_wkv6", 1, 16384, 192): (27.26, 139.8),
 }
 TARGET_DTYPE = {"wkv7": "bfloat16", "wkv6": "bfloat16", "bi_wkv4": "float32", "bi_wkv6": "float32"}
+
+
+def point_ratios(bench):
+    """point_wkv's timing rows: the extension's against the torch backend's on each case."""
+    rows = {}
+    for r in bench:
+        if r["op"] == "point_wkv" and r.get("status") == "OK":
+            key = (r["dtype"], r["mode"], r.get("B"), r.get("T"), r.get("H"), r.get("N"))
+            rows.setdefault(key, {})["torch" if r["impl"] == "torch backend" else "cuda"] = r["ms"]
+    return [{"dtype": d, "mode": m, "B": B, "T": T, "H": H, "N": N, "cuda_ms": t["cuda"],
+             "torch_ms": t["torch"], "speedup": round(t["torch"] / t["cuda"], 2)}
+            for (d, m, B, T, H, N), t in rows.items() if "cuda" in t and "torch" in t]
 
 
 def target_rows(bench):
@@ -543,7 +591,7 @@ def kernel_breakdown(fn):
         out["host top"] = [[ev.key[:60], ev.count, round(ev.self_cpu_time_total / 1e3, 4)] for ev in top]
         for ev in events:
             us = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
-            m = re.search(r"(wkv\d?_\w*kernel|chunk_combine_\w*kernel)(<[^>]*>)?", ev.key)
+            m = re.search(r"(wkv\d?_\w*kernel|chunk_combine_\w*kernel|point_\w*kernel)(<[^>]*>)?", ev.key)
             if m:
                 key = m.group(0)
                 out[key] = round(out.get(key, 0.0) + us / 1e3, 4)
@@ -605,6 +653,8 @@ def bench_one(ctx, op, dt_name, B, T, H, N, emit, deadline, peers=False, phase="
 
     _, make_inputs, cb, _ = ctx
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dt_name]
+    if op == "point_wkv" and not hasattr(cb, "point_scan"):
+        return  # an extension without point_wkv's kernel
     # (name, fn, is the extension's default form): the form the extension picks and, in the
     # issue's dtype of the op, the other forms and chunk lengths around it (to tune the choice).
     ours = []
@@ -640,19 +690,23 @@ def bench_one(ctx, op, dt_name, B, T, H, N, emit, deadline, peers=False, phase="
         c = max(64, T // 4 // 64 * 64)  # where the extension keeps one pass: would chunks win?
         ours.append((f"rwkv_hf cuda (chunk {c})",
                      lambda x, c=c: with_chunk(c, lambda: run_op(cb, op, x)), False))
+    torch_ns = ctx[3]
+    if op == "point_wkv" and torch_ns is not None:  # next to the torch backend's chunked form
+        ours.append(("torch backend", lambda x: run_op(torch_ns, op, x), False))
     if peers:
         impls = [(name, f, False) for name, f in fla_impls(op)] if phase == "core" else []
     else:
-        core = [o for o in ours if o[2] and tune]
+        core = [o for o in ours if (o[2] or o[0] == "torch backend") and tune]
         impls = core if phase == "core" else [o for o in ours if o not in core]
     if not impls:
         return
     x = make_inputs(op, B, T, H, N, dtype=dt, device=DEVICE, state=True, seed=5)
     # The bidirectional ops run as Vision-RWKV runs them, and as the official kernels they are
-    # compared with work: from no initial state (what rwkv_hf.ops passes the backend then).
-    stateless = op in ("bi_wkv4", "bi_wkv6")
+    # compared with work: from no initial state (what rwkv_hf.ops passes the backend then);
+    # point_wkv as PointRWKV runs it, from none too.
+    stateless = op in ("bi_wkv4", "bi_wkv6", "point_wkv")
     if stateless:
-        x["state"] = None if op == "bi_wkv6" else empty_v4_state(x["state"])
+        x["state"] = empty_v4_state(x["state"]) if op == "bi_wkv4" else None
     shape = {"B": B, "T": T, "H": H, "N": N} if op not in ("bi_wkv4",) else {"B": B, "T": T, "C": H * N}
     for name, f, default in impls:
         for mode in ("fwd", "fwd+bwd"):
@@ -879,12 +933,14 @@ def _model_cases():
         return model, "clip", (ids, pixels)
 
     def point():
-        # ops.point_wkv has no kernel in the extension: both dispatches run its torch form, so
-        # this case shows the whole model running on the GPU (sampling, grouping, graph branch)
+        # ops.point_wkv's two scans run in the extension's kernels (point_scan, the default
+        # dispatch on CUDA; 2 heads of 48, the released head size); the whole model runs on
+        # the GPU (sampling, grouping, graph branch) against the torch backend and against the
+        # same model on the CPU
         from rwkv_hf.point import PointRwkvConfig, PointRwkvForPointCloudClassification
 
         torch.manual_seed(0)
-        config = PointRwkvConfig(hidden_size=64, depths=[1, 1], num_heads=4, num_groups=[128, 64],
+        config = PointRwkvConfig(hidden_size=96, depths=[1, 1], num_heads=2, num_groups=[128, 64],
                                  group_sizes=[16, 16], k_neighbors=[8, 8], graph_iterations=2, num_labels=5)
         points = torch.randn(2, 512, 3, generator=torch.Generator().manual_seed(0))
         return PointRwkvForPointCloudClassification(config), "point", (points, torch.tensor([1, 3]))
@@ -1194,13 +1250,13 @@ def summarize(report, compare=None):
     bench.sort(key=lambda r: (order[(r["op"], r["dtype"], r.get("B"), r.get("T"), r.get("H"), r.get("C"))],
                               r["mode"]))
     print("\n== correctness (max|a-b|/max|b| vs float64; tol 1e-5 fp32, 1e-2 bf16) ==")
-    print(f"{'op':8s} {'dtype':8s} {'B':>2s} {'T':>6s} {'H':>2s} {'N':>3s} {'form':11s} {'oracle':9s} "
+    print(f"{'op':9s} {'dtype':8s} {'B':>2s} {'T':>6s} {'H':>2s} {'N':>3s} {'form':11s} {'oracle':9s} "
           f"{'y':>8s} {'state':>8s} {'worst grad':>16s} status")
     for r in corr:
         e = r.get("errs", {})
         gk = [k for k in e if k.startswith("d")]
         wg = max(gk, key=lambda k: e[k] if isinstance(e[k], float) else 1e9) if gk else ""
-        print(f"{r['op']:8s} {r['dtype']:8s} {r['B']:2d} {r['T']:6d} {r['H']:2d} {r['N']:3d} "
+        print(f"{r['op']:9s} {r['dtype']:8s} {r['B']:2d} {r['T']:6d} {r['H']:2d} {r['N']:3d} "
               f"{r.get('form', ''):11s} {r.get('oracle', '-'):9s} {str(e.get('y', '-')):>8s} {str(e.get('state', '-')):>8s} "
               f"{(wg + '=' + str(e.get(wg, ''))) if wg else '-':>16s} {r['status']} {r.get('why', '')}")
     n_pass = sum(r["status"] == "PASS" for r in corr)
@@ -1220,6 +1276,13 @@ def summarize(report, compare=None):
         print(f"{r['op']:8s} {shape:26s} {r['dtype']:8s} {r['mode']:7s} {r['impl']:26s} "
               f"{(str(r['ms']) + ' ms') if 'ms' in r else r['status'] + ' ' + r.get('why', '')}"
               + (f"  kernels: {r['kernels_ms']}" if r.get("kernels_ms") else ""))
+    ratios = point_ratios(bench)
+    if ratios:
+        report["point_ratios"] = ratios
+        print("\n== point_wkv: the extension against the torch backend, ms (torch / extension) ==")
+        for r in ratios:
+            print(f"B={r['B']} T={r['T']} H={r['H']} N={r['N']} {r['dtype']:8s} {r['mode']:7s} "
+                  f"{r['cuda_ms']} / {r['torch_ms']} ({r['speedup']}x)")
     if compare:
         print_comparison(bench, compare.split(","))
     targets = target_rows(bench)

@@ -8,7 +8,7 @@
 #include "wkv_launch.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "rwkv_hf WKV CUDA kernels (RWKV-4, bidirectional v4, RWKV-5/6, RWKV-7)";
+  m.doc() = "rwkv_hf WKV CUDA kernels (RWKV-4, bidirectional v4, RWKV-5/6, RWKV-7, PointRWKV)";
   m.attr("SNAP_CHUNK") = rwkv_hf::kSnap;
   m.def("wkv4_forward", &rwkv_hf::wkv4_forward,
         "wkv4 forward -> (y, final_state, states entering each chunk); chunk: tokens per chunk "
@@ -66,4 +66,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("r"), py::arg("k"), py::arg("v"), py::arg("w"), py::arg("a"), py::arg("b"),
         py::arg("snapshots"), py::arg("sa"), py::arg("transitions"), py::arg("gy"),
         py::arg("gstate"), py::arg("chunk") = 0);
+  m.def("point_forward", &rwkv_hf::point_forward,
+        "point_wkv's two scans -> (A [2, B, T, H, K] float32, final_state [B, 2, H, K, K], "
+        "snapshots (empty unless save)); state empty: zero",
+        py::arg("k"), py::arg("v"), py::arg("w"), py::arg("state"), py::arg("save"));
+  m.def("point_backward", &rwkv_hf::point_backward,
+        "point_wkv backward -> (gk, gv, gw in w's dtype, gstate [B, 2, H, K, K]), the directions "
+        "summed in float32 and rounded once; gA, gstate in empty: zero",
+        py::arg("k"), py::arg("v"), py::arg("w"), py::arg("snapshots"), py::arg("gA"),
+        py::arg("gstate"));
 }

@@ -440,6 +440,37 @@ V7In<F, FW> v7_in(const MatSizes& s, const at::Tensor& r, const at::Tensor& k,
   return {s, in_ptr<F>(r), in_ptr<F>(k), in_ptr<F>(v), in_ptr<F>(a), in_ptr<F>(b), in_ptr<FW>(w)};
 }
 
+// ---------------------------------------------------------------------------- point_wkv
+
+void check_point(const at::Tensor& k, const at::Tensor& v, const at::Tensor& w) {
+  check_cuda_tensor(k, "k");
+  TORCH_CHECK(k.dim() == 4, "rwkv_hf cuda point_wkv: k must be [B, T, H, K]");
+  check_act(v, k, "v");
+  check_decay(w, k);
+  TORCH_CHECK(v.sizes() == k.sizes() && w.sizes() == k.sizes(),
+              "rwkv_hf cuda point_wkv: k, v, w must share one shape [B, T, H, K] (K = V)");
+  const int64_t n = k.size(3);
+  TORCH_CHECK(n == 16 || n == 32 || n == 48 || n == 64 || n == 96 || n == 128,
+              "rwkv_hf cuda point_wkv: head size must be 16, 32, 48, 64, 96 or 128, got ", n);
+  TORCH_CHECK(k.size(0) * k.size(2) < (int64_t)1 << 31 && k.size(1) < (int64_t)1 << 31,
+              "rwkv_hf cuda point_wkv: input too large");
+}
+
+template <typename F, typename FW>
+PointIn<F, FW> point_in(const at::Tensor& k, const at::Tensor& v, const at::Tensor& w) {
+  return {(int)k.size(0), (int)k.size(1), (int)k.size(2), (int)k.size(3),
+          in_ptr<F>(k), in_ptr<F>(v), in_ptr<FW>(w)};
+}
+
+// An optional float32 input of `numel` elements: empty -> null (zero).
+const float* optional_in(const at::Tensor& x, int64_t numel, const char* name, const char* shape) {
+  check_float(x, name);
+  if (x.numel() == 0) return nullptr;
+  TORCH_CHECK(x.numel() == numel, "rwkv_hf cuda point_wkv: ", name, " must be ", shape,
+              " or empty (zero)");
+  return x.data_ptr<float>();
+}
+
 }  // namespace
 
 std::vector<at::Tensor> wkv4_forward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor u,
@@ -677,6 +708,65 @@ std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
     });
   });
   return {gr, gk, gv, gw, ga, gb, gs0};
+}
+
+std::vector<at::Tensor> point_forward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor s0,
+                                      bool save) {
+  check_point(k, v, w);
+  const int B = k.size(0), T = k.size(1), H = k.size(2), n = k.size(3);
+  const float* s0p =
+      state_in(s0, (int64_t)B * 2 * H * n * n, "point_wkv", "state", "[B, 2, H, K, K]", true);
+  const at::cuda::OptionalCUDAGuard guard(k.device());
+  const auto f32 = k.options().dtype(at::kFloat);
+  auto A = at::empty({2, B, T, H, n}, f32);
+  auto sT = at::empty({B, 2, H, n, n}, f32);
+  const int NC = (T + kSnap - 1) / kSnap;
+  auto snap = save ? at::empty({2, B, H, NC, n, n}, f32) : at::empty({0}, f32);
+  if (B * H == 0) return {A, sT, snap};
+  RWKV_HF_DISPATCH_F(k.scalar_type(), "point_wkv", [&] {
+    dispatch_w<F>(w, [&](auto fw) {
+      using FW = decltype(fw);
+      const PointFwd<F, FW> p{point_in<F, FW>(k, v, w), s0p, A.data_ptr<float>(),
+                              sT.data_ptr<float>(), f32_or_null(snap, save)};
+      C10_CUDA_CHECK((point_forward_launch<F, FW>(p, c10::cuda::getCurrentCUDAStream())));
+    });
+  });
+  return {A, sT, snap};
+}
+
+std::vector<at::Tensor> point_backward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor snap,
+                                       at::Tensor gA, at::Tensor gsT) {
+  check_point(k, v, w);
+  check_float(snap, "snapshots");
+  const int B = k.size(0), T = k.size(1), H = k.size(2), n = k.size(3);
+  const int NC = (T + kSnap - 1) / kSnap;
+  TORCH_CHECK(snap.numel() == (int64_t)2 * B * H * NC * n * n,
+              "rwkv_hf cuda point_wkv: the snapshots do not match the inputs (a forward with "
+              "save=True keeps them)");
+  const float* gAp = optional_in(gA, (int64_t)2 * k.numel(), "gA", "[2, B, T, H, K]");
+  const float* gsTp =
+      state_in(gsT, (int64_t)B * 2 * H * n * n, "point_wkv", "gsT", "[B, 2, H, K, K]", true);
+  const at::cuda::OptionalCUDAGuard guard(k.device());
+  const auto f32 = k.options().dtype(at::kFloat);
+  auto gs0 = at::empty({B, 2, H, n, n}, f32);
+  auto gk = at::empty_like(k), gv = at::empty_like(v);
+  auto gw = at::empty(w.sizes(), f32.dtype(w.scalar_type()));
+  if (B * H == 0) return {gk, gv, gw, gs0};
+  // Each direction's gradients in float32, summed below and rounded once.
+  auto gk2 = at::empty({2, B, T, H, n}, f32), gv2 = at::empty_like(gk2), gw2 = at::empty_like(gk2);
+  RWKV_HF_DISPATCH_F(k.scalar_type(), "point_wkv", [&] {
+    dispatch_w<F>(w, [&](auto fw) {
+      using FW = decltype(fw);
+      const PointBwd<F, FW> p{point_in<F, FW>(k, v, w), snap.data_ptr<float>(), gAp, gsTp,
+                              gk2.data_ptr<float>(), gv2.data_ptr<float>(),
+                              gw2.data_ptr<float>(), gs0.data_ptr<float>()};
+      C10_CUDA_CHECK((point_backward_launch<F, FW>(p, c10::cuda::getCurrentCUDAStream())));
+    });
+  });
+  at::add_out(gk, gk2[0], gk2[1]);
+  at::add_out(gv, gv2[0], gv2[1]);
+  at::add_out(gw, gw2[0], gw2[1]);
+  return {gk, gv, gw, gs0};
 }
 
 }  // namespace rwkv_hf

@@ -66,4 +66,15 @@ std::vector<at::Tensor> wkv7_backward(at::Tensor r, at::Tensor k, at::Tensor v, 
                                       at::Tensor trans, at::Tensor gy, at::Tensor gsT,
                                       int64_t chunk);
 
+// PointRWKV's two scans (point_wkv): k, v, w [B, T, H, K] (w in float32 or k's dtype), state
+// [B, 2, H, K, K] float32 or empty (zero). The forward returns A [2, B, T, H, K] (float32; [0]
+// left to right, [1] right to left), the final states [B, 2, H, K, K] and, with `save`, the
+// snapshots the backward takes (else empty). The backward takes gA [2, B, T, H, K] and gsT
+// [B, 2, H, K, K] (float32, each empty for zero) and returns gk, gv (k's dtype), gw (w's dtype),
+// each the float32 sum of the directions rounded once, and the initial states' gradient.
+std::vector<at::Tensor> point_forward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor s0,
+                                      bool save);
+std::vector<at::Tensor> point_backward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor snaps,
+                                       at::Tensor gA, at::Tensor gsT);
+
 }  // namespace rwkv_hf

@@ -1,5 +1,5 @@
 // The kernel launchers of the rwkv_hf WKV extension: what the device translation units
-// (wkv4.cu, wkv5.cu, wkv6.cu, wkv7.cu) export to the host code (wkv_host.cpp, which checks the
+// (wkv4.cu, wkv5.cu, wkv6.cu, wkv7.cu, point_wkv.cu) export to the host code (wkv_host.cpp, which checks the
 // tensors, allocates the outputs and scratch, and fills these argument structs).
 //
 // Raw pointers and sizes only, no ATen: parsing ATen's headers costs nvcc about 20 s per
@@ -147,5 +147,37 @@ template <typename F, typename FW>
 cudaError_t wkv7_forward_launch(const V7Fwd<F, FW>& p, cudaStream_t stream);
 template <typename F, typename FW>
 cudaError_t wkv7_backward_launch(const V7Bwd<F, FW>& p, cudaStream_t stream);
+
+// PointRWKV's two scans (point_wkv.cu), both directions in one launch. FW: w's type, float or F
+// (gw comes back in it). N the head size (K = V).
+template <typename F, typename FW>
+struct PointIn {
+  int B, T, H, N;
+  const F *k, *v;
+  const FW* w;
+};
+
+// s0 (null: zero), sT: [B, 2, H, N, N]; A: [2, B, T, H, N]; snap: [2, B, H, ceil(T / kSnap), N, N]
+// (the state before every kSnap-th token of each scan), null without gradients.
+template <typename F, typename FW>
+struct PointFwd {
+  PointIn<F, FW> in;
+  const float* s0;
+  float *A, *sT, *snap;
+};
+
+// gA (null: zero) [2, B, T, H, N]; gsT (null: zero), gs0 [B, 2, H, N, N]; gk, gv, gw: each
+// direction's gradients in float32, [2, B, T, H, N] (the host sums them).
+template <typename F, typename FW>
+struct PointBwd {
+  PointIn<F, FW> in;
+  const float *snap, *gA, *gsT;
+  float *gk, *gv, *gw, *gs0;
+};
+
+template <typename F, typename FW>
+cudaError_t point_forward_launch(const PointFwd<F, FW>& p, cudaStream_t stream);
+template <typename F, typename FW>
+cudaError_t point_backward_launch(const PointBwd<F, FW>& p, cudaStream_t stream);
 
 }  // namespace rwkv_hf

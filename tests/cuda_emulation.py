@@ -35,7 +35,7 @@ from rwkv_hf.ops import cuda_backend
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EMU_DIR = os.path.join(HERE, "cuda_emu")
-KERNELS = ("wkv4.cu", "wkv5.cu", "wkv6.cu", "wkv7.cu")
+KERNELS = ("wkv4.cu", "wkv5.cu", "wkv6.cu", "wkv7.cu", "point_wkv.cu")
 CACHE_ENV = "RWKV_HF_CUDA_EMU_CACHE"
 
 MUTANT_ENV = "RWKV_HF_EMU_MUTANT"

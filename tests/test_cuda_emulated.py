@@ -1,7 +1,8 @@
 """The CUDA extension's kernels, run on the CPU under an emulation of the CUDA execution model
 (tests/cuda_emulation.py): every op through the public ``rwkv_hf.ops`` functions and the cuda
-backend's autograd Functions, against the float64 reference, in float32, bfloat16 and
-float16, outputs, final states and every gradient; the registered operators' fake
+backend's autograd Functions (PointRWKV's scans through ``cuda_backend.point_scan``), against
+the float64 reference, in float32, bfloat16 and float16, outputs, final states and every
+gradient; the registered operators' fake
 implementations (opcheck) and torch.compile through them. One build of the emulated
 extension (~50 s), and one more with sanitizers (out-of-bounds and misaligned accesses, ~2 min;
 run in processes of their own). The checks that these can fail switch on bugs planted in both
@@ -166,6 +167,8 @@ def test_kernels_stay_inside_their_memory():
     cases = [(op, B, T, H, N, str(dt)[6:], chunk) for op, B, T, H, N, dt, chunk in CASES]
     cases += [(op, 1, 70, 2, 16, dt, chunk, True) for op in ("wkv5", "wkv6", "bi_wkv6", "wkv7")
               for dt, chunk in (("float32", 0), ("bfloat16", 64))]
+    cases += [("point_wkv", B, T, H, N, str(dt)[6:], 0) for B, T, H, N, dt, _ in POINT_CASES]
+    cases += [("point_wkv", 1, 70, 2, 16, "bfloat16", 0, True)]
     run = run_sanitized(cases)
     assert run.returncode == 0, run.stderr[-6000:]
     assert run.stdout.count(" ok\n") == len(cases)
@@ -504,6 +507,186 @@ def test_chunk_length_choice(monkeypatch):
         cuda_backend.chunk_length(1, 1, 100, "cuda")
 
 
+# ---------------------------------------------------------------------------- point_wkv's scans
+
+def point_scan64(k, v, w, state):
+    """What cuda_backend.point_scan computes, as token loops (in the inputs' dtype: float64 here)
+    -> (A [2, B, T, H, K], final states [B, 2, H, K, K])."""
+    def scan(ks, vs, ws, S):
+        out = []
+        for kt, vt, wt in zip(ks, vs, ws):
+            out.append((S @ kt[..., None]).squeeze(-1))  # the state before the token, times k
+            S = torch.exp(wt)[..., None] * S + kt[..., :, None] * vt[..., None, :]
+        return torch.stack(out, 1), S
+
+    ks, vs, ws = k.unbind(1), v.unbind(1), w.unbind(1)
+    a_f, s_f = scan(ks, vs, ws, state[:, 0])
+    a_b, s_b = scan(ks[::-1], vs[::-1], ws[::-1], state[:, 1])
+    return torch.stack([a_f, a_b.flip(1)]), torch.stack([s_f, s_b], 1)
+
+
+# (B, T, H, N, dtype, with an initial state): T = 1, 17 (a partial stage), 64 (a snapshot chunk
+# ending at T), 130 (three chunks, the last partial); every head size (48: PointRWKV as released,
+# in 6 warps of 8 rows, 96); float16 with its decay.
+POINT_CASES = [(2, 1, 2, 16, torch.float32, True), (2, 17, 2, 16, torch.float32, True),
+               (2, 17, 2, 16, torch.float32, False), (1, 130, 2, 16, torch.float32, True),
+               (1, 130, 2, 32, torch.float32, False), (2, 130, 1, 16, torch.bfloat16, True),
+               (1, 64, 1, 32, torch.bfloat16, False), (1, 70, 1, 64, torch.float32, True),
+               (1, 70, 1, 64, torch.bfloat16, True), (1, 20, 1, 128, torch.float32, True),
+               (1, 70, 1, 48, torch.float32, True), (1, 18, 1, 96, torch.bfloat16, False),
+               (1, 33, 2, 16, torch.float16, True)]
+
+
+@pytest.mark.parametrize("B,T,H,N,dtype,with_state", POINT_CASES,
+                         ids=[f"B{c[0]}-T{c[1]}-H{c[2]}-N{c[3]}-{str(c[4])[6:]}" + ("-state" if c[5] else "")
+                              for c in POINT_CASES])
+def test_point_scan_matches_float64_reference(on_emulated_cuda, B, T, H, N, dtype, with_state):
+    """PointRWKV's two scans (cuda_backend.point_scan: A of each direction and the final
+    states) against float64 token loops, and every gradient (k, v, w, the initial states) against
+    their autograd, from a random gradient of A and of the final states; the loops' sum of the
+    directions against the reference backend's point_wkv (r = 1, u = 0). k, v and w in the
+    dtype (w read as it is), the states float32; gradients in each input's dtype."""
+    x16 = make_inputs("point_wkv", B, T, H, N, dtype=torch.bfloat16, state=True, seed=T + 7 * N + B)
+    names = ["k", "v", "w"] + (["state"] if with_state else [])
+    x64 = {n: x16[n].double().requires_grad_() for n in ("k", "v", "w", "state")}
+    if not with_state:
+        x64["state"] = torch.zeros_like(x64["state"])
+    A64, s64 = point_scan64(**x64)
+    y64, s_ref = ops.point_wkv(torch.ones_like(x64["k"]), x64["k"], x64["v"], x64["w"],
+                               torch.zeros(H, N, dtype=torch.float64), x64["state"],
+                               output_final_state=True, backend="reference")
+    assert rel(A64[0] + A64[1], y64) < 1e-12 and rel(s64, s_ref) < 1e-12
+    g = torch.Generator().manual_seed(T)
+    gA = torch.randn(A64.shape, generator=g, dtype=torch.float64).float().double()
+    gs = torch.randn(s64.shape, generator=g, dtype=torch.float64).float().double()
+    want = torch.autograd.grad([A64, s64], [x64[n] for n in names], [gA, gs])
+
+    x = {n: (x16[n].float() if n == "state" else x16[n].to(dtype)).requires_grad_() for n in names}
+    A, s = cuda_backend.point_scan(x["k"], x["v"], x["w"], x.get("state"))
+    got = torch.autograd.grad([A, s], [x[n] for n in names], [gA.float(), gs.float()])
+
+    assert A.dtype == s.dtype == torch.float32 and A.shape == (2, B, T, H, N) and s.shape == (B, 2, H, N, N)
+    errs = {"A": rel(A, A64), "state": rel(s, s64)}
+    for n, a, b in zip(names, got, want):
+        assert a.dtype == x[n].dtype, n
+        errs["d" + n] = rel(a, b)
+    # A, the states and the initial states' gradient are float32 whatever the dtype: 1e-5; the
+    # gradients of k, v, w are rounded to their dtype
+    tol = {k: 1e-5 if k in ("A", "state", "dstate") else TOL[dtype] for k in errs}
+    bad = {k: f"{e:.2e} > {tol[k]:g}" for k, e in errs.items() if not e <= tol[k]}
+    assert not bad, f"relative errors: {bad}"
+
+
+def test_point_scan_decay_dtype_and_outputs_off_the_loss(on_emulated_cuda, monkeypatch):
+    """point_scan reads a bfloat16 w as it is (the same A, states and gradients, bit for bit, as
+    the same w in float32; w's gradient comes back in bfloat16, the float32 one rounded once);
+    an output off the loss is a zero gradient without a tensor (A's or the final states', an
+    empty tensor to the extension: the same gradients as explicit zeros); without gradients the
+    forward keeps no snapshots."""
+    x16 = make_inputs("point_wkv", 2, 130, 2, 16, dtype=torch.bfloat16, state=True, seed=31)
+    names = ["k", "v", "w", "state"]
+    seen = []
+
+    def record(name, args):
+        seen.append((name, args[2].dtype, *(a.numel() for a in args[3:] if isinstance(a, torch.Tensor))))
+
+    monkeypatch.setattr(cuda_backend, "_ext", spy_on(on_emulated_cuda, record))
+    g = torch.Generator().manual_seed(32)
+    gA = torch.randn(2, 2, 130, 2, 16, generator=g)
+    gs = torch.randn(2, 2, 2, 16, 16, generator=g)
+    out = {}
+    for w_dtype in (torch.bfloat16, torch.float32):
+        x = {n: (x16[n].to(w_dtype) if n == "w" else x16[n]).detach().requires_grad_() for n in names}
+        A, s = cuda_backend.point_scan(*(x[n] for n in names))
+        out[w_dtype] = (A, s, torch.autograd.grad([A, s], [x[n] for n in names], [gA, gs]))
+    n_state, n_snap = 2 * 2 * 2 * 16 * 16, 2 * 2 * 2 * 3 * 16 * 16
+    assert seen == [("point_forward", torch.bfloat16, n_state), ("point_backward", torch.bfloat16, n_snap, gA.numel(), n_state),
+                    ("point_forward", torch.float32, n_state), ("point_backward", torch.float32, n_snap, gA.numel(), n_state)]
+    (A1, s1, g1), (A2, s2, g2) = out[torch.bfloat16], out[torch.float32]
+    assert torch.equal(A1, A2) and torch.equal(s1, s2)
+    for n, a, b in zip(names, g1, g2):
+        assert a.dtype == x16[n].dtype if n != "w" else a.dtype == torch.bfloat16, n
+        assert torch.equal(a, b.to(a.dtype)), n
+    # Outputs off the loss: empty gradients to the extension, the results of explicit zeros.
+    x = {n: x16[n].detach().requires_grad_() for n in names}
+    A, s = cuda_backend.point_scan(*(x[n] for n in names))
+    for used, upstream in (([A], [gA]), ([s], [gs])):
+        seen.clear()
+        off = torch.autograd.grad(used, [x[n] for n in names], upstream, retain_graph=True)
+        zeros = torch.autograd.grad([A, s], [x[n] for n in names],
+                                    [gA if used[0] is A else torch.zeros_like(A),
+                                     gs if used[0] is s else torch.zeros_like(s)], retain_graph=True)
+        assert seen[0][3:] == ((gA.numel(), 0) if used[0] is A else (0, n_state))
+        for n, a, b in zip(names, off, zeros):
+            assert torch.equal(a, b), n
+    # No gradients: the forward keeps nothing (save=False), the same A and states.
+    seen.clear()
+    with torch.no_grad():
+        A0, s0 = cuda_backend.point_scan(*(x16[n] for n in names))
+    assert [c[0] for c in seen] == ["point_forward"] and torch.equal(A0, A) and torch.equal(s0, s)
+
+
+def test_point_scan_compiles_through_its_operators(on_emulated_cuda):
+    """torch.compile(fullgraph=True) traces point_scan's forward and backward through its
+    operators (rwkv_hf::cuda__point_*) in one graph, and gives eager mode's loss and gradients."""
+    x = make_inputs("point_wkv", 2, 70, 2, 16, state=True, seed=61)
+
+    def loss(k, v, w, state):
+        A, s = cuda_backend.point_scan(k, v, w, state)
+        return (A * A).sum() + s.sum()
+
+    results = []
+    for f in (loss, torch.compile(loss, fullgraph=True, backend="aot_eager")):
+        torch._dynamo.reset()
+        leaves = [x[n].detach().requires_grad_() for n in ("k", "v", "w", "state")]
+        value = f(*leaves)
+        results.append((value.detach(), torch.autograd.grad(value, leaves)))
+    (la, ga), (lb, gb) = results
+    assert rel(lb, la) < 1e-6 and all(rel(b, a) < 1e-6 for a, b in zip(ga, gb))
+
+
+def test_point_entry_points_reject_bad_input(emulated):
+    x = {n: t.float().contiguous() for n, t in make_inputs("point_wkv", 1, 70, 2, 16, state=True).items()}
+    k, v, w, state = x["k"], x["v"], x["w"], x["state"]
+    A, sT, snap = emulated.point_forward(k, v, w, state, True)
+    assert snap.shape == (2, 1, 2, 2, 16, 16)  # [2, B, H, T / 64 rounded up, N, N]
+    assert emulated.point_forward(k, v, w, state, False)[2].numel() == 0
+    with pytest.raises(RuntimeError, match="head size must be 16, 32, 48, 64, 96 or 128"):
+        bad = make_inputs("point_wkv", 1, 4, 2, 24, state=True)
+        emulated.point_forward(*(bad[n].float() for n in ("k", "v", "w", "state")), False)
+    with pytest.raises(RuntimeError, match="must have dtype"):
+        emulated.point_forward(k, v.double(), w, state, False)
+    with pytest.raises(RuntimeError, match="w must be float32 or the activations' dtype"):
+        emulated.point_forward(k.bfloat16(), v.bfloat16(), w.half(), state, False)
+    with pytest.raises(RuntimeError, match=r"state must be \[B, 2, H, K, K\]"):
+        emulated.point_forward(k, v, w, state[:, 0].contiguous(), False)
+    with pytest.raises(RuntimeError, match="snapshots do not match"):
+        emulated.point_backward(k, v, w, snap[:, :, :, :1].contiguous(), A, sT)
+    with pytest.raises(RuntimeError, match=r"gA must be \[2, B, T, H, K\]"):
+        emulated.point_backward(k, v, w, snap, A[0].contiguous(), sT)
+    with pytest.raises(ValueError, match="head sizes K = V"):
+        cuda_backend._head_size("point_wkv", torch.zeros(1, 4, 2, 24), torch.zeros(1, 4, 2, 24))
+
+
+def test_point_wkv_unsupported_reason():
+    """The dispatcher hears why the extension cannot run a point_wkv call: CPU tensors, float64,
+    a head size without a kernel."""
+    class OnCuda(torch.Tensor):  # what unsupported_reason reads of a CUDA tensor, on the CPU
+        is_cuda = property(lambda self: True)
+
+    def args(N, dtype=torch.float32, cuda=True):
+        x = make_inputs("point_wkv", 1, 4, 2, N, dtype=dtype)
+        return {n: t.as_subclass(OnCuda) if cuda else t for n, t in x.items()}
+
+    assert cuda_backend.unsupported_reason("point_wkv", **args(64)) is None
+    assert cuda_backend.unsupported_reason("point_wkv", **args(64, torch.bfloat16)) is None
+    assert cuda_backend.unsupported_reason("point_wkv", **args(48)) is None  # PointRWKV as released
+    assert "K=48" in cuda_backend.unsupported_reason("wkv6", **args(48))
+    assert "needs CUDA tensors" in cuda_backend.unsupported_reason("point_wkv", **args(64, cuda=False))
+    assert "float64" in cuda_backend.unsupported_reason("point_wkv", **args(64, torch.float64))
+    assert "K=24" in cuda_backend.unsupported_reason("point_wkv", **args(24))
+
+
 # Each case: (model, run), run() -> (loss, the model's main output).
 
 def _fill_zero_matrices(model):
@@ -560,9 +743,24 @@ def _clip_case():
         model(input_ids=ids, pixel_values=x, return_loss=True))
 
 
+def _point_case():  # one head of 48: PointRWKV's released head size
+    from rwkv_hf.point import PointRwkvConfig, PointRwkvForPointCloudClassification
+
+    torch.manual_seed(0)
+    model = PointRwkvForPointCloudClassification(PointRwkvConfig(
+        hidden_size=48, depths=[1, 1], num_heads=1, num_groups=[24, 12], group_sizes=[6, 6], k_neighbors=[4, 4],
+        graph_iterations=1, num_labels=5)).eval()
+    with torch.no_grad():  # u and the decay's parameters start at zero
+        for name, p in model.named_parameters():
+            if name.endswith(("spatial_mixing.u", "decay_A", "decay_B", "decay_base")):
+                p.normal_(0, 0.5)
+    points = torch.randn(2, 60, 3, generator=torch.Generator().manual_seed(0))
+    return model, lambda: (lambda out: (out.loss, out.logits))(model(points=points, labels=torch.tensor([1, 3])))
+
+
 _MODEL_CASES = {**{f"lm{v}": lambda v=v: _lm_case(v) for v in (4, 5, 6, 7)},
                 **{f"vision{v}": lambda v=v: _vision_case(v) for v in (4, 6)},
-                "restore": _restore_case, "clip": _clip_case}
+                "restore": _restore_case, "clip": _clip_case, "point": _point_case}
 
 
 @pytest.mark.parametrize("family", list(_MODEL_CASES))
@@ -627,6 +825,12 @@ def _cuda_op_samples(chunk):
     samples += [(c._wkv7_forward_op, (*a7, True, chunk)),
                 (c._wkv7_backward_op, (*a7[:6], *saved, gy, gS, chunk)),
                 (c._wkv7_forward_op, (*a7, False, chunk))]  # inference: nothing kept
+    xp = make_inputs("point_wkv", 2, T, 2, 16, state=True, seed=7)
+    ap = [xp[n] for n in ("k", "v", "w", "state")]
+    gA, gSp = torch.randn(2, 2, T, 2, 16), torch.randn(2, 2, 2, 16, 16)
+    snap_p = c._point_forward(*ap, True)[2]
+    samples += [(c._point_forward_op, (*ap, True)), (c._point_forward_op, (*ap, False)),
+                (c._point_backward_op, (*ap[:3], snap_p, gA, gSp))]
     # no initial state, and a final state off the loss: empty tensors (zero)
     none = torch.empty(0)
     samples += [(c._wkv6_forward_op, (*a6[:5], none, True, chunk)),
@@ -634,7 +838,9 @@ def _cuda_op_samples(chunk):
                 (c._bi_wkv6_forward_op, (*ab[:5], none, False, chunk)),
                 (c._bi_wkv6_backward_op, (*ab[:5], *c._bi_wkv6_forward(*ab, True, chunk)[2:], gy, none, chunk)),
                 (c._wkv7_forward_op, (*a7[:6], none, False, chunk)),
-                (c._wkv7_backward_op, (*a7[:6], *saved, gy, none, chunk))]
+                (c._wkv7_backward_op, (*a7[:6], *saved, gy, none, chunk)),
+                (c._point_forward_op, (*ap[:3], none, True)),
+                (c._point_backward_op, (*ap[:3], snap_p, none, none))]
     return samples
 
 

@@ -155,7 +155,7 @@ _BACKENDS = {
     # Its per-token inputs stay in bfloat16 / float16: its own bi_wkv6 keeps the sum in float32.
     # Its kernels start from a zero state without a tensor of zeros to fill and read.
     "cuda": _backend(_cuda.wkv4, _cuda.bi_wkv4, _cuda.wkv6, _cuda.wkv7, wkv5=_cuda.wkv5,
-                     bi_wkv6=_cuda.bi_wkv6, takes_no_state=True),
+                     bi_wkv6=_cuda.bi_wkv6, takes_no_state=True, point_wkv=_point_from_scans(_cuda.point_scan)),
 }
 _COMPILED = {"cpu": _cpu, "cuda": _cuda}
 _warned = set()
@@ -411,6 +411,6 @@ def point_wkv(r, k, v, w, u, state=None, *, output_final_state=False, backend=No
                       ("state", state, ("B", 2, "H", "K", "K"))],
         activations=("r", "k", "v"), decay="w", causal=True, backend=backend)
     B, T, H, K = r.shape
-    s0 = _initial_state(t.get("state"), (B, 2, H, K, K), r.device, compute, per_channel=False)
+    s0 = _initial_state(t.get("state"), (B, 2, H, K, K), r.device, compute, False, impl)
     y, final = impl.point_wkv(t["r"], t["k"], t["v"], t["w"], t["u"], s0)
     return _finish(y, final, out_dtype, output_final_state)

@@ -8,14 +8,17 @@ ahead of time, without a GPU, for a list of architectures; :func:`load` then fin
 
 Backend functions (same signatures and results as ``reference.py``; inputs validated by the
 dispatcher): :func:`wkv4`, :func:`bi_wkv4`, :func:`wkv5` (its decay [H, K] read in place),
-:func:`wkv6`, :func:`bi_wkv6` (both directions, one rounding) and :func:`wkv7`. Per-token inputs
+:func:`wkv6`, :func:`bi_wkv6` (both directions, one rounding) and :func:`wkv7`; for PointRWKV's
+``point_wkv`` the scans only, :func:`point_scan` (``A`` of both directions, float32, from which
+the ops layer forms ``y``). Per-token inputs
 may be float32, bfloat16 or float16 (``y`` comes back in that dtype, rounded once). The
-matrix-state ops' log-decay ``w`` is read as it is in float32 or in the activations' dtype (its
-gradient comes back in it; no float32 copy); the other decays and ``u`` are used in float32.
+matrix-state ops' log-decay ``w`` (point_scan's too) is read as it is in float32 or in the
+activations' dtype (its gradient comes back in it; no float32 copy); the other decays and ``u``
+are used in float32.
 States are float32, accumulation is float32 (float64 for the running sums of the per-channel
 ops). Gradients reach every tensor input, the initial state
-included, from both outputs. Head sizes K = V in {16, 32, 64, 128}; any C for the per-channel
-ops. :func:`unsupported_reason` tells the dispatcher when to fall back. Each kernel entry point
+included, from both outputs. Head sizes K = V in {16, 32, 64, 128} (point_scan: also 48 and 96);
+any C for the per-channel ops. :func:`unsupported_reason` tells the dispatcher when to fall back. Each kernel entry point
 is also a ``torch.library`` custom operator (``torch.ops.rwkv_hf.cuda_*``, with a fake
 implementation), which the autograd Functions call while torch.compile traces.
 
@@ -39,12 +42,15 @@ from torch import Tensor
 
 from . import custom_ops as _custom_ops
 
-__all__ = ["wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7", "available", "load", "build",
-           "find_cuda_home", "sources_dir", "unsupported_reason", "SUPPORTED_HEAD_SIZES"]
+__all__ = ["wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7", "point_scan", "available", "load",
+           "build", "find_cuda_home", "sources_dir", "unsupported_reason", "SUPPORTED_HEAD_SIZES",
+           "POINT_HEAD_SIZES"]
 
 SUPPORTED_HEAD_SIZES = (16, 32, 64, 128)
+# point_wkv's kernels also take PointRWKV's 48 (384 channels in 8 heads, as released) and 96.
+POINT_HEAD_SIZES = (16, 32, 48, 64, 96, 128)
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-SOURCES = ("wkv.cpp", "wkv_host.cpp", "wkv4.cu", "wkv5.cu", "wkv6.cu", "wkv7.cu")
+SOURCES = ("wkv.cpp", "wkv_host.cpp", "wkv4.cu", "wkv5.cu", "wkv6.cu", "wkv7.cu", "point_wkv.cu")
 HEADERS = ("wkv_common.h", "wkv_launch.h", "wkv_host.h", "wkv6.cuh")
 CACHE_ENV = "RWKV_HF_CUDA_CACHE"
 CHUNK_ENV = "RWKV_HF_CUDA_CHUNK"
@@ -371,27 +377,29 @@ def available():
 
 def unsupported_reason(op, **tensors):
     """None if this backend runs ``op`` on these tensors, else why not (so the dispatcher can fall
-    back). ``op`` in wkv4, bi_wkv4, wkv6, wkv7; tensors by their argument names."""
+    back). ``op`` in wkv4, bi_wkv4, wkv5, wkv6, bi_wkv6, wkv7, point_wkv; tensors by their
+    argument names."""
     xs = [t for t in tensors.values() if isinstance(t, torch.Tensor)]
     if not xs or not all(t.is_cuda for t in xs):
         return "the CUDA backend needs CUDA tensors"
     for name, t in tensors.items():
         if isinstance(t, torch.Tensor) and t.dtype not in SUPPORTED_DTYPES:
             return f"the CUDA backend computes in float32; {name} is {t.dtype}"
-    if op in ("wkv6", "wkv5", "wkv7", "bi_wkv6"):
+    if op in ("wkv6", "wkv5", "wkv7", "bi_wkv6", "point_wkv"):
         r, v = tensors.get("r"), tensors.get("v")
         if r is not None and v is not None:
             K, V = r.shape[-1], v.shape[-1]
-            if K != V or K not in SUPPORTED_HEAD_SIZES:
-                return (f"the CUDA backend supports head sizes K = V in {SUPPORTED_HEAD_SIZES}, "
-                        f"got K={K}, V={V}")
+            sizes = POINT_HEAD_SIZES if op == "point_wkv" else SUPPORTED_HEAD_SIZES
+            if K != V or K not in sizes:
+                return f"the CUDA backend supports head sizes K = V in {sizes} for {op}, got K={K}, V={V}"
     return None
 
 
 def _head_size(op, r, v):
     K, V = r.shape[-1], v.shape[-1]
-    if K != V or K not in SUPPORTED_HEAD_SIZES:
-        raise ValueError(f"{op} (cuda backend): head sizes K = V in {SUPPORTED_HEAD_SIZES} are "
+    sizes = POINT_HEAD_SIZES if op == "point_wkv" else SUPPORTED_HEAD_SIZES
+    if K != V or K not in sizes:
+        raise ValueError(f"{op} (cuda backend): head sizes K = V in {sizes} are "
                          f"supported, got K={K}, V={V}; use backend='torch'")
     return K
 
@@ -641,6 +649,28 @@ def _wkv7_backward(r: Tensor, k: Tensor, v: Tensor, w: Tensor, a: Tensor, b: Ten
     return gr, gk, gv, gw, ga, gb, gs0
 
 
+def _point_inputs(k, v, w):
+    """What the point_wkv kernels take: k, v in one dtype, w in float32 or that dtype."""
+    dt = _act_dtype("point_wkv", k, v)
+    _head_size("point_wkv", k, v)
+    return _c(k, dt), _c(v, dt), _c(w, _decay_dtype(w, dt))
+
+
+def _point_forward(k: Tensor, v: Tensor, w: Tensor, state: Tensor, save: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """PointRWKV's two scans -> A [2, B, T, H, K] (float32), final states [B, 2, H, K, K],
+    snapshots (empty unless ``save``)."""
+    A, sT, snap = load().point_forward(*_point_inputs(k, v, w), _f32(state), save)
+    return A, sT, snap
+
+
+def _point_backward(k: Tensor, v: Tensor, w: Tensor, snap: Tensor, gA: Tensor,
+                    gS: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """-> gk, gv (the activations' dtype), gw (the kernels' w dtype), each the two directions'
+    float32 sum rounded once, and g_state (float32). gA, gS empty: zero."""
+    gk, gv, gw, gs0 = load().point_backward(*_point_inputs(k, v, w), snap, _f32(gA), _f32(gS))
+    return gk, gv, gw, gs0
+
+
 # Fakes: the shapes and dtypes the host code (wkv_host.cpp) allocates.
 
 def _f32_empty(like, *shape):
@@ -704,6 +734,18 @@ def _wkv7_backward_fake(r, k, v, w, a, b, snap, sa, trans, gy, gS, chunk):
             _f32_empty(r, B, H, n, n))
 
 
+def _point_forward_fake(k, v, w, state, save):
+    B, T, H, n = k.shape
+    snap = _f32_empty(k, 2, B, H, -(-T // SNAP), n, n) if save else _f32_empty(k, 0)
+    return _f32_empty(k, 2, B, T, H, n), _f32_empty(k, B, 2, H, n, n), snap
+
+
+def _point_backward_fake(k, v, w, snap, gA, gS):
+    B, _, H, n = k.shape
+    return (k.new_empty(k.shape), k.new_empty(v.shape), w.new_empty(w.shape, dtype=_decay_dtype(w, k.dtype)),
+            _f32_empty(k, B, 2, H, n, n))
+
+
 def _register(fn, fake):
     return _custom_ops.register("cuda", fn, fake)
 
@@ -716,6 +758,8 @@ _bi_wkv6_forward_op = _register(_bi_wkv6_forward, _bi_wkv6_forward_fake)
 _bi_wkv6_backward_op = _register(_bi_wkv6_backward, _bi_wkv6_backward_fake)
 _wkv7_forward_op = _register(_wkv7_forward, _wkv7_forward_fake)
 _wkv7_backward_op = _register(_wkv7_backward, _wkv7_backward_fake)
+_point_forward_op = _register(_point_forward, _point_forward_fake)
+_point_backward_op = _register(_point_backward, _point_backward_fake)
 _traced = _custom_ops.traced
 
 
@@ -778,6 +822,32 @@ class _Matrix(torch.autograd.Function):
         if not ctx.needs_input_grad[-1]:  # e.g. no initial state (an empty tensor)
             grads = (*grads[:-1], None)
         return (None, None, *grads)
+
+
+class _Point(torch.autograd.Function):
+    """PointRWKV's two scans (point_scan): A and the final states from k, v, w and the initial
+    states (empty: zero); gradients to all four."""
+
+    @staticmethod
+    def forward(ctx, k, v, w, state):
+        dtypes = [x.dtype for x in (k, v, w, state)]
+        k, v, w = _point_inputs(k, v, w)
+        A, sT, snap = _traced(_point_forward_op, _point_forward)(k, v, w, _f32(state), True)
+        ctx.save_for_backward(k, v, w, snap)
+        ctx.dtypes = dtypes
+        ctx.set_materialize_grads(False)  # an output off the loss: None, not a tensor of zeros
+        return A, sT
+
+    @staticmethod
+    def backward(ctx, gA, gS):
+        k, v, w, snap = ctx.saved_tensors
+        none = k.new_empty(0, dtype=torch.float32)  # the kernels read an empty gradient as zero
+        grads = _traced(_point_backward_op, _point_backward)(
+            k, v, w, snap, none if gA is None else gA, none if gS is None else gS)
+        grads = _cast(grads, ctx.dtypes)
+        if not ctx.needs_input_grad[3]:  # e.g. no initial state (an empty tensor)
+            grads = (*grads[:3], None)
+        return grads
 
 
 def _v6_all_inputs(r, k, v, w, u, state):
@@ -855,3 +925,22 @@ def bi_wkv6(r, k, v, w, u, state):
 def wkv7(r, k, v, w, a, b, state):
     """RWKV-7: r, k, w, a, b [B, T, H, K]; v [B, T, H, V]; state [B, H, K, V] or None (zero)."""
     return _matrix("wkv7", r, k, v, w, a, b, state)
+
+
+def point_scan(k, v, w, state=None):
+    """PointRWKV's two WKV scans (``rwkv_hf.ops.point_wkv`` without r, u and the sum), per
+    (batch, head), K = V: ``A_t = S_{t-1} k_t`` (the state before the token, contracted with k
+    over its value index), ``S_t = diag(e^{w_t}) S_{t-1} + k_t v_t^T``, left to right from
+    ``state[:, 0]`` and right to left from ``state[:, 1]``.
+
+    k, v [B, T, H, K] (float32, bfloat16 or float16, one dtype); w [B, T, H, K] log-decay (<= 0)
+    in float32 or k's dtype (read as it is; its gradient comes back in its dtype); state
+    [B, 2, H, K, K] float32, or None (zero). -> (A [2, B, T, H, K] float32, A[0] left to right,
+    A[1] right to left; final states [B, 2, H, K, K] float32: [:, 0] after the last token,
+    [:, 1] after the first). Differentiable in k, v, w and state; the directions' gradients
+    of k, v, w are summed in float32 and rounded once to each input's dtype."""
+    if state is None:  # no initial state: an empty one, which the extension reads as zero
+        state = k.new_empty(0, dtype=torch.float32)
+    if _needs_grad((k, v, w, state)):
+        return _Point.apply(k, v, w, state)
+    return _traced(_point_forward_op, _point_forward)(k, v, w, state, False)[:2]
