@@ -12,13 +12,10 @@ benchmarks/RESULTS.md.
 """
 import argparse
 import datetime
-import os
-import platform
-import re
 import statistics
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from bench_common import cpu_name, write_results
 
 
 def build():
@@ -65,12 +62,10 @@ def main():
     for name, (kind, x) in inputs.items():
         rate = {m: len(x) / statistics.median(times[(m, name)]) for m in names}
         rows.append(f"| {name} | {rate[names[0]]:.2f} | {rate[names[1]]:.2f} | {rate[names[0]] / rate[names[1]]:.2f}x |")
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    cpu = cpu_name()
     import open_clip
 
     block = "\n".join([
-        "<!-- clip:begin -->",
         f"`python benchmarks/bench_clip.py`, {datetime.date.today()}, {cpu}, 2 threads, torch {torch.__version__}, "
         f"open_clip {open_clip.__version__}. Float32 inference, random weights, median of {args.repeats} "
         "alternated runs; per second (embeddings).",
@@ -79,19 +74,11 @@ def main():
         "|---|---|---|---|",
         *rows,
         "",
-        f"Parameters: {names[0]} {params[names[0]] / 1e6:.1f} M, {names[1]} {params[names[1]] / 1e6:.1f} M.",
-        "<!-- clip:end -->"])
+        f"Parameters: {names[0]} {params[names[0]] / 1e6:.1f} M, {names[1]} {params[names[1]] / 1e6:.1f} M."])
     print(block)
     if args.no_write:
         return
-    path = os.path.join(HERE, "RESULTS.md")
-    text = open(path, encoding="utf-8").read()
-    if "<!-- clip:begin -->" in text:
-        text = re.sub(r"<!-- clip:begin -->.*?<!-- clip:end -->", lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n## RWKV-CLIP-B/32 vs open_clip ViT-B-32 (CPU inference)\n\n" + block + "\n"
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    write_results(block, "clip", heading="## RWKV-CLIP-B/32 vs open_clip ViT-B-32 (CPU inference)")
 
 
 if __name__ == "__main__":

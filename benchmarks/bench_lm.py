@@ -25,29 +25,19 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # bench_common, also when this file is imported from elsewhere
+from bench_common import median_alternating  # noqa: E402
 C, L = 768, 12
 VOCAB = {4: 50277, 5: 65536, 6: 65536, 7: 65536}
 PROMPT, NEW = 16, 32
 
 
-def _median_alternating(fns, runs):
-    """{name: median seconds}, one warm-up each, the callables alternated per round."""
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(runs):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def _matmul_gflops(torch):
@@ -120,7 +110,7 @@ def worker(version, quick, out_path):
         if hf is not None:
             fns["transformers"] = lambda: hf(ids, use_cache=False)
         with torch.no_grad():
-            t = _median_alternating(fns, runs)
+            t = median_alternating(fns, runs)
         result["prefill"][T] = {name: T / s for name, s in t.items()}
 
     prompt = torch.randint(1, VOCAB[version], (1, PROMPT), generator=gen)
@@ -139,7 +129,7 @@ def worker(version, quick, out_path):
         fns["transformers"] = lambda: hf.generate(prompt, max_new_tokens=NEW, min_new_tokens=NEW,
                                                   do_sample=False, pad_token_id=0)
     with torch.no_grad():
-        t = _median_alternating(fns, runs)
+        t = median_alternating(fns, runs)
     result["decode"] = {name: NEW / s for name, s in t.items()}  # new tokens per second, prompt included
 
     T = 128 if quick else 512
@@ -156,7 +146,7 @@ def worker(version, quick, out_path):
     if hf is not None:
         hf.train()
         fns["transformers"] = train(hf)
-    t = _median_alternating(fns, runs)
+    t = median_alternating(fns, runs)
     result["train"] = {name: T / s for name, s in t.items()}
     with open(out_path, "w") as f:
         json.dump(result, f)
@@ -206,7 +196,7 @@ def main():
     print(text)
     if not args.quick:
         sys.path.insert(0, HERE)
-        from bench_ops import write_results
+        from bench_common import write_results
 
         write_results(text, block="lm")
 

@@ -18,8 +18,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -28,6 +26,7 @@ import warnings
 
 import torch
 
+from bench_common import cpu_name, write_results
 from rwkv_hf import ops
 from rwkv_hf.ops.random_inputs import OPS, make_inputs
 from rwkv_hf.ops import cpu_backend
@@ -155,28 +154,6 @@ def peak_memory_child(op, T):
 
 
 # ---------------------------------------------------------------------------- report
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"model name\s*:\s*(.*)", f.read())
-            return m.group(1).strip() if m else platform.processor()
-    except OSError:
-        return platform.processor()
-
-
-def write_results(section, block="ops"):
-    path = os.path.join(HERE, "RESULTS.md")
-    begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
-    text = open(path).read() if os.path.exists(path) else "# Benchmark results\n\n"
-    block = f"{begin}\n{section.rstrip()}\n{end}"
-    if begin in text:
-        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    with open(path, "w") as f:
-        f.write(text)
-
 
 def plot(scaling, path):
     import matplotlib

@@ -175,7 +175,7 @@ def main():
             "arch": arch, "seconds": {str(r): seconds[name][r] for r in args.resolutions}, "peak_mb": peak,
             "exponent": fit_exponent(patches, [seconds[name][r] for r in args.resolutions])}
     sys.path.insert(0, HERE)
-    from bench_ops import cpu_name, write_results
+    from bench_common import cpu_name, write_results
 
     results["cpu"] = cpu_name()
     text = report(results)
