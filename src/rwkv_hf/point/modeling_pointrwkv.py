@@ -99,9 +99,25 @@ class PatchEncoder(nn.Module):
 
     def forward(self, patches):  # [B, G, K, 3] -> [B, G, C]
         B, G, K, _ = patches.shape
-        x = self.first_conv(patches.reshape(B * G, K, 3).transpose(1, 2))
-        x = torch.cat([x.amax(2, keepdim=True).expand(-1, -1, K), x], 1)
-        return self.second_conv(x).amax(2).reshape(B, G, -1)
+        # Point-wise, so the 1x1 convolutions run as linears on rows of points (channels last:
+        # 1.5x faster than conv1d on the CPU) and the BatchNorms on [points, channels] (the same
+        # statistics as over (patches, points)).
+        x = _pointwise(self.first_conv, patches.reshape(B * G * K, 3)).reshape(B * G, K, -1)
+        # second_conv's first layer on [max over the patch, x] (concatenated on channels) is
+        # W_max max + W_x x + b: the max's part once per patch, not once per point (half the
+        # layer's work, and no [B G, K, 512] concatenation)
+        conv, c = self.second_conv[0], x.shape[-1]
+        per_patch = F.linear(x.amax(1), conv.weight[:, :c, 0], conv.bias)
+        x = (F.linear(x, conv.weight[:, c:, 0]) + per_patch[:, None]).reshape(B * G * K, -1)
+        x = _pointwise(self.second_conv[1:], x).reshape(B * G, K, -1)
+        return x.amax(1).reshape(B, G, -1)
+
+
+def _pointwise(layers, x):
+    """``layers`` (1x1 Conv1d, BatchNorm1d, ReLU) on x [points, channels]."""
+    for layer in layers:
+        x = F.linear(x, layer.weight[:, :, 0], layer.bias) if isinstance(layer, nn.Conv1d) else layer(x)
+    return x
 
 
 class BQE(nn.Module):
@@ -196,9 +212,11 @@ class GraphStabilizer(nn.Module):
             first, second = edge[0], edge[2]
             w_pos, w_feat = first.weight[:, :3], first.weight[:, 3:]
             per_token = F.linear(centers, w_pos) + F.linear(x, w_feat)
-            h = gather(per_token, neighbours) - F.linear(moved, w_pos, -first.bias)[:, :, None]
-            e = second(torch.relu(h))                                  # [B, T, K, C]
-            x = x + update(torch.cat([e.amax(2), x], -1))
+            h = gather(per_token, neighbours)                          # [B, T, K, C], a new tensor
+            h = torch.relu_(h.sub_(F.linear(moved, w_pos, -first.bias)[:, :, None]))  # in place
+            # second's bias is the same for every neighbour: added after the max over them
+            e = F.linear(h, second.weight).amax(2) + second.bias
+            x = x + update(torch.cat([e, x], -1))
         return x
 
 
