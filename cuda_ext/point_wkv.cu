@@ -248,21 +248,12 @@ __global__ void __launch_bounds__(PointTile<N>::THREADS) point_bwd_kernel(
   for (int j = 0; j < C; ++j) gs0[cell + P * j] = G[j];
 }
 
-// body(std::integral_constant<int, N>()) for the head size n (the host checks it first, against
-// kPointHeadSizes): besides the RWKV sizes, PointRWKV's 48 (384 channels in 8 heads, as
-// released) and 96 (in 4). A row's 4 lanes and 8 rows per warp need N % 8 == 0.
+// The head sizes of the point_wkv kernels (the host checks them first): besides the RWKV sizes,
+// PointRWKV's 48 (384 channels in 8 heads, as released) and 96 (in 4). A row's 4 lanes and 8
+// rows per warp need N % 8 == 0.
 template <typename Body>
 cudaError_t dispatch_point_n(int n, Body&& body) {
-  switch (n) {
-    case 16: body(std::integral_constant<int, 16>()); break;
-    case 32: body(std::integral_constant<int, 32>()); break;
-    case 48: body(std::integral_constant<int, 48>()); break;
-    case 64: body(std::integral_constant<int, 64>()); break;
-    case 96: body(std::integral_constant<int, 96>()); break;
-    case 128: body(std::integral_constant<int, 128>()); break;
-    default: return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
+  return dispatch_sizes<16, 32, 48, 64, 96, 128>(n, body);
 }
 
 }  // namespace

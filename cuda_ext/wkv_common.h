@@ -458,18 +458,18 @@ void combine_chunks_diag(int B, int H, int NCL, bool backward, const float* tran
       B, H, NCL, backward, trans, local, x0, x0b, X);
 }
 
-// body(std::integral_constant<int, N>()) for the head size n (the host checks n first), then
-// the launches' status.
+// body(std::integral_constant<int, N>()) for the head size n, one of Ns (the host checks n
+// first), then the launches' status.
+template <int... Ns, typename Body>
+cudaError_t dispatch_sizes(int n, Body&& body) {
+  const bool known = ((n == Ns && (body(std::integral_constant<int, Ns>()), true)) || ...);
+  return known ? cudaGetLastError() : cudaErrorInvalidValue;
+}
+
+// The RWKV head sizes of the matrix-state kernels.
 template <typename Body>
 cudaError_t dispatch_n(int n, Body&& body) {
-  switch (n) {
-    case 16: body(std::integral_constant<int, 16>()); break;
-    case 32: body(std::integral_constant<int, 32>()); break;
-    case 64: body(std::integral_constant<int, 64>()); break;
-    case 128: body(std::integral_constant<int, 128>()); break;
-    default: return cudaErrorInvalidValue;
-  }
-  return cudaGetLastError();
+  return dispatch_sizes<16, 32, 64, 128>(n, body);
 }
 }  // namespace
 }  // namespace rwkv_hf
