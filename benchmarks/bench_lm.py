@@ -38,8 +38,6 @@ VOCAB = {4: 50277, 5: 65536, 6: 65536, 7: 65536}
 PROMPT, NEW = 16, 32
 
 
-
-
 def _matmul_gflops(torch):
     """The machine's fp32 matmul rate at the model's shapes: the best of 7 runs (a floor is a
     best case; a median would move with machine noise)."""
@@ -195,7 +193,6 @@ def main():
     text = report(results, args.quick)
     print(text)
     if not args.quick:
-        sys.path.insert(0, HERE)
         from bench_common import write_results
 
         write_results(text, block="lm")

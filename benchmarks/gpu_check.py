@@ -162,8 +162,9 @@ def import_package():
         t6 = importlib.import_module("rwkv_hf.ops.torch_wkv6")
         t7 = importlib.import_module("rwkv_hf.ops.torch_wkv7")
         tp = importlib.import_module("rwkv_hf.ops.torch_point")
+        ops = importlib.import_module("rwkv_hf.ops")
         torch_ns = types.SimpleNamespace(wkv4=t4.wkv4, bi_wkv4=t4.bi_wkv4, wkv6=t6.wkv6, wkv7=t7.wkv7,
-                                         point_wkv=tp.point_wkv)
+                                         point_wkv=ops._point_from_scans(tp.point_scan))
     except Exception as e:
         print(f"[gpu_check] note: the torch backend is not importable ({type(e).__name__}: {e}); "
               "long sequences are checked only where the reference loop is affordable", flush=True)

@@ -5,7 +5,10 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <algorithm>
+#include <initializer_list>
 #include <mutex>
+#include <string>
 #include <unordered_map>
 
 #include "wkv_host.h"
@@ -41,9 +44,22 @@ int chunk_length(int64_t chunk, int T, int unit) {
   return (int)((chunk + unit - 1) / unit * unit);
 }
 
-void check_head_size(int64_t n, const char* op) {
-  TORCH_CHECK(n == 16 || n == 32 || n == 64 || n == 128, "rwkv_hf cuda ", op,
-              ": head size must be 16, 32, 64 or 128, got ", n);
+// "16, 32, 64 or 128" (built only for an error message).
+std::string size_list(std::initializer_list<int> sizes) {
+  std::string out;
+  int i = 0;
+  for (const int s : sizes) {
+    out += (i == 0 ? "" : i + 1 == (int)sizes.size() ? " or " : ", ") + std::to_string(s);
+    ++i;
+  }
+  return out;
+}
+
+// The head sizes the kernels are instantiated for: the RWKV sizes of dispatch_n, or point_wkv's
+// (dispatch_point_n).
+void check_head_size(int64_t n, const char* op, std::initializer_list<int> sizes = {16, 32, 64, 128}) {
+  TORCH_CHECK(std::find(sizes.begin(), sizes.end(), n) != sizes.end(), "rwkv_hf cuda ", op,
+              ": head size must be ", size_list(sizes), ", got ", n);
 }
 
 // Calls body.template operator()<F>() with F the C++ type of an activation dtype.
@@ -449,9 +465,7 @@ void check_point(const at::Tensor& k, const at::Tensor& v, const at::Tensor& w) 
   check_decay(w, k);
   TORCH_CHECK(v.sizes() == k.sizes() && w.sizes() == k.sizes(),
               "rwkv_hf cuda point_wkv: k, v, w must share one shape [B, T, H, K] (K = V)");
-  const int64_t n = k.size(3);
-  TORCH_CHECK(n == 16 || n == 32 || n == 48 || n == 64 || n == 96 || n == 128,
-              "rwkv_hf cuda point_wkv: head size must be 16, 32, 48, 64, 96 or 128, got ", n);
+  check_head_size(k.size(3), "point_wkv", {16, 32, 48, 64, 96, 128});
   TORCH_CHECK(k.size(0) * k.size(2) < (int64_t)1 << 31 && k.size(1) < (int64_t)1 << 31,
               "rwkv_hf cuda point_wkv: input too large");
 }

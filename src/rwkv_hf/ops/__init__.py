@@ -123,9 +123,10 @@ def _expanding_decay(wkv6):
 
 
 def _point_from_scans(point_scan):
-    """``point_wkv`` for a backend with a kernel of its two one-way scans (``point_scan``: A [2, B,
-    T, H, K], the states' contractions with the key, in float32 or float64): the bonus and the
-    gate are elementwise, in A's dtype, and autograd differentiates them."""
+    """``point_wkv`` from a backend's two one-way scans (``point_scan``: A [2, B, T, H, K], the
+    states' contractions with the key, in float32 or float64; the torch form's or the compiled
+    kernels'): the bonus and the gate are elementwise, in A's dtype, and autograd differentiates
+    them."""
     def run(r, k, v, w, u, state):
         A, final = point_scan(k, v, w, state)
         dt = A.dtype
@@ -149,7 +150,7 @@ _BACKENDS = {
     "reference": _backend(_reference.wkv4, _reference.bi_wkv4, _reference.wkv6, _reference.wkv7,
                           point_wkv=_reference.point_wkv),
     "torch": _backend(_torch_wkv4.wkv4, _torch_wkv4.bi_wkv4, _torch_wkv6.wkv6, _torch_wkv7.wkv7,
-                      point_wkv=_torch_point.point_wkv),
+                      point_wkv=_point_from_scans(_torch_point.point_scan)),
     "cpu": _backend(_cpu.wkv4, _cpu.bi_wkv4, _cpu.wkv6, _cpu.wkv7, wkv6_reversed=_cpu.wkv6_reversed,
                     point_wkv=_point_from_scans(_cpu.point_scan)),
     # Its per-token inputs stay in bfloat16 / float16: its own bi_wkv6 keeps the sum in float32.

@@ -389,15 +389,19 @@ def unsupported_reason(op, **tensors):
         r, v = tensors.get("r"), tensors.get("v")
         if r is not None and v is not None:
             K, V = r.shape[-1], v.shape[-1]
-            sizes = POINT_HEAD_SIZES if op == "point_wkv" else SUPPORTED_HEAD_SIZES
+            sizes = _head_sizes(op)
             if K != V or K not in sizes:
                 return f"the CUDA backend supports head sizes K = V in {sizes} for {op}, got K={K}, V={V}"
     return None
 
 
+def _head_sizes(op):
+    return POINT_HEAD_SIZES if op == "point_wkv" else SUPPORTED_HEAD_SIZES
+
+
 def _head_size(op, r, v):
     K, V = r.shape[-1], v.shape[-1]
-    sizes = POINT_HEAD_SIZES if op == "point_wkv" else SUPPORTED_HEAD_SIZES
+    sizes = _head_sizes(op)
     if K != V or K not in sizes:
         raise ValueError(f"{op} (cuda backend): head sizes K = V in {sizes} are "
                          f"supported, got K={K}, V={V}; use backend='torch'")

@@ -54,10 +54,10 @@ def _one_direction(k, v, w, state, L):
     return A, S
 
 
-def point_wkv(r, k, v, w, u, state, chunk=CHUNK):
-    """See :func:`rwkv_hf.ops.point_wkv`; every input in the compute dtype, state
-    [B, 2, H, K, V] (left-entering, right-entering)."""
+def point_scan(k, v, w, state, chunk=CHUNK):
+    """The two one-way scans of :func:`rwkv_hf.ops.point_wkv` (the ops layer adds the bonus and
+    the gate, as for the compiled backends): k, v, w [B, T, H, K] in the compute dtype, state
+    [B, 2, H, K, V] (left-entering, right-entering) -> (A [2, B, T, H, K], final states)."""
     fwd, s_fwd = _one_direction(k, v, w, state[:, 0], chunk)
     bwd, s_bwd = _one_direction(k.flip(1), v.flip(1), w.flip(1), state[:, 1], chunk)
-    bonus = u * k * v.sum(-1, keepdim=True)
-    return r * (fwd + bwd.flip(1) + bonus), torch.stack([s_fwd, s_bwd], 1)
+    return torch.stack([fwd, bwd.flip(1)]), torch.stack([s_fwd, s_bwd], 1)
