@@ -6,6 +6,10 @@ would otherwise run): its WKV alone, and the whole classifier.
   rwkv_hf's ``torch`` (chunked) and ``cpu`` (compiled) backends on the same inputs, forward and
   forward+backward, at the released head layout (8 heads of 48) and the first scale's length
   (2048 tokens, batch 1) and a training-like batch (8 x 512). The outputs are checked to agree.
+* **Farthest point sampling** (``ops.farthest_point_sample``): the official ``utils.misc.fps``
+  (a torch loop from a random start point) against rwkv_hf's torch form (the same loop from
+  point 0) and the compiled ``cpu`` kernel, on PointRWKV's first-scale sampling (2048 of 8192
+  points) and a batch of 1024-point clouds (512 each).
 * **Classifier**: the official ``PointRWKVCls`` (its ModelNet40 config) against
   ``PointRwkvForPointCloudClassification`` (the same released configuration), inference on one
   cloud of 8192 points, random weights (speed does not depend on them).
@@ -83,6 +87,25 @@ def wkv_rows(official_module, repeats):
     return rows
 
 
+def fps_rows(repeats):
+    import torch
+    from utils.misc import fps as official_fps
+
+    from rwkv_hf import ops
+
+    rows = []
+    for B, N, n in ((1, 8192, 2048), (8, 1024, 512)):
+        points = torch.rand(B, N, 3, generator=torch.Generator().manual_seed(N)) * 2 - 1
+        impls = {"official fps (torch loop)": lambda: official_fps(points, n),
+                 "rwkv_hf torch": lambda: ops.farthest_point_sample(points, n, backend="torch"),
+                 "rwkv_hf cpu": lambda: ops.farthest_point_sample(points, n, backend="cpu")}
+        with torch.inference_mode():
+            t = median_alternating(impls, repeats)
+        base = "official fps (torch loop)"
+        rows += [f"| {B} x {N} -> {n} | {name} | {t[name] * 1e3:.1f} | {t[base] / t[name]:.1f}x |" for name in t]
+    return rows
+
+
 def model_rows(repo, repeats):
     import torch
 
@@ -122,6 +145,7 @@ def main():
                          "`pip install einops easydict`")
     torch.set_num_threads(2)
     wkv = wkv_rows(official_module, args.repeats)
+    fps = fps_rows(args.repeats)
     model = [] if args.no_model else model_rows(repo, args.repeats)
     cpu = cpu_name()
     lines = [
@@ -132,7 +156,13 @@ def main():
         "",
         "| B x T | implementation | forward ms | forward+backward ms | forward speed-up | fwd+bwd speed-up |",
         "|---|---|---|---|---|---|",
-        *wkv]
+        *wkv,
+        "",
+        "Farthest point sampling (the speed-ups are over the official loop):",
+        "",
+        "| B x N -> n | implementation | ms | speed-up |",
+        "|---|---|---|---|",
+        *fps]
     if model:
         lines += ["", "Classifier, inference on one cloud of 8192 points (ModelNet40 configuration):", "",
                   "| model | parameters | seconds | speed-up |", "|---|---|---|---|", *model]

@@ -30,7 +30,10 @@ Needs only torch (and optionally flash-linear-attention for the side-by-side tim
    same PointRWKV model on the CPU); logits, every parameter's gradient,
    greedy generation, held-out digit accuracy, PSNR, rankings; and the first model's training step compiled
    through the extension's operators (torch.compile, fullgraph, aot_eager) against eager mode;
-6. CUDA graphs (what ``torch.compile(mode="reduce-overhead")`` and serving stacks capture): each
+6. PointRWKV's farthest point sampling (``fps``): the kernel against the torch form's loop on
+   the same device (the same indices, bit for bit: random float32 / float64 clouds, a grid of
+   ties, clouds whose pick depends on the distance's roundings) and both timed;
+7. CUDA graphs (what ``torch.compile(mode="reduce-overhead")`` and serving stacks capture): each
    op's forward captured with ``torch.cuda.graph`` and its forward+backward with
    ``torch.cuda.make_graphed_callables`` (a decoding step, the chunk-parallel forms, bi_wkv6's
    second stream), replayed on new inputs against eager mode, and both timed.
@@ -75,9 +78,10 @@ DEVICE = "cpu" if SELFTEST else "cuda"
 # and autotune on the first call of each shape (one row took most of 156 s there): the accuracy
 # section (the extension's errors first) and fla's timings come last and get what is left.
 # correct_point and bench_point (PointRWKV's point_wkv, added 2026-11-28 evening, not yet run on
-# a GPU) take a small share each: its cases are few and short.
+# a GPU) take a small share each: its cases are few and short; so does fps (PointRWKV's sampling
+# kernel, added 2026-11-28 late).
 SECTIONS = [("correct_v7", 0.14), ("correct_v6", 0.14), ("correct_v4", 0.12), ("correct_point", 0.04),
-            ("bench_lm", 0.18), ("bench_bi", 0.14), ("bench_point", 0.04), ("models", 0.10),
+            ("fps", 0.03), ("bench_lm", 0.18), ("bench_bi", 0.14), ("bench_point", 0.04), ("models", 0.10),
             ("graphs", 0.04), ("accuracy", 0.07), ("bench_fla", 0.07)]
 # flash-linear-attention is not on every GPU image: wheels unpacked into this (git-ignored)
 # folder travel with the working tree and are importable when no installed fla is (see
@@ -1166,6 +1170,53 @@ def graph_line(r):
             f"{r.get('ms', '')} {r.get('why', '')}")
 
 
+# ---------------------------------------------------------------------------- farthest point sampling
+
+# (B, N, n): PointRWKV's ModelNet40 sampling (8192 points, 2048 centres), training batches of
+# 1024-point clouds, an odd size; the self-tests (CPU, emulated kernels) take small ones.
+FPS_CASES = [(1, 8192, 2048), (8, 1024, 512), (32, 1024, 512), (4, 3000, 1000)]
+FPS_SELFTEST_CASES = [(2, 300, 100), (1, 2100, 20)]
+
+
+def check_fps(ctx, emit, deadline):
+    import torch
+
+    from rwkv_hf.ops.random_inputs import rounding_ties
+
+    reference, _, cb = ctx[:3]
+    if SELFTEST == "1":  # no extension: the compiled CPU kernel stands in
+        from rwkv_hf.ops import cpu_backend as cb
+    kernel, loop = cb.farthest_point_sample, reference.farthest_point_sample
+    g = torch.Generator().manual_seed(0)
+    cases = [(f"random B={B} N={N} n={n} float32", torch.randn(B, N, 3, generator=g) * 3, n, True)
+             for B, N, n in (FPS_SELFTEST_CASES if SELFTEST else FPS_CASES)]
+    cases.append(("random B=2 N=1000 n=300 float64", torch.randn(2, 1000, 3, generator=g, dtype=torch.float64), 300,
+                  False))
+    grid = torch.stack(torch.meshgrid(*[torch.arange(9.0)] * 3, indexing="ij"), -1).reshape(1, -1, 3)
+    cases.append(("grid 9^3 (ties), two orders", torch.cat([grid, grid.flip(1)]), 200, False))
+    cases.append(("rounding ties", rounding_ties(64), 2, False))
+    for name, points, n, timed in cases:
+        if time.time() > deadline:
+            emit({"kind": "fps", "case": name, "status": "SKIP", "why": "time budget"})
+            continue
+        try:
+            p = points.to(DEVICE)
+            got, want = kernel(p, n).cpu(), loop(p, n).cpu()
+            detail = {"equal": torch.equal(got, want),
+                      # the CPU's torch form (the roundings the kernels follow) on the same clouds
+                      "equal_cpu_torch_form": torch.equal(got, loop(points, n))}
+            if name == "rounding ties":
+                detail["kernel_picks_first"] = bool(got[:, 1].eq(1).all())
+            if timed and not SELFTEST:
+                detail["kernel_ms"] = round(cuda_time(lambda: kernel(p, n), budget_s=1.5), 3)
+                detail["torch_ms"] = round(cuda_time(lambda: loop(p, n), budget_s=1.5, max_reps=5), 3)
+                detail["speedup"] = round(detail["torch_ms"] / detail["kernel_ms"], 1)
+            emit({"kind": "fps", "case": name, "status": "PASS" if detail["equal"] else "FAIL", "detail": detail})
+        except Exception as e:
+            emit({"kind": "fps", "case": name, "status": "ERROR", "why": f"{type(e).__name__}: {e}"[:400]})
+            traceback.print_exc()
+
+
 def run_section(section, results_path, deadline):
     import torch
 
@@ -1177,6 +1228,8 @@ def run_section(section, results_path, deadline):
                   flush=True)
         elif rec["kind"] == "graph":
             print(f"  {graph_line(rec)}", flush=True)
+        elif rec["kind"] == "fps":
+            print(f"  {rec['case']:34s} {rec['status']:5s} {rec.get('detail', '')} {rec.get('why', '')}", flush=True)
         elif rec["kind"] == "accuracy":
             print(f"  {rec['op']:8s} {rec['impl']:26s} bf16 {rec['status']:5s} worst max-rel "
                   f"{rec.get('worst_max', '-')} worst rms-rel {rec.get('worst_rms', '-')} "
@@ -1198,6 +1251,8 @@ def run_section(section, results_path, deadline):
         check_models(emit, deadline)
     elif section == "graphs":
         check_graphs(ctx, emit, deadline)
+    elif section == "fps":
+        check_fps(ctx, emit, deadline)
     elif section == "accuracy":
         check_accuracy(ctx, emit, deadline)
     elif section.startswith("correct"):
@@ -1300,6 +1355,13 @@ def summarize(report, compare=None):
     for r in models:
         print(f"{r['model']:34s} {r['status']:5s} {r.get('detail', '')} {r.get('why', '')}")
     n_fail += sum(r["status"] in ("FAIL", "ERROR") for r in models)
+    fps = [r for r in report["results"] if r["kind"] == "fps"]
+    if fps:
+        print("\n== farthest point sampling: the kernel against the torch form on the same device "
+              "(equal indices); ms kernel / torch form ==")
+        for r in fps:
+            print(f"{r['case']:34s} {r['status']:5s} {r.get('detail', '')} {r.get('why', '')}")
+        n_fail += sum(r["status"] in ("FAIL", "ERROR") for r in fps)
     graphs = [r for r in report["results"] if r["kind"] == "graph"]
     if graphs:
         print(f"\n== CUDA graphs: replays on new inputs against eager mode (tol {GRAPH_TOL:g}); "
@@ -1309,7 +1371,7 @@ def summarize(report, compare=None):
         n_fail += sum(r["status"] in ("FAIL", "ERROR") for r in graphs)
     for e in report["errors"]:
         print("error:", e)
-    return n_pass + sum(r["status"] == "PASS" for r in models + graphs), n_fail
+    return n_pass + sum(r["status"] == "PASS" for r in models + graphs + fps), n_fail
 
 
 def main():

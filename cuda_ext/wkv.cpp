@@ -8,7 +8,7 @@
 #include "wkv_launch.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "rwkv_hf WKV CUDA kernels (RWKV-4, bidirectional v4, RWKV-5/6, RWKV-7, PointRWKV)";
+  m.doc() = "rwkv_hf WKV CUDA kernels (RWKV-4, bidirectional v4, RWKV-5/6, RWKV-7, PointRWKV's scans and sampling)";
   m.attr("SNAP_CHUNK") = rwkv_hf::kSnap;
   m.def("wkv4_forward", &rwkv_hf::wkv4_forward,
         "wkv4 forward -> (y, final_state, states entering each chunk); chunk: tokens per chunk "
@@ -75,4 +75,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "summed in float32 and rounded once; gA, gstate in empty: zero",
         py::arg("k"), py::arg("v"), py::arg("w"), py::arg("snapshots"), py::arg("gA"),
         py::arg("gstate"));
+  m.def("farthest_point_sample", &rwkv_hf::farthest_point_sample,
+        "farthest point sampling -> indices [B, n] int64 of points [B, N, 3] (float32 or float64)",
+        py::arg("points"), py::arg("n"));
 }

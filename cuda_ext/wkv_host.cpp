@@ -783,4 +783,28 @@ std::vector<at::Tensor> point_backward(at::Tensor k, at::Tensor v, at::Tensor w,
   return {gk, gv, gw, gs0};
 }
 
+at::Tensor farthest_point_sample(at::Tensor points, int64_t n) {
+  check_cuda_tensor(points, "points");
+  TORCH_CHECK(points.dim() == 3 && points.size(2) == 3,
+              "rwkv_hf cuda farthest_point_sample: points must be [B, N, 3], got ", points.sizes());
+  TORCH_CHECK(points.scalar_type() == at::kFloat || points.scalar_type() == at::kDouble,
+              "rwkv_hf cuda farthest_point_sample: points must be float32 or float64, got ",
+              points.scalar_type());
+  const int64_t B = points.size(0), N = points.size(1);
+  TORCH_CHECK(n >= 1 && n <= N, "rwkv_hf cuda farthest_point_sample: n must be in [1, N = ", N,
+              "], got ", n);
+  TORCH_CHECK(3 * N < (int64_t)1 << 31 && B < (int64_t)1 << 31,
+              "rwkv_hf cuda farthest_point_sample: input too large");
+  const at::cuda::OptionalCUDAGuard guard(points.device());
+  auto idx = at::empty({B, n}, points.options().dtype(at::kLong));
+  if (B == 0) return idx;
+  auto nearest = at::empty({B, N}, points.options());
+  AT_DISPATCH_FLOATING_TYPES(points.scalar_type(), "farthest_point_sample", [&] {
+    const FpsArgs<scalar_t> a{(int)B, (int)N, (int)n, points.data_ptr<scalar_t>(),
+                              nearest.data_ptr<scalar_t>(), idx.data_ptr<int64_t>()};
+    C10_CUDA_CHECK(fps_launch<scalar_t>(a, c10::cuda::getCurrentCUDAStream()));
+  });
+  return idx;
+}
+
 }  // namespace rwkv_hf

@@ -77,4 +77,8 @@ std::vector<at::Tensor> point_forward(at::Tensor k, at::Tensor v, at::Tensor w, 
 std::vector<at::Tensor> point_backward(at::Tensor k, at::Tensor v, at::Tensor w, at::Tensor snaps,
                                        at::Tensor gA, at::Tensor gsT);
 
+// PointRWKV's farthest point sampling: points [B, N, 3] float32 or float64, 1 <= n <= N ->
+// indices [B, n] (int64): point 0, then each time the point farthest from those taken.
+at::Tensor farthest_point_sample(at::Tensor points, int64_t n);
+
 }  // namespace rwkv_hf

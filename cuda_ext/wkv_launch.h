@@ -1,5 +1,5 @@
 // The kernel launchers of the rwkv_hf WKV extension: what the device translation units
-// (wkv4.cu, wkv5.cu, wkv6.cu, wkv7.cu, point_wkv.cu) export to the host code (wkv_host.cpp, which checks the
+// (wkv4.cu, wkv5.cu, wkv6.cu, wkv7.cu, point_wkv.cu, fps.cu) export to the host code (wkv_host.cpp, which checks the
 // tensors, allocates the outputs and scratch, and fills these argument structs).
 //
 // Raw pointers and sizes only, no ATen: parsing ATen's headers costs nvcc about 20 s per
@@ -179,5 +179,18 @@ template <typename F, typename FW>
 cudaError_t point_forward_launch(const PointFwd<F, FW>& p, cudaStream_t stream);
 template <typename F, typename FW>
 cudaError_t point_backward_launch(const PointBwd<F, FW>& p, cudaStream_t stream);
+
+// Farthest point sampling (fps.cu), one block per cloud: points [B, N, 3] -> idx [B, n];
+// nearest [B, N] scratch. T: float or double.
+template <typename T>
+struct FpsArgs {
+  int B, N, n;
+  const T* points;
+  T* nearest;
+  int64_t* idx;
+};
+
+template <typename T>
+cudaError_t fps_launch(const FpsArgs<T>& a, cudaStream_t stream);
 
 }  // namespace rwkv_hf

@@ -35,7 +35,7 @@ from rwkv_hf.ops import cuda_backend
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EMU_DIR = os.path.join(HERE, "cuda_emu")
-KERNELS = ("wkv4.cu", "wkv5.cu", "wkv6.cu", "wkv7.cu", "point_wkv.cu")
+KERNELS = ("wkv4.cu", "wkv5.cu", "wkv6.cu", "wkv7.cu", "point_wkv.cu", "fps.cu")
 CACHE_ENV = "RWKV_HF_CUDA_EMU_CACHE"
 
 MUTANT_ENV = "RWKV_HF_EMU_MUTANT"
@@ -135,7 +135,9 @@ def build(verbose=False, sanitize=False):
 
     files = sources()
     asan = list(sanitizer.FLAGS) if sanitize else []
-    h = hashlib.sha256(f"py{sys.version_info[:2]}-torch{torch.__version__}-{asan}".encode())
+    # No contraction into fused multiply-adds: the GPU's __fmul_rn / __fadd_rn never contract.
+    cflags = ["-O2", "-fno-strict-aliasing", "-ffp-contract=off"] + asan
+    h = hashlib.sha256(f"py{sys.version_info[:2]}-torch{torch.__version__}-{cflags}".encode())
     for name in sorted(files):
         h.update(name.encode() + files[name].encode())
     key = h.hexdigest()[:12]
@@ -153,7 +155,7 @@ def build(verbose=False, sanitize=False):
         name=f"rwkv_hf_wkv_emu_{key}",
         sources=[os.path.join(src_dir, n) for n in files if n.endswith(".cpp")],
         extra_include_paths=[src_dir],
-        extra_cflags=["-O2", "-fno-strict-aliasing"] + asan,
+        extra_cflags=cflags,
         extra_ldflags=asan,
         build_directory=build_dir,
         verbose=verbose,
@@ -165,7 +167,9 @@ def run_sanitized(cases, mutant=None):
     """Runs each (op, B, T, H, N, dtype name, chunk[, misaligned]) forward and backward
     through the cuda backend on the emulated extension built with sanitizer.FLAGS
     (AddressSanitizer and the alignment check), in a fresh process (tests/sanitizer.py);
-    ``misaligned``: every per-token input starts one element into its storage; ``mutant``: a
+    ``misaligned``: every per-token input starts one element into its storage; a case
+    ("farthest_point_sample", B, N, n, dtype name) samples a random cloud and compares the
+    indices with the torch form's; ``mutant``: a
     key of MUTANTS to switch on. Returns the CompletedProcess (returncode 0: no out-of-bounds
     or misaligned access, every output and gradient finite; otherwise its report in stderr)."""
     import sanitizer
@@ -190,7 +194,7 @@ def _sanitized_main():
     cuda_backend._ext = build(sanitize=True)
     cuda_backend._act_dtype = lambda op, *xs: xs[0].dtype
     ops._choose = lambda op, requested, tensors: requested or "cuda"
-    for op, B, T, H, N, dtype, chunk, *misaligned in job["cases"]:
+    for op, B, T, H, N, dtype, chunk, *misaligned in (c for c in job["cases"] if c[0] != "farthest_point_sample"):
         os.environ[cuda_backend.CHUNK_ENV] = str(chunk)
         x = make_inputs(op, B, T, H, N, dtype=getattr(torch, dtype), state=True, seed=T + N)
         x = {n: (t.float() if n == "state" else t) for n, t in x.items()}
@@ -203,3 +207,9 @@ def _sanitized_main():
             if not torch.isfinite(t.double()).all():
                 sys.exit(f"{op} {B} {T} {H} {N} {dtype} chunk {chunk}: {name} is not finite")
         print(op, B, T, H, N, dtype, chunk, "ok", flush=True)
+    for _, B, N, n, dtype in (c for c in job["cases"] if c[0] == "farthest_point_sample"):
+        points = torch.randn(B, N, 3, generator=torch.Generator().manual_seed(N), dtype=getattr(torch, dtype))
+        idx = ops.farthest_point_sample(points, n)
+        if not torch.equal(idx, ops.farthest_point_sample(points, n, backend="torch")):
+            sys.exit(f"farthest_point_sample {B} {N} {n} {dtype}: not the torch form's points")
+        print("farthest_point_sample", B, N, n, dtype, "ok", flush=True)

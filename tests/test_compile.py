@@ -101,10 +101,12 @@ def _cpu_op_samples():
         (c._wkv4_forward_op, (*x4b.values(), True)),
         (c._wkv4_backward_op, (*x4.values(), gy4, gS4, False)),
         (c._wkv4_backward_op, (*x4b.values(), gy4, gS4b, True)),
+        (c._fps_op, (torch.randn(2, 50, 3), 20)),
+        (c._fps_op, (torch.randn(1, 30, 3, dtype=torch.float64), 30)),
     ]
 
 
-@pytest.mark.parametrize("i", range(9))
+@pytest.mark.parametrize("i", range(11))
 def test_cpu_operators_pass_opcheck(i):
     """torch.library.opcheck: the schema, the fake implementation against the real one (shapes,
     dtypes, strides) and tracing with dynamic shapes. (Their gradients are the autograd
@@ -309,4 +311,6 @@ def test_every_model_family_exports_for_inference(family):
         got, want = program.module()(*inputs), logits(model, *inputs)
     kernels = {str(n.target) for n in program.graph.nodes if str(n.target).startswith("rwkv_hf.")}
     assert kernels, "the exported graph calls no rwkv_hf operator"
+    if family == "point":  # its sampling too, as one operator
+        assert "rwkv_hf.cpu_fps.default" in kernels, kernels
     assert rel_err(got, want) < 1e-5

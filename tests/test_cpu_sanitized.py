@@ -1,6 +1,6 @@
 """The compiled CPU code under AddressSanitizer: the ``cpu`` backend's kernels and the fused
-inference blocks of the language and vision models (cuda_ext/wkv_cpu.cpp, lm_cpu.cpp,
-vision_cpu.cpp) read and write only inside the tensors they are given. The suite's tests of
+inference blocks of the language and vision models and PointRWKV's sampling (cuda_ext/wkv_cpu.cpp,
+lm_cpu.cpp, vision_cpu.cpp, point_cpu.cpp) read and write only inside the tensors they are given. The suite's tests of
 that code run again in a process that builds it with ``-fsanitize=address`` (tests/sanitizer.py);
 they keep comparing against the eager models and float64, so the run checks results too.
 The build also forces the whole-row column blocks of the matrix-state kernels for head size 64

@@ -15,7 +15,7 @@ def test_cuda_extension_builds_for_sm80_and_sm90(tmp_path, monkeypatch):
     mod = cuda_backend._import_built(os.path.splitext(os.path.basename(path))[0].split(".")[0], path)
     for name in ("wkv4_forward", "wkv4_backward", "bi_wkv4_forward", "bi_wkv4_backward",
                  "wkv6_forward", "wkv6_backward", "wkv7_forward", "wkv7_backward",
-                 "point_forward", "point_backward"):
+                 "point_forward", "point_backward", "farthest_point_sample"):
         assert hasattr(mod, name)
     # A later load() on an sm_80 or sm_90 GPU finds this build instead of compiling again.
     assert cuda_backend._find_prebuilt(["9.0"]) is not None

@@ -17,7 +17,7 @@ import torch
 from cuda_emulation import MUTANT_ENV, MUTANTS, build, run_sanitized
 from rwkv_hf import ops
 from rwkv_hf.ops import cuda_backend
-from rwkv_hf.ops.random_inputs import make_inputs
+from rwkv_hf.ops.random_inputs import make_inputs, rounding_ties
 
 PER_CHANNEL = ("wkv4", "bi_wkv4")
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
@@ -169,6 +169,7 @@ def test_kernels_stay_inside_their_memory():
               for dt, chunk in (("float32", 0), ("bfloat16", 64))]
     cases += [("point_wkv", B, T, H, N, str(dt)[6:], 0) for B, T, H, N, dt, _ in POINT_CASES]
     cases += [("point_wkv", 1, 70, 2, 16, "bfloat16", 0, True)]
+    cases += [("farthest_point_sample", B, N, n, str(dt)[6:]) for B, N, n, dt in FPS_CASES]
     run = run_sanitized(cases)
     assert run.returncode == 0, run.stderr[-6000:]
     assert run.stdout.count(" ok\n") == len(cases)
@@ -507,6 +508,54 @@ def test_chunk_length_choice(monkeypatch):
         cuda_backend.chunk_length(1, 1, 100, "cuda")
 
 
+# ---------------------------------------------------------------------------- farthest point sampling
+
+# (B, N, n, dtype): fewer points than the 256 threads of small clouds, n = N, the 1024-thread
+# kernel of large clouds (N > 2048), n = 1 (no step), a cloud of 4 points.
+FPS_CASES = [(3, 100, 40, torch.float32), (2, 300, 300, torch.float64), (1, 2100, 30, torch.float32),
+             (2, 513, 1, torch.float32), (1, 4, 4, torch.float64)]
+
+
+def fps_clouds(B, N, seed, dtype):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, N, 3, generator=g, dtype=torch.float64)
+            * torch.rand(B, 1, 3, generator=g, dtype=torch.float64) * 5).to(dtype)
+
+
+@pytest.mark.parametrize("B,N,n,dtype", FPS_CASES, ids=[f"B{c[0]}-N{c[1]}-n{c[2]}-{str(c[3])[6:]}" for c in FPS_CASES])
+def test_fps_kernel_picks_the_torch_forms_points(on_emulated_cuda, B, N, n, dtype):
+    """The sampling kernel (one block per cloud, the (distance, index) maximum reduced over
+    shuffles and warps) picks the torch form's points, bit for bit."""
+    points = fps_clouds(B, N, seed=N + n, dtype=dtype)
+    want = ops.farthest_point_sample(points, n, backend="torch")
+    assert torch.equal(ops.farthest_point_sample(points, n), want)
+
+
+def test_fps_kernel_ties_and_roundings(on_emulated_cuda):
+    """Ties go to the first index across threads and warps too (a grid: exact integer distances,
+    in two orders), and the distance is rounded as the torch form rounds it (rounding_ties: the
+    kernel's __fmul_rn / __fadd_rn; on a GPU nvcc would otherwise contract them)."""
+    grid = torch.stack(torch.meshgrid(*[torch.arange(7.0)] * 3, indexing="ij"), -1).reshape(1, -1, 3)
+    grid = torch.cat([grid, grid.flip(1)])  # 343 points: threads hold one or two each
+    assert torch.equal(ops.farthest_point_sample(grid, 80), ops.farthest_point_sample(grid, 80, backend="torch"))
+    points = rounding_ties(64)
+    assert ops.farthest_point_sample(points, 2)[:, 1].eq(1).all()
+
+
+def test_fps_entry_point_rejects_bad_input(emulated):
+    points = torch.randn(2, 10, 3)
+    assert emulated.farthest_point_sample(torch.empty(0, 10, 3), 3).shape == (0, 3)
+    for n in (0, 11):
+        with pytest.raises(RuntimeError, match=r"n must be in \[1, N = 10\]"):
+            emulated.farthest_point_sample(points, n)
+    with pytest.raises(RuntimeError, match="float32 or float64"):
+        emulated.farthest_point_sample(points.half(), 3)
+    with pytest.raises(RuntimeError, match=r"must be \[B, N, 3\]"):
+        emulated.farthest_point_sample(points[..., :2].contiguous(), 3)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        emulated.farthest_point_sample(points.transpose(0, 1), 3)
+
+
 # ---------------------------------------------------------------------------- point_wkv's scans
 
 def point_scan64(k, v, w, state):
@@ -831,6 +880,7 @@ def _cuda_op_samples(chunk):
     snap_p = c._point_forward(*ap, True)[2]
     samples += [(c._point_forward_op, (*ap, True)), (c._point_forward_op, (*ap, False)),
                 (c._point_backward_op, (*ap[:3], snap_p, gA, gSp))]
+    samples += [(c._fps_op, (torch.randn(2, 90, 3), 30)), (c._fps_op, (torch.randn(1, 40, 3).double(), 40))]
     # no initial state, and a final state off the loss: empty tensors (zero)
     none = torch.empty(0)
     samples += [(c._wkv6_forward_op, (*a6[:5], none, True, chunk)),

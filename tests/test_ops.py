@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from rwkv_hf import ops
 from rwkv_hf.ops import cpu_backend
-from rwkv_hf.ops.random_inputs import OPS, make_inputs
+from rwkv_hf.ops.random_inputs import OPS, make_inputs, rounding_ties
 
 PER_CHANNEL = ("wkv4", "bi_wkv4")
 BIDIRECTIONAL = ("bi_wkv4", "bi_wkv6", "point_wkv")
@@ -600,3 +600,97 @@ def test_cpu_kernels_build_in_the_temp_dir_when_the_cache_is_unwritable(monkeypa
     assert cpu_backend.build() == path  # found, not rebuilt
     lib = cpu_backend._declare(ctypes.CDLL(path))
     assert lib.rwkv_hf_wkv_cpu_chunk() == 64
+
+
+# ---------------------------------------------------------------------------- farthest point sampling
+
+def brute_force_fps(points, n):
+    """Farthest point sampling as its definition, in float64 Python loops over one cloud."""
+    taken = [0]
+    for _ in range(n - 1):
+        d = torch.stack([((points - points[t]) ** 2).sum(-1) for t in taken]).amin(0)
+        taken.append(int(d.argmax()))
+    return taken
+
+
+def clouds(B, N, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, N, 3, generator=g, dtype=torch.float64)
+            * torch.rand(B, 1, 3, generator=g, dtype=torch.float64) * 5).to(dtype)
+
+
+FPS_BACKENDS = ["reference", "torch", "cpu"]
+
+
+@pytest.mark.parametrize("backend", FPS_BACKENDS)
+def test_farthest_point_sample_is_its_definition(backend):
+    points = clouds(3, 50, seed=1, dtype=torch.float64)
+    idx = ops.farthest_point_sample(points, 20, backend=backend)
+    assert idx.dtype == torch.long and idx.shape == (3, 20)
+    assert [idx[b].tolist() for b in range(3)] == [brute_force_fps(points[b], 20) for b in range(3)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("B,N,n", [(3, 100, 40), (2, 700, 700), (1, 5000, 300), (4, 9, 1), (0, 8, 3)])
+def test_farthest_point_sample_cpu_kernel_picks_the_torch_forms_points(B, N, n, dtype):
+    """The compiled kernel and the torch form pick the same points, bit for bit: the same
+    roundings of the distance (16-bit points are sampled in float32)."""
+    points = clouds(B, N, seed=N + n, dtype=dtype)
+    want = ops.farthest_point_sample(points, n, backend="torch")
+    assert torch.equal(ops.farthest_point_sample(points, n, backend="cpu"), want)
+    assert torch.equal(ops.farthest_point_sample(points, n), want)  # cpu by default
+    if dtype == torch.bfloat16:
+        assert torch.equal(want, ops.farthest_point_sample(points.float(), n, backend="torch"))
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_farthest_point_sample_breaks_ties_by_the_first_index(backend):
+    """On a grid every distance is an exact integer, so most steps are ties: the first index of
+    the largest distance is taken, as torch.argmax does (and the brute-force definition)."""
+    grid = torch.stack(torch.meshgrid(*[torch.arange(5.0)] * 3, indexing="ij"), -1).reshape(1, -1, 3)
+    grid = torch.cat([grid, grid.flip(1)])  # the same cloud in reverse order: other ties
+    idx = ops.farthest_point_sample(grid, 60, backend=backend)
+    assert [idx[b].tolist() for b in range(2)] == [brute_force_fps(grid[b].double(), 60) for b in range(2)]
+
+
+def test_farthest_point_sample_rounds_the_distance_as_the_torch_form():
+    """Clouds whose pick depends on the distance's roundings (random_inputs.rounding_ties): the
+    kernel ties where the torch form does. A kernel whose compiler contracted the distance into
+    fused multiply-adds picks the other point in about half of them (30 of 64, measured by
+    building point_cpu.cpp without its fp-contract=off attribute)."""
+    points = rounding_ties(64)
+    assert ops.farthest_point_sample(points, 2, backend="torch")[:, 1].eq(1).all()
+    assert ops.farthest_point_sample(points, 2, backend="cpu")[:, 1].eq(1).all()
+
+
+def test_farthest_point_sample_rejects_bad_input():
+    points = clouds(2, 10, seed=0)
+    with pytest.raises(ValueError, match=r"shape \[B, N, 3\]"):
+        ops.farthest_point_sample(points[..., :2], 4)
+    with pytest.raises(ValueError, match="floating-point"):
+        ops.farthest_point_sample(points.long(), 4)
+    with pytest.raises(ValueError, match="floating-point"):
+        ops.farthest_point_sample(points.tolist(), 4)
+    for n in (0, 11, 2.0, True):
+        with pytest.raises(ValueError, match=r"n must be an int in \[1, N=10\]"):
+            ops.farthest_point_sample(points, n)
+    bad = points.clone()
+    bad[1, 3, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        ops.farthest_point_sample(bad, 4)
+
+
+def test_farthest_point_sample_compiles_through_its_operator():
+    """torch.compile(fullgraph=True) traces the cpu kernel as one operator (the torch form would
+    unroll n - 1 steps into the graph) and gives the eager indices."""
+    points = clouds(2, 300, seed=3)
+    graphs = []
+
+    def keep(gm, example_inputs):
+        graphs.append(gm)
+        return gm
+
+    fn = torch.compile(lambda p: ops.farthest_point_sample(p, 64, backend="cpu"), fullgraph=True, backend=keep)
+    assert torch.equal(fn(points), ops.farthest_point_sample(points, 64, backend="torch"))
+    calls = [str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
+    assert calls == ["rwkv_hf.cpu_fps.default"], calls

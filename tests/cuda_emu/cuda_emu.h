@@ -98,7 +98,7 @@ struct Fiber {
 struct Block {
   ucontext_t sched;
   std::vector<Fiber> fibers;
-  std::vector<float> slots[2];  // shuffle values, double-buffered by warp round parity
+  std::vector<double> slots[2];  // shuffle values (float, double or int), double-buffered by warp round parity
   std::vector<int> warp_round;
   int current = 0;
   void (*body)(void*) = nullptr;
@@ -256,18 +256,29 @@ using emu::threadIdx;
 
 inline void __syncthreads() { emu::yield(emu::kSync); }
 
-// Full-mask butterfly shuffle inside a warp: every lane of the warp must call it.
-inline float __shfl_xor_sync(unsigned mask, float x, int lane_mask) {
+// Full-mask butterfly shuffle inside a warp: every lane of the warp must call it. T: float,
+// double or int (each held exactly in a double).
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T x, int lane_mask) {
+  static_assert(std::is_same<T, float>::value || std::is_same<T, double>::value || std::is_same<T, int>::value,
+                "__shfl_xor_sync: only float, double and int are emulated");
   emu::Block& b = emu::block();
   const int t = b.current, w = t / 32;
   if (mask != 0xffffffffu) emu::fail("__shfl_xor_sync: only the full mask is emulated");
   const int parity = b.warp_round[w] & 1;
-  b.slots[parity][t] = x;
+  b.slots[parity][t] = static_cast<double>(x);
   emu::yield(emu::kShfl);
   const int src = (t & ~31) | ((t & 31) ^ lane_mask);
   if (src >= (int)b.slots[parity].size()) {
     emu::fail("__shfl_xor_sync: source lane outside the block");
-    return NAN;
+    return T();
   }
-  return b.slots[parity][src];
+  return static_cast<T>(b.slots[parity][src]);
 }
+
+// Correctly rounded arithmetic, never contracted (tests/cuda_emulation.py builds with
+// -ffp-contract=off).
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __dadd_rn(double a, double b) { return a + b; }

@@ -46,6 +46,10 @@ Math (``S`` the state, per head; ``x^T`` a row vector)
   and ``u = 2 u``. The compiled backends run its two one-way scans (``A = L_{t-1} k_t`` and
   ``R_{t+1} k_t``) as kernels; the bonus and the gate ``r`` are elementwise, in torch.
 
+``farthest_point_sample(points, n)`` (PointRWKV's choice of patch centres) is the one op here that
+is not a WKV: a recurrence over sampling steps (each step's nearest distances update the last
+step's), with the same backends and dispatch; it returns indices and has no gradient.
+
 Backends
 --------
 ``reference`` (token loops, the oracle, float64-capable), ``torch`` (chunked
@@ -86,7 +90,8 @@ from . import torch_wkv4 as _torch_wkv4
 from . import torch_wkv6 as _torch_wkv6
 from . import torch_wkv7 as _torch_wkv7
 
-__all__ = ["wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7", "point_wkv", "available_backends",
+__all__ = ["wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7", "point_wkv", "farthest_point_sample",
+           "available_backends",
            "BACKEND_ENV", "CHECK_VALUES_ENV"]
 
 BACKEND_ENV = "RWKV_HF_WKV_BACKEND"
@@ -135,28 +140,28 @@ def _point_from_scans(point_scan):
     return run
 
 
-def _backend(wkv4, bi_wkv4, wkv6, wkv7, wkv6_reversed=None, wkv5=None, bi_wkv6=None,
-             takes_no_state=False, point_wkv=None):
+def _backend(wkv4, bi_wkv4, wkv6, wkv7, point_wkv, farthest_point_sample, wkv6_reversed=None, wkv5=None,
+             bi_wkv6=None, takes_no_state=False):
     """A backend's ops; ``wkv5`` and ``bi_wkv6`` are composed from wkv6 unless it has its own.
-    ``takes_no_state``: its matrix-state ops take state=None for no initial state (zero).
-    ``point_wkv``: None where the backend has no kernel for it (the dispatcher picks torch)."""
+    ``takes_no_state``: its matrix-state ops take state=None for no initial state (zero)."""
     return SimpleNamespace(
         wkv4=wkv4, bi_wkv4=bi_wkv4, wkv6=wkv6, wkv7=wkv7, wkv5=wkv5 or _expanding_decay(wkv6),
         bi_wkv6=bi_wkv6 or _bi_from_halves(wkv6, wkv6_reversed or _reversed_by_flipping(wkv6)),
-        takes_no_state=takes_no_state, point_wkv=point_wkv)
+        takes_no_state=takes_no_state, point_wkv=point_wkv, farthest_point_sample=farthest_point_sample)
 
 
 _BACKENDS = {
     "reference": _backend(_reference.wkv4, _reference.bi_wkv4, _reference.wkv6, _reference.wkv7,
-                          point_wkv=_reference.point_wkv),
+                          _reference.point_wkv, _reference.farthest_point_sample),
+    # Its sampling is the reference's loop (small tensor ops, any device).
     "torch": _backend(_torch_wkv4.wkv4, _torch_wkv4.bi_wkv4, _torch_wkv6.wkv6, _torch_wkv7.wkv7,
-                      point_wkv=_point_from_scans(_torch_point.point_scan)),
-    "cpu": _backend(_cpu.wkv4, _cpu.bi_wkv4, _cpu.wkv6, _cpu.wkv7, wkv6_reversed=_cpu.wkv6_reversed,
-                    point_wkv=_point_from_scans(_cpu.point_scan)),
+                      _point_from_scans(_torch_point.point_scan), _reference.farthest_point_sample),
+    "cpu": _backend(_cpu.wkv4, _cpu.bi_wkv4, _cpu.wkv6, _cpu.wkv7, _point_from_scans(_cpu.point_scan),
+                    _cpu.farthest_point_sample, wkv6_reversed=_cpu.wkv6_reversed),
     # Its per-token inputs stay in bfloat16 / float16: its own bi_wkv6 keeps the sum in float32.
     # Its kernels start from a zero state without a tensor of zeros to fill and read.
-    "cuda": _backend(_cuda.wkv4, _cuda.bi_wkv4, _cuda.wkv6, _cuda.wkv7, wkv5=_cuda.wkv5,
-                     bi_wkv6=_cuda.bi_wkv6, takes_no_state=True, point_wkv=_point_from_scans(_cuda.point_scan)),
+    "cuda": _backend(_cuda.wkv4, _cuda.bi_wkv4, _cuda.wkv6, _cuda.wkv7, _point_from_scans(_cuda.point_scan),
+                     _cuda.farthest_point_sample, wkv5=_cuda.wkv5, bi_wkv6=_cuda.bi_wkv6, takes_no_state=True),
 }
 _COMPILED = {"cpu": _cpu, "cuda": _cuda}
 _warned = set()
@@ -415,3 +420,28 @@ def point_wkv(r, k, v, w, u, state=None, *, output_final_state=False, backend=No
     s0 = _initial_state(t.get("state"), (B, 2, H, K, K), r.device, compute, False, impl)
     y, final = impl.point_wkv(t["r"], t["k"], t["v"], t["w"], t["u"], s0)
     return _finish(y, final, out_dtype, output_final_state)
+
+
+def farthest_point_sample(points, n, *, backend=None):
+    """Farthest point sampling, PointRWKV's choice of patch centres: indices [B, n] (int64) of
+    ``n`` points of each cloud of ``points`` [B, N, 3], point 0 first, then each time the point
+    farthest from those taken (the largest squared distance to its nearest taken point; the
+    first index on ties). The official ``pointnet2_utils`` starts from a random point instead.
+
+    Computed in float32 (float64 for float64 points) on every backend, with the torch form's
+    roundings, so that every backend picks the same points. The points must be finite (checked
+    for CPU tensors). ``backend`` as for the WKV ops: ``cpu`` and ``cuda`` run one compiled pass
+    per step where the torch form runs about seven small ops."""
+    if not isinstance(points, torch.Tensor) or not points.is_floating_point():
+        raise ValueError("farthest_point_sample: points must be a floating-point tensor [B, N, 3], got "
+                         + (str(points.dtype) if isinstance(points, torch.Tensor) else type(points).__name__))
+    if points.dim() != 3 or points.shape[-1] != 3:
+        raise ValueError(f"farthest_point_sample: points must have shape [B, N, 3], got {list(points.shape)}")
+    N = points.shape[1]
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= N:
+        raise ValueError(f"farthest_point_sample: n must be an int in [1, N={N}], got {n!r}")
+    if _checks_values(points.device) and not torch.compiler.is_compiling() and not torch.isfinite(points).all():
+        raise ValueError("farthest_point_sample: points contain NaN or inf")
+    compute = torch.float64 if points.dtype == torch.float64 else torch.float32
+    name = _choose("farthest_point_sample", backend, {"points": points})
+    return _BACKENDS[name].farthest_point_sample(points.to(compute), n)

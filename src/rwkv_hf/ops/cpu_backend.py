@@ -3,7 +3,8 @@
 ``cuda_ext/wkv_cpu.cpp`` (shipped with the CUDA sources as ``rwkv_hf.cuda_ext``) holds the
 forward and backward of RWKV-5/6 (``wkv6``, also run right to left for ``bi_wkv6``), RWKV-7
 (``wkv7``), PointRWKV's two-way scan (``point_scan``, for ``point_wkv``), and of the per-channel
-ops (``wkv4``, ``bi_wkv4``), in float32 and float64, behind a C ABI. It has no torch headers, so the system C++ compiler (``$CXX``, else
+ops (``wkv4``, ``bi_wkv4``), in float32 and float64, behind a C ABI; ``point_cpu.cpp`` holds
+PointRWKV's farthest point sampling (:func:`farthest_point_sample`). It has no torch headers, so the system C++ compiler (``$CXX``, else
 ``c++``, ``g++`` or ``clang++``) builds it in a few seconds on the first CPU call, for this
 machine's instruction set (``-march=native``), together with ``lm_cpu.cpp`` (the language
 models' fused CPU blocks, :mod:`rwkv_hf.lm.cpu_fused`); the library is cached under
@@ -33,17 +34,18 @@ from torch import Tensor
 from . import cuda_backend as _cuda
 from . import custom_ops as _custom_ops
 
-__all__ = ["wkv4", "bi_wkv4", "wkv6", "wkv6_reversed", "wkv7", "point_scan", "available", "load",
+__all__ = ["wkv4", "bi_wkv4", "wkv6", "wkv6_reversed", "wkv7", "point_scan", "farthest_point_sample",
+           "available", "load",
            "unsupported_reason", "OPS"]
 
 SOURCE = "wkv_cpu.cpp"
 # Built into one library: the WKV kernels, the language models' fused blocks (rwkv_hf.lm.cpu_fused,
-# which call the WKV kernels), Vision-RWKV's fused Q-Shift (rwkv_hf.vision.cpu_fused) and the
-# header they share.
-SOURCES = (SOURCE, "lm_cpu.cpp", "vision_cpu.cpp")
+# which call the WKV kernels), Vision-RWKV's fused Q-Shift (rwkv_hf.vision.cpu_fused), PointRWKV's
+# farthest point sampling and the header they share.
+SOURCES = (SOURCE, "lm_cpu.cpp", "vision_cpu.cpp", "point_cpu.cpp")
 HEADERS = ("cpu_common.h",)
 CACHE_ENV = "RWKV_HF_CPU_CACHE"
-OPS = ("wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7", "point_wkv")
+OPS = ("wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7", "point_wkv", "farthest_point_sample")
 # The dispatcher hands this backend float32 (bfloat16 and float16 inputs cast up) or float64.
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 # Below this much work (B*H*T*K*V) one thread is faster than starting more (generation steps).
@@ -185,6 +187,7 @@ def _declare(lib):
         getattr(lib, f"rwkv_hf_wkv7_backward_{sfx}").argtypes = geo + [p] * 16 + [i32]
         getattr(lib, f"rwkv_hf_point_forward_{sfx}").argtypes = [i64] * 4 + [p] * 7 + [i32]
         getattr(lib, f"rwkv_hf_point_backward_{sfx}").argtypes = [i64] * 4 + [p] * 10 + [i32]
+        getattr(lib, f"rwkv_hf_fps_{sfx}").argtypes = [i64] * 3 + [p] * 2 + [i32]
     if lib.rwkv_hf_wkv_cpu_chunk() != _CHUNK:
         raise RuntimeError(f"the kernels snapshot every {lib.rwkv_hf_wkv_cpu_chunk()} tokens, this "
                            f"module expects {_CHUNK}")
@@ -470,6 +473,18 @@ def _point_backward(k: Tensor, v: Tensor, w: Tensor, snaps: Tensor, gA: Tensor,
 
 # Fakes: the shapes and dtypes (the kernels' dtype, r's or k's) the implementations return.
 
+def _fps(points: Tensor, n: int) -> Tensor:
+    B, N, _ = points.shape
+    points = _as(points, points.dtype)
+    idx = torch.empty(B, n, dtype=torch.long)
+    _call("fps", points.dtype, B, N, n, _ptr(points), _ptr(idx), _threads(B * N * n))
+    return idx
+
+
+def _fps_fake(points, n):
+    return points.new_empty(points.shape[0], n, dtype=torch.long)
+
+
 def _matrix_fake(r, k, v, w, *rest):
     """A forward's y, S and snapshots (``save`` is the last argument)."""
     B, T, H, K = r.shape
@@ -517,6 +532,7 @@ _point_forward_op = _custom_ops.register("cpu", _point_forward, _point_forward_f
 _point_backward_op = _custom_ops.register("cpu", _point_backward, _point_backward_fake)
 _wkv4_forward_op = _custom_ops.register("cpu", _wkv4_forward, _wkv4_forward_fake)
 _wkv4_backward_op = _custom_ops.register("cpu", _wkv4_backward, _wkv4_backward_fake)
+_fps_op = _custom_ops.register("cpu", _fps, _fps_fake)
 _traced = _custom_ops.traced
 
 
@@ -648,3 +664,9 @@ def point_scan(k, v, w, state):
     if _needs_grad(k, v, w, state):
         return _Point.apply(k, v, w, state)
     return _traced(_point_forward_op, _point_forward)(k, v, w, state, False)[:2]
+
+
+def farthest_point_sample(points, n):
+    """PointRWKV's farthest point sampling (see ``rwkv_hf.ops.farthest_point_sample``): points
+    [B, N, 3] float32 or float64, finite, 1 <= n <= N -> indices [B, n] (int64), from point 0."""
+    return _traced(_fps_op, _fps)(points, n)

@@ -10,7 +10,8 @@ Backend functions (same signatures and results as ``reference.py``; inputs valid
 dispatcher): :func:`wkv4`, :func:`bi_wkv4`, :func:`wkv5` (its decay [H, K] read in place),
 :func:`wkv6`, :func:`bi_wkv6` (both directions, one rounding) and :func:`wkv7`; for PointRWKV's
 ``point_wkv`` the scans only, :func:`point_scan` (``A`` of both directions, float32, from which
-the ops layer forms ``y``). Per-token inputs
+the ops layer forms ``y``), and PointRWKV's sampling, :func:`farthest_point_sample` (float32
+or float64 points). Per-token inputs
 may be float32, bfloat16 or float16 (``y`` comes back in that dtype, rounded once). The
 matrix-state ops' log-decay ``w`` (point_scan's too) is read as it is in float32 or in the
 activations' dtype (its gradient comes back in it; no float32 copy); the other decays and ``u``
@@ -42,7 +43,8 @@ from torch import Tensor
 
 from . import custom_ops as _custom_ops
 
-__all__ = ["wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7", "point_scan", "available", "load",
+__all__ = ["wkv4", "bi_wkv4", "wkv5", "wkv6", "bi_wkv6", "wkv7", "point_scan", "farthest_point_sample",
+           "available", "load",
            "build", "find_cuda_home", "sources_dir", "unsupported_reason", "SUPPORTED_HEAD_SIZES",
            "POINT_HEAD_SIZES"]
 
@@ -50,7 +52,7 @@ SUPPORTED_HEAD_SIZES = (16, 32, 64, 128)
 # point_wkv's kernels also take PointRWKV's 48 (384 channels in 8 heads, as released) and 96.
 POINT_HEAD_SIZES = (16, 32, 48, 64, 96, 128)
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-SOURCES = ("wkv.cpp", "wkv_host.cpp", "wkv4.cu", "wkv5.cu", "wkv6.cu", "wkv7.cu", "point_wkv.cu")
+SOURCES = ("wkv.cpp", "wkv_host.cpp", "wkv4.cu", "wkv5.cu", "wkv6.cu", "wkv7.cu", "point_wkv.cu", "fps.cu")
 HEADERS = ("wkv_common.h", "wkv_launch.h", "wkv_host.h", "wkv6.cuh")
 CACHE_ENV = "RWKV_HF_CUDA_CACHE"
 CHUNK_ENV = "RWKV_HF_CUDA_CHUNK"
@@ -382,6 +384,8 @@ def unsupported_reason(op, **tensors):
     xs = [t for t in tensors.values() if isinstance(t, torch.Tensor)]
     if not xs or not all(t.is_cuda for t in xs):
         return "the CUDA backend needs CUDA tensors"
+    if op == "farthest_point_sample":  # the dispatcher passes float32 or float64 points
+        return None
     for name, t in tensors.items():
         if isinstance(t, torch.Tensor) and t.dtype not in SUPPORTED_DTYPES:
             return f"the CUDA backend computes in float32; {name} is {t.dtype}"
@@ -750,6 +754,14 @@ def _point_backward_fake(k, v, w, snap, gA, gS):
             _f32_empty(k, B, 2, H, n, n))
 
 
+def _fps(points: Tensor, n: int) -> Tensor:
+    return load().farthest_point_sample(points.contiguous(), n)
+
+
+def _fps_fake(points, n):
+    return points.new_empty(points.shape[0], n, dtype=torch.long)
+
+
 def _register(fn, fake):
     return _custom_ops.register("cuda", fn, fake)
 
@@ -764,6 +776,7 @@ _wkv7_forward_op = _register(_wkv7_forward, _wkv7_forward_fake)
 _wkv7_backward_op = _register(_wkv7_backward, _wkv7_backward_fake)
 _point_forward_op = _register(_point_forward, _point_forward_fake)
 _point_backward_op = _register(_point_backward, _point_backward_fake)
+_fps_op = _register(_fps, _fps_fake)
 _traced = _custom_ops.traced
 
 
@@ -948,3 +961,10 @@ def point_scan(k, v, w, state=None):
     if _needs_grad((k, v, w, state)):
         return _Point.apply(k, v, w, state)
     return _traced(_point_forward_op, _point_forward)(k, v, w, state, False)[:2]
+
+
+def farthest_point_sample(points, n):
+    """PointRWKV's farthest point sampling (see ``rwkv_hf.ops.farthest_point_sample``): points
+    [B, N, 3] float32 or float64 (finite; not checked here: that would wait for the GPU),
+    1 <= n <= N -> indices [B, n] (int64), one block per cloud for all n - 1 steps."""
+    return _traced(_fps_op, _fps)(points, n)

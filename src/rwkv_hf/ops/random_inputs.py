@@ -67,3 +67,27 @@ def make_inputs(op, B=1, T=64, H=2, N=16, *, dtype=torch.float32, device="cpu", 
     state_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     return {name: x.to(device=device, dtype=state_dtype if name == "state" else dtype)
             for name, x in out.items()}
+
+
+def rounding_ties(count=64, seed=0):
+    """float32 clouds [count, 3, 3] that tell a farthest point sampling computed with the torch
+    form's roundings from one with fused multiply-adds: each is the origin, then two points whose
+    squared distances to it, (x*x + y*y) + z*z with every operation rounded, are equal, though
+    the second's exact distance is larger. Sampling 2 points picks point 1 (the first of the
+    tie); with the distance contracted into fused multiply-adds (closer to exact) often point 2."""
+    g = torch.Generator().manual_seed(seed)
+    # 2^17 candidates with 14-bit coordinates: each square needs rounding, and equal rounded sums
+    # are common (some 2^25 float32 values in their range).
+    c = ((torch.rand(1 << 17, 3, generator=g, dtype=torch.float64) + 0.5) * 2 ** 14).round() / 2 ** 14
+    x = c.float()
+    rounded = (x[:, 0] * x[:, 0] + x[:, 1] * x[:, 1]) + x[:, 2] * x[:, 2]
+    exact = c.pow(2).sum(1)  # exact in float64 (28-bit squares)
+    order = torch.argsort(exact)  # then stably by the rounded sum: equal ones adjacent, exact ascending
+    order = order[torch.sort(rounded[order], stable=True).indices]
+    r, e = rounded[order], exact[order]
+    pairs = torch.nonzero((r[1:] == r[:-1]) & (e[1:] > e[:-1])).flatten()
+    pairs = pairs[torch.randperm(len(pairs), generator=g)[:count]]
+    if len(pairs) < count:
+        raise ValueError(f"rounding_ties: found {len(pairs)} pairs, asked for {count}")
+    a, b = x[order[pairs]], x[order[pairs + 1]]
+    return torch.stack([torch.zeros_like(a), a, b], 1)

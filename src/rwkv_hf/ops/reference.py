@@ -90,3 +90,18 @@ def point_wkv(r, k, v, w, u, state):
     bwd, s_bwd = scan(ks[::-1], vs[::-1], ws[::-1], state[:, 1])
     bonus = u * k * v.sum(-1, keepdim=True)  # diag(u) k_t (1^T v_t)
     return r * (torch.stack(fwd, 1) + torch.stack(bwd[::-1], 1) + bonus), torch.stack([s_fwd, s_bwd], 1)
+
+
+def farthest_point_sample(points, n):
+    """Point 0, then n - 1 times the point farthest from those taken (the first on ties). Also
+    the torch backend's form: its n - 1 steps are small tensor ops on any device."""
+    B, N, _ = points.shape
+    idx = points.new_zeros(B, n, dtype=torch.long)
+    nearest = points.new_full((B, N), float("inf"))  # squared distance to the nearest taken point
+    last = points[:, 0]
+    rows = torch.arange(B, device=points.device)
+    for i in range(1, n):
+        nearest = torch.minimum(nearest, (points - last[:, None]).pow(2).sum(-1))
+        idx[:, i] = nearest.argmax(-1)
+        last = points[rows, idx[:, i]]
+    return idx

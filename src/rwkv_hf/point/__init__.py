@@ -1,7 +1,7 @@
 """PointRWKV (point-cloud classification): config and models."""
 from .configuration_pointrwkv import POINTRWKV_SIZES, PointRwkvConfig
 from .modeling_pointrwkv import (POINTRWKV_CLASSES, PointRwkvForPointCloudClassification, PointRwkvModel,
-                                 PointRwkvPreTrainedModel, farthest_point_sample)
+                                 PointRwkvPreTrainedModel)
 
 
 def register():

@@ -7,7 +7,7 @@ The module and parameter names are the official ones (``embed_modules``, ``pos_e
 ``head``), so :class:`PointRwkvForPointCloudClassification`'s state dict is the official
 ``PointRWKVCls`` one: ``backbone.*`` and ``head.*``.
 
-Per scale ``i``: farthest point sampling (:func:`farthest_point_sample`) picks ``num_groups[i]``
+Per scale ``i``: farthest point sampling (:func:`rwkv_hf.ops.farthest_point_sample`) picks ``num_groups[i]``
 centres of the raw cloud, each centre's ``group_sizes[i]`` nearest points (centred on it) form
 a patch, a mini-PointNet embeds each patch and an MLP of the centre's coordinates is added.
 The tokens, in sampling order, pass ``depths[i]`` PRWKV blocks and a LayerNorm:
@@ -51,21 +51,6 @@ from .configuration_pointrwkv import PointRwkvConfig
 
 
 # ---------------------------------------------------------------------------- geometry
-
-def farthest_point_sample(points, n):
-    """Indices [B, n] of ``n`` points of ``points`` [B, N, 3] by farthest point sampling from
-    the first point: each next point is the one farthest from those already taken."""
-    B, N, _ = points.shape
-    idx = points.new_zeros(B, n, dtype=torch.long)
-    nearest = points.new_full((B, N), float("inf"))  # squared distance to the nearest taken point
-    last = points[:, 0]
-    rows = torch.arange(B, device=points.device)
-    for i in range(1, n):
-        nearest = torch.minimum(nearest, (points - last[:, None]).pow(2).sum(-1))
-        idx[:, i] = nearest.argmax(-1)
-        last = points[rows, idx[:, i]]
-    return idx
-
 
 def square_distance(a, b):
     """Squared distances [B, M, N] between a [B, M, 3] and b [B, N, 3]."""
@@ -357,7 +342,7 @@ class PointRwkvModel(PointRwkvPreTrainedModel):
         config = self.config
         check_points(points, config.num_groups)
         points = points.to(self.norms[0].weight.dtype)
-        order = farthest_point_sample(points, max(config.num_groups))
+        order = ops.farthest_point_sample(points, max(config.num_groups))
         features, centers = [], []
         for i, (n, size) in enumerate(zip(config.num_groups, config.group_sizes)):
             center = gather(points, order[:, :n])                               # [B, G, 3]
