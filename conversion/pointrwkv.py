@@ -1,12 +1,15 @@
 """PointRWKV checkpoints (hithqd/PointRWKV) -> rwkv_hf.
 
-Sources: the official classification checkpoints (``utils/checkpoint.py``: ``{'model':
-state_dict, 'optimizer', 'epoch'}``; the loader unwraps ``model`` and lists the other entries
-as discarded), a bare ``PointRWKVCls`` state dict (``backbone.*``, ``head.*``), with DDP
+Sources: the official classification and part segmentation checkpoints
+(``utils/checkpoint.py``: ``{'model': state_dict, 'optimizer', 'epoch'}``; the loader unwraps
+``model`` and lists the other entries as discarded), a bare ``PointRWKVCls`` (``backbone.*``,
+``head.*``) or ``PointRWKVPartSeg`` (``backbone.*``, ``cls_embed.*``, ``propagation_layers.*``,
+``seg_head.*``) state dict, with DDP
 ``module.`` / ``torch.compile`` ``_orig_mod.`` prefixes or not, and rwkv_hf's own folders
 (the same keys: rwkv_hf uses the official names).
 
-The checkpoint fixes the widths, depths, heads, graph rounds and classes. The sampling sizes
+The checkpoint fixes the widths, depths, heads, graph rounds, classes (parts) and object
+categories. The sampling sizes
 (``num_groups``, ``group_sizes``, ``k_neighbors``) are in no tensor: they come from the rwkv_hf
 config.json when converting an rwkv_hf folder, else from the released configuration (every
 ``cfgs/*.yaml``: 2048 / 1024 / 512 centres, patches of 32, 16 / 8 / 8 graph neighbours) when
@@ -48,11 +51,14 @@ def config_from_state_dict(weights, config_json=None, **overrides):
               mlp_ratio=need(first + "channel_mixing.key_proj.weight").shape[0] / hidden)
     if "head.8.weight" in weights:
         kw["num_labels"] = weights["head.8.weight"].shape[0]
+    if "seg_head.7.weight" in weights:
+        kw["num_labels"] = weights["seg_head.7.weight"].shape[0]
+        kw["num_shape_classes"] = need("cls_embed.0.weight").shape[1]
     released = POINTRWKV_SIZES["base"]
     if isinstance(config_json, dict) and all(n in config_json for n in _SAMPLING):
         kw.update({n: config_json[n] for n in _SAMPLING})
         for n in ("drop_path_rate", "classifier_dropout", "label_smoothing", "layer_norm_eps", "id2label",
-                  "label2id"):
+                  "label2id", "num_shape_classes"):
             if n in config_json:
                 kw[n] = config_json[n]
     elif all(n in overrides for n in _SAMPLING) or scales == len(released["num_groups"]):
@@ -71,14 +77,17 @@ def config_from_state_dict(weights, config_json=None, **overrides):
 
 
 def build_model(weights, config):
-    """The rwkv_hf model holding ``weights`` (the classifier when there is a ``head``, else the
-    backbone); the tensors are placed as they are (no copies). Unknown or missing keys raise."""
-    from ..point import PointRwkvForPointCloudClassification, PointRwkvModel
+    """The rwkv_hf model holding ``weights`` (the classifier when there is a ``head``, the part
+    segmentation model when there is a ``seg_head``, else the backbone); the tensors are placed
+    as they are (no copies). Unknown or missing keys raise."""
+    from ..point import PointRwkvForPointCloudClassification, PointRwkvForPointCloudSegmentation, PointRwkvModel
 
     if any(k.startswith("head.") for k in weights):
         return place_weights(PointRwkvForPointCloudClassification, config, dict(weights))
+    if any(k.startswith("seg_head.") for k in weights):
+        return place_weights(PointRwkvForPointCloudSegmentation, config, dict(weights))
     if any(not k.startswith(B) for k in weights):
-        raise ConversionError("tensors outside backbone.* without a classification head: "
+        raise ConversionError("tensors outside backbone.* without a classification or segmentation head: "
                               f"{sorted(k for k in weights if not k.startswith(B))[:10]}")
     return place_weights(PointRwkvModel, config, {k[len(B):]: v for k, v in weights.items()},
                          shown=lambda k: B + k)

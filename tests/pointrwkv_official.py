@@ -1,6 +1,7 @@
-"""An independent, plain-PyTorch re-implementation of the official PointRWKV classifier forward
-(hithqd/PointRWKV ``models/point_rwkv.py``, ``models/point_rwkv_cls.py``,
-``models/pointnet2_utils.py`` and ``utils/misc.py``, as released in March 2026), written out
+"""An independent, plain-PyTorch re-implementation of the official PointRWKV classifier and part
+segmentation forwards (hithqd/PointRWKV ``models/point_rwkv.py``, ``models/point_rwkv_cls.py``,
+``models/point_rwkv_seg.py``, ``models/pointnet2_utils.py`` and ``utils/misc.py``, as released
+in March 2026), written out
 from the released code's math for the tests: nothing here comes from rwkv_hf, and no module of
 the official code is copied; every layer is a functional op on a tensor of the state dict.
 
@@ -38,6 +39,14 @@ What is computed, per scale ``s`` (every scale samples the *raw* cloud again):
 Head: max over the tokens of the first and of the last scale, concatenated,
 Linear-BN-ReLU-Linear-BN-ReLU-Linear. Norm epsilons are PyTorch's defaults (1e-5), as in the
 release.
+
+Part segmentation (``official_segmentation_logits``, three scales as released): PointNet++
+feature propagation from scale 2 onto the centres of scale 1 (skip: scale 1's tokens), from
+there onto scale 0 (skip: its tokens), and from there onto the input points (skip: their
+coordinates): for each target its 3 nearest sources by the sorted ``-2 a.b + |a|^2 + |b|^2``,
+weights ``1 / (d + 1e-8)`` normalised, the weighted sum after the skip features, then two
+1x1 conv-BN-ReLU layers. The object category's one-hot through Linear-ReLU-Linear goes next to
+every point's features; then 1x1 conv-BN-ReLU, conv-BN-ReLU, conv.
 
 The one deliberate difference from the release: farthest point sampling starts at point
 ``fps_start`` of every cloud instead of at a random point drawn on every call. The running
@@ -231,3 +240,46 @@ def official_logits(state_dict, config, points, fps_start=0):
     z = F.relu(batch_norm_eval(H.sub("1"), linear(H.sub("0"), z)))
     z = F.relu(batch_norm_eval(H.sub("5"), linear(H.sub("4"), z)))
     return linear(H.sub("8"), z), feats, centres
+
+
+def feature_propagation(p, xyz1, xyz2, points1, points2):
+    """Targets xyz1 [B, N, 3] with skip features points1 [B, N, D1]; sources xyz2 [B, S, 3] with
+    features points2 [B, S, D2] -> [B, N, C]."""
+    N, S = xyz1.shape[1], xyz2.shape[1]
+    if S == 1:
+        interpolated = points2.repeat(1, N, 1)
+    else:
+        d = -2 * torch.einsum("bnc,bsc->bns", xyz1, xyz2)
+        d = d + (xyz1 ** 2).sum(-1)[:, :, None]
+        d = d + (xyz2 ** 2).sum(-1)[:, None, :]
+        d, idx = d.sort(dim=-1)
+        d, idx = d[:, :, :3], idx[:, :, :3]
+        recip = 1.0 / (d + 1e-8)
+        weight = recip / recip.sum(dim=2, keepdim=True)
+        interpolated = (take(points2, idx) * weight[..., None]).sum(dim=2)
+    x = torch.cat([points1, interpolated], dim=-1).transpose(1, 2)        # [B, D, N]
+    j = 0
+    while p.prefix + f"mlp_convs.{j}.weight" in p.sd:
+        conv = p.sub(f"mlp_convs.{j}")
+        x = F.relu(batch_norm_eval(p.sub(f"mlp_bns.{j}"), F.conv1d(x, conv["weight"], conv["bias"])))
+        j += 1
+    return x.transpose(1, 2)
+
+
+def official_segmentation_logits(state_dict, config, points, one_hot, fps_start=0):
+    """(logits [B, N, num_labels], per-scale normed features, per-scale centres) of the part
+    segmentation model (three scales); ``one_hot`` [B, num_shape_classes]."""
+    assert len(config.num_groups) == 3, "the released segmentation model has three scales"
+    feats, centres = official_features(state_dict, config, points, fps_start)
+    dtype = points.dtype
+    P = lambda name: _Params(state_dict, name + ".", dtype)  # noqa: E731
+    f = feature_propagation(P("propagation_layers.0"), centres[1], centres[2], feats[1], feats[2])
+    f = feature_propagation(P("propagation_layers.1"), centres[0], centres[1], feats[0], f)
+    f = feature_propagation(P("propagation_layers.2"), points, centres[0], points, f)
+    category = two_layer(P("cls_embed"), one_hot.to(dtype), F.relu)       # [B, C]
+    z = torch.cat([f, category[:, None, :].expand(-1, f.shape[1], -1)], dim=-1).transpose(1, 2)
+    H = P("seg_head")
+    conv = lambda q, y: F.conv1d(y, q["weight"], q["bias"])  # noqa: E731
+    z = F.relu(batch_norm_eval(H.sub("1"), conv(H.sub("0"), z)))
+    z = F.relu(batch_norm_eval(H.sub("5"), conv(H.sub("4"), z)))
+    return conv(H.sub("7"), z).transpose(1, 2), feats, centres

@@ -7,8 +7,10 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel
 
-from pointrwkv_official import official_logits
-from rwkv_hf import PointRwkvConfig, PointRwkvForPointCloudClassification, PointRwkvModel
+import torch.nn.functional as F
+
+from pointrwkv_official import official_logits, official_segmentation_logits
+from rwkv_hf import PointRwkvConfig, PointRwkvForPointCloudClassification, PointRwkvForPointCloudSegmentation, PointRwkvModel
 from rwkv_hf.conversion.convert import convert
 from rwkv_hf.conversion.loading import ConversionError
 from rwkv_hf.point.modeling_pointrwkv import BQE, knn
@@ -17,6 +19,7 @@ SMALL = dict(hidden_size=32, depths=[1, 2], num_heads=4, num_groups=[48, 24], gr
              k_neighbors=[4, 6], graph_iterations=2, num_labels=5)
 THREE = dict(hidden_size=24, depths=[1, 1, 1], num_heads=3, num_groups=[40, 20, 10], group_sizes=[6, 6, 4],
              k_neighbors=[5, 4, 3], graph_iterations=1, num_labels=3)
+SEG = dict(THREE, num_labels=6, num_shape_classes=4)  # three scales, as the released segmentation model
 
 
 def rel(a, b):
@@ -233,3 +236,73 @@ def test_lora_with_the_default_targets_trains_and_reloads(tmp_path):
     fresh = PointRwkvForPointCloudClassification.from_pretrained(tmp_path / "base")
     reloaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter").eval()
     assert torch.allclose(reloaded(points=points).logits, want, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- part segmentation
+
+def test_segmentation_matches_the_official_oracle_in_float64():
+    """Every point's part logits equal the oracle's (feature propagation from the coarsest scale
+    to the points, the category embedding, the per-point head); the smaller scales' centres are
+    among the larger's and the first scale's among the points, so propagation meets sources at
+    distance 0, as ShapeNetPart's 2048-point clouds with 2048 first-scale centres do."""
+    config = PointRwkvConfig(**SEG)
+    model = randomized(PointRwkvForPointCloudSegmentation(config).double().eval())
+    points, categories = clouds(), torch.tensor([1, 3])
+    out = model(points, categories=categories)
+    logits, features, _ = official_segmentation_logits(model.state_dict(), config, points, F.one_hot(categories, 4))
+    assert out.logits.shape == (2, 120, 6)
+    assert rel(out.logits, logits) < 1e-10
+    assert all(rel(a, b) < 1e-10 for a, b in zip(out.scale_features, features, strict=True))
+    # a one-hot (any weights over the categories) is taken as it is
+    assert torch.equal(model(points, categories=F.one_hot(categories, 4).double()).logits, out.logits)
+
+
+def test_segmentation_gradients_match_the_oracle():
+    config = PointRwkvConfig(**SEG)
+    model = randomized(PointRwkvForPointCloudSegmentation(config).double().eval(), seed=1)
+    points, categories = clouds(seed=6), torch.tensor([0, 2])
+    weights = {n: t.detach().clone().requires_grad_(t.is_floating_point() and "running" not in n)
+               for n, t in model.state_dict().items()}
+    up = torch.randn(2, 120, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    (model(points, categories=categories).logits * up).sum().backward()
+    (official_segmentation_logits(weights, config, points, F.one_hot(categories, 4))[0] * up).sum().backward()
+    params = dict(model.named_parameters())
+    assert params.keys() <= weights.keys()
+    bad = {n: rel(p.grad, weights[n].grad) for n, p in params.items()
+           if not rel(p.grad, weights[n].grad) < 1e-8}
+    assert not bad, bad
+
+
+def test_segmentation_loss_any_number_of_scales_and_bad_categories():
+    model = PointRwkvForPointCloudSegmentation(PointRwkvConfig(**dict(SMALL, num_shape_classes=3))).eval()
+    points, labels = clouds(dtype=torch.float32), torch.randint(0, 5, (2, 120), generator=torch.Generator().manual_seed(0))
+    out = model(points, categories=torch.tensor([0, 2]), labels=labels)  # two scales: one propagation less
+    assert out.logits.shape == (2, 120, 5) and len(model.propagation_layers) == 2
+    assert torch.allclose(out.loss, F.cross_entropy(out.logits.reshape(-1, 5), labels.reshape(-1)))
+    with pytest.raises(ValueError, match="categories .* are required"):
+        model(points)
+    with pytest.raises(ValueError, match=r"one-hot \[B=2, num_shape_classes=3\]"):
+        model(points, categories=torch.zeros(2, 4))
+    with pytest.raises(RuntimeError, match="num_classes"):
+        model(points, categories=torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="num_shape_classes"):
+        PointRwkvConfig(num_shape_classes=0)
+
+
+def test_segmentation_checkpoint_converts_and_back(tmp_path):
+    config = PointRwkvConfig(**SEG)
+    model = randomized(PointRwkvForPointCloudSegmentation(config)).float().eval()
+    torch.save({"model": {"module." + k: v for k, v in model.state_dict().items()}, "epoch": 300},
+               tmp_path / "seg.pth")
+    sampling = dict(num_groups=SEG["num_groups"], group_sizes=SEG["group_sizes"], k_neighbors=SEG["k_neighbors"])
+    report = convert(str(tmp_path / "seg.pth"), str(tmp_path / "out"), verbose=False, config_overrides=sampling)
+    assert report["config"].num_labels == 6 and report["config"].num_shape_classes == 4
+    folder = PointRwkvForPointCloudSegmentation.from_pretrained(tmp_path / "out").eval()
+    points, categories = clouds(dtype=torch.float32), torch.tensor([3, 0])
+    assert torch.equal(folder(points, categories=categories).logits, model(points, categories=categories).logits)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "PointRwkvForPointCloudSegmentation" in card and "6 parts of 4 object categories" in card
+    convert(str(tmp_path / "out"), str(tmp_path / "back.pth"), verbose=False)
+    back = torch.load(tmp_path / "back.pth")
+    assert back.keys() == model.state_dict().keys()
+    assert all(torch.equal(back[k], v) for k, v in model.state_dict().items())

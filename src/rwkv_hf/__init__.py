@@ -18,7 +18,8 @@ from .lm import (
     RwkvV7Config, RwkvV7ForCausalLM, RwkvV7ForSequenceClassification, RwkvV7Model,
 )
 from .clip import RwkvClipConfig, RwkvClipModel, RwkvClipTextConfig, RwkvClipTextModel
-from .point import PointRwkvConfig, PointRwkvForPointCloudClassification, PointRwkvModel
+from .point import (PointRwkvConfig, PointRwkvForPointCloudClassification, PointRwkvForPointCloudSegmentation,
+                    PointRwkvModel)
 from .restore import RestoreRwkvConfig, RestoreRwkvForImageRestoration, RestoreRwkvModel
 from .vision import (
     Vrwkv6Backbone, Vrwkv6Config, Vrwkv6ForImageClassification, Vrwkv6Model,
@@ -46,4 +47,5 @@ __all__ = [
     "RestoreRwkvConfig", "RestoreRwkvModel", "RestoreRwkvForImageRestoration",
     "RwkvClipConfig", "RwkvClipModel", "RwkvClipTextConfig", "RwkvClipTextModel",
     "PointRwkvConfig", "PointRwkvModel", "PointRwkvForPointCloudClassification",
+    "PointRwkvForPointCloudSegmentation",
 ]

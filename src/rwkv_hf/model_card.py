@@ -253,8 +253,11 @@ def model_card(model_or_config, *, eval_results=None, base_model=None, license=N
         template = "rwkv_clip.md"
     elif family == "point":
         classifier = architecture.endswith("ForPointCloudClassification")
+        segmenter = architecture.endswith("ForPointCloudSegmentation")
         kw.update(num_heads=config.num_heads, graph_iterations=config.graph_iterations, classifier=classifier,
-                  num_labels=config.num_labels if classifier else "none (backbone)",
+                  segmenter=segmenter, num_shape_classes=config.num_shape_classes,
+                  num_labels=(f"{config.num_labels} parts of {config.num_shape_classes} object categories"
+                              if segmenter else config.num_labels if classifier else "none (backbone)"),
                   min_points=max(config.num_groups),
                   scales="; ".join(f"{g} / {s} / {k} / {d}" for g, s, k, d in zip(
                       config.num_groups, config.group_sizes, config.k_neighbors, config.depths)))

@@ -5,7 +5,7 @@ classifier of hithqd/PointRWKV (``models/point_rwkv.py``, ``models/point_rwkv_cl
 The fields are the official ``model`` section of ``cfgs/*.yaml``, with transformers' names
 where one exists: ``embed_dim`` is ``hidden_size``, ``depth`` ``depths``, ``num_points`` (the
 number of patch centres per scale) ``num_groups``, ``graph_iter`` ``graph_iterations``,
-``num_classes`` ``num_labels``.
+``num_classes`` ``num_labels`` (the segmentation model's ``num_part_classes``).
 """
 from transformers import PreTrainedConfig
 
@@ -16,7 +16,8 @@ class PointRwkvConfig(PreTrainedConfig):
     embeds, and ``depths[i]`` PRWKV blocks mix the patch tokens (in sampling order): a
     bidirectional WKV (:func:`rwkv_hf.ops.point_wkv`) next to a graph branch over each token's
     ``k_neighbors[i]`` nearest centres, then an RWKV channel mix. The classifier max-pools the
-    first and the last scale.
+    first and the last scale; the part segmentation model propagates the scales' features back
+    to the points.
 
     Args:
         hidden_size: token width (the official ``embed_dim``); a multiple of ``num_heads``.
@@ -29,8 +30,10 @@ class PointRwkvConfig(PreTrainedConfig):
         graph_iterations: rounds of the graph stabiliser.
         mlp_ratio: channel-mix hidden width over ``hidden_size``.
         drop_path_rate: stochastic depth, rising linearly over all blocks to this.
-        classifier_dropout: dropout in the classification head.
-        label_smoothing: of the classification loss (the official training's 0.2).
+        classifier_dropout: dropout in the classification and the segmentation head.
+        label_smoothing: of the classification loss (the official training's 0.2; the
+            segmentation loss has none, as released).
+        num_shape_classes: object categories the segmentation model is told (ShapeNetPart's 16).
         layer_norm_eps: epsilon of the LayerNorms.
     """
 
@@ -48,9 +51,10 @@ class PointRwkvConfig(PreTrainedConfig):
     classifier_dropout: float = 0.5
     label_smoothing: float = 0.2
     layer_norm_eps: float = 1e-5
+    num_shape_classes: int = 16
 
     def __post_init__(self, **kwargs):
-        for name in ("hidden_size", "num_heads", "graph_iterations"):
+        for name in ("hidden_size", "num_heads", "graph_iterations", "num_shape_classes"):
             _check_int(self, name, getattr(self, name), 1)
         if self.hidden_size % self.num_heads:
             raise ValueError(f"PointRwkvConfig: hidden_size ({self.hidden_size}) must be a multiple of num_heads "

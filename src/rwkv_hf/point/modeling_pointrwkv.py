@@ -1,11 +1,15 @@
-"""PointRWKV as transformers models: the hierarchical point-cloud backbone and the classifier of
-hithqd/PointRWKV (``models/point_rwkv.py``, ``models/point_rwkv_cls.py``, ``models/pointnet2_utils.py``;
-arXiv 2405.15214), as released in March 2026 (pure PyTorch there).
+"""PointRWKV as transformers models: the hierarchical point-cloud backbone, the classifier and the
+part segmentation model of hithqd/PointRWKV (``models/point_rwkv.py``, ``models/point_rwkv_cls.py``,
+``models/point_rwkv_seg.py``, ``models/pointnet2_utils.py``; arXiv 2405.15214), as released in
+March 2026 (pure PyTorch there).
 
 The module and parameter names are the official ones (``embed_modules``, ``pos_embed``,
 ``blocks.{scale}.{block}.spatial_mixing.proj_r``, ``lgm.graph_stabilizer.edge_mlps``, ``norms``,
-``head``), so :class:`PointRwkvForPointCloudClassification`'s state dict is the official
-``PointRWKVCls`` one: ``backbone.*`` and ``head.*``.
+``head``, ``propagation_layers.{i}.mlp_convs``, ``seg_head``), so
+:class:`PointRwkvForPointCloudClassification`'s state dict is the official ``PointRWKVCls`` one
+(``backbone.*``, ``head.*``) and :class:`PointRwkvForPointCloudSegmentation`'s the official
+``PointRWKVPartSeg`` one (``backbone.*``, ``cls_embed.*``, ``propagation_layers.*``,
+``seg_head.*``).
 
 Per scale ``i``: farthest point sampling (:func:`rwkv_hf.ops.farthest_point_sample`) picks ``num_groups[i]``
 centres of the raw cloud, each centre's ``group_sizes[i]`` nearest points (centred on it) form
@@ -24,7 +28,9 @@ The tokens, in sampling order, pass ``depths[i]`` PRWKV blocks and a LayerNorm:
 * ChannelMix: ``sigmoid(W_r BQE(x)) * W_v silu(W_k BQE(x))`` (SiLU, as released).
 
 The classifier max-pools the first and the last scale's tokens and applies
-Linear-BN-ReLU-Dropout twice and a Linear.
+Linear-BN-ReLU-Dropout twice and a Linear. The part segmentation model propagates the features
+from the coarsest scale back to the points (:class:`FeaturePropagation`), adds the object
+category's embedding and classifies every point.
 
 One difference from the release, by design: sampling starts from each cloud's first point
 (the official code draws the first point at random on every call, training and evaluation
@@ -99,7 +105,7 @@ class PatchEncoder(nn.Module):
 
 
 def _pointwise(layers, x):
-    """``layers`` (1x1 Conv1d, BatchNorm1d, ReLU) on x [points, channels]."""
+    """``layers`` (1x1 Conv1d, BatchNorm1d, ReLU, Dropout) on x [points, channels]."""
     for layer in layers:
         x = F.linear(x, layer.weight[:, :, 0], layer.bias) if isinstance(layer, nn.Conv1d) else layer(x)
     return x
@@ -218,6 +224,30 @@ class PointRwkvGraphBranch(nn.Module):
         return self.proj(self.graph_stabilizer(centers, x, knn(self.k, centers, centers)))
 
 
+class FeaturePropagation(nn.Module):
+    """PointNet++'s feature propagation (official ``PointNetFeaturePropagation``): each target
+    point's features interpolated from its 3 nearest source points (weights ``1 / (d + 1e-8)``,
+    ``d`` the squared distance as :func:`square_distance` computes it, normalised to sum 1),
+    after the target's own (skip) features, then 1x1 Conv-BN-ReLU layers."""
+
+    def __init__(self, c_in, widths):
+        super().__init__()
+        self.mlp_convs = nn.ModuleList(nn.Conv1d(a, b, 1) for a, b in zip([c_in] + widths[:-1], widths))
+        self.mlp_bns = nn.ModuleList(nn.BatchNorm1d(b) for b in widths)
+
+    def forward(self, targets, sources, skip, features):
+        # targets [B, N, 3], sources [B, S, 3], skip [B, N, D1], features [B, S, D2] -> [B, N, C]
+        B, N, _ = targets.shape
+        d, idx = square_distance(targets, sources).topk(min(3, sources.shape[1]), dim=-1, largest=False)
+        weight = 1.0 / (d + 1e-8)
+        weight = weight / weight.sum(-1, keepdim=True)
+        x = torch.einsum("bnkc,bnk->bnc", gather(features, idx), weight)
+        x = torch.cat([skip, x], -1).reshape(B * N, -1)  # as rows: the BatchNorms' statistics are the same
+        for conv, bn in zip(self.mlp_convs, self.mlp_bns):
+            x = torch.relu(bn(F.linear(x, conv.weight[:, :, 0], conv.bias)))
+        return x.reshape(B, N, -1)
+
+
 class PointRwkvBlock(GradientCheckpointingLayer):
     """A PRWKV block: ``x + fusion([IFM(ln1 x), LGM(ln1 x)])``, ``x + ChannelMix(ln2 x)``."""
 
@@ -254,6 +284,17 @@ class PointRwkvModelOutput(ModelOutput):
 class PointRwkvClassifierOutput(ModelOutput):
     """``logits`` [B, num_labels]; ``loss`` with ``labels`` (cross-entropy with the config's
     label smoothing); the backbone's per-scale ``scale_features`` and ``centers``."""
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    scale_features: tuple[torch.FloatTensor, ...] | None = None
+    centers: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class PointRwkvSegmentationOutput(ModelOutput):
+    """``logits`` [B, N, num_labels], per point; ``loss`` with ``labels`` (cross-entropy over
+    the points); the backbone's per-scale ``scale_features`` and ``centers``."""
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
@@ -386,4 +427,68 @@ class PointRwkvForPointCloudClassification(PointRwkvPreTrainedModel):
                                          centers=out.centers)
 
 
-POINTRWKV_CLASSES = (PointRwkvConfig, PointRwkvModel, PointRwkvForPointCloudClassification)
+class PointRwkvForPointCloudSegmentation(PointRwkvPreTrainedModel):
+    """PointRWKV part segmentation (official ``PointRWKVPartSeg``, ShapeNetPart): the backbone;
+    feature propagation from the coarsest scale to each finer one (the finer scale's tokens as
+    skip features) and from the first scale to the input points (their coordinates as skip
+    features); the cloud's object category through Linear(num_shape_classes, 64)-ReLU-Linear(64,
+    C) next to every point's features; then 1x1 Conv(2C, 512)-BN-ReLU-Dropout, Conv(512,
+    256)-BN-ReLU, Conv(256, num_labels) per point.
+
+    ``points`` [B, N, 3]; ``categories``: each cloud's object category, indices [B] or one-hot
+    (any weights) [B, num_shape_classes]; ``labels`` [B, N] part indices give the official
+    loss, a cross-entropy over all points without label smoothing."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        C, S = config.hidden_size, config.num_scales
+        self.backbone = PointRwkvModel(config)
+        self.cls_embed = nn.Sequential(nn.Linear(config.num_shape_classes, 64), nn.ReLU(inplace=True),
+                                       nn.Linear(64, C))
+        self.propagation_layers = nn.ModuleList([FeaturePropagation(2 * C, [C, C]) for _ in range(S - 1)]
+                                                + [FeaturePropagation(C + 3, [C, C])])
+        self.seg_head = nn.Sequential(
+            nn.Conv1d(2 * C, 512, 1), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Dropout(config.classifier_dropout),
+            nn.Conv1d(512, 256, 1), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Conv1d(256, config.num_labels, 1))
+        for m in self.cls_embed:  # created after the backbone's init in the official code: PyTorch's
+            if isinstance(m, nn.Linear):
+                m.torch_default_init = True
+        self.post_init()
+
+    def _category(self, categories, B, dtype, device):
+        S = self.config.num_shape_classes
+        if not isinstance(categories, torch.Tensor):
+            raise ValueError("categories (each cloud's object category: indices [B] or one-hot [B, "
+                             f"{S}]) are required, got {type(categories).__name__}")
+        if categories.shape == (B,) and not categories.is_floating_point():
+            return F.one_hot(categories.to(device), S).to(dtype)  # raises for an index outside [0, S)
+        if categories.shape != (B, S):
+            raise ValueError(f"categories must be indices [B={B}] or one-hot [B={B}, num_shape_classes={S}], "
+                             f"got {list(categories.shape)}")
+        return categories.to(device, dtype)
+
+    def forward(self, points=None, categories=None, labels=None, **kwargs):
+        out = self.backbone(points)
+        feats, centers = out.scale_features, out.centers
+        points = points.to(feats[0].dtype)
+        B, N, _ = points.shape
+        category = self._category(categories, B, feats[0].dtype, feats[0].device)
+        x = feats[-1]
+        for j, layer in enumerate(self.propagation_layers[:-1]):  # coarse to fine
+            s = len(feats) - 2 - j
+            x = layer(centers[s], centers[s + 1], feats[s], x)
+        x = self.propagation_layers[-1](points, centers[0], points, x)           # [B, N, C]
+        # seg_head's first conv on [features, category embedding] is W_f x + W_e e + b: the
+        # embedding's part once per cloud, not once per point
+        conv, C = self.seg_head[0], x.shape[-1]
+        per_cloud = F.linear(self.cls_embed(category), conv.weight[:, C:, 0], conv.bias)
+        h = (F.linear(x, conv.weight[:, :C, 0]) + per_cloud[:, None]).reshape(B * N, -1)
+        logits = _pointwise(self.seg_head[1:], h).reshape(B, N, -1)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.reshape(B * N, -1), labels.to(logits.device).reshape(-1))
+        return PointRwkvSegmentationOutput(loss=loss, logits=logits, scale_features=feats, centers=centers)
+
+
+POINTRWKV_CLASSES = (PointRwkvConfig, PointRwkvModel, PointRwkvForPointCloudClassification,
+                     PointRwkvForPointCloudSegmentation)
