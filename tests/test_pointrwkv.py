@@ -55,20 +55,28 @@ def test_classifier_matches_the_official_oracle_in_float64(kw):
         assert torch.equal(a, b)
 
 
-def test_every_parameter_gradient_matches_the_oracle():
-    config = PointRwkvConfig(**SMALL)
-    model = randomized(PointRwkvForPointCloudClassification(config).double().eval())
-    points = clouds(seed=2)
+def assert_gradients_match(model, run, oracle, seed):
+    """Every parameter's gradient of a random projection of ``run(model)`` against the same of
+    ``oracle(state dict)``, to 1e-8."""
     weights = {n: t.detach().clone().requires_grad_(t.is_floating_point() and "running" not in n)
                for n, t in model.state_dict().items()}
-    up = torch.randn(2, config.num_labels, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    (model(points).logits * up).sum().backward()
-    (official_logits(weights, config, points)[0] * up).sum().backward()
+    out = run(model)
+    up = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    (out * up).sum().backward()
+    (oracle(weights) * up).sum().backward()
     params = dict(model.named_parameters())
     assert params.keys() <= weights.keys()
     bad = {n: rel(p.grad, weights[n].grad) for n, p in params.items()
            if not rel(p.grad, weights[n].grad) < 1e-8}
     assert not bad, bad
+
+
+def test_every_parameter_gradient_matches_the_oracle():
+    config = PointRwkvConfig(**SMALL)
+    model = randomized(PointRwkvForPointCloudClassification(config).double().eval())
+    points = clouds(seed=2)
+    assert_gradients_match(model, lambda m: m(points).logits,
+                           lambda weights: official_logits(weights, config, points)[0], seed=3)
 
 
 def test_float32_is_close_to_float64():
@@ -261,16 +269,9 @@ def test_segmentation_gradients_match_the_oracle():
     config = PointRwkvConfig(**SEG)
     model = randomized(PointRwkvForPointCloudSegmentation(config).double().eval(), seed=1)
     points, categories = clouds(seed=6), torch.tensor([0, 2])
-    weights = {n: t.detach().clone().requires_grad_(t.is_floating_point() and "running" not in n)
-               for n, t in model.state_dict().items()}
-    up = torch.randn(2, 120, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-    (model(points, categories=categories).logits * up).sum().backward()
-    (official_segmentation_logits(weights, config, points, F.one_hot(categories, 4))[0] * up).sum().backward()
-    params = dict(model.named_parameters())
-    assert params.keys() <= weights.keys()
-    bad = {n: rel(p.grad, weights[n].grad) for n, p in params.items()
-           if not rel(p.grad, weights[n].grad) < 1e-8}
-    assert not bad, bad
+    assert_gradients_match(
+        model, lambda m: m(points, categories=categories).logits,
+        lambda weights: official_segmentation_logits(weights, config, points, F.one_hot(categories, 4))[0], seed=7)
 
 
 def test_segmentation_loss_any_number_of_scales_and_bad_categories():

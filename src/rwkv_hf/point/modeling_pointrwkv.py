@@ -292,14 +292,9 @@ class PointRwkvClassifierOutput(ModelOutput):
 
 
 @dataclass
-class PointRwkvSegmentationOutput(ModelOutput):
-    """``logits`` [B, N, num_labels], per point; ``loss`` with ``labels`` (cross-entropy over
-    the points); the backbone's per-scale ``scale_features`` and ``centers``."""
-
-    loss: torch.FloatTensor | None = None
-    logits: torch.FloatTensor | None = None
-    scale_features: tuple[torch.FloatTensor, ...] | None = None
-    centers: tuple[torch.FloatTensor, ...] | None = None
+class PointRwkvSegmentationOutput(PointRwkvClassifierOutput):
+    """The classifier's fields, ``logits`` [B, N, num_labels] per point; ``loss`` with
+    ``labels`` (cross-entropy over the points, no label smoothing)."""
 
 
 class PointRwkvPreTrainedModel(RwkvHubMixin, PreTrainedModel):
