@@ -16,7 +16,8 @@ from transformers import AutoModelForImageClassification, AutoModelForImageToIma
 
 import rwkv_hf  # noqa: F401
 from rwkv_hf.cli import main
-from rwkv_hf.pretrained import DIGIT_WORDS, tiny_clip_model_path, tiny_restore_model_path, tiny_vision_model_path
+from rwkv_hf.pretrained import (DIGIT_WORDS, tiny_clip_model_path, tiny_point_model_path, tiny_restore_model_path,
+                                tiny_vision_model_path)
 from rwkv_hf.pretrained.denoise import denoise_baselines, gaussian_blur, psnr
 
 
@@ -90,6 +91,12 @@ def test_demo_vision(capsys):
     with open(os.path.join(tiny_restore_model_path(), "eval.json")) as f:
         recorded = json.load(f)["heldout_psnr_db"]
     assert "AutoModelForImageToImage" in out and f"PSNR {recorded:.2f} dB" in out
+    with open(os.path.join(tiny_point_model_path("classify"), "eval.json")) as f:
+        accuracy = json.load(f)["heldout_accuracy"]
+    with open(os.path.join(tiny_point_model_path("segment"), "eval.json")) as f:
+        miou = json.load(f)["heldout_instance_miou"]
+    assert "PointRwkvForPointCloudClassification" in out and f"accuracy {100 * accuracy:.2f}% (" in out
+    assert "PointRwkvForPointCloudSegmentation" in out and f"instance mIoU {100 * miou:.2f}% (" in out
 
 
 def _restore_heldout():

@@ -12,8 +12,10 @@ tiny RWKV-CLIP trained by ``examples/train_tiny_rwkv_clip.py``) through
 ``pipeline("zero-shot-image-classification")``, and denoises the held-out photograph crop of
 ``rwkv_hf/pretrained/tiny-restore-rwkv-denoise`` (a tiny Restore-RWKV trained by
 ``examples/train_tiny_restore_rwkv.py``), reporting its PSNR next to the noisy input's and
-the best Gaussian blur's. ``--lm`` / ``--vision`` run one part only (the language model; the
-image models); ``rwkv-hf demo --ops`` runs the operator-layer tour instead
+the best Gaussian blur's, and classifies and segments the held-out synthetic objects of
+``rwkv_hf/pretrained/tiny-pointrwkv-shapes`` and ``tiny-pointrwkv-parts`` (tiny PointRWKVs trained by
+``examples/train_tiny_pointrwkv.py``). ``--lm`` / ``--vision`` run one part only (the language
+model; the image and point-cloud models); ``rwkv-hf demo --ops`` runs the operator-layer tour instead
 (:mod:`rwkv_hf.ops_demo`).
 """
 import json
@@ -109,7 +111,8 @@ def vision_main(threads=None):
     """Classify every held-out digit with the two tiny Vision-RWKVs (VRWKV, VRWKV6) through the
     image-classification pipeline and with the tiny RWKV-CLIP through the zero-shot pipeline,
     printing the accuracy next to the one recorded at training time; then denoise the tiny
-    Restore-RWKV's held-out image."""
+    Restore-RWKV's held-out image; then classify and segment the tiny PointRWKVs' held-out
+    synthetic objects."""
     import rwkv_hf  # noqa: F401  (registers rwkv_hf_vrwkv / rwkv_hf_vrwkv6 and the image processor)
 
     _quiet(threads)
@@ -119,6 +122,8 @@ def vision_main(threads=None):
     _zero_shot_digits()
     print()
     _denoise()
+    print()
+    _point_clouds()
     return 0
 
 
@@ -195,6 +200,46 @@ def _denoise():
           f"{psnr(restored, clean):.2f} dB; noisy input {base['noisy_psnr_db']:.2f} dB, best Gaussian blur "
           f"{base['best_blur_psnr_db']:.2f} dB (sigma {base['best_blur_sigma']:.1f} px)")
     print(f"  eval.json (at training time): {shipped['heldout_psnr_db']:.2f} dB")
+
+
+def _point_clouds():
+    from safetensors.torch import load_file
+
+    from .point import PointRwkvForPointCloudClassification, PointRwkvForPointCloudSegmentation
+    from .pretrained import tiny_point_model_path
+    from .pretrained.shapes import CATEGORIES, part_scores
+
+    for task, cls in (("classify", PointRwkvForPointCloudClassification),
+                      ("segment", PointRwkvForPointCloudSegmentation)):
+        path = tiny_point_model_path(task)
+        t0 = time.perf_counter()
+        model = cls.from_pretrained(path).eval()
+        with open(os.path.join(path, "eval.json")) as f:
+            shipped = json.load(f)
+        data = load_file(os.path.join(path, "heldout.safetensors"))
+        cfg = model.config
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"rwkv_hf tiny point-cloud model: {cls.__name__} from {path}")
+        print(f"  PointRWKV, width {cfg.hidden_size} ({cfg.num_heads} heads), scales of {cfg.num_groups} centres, "
+              f"{n_params:,} parameters (loaded in {time.perf_counter() - t0:.1f}s)")
+        print(f"  trained by examples/train_tiny_pointrwkv.py on synthetic objects ({', '.join(CATEGORIES)}; "
+              "rwkv_hf.pretrained.shapes)")
+        points, categories = data["points"], data["categories"]
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            if task == "classify":
+                correct = int((model(points).logits.argmax(-1) == categories).sum())
+                print(f"held-out objects ({len(points)} clouds of {points.shape[1]} points): {correct}/{len(points)} "
+                      f"correct, accuracy {100 * correct / len(points):.2f}% ({time.perf_counter() - t0:.2f}s); "
+                      f"eval.json: {100 * shipped['heldout_accuracy']:.2f}%")
+            else:
+                scores = part_scores(model(points, categories=categories).logits, categories, data["parts"])
+                print(f"held-out objects' parts ({len(points)} clouds): point accuracy "
+                      f"{100 * scores['heldout_point_accuracy']:.2f}%, instance mIoU "
+                      f"{100 * scores['heldout_instance_miou']:.2f}% ({time.perf_counter() - t0:.2f}s); eval.json: "
+                      f"{100 * shipped['heldout_point_accuracy']:.2f}%, {100 * shipped['heldout_instance_miou']:.2f}%")
+        if task == "classify":
+            print()
 
 
 def _classify_digits(version):

@@ -35,6 +35,14 @@ zero-shot (:mod:`rwkv_hf.pretrained.zero_shot`). Load it with :func:`tiny_clip_m
 
     classify = pipeline("zero-shot-image-classification", model=tiny_clip_model_path())
     classify(image, candidate_labels=DIGIT_WORDS, hypothesis_template="a photo of the number {}.")
+
+``tiny-pointrwkv-shapes/`` and ``tiny-pointrwkv-parts/`` are tiny PointRWKVs, a classifier and a
+part segmentation model, trained by ``examples/train_tiny_pointrwkv.py`` on the synthetic
+objects of :mod:`rwkv_hf.pretrained.shapes` (their held-out objects ship with them). Load one
+with :func:`tiny_point_model_path`::
+
+    from rwkv_hf import PointRwkvForPointCloudSegmentation
+    model = PointRwkvForPointCloudSegmentation.from_pretrained(tiny_point_model_path("segment"))
 """
 import os
 
@@ -44,6 +52,7 @@ TINY_MODEL_NAME = "tiny-rwkv7-pydoc"
 TINY_VISION_NAMES = {4: "tiny-vrwkv-digits", 6: "tiny-vrwkv6-digits"}
 TINY_RESTORE_NAME = "tiny-restore-rwkv-denoise"
 TINY_CLIP_NAME = "tiny-rwkv-clip-digits"
+TINY_POINT_NAMES = {"classify": "tiny-pointrwkv-shapes", "segment": "tiny-pointrwkv-parts"}
 
 
 def tiny_model_path():
@@ -67,3 +76,12 @@ def tiny_clip_model_path():
     """Folder of the shipped tiny RWKV-CLIP: config, weights, processor, eval.json,
     heldout.safetensors (the held-out digit images and labels)."""
     return os.path.join(os.path.dirname(os.path.abspath(__file__)), TINY_CLIP_NAME)
+
+
+def tiny_point_model_path(task="classify"):
+    """Folder of a shipped tiny PointRWKV trained on :mod:`rwkv_hf.pretrained.shapes`: the
+    classifier (``"classify"``) or the part segmentation model (``"segment"``); config,
+    weights, eval.json, heldout.safetensors."""
+    if task not in TINY_POINT_NAMES:
+        raise ValueError(f"task must be one of {list(TINY_POINT_NAMES)}, got {task!r}")
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), TINY_POINT_NAMES[task])
