@@ -25,10 +25,10 @@ Needs only torch (and optionally flash-linear-attention for the side-by-side tim
    (wkv7, wkv6; max-relative and RMS-relative error of y and every gradient);
 5. models (needs the package's dependencies, transformers and safetensors): every family in the
    repository on the GPU, through the extension against the torch backend on the same GPU
-   (``RWKV_HF_WKV_BACKEND=torch``): the shipped tiny RWKV-7, Vision-RWKV v4/v6 and Restore-RWKV
-   models (real weights), random RWKV-4/5/6 language models, RWKV-CLIP and PointRWKV (and the
-   same PointRWKV model on the CPU); logits, every parameter's gradient,
-   greedy generation, held-out digit accuracy, PSNR, rankings; and the first model's training step compiled
+   (``RWKV_HF_WKV_BACKEND=torch``): the shipped tiny RWKV-7, Vision-RWKV v4/v6, Restore-RWKV
+   and PointRWKV part segmentation models (real weights), random RWKV-4/5/6 language models,
+   RWKV-CLIP and PointRWKV (and the same PointRWKV model on the CPU); logits, every parameter's
+   gradient, greedy generation, held-out digit accuracy, PSNR, rankings, part mIoU; and the first model's training step compiled
    through the extension's operators (torch.compile, fullgraph, aot_eager) against eager mode;
 6. PointRWKV's farthest point sampling (``fps``): the kernel against the torch form's loop on
    the same device (the same indices, bit for bit: random float32 / float64 clouds, a grid of
@@ -950,11 +950,24 @@ def _model_cases():
         points = torch.randn(2, 512, 3, generator=torch.Generator().manual_seed(0))
         return PointRwkvForPointCloudClassification(config), "point", (points, torch.tensor([1, 3]))
 
+    def point_parts():
+        # the shipped tiny part segmenter (real weights; 2 heads of 16, sampling through the
+        # extension's fps kernel) on its held-out objects
+        from safetensors.torch import load_file
+
+        from rwkv_hf.point import PointRwkvForPointCloudSegmentation
+        from rwkv_hf.pretrained import tiny_point_model_path
+
+        path = tiny_point_model_path("segment")
+        data = load_file(os.path.join(path, "heldout.safetensors"))
+        return PointRwkvForPointCloudSegmentation.from_pretrained(path), "point_seg", \
+            (data["points"], data["categories"], data["parts"])
+
     return [("RWKV-7 tiny-rwkv7-pydoc", lm_pretrained)] + \
         [(f"RWKV-{v} random 2x128", lm_random(v)) for v in (4, 5, 6)] + \
         [(f"VRWKV{'6' if v == 6 else ''} tiny digits", vision(v)) for v in (4, 6)] + \
         [("Restore-RWKV tiny denoiser", restore), ("RWKV-CLIP random 2x128", clip),
-         ("PointRWKV random 2x64", point)]
+         ("PointRWKV random 2x64", point), ("PointRWKV tiny part segmenter", point_parts)]
 
 
 def check_models(emit, deadline):
@@ -991,6 +1004,9 @@ def check_models(emit, deadline):
                     return out.loss, out.logits_per_image
                 elif kind == "point":
                     out = model(points=inputs[0].to(DEVICE), labels=inputs[1].to(DEVICE))
+                elif kind == "point_seg":
+                    out = model(points=inputs[0].to(DEVICE), categories=inputs[1].to(DEVICE),
+                                labels=inputs[2].to(DEVICE))
                 else:
                     out = model(pixel_values=inputs[0].to(DEVICE), labels=inputs[1].to(DEVICE))
                 return out.loss, out.reconstruction if kind == "restore" else out.logits
@@ -1030,6 +1046,17 @@ def check_models(emit, deadline):
                     a, b = _with_backend(fast, score), _with_backend("torch", score)
                     detail["psnr_db"] = (round(a, 3), round(b, 3))
                     same = abs(a - b) < 1e-3
+                elif kind == "point_seg":  # ShapeNetPart's metrics, each backend, and eval.json's (CPU)
+                    from rwkv_hf.pretrained.shapes import part_scores
+
+                    def miou():
+                        logits = model(points=inputs[0].to(DEVICE), categories=inputs[1].to(DEVICE)).logits
+                        return part_scores(logits.cpu(), inputs[1], inputs[2])["heldout_instance_miou"]
+                    a, b = _with_backend(fast, miou), _with_backend("torch", miou)
+                    with open(os.path.join(model.name_or_path, "eval.json")) as f:
+                        recorded = json.load(f)["heldout_instance_miou"]
+                    detail["miou"] = (round(a, 5), round(b, 5), round(recorded, 5))
+                    same = abs(a - b) < 1e-3 and abs(a - recorded) < 1e-2
                 elif kind == "point":  # the same model on the CPU (float32): the device changes nothing
                     with torch.no_grad():
                         cpu = type(model)(model.config).eval()
