@@ -12,7 +12,9 @@ would otherwise run): its WKV alone, and the whole classifier.
   points) and a batch of 1024-point clouds (512 each).
 * **Classifier**: the official ``PointRWKVCls`` (its ModelNet40 config) against
   ``PointRwkvForPointCloudClassification`` (the same released configuration), inference on one
-  cloud of 8192 points, random weights (speed does not depend on them).
+  cloud of 8192 points, random weights (speed does not depend on them); **part segmentation**:
+  the official ``PointRWKVPartSeg`` (its ShapeNetPart config) against
+  ``PointRwkvForPointCloudSegmentation``, one cloud of 2048 points (ShapeNetPart's size).
 
 Method: ``torch.set_num_threads(2)``, float32, one warm-up per implementation, then the
 implementations alternated (A B A B) for ``--repeats`` runs; the median. Writes the ``point``
@@ -109,22 +111,35 @@ def fps_rows(repeats):
 def model_rows(repo, repeats):
     import torch
 
+    import torch.nn.functional as F
     from models.point_rwkv_cls import PointRWKVCls
+    from models.point_rwkv_seg import PointRWKVPartSeg
     from utils.config import cfg_from_yaml_file
 
-    from rwkv_hf.point import PointRwkvConfig, PointRwkvForPointCloudClassification
+    from rwkv_hf.point import PointRwkvConfig, PointRwkvForPointCloudClassification, PointRwkvForPointCloudSegmentation
 
     torch.manual_seed(0)
-    theirs = PointRWKVCls(cfg_from_yaml_file(os.path.join(repo, "cfgs", "cls_modelnet40.yaml"))).eval()
-    ours = PointRwkvForPointCloudClassification(PointRwkvConfig(num_labels=40)).eval()
-    points = torch.rand(1, 8192, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    with torch.inference_mode():
-        t = median_alternating({"official PointRWKVCls": lambda: theirs(points),
-                           "rwkv_hf": lambda: ours(points=points)}, repeats)
-    n = {"official PointRWKVCls": sum(p.numel() for p in theirs.parameters()),
-         "rwkv_hf": sum(p.numel() for p in ours.parameters())}
-    base = "official PointRWKVCls"
-    return [f"| {name} | {n[name] / 1e6:.1f} M | {t[name]:.2f} | {t[base] / t[name]:.1f}x |" for name in t]
+    g = torch.Generator().manual_seed(0)
+    cfg = lambda name: cfg_from_yaml_file(os.path.join(repo, "cfgs", name))  # noqa: E731
+    category = torch.tensor([3])
+    cases = [("classifier, one cloud of 8192 points", "PointRWKVCls",
+              PointRWKVCls(cfg("cls_modelnet40.yaml")).eval(),
+              PointRwkvForPointCloudClassification(PointRwkvConfig(num_labels=40)).eval(),
+              torch.rand(1, 8192, 3, generator=g) * 2 - 1, {}),
+             ("part segmentation, one cloud of 2048 points", "PointRWKVPartSeg",
+              PointRWKVPartSeg(cfg("seg_shapenetpart.yaml")).eval(),
+              PointRwkvForPointCloudSegmentation(PointRwkvConfig(num_labels=50)).eval(),
+              torch.rand(1, 2048, 3, generator=g) * 2 - 1, {"categories": category})]
+    rows = []
+    for what, name, theirs, ours, points, kw in cases:
+        official = f"official {name}"
+        args = (points, F.one_hot(category, 16)) if kw else (points,)
+        with torch.inference_mode():
+            t = median_alternating({official: lambda: theirs(*args), "rwkv_hf": lambda: ours(points=points, **kw)},
+                                   repeats)
+        n = {official: sum(p.numel() for p in theirs.parameters()), "rwkv_hf": sum(p.numel() for p in ours.parameters())}
+        rows += [f"| {what} | {m} | {n[m] / 1e6:.1f} M | {t[m]:.2f} | {t[official] / t[m]:.1f}x |" for m in t]
+    return rows
 
 
 def main():
@@ -164,8 +179,8 @@ def main():
         "|---|---|---|---|",
         *fps]
     if model:
-        lines += ["", "Classifier, inference on one cloud of 8192 points (ModelNet40 configuration):", "",
-                  "| model | parameters | seconds | speed-up |", "|---|---|---|---|", *model]
+        lines += ["", "Whole models, inference (the released ModelNet40 and ShapeNetPart configurations):", "",
+                  "| task | model | parameters | seconds | speed-up |", "|---|---|---|---|---|", *model]
     block = "\n".join(lines)
     print(block)
     if args.no_write:
