@@ -471,8 +471,6 @@ def _point_backward(k: Tensor, v: Tensor, w: Tensor, snaps: Tensor, gA: Tensor,
     return gk.sum(0), gv.sum(0), gw.sum(0), gs0
 
 
-# Fakes: the shapes and dtypes (the kernels' dtype, r's or k's) the implementations return.
-
 def _fps(points: Tensor, n: int) -> Tensor:
     B, N, _ = points.shape
     points = _as(points, points.dtype)
@@ -480,6 +478,8 @@ def _fps(points: Tensor, n: int) -> Tensor:
     _call("fps", points.dtype, B, N, n, _ptr(points), _ptr(idx), _threads(B * N * n))
     return idx
 
+
+# Fakes: the shapes and dtypes (the kernels' dtype, r's or k's) the implementations return.
 
 def _fps_fake(points, n):
     return points.new_empty(points.shape[0], n, dtype=torch.long)

@@ -463,11 +463,13 @@ class PointRwkvForPointCloudSegmentation(PointRwkvPreTrainedModel):
         return categories.to(device, dtype)
 
     def forward(self, points=None, categories=None, labels=None, **kwargs):
+        check_points(points, self.config.num_groups)  # and the categories, before the backbone's work
+        dtype = self.backbone.norms[0].weight.dtype
+        B, N, _ = points.shape
+        category = self._category(categories, B, dtype, points.device)
         out = self.backbone(points)
         feats, centers = out.scale_features, out.centers
-        points = points.to(feats[0].dtype)
-        B, N, _ = points.shape
-        category = self._category(categories, B, feats[0].dtype, feats[0].device)
+        points = points.to(dtype)
         x = feats[-1]
         for j, layer in enumerate(self.propagation_layers[:-1]):  # coarse to fine
             s = len(feats) - 2 - j
