@@ -1,4 +1,4 @@
-// What the CPU kernels (wkv_cpu.cpp, lm_cpu.cpp, vision_cpu.cpp) share: the parallel loops,
+// What the CPU kernels (wkv_cpu.cpp, lm_cpu.cpp, vision_cpu.cpp, point_cpu.cpp) share: the parallel loops,
 // branch-free math (loops over xexp vectorise, where std::exp does not without -ffast-math), and
 // for the fused model blocks the BLAS wrappers and row passes.
 #pragma once
@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <new>
 #include <thread>
 #include <type_traits>
@@ -41,6 +42,19 @@ void parallel_blocks(int64_t n, int threads, F f) {
   f(0, int64_t{0}, n / nt);
   for (auto& t : pool) t.join();
 #endif
+}
+
+// Run f(item, scratch) for item in [0, n) on up to `threads` threads (contiguous blocks).
+// Scratch buffers are allocated here, before any thread starts, so nothing throws inside one;
+// they are not zeroed (every kernel writes its scratch before reading it).
+template <typename T, typename F>
+void parallel_items(int64_t n, int threads, size_t scratch, F f) {
+  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, n)));
+  std::vector<std::unique_ptr<T[]>> bufs;
+  for (int th = 0; th < nt; ++th) bufs.emplace_back(new T[std::max<size_t>(scratch, 1)]);
+  parallel_blocks(n, nt, [&](int th, int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) f(i, bufs[th].get());
+  });
 }
 
 // e^x for x <= 88 in float32: 2^n e^f with n = round(x / ln 2), |f| <= ln2 / 2, a degree-6

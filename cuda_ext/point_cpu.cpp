@@ -15,13 +15,12 @@
 #include <cstdint>
 #include <exception>
 #include <limits>
-#include <vector>
 
 #include "cpu_common.h"
 
 namespace {
 
-using rwkv_hf_cpu::parallel_blocks;
+using rwkv_hf_cpu::parallel_items;
 
 // One cloud: p [N, 3] -> idx [n]; buf holds 4 N values (x, y, z, d).
 template <typename T>
@@ -68,10 +67,8 @@ template <typename T>
 int fps(int64_t B, int64_t N, int64_t n, const T* points, int64_t* idx, int threads) {
   std::exception_ptr err;
   try {
-    const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, B)));
-    std::vector<std::vector<T>> bufs(nt, std::vector<T>(4 * N));  // before any thread starts
-    parallel_blocks(B, nt, [&](int th, int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) fps_cloud<T>(N, n, points + b * N * 3, idx + b * n, bufs[th].data());
+    parallel_items<T>(B, threads, 4 * N, [&](int64_t b, T* buf) {
+      fps_cloud<T>(N, n, points + b * N * 3, idx + b * n, buf);
     });
   } catch (...) { err = std::current_exception(); }
   return err ? 1 : 0;

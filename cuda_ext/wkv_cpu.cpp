@@ -45,23 +45,10 @@
 
 namespace {
 
-using rwkv_hf_cpu::parallel_blocks;
+using rwkv_hf_cpu::parallel_items;
 using rwkv_hf_cpu::xexp;
 
 constexpr int64_t kChunk = 64;
-
-// Run f(item, scratch) for item in [0, n) on up to `threads` threads (contiguous blocks).
-// Scratch buffers are allocated here, before any thread starts, so nothing throws inside one;
-// they are not zeroed (every kernel writes its scratch before reading it).
-template <typename T, typename F>
-void parallel_items(int64_t n, int threads, size_t scratch, F f) {
-  const int nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, n)));
-  std::vector<std::unique_ptr<T[]>> bufs;
-  for (int th = 0; th < nt; ++th) bufs.emplace_back(new T[std::max<size_t>(scratch, 1)]);
-  parallel_blocks(n, nt, [&](int th, int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) f(i, bufs[th].get());
-  });
-}
 
 template <typename T, int VN>
 inline T dot(const T* __restrict__ x, const T* __restrict__ y, int64_t V) {

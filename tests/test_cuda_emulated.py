@@ -17,7 +17,7 @@ import torch
 from cuda_emulation import MUTANT_ENV, MUTANTS, build, run_sanitized
 from rwkv_hf import ops
 from rwkv_hf.ops import cuda_backend
-from rwkv_hf.ops.random_inputs import make_inputs, rounding_ties
+from rwkv_hf.ops.random_inputs import make_clouds, make_inputs, rounding_ties
 
 PER_CHANNEL = ("wkv4", "bi_wkv4")
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
@@ -516,17 +516,11 @@ FPS_CASES = [(3, 100, 40, torch.float32), (2, 300, 300, torch.float64), (1, 2100
              (2, 513, 1, torch.float32), (1, 4, 4, torch.float64)]
 
 
-def fps_clouds(B, N, seed, dtype):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(B, N, 3, generator=g, dtype=torch.float64)
-            * torch.rand(B, 1, 3, generator=g, dtype=torch.float64) * 5).to(dtype)
-
-
 @pytest.mark.parametrize("B,N,n,dtype", FPS_CASES, ids=[f"B{c[0]}-N{c[1]}-n{c[2]}-{str(c[3])[6:]}" for c in FPS_CASES])
 def test_fps_kernel_picks_the_torch_forms_points(on_emulated_cuda, B, N, n, dtype):
     """The sampling kernel (one block per cloud, the (distance, index) maximum reduced over
     shuffles and warps) picks the torch form's points, bit for bit."""
-    points = fps_clouds(B, N, seed=N + n, dtype=dtype)
+    points = make_clouds(B, N, seed=N + n, dtype=dtype)
     want = ops.farthest_point_sample(points, n, backend="torch")
     assert torch.equal(ops.farthest_point_sample(points, n), want)
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from rwkv_hf import ops
 from rwkv_hf.ops import cpu_backend
-from rwkv_hf.ops.random_inputs import OPS, make_inputs, rounding_ties
+from rwkv_hf.ops.random_inputs import OPS, make_clouds as clouds, make_inputs, rounding_ties
 
 PER_CHANNEL = ("wkv4", "bi_wkv4")
 BIDIRECTIONAL = ("bi_wkv4", "bi_wkv6", "point_wkv")
@@ -611,12 +611,6 @@ def brute_force_fps(points, n):
         d = torch.stack([((points - points[t]) ** 2).sum(-1) for t in taken]).amin(0)
         taken.append(int(d.argmax()))
     return taken
-
-
-def clouds(B, N, seed, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(B, N, 3, generator=g, dtype=torch.float64)
-            * torch.rand(B, 1, 3, generator=g, dtype=torch.float64) * 5).to(dtype)
 
 
 FPS_BACKENDS = ["reference", "torch", "cpu"]

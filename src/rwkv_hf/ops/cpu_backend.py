@@ -481,10 +481,6 @@ def _fps(points: Tensor, n: int) -> Tensor:
 
 # Fakes: the shapes and dtypes (the kernels' dtype, r's or k's) the implementations return.
 
-def _fps_fake(points, n):
-    return points.new_empty(points.shape[0], n, dtype=torch.long)
-
-
 def _matrix_fake(r, k, v, w, *rest):
     """A forward's y, S and snapshots (``save`` is the last argument)."""
     B, T, H, K = r.shape
@@ -532,7 +528,7 @@ _point_forward_op = _custom_ops.register("cpu", _point_forward, _point_forward_f
 _point_backward_op = _custom_ops.register("cpu", _point_backward, _point_backward_fake)
 _wkv4_forward_op = _custom_ops.register("cpu", _wkv4_forward, _wkv4_forward_fake)
 _wkv4_backward_op = _custom_ops.register("cpu", _wkv4_backward, _wkv4_backward_fake)
-_fps_op = _custom_ops.register("cpu", _fps, _fps_fake)
+_fps_op = _custom_ops.register("cpu", _fps, _cuda._fps_fake)  # indices [B, n] on either backend
 _traced = _custom_ops.traced
 
 

@@ -69,6 +69,14 @@ def make_inputs(op, B=1, T=64, H=2, N=16, *, dtype=torch.float32, device="cpu", 
             for name, x in out.items()}
 
 
+def make_clouds(B, N, seed, dtype=torch.float32):
+    """Random point clouds [B, N, 3] for ``rwkv_hf.ops.farthest_point_sample``: Gaussian, each cloud
+    stretched per axis by a random factor up to 5."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, N, 3, generator=g, dtype=torch.float64)
+            * torch.rand(B, 1, 3, generator=g, dtype=torch.float64) * 5).to(dtype)
+
+
 def rounding_ties(count=64, seed=0):
     """float32 clouds [count, 3, 3] that tell a farthest point sampling computed with the torch
     form's roundings from one with fused multiply-adds: each is the origin, then two points whose

@@ -352,8 +352,7 @@ def check_points(points, num_groups):
     if points.shape[1] < max(num_groups):
         raise ValueError(f"a cloud needs at least {max(num_groups)} points (the most patch centres of a "
                          f"scale, config.num_groups={num_groups}), got {points.shape[1]}")
-    if not torch.compiler.is_compiling() and points.device.type == "cpu" and not torch.isfinite(points).all():
-        raise ValueError("points contain NaN or inf")
+    # NaN and inf: ops.farthest_point_sample checks them (for CPU tensors), first thing the model runs
 
 
 class PointRwkvModel(PointRwkvPreTrainedModel):
